@@ -1,0 +1,101 @@
+"""Platform levers over HTTP: one activity that applies or restores any catalogued lever.
+
+Each lever is a route on a connector (base URL from settings). Apply answers the state it
+replaced; restore puts such a state back. The idempotency key makes retries and re-runs after a
+worker crash harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from core.settings import Settings
+from workflows.incident import APPLY_LEVER, LeverOutcome, LeverRequest
+from workflows.levers import LEVERS
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    connector: str
+    path: str
+
+
+ROUTES: dict[str, Route] = {
+    "recommender.throttle": Route("recommender", "/throttle"),
+    "detection.set_threshold": Route("detection", "/threshold"),
+    "moderation.surge": Route("moderation", "/surge"),
+    "notify.webhook": Route("notify", "/webhooks/{to}"),
+}
+
+
+class PlatformRejected(Exception):
+    """The platform refused the request (4xx): retrying cannot help."""
+
+
+class PlatformLevers:
+    """Activities that pull levers; holds the worker's one shared HTTP client."""
+
+    def __init__(self, *, settings: Settings, client: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._client = client
+
+    @activity.defn(name=APPLY_LEVER)
+    async def apply_lever(self, request: LeverRequest) -> LeverOutcome:
+        info = activity.info()
+        bound = log.bind(incident_id=request.incident_id, step_id=request.step_id,
+                         workflow_run=info.workflow_run_id, lever=request.lever,
+                         operation=request.operation, attempt=info.attempt)
+        route = ROUTES[request.lever]
+        url = self._settings.connector_url(route.connector) + route.path.format(**request.args)
+        if request.restore is not None:
+            url += "/restore"
+            body: dict[str, Any] = {"args": request.args, "previous": request.restore}
+        else:
+            body = dict(request.args)
+        content = json.dumps(body, sort_keys=True).encode()
+        headers = self._headers(request, content)
+        try:
+            response = await self._client.post(url, content=content, headers=headers)
+        except httpx.HTTPError as error:
+            bound.warning("lever.unreachable", url=url, error=str(error))
+            raise RuntimeError(f"{request.lever}: platform unreachable at {url}: {error}") from error
+        if response.status_code >= 500:
+            bound.warning("lever.platform_error", status=response.status_code)
+            raise RuntimeError(f"{request.lever}: platform error HTTP {response.status_code}")
+        if response.status_code >= 400:
+            bound.error("lever.rejected", status=response.status_code, body=response.text[:500])
+            raise ApplicationError(
+                f"{request.lever}: platform rejected the request (HTTP {response.status_code}): "
+                f"{response.text[:300]}",
+                type=PlatformRejected.__name__, non_retryable=True,
+            )
+        answer = response.json()
+        previous = answer.get("previous") if LEVERS[request.lever].reversible else None
+        bound.info("lever.restored" if request.restore is not None else "lever.applied")
+        return LeverOutcome(previous=previous)
+
+    def _headers(self, request: LeverRequest, content: bytes) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": request.idempotency_key,
+            "X-Incident-Id": request.incident_id,
+            "X-Step-Id": request.step_id,
+            "X-Operation": request.operation,
+        }
+        if self._settings.platform_token:
+            headers["Authorization"] = f"Bearer {self._settings.platform_token}"
+        if ROUTES[request.lever].connector == "notify":
+            digest = hmac.new(self._settings.webhook_secret.encode(), content, hashlib.sha256)
+            headers["X-Crisis-Signature"] = f"sha256={digest.hexdigest()}"
+        return headers

@@ -1,0 +1,80 @@
+"""One settings object for every process, read from the environment (and flags that override it)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob the engine reads. Environment variables are the names in `validation_alias`."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path(".crisis"), validation_alias="CRISIS_DATA_DIR")
+    # Empty means "an SQLite file in the data directory".
+    database_url: str = Field("", validation_alias="CRISIS_DATABASE_URL")
+
+    temporal_address: str = Field("127.0.0.1:7233", validation_alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
+    temporal_ui_port: int = Field(8233, validation_alias="TEMPORAL_UI_PORT")
+    task_queue: str = Field("crisis", validation_alias="CRISIS_TASK_QUEUE")
+
+    api_host: str = Field("127.0.0.1", validation_alias="CRISIS_API_HOST")
+    api_port: int = Field(8000, validation_alias="CRISIS_API_PORT")
+    # The API process also runs a worker so that triggers can start eagerly (no server round trip
+    # before the first lever); turn off where API and workers are scaled separately.
+    api_embedded_worker: bool = Field(True, validation_alias="CRISIS_API_EMBEDDED_WORKER")
+
+    sandbox_host: str = Field("127.0.0.1", validation_alias="CRISIS_SANDBOX_HOST")
+    sandbox_port: int = Field(8100, validation_alias="CRISIS_SANDBOX_PORT")
+
+    # Platform connectors: empty means "the local sandbox".
+    recommender_url: str = Field("", validation_alias="CRISIS_RECOMMENDER_URL")
+    detection_url: str = Field("", validation_alias="CRISIS_DETECTION_URL")
+    moderation_url: str = Field("", validation_alias="CRISIS_MODERATION_URL")
+    notify_url: str = Field("", validation_alias="CRISIS_NOTIFY_URL")
+    # Sent as the Authorization header on every platform call when set.
+    platform_token: str = Field("", validation_alias="CRISIS_PLATFORM_TOKEN")
+    platform_timeout_s: float = Field(5.0, validation_alias="CRISIS_PLATFORM_TIMEOUT")
+    webhook_secret: str = Field(
+        "dev-webhook-secret", validation_alias=AliasChoices("CRISIS_WEBHOOK_SECRET")
+    )
+
+    playbooks_dir: Path = Field(
+        Path(__file__).resolve().parent.parent / "playbooks",
+        validation_alias="CRISIS_PLAYBOOKS_DIR",
+    )
+    log_format: str = Field("console", validation_alias="CRISIS_LOG_FORMAT")
+    log_level: str = Field("info", validation_alias="CRISIS_LOG_LEVEL")
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://{self.sandbox_host}:{self.sandbox_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'audit.db').resolve()}"
+
+    @property
+    def temporal_db_file(self) -> Path:
+        return self.data_dir / "temporal.db"
+
+    def connector_url(self, connector: str) -> str:
+        """Base URL of a platform connector (`recommender`, `detection`, ...)."""
+        configured = getattr(self, f"{connector}_url")
+        return (configured or f"{self.sandbox_url}/{connector}").rstrip("/")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,127 @@
+"""Incident operations shared by the CLI and the API: trigger, status, stand down, verify."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.settings import Settings
+from engine.playbook_files import find_playbook, load_playbook
+from store.audit_store import AuditStore, Verification
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import IncidentInput, IncidentStatus, StandDownRequest
+from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
+from workflows.substitution import substitute
+
+
+class IncidentError(Exception):
+    """Base of incident operation errors."""
+
+
+class IncidentNotFound(IncidentError):
+    pass
+
+
+class IncidentConflict(IncidentError):
+    """The incident exists but cannot do that now (already closed, already standing down)."""
+
+
+@dataclass(frozen=True)
+class Triggered:
+    incident_id: str
+    run_id: str | None
+    playbook: str
+    version: int
+    playbook_hash: str
+    inputs: dict[str, Any]
+
+
+def new_incident_id() -> str:
+    return f"INC-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3).upper()}"
+
+
+def prepare_incident(
+    playbook: Playbook, given: dict[str, Any], *, actor: str, incident_id: str | None = None
+) -> IncidentInput:
+    """Resolve inputs and check every lever's arguments with them, before anything starts."""
+    inputs = resolve_inputs(playbook, given)
+    incident_id = incident_id or new_incident_id()
+    context = {"inputs": inputs,
+               "incident": {"id": incident_id, "playbook": playbook.playbook, "triggered_by": actor}}
+    for step in playbook.steps:
+        calls = [(step.do, step.with_, "with")]
+        if step.undo is not None:
+            calls.append((step.undo.do, step.undo.with_, "undo.with"))
+        for lever, args, where in calls:
+            for path, message in lever_arg_problems(lever, substitute(args, context)):
+                dotted = ".".join(str(p) for p in path)
+                raise InputError(f"step {step.id!r} {where}.{dotted}: {message}")
+    return IncidentInput(incident_id=incident_id, playbook=playbook,
+                         playbook_hash=playbook.content_hash(), inputs=inputs, triggered_by=actor)
+
+
+class Incidents:
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+
+    async def trigger(
+        self, playbook_ref: str, inputs: dict[str, Any], *, actor: str,
+        incident_id: str | None = None, eager: bool = False,
+    ) -> Triggered:
+        """Start an incident. `eager` asks the server to hand the first task to this process."""
+        playbook = load_playbook(find_playbook(playbook_ref, self._settings.playbooks_dir))
+        incident = prepare_incident(playbook, inputs, actor=actor, incident_id=incident_id)
+        try:
+            handle = await self._client.start_workflow(
+                CrisisWorkflow.run, incident, id=incident.incident_id,
+                task_queue=self._settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                request_eager_start=eager,
+            )
+        except WorkflowAlreadyStartedError:
+            raise IncidentConflict(f"incident {incident.incident_id} already exists") from None
+        return Triggered(incident.incident_id, handle.result_run_id, playbook.playbook,
+                         playbook.version, incident.playbook_hash, incident.inputs)
+
+    async def status(self, incident_id: str) -> IncidentStatus:
+        handle = self._client.get_workflow_handle(incident_id)
+        try:
+            return await handle.query(CrisisWorkflow.status)
+        except RPCError as error:
+            raise self._translate(incident_id, error) from None
+
+    async def stand_down(self, incident_id: str, *, actor: str, reason: str) -> IncidentStatus:
+        handle = self._client.get_workflow_handle(incident_id)
+        try:
+            return await handle.execute_update(
+                CrisisWorkflow.stand_down, StandDownRequest(actor=actor, reason=reason)
+            )
+        except WorkflowUpdateFailedError as error:
+            cause = error.cause.message if hasattr(error.cause, "message") else str(error.cause)
+            raise IncidentConflict(f"incident {incident_id}: {cause}") from None
+        except RPCError as error:
+            raise self._translate(incident_id, error) from None
+
+    @staticmethod
+    def _translate(incident_id: str, error: RPCError) -> IncidentError:
+        if error.status == RPCStatusCode.NOT_FOUND and "already completed" not in error.message:
+            return IncidentNotFound(f"no incident {incident_id}")
+        if "already completed" in error.message:
+            return IncidentConflict(f"incident {incident_id} is closed")
+        return IncidentError(f"incident {incident_id}: {error.message}")
+
+
+def verify_audit(store: AuditStore, incident_id: str) -> Verification:
+    result = store.verify(incident_id)
+    if result.events == 0:
+        raise IncidentNotFound(f"no audit trail for incident {incident_id}")
+    return result

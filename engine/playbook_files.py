@@ -1,0 +1,125 @@
+"""Playbook files: find them, read the YAML, and report problems as `file:line:column: message`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from workflows.playbook import Playbook, Problem, _pydantic_message, check_playbook
+
+SUFFIXES = (".yaml", ".yml")
+
+
+class PlaybookError(Exception):
+    """Base of playbook file errors."""
+
+
+class PlaybookNotFound(PlaybookError):
+    """No playbook file by that name or path."""
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    file: Path
+    line: int  # 1-based
+    column: int  # 1-based
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class PlaybookInvalid(PlaybookError):
+    """The file is not a valid playbook; `problems` says every place that is wrong."""
+
+    def __init__(self, problems: list[FileProblem]) -> None:
+        super().__init__(str(problems[0]) if problems else "invalid playbook")
+        self.problems = problems
+
+
+def load_playbook(path: Path) -> Playbook:
+    """Read and fully check one playbook file, or raise PlaybookInvalid."""
+    playbook, problems = _load(path)
+    if problems or playbook is None:
+        raise PlaybookInvalid(problems)
+    return playbook
+
+
+def validate_file(path: Path) -> list[FileProblem]:
+    return _load(path)[1]
+
+
+def _load(path: Path) -> tuple[Playbook | None, list[FileProblem]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        return None, [FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")]
+    yaml = YAML(typ="rt")
+    try:
+        document = yaml.load(text)
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return None, [FileProblem(path, line, column, f"YAML: {error.problem or error}")]
+    if not isinstance(document, CommentedMap):
+        return None, [FileProblem(path, 1, 1, "a playbook is a mapping (playbook:, version:, steps:, ...)")]
+    try:
+        playbook = Playbook.model_validate(_plain(document))
+    except ValidationError as error:
+        problems = [
+            _locate(path, document, Problem(tuple(e["loc"]), _pydantic_message(e)))
+            for e in error.errors()
+        ]
+        return None, problems
+    problems = [_locate(path, document, problem) for problem in check_playbook(playbook)]
+    return playbook, problems
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(key): _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    return node
+
+
+def _locate(path: Path, document: CommentedMap, problem: Problem) -> FileProblem:
+    """Map a path inside the document to the line and column where it is written."""
+    node: Any = document
+    line, column = 0, 0
+    for part in problem.path:
+        if isinstance(node, CommentedMap) and part in node:
+            line, column = node.lc.key(part)
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line, column = node.lc.item(part)
+            node = node[part]
+        else:
+            break
+    return FileProblem(path, line + 1, column + 1, problem.message)
+
+
+def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
+    """A path to an existing file, or a playbook name looked up in the playbooks directory."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in SUFFIXES or "/" in name_or_path:
+        if candidate.is_file():
+            return candidate
+        raise PlaybookNotFound(f"playbook file not found: {name_or_path}")
+    for path in playbook_files(playbooks_dir):
+        if path.stem == name_or_path:
+            return path
+    known = ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
+    raise PlaybookNotFound(f"no playbook named {name_or_path!r} in {playbooks_dir} (known: {known})")
+
+
+def playbook_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file())

@@ -1,0 +1,81 @@
+"""Connecting to Temporal and running workers: the one place that wires workflows to activities."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.audit import AuditWriter
+from activities.platform import PlatformLevers
+from core.settings import Settings
+from store.audit_store import AuditStore
+from workflows.crisis import CrisisWorkflow
+
+WORKFLOWS = [CrisisWorkflow]
+# Third-party model code is imported once, outside the sandbox: re-importing pydantic for every
+# workflow run is what made an earlier interpreter prototype slow (see docs/architecture.md).
+SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("pydantic", "pydantic_core")
+)
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def build_worker(
+    client: Client, *, settings: Settings, http: httpx.AsyncClient, store: AuditStore,
+    task_queue: str | None = None,
+) -> Worker:
+    levers = PlatformLevers(settings=settings, client=http)
+    audit = AuditWriter(store)
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=[levers.apply_lever, audit.write_audit],
+        workflow_runner=SANDBOX,
+    )
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client, *, settings: Settings, store: AuditStore | None = None,
+    task_queue: str | None = None,
+) -> AsyncIterator[Worker]:
+    """A worker polling in the background for the duration of the block."""
+    own_store = store is None
+    audit_store = store or AuditStore(settings.resolved_database_url)
+    async with httpx.AsyncClient(timeout=settings.platform_timeout_s) as http:
+        worker = build_worker(client, settings=settings, http=http, store=audit_store,
+                              task_queue=task_queue)
+        try:
+            async with worker:
+                yield worker
+        finally:
+            if own_store:
+                audit_store.dispose()
+
+
+def installed_binary(name: str) -> Path:
+    """A binary shipped by a Python package into this environment's bin directory."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return beside
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found: install the project (pip install -e .)")
+    return Path(found)

@@ -1,0 +1,442 @@
+"""In-memory state of the platform sandbox and the pure operations on it.
+
+Nothing here does I/O or awaits: the app holds one `PlatformState` behind an asyncio lock and calls
+these methods, so every operation is atomic with respect to concurrent requests. The shapes of the
+answers are those of docs/platform-api.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workflows.levers import SurgeArgs, ThresholdArgs, ThrottleArgs
+
+Priority = Literal["normal", "high", "urgent"]
+
+
+class PlatformError(Exception):
+    """A request the platform refuses; `status` is the HTTP status (4xx) it answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --- request models the apply models in workflows.levers don't cover ------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy(_Strict):
+    """A recommender policy for one (region, category)."""
+
+    reach_multiplier: float = Field(gt=0, le=1)
+    reshare_limit: int | None = Field(default=None, ge=0)
+
+
+class ThrottlePrevious(_Strict):
+    region: str = Field(min_length=2)
+    policies: dict[str, Policy | None]
+
+
+class ThresholdPrevious(_Strict):
+    classifier: str = Field(min_length=1)
+    threshold: float = Field(ge=0, le=1)
+
+
+class SurgePrevious(_Strict):
+    queue: str = Field(min_length=1)
+    reviewers: int = Field(ge=0)
+    priority: Priority
+
+
+class ThrottleRestore(_Strict):
+    args: ThrottleArgs
+    previous: ThrottlePrevious
+
+
+class ThresholdRestore(_Strict):
+    args: ThresholdArgs
+    previous: ThresholdPrevious
+
+
+class SurgeRestore(_Strict):
+    args: SurgeArgs
+    previous: SurgePrevious
+
+
+class FaultSpec(_Strict):
+    """Body of `POST /faults`."""
+
+    path_prefix: str = "/"
+    # 0 = no failure, only latency.
+    status: int = Field(default=500, ge=0, le=599)
+    # None = every matching request until cleared (or until the outage window ends).
+    times: int | None = Field(default=None, ge=1)
+    latency_ms: int = Field(default=0, ge=0, le=600_000)
+    outage_seconds: float | None = Field(default=None, gt=0)
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Queue:
+    reviewers: int
+    priority: Priority = "normal"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reviewers": self.reviewers, "priority": self.priority}
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The logical operation a request names through its X-Incident-Id/X-Step-Id/X-Operation."""
+
+    incident: str | None = None
+    step: str | None = None
+    operation: str | None = None
+
+    @property
+    def triple(self) -> tuple[str, str, str] | None:
+        """The (incident, step, operation) triple, or None unless all three are present."""
+        if self.incident and self.step and self.operation:
+            return (self.incident, self.step, self.operation)
+        return None
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class FaultRule:
+    path_prefix: str
+    status: int
+    remaining: int | None
+    latency_ms: int
+    # Monotonic deadline of an outage window; None = no window.
+    expires_at: float | None
+
+    def active(self, now: float) -> bool:
+        """Whether the rule can still fire at monotonic time `now`."""
+        if self.remaining is not None and self.remaining <= 0:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        left = None if self.expires_at is None else round(max(0.0, self.expires_at - now), 3)
+        return {
+            "path_prefix": self.path_prefix,
+            "status": self.status,
+            "remaining": self.remaining,
+            "latency_ms": self.latency_ms,
+            "seconds_left": left,
+        }
+
+
+@dataclass(frozen=True)
+class FaultDecision:
+    """What the matching fault rules do to one request: wait, then fail unless status is 0."""
+
+    latency_ms: int = 0
+    status: int = 0
+
+    @property
+    def fired(self) -> bool:
+        return self.latency_ms > 0 or self.status > 0
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    applied: int = 0
+    replayed: int = 0
+    duplicates: int = 0
+    faults_injected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "applied": self.applied,
+            "replayed": self.replayed,
+            "duplicates": self.duplicates,
+            "faults_injected": self.faults_injected,
+        }
+
+
+def _initial_thresholds() -> dict[str, float]:
+    return {
+        "incitement_to_violence": 0.8,
+        "racial_hatred": 0.8,
+        "terrorism": 0.85,
+        "fraud": 0.9,
+        "self_harm": 0.8,
+        "threats": 0.8,
+        "csam": 0.5,
+    }
+
+
+def _initial_queues() -> dict[str, Queue]:
+    return {
+        "general": Queue(40),
+        "hate": Queue(12),
+        "violent_extremism": Queue(8),
+        "fraud": Queue(10),
+        "self_harm": Queue(6),
+        "child_safety": Queue(6),
+    }
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    """A stable digest of a request, so a key reused for another request is caught."""
+    canonical = json.dumps(
+        [method.upper(), path, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class PlatformState:
+    """Everything the sandbox platform remembers; `PlatformState()` is the initial state."""
+
+    # region -> category -> policy; no entry = normal reach.
+    recommender: dict[str, dict[str, Policy]] = field(default_factory=dict)
+    detection: dict[str, float] = field(default_factory=_initial_thresholds)
+    moderation: dict[str, Queue] = field(default_factory=_initial_queues)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    applications: list[dict[str, Any]] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+    faults: list[FaultRule] = field(default_factory=list)
+    idempotency: dict[str, CachedResponse] = field(default_factory=dict)
+    applied_operations: set[tuple[str, str, str]] = field(default_factory=set)
+
+    # --- recommender.throttle -----------------------------------------------------------
+
+    def _policies_of(self, region: str, categories: list[str]) -> dict[str, Any]:
+        current = self.recommender.get(region, {})
+        return {
+            c: (current[c].model_dump() if c in current else None)
+            for c in dict.fromkeys(categories)
+        }
+
+    def apply_throttle(self, args: ThrottleArgs) -> dict[str, Any]:
+        """Set the reach policy of each category in the region; answer the policies replaced."""
+        previous = {
+            "region": args.region,
+            "policies": self._policies_of(args.region, args.categories),
+        }
+        region = self.recommender.setdefault(args.region, {})
+        for category in args.categories:
+            old = region.get(category)
+            # A null reshare_limit leaves the current limit as it is.
+            limit = (
+                args.reshare_limit
+                if args.reshare_limit is not None
+                else (old.reshare_limit if old else None)
+            )
+            region[category] = Policy(reach_multiplier=args.reach_multiplier, reshare_limit=limit)
+        return {"previous": previous}
+
+    def restore_throttle(self, req: ThrottleRestore) -> dict[str, Any]:
+        """Put back the policies of `previous` (null = remove the policy)."""
+        prev = req.previous
+        if prev.region != req.args.region:
+            raise PlatformError(422, "previous.region does not match args.region")
+        replaced = {
+            "region": prev.region,
+            "policies": self._policies_of(prev.region, list(prev.policies)),
+        }
+        region = self.recommender.setdefault(prev.region, {})
+        for category, policy in prev.policies.items():
+            if policy is None:
+                region.pop(category, None)
+            else:
+                region[category] = policy
+        if not region:
+            # An empty region is the default state: drop it so restore round-trips exactly.
+            del self.recommender[prev.region]
+        return {"previous": replaced}
+
+    # --- detection.set_threshold ----------------------------------------------------------
+
+    def _classifier(self, name: str) -> float:
+        if name not in self.detection:
+            raise PlatformError(404, f"unknown classifier {name!r}")
+        return self.detection[name]
+
+    def apply_threshold(self, args: ThresholdArgs) -> dict[str, Any]:
+        """Set a classifier's threshold; answer the threshold replaced."""
+        old = self._classifier(args.classifier)
+        self.detection[args.classifier] = args.threshold
+        return {"previous": {"classifier": args.classifier, "threshold": old}}
+
+    def restore_threshold(self, req: ThresholdRestore) -> dict[str, Any]:
+        """Put back a classifier's previous threshold."""
+        prev = req.previous
+        if prev.classifier != req.args.classifier:
+            raise PlatformError(422, "previous.classifier does not match args.classifier")
+        old = self._classifier(prev.classifier)
+        self.detection[prev.classifier] = prev.threshold
+        return {"previous": {"classifier": prev.classifier, "threshold": old}}
+
+    # --- moderation.surge -----------------------------------------------------------------
+
+    def _queue(self, name: str) -> Queue:
+        if name not in self.moderation:
+            raise PlatformError(404, f"unknown queue {name!r}")
+        return self.moderation[name]
+
+    def apply_surge(self, args: SurgeArgs) -> dict[str, Any]:
+        """Add reviewers to a queue and set its priority; answer the queue as it was."""
+        queue = self._queue(args.queue)
+        previous = {"queue": args.queue, **queue.as_dict()}
+        queue.reviewers += args.extra_reviewers
+        queue.priority = args.priority
+        return {"previous": previous}
+
+    def restore_surge(self, req: SurgeRestore) -> dict[str, Any]:
+        """Put back a queue's previous reviewers and priority."""
+        prev = req.previous
+        if prev.queue != req.args.queue:
+            raise PlatformError(422, "previous.queue does not match args.queue")
+        queue = self._queue(prev.queue)
+        replaced = {"queue": prev.queue, **queue.as_dict()}
+        queue.reviewers = prev.reviewers
+        queue.priority = prev.priority
+        return {"previous": replaced}
+
+    # --- notify ---------------------------------------------------------------------------
+
+    def receive_notification(
+        self,
+        *,
+        stakeholder: str,
+        body: Any,
+        signature: str | None,
+        signature_valid: bool,
+        received_at: str,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """Store a webhook message; answer how many messages this stakeholder has received."""
+        self.notifications.append(
+            {
+                "stakeholder": stakeholder,
+                "body": body,
+                "signature": signature,
+                "signature_valid": signature_valid,
+                "received_at": received_at,
+                "idempotency_key": idempotency_key,
+            }
+        )
+        received = sum(1 for n in self.notifications if n["stakeholder"] == stakeholder)
+        return {"received": received}
+
+    # --- idempotency and bookkeeping ------------------------------------------------------
+
+    def cached(self, key: str, print_: str) -> CachedResponse | None:
+        """The response first given under `key`, or None if the key is new.
+
+        Raises:
+            PlatformError: 422 when the key was first used with a different request.
+        """
+        hit = self.idempotency.get(key)
+        if hit is None:
+            return None
+        if hit.fingerprint != print_:
+            raise PlatformError(422, f"Idempotency-Key {key!r} was already used with another body")
+        return hit
+
+    def record_application(
+        self,
+        *,
+        key: str,
+        print_: str,
+        trace: Trace,
+        path: str,
+        response: dict[str, Any],
+        at: str,
+    ) -> bool:
+        """Remember an applied mutation; return True if its logical operation was a duplicate."""
+        self.idempotency[key] = CachedResponse(print_, 200, response)
+        self.applications.append(
+            {
+                "key": key,
+                "incident": trace.incident,
+                "step": trace.step,
+                "operation": trace.operation,
+                "path": path,
+                "time": at,
+            }
+        )
+        self.stats.applied += 1
+        triple = trace.triple
+        duplicate = triple is not None and triple in self.applied_operations
+        if duplicate:
+            self.stats.duplicates += 1
+        if triple is not None:
+            self.applied_operations.add(triple)
+        return duplicate
+
+    # --- faults ---------------------------------------------------------------------------
+
+    def add_fault(self, spec: FaultSpec, now: float) -> FaultRule:
+        """Install a fault rule at monotonic time `now`."""
+        expires = None if spec.outage_seconds is None else now + spec.outage_seconds
+        rule = FaultRule(spec.path_prefix, spec.status, spec.times, spec.latency_ms, expires)
+        self.faults.append(rule)
+        return rule
+
+    def clear_faults(self) -> int:
+        """Remove every fault rule; return how many there were."""
+        count = len(self.faults)
+        self.faults.clear()
+        return count
+
+    def match_faults(self, path: str, now: float) -> FaultDecision:
+        """Consume one firing of every active rule matching `path`.
+
+        Latencies add up; the first failing rule (status != 0) decides the status.
+        """
+        self.faults = [r for r in self.faults if r.active(now)]
+        latency, status = 0, 0
+        for rule in self.faults:
+            if not path.startswith(rule.path_prefix):
+                continue
+            if rule.remaining is not None:
+                rule.remaining -= 1
+            latency += rule.latency_ms
+            status = status or rule.status
+        decision = FaultDecision(latency, status)
+        if decision.fired:
+            self.stats.faults_injected += 1
+        return decision
+
+    # --- views ----------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The whole state as JSON-ready data (copies, so callers can't alias it)."""
+        return {
+            "recommender": {
+                region: {c: p.model_dump() for c, p in policies.items()}
+                for region, policies in self.recommender.items()
+            },
+            "detection": dict(self.detection),
+            "moderation": {name: q.as_dict() for name, q in self.moderation.items()},
+            "notifications": copy.deepcopy(self.notifications),
+            "applications": copy.deepcopy(self.applications),
+            "stats": self.stats.as_dict(),
+            "faults": [r.as_dict(now) for r in self.faults if r.active(now)],
+        }

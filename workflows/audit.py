@@ -1,0 +1,73 @@
+"""Audit events as the workflow produces them, and the hash that chains them.
+
+The workflow computes each event's hash itself, so replaying its history yields exactly the rows
+the audit store should hold; the store and auditors recompute the same chain to verify it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+GENESIS_HASH = "0" * 64
+
+
+class AuditEvent(BaseModel):
+    """One row of an incident's audit trail."""
+
+    model_config = ConfigDict(frozen=True)
+
+    incident_id: str
+    seq: int
+    kind: str
+    at: str  # ISO 8601 UTC, exactly as hashed
+    actor: str | None = None
+    step_id: str | None = None
+    data: dict[str, Any] = {}
+    prev_hash: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"hash"})
+
+    def expected_hash(self) -> str:
+        return chain_hash(self.prev_hash, self.body())
+
+
+class AuditBatch(BaseModel):
+    """Events handed to the audit writer in one call, in order."""
+
+    events: list[AuditEvent]
+
+
+def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    """SHA-256 over the previous hash and the event's canonical JSON."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+def make_event(
+    *,
+    incident_id: str,
+    seq: int,
+    kind: str,
+    at: str,
+    prev_hash: str,
+    actor: str | None = None,
+    step_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> AuditEvent:
+    body = {
+        "incident_id": incident_id,
+        "seq": seq,
+        "kind": kind,
+        "at": at,
+        "actor": actor,
+        "step_id": step_id,
+        "data": data or {},
+        "prev_hash": prev_hash,
+    }
+    return AuditEvent(**body, hash=chain_hash(prev_hash, body))

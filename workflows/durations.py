@@ -1,0 +1,18 @@
+"""Durations as playbooks write them: `90s`, `15m`, `6h`, `2d`, or combined `1h30m`."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse `15m`, `6h`, `1h30m` into a timedelta; raise ValueError on anything else."""
+    cleaned = text.strip().replace(" ", "")
+    if not cleaned or _PART.sub("", cleaned):
+        raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 15m, 6h, 2d)")
+    seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(cleaned))
+    return timedelta(seconds=seconds)

@@ -1,0 +1,63 @@
+"""Safe `${...}` references in lever arguments: looked up, never evaluated.
+
+`"${inputs.region}"` as a whole value keeps the input's type (a list stays a list);
+inside a longer string the value is formatted into the text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+NAMESPACES = ("inputs", "incident")
+
+
+class ReferenceError_(LookupError):
+    """A `${namespace.name}` that names nothing."""
+
+
+def references(value: Any) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    """Yield (path inside value, namespace, name) for every reference in a nested value."""
+    if isinstance(value, str):
+        for match in REFERENCE.finditer(value):
+            yield (), match.group(1), match.group(2)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            for path, ns, name in references(item):
+                yield (key, *path), ns, name
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            for path, ns, name in references(item):
+                yield (index, *path), ns, name
+
+
+def substitute(value: Any, context: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Return `value` with every reference replaced from `context[namespace][name]`."""
+    if isinstance(value, str):
+        whole = REFERENCE.fullmatch(value.strip())
+        if whole:
+            return _lookup(context, whole.group(1), whole.group(2))
+        return REFERENCE.sub(lambda m: _format(_lookup(context, m.group(1), m.group(2))), value)
+    if isinstance(value, Mapping):
+        return {key: substitute(item, context) for key, item in value.items()}
+    if isinstance(value, list):
+        return [substitute(item, context) for item in value]
+    return value
+
+
+def _lookup(context: Mapping[str, Mapping[str, Any]], namespace: str, name: str) -> Any:
+    try:
+        return context[namespace][name]
+    except KeyError:
+        raise ReferenceError_(f"${{{namespace}.{name}}} is not defined") from None
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ", ".join(_format(item) for item in value)
+    return json.dumps(value)
