@@ -13,7 +13,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.audit import GENESIS_HASH, AuditBatch, AuditEvent, make_event
@@ -155,7 +155,9 @@ class CrisisWorkflow:
         self._audit.record("step.started", step_id=step.id, data={"lever": step.do, "args": run.args})
         try:
             outcome = await self._call(step, step.do, run.args, operation="apply-1")
-        except ActivityError as error:
+        except CancelledError:
+            raise
+        except FailureError as error:  # local activities raise the failure itself, not ActivityError
             run.state, run.finished_at, run.error = "failed", _now(), _cause(error)
             self._audit.record("step.failed", step_id=step.id, data={"lever": step.do, "error": run.error})
             return False
@@ -175,7 +177,9 @@ class CrisisWorkflow:
         run.state = "undoing"
         try:
             await self._call(step, lever, args, operation="undo-1", restore=restore, retry=UNDO_RETRY)
-        except ActivityError as error:
+        except CancelledError:
+            raise
+        except FailureError as error:
             run.state, run.error = "undo_failed", _cause(error)
             self._audit.record("step.undo_failed", step_id=step.id, data={"lever": lever, "error": run.error})
             return

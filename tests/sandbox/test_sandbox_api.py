@@ -29,7 +29,9 @@ SURGE = {"queue": "hate", "extra_reviewers": 20, "priority": "urgent"}
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     """A sandbox served by uvicorn on a free loopback port in a background thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # An explicit IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections (it checks
+    # sock.proto); with proto 0 every response waits ~40 ms on delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -48,20 +50,20 @@ def base_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def client(base_url: str) -> Iterator[httpx.Client]:
-    """A plain HTTP client on the sandbox."""
+def http(base_url: str) -> Iterator[httpx.Client]:
+    """A plain HTTP client on the sandbox (named so as not to shadow the Temporal `client`)."""
     with httpx.Client(base_url=base_url, timeout=10) as c:
         yield c
 
 
 @pytest.fixture(autouse=True)
-def reset(client: httpx.Client) -> None:
+def reset(http: httpx.Client) -> None:
     """Start every test from the initial state."""
-    assert client.post("/reset").status_code == 200
+    assert http.post("/reset").status_code == 200
 
 
 def post(
-    client: httpx.Client,
+    http: httpx.Client,
     path: str,
     body: Any,
     key: str | None,
@@ -74,12 +76,12 @@ def post(
     if trace is not None:
         incident, step, operation = trace
         headers |= {"X-Incident-Id": incident, "X-Step-Id": step, "X-Operation": operation}
-    return client.post(path, json=body, headers=headers)
+    return http.post(path, json=body, headers=headers)
 
 
-def state(client: httpx.Client) -> dict[str, Any]:
+def state(http: httpx.Client) -> dict[str, Any]:
     """The sandbox's whole state."""
-    response = client.get("/state")
+    response = http.get("/state")
     assert response.status_code == 200
     return response.json()
 
@@ -87,70 +89,70 @@ def state(client: httpx.Client) -> dict[str, Any]:
 # --- levers -------------------------------------------------------------------------------
 
 
-def test_throttle_apply_and_restore_round_trip(client: httpx.Client) -> None:
+def test_throttle_apply_and_restore_round_trip(http: httpx.Client) -> None:
     """Throttle answers null policies, sets them, and restore removes them again exactly."""
-    before = state(client)["recommender"]
+    before = state(http)["recommender"]
     assert before == {}
 
-    applied = post(client, "/recommender/throttle", THROTTLE, "i1/s1/apply")
+    applied = post(http, "/recommender/throttle", THROTTLE, "i1/s1/apply")
     assert applied.status_code == 200
     previous = applied.json()["previous"]
     assert previous == {"region": "GB", "policies": {"news": None, "video": None}}
     policy = {"reach_multiplier": 0.25, "reshare_limit": None}
-    assert state(client)["recommender"] == {"GB": {"news": policy, "video": policy}}
+    assert state(http)["recommender"] == {"GB": {"news": policy, "video": policy}}
 
     restore = {"args": THROTTLE, "previous": previous}
-    restored = post(client, "/recommender/throttle/restore", restore, "i1/s1/restore")
+    restored = post(http, "/recommender/throttle/restore", restore, "i1/s1/restore")
     assert restored.status_code == 200
     assert restored.json()["previous"] == {
         "region": "GB",
         "policies": {"news": policy, "video": policy},
     }
-    assert state(client)["recommender"] == before
+    assert state(http)["recommender"] == before
 
 
-def test_throttle_restore_puts_back_an_existing_policy(client: httpx.Client) -> None:
+def test_throttle_restore_puts_back_an_existing_policy(http: httpx.Client) -> None:
     """A second throttle reports the first policy, keeps its reshare limit, and restores it."""
     first = {"region": "GB", "categories": ["news"], "reach_multiplier": 0.5, "reshare_limit": 3}
-    assert post(client, "/recommender/throttle", first, "i1/s1/apply").status_code == 200
+    assert post(http, "/recommender/throttle", first, "i1/s1/apply").status_code == 200
     second = {"region": "GB", "categories": ["news"], "reach_multiplier": 0.1}
-    answer = post(client, "/recommender/throttle", second, "i1/s2/apply").json()
+    answer = post(http, "/recommender/throttle", second, "i1/s2/apply").json()
     assert answer["previous"]["policies"]["news"] == {"reach_multiplier": 0.5, "reshare_limit": 3}
-    assert state(client)["recommender"]["GB"]["news"] == {
+    assert state(http)["recommender"]["GB"]["news"] == {
         "reach_multiplier": 0.1,
         "reshare_limit": 3,
     }
 
     restore = {"args": second, "previous": answer["previous"]}
-    assert post(client, "/recommender/throttle/restore", restore, "i1/s2/undo").status_code == 200
-    assert state(client)["recommender"]["GB"]["news"] == {
+    assert post(http, "/recommender/throttle/restore", restore, "i1/s2/undo").status_code == 200
+    assert state(http)["recommender"]["GB"]["news"] == {
         "reach_multiplier": 0.5,
         "reshare_limit": 3,
     }
 
 
-def test_threshold_apply_and_restore(client: httpx.Client) -> None:
+def test_threshold_apply_and_restore(http: httpx.Client) -> None:
     """Setting a threshold answers the old one and restore puts it back."""
-    applied = post(client, "/detection/threshold", THRESHOLD, "i1/s1/apply")
+    applied = post(http, "/detection/threshold", THRESHOLD, "i1/s1/apply")
     assert applied.json() == {"previous": {"classifier": "racial_hatred", "threshold": 0.8}}
-    assert state(client)["detection"]["racial_hatred"] == 0.55
+    assert state(http)["detection"]["racial_hatred"] == 0.55
 
     restore = {"args": THRESHOLD, "previous": applied.json()["previous"]}
-    restored = post(client, "/detection/threshold/restore", restore, "i1/s1/restore")
+    restored = post(http, "/detection/threshold/restore", restore, "i1/s1/restore")
     assert restored.json() == {"previous": {"classifier": "racial_hatred", "threshold": 0.55}}
-    assert state(client)["detection"]["racial_hatred"] == 0.8
+    assert state(http)["detection"]["racial_hatred"] == 0.8
 
 
-def test_surge_apply_and_restore(client: httpx.Client) -> None:
+def test_surge_apply_and_restore(http: httpx.Client) -> None:
     """A surge adds reviewers and raises priority; restore puts the queue back as it was."""
-    applied = post(client, "/moderation/surge", SURGE, "i1/s1/apply")
+    applied = post(http, "/moderation/surge", SURGE, "i1/s1/apply")
     assert applied.json() == {"previous": {"queue": "hate", "reviewers": 12, "priority": "normal"}}
-    assert state(client)["moderation"]["hate"] == {"reviewers": 32, "priority": "urgent"}
+    assert state(http)["moderation"]["hate"] == {"reviewers": 32, "priority": "urgent"}
 
     restore = {"args": SURGE, "previous": applied.json()["previous"]}
-    restored = post(client, "/moderation/surge/restore", restore, "i1/s1/restore")
+    restored = post(http, "/moderation/surge/restore", restore, "i1/s1/restore")
     assert restored.json() == {"previous": {"queue": "hate", "reviewers": 32, "priority": "urgent"}}
-    assert state(client)["moderation"]["hate"] == {"reviewers": 12, "priority": "normal"}
+    assert state(http)["moderation"]["hate"] == {"reviewers": 12, "priority": "normal"}
 
 
 @pytest.mark.parametrize(
@@ -169,18 +171,18 @@ def test_surge_apply_and_restore(client: httpx.Client) -> None:
     ],
 )
 def test_unknown_classifier_or_queue_is_404(
-    client: httpx.Client, path: str, body: dict[str, Any], message: str
+    http: httpx.Client, path: str, body: dict[str, Any], message: str
 ) -> None:
     """An unknown classifier or queue is a 404 with a JSON error and applies nothing."""
-    response = post(client, path, body, "i1/s1/apply")
+    response = post(http, path, body, "i1/s1/apply")
     assert response.status_code == 404
     assert message in response.json()["error"]
-    assert state(client)["stats"]["applied"] == 0
+    assert state(http)["stats"]["applied"] == 0
 
 
-def test_invalid_arguments_are_422(client: httpx.Client) -> None:
+def test_invalid_arguments_are_422(http: httpx.Client) -> None:
     """Arguments the lever model rejects (here an unknown key) are a 422 JSON error."""
-    response = post(client, "/detection/threshold", {**THRESHOLD, "extra": 1}, "i1/s1/apply")
+    response = post(http, "/detection/threshold", {**THRESHOLD, "extra": 1}, "i1/s1/apply")
     assert response.status_code == 422
     assert "extra" in response.json()["error"]
 
@@ -188,16 +190,16 @@ def test_invalid_arguments_are_422(client: httpx.Client) -> None:
 # --- idempotency --------------------------------------------------------------------------
 
 
-def test_same_key_same_body_replays_without_reapplying(client: httpx.Client) -> None:
+def test_same_key_same_body_replays_without_reapplying(http: httpx.Client) -> None:
     """A replay answers the first response and leaves the state and the log untouched."""
-    first = post(client, "/moderation/surge", SURGE, "i1/s1/apply")
-    after_first = state(client)
-    again = post(client, "/moderation/surge", SURGE, "i1/s1/apply")
+    first = post(http, "/moderation/surge", SURGE, "i1/s1/apply")
+    after_first = state(http)
+    again = post(http, "/moderation/surge", SURGE, "i1/s1/apply")
     assert again.status_code == 200
     assert again.json() == first.json()
     assert again.headers["Idempotent-Replayed"] == "true"
 
-    after = state(client)
+    after = state(http)
     assert after["moderation"] == after_first["moderation"]
     assert after["moderation"]["hate"]["reviewers"] == 32
     assert after["stats"]["replayed"] == 1
@@ -206,14 +208,14 @@ def test_same_key_same_body_replays_without_reapplying(client: httpx.Client) -> 
     assert after["applications"][0]["key"] == "i1/s1/apply"
 
 
-def test_same_key_different_body_is_422(client: httpx.Client) -> None:
+def test_same_key_different_body_is_422(http: httpx.Client) -> None:
     """Reusing a key for another body is refused and applies nothing."""
-    assert post(client, "/detection/threshold", THRESHOLD, "i1/s1/apply").status_code == 200
+    assert post(http, "/detection/threshold", THRESHOLD, "i1/s1/apply").status_code == 200
     other = {**THRESHOLD, "threshold": 0.1}
-    response = post(client, "/detection/threshold", other, "i1/s1/apply")
+    response = post(http, "/detection/threshold", other, "i1/s1/apply")
     assert response.status_code == 422
     assert "Idempotency-Key" in response.json()["error"]
-    assert state(client)["detection"]["racial_hatred"] == 0.55
+    assert state(http)["detection"]["racial_hatred"] == 0.55
 
 
 @pytest.mark.parametrize(
@@ -225,28 +227,28 @@ def test_same_key_different_body_is_422(client: httpx.Client) -> None:
         ("/notify/webhooks/regulator", {"message": "hello"}),
     ],
 )
-def test_missing_key_is_400(client: httpx.Client, path: str, body: dict[str, Any]) -> None:
+def test_missing_key_is_400(http: httpx.Client, path: str, body: dict[str, Any]) -> None:
     """A mutation without an Idempotency-Key is a 400 and applies nothing."""
-    response = post(client, path, body, None)
+    response = post(http, path, body, None)
     assert response.status_code == 400
     assert "Idempotency-Key" in response.json()["error"]
-    assert state(client)["stats"]["applied"] == 0
+    assert state(http)["stats"]["applied"] == 0
 
 
 def test_duplicates_counts_a_logical_operation_applied_under_a_new_key(
-    client: httpx.Client,
+    http: httpx.Client,
 ) -> None:
     """The same (incident, step, operation) under a new key applies again and is counted."""
     trace = ("inc-1", "throttle", "apply")
-    post(client, "/moderation/surge", SURGE, "k1", trace)
-    post(client, "/moderation/surge", SURGE, "k1", trace)  # a replay: not a duplicate
-    assert state(client)["stats"]["duplicates"] == 0
+    post(http, "/moderation/surge", SURGE, "k1", trace)
+    post(http, "/moderation/surge", SURGE, "k1", trace)  # a replay: not a duplicate
+    assert state(http)["stats"]["duplicates"] == 0
 
-    post(client, "/moderation/surge", SURGE, "k2", trace)
-    post(client, "/moderation/surge", SURGE, "k3", ("inc-1", "throttle", "undo"))
-    post(client, "/moderation/surge", SURGE, "k4")  # no trace headers: never counted
-    post(client, "/moderation/surge", SURGE, "k5")
-    stats = state(client)["stats"]
+    post(http, "/moderation/surge", SURGE, "k2", trace)
+    post(http, "/moderation/surge", SURGE, "k3", ("inc-1", "throttle", "undo"))
+    post(http, "/moderation/surge", SURGE, "k4")  # no trace headers: never counted
+    post(http, "/moderation/surge", SURGE, "k5")
+    stats = state(http)["stats"]
     assert stats["duplicates"] == 1
     assert stats["applied"] == 5
     assert stats["replayed"] == 1
@@ -270,79 +272,79 @@ async def test_concurrent_requests_with_one_key_apply_once(base_url: str) -> Non
 # --- faults -------------------------------------------------------------------------------
 
 
-def test_fault_times_fails_that_many_requests_then_succeeds(client: httpx.Client) -> None:
+def test_fault_times_fails_that_many_requests_then_succeeds(http: httpx.Client) -> None:
     """`times: 2` fails two matching requests with 500 and lets the third through."""
     fault = {"path_prefix": "/detection", "status": 500, "times": 2}
-    assert client.post("/faults", json=fault).status_code == 200
-    statuses = [post(client, "/detection/threshold", THRESHOLD, "k").status_code for _ in range(3)]
+    assert http.post("/faults", json=fault).status_code == 200
+    statuses = [post(http, "/detection/threshold", THRESHOLD, "k").status_code for _ in range(3)]
     assert statuses == [500, 500, 200]
-    after = state(client)
+    after = state(http)
     assert after["stats"]["faults_injected"] == 2
     assert after["stats"]["applied"] == 1
     assert after["faults"] == []
 
 
-def test_fault_only_hits_matching_paths(client: httpx.Client) -> None:
+def test_fault_only_hits_matching_paths(http: httpx.Client) -> None:
     """A fault on one prefix leaves other platform paths and the sandbox endpoints alone."""
-    client.post("/faults", json={"path_prefix": "/recommender", "status": 503})
-    assert post(client, "/recommender/throttle", THROTTLE, "k1").status_code == 503
-    assert post(client, "/moderation/surge", SURGE, "k2").status_code == 200
-    client.post("/faults", json={"path_prefix": "/", "status": 500})
-    assert client.get("/health").status_code == 200
-    assert client.get("/state").status_code == 200
+    http.post("/faults", json={"path_prefix": "/recommender", "status": 503})
+    assert post(http, "/recommender/throttle", THROTTLE, "k1").status_code == 503
+    assert post(http, "/moderation/surge", SURGE, "k2").status_code == 200
+    http.post("/faults", json={"path_prefix": "/", "status": 500})
+    assert http.get("/health").status_code == 200
+    assert http.get("/state").status_code == 200
 
 
-def test_fault_latency_delays_the_response(client: httpx.Client) -> None:
+def test_fault_latency_delays_the_response(http: httpx.Client) -> None:
     """`status: 0` with `latency_ms` only delays the request, which then succeeds."""
-    client.post("/faults", json={"path_prefix": "/moderation", "status": 0, "latency_ms": 300})
+    http.post("/faults", json={"path_prefix": "/moderation", "status": 0, "latency_ms": 300})
     started = time.monotonic()
-    response = post(client, "/moderation/surge", SURGE, "k1")
+    response = post(http, "/moderation/surge", SURGE, "k1")
     elapsed = time.monotonic() - started
     assert response.status_code == 200
     assert elapsed >= 0.3
 
 
-def test_fault_outage_window_ends_by_itself(client: httpx.Client) -> None:
+def test_fault_outage_window_ends_by_itself(http: httpx.Client) -> None:
     """An outage fails every matching request until its window has passed."""
-    client.post("/faults", json={"path_prefix": "/", "status": 502, "outage_seconds": 0.4})
-    assert post(client, "/detection/threshold", THRESHOLD, "k1").status_code == 502
-    assert post(client, "/moderation/surge", SURGE, "k2").status_code == 502
+    http.post("/faults", json={"path_prefix": "/", "status": 502, "outage_seconds": 0.4})
+    assert post(http, "/detection/threshold", THRESHOLD, "k1").status_code == 502
+    assert post(http, "/moderation/surge", SURGE, "k2").status_code == 502
     time.sleep(0.5)
-    assert post(client, "/detection/threshold", THRESHOLD, "k1").status_code == 200
+    assert post(http, "/detection/threshold", THRESHOLD, "k1").status_code == 200
 
 
-def test_delete_faults_clears_them(client: httpx.Client) -> None:
+def test_delete_faults_clears_them(http: httpx.Client) -> None:
     """DELETE /faults removes an open-ended fault so requests succeed again."""
-    client.post("/faults", json={"path_prefix": "/moderation", "status": 500})
-    assert post(client, "/moderation/surge", SURGE, "k1").status_code == 500
-    assert client.delete("/faults").json() == {"cleared": 1}
-    assert post(client, "/moderation/surge", SURGE, "k1").status_code == 200
-    assert state(client)["faults"] == []
+    http.post("/faults", json={"path_prefix": "/moderation", "status": 500})
+    assert post(http, "/moderation/surge", SURGE, "k1").status_code == 500
+    assert http.delete("/faults").json() == {"cleared": 1}
+    assert post(http, "/moderation/surge", SURGE, "k1").status_code == 200
+    assert state(http)["faults"] == []
 
 
 # --- notifications ------------------------------------------------------------------------
 
 
-def _webhook(client: httpx.Client, raw: bytes, signature: str, key: str) -> httpx.Response:
+def _webhook(http: httpx.Client, raw: bytes, signature: str, key: str) -> httpx.Response:
     headers = {
         "Content-Type": "application/json",
         "Idempotency-Key": key,
         "X-Crisis-Signature": signature,
     }
-    return client.post("/notify/webhooks/regulator", content=raw, headers=headers)
+    return http.post("/notify/webhooks/regulator", content=raw, headers=headers)
 
 
-def test_notification_is_stored_with_its_signature_checked(client: httpx.Client) -> None:
+def test_notification_is_stored_with_its_signature_checked(http: httpx.Client) -> None:
     """A correctly signed message verifies, a wrongly signed one is stored as unverified."""
     message = {"message": "Throttling in GB", "severity": "critical", "data": {"region": "GB"}}
     raw = json.dumps(message).encode()
     good = "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
     bad = "sha256=" + hmac.new(b"wrong-secret", raw, hashlib.sha256).hexdigest()
 
-    assert _webhook(client, raw, good, "i1/s1/notify").json() == {"received": 1}
-    assert _webhook(client, raw, bad, "i1/s2/notify").json() == {"received": 2}
+    assert _webhook(http, raw, good, "i1/s1/notify").json() == {"received": 1}
+    assert _webhook(http, raw, bad, "i1/s2/notify").json() == {"received": 2}
 
-    first, second = state(client)["notifications"]
+    first, second = state(http)["notifications"]
     assert first["stakeholder"] == "regulator"
     assert first["body"] == message
     assert first["signature"] == good
@@ -355,21 +357,21 @@ def test_notification_is_stored_with_its_signature_checked(client: httpx.Client)
 # --- reset --------------------------------------------------------------------------------
 
 
-def test_reset_restores_the_initial_state(client: httpx.Client) -> None:
+def test_reset_restores_the_initial_state(http: httpx.Client) -> None:
     """After mutations and faults, /reset brings back the initial state and clears memory."""
-    initial = state(client)
+    initial = state(http)
     assert initial["detection"]["terrorism"] == 0.85
     assert initial["moderation"]["general"] == {"reviewers": 40, "priority": "normal"}
 
-    post(client, "/recommender/throttle", THROTTLE, "k1")
-    post(client, "/detection/threshold", THRESHOLD, "k2")
-    post(client, "/moderation/surge", SURGE, "k3")
-    client.post("/faults", json={"path_prefix": "/notify", "status": 500})
-    assert client.post("/reset").json() == {"reset": True}
+    post(http, "/recommender/throttle", THROTTLE, "k1")
+    post(http, "/detection/threshold", THRESHOLD, "k2")
+    post(http, "/moderation/surge", SURGE, "k3")
+    http.post("/faults", json={"path_prefix": "/notify", "status": 500})
+    assert http.post("/reset").json() == {"reset": True}
 
-    assert state(client) == initial
+    assert state(http) == initial
     # The idempotency memory is gone too: the old key now applies afresh.
     assert (
-        post(client, "/detection/threshold", THRESHOLD, "k2").headers.get("Idempotent-Replayed")
+        post(http, "/detection/threshold", THRESHOLD, "k2").headers.get("Idempotent-Replayed")
         is None
     )

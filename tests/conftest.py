@@ -1,0 +1,139 @@
+"""Session-wide real services: a Temporal dev server, the platform sandbox, audit stores."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from core.settings import Settings
+from engine.devserver import free_port, start_dev_server
+from engine.temporal import running_worker
+from sandbox.app import create_app
+from store.audit_store import AuditStore
+from tests.helpers import serve_app
+
+POSTGRES_URL = os.environ.get("CRISIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+# --- the SDK's exit crash (temporalio/sdk-python#300) ---------------------------------------
+# After a Temporal client has been used the interpreter can die at exit (134/139) although every
+# test passed. Keep pytest's real status and leave with os._exit once everything is flushed.
+_exit_status: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if "status" in _exit_status and not hasattr(config, "workerinput"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status["status"])
+
+
+# --- services ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    directory = tmp_path_factory.mktemp("temporal")
+    process = start_dev_server(db_file=directory / "temporal.db", port=port,
+                               log_file=directory / "server.log")
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+async def client(temporal_address: str) -> Client:
+    return await Client.connect(temporal_address, data_converter=pydantic_data_converter)
+
+
+@pytest.fixture(scope="session")
+def sandbox_url() -> Iterator[str]:
+    with serve_app(create_app(webhook_secret=Settings().webhook_secret)) as url:
+        yield url
+
+
+class Sandbox:
+    """The platform sandbox as tests see it: state, faults, reset."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.AsyncClient(base_url=url, timeout=10)
+
+    async def state(self) -> dict[str, Any]:
+        response = await self.http.get("/state")
+        response.raise_for_status()
+        return response.json()
+
+    async def fault(self, **rule: Any) -> None:
+        (await self.http.post("/faults", json=rule)).raise_for_status()
+
+    async def clear_faults(self) -> None:
+        (await self.http.delete("/faults")).raise_for_status()
+
+    async def reset(self) -> None:
+        (await self.http.post("/reset")).raise_for_status()
+
+
+@pytest.fixture
+async def sandbox(sandbox_url: str) -> AsyncIterator[Sandbox]:
+    box = Sandbox(sandbox_url)
+    await box.reset()
+    yield box
+    await box.http.aclose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('audit') / 'audit.db'}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_store(sqlite_url: str) -> Iterator[AuditStore]:
+    store = AuditStore(sqlite_url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_store() -> Iterator[AuditStore]:
+    try:
+        store = AuditStore(POSTGRES_URL)
+    except Exception as error:  # noqa: BLE001 - the reason is what the failure must show
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required for the tests: {error}")
+    yield store
+    store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audit_store(request: pytest.FixtureRequest) -> AuditStore:
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+def make_settings(*, temporal_address: str, sandbox_url: str, database_url: str, **extra: Any) -> Settings:
+    port = int(sandbox_url.rsplit(":", 1)[1])
+    return Settings(temporal_address=temporal_address, sandbox_port=port, database_url=database_url,
+                    task_queue=f"test-{uuid.uuid4()}", **extra)
+
+
+@pytest.fixture
+def settings(temporal_address: str, sandbox_url: str, sqlite_url: str, tmp_path: Path) -> Settings:
+    return make_settings(temporal_address=temporal_address, sandbox_url=sandbox_url,
+                         database_url=sqlite_url, data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings, sqlite_store: AuditStore) -> AsyncIterator[None]:
+    async with running_worker(client, settings=settings, store=sqlite_store):
+        yield

@@ -1,0 +1,168 @@
+"""The interpreter end to end: real dev server, real sandbox over HTTP, real audit store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from core.settings import Settings
+from engine.incidents import IncidentConflict, Incidents
+from store.audit_store import AuditStore
+from tests.conftest import Sandbox
+from tests.helpers import assert_eventually
+from workflows.incident import IncidentStatus
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+async def wait_for_state(incidents: Incidents, incident_id: str, *states: str) -> IncidentStatus:
+    async def check() -> IncidentStatus:
+        status = await incidents.status(incident_id)
+        assert status.state in states and all(s.state != "running" for s in status.steps), status
+        return status
+
+    return await assert_eventually(check)
+
+
+async def test_violent_disorder_applies_every_lever_and_stand_down_restores_them(
+    client: Client, settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore
+) -> None:
+    """The shipped playbook changes the platform, and stand-down puts back exactly what it found."""
+    before = await sandbox.state()
+    incidents = Incidents(client, settings)
+    triggered = await incidents.trigger("violent-disorder", {"region": "GB"}, actor="alice", eager=True)
+
+    async def all_applied() -> IncidentStatus:
+        status = await incidents.status(triggered.incident_id)
+        assert [s.state for s in status.steps] == ["applied"] * 5
+        return status
+
+    status = await assert_eventually(all_applied)
+    assert status.state == "running"
+    during = await sandbox.state()
+    policy = during["recommender"]["GB"]["incitement_to_violence"]
+    assert (policy["reach_multiplier"], policy["reshare_limit"]) == (0.25, 5)
+    assert during["detection"]["incitement_to_violence"] == 0.25
+    assert during["moderation"]["hate"]["reviewers"] == before["moderation"]["hate"]["reviewers"] + 25
+    assert [n["stakeholder"] for n in during["notifications"]] == ["regulator", "internal-crisis-team"]
+    assert all(n["signature_valid"] for n in during["notifications"])
+
+    closed = await incidents.stand_down(triggered.incident_id, actor="bob", reason="disorder over")
+    assert closed.state == "closed"
+    assert [s.state for s in closed.steps] == ["undone", "undone", "undone", "undone", "kept"]
+    after = await sandbox.state()
+    for part in ("recommender", "detection", "moderation"):
+        assert after[part] == before[part], part
+    assert after["notifications"][-1]["stakeholder"] == "regulator"
+    assert "concluded" in after["notifications"][-1]["body"]["message"]
+    assert after["stats"]["duplicates"] == 0
+
+    async def audited() -> list[str]:
+        kinds = [e.kind for e in sqlite_store.events(triggered.incident_id)]
+        assert kinds[-1] == "incident.closed"
+        return kinds
+
+    kinds = await assert_eventually(audited)
+    assert kinds[0] == "incident.triggered"
+    assert kinds.count("step.applied") == 5 and kinds.count("step.undone") == 4
+    assert "stand_down.requested" in kinds
+    assert sqlite_store.verify(triggered.incident_id).ok
+
+
+async def test_a_second_stand_down_is_refused(client: Client, settings: Settings, sandbox: Sandbox) -> None:
+    """Standing down a closed incident is a clear conflict, not a second undo."""
+    incidents = Incidents(client, settings)
+    triggered = await incidents.trigger("violent-disorder", {}, actor="alice", eager=True)
+    await incidents.stand_down(triggered.incident_id, actor="bob", reason="false alarm")
+    with pytest.raises(IncidentConflict):
+        await incidents.stand_down(triggered.incident_id, actor="bob", reason="again")
+    assert (await sandbox.state())["stats"]["duplicates"] == 0
+
+
+def write_playbook(directory: Path, body: str) -> Path:
+    path = directory / "test-playbook.yaml"
+    path.write_text(body)
+    return path
+
+
+THREE_STEPS = """
+playbook: test-playbook
+version: 1
+title: Three levers
+description: For tests.
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+    retry: {max_attempts: 3, initial_interval: 100ms, max_interval: 200ms}
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+"""
+
+
+async def test_a_flaky_lever_is_retried_until_it_applies_once(
+    client: Client, settings: Settings, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Two platform errors are retried; the lever is applied exactly once."""
+    await sandbox.fault(path_prefix="/detection", status=500, times=2)
+    incidents = Incidents(client, settings)
+    path = write_playbook(tmp_path, THREE_STEPS)
+    triggered = await incidents.trigger(str(path), {}, actor="alice", eager=True)
+    status = await wait_for_state(incidents, triggered.incident_id, "running")
+    assert [s.state for s in status.steps] == ["applied"] * 3
+    state = await sandbox.state()
+    assert state["stats"]["faults_injected"] == 2
+    assert state["detection"]["fraud"] == 0.3
+    applied_steps = [a["step"] for a in state["applications"]]
+    assert applied_steps == ["throttle", "threshold", "surge"]
+    await incidents.stand_down(triggered.incident_id, actor="bob", reason="done")
+
+
+async def test_a_lever_that_keeps_failing_fails_the_incident_and_stand_down_still_undoes(
+    client: Client, settings: Settings, sandbox: Sandbox, tmp_path: Path, sqlite_store: AuditStore
+) -> None:
+    """After its retries a step fails the playbook; stand-down undoes only what was applied."""
+    before = await sandbox.state()
+    await sandbox.fault(path_prefix="/detection", status=503)
+    incidents = Incidents(client, settings)
+    triggered = await incidents.trigger(str(write_playbook(tmp_path, THREE_STEPS)), {}, actor="alice",
+                                        eager=True)
+    status = await wait_for_state(incidents, triggered.incident_id, "failed")
+    assert [s.state for s in status.steps] == ["applied", "failed", "pending"]
+    assert "503" in (status.steps[1].error or "")
+    assert (await sandbox.state())["stats"]["faults_injected"] == 3
+    await sandbox.clear_faults()
+
+    closed = await incidents.stand_down(triggered.incident_id, actor="bob", reason="give up")
+    assert [s.state for s in closed.steps] == ["undone", "failed", "skipped"]
+    after = await sandbox.state()
+    assert after["recommender"] == before["recommender"]
+    assert after["moderation"] == before["moderation"]
+
+    async def audited() -> list[str]:
+        kinds = [e.kind for e in sqlite_store.events(triggered.incident_id)]
+        assert kinds[-1] == "incident.closed"
+        return kinds
+
+    kinds = await assert_eventually(audited)
+    assert "step.failed" in kinds and "incident.failed" in kinds
+
+
+async def test_a_rejected_lever_is_not_retried(
+    client: Client, settings: Settings, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A 4xx from the platform (unknown classifier) fails the step at once."""
+    body = THREE_STEPS.replace("classifier: fraud", "classifier: no-such-classifier")
+    incidents = Incidents(client, settings)
+    triggered = await incidents.trigger(str(write_playbook(tmp_path, body)), {}, actor="alice", eager=True)
+    status = await wait_for_state(incidents, triggered.incident_id, "failed")
+    assert status.steps[1].state == "failed"
+    assert "404" in (status.steps[1].error or "")
+    assert (await sandbox.state())["stats"]["requests"] == 2
+    await incidents.stand_down(triggered.incident_id, actor="bob", reason="fix the playbook")
