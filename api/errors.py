@@ -1,0 +1,49 @@
+"""JSON errors with stable codes: every 4xx/5xx body is {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.incidents import IncidentConflict, IncidentError, IncidentNotFound
+from engine.playbook_files import PlaybookInvalid, PlaybookNotFound
+from workflows.playbook import InputError
+
+# Named engine errors → (HTTP status, stable code).
+ERROR_CODES: dict[type[Exception], tuple[int, str]] = {
+    PlaybookNotFound: (404, "playbook_not_found"),
+    PlaybookInvalid: (422, "playbook_invalid"),
+    InputError: (422, "invalid_input"),
+    IncidentNotFound: (404, "incident_not_found"),
+    IncidentConflict: (409, "incident_conflict"),
+    IncidentError: (502, "temporal_error"),
+}
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for exc_type, (status, code) in ERROR_CODES.items():
+        app.add_exception_handler(exc_type, _handler(status, code))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return JSONResponse(error_body("invalid_request", f"{where}: {first['msg']}"), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(f"http_{error.status_code}", str(error.detail)),
+                            status_code=error.status_code)
+
+
+def _handler(status: int, code: str):  # noqa: ANN202 - a Starlette exception handler
+    async def handle(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(error_body(code, str(error)), status_code=status)
+
+    return handle

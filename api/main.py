@@ -1,0 +1,46 @@
+"""The HTTP API under /v1 (OpenAPI at /docs). Its lifespan connects Temporal and the audit store,
+and by default runs a worker in-process so triggers start eagerly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import structlog
+from fastapi import APIRouter, FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import health, incidents
+from core.settings import Settings, get_settings
+from engine.incidents import Incidents
+from engine.temporal import connect, running_worker
+from store.audit_store import AuditStore
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store = AuditStore(settings.resolved_database_url)
+            stack.callback(store.dispose)
+            client = await connect(settings)
+            if settings.api_embedded_worker:
+                await stack.enter_async_context(running_worker(client, settings=settings, store=store))
+            app.state.settings, app.state.client, app.state.store = settings, client, store
+            app.state.incidents = Incidents(client, settings)
+            log.info("api.ready", temporal=settings.temporal_address,
+                     embedded_worker=settings.api_embedded_worker)
+            yield
+
+    app = FastAPI(title="Crisis response engine", version="0.1.0", lifespan=lifespan,
+                  description="Trigger crisis playbooks, follow incidents, stand them down, read the audit trail.")
+    v1 = APIRouter(prefix="/v1")
+    v1.include_router(health.router)
+    v1.include_router(incidents.router)
+    app.include_router(v1)
+    install_error_handlers(app)
+    return app

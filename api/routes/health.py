@@ -1,0 +1,35 @@
+"""Liveness and readiness: Temporal reachable, audit store answering."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlmodel import Session
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(request.app.state.client.service_client.check_health(), timeout=3)
+        checks["temporal"] = "ok"
+    except Exception as error:  # noqa: BLE001 - any failure means "not healthy", reported as such
+        checks["temporal"] = f"unavailable: {error}"
+
+    def ping_store() -> None:
+        with Session(request.app.state.store.engine) as session:
+            session.exec(text("SELECT 1"))
+
+    try:
+        await asyncio.to_thread(ping_store)
+        checks["audit_store"] = "ok"
+    except Exception as error:  # noqa: BLE001
+        checks["audit_store"] = f"unavailable: {error}"
+    healthy = all(value == "ok" for value in checks.values())
+    return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks},
+                        status_code=200 if healthy else 503)

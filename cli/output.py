@@ -1,0 +1,61 @@
+"""How the CLI speaks: one-line errors on stderr, JSON or a table on stdout, a safe exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import asyncio
+
+from engine.incidents import IncidentError
+from engine.playbook_files import PlaybookError
+from store.audit_store import AuditStoreError
+from workflows.playbook import InputError
+
+T = TypeVar("T")
+KNOWN_ERRORS = (IncidentError, PlaybookError, InputError, AuditStoreError)
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def fail(message: str, status: int = 1) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    hard_exit(status)
+
+
+def hard_exit(status: int) -> NoReturn:
+    # The Temporal SDK can crash the interpreter at exit (sdk-python#300); leave without teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except KNOWN_ERRORS as error:
+        fail(str(error))
+    except CliError as error:
+        fail(str(error))
+
+
+def run_async(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine that talks to Temporal; a connection failure is one clear line."""
+    with user_errors():
+        try:
+            return asyncio.run(make())  # type: ignore[arg-type]
+        except RuntimeError as error:
+            if "connect" in str(error).lower():
+                fail(f"cannot reach Temporal: {error} (is `crisis up` running?)")
+            raise

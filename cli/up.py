@@ -1,0 +1,138 @@
+"""`crisis up`: the embedded stack as one supervised group of child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from cli.output import CliError
+from core.settings import Settings
+from engine.devserver import ServerStartError, dev_server_command, wait_for_port
+
+log = structlog.get_logger(__name__)
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    port: int | None
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The settings every child must share, as the environment variables they read."""
+    env = dict(os.environ)
+    env.update({
+        "CRISIS_DATA_DIR": str(settings.data_dir.resolve()),
+        "CRISIS_DATABASE_URL": settings.resolved_database_url,
+        "TEMPORAL_ADDRESS": settings.temporal_address,
+        "CRISIS_API_PORT": str(settings.api_port),
+        "CRISIS_SANDBOX_PORT": str(settings.sandbox_port),
+        "TEMPORAL_UI_PORT": str(settings.temporal_ui_port),
+    })
+    return env
+
+
+def plan(settings: Settings) -> list[Child]:
+    me = [sys.executable, "-m", "cli"]
+    return [
+        Child("temporal", dev_server_command(db_file=settings.temporal_db_file.resolve(),
+                                             port=_port_of(settings.temporal_address),
+                                             ui_port=settings.temporal_ui_port),
+              _port_of(settings.temporal_address)),
+        Child("sandbox", [*me, "sandbox"], settings.sandbox_port),
+        Child("worker", [*me, "worker"], None),
+        Child("api", [*me, "api"], settings.api_port),
+    ]
+
+
+def run_stack(settings: Settings) -> int:
+    """Start every child in order, print the URLs, supervise; return the exit status."""
+    children = plan(settings)
+    for child in children:
+        if child.port is not None and _in_use(child.port):
+            raise CliError(f"port {child.port} for {child.name} is already in use (another `crisis up`?)")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = child_environment(settings)
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        log.info("stack.stopping", signal=signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        for child in children:
+            # Own session: Ctrl-C reaches only this supervisor, which stops children in order.
+            output = open(settings.data_dir / f"{child.name}.log", "ab") if child.name == "temporal" else None  # noqa: SIM115
+            child.process = subprocess.Popen(child.command, env=env, start_new_session=True,
+                                             stdout=output, stderr=output)
+            if child.port is not None:
+                wait_for_port("127.0.0.1", child.port, timeout_s=60, process=child.process)
+            log.info("stack.child_started", child=child.name, pid=child.process.pid, port=child.port)
+            if stopping:
+                return 0
+        _print_urls(settings)
+        while not stopping:
+            for child in children:
+                assert child.process is not None
+                if child.process.poll() is not None:
+                    log.error("stack.child_exited", child=child.name, status=child.process.returncode)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    except ServerStartError as error:
+        log.error("stack.start_failed", error=str(error))
+        return 1
+    finally:
+        _stop(children)
+
+
+def _print_urls(settings: Settings) -> None:
+    lines = [
+        f"Temporal     {settings.temporal_address}  (data {settings.temporal_db_file.resolve()})",
+        f"Temporal UI  http://127.0.0.1:{settings.temporal_ui_port}",
+        f"API          {settings.api_url}/v1  (OpenAPI {settings.api_url}/docs)",
+        f"Sandbox      {settings.sandbox_url}/state",
+        f"Audit store  {settings.resolved_database_url}",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _stop(children: list[Child]) -> None:
+    for child in reversed(children):
+        process = child.process
+        if process is None or process.poll() is not None:
+            continue
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning("stack.kill", child=child.name)
+            process.kill()
+            process.wait()
+        log.info("stack.child_stopped", child=child.name, status=process.returncode)
+
+
