@@ -170,6 +170,9 @@ def _install_fault_middleware(app: FastAPI, sandbox: Sandbox) -> None:
                 latency_ms=decision.latency_ms,
             )
         if decision.latency_ms:
+            # Take the whole request first: a platform that has it applies it even if the caller
+            # hangs up while it works (the lost answer that idempotency keys exist for).
+            await request.body()
             # Sleep outside the lock: a slow request must not stall the others.
             await asyncio.sleep(decision.latency_ms / 1000)
         if decision.status:

@@ -107,7 +107,7 @@ def sqlite_store(sqlite_url: str) -> Iterator[AuditStore]:
 
 
 @pytest.fixture(scope="session")
-def postgres_store() -> Iterator[AuditStore]:
+def postgresql_store() -> Iterator[AuditStore]:
     try:
         store = AuditStore(POSTGRES_URL)
     except Exception as error:  # noqa: BLE001 - the reason is what the failure must show

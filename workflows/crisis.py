@@ -202,12 +202,14 @@ class CrisisWorkflow:
         )
 
     async def _pump_audit(self) -> None:
-        # Audit writes run beside the levers, never in front of them.
+        # Audit writes run beside the levers, never in front of them. A regular (not local)
+        # activity: it is scheduled only when the workflow task commits, so the store receives
+        # exactly the events in the history, never those of a task lost with a crashed worker.
         while True:
             await workflow.wait_condition(lambda: bool(self._audit.pending) or self._audit_done)
             if not self._audit.pending:
                 return
-            await workflow.execute_local_activity(
+            await workflow.execute_activity(
                 WRITE_AUDIT, AuditBatch(events=self._audit.take()),
                 start_to_close_timeout=timedelta(seconds=10), retry_policy=AUDIT_RETRY,
             )

@@ -1,0 +1,193 @@
+"""The HTTP API served by uvicorn over loopback, with its embedded worker, server and sandbox."""
+
+# The house style puts the expected value first in asserts.
+# ruff: noqa: SIM300
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from api.main import create_app
+from core.settings import Settings
+from tests.conftest import Sandbox
+from tests.helpers import assert_eventually, serve_app
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app from `create_app(settings)` (its own worker on a fresh task queue) over real HTTP."""
+    with serve_app(create_app(settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield http
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> str:
+    assert status == response.status_code, response.text
+    body = response.json()
+    assert ["error"] == list(body), body
+    assert {"code", "message"} == set(body["error"]), body
+    assert code == body["error"]["code"], body
+    assert body["error"]["message"], body
+    return body["error"]["message"]
+
+
+async def trigger(api: httpx.AsyncClient, **inputs: Any) -> dict[str, Any]:
+    response = await api.post("/v1/incidents",
+                              json={"playbook": "violent-disorder", "inputs": inputs})
+    assert 201 == response.status_code, response.text
+    return response.json()
+
+
+async def wait_until_applied(api: httpx.AsyncClient, incident_id: str) -> dict[str, Any]:
+    async def applied() -> dict[str, Any]:
+        response = await api.get(f"/v1/incidents/{incident_id}")
+        assert 200 == response.status_code, response.text
+        status = response.json()
+        assert ["applied"] * 5 == [s["state"] for s in status["steps"]], status
+        return status
+
+    return await assert_eventually(applied)
+
+
+async def test_health_reports_every_check_ok(api: httpx.AsyncClient) -> None:
+    """With Temporal and the audit store up, health is 200 and every check is ok."""
+    response = await api.get("/v1/health")
+    assert 200 == response.status_code, response.text
+    assert {"status": "ok", "checks": {"temporal": "ok", "audit_store": "ok"}} == response.json()
+
+
+async def test_incident_lifecycle_over_http(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    """Trigger, follow, stand down and audit an incident; the platform is changed then restored."""
+    before = await sandbox.state()
+    response = await api.post("/v1/incidents", json={"playbook": "violent-disorder",
+                                                     "inputs": {"region": "GB"}, "actor": "alice"})
+    assert 201 == response.status_code, response.text
+    triggered = response.json()
+    incident_id = triggered["incident_id"]
+    assert ("violent-disorder", 1, "GB") == (triggered["playbook"], triggered["version"],
+                                             triggered["inputs"]["region"])
+    assert triggered["playbook_hash"].startswith("sha256:")
+
+    status = await wait_until_applied(api, incident_id)
+    assert ("running", "alice", incident_id) == (status["state"], status["triggered_by"],
+                                                 status["incident_id"])
+    during = await sandbox.state()
+    policy = during["recommender"]["GB"]["incitement_to_violence"]
+    assert (0.25, 5) == (policy["reach_multiplier"], policy["reshare_limit"])
+    assert 0.25 == during["detection"]["incitement_to_violence"]
+    reviewers = before["moderation"]["hate"]["reviewers"]
+    assert reviewers + 25 == during["moderation"]["hate"]["reviewers"]
+
+    response = await api.post(f"/v1/incidents/{incident_id}/stand-down",
+                              json={"reason": "disorder over", "actor": "bob"})
+    assert 200 == response.status_code, response.text
+    closed = response.json()
+    assert "closed" == closed["state"]
+    assert {"actor": "bob", "reason": "disorder over"} == closed["stand_down"]
+    assert ["undone", "undone", "undone", "undone", "kept"] == [s["state"] for s in closed["steps"]]
+    after = await sandbox.state()
+    for part in ("recommender", "detection", "moderation"):
+        assert before[part] == after[part], part
+
+    async def audited() -> dict[str, Any]:
+        response = await api.get(f"/v1/incidents/{incident_id}/audit")
+        assert 200 == response.status_code, response.text
+        audit = response.json()
+        assert "incident.closed" == audit["events"][-1]["kind"], audit
+        return audit
+
+    audit = await assert_eventually(audited)
+    assert (incident_id, True, None) == (audit["incident_id"], audit["verified"], audit["problem"])
+    events = audit["events"]
+    assert list(range(1, len(events) + 1)) == [e["seq"] for e in events]
+    assert "0" * 64 == events[0]["prev_hash"]
+    assert [e["hash"] for e in events[:-1]] == [e["prev_hash"] for e in events[1:]]
+    kinds = [e["kind"] for e in events]
+    assert ("incident.triggered", "alice") == (kinds[0], events[0]["actor"])
+    assert (5, 4) == (kinds.count("step.applied"), kinds.count("step.undone"))
+    assert kinds.index("stand_down.requested") < kinds.index("step.undone")
+
+    again = await api.post(f"/v1/incidents/{incident_id}/stand-down", json={"reason": "again"})
+    assert incident_id in assert_error(again, 409, "incident_conflict")
+
+
+async def test_trigger_errors(api: httpx.AsyncClient) -> None:
+    """A bad trigger is refused with a stable error code and nothing is started."""
+    unknown = await api.post("/v1/incidents", json={"playbook": "no-such-playbook"})
+    assert "no-such-playbook" in assert_error(unknown, 404, "playbook_not_found")
+    path = await api.post("/v1/incidents", json={"playbook": "../playbooks/violent-disorder.yaml"})
+    assert_error(path, 404, "playbook_not_found")
+    out_of_range = await api.post("/v1/incidents", json={
+        "playbook": "violent-disorder", "inputs": {"reach_multiplier": 3}})
+    assert "with.reach_multiplier" in assert_error(out_of_range, 422, "invalid_input")
+    wrong_type = await api.post("/v1/incidents", json={
+        "playbook": "violent-disorder", "inputs": {"flag_threshold": "high"}})
+    assert "flag_threshold" in assert_error(wrong_type, 422, "invalid_input")
+    unknown_input = await api.post("/v1/incidents", json={
+        "playbook": "violent-disorder", "inputs": {"colour": "red"}})
+    assert "colour" in assert_error(unknown_input, 422, "invalid_input")
+    no_playbook = await api.post("/v1/incidents", json={"inputs": {}})
+    assert "playbook" in assert_error(no_playbook, 422, "invalid_request")
+    bad_id = await api.post("/v1/incidents",
+                            json={"playbook": "violent-disorder", "incident_id": "a b"})
+    assert "incident_id" in assert_error(bad_id, 422, "invalid_request")
+
+
+async def test_unknown_incident_is_not_found_everywhere(api: httpx.AsyncClient) -> None:
+    """Status, stand-down and audit of an incident that never existed are 404 incident_not_found."""
+    status = await api.get("/v1/incidents/INC-NO-SUCH-INCIDENT")
+    assert "INC-NO-SUCH-INCIDENT" in assert_error(status, 404, "incident_not_found")
+    stand_down = await api.post("/v1/incidents/INC-NO-SUCH-INCIDENT/stand-down",
+                                json={"reason": "x"})
+    assert_error(stand_down, 404, "incident_not_found")
+    audit = await api.get("/v1/incidents/INC-NO-SUCH-INCIDENT/audit")
+    assert_error(audit, 404, "incident_not_found")
+
+
+async def test_stand_down_needs_a_reason(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    """A stand-down without a reason (or an empty one) is 422 and the incident keeps running."""
+    incident_id = (await trigger(api, region="FR"))["incident_id"]
+    missing = await api.post(f"/v1/incidents/{incident_id}/stand-down", json={})
+    assert "reason" in assert_error(missing, 422, "invalid_request")
+    empty = await api.post(f"/v1/incidents/{incident_id}/stand-down", json={"reason": ""})
+    assert "reason" in assert_error(empty, 422, "invalid_request")
+    status = await wait_until_applied(api, incident_id)
+    assert ("running", None) == (status["state"], status["stand_down"])
+    done = await api.post(f"/v1/incidents/{incident_id}/stand-down", json={"reason": "test over"})
+    assert 200 == done.status_code, done.text
+
+
+async def test_a_duplicate_incident_id_is_a_conflict(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    """Triggering with an id already in use is 409, not a second incident."""
+    body = {"playbook": "violent-disorder", "incident_id": f"INC-API-DUP-{uuid.uuid4().hex[:8]}"}
+    first = await api.post("/v1/incidents", json=body)
+    assert 201 == first.status_code, first.text
+    second = await api.post("/v1/incidents", json=body)
+    assert "already exists" in assert_error(second, 409, "incident_conflict")
+    await api.post(f"/v1/incidents/{body['incident_id']}/stand-down", json={"reason": "test over"})
+
+
+async def test_unknown_route_is_a_json_error(api: httpx.AsyncClient) -> None:
+    """A path the API does not serve is a 404 in the same error shape."""
+    assert_error(await api.get("/v1/nothing-here"), 404, "http_404")
+
+
+async def test_openapi_lists_the_v1_paths(api: httpx.AsyncClient) -> None:
+    """The OpenAPI document describes every /v1 route with its method."""
+    response = await api.get("/openapi.json")
+    assert 200 == response.status_code, response.text
+    paths = response.json()["paths"]
+    assert {
+        "/v1/health": {"get"},
+        "/v1/incidents": {"post"},
+        "/v1/incidents/{incident_id}": {"get"},
+        "/v1/incidents/{incident_id}/stand-down": {"post"},
+        "/v1/incidents/{incident_id}/audit": {"get"},
+    } == {path: set(methods) for path, methods in paths.items()}

@@ -1,0 +1,328 @@
+"""The `crisis` command line, run as a real subprocess against the real dev server and sandbox."""
+
+# The house style puts the expected value first in asserts.
+# ruff: noqa: SIM300
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.settings import Settings
+from store.audit_store import AuditStore
+from tests.conftest import Sandbox
+from tests.helpers import assert_eventually
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "playbooks" / "violent-disorder.yaml"
+
+GOOD = """\
+playbook: good
+version: 1
+title: Good
+description: For tests.
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 3}
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    @property
+    def error_lines(self) -> list[str]:
+        return self.stderr.splitlines()
+
+
+@pytest.fixture
+def cli_env(temporal_address: str, sandbox_url: str, sqlite_url: str, settings: Settings,
+            tmp_path: Path) -> dict[str, str]:
+    """The environment of a `crisis` process wired to this test's services and task queue."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "TEMPORAL_"))}
+    env.update({
+        "TEMPORAL_ADDRESS": temporal_address,
+        "CRISIS_SANDBOX_PORT": sandbox_url.rsplit(":", 1)[1],
+        "CRISIS_DATABASE_URL": sqlite_url,
+        "CRISIS_TASK_QUEUE": settings.task_queue,
+        "CRISIS_DATA_DIR": str(tmp_path / "cli-data"),
+        "CRISIS_ACTOR": "cli-tester",
+    })
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str) -> Run:
+    done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+async def crisis(env: dict[str, str], *args: str) -> Run:
+    """Run the CLI in a thread so the in-process worker keeps polling meanwhile."""
+    return await asyncio.to_thread(run_cli, env, *args)
+
+
+def assert_one_line_error(run: Run, *fragments: str) -> None:
+    assert 1 == run.code, run
+    assert 1 == len(run.error_lines), run.stderr
+    assert run.error_lines[0].startswith("error: "), run.stderr
+    for fragment in fragments:
+        assert fragment in run.error_lines[0], run.stderr
+
+
+# --- playbooks --------------------------------------------------------------------------------
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_validate_a_good_file(cli_env: dict[str, str]) -> None:
+    """A valid playbook passes with exit 0 and an `ok` line."""
+    run = run_cli(cli_env, "playbook", "validate", str(SHIPPED))
+    assert 0 == run.code, run
+    assert "ok: 1 playbook(s) valid" == run.stdout.strip()
+    assert "" == run.stderr
+
+
+def test_validate_bad_files_prints_each_problem_as_file_line_column(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Every problem of every file is one `file:line:column: message` line on stderr; exit 1."""
+    unknown_key = write(tmp_path / "a.yaml",
+                        GOOD.replace("title: Good\n", "title: Good\ncolour: red\n"))
+    bad_lever = write(tmp_path / "b.yaml", GOOD.replace("moderation.surge", "moderation.nope"))
+    good = write(tmp_path / "good.yaml", GOOD)
+    run = run_cli(cli_env, "playbook", "validate", str(unknown_key), str(good), str(bad_lever))
+    assert 1 == run.code, run
+    assert "" == run.stdout
+    assert [f"{unknown_key}:4:1: unknown argument 'colour'",
+            f"{bad_lever}:7:5: unknown lever 'moderation.nope'"] == [
+        line.split(" (known:")[0] for line in run.error_lines
+    ]
+
+
+def test_validate_json_reports_every_file(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`--json` gives each file's validity and problems with line and column; exit 1 if any bad."""
+    bad = write(tmp_path / "bad.yaml", GOOD.replace("extra_reviewers: 3", "extra_reviewers: 0"))
+    good = write(tmp_path / "good.yaml", GOOD)
+    run = run_cli(cli_env, "playbook", "validate", "--json", str(good), str(bad))
+    assert 1 == run.code, run
+    report = run.json()
+    assert False is report["valid"]
+    assert [{"file": str(good), "valid": True, "problems": []},
+            {"file": str(bad), "valid": False,
+             "problems": [{"line": 8, "column": 26,
+                           "message": "Input should be greater than or equal to 1"}]},
+            ] == report["files"]
+
+
+def test_validate_a_directory_checks_every_playbook_in_it(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A directory argument validates each .yaml/.yml file in it, ignoring other files."""
+    write(tmp_path / "one.yaml", GOOD)
+    write(tmp_path / "two.yml", GOOD.replace("playbook: good", "playbook: two"))
+    write(tmp_path / "notes.txt", "not a playbook")
+    ok = run_cli(cli_env, "playbook", "validate", str(tmp_path))
+    assert 0 == ok.code, ok
+    assert "ok: 2 playbook(s) valid" == ok.stdout.strip()
+
+    bad = write(tmp_path / "three.yaml", "steps: [\n")
+    failed = run_cli(cli_env, "playbook", "validate", "--json", str(tmp_path))
+    assert 1 == failed.code, failed
+    files = {Path(f["file"]).name: f["valid"] for f in failed.json()["files"]}
+    assert {"one.yaml": True, "three.yaml": False, "two.yml": True} == files
+    text = run_cli(cli_env, "playbook", "validate", str(tmp_path))
+    assert [str(bad)] == [line.split(":")[0] for line in text.error_lines]
+
+
+def test_validate_with_nothing_to_check_is_an_error(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An empty directory is one `error:` line, not a silent success."""
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli(cli_env, "playbook", "validate", str(tmp_path / "empty")),
+                          "no playbook files given")
+
+
+def test_schema_is_json_schema_with_steps(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """`playbook schema` prints a JSON Schema of the language, or writes it with -o."""
+    run = run_cli(cli_env, "playbook", "schema")
+    assert 0 == run.code, run
+    schema = run.json()
+    assert "steps" in schema["properties"]
+    assert {"playbook", "version", "title", "description", "steps"} <= set(schema["required"])
+    written = run_cli(cli_env, "playbook", "schema", "-o", str(tmp_path / "schema.json"))
+    assert 0 == written.code, written
+    assert schema == json.loads((tmp_path / "schema.json").read_text())
+
+
+def test_playbook_list_json(cli_env: dict[str, str]) -> None:
+    """`playbook list --json` lists the library with name, version, title and step count."""
+    run = run_cli(cli_env, "playbook", "list", "--json")
+    assert 0 == run.code, run
+    assert [{"name": "violent-disorder", "version": 1, "title": "Violent disorder incited online",
+             "steps": 5, "file": str(SHIPPED)}] == run.json()
+
+
+def test_playbook_list_with_a_broken_playbook_is_one_error_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A broken playbook in the library is named in one `error:` line."""
+    write(tmp_path / "broken.yaml", GOOD.replace("version: 1", "version: one"))
+    run = run_cli({**cli_env, "CRISIS_PLAYBOOKS_DIR": str(tmp_path)}, "playbook", "list", "--json")
+    assert_one_line_error(run, f"{tmp_path / 'broken.yaml'}:2:1:")
+
+
+# --- incidents --------------------------------------------------------------------------------
+async def trigger(env: dict[str, str], *extra: str) -> str:
+    run = await crisis(env, "trigger", "violent-disorder", "--json", "-i", "region=GB", *extra)
+    assert 0 == run.code, run
+    body = run.json()
+    assert body["incident_id"].startswith("INC-")
+    return body["incident_id"]
+
+
+async def wait_until_applied(env: dict[str, str], incident_id: str) -> dict[str, Any]:
+    async def applied() -> dict[str, Any]:
+        run = await crisis(env, "status", incident_id, "--json")
+        assert 0 == run.code, run
+        status = run.json()
+        assert ["applied"] * 5 == [s["state"] for s in status["steps"]], status
+        return status
+
+    return await assert_eventually(applied, timeout=30)
+
+
+def tamper(sqlite_url: str, incident_id: str, seq: int) -> None:
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
+        changed = db.execute("UPDATE audit_events SET data = ? WHERE incident_id = ? AND seq = ?",
+                             ('{"forged": true}', incident_id, seq)).rowcount
+    assert 1 == changed
+
+
+@pytest.mark.usefixtures("worker")
+async def test_trigger_status_stand_down_and_verify(
+    cli_env: dict[str, str], sandbox: Sandbox, sqlite_store: AuditStore, sqlite_url: str
+) -> None:
+    """An incident's whole life through the CLI, down to a tamper-evident audit trail."""
+    before = await sandbox.state()
+    run = await crisis(cli_env, "trigger", "violent-disorder", "--json", "-i", "region=GB")
+    assert 0 == run.code, run
+    triggered = run.json()
+    incident_id = triggered["incident_id"]
+    assert ("violent-disorder", 1, "GB") == (triggered["playbook"], triggered["version"],
+                                             triggered["inputs"]["region"])
+
+    status = await wait_until_applied(cli_env, incident_id)
+    assert "running" == status["state"]
+    assert "cli-tester" == status["triggered_by"]
+    assert ["throttle-recommender", "raise-detection", "surge-hate-queue", "notify-regulator",
+            "notify-crisis-team"] == [s["id"] for s in status["steps"]]
+    during = await sandbox.state()
+    assert 0.25 == during["recommender"]["GB"]["incitement_to_violence"]["reach_multiplier"]
+
+    run = await crisis(cli_env, "stand-down", incident_id, "--reason", "calm again", "--json")
+    assert 0 == run.code, run
+    closed = run.json()
+    assert "closed" == closed["state"]
+    assert {"actor": "cli-tester", "reason": "calm again"} == closed["stand_down"]
+    assert ["undone", "undone", "undone", "undone", "kept"] == [s["state"] for s in closed["steps"]]
+    after = await sandbox.state()
+    assert before["recommender"] == after["recommender"]
+
+    async def audited() -> int:
+        kinds = [e.kind for e in sqlite_store.events(incident_id)]
+        assert "incident.closed" == kinds[-1], kinds
+        return len(kinds)
+
+    events = await assert_eventually(audited)
+
+    verified = await crisis(cli_env, "audit", "verify", incident_id)
+    assert 0 == verified.code, verified
+    assert f"ok: {incident_id}: {events} audit events, chain intact" == verified.stdout.strip()
+    as_json = await crisis(cli_env, "audit", "verify", incident_id, "--json")
+    assert 0 == as_json.code, as_json
+    assert {"incident_id": incident_id, "ok": True, "events": events, "first_bad_seq": None,
+            "problem": None} == as_json.json()
+
+    tamper(sqlite_url, incident_id, 3)
+    broken = await crisis(cli_env, "audit", "verify", incident_id)
+    assert_one_line_error(broken, incident_id, "row 3 ", "was altered")
+    assert "" == broken.stdout
+    broken_json = await crisis(cli_env, "audit", "verify", incident_id, "--json")
+    assert 1 == broken_json.code, broken_json
+    report = broken_json.json()
+    assert (False, 3) == (report["ok"], report["first_bad_seq"])
+    assert report["problem"].startswith("row 3 ")
+
+
+@pytest.mark.usefixtures("worker")
+async def test_status_exits_zero_every_time(cli_env: dict[str, str], sandbox: Sandbox) -> None:
+    """Ten status runs in a row all exit 0: the CLI leaves before the SDK can crash at exit."""
+    incident_id = await trigger(cli_env)
+    codes = []
+    for _ in range(10):
+        run = await crisis(cli_env, "status", incident_id, "--json")
+        assert incident_id == run.json()["incident_id"], run
+        codes.append(run.code)
+    assert [0] * 10 == codes
+    text = await crisis({**cli_env, "COLUMNS": "200"}, "status", incident_id)
+    assert 0 == text.code, text
+    assert incident_id in text.stdout and "throttle-recommender" in text.stdout
+    await crisis(cli_env, "stand-down", incident_id, "--reason", "test over")
+
+
+@pytest.mark.usefixtures("worker")
+async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: Sandbox) -> None:
+    """Each user mistake is one `error:` line on stderr and exit status 1."""
+    incident_id = await trigger(cli_env, "--id", "INC-CLI-CLOSED-" + os.urandom(3).hex())
+    run = await crisis(cli_env, "stand-down", incident_id, "--reason", "done", "--json")
+    assert "closed" == run.json()["state"], run
+
+    vd, none = "violent-disorder", "INC-NO-SUCH-INCIDENT"
+    cases = {
+        "unknown playbook": (["trigger", "no-such-playbook"],
+                             ["no playbook named 'no-such-playbook'"]),
+        "input out of range": (["trigger", vd, "-i", "reach_multiplier=3"],
+                               ["step 'throttle-recommender' with.reach_multiplier"]),
+        "input of the wrong type": (["trigger", vd, "-i", "reach_multiplier=lots"],
+                                    ["input 'reach_multiplier': expected number"]),
+        "unknown input": (["trigger", vd, "-i", "colour=red"], ["unknown input 'colour'"]),
+        "bad --input syntax": (["trigger", vd, "-i", "region"],
+                               ["--input 'region': expected key=value"]),
+        "unknown incident status": (["status", none], [f"no incident {none}"]),
+        "unknown incident stand-down": (["stand-down", none, "--reason", "x"],
+                                        [f"no incident {none}"]),
+        "stand-down of a closed incident": (["stand-down", incident_id, "--reason", "again"],
+                                            [incident_id]),
+        "empty reason": (["stand-down", incident_id, "--reason", " "],
+                         ["--reason must not be empty"]),
+        "unknown incident audit": (["audit", "verify", none],
+                                   [f"no audit trail for incident {none}"]),
+        "duplicate incident id": (["trigger", vd, "--id", incident_id],
+                                  [f"incident {incident_id} already exists"]),
+    }
+    runs = await asyncio.gather(*(crisis(cli_env, *args) for args, _ in cases.values()))
+    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
+        assert "" == run.stdout, (case, run)
+        try:
+            assert_one_line_error(run, *fragments)
+        except AssertionError as error:
+            raise AssertionError(f"{case}: {run}") from error

@@ -1,0 +1,408 @@
+"""Playbook files on disk: validation problems as `file:line:column: message`, inputs, hashing."""
+
+# The house style puts the expected value first in asserts.
+# ruff: noqa: SIM300
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.incidents import prepare_incident
+from engine.playbook_files import (
+    FileProblem,
+    PlaybookInvalid,
+    PlaybookNotFound,
+    find_playbook,
+    load_playbook,
+    validate_file,
+)
+from workflows.playbook import InputError, Playbook, resolve_inputs
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "playbooks" / "violent-disorder.yaml"
+
+# Line numbers matter below: every problem is asserted at the exact line and column.
+VALID = """\
+playbook: test-playbook
+version: 1
+title: Test
+description: For tests.
+inputs:
+  region:
+    type: string
+    default: GB
+  flag:
+    type: number
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with:
+      region: ${inputs.region}
+      categories: [fraud]
+      reach_multiplier: 0.5
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 3}
+"""
+# line 1  playbook:        line 11 steps:
+# line 5  inputs:          line 12   - id: throttle
+# line 6    region:        line 13     do: recommender.throttle
+# line 9    flag:          line 14     with:
+#                          line 15       region: ...
+#                          line 17       reach_multiplier: 0.5
+#                          line 18   - id: surge
+#                          line 19     do: moderation.surge
+#                          line 20     with: {queue: fraud, extra_reviewers: 3}
+
+
+def edit(old: str, new: str, text: str = VALID) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def problems_in(tmp_path: Path, text: str) -> list[FileProblem]:
+    path = tmp_path / "test-playbook.yaml"
+    path.write_text(text)
+    return validate_file(path)
+
+
+def only_problem(tmp_path: Path, text: str) -> FileProblem:
+    problems = problems_in(tmp_path, text)
+    assert len(problems) == 1, [str(p) for p in problems]
+    return problems[0]
+
+
+def test_the_shipped_playbook_is_valid() -> None:
+    """The violent-disorder playbook in the library has no problems and loads."""
+    assert [] == validate_file(SHIPPED)
+    playbook = load_playbook(SHIPPED)
+    assert "violent-disorder" == playbook.playbook
+    assert 5 == len(playbook.steps)
+
+
+def test_the_test_fixture_is_valid(tmp_path: Path) -> None:
+    """The base document the error cases edit is itself valid, so each case has one cause."""
+    assert [] == problems_in(tmp_path, VALID)
+
+
+def test_a_problem_prints_as_file_line_column_message(tmp_path: Path) -> None:
+    """A problem is rendered as `file:line:column: message` with the file's own path."""
+    problem = only_problem(tmp_path, edit("title: Test\n", "title: Test\ncolour: red\n"))
+    path = tmp_path / "test-playbook.yaml"
+    assert f"{path}:4:1: {problem.message}" == str(problem)
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "new", "line", "column", "fragment"),
+    [
+        ("unknown top-level key", "title: Test\n", "title: Test\ncolour: red\n", 4, 1, "'colour'"),
+        ("unknown key in a step", "    do: moderation.surge\n",
+         "    do: moderation.surge\n    colour: red\n", 20, 5, "'colour'"),
+        ("unknown lever", "do: moderation.surge", "do: moderation.nope", 19, 5,
+         "unknown lever 'moderation.nope'"),
+        ("unknown lever in undo", "    with: {queue: fraud, extra_reviewers: 3}\n",
+         "    with: {queue: fraud, extra_reviewers: 3}\n    undo:\n      do: bogus.lever\n",
+         22, 7, "unknown lever 'bogus.lever'"),
+        ("duplicate step id", "- id: surge", "- id: throttle", 18, 5,
+         "duplicate step id 'throttle' (first at step 1)"),
+        ("undefined input", "${inputs.region}", "${inputs.nope}", 15, 7,
+         "undefined input 'nope' in ${inputs.nope}"),
+        ("unknown reference namespace", "${inputs.region}", "${env.HOME}", 15, 7,
+         "unknown reference namespace 'env'"),
+        ("unknown incident field", "${inputs.region}", "X-${incident.nope}", 15, 7,
+         "unknown incident field 'nope'"),
+        ("argument out of range", "reach_multiplier: 0.5", "reach_multiplier: 3", 17, 7,
+         "less than or equal to 1"),
+        ("argument of the wrong type in a flow mapping", "extra_reviewers: 3",
+         "extra_reviewers: lots", 20, 26, "valid integer"),
+        ("wrong item type in a list argument", "categories: [fraud]", "categories: [fraud, {a: 1}]",
+         16, 27, "valid string"),
+        ("a default that breaks a lever argument", "    default: GB\n", "    default: G\n", 15, 7,
+         "at least 2 characters"),
+        ("YAML syntax error", "    do: moderation.surge\n", "    do: [moderation.surge\n", 20, 9,
+         "YAML: expected ',' or ']'"),
+        ("YAML duplicate key", "title: Test\n", "title: Test\ntitle: Other\n", 4, 1,
+         "YAML: found duplicate key \"title\""),
+        ("list input without items", "  flag:\n    type: number\n", "  flag:\n    type: list\n",
+         10, 5, "a list input needs `items:`"),
+        ("bad default for an input", "    type: number\n",
+         "    type: number\n    default: many\n", 11, 5,
+         "input 'flag': expected number, got 'many'"),
+        ("default not among the choices", "    default: GB\n",
+         "    default: GB\n    choices: [FR]\n", 8, 5,
+         "input 'region': 'GB' is not one of ['FR']"),
+        ("bad duration in timeout", "    do: moderation.surge\n",
+         "    do: moderation.surge\n    timeout: soon\n", 20, 5, "invalid duration 'soon'"),
+        ("bad duration in retry", "    do: moderation.surge\n",
+         "    do: moderation.surge\n    retry: {initial_interval: 5 minutes}\n", 20, 13,
+         "invalid duration '5 minutes'"),
+        ("step id that is not a slug", "- id: surge", "- id: Surge!", 18, 5,
+         "should match pattern"),
+        ("version that is not a number", "version: 1", "version: one", 2, 1, "valid integer"),
+        ("unknown input type", "    type: number\n", "    type: float\n", 10, 5,
+         "'string', 'number', 'integer', 'boolean' or 'list'"),
+    ],
+)
+def test_each_problem_is_reported_at_its_line_and_column(
+    tmp_path: Path, case: str, old: str, new: str, line: int, column: int, fragment: str
+) -> None:
+    """Every kind of problem points at the line and column where the offending text is written."""
+    problem = only_problem(tmp_path, edit(old, new))
+    assert (line, column) == (problem.line, problem.column), f"{case}: {problem}"
+    assert fragment in problem.message, f"{case}: {problem}"
+
+
+def test_a_misspelt_lever_argument_is_unknown_and_the_real_one_missing(tmp_path: Path) -> None:
+    """A wrong argument name is reported where it is written, and the missing one at `with:`."""
+    problems = problems_in(tmp_path, edit("reach_multiplier: 0.5", "reach_multipler: 0.5"))
+    assert [(14, 5, "missing argument 'reach_multiplier'"),
+            (17, 7, "unknown argument 'reach_multipler'")] == [
+        (p.line, p.column, p.message) for p in problems
+    ]
+
+
+def test_an_undefined_input_deep_inside_an_argument_is_located(tmp_path: Path) -> None:
+    """A reference nested in a mapping argument is reported at its own key."""
+    text = VALID + (
+        "  - id: tell\n"                    # 21
+        "    do: notify.webhook\n"          # 22
+        "    with:\n"                       # 23
+        "      to: regulator\n"             # 24
+        "      message: hello\n"            # 25
+        "      data:\n"                     # 26
+        "        where: ${inputs.nope}\n"   # 27
+    )
+    problem = only_problem(tmp_path, text)
+    assert (27, 9, "undefined input 'nope' in ${inputs.nope}") == (
+        problem.line, problem.column, problem.message)
+
+
+def test_problems_in_several_steps_are_all_reported(tmp_path: Path) -> None:
+    """Problems in different steps are each reported, in document order."""
+    text = edit("do: moderation.surge", "do: moderation.nope",
+                edit("${inputs.region}", "${inputs.nope}"))
+    assert [15, 19] == [p.line for p in problems_in(tmp_path, text)]
+
+
+@pytest.mark.parametrize("body", ["- a\n- b\n", "just a string\n", ""])
+def test_a_document_that_is_not_a_mapping_is_one_problem_at_the_start(
+    tmp_path: Path, body: str
+) -> None:
+    """A list, a scalar or an empty file is reported once at 1:1 as not a mapping."""
+    problem = only_problem(tmp_path, body)
+    assert (1, 1) == (problem.line, problem.column)
+    assert "a playbook is a mapping" in problem.message
+
+
+def test_missing_steps_is_reported(tmp_path: Path) -> None:
+    """A playbook without `steps:` names the missing field."""
+    problem = only_problem(tmp_path, VALID.split("steps:")[0])
+    assert (1, 1) == (problem.line, problem.column)
+    assert "'steps'" in problem.message
+
+
+def test_empty_steps_is_reported_at_the_key(tmp_path: Path) -> None:
+    """`steps: []` is reported on the `steps:` line."""
+    problem = only_problem(tmp_path, VALID.split("steps:")[0] + "steps: []\n")
+    assert (11, 1) == (problem.line, problem.column)
+    assert "at least 1 item" in problem.message
+
+
+def test_an_unreadable_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """A missing file is reported as a problem at 1:1."""
+    problems = validate_file(tmp_path / "absent.yaml")
+    assert [(1, 1)] == [(p.line, p.column) for p in problems]
+    assert "cannot read file" in problems[0].message
+
+
+def test_load_playbook_raises_with_every_problem(tmp_path: Path) -> None:
+    """Loading an invalid file raises PlaybookInvalid carrying all its problems."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(edit("do: moderation.surge", "do: moderation.nope",
+                         edit("${inputs.region}", "${inputs.nope}")))
+    with pytest.raises(PlaybookInvalid) as raised:
+        load_playbook(path)
+    assert 2 == len(raised.value.problems)
+    assert str(raised.value.problems[0]) == str(raised.value)
+
+
+def test_find_playbook_by_name_and_by_path(tmp_path: Path) -> None:
+    """A name is looked up in the library; a path must exist; anything else is not found."""
+    (tmp_path / "alpha.yaml").write_text(VALID)
+    (tmp_path / "notes.txt").write_text("not a playbook")
+    assert tmp_path / "alpha.yaml" == find_playbook("alpha", tmp_path)
+    assert tmp_path / "alpha.yaml" == find_playbook(str(tmp_path / "alpha.yaml"), REPO)
+    with pytest.raises(PlaybookNotFound, match="known: alpha"):
+        find_playbook("notes", tmp_path)
+    with pytest.raises(PlaybookNotFound, match="file not found"):
+        find_playbook(str(tmp_path / "beta.yaml"), tmp_path)
+
+
+# --- inputs -----------------------------------------------------------------------------------
+INPUTS_PLAYBOOK = """\
+playbook: inputs
+version: 1
+title: Inputs
+description: Every input type.
+inputs:
+  tags: {type: list, items: string}
+  counts: {type: list, items: integer, default: [1]}
+  ratio: {type: number, default: 0.5}
+  reviewers: {type: integer, default: 2}
+  loud: {type: boolean, default: false}
+  region: {type: string}
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: q, extra_reviewers: "${inputs.reviewers}"}
+"""
+
+
+@pytest.fixture
+def inputs_playbook(tmp_path: Path) -> Playbook:
+    path = tmp_path / "inputs.yaml"
+    path.write_text(INPUTS_PLAYBOOK)
+    return load_playbook(path)
+
+
+def test_resolve_inputs_applies_defaults(inputs_playbook: Playbook) -> None:
+    """Inputs not given take their defaults, already of the declared type."""
+    resolved = resolve_inputs(inputs_playbook, {"tags": "a", "region": "GB"})
+    assert {"tags": ["a"], "counts": [1], "ratio": 0.5, "reviewers": 2, "loud": False,
+            "region": "GB"} == resolved
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "expected"),
+    [
+        ("tags", "a,b", ["a", "b"]),
+        ("tags", " a , b ,", ["a", "b"]),
+        ("tags", '["a", "b,c"]', ["a", "b,c"]),
+        ("tags", ["x"], ["x"]),
+        ("counts", "1,2", [1, 2]),
+        ("counts", "[3, 4.0]", [3, 4]),
+        ("ratio", "0.25", 0.25),
+        ("ratio", 1, 1.0),
+        ("reviewers", "7", 7),
+        ("reviewers", "7.0", 7),
+        ("loud", "yes", True),
+        ("loud", "TRUE", True),
+        ("loud", "0", False),
+        ("loud", False, False),
+        ("region", 44, "44"),
+    ],
+)
+def test_resolve_inputs_coerces_strings_to_the_declared_type(
+    inputs_playbook: Playbook, name: str, given: object, expected: object
+) -> None:
+    """A CLI string (or JSON value) becomes the input's declared type."""
+    given_inputs = {"tags": "a", "region": "GB", name: given}
+    assert expected == resolve_inputs(inputs_playbook, given_inputs)[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "message"),
+    [
+        ("ratio", "lots", "input 'ratio': expected number, got 'lots'"),
+        ("ratio", True, "input 'ratio': expected number, got True"),
+        ("reviewers", "2.5", "input 'reviewers': expected integer, got '2.5'"),
+        ("loud", "maybe", "input 'loud': expected boolean, got 'maybe'"),
+        ("counts", "1,x", "input 'counts': expected integer, got 'x'"),
+        ("region", {"a": 1}, "input 'region': expected string"),
+    ],
+)
+def test_resolve_inputs_rejects_a_value_of_the_wrong_type(
+    inputs_playbook: Playbook, name: str, given: object, message: str
+) -> None:
+    """A value that cannot be the declared type is an InputError naming the input."""
+    with pytest.raises(InputError) as raised:
+        resolve_inputs(inputs_playbook, {"tags": "a", "region": "GB", name: given})
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_resolve_inputs_rejects_an_unknown_input(inputs_playbook: Playbook) -> None:
+    """An input the playbook does not declare is refused, listing the known ones."""
+    expected = r"unknown input 'colour' for playbook inputs \(inputs: counts, loud"
+    with pytest.raises(InputError, match=expected):
+        resolve_inputs(inputs_playbook, {"tags": "a", "region": "GB", "colour": "red"})
+
+
+def test_resolve_inputs_requires_inputs_without_default(inputs_playbook: Playbook) -> None:
+    """An input without a default must be given."""
+    with pytest.raises(InputError, match="input 'region' is required"):
+        resolve_inputs(inputs_playbook, {"tags": "a"})
+
+
+def test_prepare_incident_rejects_an_input_that_breaks_a_lever_argument() -> None:
+    """An input of the right type but out of the lever's range is refused before anything runs."""
+    playbook = load_playbook(SHIPPED)
+    with pytest.raises(InputError) as raised:
+        prepare_incident(playbook, {"reach_multiplier": "3"}, actor="alice")
+    assert str(raised.value).startswith("step 'throttle-recommender' with.reach_multiplier: "), str(
+        raised.value)
+    with pytest.raises(InputError, match=r"step 'throttle-recommender' with\.region: .*at least 2"):
+        prepare_incident(playbook, {"region": "G"}, actor="alice")
+
+
+def test_prepare_incident_resolves_inputs_and_hashes_the_playbook(
+    inputs_playbook: Playbook
+) -> None:
+    """A good trigger gets typed inputs, the given id and the playbook's content hash."""
+    incident = prepare_incident(inputs_playbook, {"tags": "a,b", "region": "FR", "reviewers": "9"},
+                                actor="alice", incident_id="INC-TEST-1")
+    assert "INC-TEST-1" == incident.incident_id
+    assert ["a", "b"] == incident.inputs["tags"]
+    assert 9 == incident.inputs["reviewers"]
+    assert "alice" == incident.triggered_by
+    assert inputs_playbook.content_hash() == incident.playbook_hash
+
+
+# --- content hash -----------------------------------------------------------------------------
+REORDERED = """\
+version: 1
+steps:
+  - with:
+      reach_multiplier: 0.5
+      categories: [fraud]
+      region: ${inputs.region}
+    do: recommender.throttle
+    id: throttle
+  - do: moderation.surge
+    id: surge
+    with: {extra_reviewers: 3, queue: fraud}
+description: For tests.
+inputs:
+  flag:
+    type: number
+  region:
+    default: GB
+    type: string
+title: Test
+playbook: test-playbook
+"""
+
+
+def load_text(tmp_path: Path, name: str, text: str) -> Playbook:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return load_playbook(path)
+
+
+def test_content_hash_ignores_key_order(tmp_path: Path) -> None:
+    """The same playbook written with keys in another order has the same hash."""
+    first = load_text(tmp_path, "a", VALID)
+    second = load_text(tmp_path, "b", REORDERED)
+    assert first.content_hash() == second.content_hash()
+    assert first.content_hash().startswith("sha256:")
+    assert 7 + 64 == len(first.content_hash())
+
+
+def test_content_hash_changes_with_content(tmp_path: Path) -> None:
+    """Changing any value (an argument, a description) changes the hash."""
+    base = load_text(tmp_path, "a", VALID).content_hash()
+    argument = load_text(tmp_path, "b",
+                         edit("extra_reviewers: 3", "extra_reviewers: 4")).content_hash()
+    description = load_text(tmp_path, "c", edit("For tests.", "For other tests.")).content_hash()
+    assert len({base, argument, description}) == 3

@@ -1,0 +1,115 @@
+"""The audit store on SQLite and PostgreSQL: append-only, idempotent, hash-chained."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session
+
+from store.audit_store import AuditConflict, AuditGap, AuditStore
+from workflows.audit import GENESIS_HASH, AuditEvent, make_event
+
+
+def chain(incident_id: str, count: int) -> list[AuditEvent]:
+    events, previous = [], GENESIS_HASH
+    for seq in range(1, count + 1):
+        event = make_event(incident_id=incident_id, seq=seq, kind=f"kind.{seq}",
+                           at=f"2026-11-28T10:00:{seq:02d}+00:00", prev_hash=previous,
+                           actor="alice", step_id=f"step-{seq}", data={"n": seq, "x": [1.5, "a"]})
+        events.append(event)
+        previous = event.hash
+    return events
+
+
+def new_id() -> str:
+    return f"INC-TEST-{uuid.uuid4().hex[:10]}"
+
+
+def execute(store: AuditStore, sql: str, **params: object) -> None:
+    with Session(store.engine) as session:
+        session.execute(text(sql), params)
+        session.commit()
+
+
+def test_events_round_trip_in_order_and_verify(audit_store: AuditStore) -> None:
+    """Appended events come back identical and in order, and their chain verifies."""
+    incident = new_id()
+    events = chain(incident, 5)
+    assert audit_store.append(events[:2]) == 2
+    assert audit_store.append(events[2:]) == 3
+    assert events == audit_store.events(incident)
+    result = audit_store.verify(incident)
+    assert (True, 5) == (result.ok, result.events)
+
+
+def test_a_retried_write_never_duplicates(audit_store: AuditStore) -> None:
+    """Writing the same batch twice (a retried activity) inserts nothing the second time."""
+    incident = new_id()
+    events = chain(incident, 3)
+    audit_store.append(events)
+    assert audit_store.append(events) == 0
+    assert audit_store.append(events[1:]) == 0
+    assert len(audit_store.events(incident)) == 3
+
+
+def test_a_different_event_under_a_held_number_is_refused(audit_store: AuditStore) -> None:
+    """The store never overwrites: another event with the same seq is a conflict."""
+    incident = new_id()
+    events = chain(incident, 2)
+    audit_store.append(events)
+    forged = make_event(incident_id=incident, seq=2, kind="forged", at=events[1].at,
+                        prev_hash=events[0].hash)
+    with pytest.raises(AuditConflict):
+        audit_store.append([forged])
+
+
+def test_an_event_ahead_of_its_predecessor_waits(audit_store: AuditStore) -> None:
+    """An event whose predecessor is not recorded yet is refused as a gap (and retried later)."""
+    incident = new_id()
+    events = chain(incident, 3)
+    with pytest.raises(AuditGap):
+        audit_store.append(events[2:])
+    audit_store.append(events)
+    assert audit_store.verify(incident).ok
+
+
+def test_an_altered_row_is_named(audit_store: AuditStore) -> None:
+    """Editing a recorded row's content breaks verification at exactly that row."""
+    incident = new_id()
+    audit_store.append(chain(incident, 4))
+    execute(audit_store, "UPDATE audit_events SET actor = 'mallory' WHERE incident_id = :i AND seq = 3",
+            i=incident)
+    result = audit_store.verify(incident)
+    assert (False, 3) == (result.ok, result.first_bad_seq)
+    assert "altered" in (result.problem or "")
+
+
+def test_a_removed_row_is_named(audit_store: AuditStore) -> None:
+    """Deleting a row from the middle of the chain is reported at the gap."""
+    incident = new_id()
+    audit_store.append(chain(incident, 4))
+    execute(audit_store, "DELETE FROM audit_events WHERE incident_id = :i AND seq = 2", i=incident)
+    result = audit_store.verify(incident)
+    assert (False, 2) == (result.ok, result.first_bad_seq)
+    assert "missing" in (result.problem or "")
+
+
+def test_concurrent_writers_keep_every_chain_intact(audit_store: AuditStore) -> None:
+    """Many incidents written at once by several threads, each batch twice, stay exact."""
+    incidents = [new_id() for _ in range(12)]
+    chains = {incident: chain(incident, 20) for incident in incidents}
+
+    def write(incident: str) -> None:
+        events = chains[incident]
+        for start in range(0, 20, 5):
+            audit_store.append(events[start:start + 5])
+            audit_store.append(events[start:start + 5])
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(write, incidents * 2))
+    for incident in incidents:
+        assert chains[incident] == audit_store.events(incident)
+        assert audit_store.verify(incident).ok

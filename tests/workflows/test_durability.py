@@ -1,0 +1,139 @@
+"""Crashes: a worker killed mid-playbook, the Temporal server stopped mid-incident."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from core.settings import Settings
+from engine.devserver import free_port, start_dev_server
+from engine.incidents import Incidents
+from engine.temporal import running_worker
+from store.audit_store import AuditStore
+from tests.conftest import Sandbox
+from tests.helpers import assert_eventually
+from workflows.incident import IncidentStatus
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker_process(settings: Settings) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, TEMPORAL_ADDRESS=settings.temporal_address,
+               CRISIS_TASK_QUEUE=settings.task_queue, CRISIS_SANDBOX_PORT=str(settings.sandbox_port),
+               CRISIS_DATABASE_URL=settings.resolved_database_url, CRISIS_LOG_LEVEL="warning")
+    return subprocess.Popen([sys.executable, "-m", "cli", "worker"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def lever_in_flight(sandbox: Sandbox) -> None:
+    """Wait until the platform holds a (delayed) lever call. Queries cannot show this: a worker
+    answers them between workflow tasks, and a local activity in flight holds its task open."""
+
+    async def check() -> None:
+        assert (await sandbox.state())["stats"]["faults_injected"] >= 1
+
+    await assert_eventually(check, timeout=30, interval=0.05)
+
+
+async def step_state(incidents: Incidents, incident_id: str, step_id: str, state: str) -> IncidentStatus:
+    async def check() -> IncidentStatus:
+        status = await incidents.status(incident_id)
+        assert state == next(s.state for s in status.steps if s.id == step_id), status
+        return status
+
+    return await assert_eventually(check, timeout=60)
+
+
+def applied_once_each(state: dict) -> list[str]:
+    steps = [(a["step"], a["operation"]) for a in state["applications"]]
+    assert len(steps) == len(set(steps)), steps
+    return [step for step, _ in steps]
+
+
+async def test_killing_the_worker_mid_playbook_applies_every_lever_exactly_once(
+    client: Client, settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    """SIGKILL during a lever call; a new worker finishes the playbook with no lever applied twice."""
+    await sandbox.fault(path_prefix="/detection", status=0, latency_ms=2500, times=1)
+    processes.append(worker_process(settings))
+    incidents = Incidents(client, settings)
+    triggered = await incidents.trigger("violent-disorder", {}, actor="alice")
+    await lever_in_flight(sandbox)
+
+    processes[0].send_signal(signal.SIGKILL)
+    processes[0].wait()
+    processes.append(worker_process(settings))
+    await step_state(incidents, triggered.incident_id, "notify-crisis-team", "applied")
+
+    state = await sandbox.state()
+    assert ["throttle-recommender", "raise-detection", "surge-hate-queue", "notify-regulator",
+            "notify-crisis-team"] == applied_once_each(state)
+    assert 0 == state["stats"]["duplicates"]
+    # The lost call was answered again from the platform's idempotency memory, not re-applied.
+    assert state["stats"]["replayed"] >= 1
+    closed = await incidents.stand_down(triggered.incident_id, actor="bob", reason="over")
+    assert "closed" == closed.state
+    assert 0 == (await sandbox.state())["stats"]["duplicates"]
+    await assert_eventually(lambda: _closed_and_verified(sqlite_store, triggered.incident_id))
+
+
+async def _closed_and_verified(store: AuditStore, incident_id: str) -> None:
+    events = store.events(incident_id)
+    assert events and "incident.closed" == events[-1].kind
+    assert store.verify(incident_id).ok
+    kinds = [e.kind for e in events]
+    assert 5 == kinds.count("step.applied")
+
+
+async def test_restarting_the_temporal_server_mid_incident_loses_and_repeats_nothing(
+    settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore, tmp_path: Path
+) -> None:
+    """The dev server stops during a lever call and restarts on its file; the incident completes."""
+    port = free_port()
+    db_file = tmp_path / "temporal.db"
+    server = start_dev_server(db_file=db_file, port=port)
+    settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
+    try:
+        client = await Client.connect(settings.temporal_address, data_converter=pydantic_data_converter)
+        before = await sandbox.state()
+        await sandbox.fault(path_prefix="/moderation", status=0, latency_ms=2000, times=1)
+        async with running_worker(client, settings=settings, store=sqlite_store):
+            incidents = Incidents(client, settings)
+            triggered = await incidents.trigger("violent-disorder", {}, actor="alice")
+            await lever_in_flight(sandbox)
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+            server = start_dev_server(db_file=db_file, port=port)
+
+            await step_state(incidents, triggered.incident_id, "notify-crisis-team", "applied")
+            state = await sandbox.state()
+            assert 5 == len(applied_once_each(state))
+            assert 0 == state["stats"]["duplicates"]
+            await incidents.stand_down(triggered.incident_id, actor="bob", reason="over")
+            after = await sandbox.state()
+            assert before["moderation"] == after["moderation"]
+            assert before["detection"] == after["detection"]
+            await assert_eventually(lambda: _closed_and_verified(sqlite_store, triggered.incident_id))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
