@@ -43,11 +43,25 @@ class PlaybookInvalid(PlaybookError):
         self.problems = problems
 
 
+# Parsed playbooks by file, valid while the file's mtime and size are unchanged: a trigger should
+# not spend milliseconds re-parsing YAML that has not changed. An edited file is read again.
+_parsed: dict[Path, tuple[tuple[int, int], Playbook]] = {}
+
+
 def load_playbook(path: Path) -> Playbook:
     """Read and fully check one playbook file, or raise PlaybookInvalid."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise PlaybookInvalid([FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")]) from None
+    version, key = (stat.st_mtime_ns, stat.st_size), path.resolve()
+    cached = _parsed.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
     playbook, problems = _load(path)
     if problems or playbook is None:
         raise PlaybookInvalid(problems)
+    _parsed[key] = (version, playbook)
     return playbook
 
 
