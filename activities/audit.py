@@ -30,7 +30,11 @@ class AuditWriter:
             # (the workflow retries) until a person looks; the levers carry on meanwhile.
             log.error("audit.conflict", incident_id=first.incident_id, error=str(error))
             raise
-        log.debug("audit.written", incident_id=first.incident_id,
-                  workflow_run=activity.info().workflow_run_id, inserted=inserted,
-                  last_seq=batch.events[-1].seq)
+        log.debug(
+            "audit.written",
+            incident_id=first.incident_id,
+            workflow_run=activity.info().workflow_run_id,
+            inserted=inserted,
+            last_seq=batch.events[-1].seq,
+        )
         return inserted

@@ -53,9 +53,14 @@ class PlatformLevers:
     @activity.defn(name=APPLY_LEVER)
     async def apply_lever(self, request: LeverRequest) -> LeverOutcome:
         info = activity.info()
-        bound = log.bind(incident_id=request.incident_id, step_id=request.step_id,
-                         workflow_run=info.workflow_run_id, lever=request.lever,
-                         operation=request.operation, attempt=info.attempt)
+        bound = log.bind(
+            incident_id=request.incident_id,
+            step_id=request.step_id,
+            workflow_run=info.workflow_run_id,
+            lever=request.lever,
+            operation=request.operation,
+            attempt=info.attempt,
+        )
         route = ROUTES[request.lever]
         url = self._settings.connector_url(route.connector) + route.path.format(**request.args)
         if request.restore is not None:
@@ -69,7 +74,9 @@ class PlatformLevers:
             response = await self._client.post(url, content=content, headers=headers)
         except httpx.HTTPError as error:
             bound.warning("lever.unreachable", url=url, error=str(error))
-            raise RuntimeError(f"{request.lever}: platform unreachable at {url}: {error}") from error
+            raise RuntimeError(
+                f"{request.lever}: platform unreachable at {url}: {error}"
+            ) from error
         if response.status_code >= 500:
             bound.warning("lever.platform_error", status=response.status_code)
             raise RuntimeError(f"{request.lever}: platform error HTTP {response.status_code}")
@@ -78,7 +85,8 @@ class PlatformLevers:
             raise ApplicationError(
                 f"{request.lever}: platform rejected the request (HTTP {response.status_code}): "
                 f"{response.text[:300]}",
-                type=PlatformRejected.__name__, non_retryable=True,
+                type=PlatformRejected.__name__,
+                non_retryable=True,
             )
         answer = response.json()
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None

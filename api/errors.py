@@ -34,15 +34,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return JSONResponse(error_body("invalid_request", f"{where}: {first['msg']}"), status_code=422)
+        return JSONResponse(
+            error_body("invalid_request", f"{where}: {first['msg']}"), status_code=422
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(f"http_{error.status_code}", str(error.detail)),
-                            status_code=error.status_code)
+        return JSONResponse(
+            error_body(f"http_{error.status_code}", str(error.detail)),
+            status_code=error.status_code,
+        )
 
 
-def _handler(status: int, code: str):  # noqa: ANN202 - a Starlette exception handler
+def _handler(status: int, code: str):
     async def handle(_: Request, error: Exception) -> JSONResponse:
         return JSONResponse(error_body(code, str(error)), status_code=status)
 

@@ -29,15 +29,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.callback(store.dispose)
             client = await connect(settings)
             if settings.api_embedded_worker:
-                await stack.enter_async_context(running_worker(client, settings=settings, store=store))
+                await stack.enter_async_context(
+                    running_worker(client, settings=settings, store=store)
+                )
             app.state.settings, app.state.client, app.state.store = settings, client, store
             app.state.incidents = Incidents(client, settings)
-            log.info("api.ready", temporal=settings.temporal_address,
-                     embedded_worker=settings.api_embedded_worker)
+            log.info(
+                "api.ready",
+                temporal=settings.temporal_address,
+                embedded_worker=settings.api_embedded_worker,
+            )
             yield
 
-    app = FastAPI(title="Crisis response engine", version="0.1.0", lifespan=lifespan,
-                  description="Trigger crisis playbooks, follow incidents, stand them down, read the audit trail.")
+    app = FastAPI(
+        title="Crisis response engine",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Trigger crisis playbooks, follow incidents, stand them down, read audits.",
+    )
     v1 = APIRouter(prefix="/v1")
     v1.include_router(health.router)
     v1.include_router(incidents.router)

@@ -7,30 +7,36 @@ import getpass
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from cli.output import CliError, fail, hard_exit, print_json, run_async, user_errors
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
-from engine.incidents import Incidents, verify_audit
+from engine.incidents import Incidents, prepare_incident, verify_audit
 from engine.playbook_files import find_playbook, load_playbook, playbook_files, validate_file
 from engine.temporal import connect, running_worker
 from store.audit_store import AuditStore
 from workflows.incident import IncidentStatus
 from workflows.playbook import Playbook
 
-app = typer.Typer(help="Crisis response engine: playbooks, incidents, audit.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Crisis response engine: playbooks, incidents, audit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 playbook_app = typer.Typer(help="Author and check playbooks.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check the audit trail.", no_args_is_help=True)
 app.add_typer(playbook_app, name="playbook")
 app.add_typer(audit_app, name="audit")
-console = Console()
+# Piped output keeps whole lines (Rich would wrap tables at 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -40,7 +46,11 @@ def _actor(actor: str | None) -> str:
 
 
 def _settings() -> Settings:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        fail(f"invalid settings: {first['msg'].removeprefix('Value error, ')}")
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     return settings
 
@@ -58,9 +68,22 @@ def playbook_validate(
     problems = {str(f): validate_file(f) for f in files}
     bad = sum(1 for found in problems.values() if found)
     if as_json:
-        print_json({"files": [{"file": f, "valid": not found, "problems": [
-            {"line": p.line, "column": p.column, "message": p.message} for p in found]}
-            for f, found in problems.items()], "valid": bad == 0})
+        print_json(
+            {
+                "files": [
+                    {
+                        "file": f,
+                        "valid": not found,
+                        "problems": [
+                            {"line": p.line, "column": p.column, "message": p.message}
+                            for p in found
+                        ],
+                    }
+                    for f, found in problems.items()
+                ],
+                "valid": bad == 0,
+            }
+        )
     else:
         for found in problems.values():
             for problem in found:
@@ -88,8 +111,15 @@ def playbook_list(as_json: JsonFlag = False) -> None:
     for path in playbook_files(settings.playbooks_dir):
         with user_errors():
             pb = load_playbook(path)
-        rows.append({"name": pb.playbook, "version": pb.version, "title": pb.title,
-                     "steps": len(pb.steps), "file": str(path)})
+        rows.append(
+            {
+                "name": pb.playbook,
+                "version": pb.version,
+                "title": pb.title,
+                "steps": len(pb.steps),
+                "file": str(path),
+            }
+        )
     if as_json:
         print_json(rows)
         return
@@ -115,7 +145,9 @@ def trigger(
     playbook: Annotated[str, typer.Argument(help="Playbook name or path to a playbook file.")],
     inputs: Annotated[list[str], typer.Option("--input", "-i", help="key=value (repeatable)")] = [],  # noqa: B006
     actor: Annotated[str | None, typer.Option(help="Who declares the incident.")] = None,
-    incident_id: Annotated[str | None, typer.Option("--id", help="Incident id (default: generated).")] = None,
+    incident_id: Annotated[
+        str | None, typer.Option("--id", help="Incident id (default: generated).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Declare an incident: start the playbook's workflow."""
@@ -123,33 +155,56 @@ def trigger(
     given = _parse_inputs(inputs)
     with user_errors():  # check the playbook and inputs before connecting anywhere
         playbook_path = find_playbook(playbook, settings.playbooks_dir)
-        load_playbook(playbook_path)
+        prepare_incident(load_playbook(playbook_path), given, actor=_actor(actor))
 
     async def go() -> Any:
         client = await connect(settings)
-        return await Incidents(client, settings).trigger(str(playbook_path), given, actor=_actor(actor),
-                                                         incident_id=incident_id)
+        return await Incidents(client, settings).trigger(
+            str(playbook_path), given, actor=_actor(actor), incident_id=incident_id
+        )
 
     triggered = run_async(go)
     if as_json:
-        print_json({"incident_id": triggered.incident_id, "playbook": triggered.playbook,
-                    "version": triggered.version, "playbook_hash": triggered.playbook_hash,
-                    "inputs": triggered.inputs})
+        print_json(
+            {
+                "incident_id": triggered.incident_id,
+                "playbook": triggered.playbook,
+                "version": triggered.version,
+                "playbook_hash": triggered.playbook_hash,
+                "inputs": triggered.inputs,
+            }
+        )
     else:
-        typer.echo(f"incident {triggered.incident_id} triggered: {triggered.playbook} v{triggered.version}")
+        typer.echo(
+            f"incident {triggered.incident_id} triggered: {triggered.playbook} v{triggered.version}"
+        )
     hard_exit(0)
 
 
+def _clock(iso: str | None) -> str:
+    """Time of day to the millisecond (UTC); the full timestamps are in --json."""
+    return iso[11:23] if iso else ""
+
+
 def _print_status(status: IncidentStatus) -> None:
-    console.print(f"[bold]{status.incident_id}[/bold]  state: [bold]{status.state}[/bold]  "
-                  f"playbook: {status.playbook} v{status.version} ({status.playbook_hash[:19]}…)")
+    console.print(
+        f"[bold]{status.incident_id}[/bold]  state: [bold]{status.state}[/bold]  "
+        f"playbook: {status.playbook} v{status.version} ({status.playbook_hash[:19]}…)"
+    )
     console.print(f"triggered by {status.triggered_by} at {status.triggered_at}")
     if status.stand_down:
         console.print(f"stand-down by {status.stand_down.actor}: {status.stand_down.reason}")
     table = Table("step", "lever", "state", "started", "finished", "undone", "error")
     for step in status.steps:
-        table.add_row(step.id, step.lever, step.state, step.started_at or "", step.finished_at or "",
-                      step.undone_at or "", step.error or "")
+        table.add_row(
+            step.id,
+            step.lever,
+            step.state,
+            _clock(step.started_at),
+            _clock(step.finished_at),
+            _clock(step.undone_at),
+            step.error or "",
+        )
     console.print(table)
 
 
@@ -169,7 +224,9 @@ def status(incident_id: str, as_json: JsonFlag = False) -> None:
 @app.command("stand-down")
 def stand_down(
     incident_id: str,
-    reason: Annotated[str, typer.Option(help="Why the crisis is over (recorded in the audit trail).")],
+    reason: Annotated[
+        str, typer.Option(help="Why the crisis is over (recorded in the audit trail).")
+    ],
     actor: Annotated[str | None, typer.Option(help="Who stands the incident down.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -180,7 +237,8 @@ def stand_down(
 
     async def go() -> IncidentStatus:
         return await Incidents(await connect(settings), settings).stand_down(
-            incident_id, actor=_actor(actor), reason=reason)
+            incident_id, actor=_actor(actor), reason=reason
+        )
 
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else _print_status(result)
@@ -217,8 +275,10 @@ def worker() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with running_worker(client, settings=settings):
-            console.print(f"worker polling {settings.task_queue!r} on {settings.temporal_address}",
-                          highlight=False)
+            console.print(
+                f"worker polling {settings.task_queue!r} on {settings.temporal_address}",
+                highlight=False,
+            )
             await stop.wait()
 
     run_async(go)
@@ -236,14 +296,20 @@ def api(
     from api.main import create_app
 
     settings = _settings()
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
-                log_level="warning")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="warning",
+    )
     hard_exit(0)
 
 
 @app.command()
 def sandbox(
-    host: Annotated[str | None, typer.Option(help="Interface (default CRISIS_SANDBOX_HOST).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface (default CRISIS_SANDBOX_HOST).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default CRISIS_SANDBOX_PORT).")] = None,
 ) -> None:
     """Serve the platform sandbox: a stand-in platform with real state and fault injection."""
@@ -257,16 +323,24 @@ def sandbox(
 def up(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (CRISIS_DATA_DIR).")] = None,
     temporal_port: Annotated[int | None, typer.Option(help="Temporal port (default 7233).")] = None,
-    ui_port: Annotated[int | None, typer.Option(help="Temporal UI port (TEMPORAL_UI_PORT).")] = None,
+    ui_port: Annotated[
+        int | None, typer.Option(help="Temporal UI port (TEMPORAL_UI_PORT).")
+    ] = None,
     api_port: Annotated[int | None, typer.Option(help="API port (CRISIS_API_PORT).")] = None,
-    sandbox_port: Annotated[int | None, typer.Option(help="Sandbox port (CRISIS_SANDBOX_PORT).")] = None,
+    sandbox_port: Annotated[
+        int | None, typer.Option(help="Sandbox port (CRISIS_SANDBOX_PORT).")
+    ] = None,
 ) -> None:
     """Run the embedded stack: Temporal dev server, sandbox, worker, API. Ctrl-C stops it all."""
     from cli.up import run_stack
 
     settings = _settings()
-    overrides: dict[str, Any] = {"data_dir": data_dir, "api_port": api_port,
-                                 "sandbox_port": sandbox_port, "temporal_ui_port": ui_port}
+    overrides: dict[str, Any] = {
+        "data_dir": data_dir,
+        "api_port": api_port,
+        "sandbox_port": sandbox_port,
+        "temporal_ui_port": ui_port,
+    }
     if temporal_port is not None:
         overrides["temporal_address"] = f"127.0.0.1:{temporal_port}"
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})

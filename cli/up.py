@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
@@ -41,24 +40,31 @@ def _in_use(port: int) -> bool:
 def child_environment(settings: Settings) -> dict[str, str]:
     """The settings every child must share, as the environment variables they read."""
     env = dict(os.environ)
-    env.update({
-        "CRISIS_DATA_DIR": str(settings.data_dir.resolve()),
-        "CRISIS_DATABASE_URL": settings.resolved_database_url,
-        "TEMPORAL_ADDRESS": settings.temporal_address,
-        "CRISIS_API_PORT": str(settings.api_port),
-        "CRISIS_SANDBOX_PORT": str(settings.sandbox_port),
-        "TEMPORAL_UI_PORT": str(settings.temporal_ui_port),
-    })
+    env.update(
+        {
+            "CRISIS_DATA_DIR": str(settings.data_dir.resolve()),
+            "CRISIS_DATABASE_URL": settings.resolved_database_url,
+            "TEMPORAL_ADDRESS": settings.temporal_address,
+            "CRISIS_API_PORT": str(settings.api_port),
+            "CRISIS_SANDBOX_PORT": str(settings.sandbox_port),
+            "TEMPORAL_UI_PORT": str(settings.temporal_ui_port),
+        }
+    )
     return env
 
 
 def plan(settings: Settings) -> list[Child]:
     me = [sys.executable, "-m", "cli"]
     return [
-        Child("temporal", dev_server_command(db_file=settings.temporal_db_file.resolve(),
-                                             port=_port_of(settings.temporal_address),
-                                             ui_port=settings.temporal_ui_port),
-              _port_of(settings.temporal_address)),
+        Child(
+            "temporal",
+            dev_server_command(
+                db_file=settings.temporal_db_file.resolve(),
+                port=_port_of(settings.temporal_address),
+                ui_port=settings.temporal_ui_port,
+            ),
+            _port_of(settings.temporal_address),
+        ),
         Child("sandbox", [*me, "sandbox"], settings.sandbox_port),
         Child("worker", [*me, "worker"], None),
         Child("api", [*me, "api"], settings.api_port),
@@ -70,7 +76,9 @@ def run_stack(settings: Settings) -> int:
     children = plan(settings)
     for child in children:
         if child.port is not None and _in_use(child.port):
-            raise CliError(f"port {child.port} for {child.name} is already in use (another `crisis up`?)")
+            raise CliError(
+                f"port {child.port} for {child.name} is already in use (another `crisis up`?)"
+            )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = child_environment(settings)
     stopping = False
@@ -85,12 +93,19 @@ def run_stack(settings: Settings) -> int:
     try:
         for child in children:
             # Own session: Ctrl-C reaches only this supervisor, which stops children in order.
-            output = open(settings.data_dir / f"{child.name}.log", "ab") if child.name == "temporal" else None  # noqa: SIM115
-            child.process = subprocess.Popen(child.command, env=env, start_new_session=True,
-                                             stdout=output, stderr=output)
+            output = (
+                open(settings.data_dir / f"{child.name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+                if child.name == "temporal"
+                else None
+            )
+            child.process = subprocess.Popen(
+                child.command, env=env, start_new_session=True, stdout=output, stderr=output
+            )
             if child.port is not None:
                 wait_for_port("127.0.0.1", child.port, timeout_s=60, process=child.process)
-            log.info("stack.child_started", child=child.name, pid=child.process.pid, port=child.port)
+            log.info(
+                "stack.child_started", child=child.name, pid=child.process.pid, port=child.port
+            )
             if stopping:
                 return 0
         _print_urls(settings)
@@ -98,7 +113,9 @@ def run_stack(settings: Settings) -> int:
             for child in children:
                 assert child.process is not None
                 if child.process.poll() is not None:
-                    log.error("stack.child_exited", child=child.name, status=child.process.returncode)
+                    log.error(
+                        "stack.child_exited", child=child.name, status=child.process.returncode
+                    )
                     return 1
             time.sleep(0.2)
         return 0
@@ -134,5 +151,3 @@ def _stop(children: list[Child]) -> None:
             process.kill()
             process.wait()
         log.info("stack.child_stopped", child=child.name, status=process.returncode)
-
-

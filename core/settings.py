@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_WEBHOOK_SECRET = "dev-webhook-secret"
 
 
 class Settings(BaseSettings):
@@ -40,8 +43,10 @@ class Settings(BaseSettings):
     # Sent as the Authorization header on every platform call when set.
     platform_token: str = Field("", validation_alias="CRISIS_PLATFORM_TOKEN")
     platform_timeout_s: float = Field(5.0, validation_alias="CRISIS_PLATFORM_TIMEOUT")
-    webhook_secret: str = Field(
-        "dev-webhook-secret", validation_alias=AliasChoices("CRISIS_WEBHOOK_SECRET")
+    webhook_secret: str = Field(DEV_WEBHOOK_SECRET, validation_alias="CRISIS_WEBHOOK_SECRET")
+    # In production the development defaults of secrets are refused.
+    environment: Literal["development", "production"] = Field(
+        "development", validation_alias="CRISIS_ENV"
     )
 
     playbooks_dir: Path = Field(
@@ -50,6 +55,12 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("console", validation_alias="CRISIS_LOG_FORMAT")
     log_level: str = Field("info", validation_alias="CRISIS_LOG_LEVEL")
+
+    @model_validator(mode="after")
+    def _no_development_secrets_in_production(self) -> Settings:
+        if self.environment == "production" and self.webhook_secret == DEV_WEBHOOK_SECRET:
+            raise ValueError("CRISIS_WEBHOOK_SECRET must be set when CRISIS_ENV=production")
+        return self
 
     @property
     def sandbox_url(self) -> str:

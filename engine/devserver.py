@@ -18,9 +18,17 @@ def dev_server_command(
     *, db_file: Path, port: int, ui_port: int | None, ip: str = "127.0.0.1"
 ) -> list[str]:
     command = [
-        str(installed_binary("temporal")), "server", "start-dev",
-        "--db-filename", str(db_file), "--ip", ip, "--port", str(port),
-        "--log-level", "error",
+        str(installed_binary("temporal")),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(db_file),
+        "--ip",
+        ip,
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
     ]
     if ui_port is None:
         command.append("--headless")
@@ -30,7 +38,11 @@ def dev_server_command(
 
 
 def start_dev_server(
-    *, db_file: Path, port: int, ui_port: int | None = None, timeout_s: float = 30.0,
+    *,
+    db_file: Path,
+    port: int,
+    ui_port: int | None = None,
+    timeout_s: float = 30.0,
     log_file: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the server and return once it accepts connections on `port`."""
@@ -38,7 +50,9 @@ def start_dev_server(
     output = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
         dev_server_command(db_file=db_file, port=port, ui_port=ui_port),
-        stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for_port("127.0.0.1", port, timeout_s=timeout_s, process=process)
@@ -54,7 +68,9 @@ def wait_for_port(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ServerStartError(f"process exited with {process.returncode} before listening on {port}")
+            raise ServerStartError(
+                f"process exited with {process.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return

@@ -53,8 +53,10 @@ def prepare_incident(
     """Resolve inputs and check every lever's arguments with them, before anything starts."""
     inputs = resolve_inputs(playbook, given)
     incident_id = incident_id or new_incident_id()
-    context = {"inputs": inputs,
-               "incident": {"id": incident_id, "playbook": playbook.playbook, "triggered_by": actor}}
+    context = {
+        "inputs": inputs,
+        "incident": {"id": incident_id, "playbook": playbook.playbook, "triggered_by": actor},
+    }
     for step in playbook.steps:
         calls = [(step.do, step.with_, "with")]
         if step.undo is not None:
@@ -63,8 +65,13 @@ def prepare_incident(
             for path, message in lever_arg_problems(lever, substitute(args, context)):
                 dotted = ".".join(str(p) for p in path)
                 raise InputError(f"step {step.id!r} {where}.{dotted}: {message}")
-    return IncidentInput(incident_id=incident_id, playbook=playbook,
-                         playbook_hash=playbook.content_hash(), inputs=inputs, triggered_by=actor)
+    return IncidentInput(
+        incident_id=incident_id,
+        playbook=playbook,
+        playbook_hash=playbook.content_hash(),
+        inputs=inputs,
+        triggered_by=actor,
+    )
 
 
 class Incidents:
@@ -73,15 +80,22 @@ class Incidents:
         self._settings = settings
 
     async def trigger(
-        self, playbook_ref: str, inputs: dict[str, Any], *, actor: str,
-        incident_id: str | None = None, eager: bool = False,
+        self,
+        playbook_ref: str,
+        inputs: dict[str, Any],
+        *,
+        actor: str,
+        incident_id: str | None = None,
+        eager: bool = False,
     ) -> Triggered:
         """Start an incident. `eager` asks the server to hand the first task to this process."""
         playbook = load_playbook(find_playbook(playbook_ref, self._settings.playbooks_dir))
         incident = prepare_incident(playbook, inputs, actor=actor, incident_id=incident_id)
         try:
             handle = await self._client.start_workflow(
-                CrisisWorkflow.run, incident, id=incident.incident_id,
+                CrisisWorkflow.run,
+                incident,
+                id=incident.incident_id,
                 task_queue=self._settings.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -89,8 +103,14 @@ class Incidents:
             )
         except WorkflowAlreadyStartedError:
             raise IncidentConflict(f"incident {incident.incident_id} already exists") from None
-        return Triggered(incident.incident_id, handle.result_run_id, playbook.playbook,
-                         playbook.version, incident.playbook_hash, incident.inputs)
+        return Triggered(
+            incident.incident_id,
+            handle.result_run_id,
+            playbook.playbook,
+            playbook.version,
+            incident.playbook_hash,
+            incident.inputs,
+        )
 
     async def status(self, incident_id: str) -> IncidentStatus:
         handle = self._client.get_workflow_handle(incident_id)

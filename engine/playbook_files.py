@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from workflows.playbook import Playbook, Problem, _pydantic_message, check_playbook
+from workflows.playbook import Playbook, Problem, check_playbook
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -53,7 +53,9 @@ def load_playbook(path: Path) -> Playbook:
     try:
         stat = path.stat()
     except OSError as error:
-        raise PlaybookInvalid([FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")]) from None
+        raise PlaybookInvalid(
+            [FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")]
+        ) from None
     version, key = (stat.st_mtime_ns, stat.st_size), path.resolve()
     cached = _parsed.get(key)
     if cached is not None and cached[0] == version:
@@ -82,17 +84,27 @@ def _load(path: Path) -> tuple[Playbook | None, list[FileProblem]]:
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return None, [FileProblem(path, line, column, f"YAML: {error.problem or error}")]
     if not isinstance(document, CommentedMap):
-        return None, [FileProblem(path, 1, 1, "a playbook is a mapping (playbook:, version:, steps:, ...)")]
+        return None, [
+            FileProblem(path, 1, 1, "a playbook is a mapping (playbook:, version:, steps:, ...)")
+        ]
     try:
         playbook = Playbook.model_validate(_plain(document))
     except ValidationError as error:
         problems = [
-            _locate(path, document, Problem(tuple(e["loc"]), _pydantic_message(e)))
+            _locate(path, document, Problem(tuple(e["loc"]), _document_message(e)))
             for e in error.errors()
         ]
         return None, problems
     problems = [_locate(path, document, problem) for problem in check_playbook(playbook)]
     return playbook, problems
+
+
+def _document_message(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {error['loc'][-1]!r}"
+    if error["type"] == "missing":
+        return f"missing required key {error['loc'][-1]!r}"
+    return str(error["msg"])
 
 
 def _plain(node: Any) -> Any:
@@ -130,7 +142,9 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
         if path.stem == name_or_path:
             return path
     known = ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
-    raise PlaybookNotFound(f"no playbook named {name_or_path!r} in {playbooks_dir} (known: {known})")
+    raise PlaybookNotFound(
+        f"no playbook named {name_or_path!r} in {playbooks_dir} (known: {known})"
+    )
 
 
 def playbook_files(directory: Path) -> list[Path]:

@@ -37,7 +37,11 @@ async def connect(settings: Settings) -> Client:
 
 
 def build_worker(
-    client: Client, *, settings: Settings, http: httpx.AsyncClient, store: AuditStore,
+    client: Client,
+    *,
+    settings: Settings,
+    http: httpx.AsyncClient,
+    store: AuditStore,
     task_queue: str | None = None,
 ) -> Worker:
     levers = PlatformLevers(settings=settings, client=http)
@@ -53,15 +57,19 @@ def build_worker(
 
 @asynccontextmanager
 async def running_worker(
-    client: Client, *, settings: Settings, store: AuditStore | None = None,
+    client: Client,
+    *,
+    settings: Settings,
+    store: AuditStore | None = None,
     task_queue: str | None = None,
 ) -> AsyncIterator[Worker]:
     """A worker polling in the background for the duration of the block."""
     own_store = store is None
     audit_store = store or AuditStore(settings.resolved_database_url)
     async with httpx.AsyncClient(timeout=settings.platform_timeout_s) as http:
-        worker = build_worker(client, settings=settings, http=http, store=audit_store,
-                              task_queue=task_queue)
+        worker = build_worker(
+            client, settings=settings, http=http, store=audit_store, task_queue=task_queue
+        )
         try:
             async with worker:
                 yield worker

@@ -54,9 +54,15 @@ class AuditRow(SQLModel, table=True):
 
     def to_event(self) -> AuditEvent:
         return AuditEvent(
-            incident_id=self.incident_id, seq=self.seq, kind=self.kind, at=self.at,
-            actor=self.actor, step_id=self.step_id, data=json.loads(self.data),
-            prev_hash=self.prev_hash, hash=self.hash,
+            incident_id=self.incident_id,
+            seq=self.seq,
+            kind=self.kind,
+            at=self.at,
+            actor=self.actor,
+            step_id=self.step_id,
+            data=json.loads(self.data),
+            prev_hash=self.prev_hash,
+            hash=self.hash,
         )
 
 
@@ -71,8 +77,13 @@ class Verification:
     problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"incident_id": self.incident_id, "ok": self.ok, "events": self.events,
-                "first_bad_seq": self.first_bad_seq, "problem": self.problem}
+        return {
+            "incident_id": self.incident_id,
+            "ok": self.ok,
+            "events": self.events,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+        }
 
 
 def make_engine(url: str) -> Engine:
@@ -133,19 +144,33 @@ class AuditStore:
             for item in events:
                 if item.seq in held:
                     if held[item.seq] != item.hash:
-                        raise AuditConflict(f"{incident_id} seq {item.seq}: a different event is already recorded")
+                        raise AuditConflict(
+                            f"{incident_id} seq {item.seq}: a different event is already recorded"
+                        )
                     previous_hash = item.hash
                     continue
                 if previous_hash is None:
-                    raise AuditGap(f"{incident_id} seq {item.seq}: previous event {item.seq - 1} not recorded yet")
+                    raise AuditGap(
+                        f"{incident_id} seq {item.seq}: event {item.seq - 1} is not recorded yet"
+                    )
                 if item.prev_hash != previous_hash or item.expected_hash() != item.hash:
-                    raise AuditConflict(f"{incident_id} seq {item.seq}: does not continue the chain")
-                session.add(AuditRow(
-                    incident_id=item.incident_id, seq=item.seq, kind=item.kind, at=item.at,
-                    actor=item.actor, step_id=item.step_id,
-                    data=json.dumps(item.data, sort_keys=True, default=str),
-                    prev_hash=item.prev_hash, hash=item.hash, recorded_at=now,
-                ))
+                    raise AuditConflict(
+                        f"{incident_id} seq {item.seq}: does not continue the chain"
+                    )
+                session.add(
+                    AuditRow(
+                        incident_id=item.incident_id,
+                        seq=item.seq,
+                        kind=item.kind,
+                        at=item.at,
+                        actor=item.actor,
+                        step_id=item.step_id,
+                        data=json.dumps(item.data, sort_keys=True, default=str),
+                        prev_hash=item.prev_hash,
+                        hash=item.hash,
+                        recorded_at=now,
+                    )
+                )
                 previous_hash = item.hash
                 inserted += 1
             session.commit()
@@ -167,15 +192,30 @@ class AuditStore:
             expected_prev = GENESIS_HASH
             for position, row in enumerate(rows, start=1):
                 if row.seq != position:
-                    return Verification(incident_id, False, len(rows), position,
-                                        f"row {position} is missing (next row is {row.seq})")
+                    return Verification(
+                        incident_id,
+                        False,
+                        len(rows),
+                        position,
+                        f"row {position} is missing (next row is {row.seq})",
+                    )
                 if row.prev_hash != expected_prev:
-                    return Verification(incident_id, False, len(rows), row.seq,
-                                        f"row {row.seq} does not link to row {row.seq - 1}")
+                    return Verification(
+                        incident_id,
+                        False,
+                        len(rows),
+                        row.seq,
+                        f"row {row.seq} does not link to row {row.seq - 1}",
+                    )
                 body = row.to_event().body()
                 if chain_hash(row.prev_hash, body) != row.hash:
-                    return Verification(incident_id, False, len(rows), row.seq,
-                                        f"row {row.seq} ({row.kind}) was altered")
+                    return Verification(
+                        incident_id,
+                        False,
+                        len(rows),
+                        row.seq,
+                        f"row {row.seq} ({row.kind}) was altered",
+                    )
                 expected_prev = row.hash
             return Verification(incident_id, True, len(rows))
 

@@ -21,7 +21,9 @@ from sandbox.app import create_app
 from store.audit_store import AuditStore
 from tests.helpers import serve_app
 
-POSTGRES_URL = os.environ.get("CRISIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "CRISIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 # --- the SDK's exit crash (temporalio/sdk-python#300) ---------------------------------------
@@ -46,8 +48,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     directory = tmp_path_factory.mktemp("temporal")
-    process = start_dev_server(db_file=directory / "temporal.db", port=port,
-                               log_file=directory / "server.log")
+    process = start_dev_server(
+        db_file=directory / "temporal.db", port=port, log_file=directory / "server.log"
+    )
     yield f"127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=20)
@@ -110,7 +113,7 @@ def sqlite_store(sqlite_url: str) -> Iterator[AuditStore]:
 def postgresql_store() -> Iterator[AuditStore]:
     try:
         store = AuditStore(POSTGRES_URL)
-    except Exception as error:  # noqa: BLE001 - the reason is what the failure must show
+    except Exception as error:
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required for the tests: {error}")
     yield store
     store.dispose()
@@ -121,19 +124,32 @@ def audit_store(request: pytest.FixtureRequest) -> AuditStore:
     return request.getfixturevalue(f"{request.param}_store")
 
 
-def make_settings(*, temporal_address: str, sandbox_url: str, database_url: str, **extra: Any) -> Settings:
+def make_settings(
+    *, temporal_address: str, sandbox_url: str, database_url: str, **extra: Any
+) -> Settings:
     port = int(sandbox_url.rsplit(":", 1)[1])
-    return Settings(temporal_address=temporal_address, sandbox_port=port, database_url=database_url,
-                    task_queue=f"test-{uuid.uuid4()}", **extra)
+    return Settings(
+        temporal_address=temporal_address,
+        sandbox_port=port,
+        database_url=database_url,
+        task_queue=f"test-{uuid.uuid4()}",
+        **extra,
+    )
 
 
 @pytest.fixture
 def settings(temporal_address: str, sandbox_url: str, sqlite_url: str, tmp_path: Path) -> Settings:
-    return make_settings(temporal_address=temporal_address, sandbox_url=sandbox_url,
-                         database_url=sqlite_url, data_dir=tmp_path / "data")
+    return make_settings(
+        temporal_address=temporal_address,
+        sandbox_url=sandbox_url,
+        database_url=sqlite_url,
+        data_dir=tmp_path / "data",
+    )
 
 
 @pytest.fixture
-async def worker(client: Client, settings: Settings, sqlite_store: AuditStore) -> AsyncIterator[None]:
+async def worker(
+    client: Client, settings: Settings, sqlite_store: AuditStore
+) -> AsyncIterator[None]:
     async with running_worker(client, settings=settings, store=sqlite_store):
         yield

@@ -144,8 +144,11 @@ def test_compose_file_parses_and_has_every_service(services: dict[str, dict[str,
 
 def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any]]) -> None:
     """Compose can only start a service it can pull or build."""
-    bare = [name for name, service in services.items() if "image" not in service
-            and "build" not in service]
+    bare = [
+        name
+        for name, service in services.items()
+        if "image" not in service and "build" not in service
+    ]
     assert not bare, f"services with neither image nor build: {bare}"
 
 
@@ -185,8 +188,11 @@ def test_engine_environment_names_are_settings_aliases(
     """Every CRISIS_/TEMPORAL_ variable set on an engine service is read by Settings."""
     known = settings_env_names()
     unknown = {
-        name: sorted(variable for variable in environment(services[name])
-                     if variable.startswith(("CRISIS_", "TEMPORAL_")) and variable not in known)
+        name: sorted(
+            variable
+            for variable in environment(services[name])
+            if variable.startswith(("CRISIS_", "TEMPORAL_")) and variable not in known
+        )
         for name in ENGINE_SERVICES
     }
     unknown = {name: variables for name, variables in unknown.items() if variables}
@@ -201,7 +207,8 @@ def test_dockerfile_environment_names_are_settings_aliases() -> None:
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
     names = {
         match
-        for line in text.splitlines() if line.strip().startswith("ENV ")
+        for line in text.splitlines()
+        if line.strip().startswith("ENV ")
         for match in re.findall(r"\b((?:CRISIS|TEMPORAL)_[A-Z0-9_]+)=", line)
     }
     assert names, "the Dockerfile sets no CRISIS_ variable (playbooks and data dirs expected)"
@@ -213,15 +220,17 @@ def test_api_and_worker_share_the_engine_environment(services: dict[str, dict[st
     """API and worker reach the same Temporal, task queue, audit database and platform."""
     worker, api = environment(services["worker"]), environment(services["api"])
     for variable, value in worker.items():
-        assert api.get(variable) == value, f"api sets {variable}={api.get(variable)!r}, " \
-                                           f"worker {value!r}"
+        assert api.get(variable) == value, (
+            f"api sets {variable}={api.get(variable)!r}, worker {value!r}"
+        )
 
 
 def test_api_does_not_embed_a_worker(services: dict[str, dict[str, Any]]) -> None:
     """The API runs without an embedded worker, since workers scale as their own service."""
     value = environment(services["api"]).get("CRISIS_API_EMBEDDED_WORKER", "")
-    assert value.lower() in {"false", "0", "no", "off"}, \
+    assert value.lower() in {"false", "0", "no", "off"}, (
         f"CRISIS_API_EMBEDDED_WORKER on api is {value!r}, expected false"
+    )
 
 
 # --- ports and addresses -------------------------------------------------------------------------
@@ -235,10 +244,12 @@ def test_published_port_matches_command_port(
     service = services[name]
     port = listening_port(service)
     published = published_ports(service)
-    assert port in published, f"{name} listens on {port} but publishes container ports " \
-                              f"{sorted(published)}"
-    assert flag(command(service), "--host") == "0.0.0.0", \
+    assert port in published, (
+        f"{name} listens on {port} but publishes container ports {sorted(published)}"
+    )
+    assert flag(command(service), "--host") == "0.0.0.0", (
         f"{name} must listen on 0.0.0.0 to be reachable from other containers"
+    )
 
 
 def test_worker_temporal_address_points_at_temporal(services: dict[str, dict[str, Any]]) -> None:
@@ -261,17 +272,20 @@ def test_connector_urls_point_at_existing_services(services: dict[str, dict[str,
         assert url.scheme == "http", f"{variable}={env[variable]!r} is not an http URL"
         assert url.hostname in services, f"{variable} points at unknown host {url.hostname!r}"
         target = services[url.hostname]
-        assert url.port == listening_port(target), \
+        assert url.port == listening_port(target), (
             f"{variable} uses port {url.port}, {url.hostname} listens on {listening_port(target)}"
-        assert url.path.rstrip("/") == f"/{connector}", \
+        )
+        assert url.path.rstrip("/") == f"/{connector}", (
             f"{variable} path is {url.path!r}; the sandbox serves {connector} under /{connector}"
+        )
 
 
 def test_every_connector_field_is_configured(services: dict[str, dict[str, Any]]) -> None:
     """A connector added to Settings is also pointed somewhere by the compose file."""
     env = environment(services["worker"])
     connector_fields = {
-        name.removesuffix("_url") for name in Settings.model_fields
+        name.removesuffix("_url")
+        for name in Settings.model_fields
         if name.endswith("_url") and name != "database_url"
     }
     unconfigured = sorted(c for c in connector_fields if f"CRISIS_{c.upper()}_URL" not in env)
@@ -286,8 +300,9 @@ def test_audit_database_is_the_postgresql_service(services: dict[str, dict[str, 
     raw = environment(services["worker"]).get("CRISIS_DATABASE_URL", "")
     url = urlsplit(without_interpolation(raw))
     assert url.scheme == "postgresql", f"CRISIS_DATABASE_URL scheme is {url.scheme!r}"
-    assert url.hostname == "postgresql" and url.port == 5432, \
+    assert url.hostname == "postgresql" and url.port == 5432, (
         f"CRISIS_DATABASE_URL points at {url.hostname}:{url.port}, not postgresql:5432"
+    )
     sql = INIT_SQL.read_text(encoding="utf-8")
     assert f"CREATE ROLE {url.username} " in sql, f"init script does not create {url.username}"
     database = url.path.lstrip("/")
@@ -303,8 +318,9 @@ def test_temporal_uses_the_postgresql_service(services: dict[str, dict[str, Any]
     assert env.get("POSTGRES_SEEDS") == "postgresql"
     assert env.get("POSTGRES_PWD"), "temporal has no database password"
     user = env.get("POSTGRES_USER", "")
-    assert f"CREATE ROLE {user} " in INIT_SQL.read_text(encoding="utf-8"), \
+    assert f"CREATE ROLE {user} " in INIT_SQL.read_text(encoding="utf-8"), (
         f"init script does not create temporal's user {user!r}"
+    )
     condition = (temporal.get("depends_on") or {}).get("postgresql", {}).get("condition")
     assert condition == "service_healthy", "temporal must wait for postgresql to be healthy"
     test = " ".join(services["postgresql"].get("healthcheck", {}).get("test", []))
@@ -313,8 +329,11 @@ def test_temporal_uses_the_postgresql_service(services: dict[str, dict[str, Any]
 
 def test_init_script_environment_is_provided(services: dict[str, dict[str, Any]]) -> None:
     """Every variable the init script reads with \\getenv is set on the postgresql service."""
-    read = set(re.findall(r"^\\getenv\s+\w+\s+(\w+)", INIT_SQL.read_text(encoding="utf-8"),
-                          flags=re.MULTILINE))
+    read = set(
+        re.findall(
+            r"^\\getenv\s+\w+\s+(\w+)", INIT_SQL.read_text(encoding="utf-8"), flags=re.MULTILINE
+        )
+    )
     assert read, "the init script reads no passwords from the environment"
     missing = read - environment(services["postgresql"]).keys()
     assert not missing, f"postgresql does not set {sorted(missing)} for the init script"
@@ -326,14 +345,16 @@ def test_secrets_are_required_variables(services: dict[str, dict[str, Any]]) -> 
         env = environment(services[name])
         for secret in SECRETS:
             if secret in env:
-                assert REQUIRED_VARIABLE.match(env[secret]), \
+                assert REQUIRED_VARIABLE.match(env[secret]), (
                     f"{secret} on {name} is {env[secret]!r}, not a required ${{VAR:?}} variable"
+                )
     for secret in SECRETS:
         assert secret in environment(services["worker"]), f"worker does not set {secret}"
     database_url = environment(services["worker"])["CRISIS_DATABASE_URL"]
     userinfo = re.match(r"^[a-z+]+://[^:@/]+:(.*)@[^@]+$", database_url)
-    assert userinfo and REQUIRED_VARIABLE.match(userinfo.group(1)), \
+    assert userinfo and REQUIRED_VARIABLE.match(userinfo.group(1)), (
         f"the audit database password in {database_url!r} is not a required ${{VAR:?}} variable"
+    )
     postgres_password = environment(services["postgresql"]).get("POSTGRES_PASSWORD", "")
     assert REQUIRED_VARIABLE.match(postgres_password), "POSTGRES_PASSWORD is written in the file"
 
@@ -356,25 +377,32 @@ def test_referenced_files_exist(services: dict[str, dict[str, Any]]) -> None:
         build = service.get("build")
         if build is not None:
             context = build if isinstance(build, str) else build.get("context", ".")
-            dockerfile = "Dockerfile" if isinstance(build, str) else build.get(
-                "dockerfile", "Dockerfile")
+            dockerfile = (
+                "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+            )
             assert (ROOT / context / dockerfile).is_file(), f"{name}: no {context}/{dockerfile}"
         for source, _target in bind_sources(service):
             assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
-    init_mounts = [source for source, target in bind_sources(services["postgresql"])
-                   if target.startswith("/docker-entrypoint-initdb.d/")]
-    assert any((ROOT / source).resolve() == INIT_SQL for source in init_mounts), \
+    init_mounts = [
+        source
+        for source, target in bind_sources(services["postgresql"])
+        if target.startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert any((ROOT / source).resolve() == INIT_SQL for source in init_mounts), (
         "deploy/postgres-init.sql is not mounted into /docker-entrypoint-initdb.d/"
+    )
 
 
 def test_dockerfile_copies_every_package() -> None:
     """The image contains every package pyproject installs, plus the playbooks."""
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
-        "tool"]["setuptools"]["packages"]
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+        "setuptools"
+    ]["packages"]
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     copied = {
         source.rstrip("/")
-        for line in dockerfile.splitlines() if line.startswith("COPY ")
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ")
         for source in line.split()[1:-1]
     }
     if "." not in copied:

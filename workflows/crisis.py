@@ -37,9 +37,15 @@ with workflow.unsafe.imports_passed_through():
 
 # Platform rejections (4xx) are final; anything else is retried per the step's policy.
 NON_RETRYABLE = ["PlatformRejected"]
-AUDIT_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
-UNDO_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=30),
-                         maximum_attempts=20, non_retryable_error_types=NON_RETRYABLE)
+AUDIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+)
+UNDO_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=20,
+    non_retryable_error_types=NON_RETRYABLE,
+)
 
 
 @dataclass
@@ -63,11 +69,25 @@ class _AuditTrail:
         self._seq = 0
         self.pending: list[AuditEvent] = []
 
-    def record(self, kind: str, *, actor: str | None = None, step_id: str | None = None,
-               data: dict[str, Any] | None = None) -> None:
+    def record(
+        self,
+        kind: str,
+        *,
+        actor: str | None = None,
+        step_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         self._seq += 1
-        event = make_event(incident_id=self._incident_id, seq=self._seq, kind=kind, at=_now(),
-                           prev_hash=self._last_hash, actor=actor, step_id=step_id, data=data)
+        event = make_event(
+            incident_id=self._incident_id,
+            seq=self._seq,
+            kind=kind,
+            at=_now(),
+            prev_hash=self._last_hash,
+            actor=actor,
+            step_id=step_id,
+            data=data,
+        )
         self._last_hash = event.hash
         self.pending.append(event)
 
@@ -94,16 +114,25 @@ class CrisisWorkflow:
         self._closed_at: str | None = None
         self._context = {
             "inputs": dict(incident.inputs),
-            "incident": {"id": incident.incident_id, "playbook": incident.playbook.playbook,
-                         "triggered_by": incident.triggered_by},
+            "incident": {
+                "id": incident.incident_id,
+                "playbook": incident.playbook.playbook,
+                "triggered_by": incident.triggered_by,
+            },
         }
 
     @workflow.run
     async def run(self, incident: IncidentInput) -> IncidentStatus:
-        self._audit.record("incident.triggered", actor=incident.triggered_by, data={
-            "playbook": incident.playbook.playbook, "version": incident.playbook.version,
-            "playbook_hash": incident.playbook_hash, "inputs": incident.inputs,
-        })
+        self._audit.record(
+            "incident.triggered",
+            actor=incident.triggered_by,
+            data={
+                "playbook": incident.playbook.playbook,
+                "version": incident.playbook.version,
+                "playbook_hash": incident.playbook_hash,
+                "inputs": incident.inputs,
+            },
+        )
         pump = asyncio.create_task(self._pump_audit())
 
         for run in self._runs:
@@ -111,7 +140,9 @@ class CrisisWorkflow:
                 break
             if not await self._apply(run):
                 self._state = "failed"
-                self._audit.record("incident.failed", step_id=run.step.id, data={"error": run.error})
+                self._audit.record(
+                    "incident.failed", step_id=run.step.id, data={"error": run.error}
+                )
                 break
 
         await workflow.wait_condition(lambda: self._stand_down is not None)
@@ -125,7 +156,9 @@ class CrisisWorkflow:
 
         self._state = "closed"
         self._closed_at = _now()
-        self._audit.record("incident.closed", actor=self._stand_down.actor if self._stand_down else None)
+        self._audit.record(
+            "incident.closed", actor=self._stand_down.actor if self._stand_down else None
+        )
         self._audit_done = True
         await pump
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -135,14 +168,18 @@ class CrisisWorkflow:
     async def stand_down(self, request: StandDownRequest) -> IncidentStatus:
         """Undo every applied measure in reverse order, close the incident, answer its status."""
         self._stand_down = request
-        self._audit.record("stand_down.requested", actor=request.actor, data={"reason": request.reason})
+        self._audit.record(
+            "stand_down.requested", actor=request.actor, data={"reason": request.reason}
+        )
         await workflow.wait_condition(lambda: self._state == "closed")
         return self._status()
 
     @stand_down.validator
     def _check_stand_down(self, request: StandDownRequest) -> None:
         if self._stand_down is not None:
-            raise ApplicationError(f"incident is already {self._state.replace('_', ' ')}", type="InvalidState")
+            raise ApplicationError(
+                f"incident is already {self._state.replace('_', ' ')}", type="InvalidState"
+            )
 
     @workflow.query
     def status(self) -> IncidentStatus:
@@ -152,17 +189,25 @@ class CrisisWorkflow:
         step = run.step
         run.state, run.started_at = "running", _now()
         run.args = substitute(step.with_, self._context)
-        self._audit.record("step.started", step_id=step.id, data={"lever": step.do, "args": run.args})
+        self._audit.record(
+            "step.started", step_id=step.id, data={"lever": step.do, "args": run.args}
+        )
         try:
             outcome = await self._call(step, step.do, run.args, operation="apply-1")
         except CancelledError:
             raise
-        except FailureError as error:  # local activities raise the failure itself, not ActivityError
+        except (
+            FailureError
+        ) as error:  # local activities raise the failure itself, not ActivityError
             run.state, run.finished_at, run.error = "failed", _now(), _cause(error)
-            self._audit.record("step.failed", step_id=step.id, data={"lever": step.do, "error": run.error})
+            self._audit.record(
+                "step.failed", step_id=step.id, data={"lever": step.do, "error": run.error}
+            )
             return False
         run.state, run.finished_at, run.previous = "applied", _now(), outcome.previous
-        self._audit.record("step.applied", step_id=step.id, data={"lever": step.do, "previous": outcome.previous})
+        self._audit.record(
+            "step.applied", step_id=step.id, data={"lever": step.do, "previous": outcome.previous}
+        )
         return True
 
     async def _undo(self, run: _StepRun) -> None:
@@ -176,29 +221,55 @@ class CrisisWorkflow:
             return
         run.state = "undoing"
         try:
-            await self._call(step, lever, args, operation="undo-1", restore=restore, retry=UNDO_RETRY)
+            await self._call(
+                step, lever, args, operation="undo-1", restore=restore, retry=UNDO_RETRY
+            )
         except CancelledError:
             raise
         except FailureError as error:
             run.state, run.error = "undo_failed", _cause(error)
-            self._audit.record("step.undo_failed", step_id=step.id, data={"lever": lever, "error": run.error})
+            self._audit.record(
+                "step.undo_failed", step_id=step.id, data={"lever": lever, "error": run.error}
+            )
             return
         run.state, run.undone_at = "undone", _now()
-        self._audit.record("step.undone", step_id=step.id, data={"lever": lever, "restored": restore})
+        self._audit.record(
+            "step.undone", step_id=step.id, data={"lever": lever, "restored": restore}
+        )
 
-    async def _call(self, step: Step, lever: str, args: dict[str, Any], *, operation: str,
-                    restore: dict[str, Any] | None = None, retry: RetryPolicy | None = None) -> LeverOutcome:
+    async def _call(
+        self,
+        step: Step,
+        lever: str,
+        args: dict[str, Any],
+        *,
+        operation: str,
+        restore: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> LeverOutcome:
         if retry is None:
             initial, maximum = retry_timings(step.retry)
-            retry = RetryPolicy(initial_interval=initial, maximum_interval=maximum,
-                                backoff_coefficient=step.retry.backoff,
-                                maximum_attempts=step.retry.max_attempts,
-                                non_retryable_error_types=NON_RETRYABLE)
-        request = LeverRequest(incident_id=self._incident.incident_id, step_id=step.id,
-                               operation=operation, lever=lever, args=args, restore=restore)
+            retry = RetryPolicy(
+                initial_interval=initial,
+                maximum_interval=maximum,
+                backoff_coefficient=step.retry.backoff,
+                maximum_attempts=step.retry.max_attempts,
+                non_retryable_error_types=NON_RETRYABLE,
+            )
+        request = LeverRequest(
+            incident_id=self._incident.incident_id,
+            step_id=step.id,
+            operation=operation,
+            lever=lever,
+            args=args,
+            restore=restore,
+        )
         return await workflow.execute_local_activity(
-            APPLY_LEVER, request, result_type=LeverOutcome,
-            start_to_close_timeout=parse_duration(step.timeout), retry_policy=retry,
+            APPLY_LEVER,
+            request,
+            result_type=LeverOutcome,
+            start_to_close_timeout=parse_duration(step.timeout),
+            retry_policy=retry,
         )
 
     async def _pump_audit(self) -> None:
@@ -210,20 +281,37 @@ class CrisisWorkflow:
             if not self._audit.pending:
                 return
             await workflow.execute_activity(
-                WRITE_AUDIT, AuditBatch(events=self._audit.take()),
-                start_to_close_timeout=timedelta(seconds=10), retry_policy=AUDIT_RETRY,
+                WRITE_AUDIT,
+                AuditBatch(events=self._audit.take()),
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=AUDIT_RETRY,
             )
 
     def _status(self) -> IncidentStatus:
         playbook = self._incident.playbook
         return IncidentStatus(
-            incident_id=self._incident.incident_id, state=self._state, playbook=playbook.playbook,
-            version=playbook.version, playbook_hash=self._incident.playbook_hash,
-            inputs=self._incident.inputs, triggered_by=self._incident.triggered_by,
-            triggered_at=self._triggered_at, stand_down=self._stand_down, closed_at=self._closed_at,
-            steps=[StepStatus(id=r.step.id, lever=r.step.do, state=r.state, started_at=r.started_at,
-                              finished_at=r.finished_at, undone_at=r.undone_at, error=r.error)
-                   for r in self._runs],
+            incident_id=self._incident.incident_id,
+            state=self._state,
+            playbook=playbook.playbook,
+            version=playbook.version,
+            playbook_hash=self._incident.playbook_hash,
+            inputs=self._incident.inputs,
+            triggered_by=self._incident.triggered_by,
+            triggered_at=self._triggered_at,
+            stand_down=self._stand_down,
+            closed_at=self._closed_at,
+            steps=[
+                StepStatus(
+                    id=r.step.id,
+                    lever=r.step.do,
+                    state=r.state,
+                    started_at=r.started_at,
+                    finished_at=r.finished_at,
+                    undone_at=r.undone_at,
+                    error=r.error,
+                )
+                for r in self._runs
+            ],
         )
 
 

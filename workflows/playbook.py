@@ -115,7 +115,10 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
         at: Path = ("steps", index)
         if step.id in seen:
             problems.append(
-                Problem((*at, "id"), f"duplicate step id {step.id!r} (first at step {seen[step.id] + 1})")
+                Problem(
+                    (*at, "id"),
+                    f"duplicate step id {step.id!r} (first at step {seen[step.id] + 1})",
+                )
             )
         seen.setdefault(step.id, index)
         problems += _check_call(playbook, step.do, step.with_, at)
@@ -124,7 +127,9 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
     return problems
 
 
-def _check_call(playbook: Playbook, lever_name: str, args: dict[str, Any], at: Path) -> list[Problem]:
+def _check_call(
+    playbook: Playbook, lever_name: str, args: dict[str, Any], at: Path
+) -> list[Problem]:
     lever = LEVERS.get(lever_name)
     if lever is None:
         known = ", ".join(sorted(LEVERS))
@@ -140,7 +145,10 @@ def _check_call(playbook: Playbook, lever_name: str, args: dict[str, Any], at: P
     except ReferenceError_:
         # An input without a default: its type is checked when the incident is triggered.
         return []
-    return [Problem((*at, "with", *path), message) for path, message in lever_arg_problems(lever_name, resolved)]
+    return [
+        Problem((*at, "with", *path), message)
+        for path, message in lever_arg_problems(lever_name, resolved)
+    ]
 
 
 def lever_arg_problems(lever_name: str, args: dict[str, Any]) -> list[tuple[Path, str]]:
@@ -164,11 +172,15 @@ def _reference_problems(playbook: Playbook, args: dict[str, Any]) -> list[tuple[
     problems = []
     for path, namespace, name in references(args):
         if namespace not in NAMESPACES:
-            problems.append((path, f"unknown reference namespace {namespace!r} in ${{{namespace}.{name}}}"))
+            problems.append(
+                (path, f"unknown reference namespace {namespace!r} in ${{{namespace}.{name}}}")
+            )
         elif namespace == "inputs" and name not in playbook.inputs:
             problems.append((path, f"undefined input {name!r} in ${{inputs.{name}}}"))
         elif namespace == "incident" and name not in INCIDENT_FIELDS:
-            problems.append((path, f"unknown incident field {name!r} (known: {', '.join(INCIDENT_FIELDS)})"))
+            problems.append(
+                (path, f"unknown incident field {name!r} (known: {', '.join(INCIDENT_FIELDS)})")
+            )
     return problems
 
 
@@ -187,8 +199,13 @@ def _check_input_defaults(playbook: Playbook) -> list[Problem]:
 
 def default_context(playbook: Playbook) -> dict[str, dict[str, Any]]:
     """A substitution context from the inputs' defaults, for checking before any trigger."""
-    inputs = {name: spec.default for name, spec in playbook.inputs.items() if spec.default is not None}
-    return {"inputs": inputs, "incident": {"id": "INC-CHECK", "playbook": playbook.playbook, "triggered_by": "check"}}
+    inputs = {
+        name: spec.default for name, spec in playbook.inputs.items() if spec.default is not None
+    }
+    return {
+        "inputs": inputs,
+        "incident": {"id": "INC-CHECK", "playbook": playbook.playbook, "triggered_by": "check"},
+    }
 
 
 def resolve_inputs(playbook: Playbook, given: dict[str, Any]) -> dict[str, Any]:
@@ -196,10 +213,12 @@ def resolve_inputs(playbook: Playbook, given: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(given) - set(playbook.inputs))
     if unknown:
         known = ", ".join(sorted(playbook.inputs)) or "none"
-        raise InputError(f"unknown input {unknown[0]!r} for playbook {playbook.playbook} (inputs: {known})")
+        raise InputError(
+            f"unknown input {unknown[0]!r} for playbook {playbook.playbook} (inputs: {known})"
+        )
     resolved: dict[str, Any] = {}
     for name, spec in playbook.inputs.items():
-        if name in given:
+        if given.get(name) is not None:  # an explicit null means "not given"
             resolved[name] = coerce_input(name, spec, given[name])
         elif spec.default is not None:
             resolved[name] = coerce_input(name, spec, spec.default)
@@ -255,6 +274,10 @@ def _coerce_scalar(name: str, kind: str, value: Any) -> Any:
         raise bad()
     if isinstance(value, bool):
         raise bad()
+    if kind == "integer" and isinstance(value, int):
+        return value
+    if kind == "integer" and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
     try:
         number = float(value)
     except (TypeError, ValueError):

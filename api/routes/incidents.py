@@ -45,15 +45,25 @@ class AuditOut(BaseModel):
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TriggeredOut)
-async def trigger(body: TriggerBody, incidents: IncidentsDep, settings: SettingsDep) -> TriggeredOut:
+async def trigger(
+    body: TriggerBody, incidents: IncidentsDep, settings: SettingsDep
+) -> TriggeredOut:
     if "/" in body.playbook or body.playbook.endswith((".yaml", ".yml")):
         raise PlaybookNotFound(f"playbooks are named, not paths: {body.playbook!r}")
-    triggered = await incidents.trigger(body.playbook, body.inputs, actor=body.actor,
-                                        incident_id=body.incident_id,
-                                        eager=settings.api_embedded_worker)
-    return TriggeredOut(incident_id=triggered.incident_id, playbook=triggered.playbook,
-                        version=triggered.version, playbook_hash=triggered.playbook_hash,
-                        inputs=triggered.inputs)
+    triggered = await incidents.trigger(
+        body.playbook,
+        body.inputs,
+        actor=body.actor,
+        incident_id=body.incident_id,
+        eager=settings.api_embedded_worker,
+    )
+    return TriggeredOut(
+        incident_id=triggered.incident_id,
+        playbook=triggered.playbook,
+        version=triggered.version,
+        playbook_hash=triggered.playbook_hash,
+        inputs=triggered.inputs,
+    )
 
 
 @router.get("/{incident_id}", response_model=IncidentStatus)
@@ -62,7 +72,9 @@ async def show(incident_id: str, incidents: IncidentsDep) -> IncidentStatus:
 
 
 @router.post("/{incident_id}/stand-down", response_model=IncidentStatus)
-async def stand_down(incident_id: str, body: StandDownBody, incidents: IncidentsDep) -> IncidentStatus:
+async def stand_down(
+    incident_id: str, body: StandDownBody, incidents: IncidentsDep
+) -> IncidentStatus:
     return await incidents.stand_down(incident_id, actor=body.actor, reason=body.reason)
 
 
@@ -70,5 +82,9 @@ async def stand_down(incident_id: str, body: StandDownBody, incidents: Incidents
 async def audit(incident_id: str, store: StoreDep) -> AuditOut:
     verification = await asyncio.to_thread(verify_audit, store, incident_id)
     events = await asyncio.to_thread(store.events, incident_id)
-    return AuditOut(incident_id=incident_id, verified=verification.ok,
-                    problem=verification.problem, events=events)
+    return AuditOut(
+        incident_id=incident_id,
+        verified=verification.ok,
+        problem=verification.problem,
+        events=events,
+    )

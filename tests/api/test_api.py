@@ -1,7 +1,6 @@
 """The HTTP API served by uvicorn over loopback, with its embedded worker, server and sandbox."""
 
 # The house style puts the expected value first in asserts.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 
@@ -37,8 +36,9 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
 
 
 async def trigger(api: httpx.AsyncClient, **inputs: Any) -> dict[str, Any]:
-    response = await api.post("/v1/incidents",
-                              json={"playbook": "violent-disorder", "inputs": inputs})
+    response = await api.post(
+        "/v1/incidents", json={"playbook": "violent-disorder", "inputs": inputs}
+    )
     assert 201 == response.status_code, response.text
     return response.json()
 
@@ -64,18 +64,26 @@ async def test_health_reports_every_check_ok(api: httpx.AsyncClient) -> None:
 async def test_incident_lifecycle_over_http(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
     """Trigger, follow, stand down and audit an incident; the platform is changed then restored."""
     before = await sandbox.state()
-    response = await api.post("/v1/incidents", json={"playbook": "violent-disorder",
-                                                     "inputs": {"region": "GB"}, "actor": "alice"})
+    response = await api.post(
+        "/v1/incidents",
+        json={"playbook": "violent-disorder", "inputs": {"region": "GB"}, "actor": "alice"},
+    )
     assert 201 == response.status_code, response.text
     triggered = response.json()
     incident_id = triggered["incident_id"]
-    assert ("violent-disorder", 1, "GB") == (triggered["playbook"], triggered["version"],
-                                             triggered["inputs"]["region"])
+    assert ("violent-disorder", 1, "GB") == (
+        triggered["playbook"],
+        triggered["version"],
+        triggered["inputs"]["region"],
+    )
     assert triggered["playbook_hash"].startswith("sha256:")
 
     status = await wait_until_applied(api, incident_id)
-    assert ("running", "alice", incident_id) == (status["state"], status["triggered_by"],
-                                                 status["incident_id"])
+    assert ("running", "alice", incident_id) == (
+        status["state"],
+        status["triggered_by"],
+        status["incident_id"],
+    )
     during = await sandbox.state()
     policy = during["recommender"]["GB"]["incitement_to_violence"]
     assert (0.25, 5) == (policy["reach_multiplier"], policy["reshare_limit"])
@@ -83,8 +91,9 @@ async def test_incident_lifecycle_over_http(api: httpx.AsyncClient, sandbox: San
     reviewers = before["moderation"]["hate"]["reviewers"]
     assert reviewers + 25 == during["moderation"]["hate"]["reviewers"]
 
-    response = await api.post(f"/v1/incidents/{incident_id}/stand-down",
-                              json={"reason": "disorder over", "actor": "bob"})
+    response = await api.post(
+        f"/v1/incidents/{incident_id}/stand-down", json={"reason": "disorder over", "actor": "bob"}
+    )
     assert 200 == response.status_code, response.text
     closed = response.json()
     assert "closed" == closed["state"]
@@ -113,7 +122,8 @@ async def test_incident_lifecycle_over_http(api: httpx.AsyncClient, sandbox: San
     assert kinds.index("stand_down.requested") < kinds.index("step.undone")
 
     again = await api.post(f"/v1/incidents/{incident_id}/stand-down", json={"reason": "again"})
-    assert incident_id in assert_error(again, 409, "incident_conflict")
+    message = assert_error(again, 409, "incident_conflict")
+    assert incident_id in message and "closed" in message, message
 
 
 async def test_trigger_errors(api: httpx.AsyncClient) -> None:
@@ -122,19 +132,23 @@ async def test_trigger_errors(api: httpx.AsyncClient) -> None:
     assert "no-such-playbook" in assert_error(unknown, 404, "playbook_not_found")
     path = await api.post("/v1/incidents", json={"playbook": "../playbooks/violent-disorder.yaml"})
     assert_error(path, 404, "playbook_not_found")
-    out_of_range = await api.post("/v1/incidents", json={
-        "playbook": "violent-disorder", "inputs": {"reach_multiplier": 3}})
+    out_of_range = await api.post(
+        "/v1/incidents", json={"playbook": "violent-disorder", "inputs": {"reach_multiplier": 3}}
+    )
     assert "with.reach_multiplier" in assert_error(out_of_range, 422, "invalid_input")
-    wrong_type = await api.post("/v1/incidents", json={
-        "playbook": "violent-disorder", "inputs": {"flag_threshold": "high"}})
+    wrong_type = await api.post(
+        "/v1/incidents", json={"playbook": "violent-disorder", "inputs": {"flag_threshold": "high"}}
+    )
     assert "flag_threshold" in assert_error(wrong_type, 422, "invalid_input")
-    unknown_input = await api.post("/v1/incidents", json={
-        "playbook": "violent-disorder", "inputs": {"colour": "red"}})
+    unknown_input = await api.post(
+        "/v1/incidents", json={"playbook": "violent-disorder", "inputs": {"colour": "red"}}
+    )
     assert "colour" in assert_error(unknown_input, 422, "invalid_input")
     no_playbook = await api.post("/v1/incidents", json={"inputs": {}})
     assert "playbook" in assert_error(no_playbook, 422, "invalid_request")
-    bad_id = await api.post("/v1/incidents",
-                            json={"playbook": "violent-disorder", "incident_id": "a b"})
+    bad_id = await api.post(
+        "/v1/incidents", json={"playbook": "violent-disorder", "incident_id": "a b"}
+    )
     assert "incident_id" in assert_error(bad_id, 422, "invalid_request")
 
 
@@ -142,8 +156,9 @@ async def test_unknown_incident_is_not_found_everywhere(api: httpx.AsyncClient) 
     """Status, stand-down and audit of an incident that never existed are 404 incident_not_found."""
     status = await api.get("/v1/incidents/INC-NO-SUCH-INCIDENT")
     assert "INC-NO-SUCH-INCIDENT" in assert_error(status, 404, "incident_not_found")
-    stand_down = await api.post("/v1/incidents/INC-NO-SUCH-INCIDENT/stand-down",
-                                json={"reason": "x"})
+    stand_down = await api.post(
+        "/v1/incidents/INC-NO-SUCH-INCIDENT/stand-down", json={"reason": "x"}
+    )
     assert_error(stand_down, 404, "incident_not_found")
     audit = await api.get("/v1/incidents/INC-NO-SUCH-INCIDENT/audit")
     assert_error(audit, 404, "incident_not_found")

@@ -1,7 +1,6 @@
 """The `crisis` command line, run as a real subprocess against the real dev server and sandbox."""
 
 # The house style puts the expected value first in asserts.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 
@@ -52,24 +51,34 @@ class Run:
 
 
 @pytest.fixture
-def cli_env(temporal_address: str, sandbox_url: str, sqlite_url: str, settings: Settings,
-            tmp_path: Path) -> dict[str, str]:
+def cli_env(
+    temporal_address: str, sandbox_url: str, sqlite_url: str, settings: Settings, tmp_path: Path
+) -> dict[str, str]:
     """The environment of a `crisis` process wired to this test's services and task queue."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "TEMPORAL_"))}
-    env.update({
-        "TEMPORAL_ADDRESS": temporal_address,
-        "CRISIS_SANDBOX_PORT": sandbox_url.rsplit(":", 1)[1],
-        "CRISIS_DATABASE_URL": sqlite_url,
-        "CRISIS_TASK_QUEUE": settings.task_queue,
-        "CRISIS_DATA_DIR": str(tmp_path / "cli-data"),
-        "CRISIS_ACTOR": "cli-tester",
-    })
+    env.update(
+        {
+            "TEMPORAL_ADDRESS": temporal_address,
+            "CRISIS_SANDBOX_PORT": sandbox_url.rsplit(":", 1)[1],
+            "CRISIS_DATABASE_URL": sqlite_url,
+            "CRISIS_TASK_QUEUE": settings.task_queue,
+            "CRISIS_DATA_DIR": str(tmp_path / "cli-data"),
+            "CRISIS_ACTOR": "cli-tester",
+        }
+    )
     return env
 
 
 def run_cli(env: dict[str, str], *args: str) -> Run:
-    done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return Run(done.returncode, done.stdout, done.stderr)
 
 
@@ -104,17 +113,18 @@ def test_validate_bad_files_prints_each_problem_as_file_line_column(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Every problem of every file is one `file:line:column: message` line on stderr; exit 1."""
-    unknown_key = write(tmp_path / "a.yaml",
-                        GOOD.replace("title: Good\n", "title: Good\ncolour: red\n"))
+    unknown_key = write(
+        tmp_path / "a.yaml", GOOD.replace("title: Good\n", "title: Good\ncolour: red\n")
+    )
     bad_lever = write(tmp_path / "b.yaml", GOOD.replace("moderation.surge", "moderation.nope"))
     good = write(tmp_path / "good.yaml", GOOD)
     run = run_cli(cli_env, "playbook", "validate", str(unknown_key), str(good), str(bad_lever))
     assert 1 == run.code, run
     assert "" == run.stdout
-    assert [f"{unknown_key}:4:1: unknown argument 'colour'",
-            f"{bad_lever}:7:5: unknown lever 'moderation.nope'"] == [
-        line.split(" (known:")[0] for line in run.error_lines
-    ]
+    assert [
+        f"{unknown_key}:4:1: unknown key 'colour'",
+        f"{bad_lever}:7:5: unknown lever 'moderation.nope'",
+    ] == [line.split(" (known:")[0] for line in run.error_lines]
 
 
 def test_validate_json_reports_every_file(cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -125,11 +135,16 @@ def test_validate_json_reports_every_file(cli_env: dict[str, str], tmp_path: Pat
     assert 1 == run.code, run
     report = run.json()
     assert False is report["valid"]
-    assert [{"file": str(good), "valid": True, "problems": []},
-            {"file": str(bad), "valid": False,
-             "problems": [{"line": 8, "column": 26,
-                           "message": "Input should be greater than or equal to 1"}]},
-            ] == report["files"]
+    assert [
+        {"file": str(good), "valid": True, "problems": []},
+        {
+            "file": str(bad),
+            "valid": False,
+            "problems": [
+                {"line": 8, "column": 26, "message": "Input should be greater than or equal to 1"}
+            ],
+        },
+    ] == report["files"]
 
 
 def test_validate_a_directory_checks_every_playbook_in_it(
@@ -157,8 +172,9 @@ def test_validate_with_nothing_to_check_is_an_error(
 ) -> None:
     """An empty directory is one `error:` line, not a silent success."""
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_cli(cli_env, "playbook", "validate", str(tmp_path / "empty")),
-                          "no playbook files given")
+    assert_one_line_error(
+        run_cli(cli_env, "playbook", "validate", str(tmp_path / "empty")), "no playbook files given"
+    )
 
 
 def test_schema_is_json_schema_with_steps(cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -177,8 +193,15 @@ def test_playbook_list_json(cli_env: dict[str, str]) -> None:
     """`playbook list --json` lists the library with name, version, title and step count."""
     run = run_cli(cli_env, "playbook", "list", "--json")
     assert 0 == run.code, run
-    assert [{"name": "violent-disorder", "version": 1, "title": "Violent disorder incited online",
-             "steps": 5, "file": str(SHIPPED)}] == run.json()
+    assert [
+        {
+            "name": "violent-disorder",
+            "version": 1,
+            "title": "Violent disorder incited online",
+            "steps": 5,
+            "file": str(SHIPPED),
+        }
+    ] == run.json()
 
 
 def test_playbook_list_with_a_broken_playbook_is_one_error_line(
@@ -212,8 +235,10 @@ async def wait_until_applied(env: dict[str, str], incident_id: str) -> dict[str,
 
 def tamper(sqlite_url: str, incident_id: str, seq: int) -> None:
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
-        changed = db.execute("UPDATE audit_events SET data = ? WHERE incident_id = ? AND seq = ?",
-                             ('{"forged": true}', incident_id, seq)).rowcount
+        changed = db.execute(
+            "UPDATE audit_events SET data = ? WHERE incident_id = ? AND seq = ?",
+            ('{"forged": true}', incident_id, seq),
+        ).rowcount
     assert 1 == changed
 
 
@@ -227,14 +252,22 @@ async def test_trigger_status_stand_down_and_verify(
     assert 0 == run.code, run
     triggered = run.json()
     incident_id = triggered["incident_id"]
-    assert ("violent-disorder", 1, "GB") == (triggered["playbook"], triggered["version"],
-                                             triggered["inputs"]["region"])
+    assert ("violent-disorder", 1, "GB") == (
+        triggered["playbook"],
+        triggered["version"],
+        triggered["inputs"]["region"],
+    )
 
     status = await wait_until_applied(cli_env, incident_id)
     assert "running" == status["state"]
     assert "cli-tester" == status["triggered_by"]
-    assert ["throttle-recommender", "raise-detection", "surge-hate-queue", "notify-regulator",
-            "notify-crisis-team"] == [s["id"] for s in status["steps"]]
+    assert [
+        "throttle-recommender",
+        "raise-detection",
+        "surge-hate-queue",
+        "notify-regulator",
+        "notify-crisis-team",
+    ] == [s["id"] for s in status["steps"]]
     during = await sandbox.state()
     assert 0.25 == during["recommender"]["GB"]["incitement_to_violence"]["reach_multiplier"]
 
@@ -259,8 +292,13 @@ async def test_trigger_status_stand_down_and_verify(
     assert f"ok: {incident_id}: {events} audit events, chain intact" == verified.stdout.strip()
     as_json = await crisis(cli_env, "audit", "verify", incident_id, "--json")
     assert 0 == as_json.code, as_json
-    assert {"incident_id": incident_id, "ok": True, "events": events, "first_bad_seq": None,
-            "problem": None} == as_json.json()
+    assert {
+        "incident_id": incident_id,
+        "ok": True,
+        "events": events,
+        "first_bad_seq": None,
+        "problem": None,
+    } == as_json.json()
 
     tamper(sqlite_url, incident_id, 3)
     broken = await crisis(cli_env, "audit", "verify", incident_id)
@@ -298,26 +336,44 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
 
     vd, none = "violent-disorder", "INC-NO-SUCH-INCIDENT"
     cases = {
-        "unknown playbook": (["trigger", "no-such-playbook"],
-                             ["no playbook named 'no-such-playbook'"]),
-        "input out of range": (["trigger", vd, "-i", "reach_multiplier=3"],
-                               ["step 'throttle-recommender' with.reach_multiplier"]),
-        "input of the wrong type": (["trigger", vd, "-i", "reach_multiplier=lots"],
-                                    ["input 'reach_multiplier': expected number"]),
+        "unknown playbook": (
+            ["trigger", "no-such-playbook"],
+            ["no playbook named 'no-such-playbook'"],
+        ),
+        "input out of range": (
+            ["trigger", vd, "-i", "reach_multiplier=3"],
+            ["step 'throttle-recommender' with.reach_multiplier"],
+        ),
+        "input of the wrong type": (
+            ["trigger", vd, "-i", "reach_multiplier=lots"],
+            ["input 'reach_multiplier': expected number"],
+        ),
         "unknown input": (["trigger", vd, "-i", "colour=red"], ["unknown input 'colour'"]),
-        "bad --input syntax": (["trigger", vd, "-i", "region"],
-                               ["--input 'region': expected key=value"]),
+        "bad --input syntax": (
+            ["trigger", vd, "-i", "region"],
+            ["--input 'region': expected key=value"],
+        ),
         "unknown incident status": (["status", none], [f"no incident {none}"]),
-        "unknown incident stand-down": (["stand-down", none, "--reason", "x"],
-                                        [f"no incident {none}"]),
-        "stand-down of a closed incident": (["stand-down", incident_id, "--reason", "again"],
-                                            [incident_id]),
-        "empty reason": (["stand-down", incident_id, "--reason", " "],
-                         ["--reason must not be empty"]),
-        "unknown incident audit": (["audit", "verify", none],
-                                   [f"no audit trail for incident {none}"]),
-        "duplicate incident id": (["trigger", vd, "--id", incident_id],
-                                  [f"incident {incident_id} already exists"]),
+        "unknown incident stand-down": (
+            ["stand-down", none, "--reason", "x"],
+            [f"no incident {none}"],
+        ),
+        "stand-down of a closed incident": (
+            ["stand-down", incident_id, "--reason", "again"],
+            [incident_id, "closed"],
+        ),
+        "empty reason": (
+            ["stand-down", incident_id, "--reason", " "],
+            ["--reason must not be empty"],
+        ),
+        "unknown incident audit": (
+            ["audit", "verify", none],
+            [f"no audit trail for incident {none}"],
+        ),
+        "duplicate incident id": (
+            ["trigger", vd, "--id", incident_id],
+            [f"incident {incident_id} already exists"],
+        ),
     }
     runs = await asyncio.gather(*(crisis(cli_env, *args) for args, _ in cases.values()))
     for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):

@@ -1,7 +1,6 @@
 """Playbook files on disk: validation problems as `file:line:column: message`, inputs, hashing."""
 
 # The house style puts the expected value first in asserts.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 
@@ -98,51 +97,167 @@ def test_a_problem_prints_as_file_line_column_message(tmp_path: Path) -> None:
     ("case", "old", "new", "line", "column", "fragment"),
     [
         ("unknown top-level key", "title: Test\n", "title: Test\ncolour: red\n", 4, 1, "'colour'"),
-        ("unknown key in a step", "    do: moderation.surge\n",
-         "    do: moderation.surge\n    colour: red\n", 20, 5, "'colour'"),
-        ("unknown lever", "do: moderation.surge", "do: moderation.nope", 19, 5,
-         "unknown lever 'moderation.nope'"),
-        ("unknown lever in undo", "    with: {queue: fraud, extra_reviewers: 3}\n",
-         "    with: {queue: fraud, extra_reviewers: 3}\n    undo:\n      do: bogus.lever\n",
-         22, 7, "unknown lever 'bogus.lever'"),
-        ("duplicate step id", "- id: surge", "- id: throttle", 18, 5,
-         "duplicate step id 'throttle' (first at step 1)"),
-        ("undefined input", "${inputs.region}", "${inputs.nope}", 15, 7,
-         "undefined input 'nope' in ${inputs.nope}"),
-        ("unknown reference namespace", "${inputs.region}", "${env.HOME}", 15, 7,
-         "unknown reference namespace 'env'"),
-        ("unknown incident field", "${inputs.region}", "X-${incident.nope}", 15, 7,
-         "unknown incident field 'nope'"),
-        ("argument out of range", "reach_multiplier: 0.5", "reach_multiplier: 3", 17, 7,
-         "less than or equal to 1"),
-        ("argument of the wrong type in a flow mapping", "extra_reviewers: 3",
-         "extra_reviewers: lots", 20, 26, "valid integer"),
-        ("wrong item type in a list argument", "categories: [fraud]", "categories: [fraud, {a: 1}]",
-         16, 27, "valid string"),
-        ("a default that breaks a lever argument", "    default: GB\n", "    default: G\n", 15, 7,
-         "at least 2 characters"),
-        ("YAML syntax error", "    do: moderation.surge\n", "    do: [moderation.surge\n", 20, 9,
-         "YAML: expected ',' or ']'"),
-        ("YAML duplicate key", "title: Test\n", "title: Test\ntitle: Other\n", 4, 1,
-         "YAML: found duplicate key \"title\""),
-        ("list input without items", "  flag:\n    type: number\n", "  flag:\n    type: list\n",
-         10, 5, "a list input needs `items:`"),
-        ("bad default for an input", "    type: number\n",
-         "    type: number\n    default: many\n", 11, 5,
-         "input 'flag': expected number, got 'many'"),
-        ("default not among the choices", "    default: GB\n",
-         "    default: GB\n    choices: [FR]\n", 8, 5,
-         "input 'region': 'GB' is not one of ['FR']"),
-        ("bad duration in timeout", "    do: moderation.surge\n",
-         "    do: moderation.surge\n    timeout: soon\n", 20, 5, "invalid duration 'soon'"),
-        ("bad duration in retry", "    do: moderation.surge\n",
-         "    do: moderation.surge\n    retry: {initial_interval: 5 minutes}\n", 20, 13,
-         "invalid duration '5 minutes'"),
-        ("step id that is not a slug", "- id: surge", "- id: Surge!", 18, 5,
-         "should match pattern"),
+        (
+            "unknown key in a step",
+            "    do: moderation.surge\n",
+            "    do: moderation.surge\n    colour: red\n",
+            20,
+            5,
+            "'colour'",
+        ),
+        (
+            "unknown lever",
+            "do: moderation.surge",
+            "do: moderation.nope",
+            19,
+            5,
+            "unknown lever 'moderation.nope'",
+        ),
+        (
+            "unknown lever in undo",
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\n    undo:\n      do: bogus.lever\n",
+            22,
+            7,
+            "unknown lever 'bogus.lever'",
+        ),
+        (
+            "duplicate step id",
+            "- id: surge",
+            "- id: throttle",
+            18,
+            5,
+            "duplicate step id 'throttle' (first at step 1)",
+        ),
+        (
+            "undefined input",
+            "${inputs.region}",
+            "${inputs.nope}",
+            15,
+            7,
+            "undefined input 'nope' in ${inputs.nope}",
+        ),
+        (
+            "unknown reference namespace",
+            "${inputs.region}",
+            "${env.HOME}",
+            15,
+            7,
+            "unknown reference namespace 'env'",
+        ),
+        (
+            "unknown incident field",
+            "${inputs.region}",
+            "X-${incident.nope}",
+            15,
+            7,
+            "unknown incident field 'nope'",
+        ),
+        (
+            "argument out of range",
+            "reach_multiplier: 0.5",
+            "reach_multiplier: 3",
+            17,
+            7,
+            "less than or equal to 1",
+        ),
+        (
+            "argument of the wrong type in a flow mapping",
+            "extra_reviewers: 3",
+            "extra_reviewers: lots",
+            20,
+            26,
+            "valid integer",
+        ),
+        (
+            "wrong item type in a list argument",
+            "categories: [fraud]",
+            "categories: [fraud, {a: 1}]",
+            16,
+            27,
+            "valid string",
+        ),
+        (
+            "a default that breaks a lever argument",
+            "    default: GB\n",
+            "    default: G\n",
+            15,
+            7,
+            "at least 2 characters",
+        ),
+        (
+            "YAML syntax error",
+            "    do: moderation.surge\n",
+            "    do: [moderation.surge\n",
+            20,
+            9,
+            "YAML: expected ',' or ']'",
+        ),
+        (
+            "YAML duplicate key",
+            "title: Test\n",
+            "title: Test\ntitle: Other\n",
+            4,
+            1,
+            'YAML: found duplicate key "title"',
+        ),
+        (
+            "list input without items",
+            "  flag:\n    type: number\n",
+            "  flag:\n    type: list\n",
+            10,
+            5,
+            "a list input needs `items:`",
+        ),
+        (
+            "bad default for an input",
+            "    type: number\n",
+            "    type: number\n    default: many\n",
+            11,
+            5,
+            "input 'flag': expected number, got 'many'",
+        ),
+        (
+            "default not among the choices",
+            "    default: GB\n",
+            "    default: GB\n    choices: [FR]\n",
+            8,
+            5,
+            "input 'region': 'GB' is not one of ['FR']",
+        ),
+        (
+            "bad duration in timeout",
+            "    do: moderation.surge\n",
+            "    do: moderation.surge\n    timeout: soon\n",
+            20,
+            5,
+            "invalid duration 'soon'",
+        ),
+        (
+            "bad duration in retry",
+            "    do: moderation.surge\n",
+            "    do: moderation.surge\n    retry: {initial_interval: 5 minutes}\n",
+            20,
+            13,
+            "invalid duration '5 minutes'",
+        ),
+        (
+            "step id that is not a slug",
+            "- id: surge",
+            "- id: Surge!",
+            18,
+            5,
+            "should match pattern",
+        ),
         ("version that is not a number", "version: 1", "version: one", 2, 1, "valid integer"),
-        ("unknown input type", "    type: number\n", "    type: float\n", 10, 5,
-         "'string', 'number', 'integer', 'boolean' or 'list'"),
+        (
+            "unknown input type",
+            "    type: number\n",
+            "    type: float\n",
+            10,
+            5,
+            "'string', 'number', 'integer', 'boolean' or 'list'",
+        ),
     ],
 )
 def test_each_problem_is_reported_at_its_line_and_column(
@@ -157,32 +272,36 @@ def test_each_problem_is_reported_at_its_line_and_column(
 def test_a_misspelt_lever_argument_is_unknown_and_the_real_one_missing(tmp_path: Path) -> None:
     """A wrong argument name is reported where it is written, and the missing one at `with:`."""
     problems = problems_in(tmp_path, edit("reach_multiplier: 0.5", "reach_multipler: 0.5"))
-    assert [(14, 5, "missing argument 'reach_multiplier'"),
-            (17, 7, "unknown argument 'reach_multipler'")] == [
-        (p.line, p.column, p.message) for p in problems
-    ]
+    assert [
+        (14, 5, "missing argument 'reach_multiplier'"),
+        (17, 7, "unknown argument 'reach_multipler'"),
+    ] == [(p.line, p.column, p.message) for p in problems]
 
 
 def test_an_undefined_input_deep_inside_an_argument_is_located(tmp_path: Path) -> None:
     """A reference nested in a mapping argument is reported at its own key."""
     text = VALID + (
-        "  - id: tell\n"                    # 21
-        "    do: notify.webhook\n"          # 22
-        "    with:\n"                       # 23
-        "      to: regulator\n"             # 24
-        "      message: hello\n"            # 25
-        "      data:\n"                     # 26
-        "        where: ${inputs.nope}\n"   # 27
+        "  - id: tell\n"  # 21
+        "    do: notify.webhook\n"  # 22
+        "    with:\n"  # 23
+        "      to: regulator\n"  # 24
+        "      message: hello\n"  # 25
+        "      data:\n"  # 26
+        "        where: ${inputs.nope}\n"  # 27
     )
     problem = only_problem(tmp_path, text)
     assert (27, 9, "undefined input 'nope' in ${inputs.nope}") == (
-        problem.line, problem.column, problem.message)
+        problem.line,
+        problem.column,
+        problem.message,
+    )
 
 
 def test_problems_in_several_steps_are_all_reported(tmp_path: Path) -> None:
     """Problems in different steps are each reported, in document order."""
-    text = edit("do: moderation.surge", "do: moderation.nope",
-                edit("${inputs.region}", "${inputs.nope}"))
+    text = edit(
+        "do: moderation.surge", "do: moderation.nope", edit("${inputs.region}", "${inputs.nope}")
+    )
     assert [15, 19] == [p.line for p in problems_in(tmp_path, text)]
 
 
@@ -220,8 +339,13 @@ def test_an_unreadable_file_is_a_problem_not_a_crash(tmp_path: Path) -> None:
 def test_load_playbook_raises_with_every_problem(tmp_path: Path) -> None:
     """Loading an invalid file raises PlaybookInvalid carrying all its problems."""
     path = tmp_path / "bad.yaml"
-    path.write_text(edit("do: moderation.surge", "do: moderation.nope",
-                         edit("${inputs.region}", "${inputs.nope}")))
+    path.write_text(
+        edit(
+            "do: moderation.surge",
+            "do: moderation.nope",
+            edit("${inputs.region}", "${inputs.nope}"),
+        )
+    )
     with pytest.raises(PlaybookInvalid) as raised:
         load_playbook(path)
     assert 2 == len(raised.value.problems)
@@ -270,8 +394,14 @@ def inputs_playbook(tmp_path: Path) -> Playbook:
 def test_resolve_inputs_applies_defaults(inputs_playbook: Playbook) -> None:
     """Inputs not given take their defaults, already of the declared type."""
     resolved = resolve_inputs(inputs_playbook, {"tags": "a", "region": "GB"})
-    assert {"tags": ["a"], "counts": [1], "ratio": 0.5, "reviewers": 2, "loud": False,
-            "region": "GB"} == resolved
+    assert {
+        "tags": ["a"],
+        "counts": [1],
+        "ratio": 0.5,
+        "reviewers": 2,
+        "loud": False,
+        "region": "GB",
+    } == resolved
 
 
 @pytest.mark.parametrize(
@@ -341,17 +471,22 @@ def test_prepare_incident_rejects_an_input_that_breaks_a_lever_argument() -> Non
     with pytest.raises(InputError) as raised:
         prepare_incident(playbook, {"reach_multiplier": "3"}, actor="alice")
     assert str(raised.value).startswith("step 'throttle-recommender' with.reach_multiplier: "), str(
-        raised.value)
+        raised.value
+    )
     with pytest.raises(InputError, match=r"step 'throttle-recommender' with\.region: .*at least 2"):
         prepare_incident(playbook, {"region": "G"}, actor="alice")
 
 
 def test_prepare_incident_resolves_inputs_and_hashes_the_playbook(
-    inputs_playbook: Playbook
+    inputs_playbook: Playbook,
 ) -> None:
     """A good trigger gets typed inputs, the given id and the playbook's content hash."""
-    incident = prepare_incident(inputs_playbook, {"tags": "a,b", "region": "FR", "reviewers": "9"},
-                                actor="alice", incident_id="INC-TEST-1")
+    incident = prepare_incident(
+        inputs_playbook,
+        {"tags": "a,b", "region": "FR", "reviewers": "9"},
+        actor="alice",
+        incident_id="INC-TEST-1",
+    )
     assert "INC-TEST-1" == incident.incident_id
     assert ["a", "b"] == incident.inputs["tags"]
     assert 9 == incident.inputs["reviewers"]
@@ -402,7 +537,8 @@ def test_content_hash_ignores_key_order(tmp_path: Path) -> None:
 def test_content_hash_changes_with_content(tmp_path: Path) -> None:
     """Changing any value (an argument, a description) changes the hash."""
     base = load_text(tmp_path, "a", VALID).content_hash()
-    argument = load_text(tmp_path, "b",
-                         edit("extra_reviewers: 3", "extra_reviewers: 4")).content_hash()
+    argument = load_text(
+        tmp_path, "b", edit("extra_reviewers: 3", "extra_reviewers: 4")
+    ).content_hash()
     description = load_text(tmp_path, "c", edit("For tests.", "For other tests.")).content_hash()
     assert len({base, argument, description}) == 3

@@ -11,5 +11,5 @@ SCHEMA = Path(__file__).resolve().parents[2] / "playbooks" / "playbook.schema.js
 
 
 def test_committed_schema_matches_the_models() -> None:
-    """Regenerate with `crisis playbook schema -o playbooks/playbook.schema.json` when this fails."""
+    """When this fails: `crisis playbook schema -o playbooks/playbook.schema.json`."""
     assert Playbook.model_json_schema(by_alias=True) == json.loads(SCHEMA.read_text())

@@ -16,9 +16,16 @@ from workflows.audit import GENESIS_HASH, AuditEvent, make_event
 def chain(incident_id: str, count: int) -> list[AuditEvent]:
     events, previous = [], GENESIS_HASH
     for seq in range(1, count + 1):
-        event = make_event(incident_id=incident_id, seq=seq, kind=f"kind.{seq}",
-                           at=f"2026-11-28T10:00:{seq:02d}+00:00", prev_hash=previous,
-                           actor="alice", step_id=f"step-{seq}", data={"n": seq, "x": [1.5, "a"]})
+        event = make_event(
+            incident_id=incident_id,
+            seq=seq,
+            kind=f"kind.{seq}",
+            at=f"2026-11-28T10:00:{seq:02d}+00:00",
+            prev_hash=previous,
+            actor="alice",
+            step_id=f"step-{seq}",
+            data={"n": seq, "x": [1.5, "a"]},
+        )
         events.append(event)
         previous = event.hash
     return events
@@ -60,8 +67,9 @@ def test_a_different_event_under_a_held_number_is_refused(audit_store: AuditStor
     incident = new_id()
     events = chain(incident, 2)
     audit_store.append(events)
-    forged = make_event(incident_id=incident, seq=2, kind="forged", at=events[1].at,
-                        prev_hash=events[0].hash)
+    forged = make_event(
+        incident_id=incident, seq=2, kind="forged", at=events[1].at, prev_hash=events[0].hash
+    )
     with pytest.raises(AuditConflict):
         audit_store.append([forged])
 
@@ -80,8 +88,11 @@ def test_an_altered_row_is_named(audit_store: AuditStore) -> None:
     """Editing a recorded row's content breaks verification at exactly that row."""
     incident = new_id()
     audit_store.append(chain(incident, 4))
-    execute(audit_store, "UPDATE audit_events SET actor = 'mallory' WHERE incident_id = :i AND seq = 3",
-            i=incident)
+    execute(
+        audit_store,
+        "UPDATE audit_events SET actor = 'mallory' WHERE incident_id = :i AND seq = 3",
+        i=incident,
+    )
     result = audit_store.verify(incident)
     assert (False, 3) == (result.ok, result.first_bad_seq)
     assert "altered" in (result.problem or "")
@@ -105,8 +116,8 @@ def test_concurrent_writers_keep_every_chain_intact(audit_store: AuditStore) -> 
     def write(incident: str) -> None:
         events = chains[incident]
         for start in range(0, 20, 5):
-            audit_store.append(events[start:start + 5])
-            audit_store.append(events[start:start + 5])
+            audit_store.append(events[start : start + 5])
+            audit_store.append(events[start : start + 5])
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         list(pool.map(write, incidents * 2))

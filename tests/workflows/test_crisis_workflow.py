@@ -32,7 +32,9 @@ async def test_violent_disorder_applies_every_lever_and_stand_down_restores_them
     """The shipped playbook changes the platform, and stand-down puts back exactly what it found."""
     before = await sandbox.state()
     incidents = Incidents(client, settings)
-    triggered = await incidents.trigger("violent-disorder", {"region": "GB"}, actor="alice", eager=True)
+    triggered = await incidents.trigger(
+        "violent-disorder", {"region": "GB"}, actor="alice", eager=True
+    )
 
     async def all_applied() -> IncidentStatus:
         status = await incidents.status(triggered.incident_id)
@@ -45,8 +47,13 @@ async def test_violent_disorder_applies_every_lever_and_stand_down_restores_them
     policy = during["recommender"]["GB"]["incitement_to_violence"]
     assert (policy["reach_multiplier"], policy["reshare_limit"]) == (0.25, 5)
     assert during["detection"]["incitement_to_violence"] == 0.25
-    assert during["moderation"]["hate"]["reviewers"] == before["moderation"]["hate"]["reviewers"] + 25
-    assert [n["stakeholder"] for n in during["notifications"]] == ["regulator", "internal-crisis-team"]
+    assert (
+        during["moderation"]["hate"]["reviewers"] == before["moderation"]["hate"]["reviewers"] + 25
+    )
+    assert [n["stakeholder"] for n in during["notifications"]] == [
+        "regulator",
+        "internal-crisis-team",
+    ]
     assert all(n["signature_valid"] for n in during["notifications"])
 
     closed = await incidents.stand_down(triggered.incident_id, actor="bob", reason="disorder over")
@@ -71,7 +78,9 @@ async def test_violent_disorder_applies_every_lever_and_stand_down_restores_them
     assert sqlite_store.verify(triggered.incident_id).ok
 
 
-async def test_a_second_stand_down_is_refused(client: Client, settings: Settings, sandbox: Sandbox) -> None:
+async def test_a_second_stand_down_is_refused(
+    client: Client, settings: Settings, sandbox: Sandbox
+) -> None:
     """Standing down a closed incident is a clear conflict, not a second undo."""
     incidents = Incidents(client, settings)
     triggered = await incidents.trigger("violent-disorder", {}, actor="alice", eager=True)
@@ -131,8 +140,9 @@ async def test_a_lever_that_keeps_failing_fails_the_incident_and_stand_down_stil
     before = await sandbox.state()
     await sandbox.fault(path_prefix="/detection", status=503)
     incidents = Incidents(client, settings)
-    triggered = await incidents.trigger(str(write_playbook(tmp_path, THREE_STEPS)), {}, actor="alice",
-                                        eager=True)
+    triggered = await incidents.trigger(
+        str(write_playbook(tmp_path, THREE_STEPS)), {}, actor="alice", eager=True
+    )
     status = await wait_for_state(incidents, triggered.incident_id, "failed")
     assert [s.state for s in status.steps] == ["applied", "failed", "pending"]
     assert "503" in (status.steps[1].error or "")
@@ -160,7 +170,9 @@ async def test_a_rejected_lever_is_not_retried(
     """A 4xx from the platform (unknown classifier) fails the step at once."""
     body = THREE_STEPS.replace("classifier: fraud", "classifier: no-such-classifier")
     incidents = Incidents(client, settings)
-    triggered = await incidents.trigger(str(write_playbook(tmp_path, body)), {}, actor="alice", eager=True)
+    triggered = await incidents.trigger(
+        str(write_playbook(tmp_path, body)), {}, actor="alice", eager=True
+    )
     status = await wait_for_state(incidents, triggered.incident_id, "failed")
     assert status.steps[1].state == "failed"
     assert "404" in (status.steps[1].error or "")

@@ -27,11 +27,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_process(settings: Settings) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, TEMPORAL_ADDRESS=settings.temporal_address,
-               CRISIS_TASK_QUEUE=settings.task_queue, CRISIS_SANDBOX_PORT=str(settings.sandbox_port),
-               CRISIS_DATABASE_URL=settings.resolved_database_url, CRISIS_LOG_LEVEL="warning")
-    return subprocess.Popen([sys.executable, "-m", "cli", "worker"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        TEMPORAL_ADDRESS=settings.temporal_address,
+        CRISIS_TASK_QUEUE=settings.task_queue,
+        CRISIS_SANDBOX_PORT=str(settings.sandbox_port),
+        CRISIS_DATABASE_URL=settings.resolved_database_url,
+        CRISIS_LOG_LEVEL="warning",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture
@@ -54,7 +64,9 @@ async def lever_in_flight(sandbox: Sandbox) -> None:
     await assert_eventually(check, timeout=30, interval=0.05)
 
 
-async def step_state(incidents: Incidents, incident_id: str, step_id: str, state: str) -> IncidentStatus:
+async def step_state(
+    incidents: Incidents, incident_id: str, step_id: str, state: str
+) -> IncidentStatus:
     async def check() -> IncidentStatus:
         status = await incidents.status(incident_id)
         assert state == next(s.state for s in status.steps if s.id == step_id), status
@@ -70,10 +82,13 @@ def applied_once_each(state: dict) -> list[str]:
 
 
 async def test_killing_the_worker_mid_playbook_applies_every_lever_exactly_once(
-    client: Client, settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore,
+    client: Client,
+    settings: Settings,
+    sandbox: Sandbox,
+    sqlite_store: AuditStore,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    """SIGKILL during a lever call; a new worker finishes the playbook with no lever applied twice."""
+    """SIGKILL during a lever call; a new worker finishes the playbook, no lever applied twice."""
     await sandbox.fault(path_prefix="/detection", status=0, latency_ms=2500, times=1)
     processes.append(worker_process(settings))
     incidents = Incidents(client, settings)
@@ -86,8 +101,13 @@ async def test_killing_the_worker_mid_playbook_applies_every_lever_exactly_once(
     await step_state(incidents, triggered.incident_id, "notify-crisis-team", "applied")
 
     state = await sandbox.state()
-    assert ["throttle-recommender", "raise-detection", "surge-hate-queue", "notify-regulator",
-            "notify-crisis-team"] == applied_once_each(state)
+    assert [
+        "throttle-recommender",
+        "raise-detection",
+        "surge-hate-queue",
+        "notify-regulator",
+        "notify-crisis-team",
+    ] == applied_once_each(state)
     assert 0 == state["stats"]["duplicates"]
     # The lost call was answered again from the platform's idempotency memory, not re-applied.
     assert state["stats"]["replayed"] >= 1
@@ -114,7 +134,9 @@ async def test_restarting_the_temporal_server_mid_incident_loses_and_repeats_not
     server = start_dev_server(db_file=db_file, port=port)
     settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
     try:
-        client = await Client.connect(settings.temporal_address, data_converter=pydantic_data_converter)
+        client = await Client.connect(
+            settings.temporal_address, data_converter=pydantic_data_converter
+        )
         before = await sandbox.state()
         await sandbox.fault(path_prefix="/moderation", status=0, latency_ms=2000, times=1)
         async with running_worker(client, settings=settings, store=sqlite_store):
@@ -133,7 +155,9 @@ async def test_restarting_the_temporal_server_mid_incident_loses_and_repeats_not
             after = await sandbox.state()
             assert before["moderation"] == after["moderation"]
             assert before["detection"] == after["detection"]
-            await assert_eventually(lambda: _closed_and_verified(sqlite_store, triggered.incident_id))
+            await assert_eventually(
+                lambda: _closed_and_verified(sqlite_store, triggered.incident_id)
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
