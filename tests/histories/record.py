@@ -1,0 +1,89 @@
+"""Record workflow histories that the replay tests keep forever.
+
+Run against a fresh dev server with today's interpreter before changing it:
+    python -m tests.histories.record v1
+Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
+interpreter that would break incidents already running fails the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from core.settings import Settings
+from engine.devserver import free_port, start_dev_server
+from engine.incidents import Incidents
+from engine.temporal import connect, running_worker
+from sandbox.app import create_app
+from store.audit_store import AuditStore
+from tests.helpers import serve_app
+
+HERE = Path(__file__).resolve().parent
+FAILING = """
+playbook: record-failing
+version: 1
+title: A lever that fails
+description: For the recorded history of a failed incident.
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: no-such-classifier, threshold: 0.3}
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+"""
+
+
+async def record(tag: str, sandbox_url: str, address: str, work: Path) -> None:
+    settings = Settings(
+        temporal_address=address,
+        sandbox_port=int(sandbox_url.rsplit(":", 1)[1]),
+        database_url=f"sqlite:///{work / 'audit.db'}",
+        task_queue="record",
+    )
+    client = await connect(settings)
+    store = AuditStore(settings.resolved_database_url)
+    failing = work / "record-failing.yaml"
+    failing.write_text(FAILING)
+    async with running_worker(client, settings=settings, store=store):
+        incidents = Incidents(client, settings)
+        for name, playbook in (("stand-down", "violent-disorder"), ("failed", str(failing))):
+            incident_id = f"REC-{tag}-{name}"
+            await incidents.trigger(playbook, {}, actor="recorder", incident_id=incident_id)
+            for _ in range(200):
+                status = await incidents.status(incident_id)
+                if all(s.state not in ("pending", "running") for s in status.steps[:2]):
+                    break
+                await asyncio.sleep(0.05)
+            await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+            history = await client.get_workflow_handle(incident_id).fetch_history()
+            (HERE / f"{tag}-{name}.json").write_text(history.to_json())
+            print(f"recorded {incident_id}: {len(history.events)} events")
+
+
+def main() -> None:
+    tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
+    with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
+        port = free_port()
+        server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)
+        try:
+            httpx.post(f"{sandbox_url}/reset").raise_for_status()
+            asyncio.run(record(tag, sandbox_url, f"127.0.0.1:{port}", Path(tmp)))
+        finally:
+            server.terminate()
+            server.wait()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
