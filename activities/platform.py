@@ -36,6 +36,9 @@ ROUTES: dict[str, Route] = {
     "detection.set_threshold": Route("detection", "/threshold"),
     "moderation.surge": Route("moderation", "/surge"),
     "notify.webhook": Route("notify", "/webhooks/{to}"),
+    "recommender.exclude_unreviewed": Route("recommender", "/exclude-unreviewed"),
+    "livestream.restrict": Route("livestream", "/restrict"),
+    "hashes.block": Route("hashes", "/lists/block"),
 }
 
 

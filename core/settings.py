@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     detection_url: str = Field("", validation_alias="CRISIS_DETECTION_URL")
     moderation_url: str = Field("", validation_alias="CRISIS_MODERATION_URL")
     notify_url: str = Field("", validation_alias="CRISIS_NOTIFY_URL")
+    livestream_url: str = Field("", validation_alias="CRISIS_LIVESTREAM_URL")
+    hashes_url: str = Field("", validation_alias="CRISIS_HASHES_URL")
     # Sent as the Authorization header on every platform call when set.
     platform_token: str = Field("", validation_alias="CRISIS_PLATFORM_TOKEN")
     platform_timeout_s: float = Field(5.0, validation_alias="CRISIS_PLATFORM_TIMEOUT")

@@ -11,7 +11,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from workflows.playbook import Playbook, Problem, check_playbook
+from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -119,7 +119,7 @@ def _locate(path: Path, document: CommentedMap, problem: Problem) -> FileProblem
     """Map a path inside the document to the line and column where it is written."""
     node: Any = document
     line, column = 0, 0
-    for part in problem.path:
+    for part in (p for p in problem.path if p not in STEP_TAGS):  # pydantic's union tags
         if isinstance(node, CommentedMap) and part in node:
             line, column = node.lc.key(part)
             node = node[part]

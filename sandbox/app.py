@@ -26,7 +26,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.settings import get_settings
 from sandbox.state import (
+    ExcludeUnreviewedRestore,
     FaultSpec,
+    HashBlockRestore,
+    LivestreamRestore,
     PlatformError,
     PlatformState,
     SurgeRestore,
@@ -35,7 +38,14 @@ from sandbox.state import (
     Trace,
     fingerprint,
 )
-from workflows.levers import SurgeArgs, ThresholdArgs, ThrottleArgs
+from workflows.levers import (
+    ExcludeUnreviewedArgs,
+    HashBlockArgs,
+    LivestreamArgs,
+    SurgeArgs,
+    ThresholdArgs,
+    ThrottleArgs,
+)
 
 log = structlog.get_logger("sandbox")
 
@@ -215,6 +225,50 @@ def _install_lever_routes(app: FastAPI, sandbox: Sandbox) -> None:
     async def surge_restore(request: Request) -> JSONResponse:
         return await _mutate(
             sandbox, request, lambda s, b: s.restore_surge(SurgeRestore.model_validate(b))
+        )
+
+    @app.post("/recommender/exclude-unreviewed")
+    async def exclude_unreviewed(request: Request) -> JSONResponse:
+        return await _mutate(
+            sandbox,
+            request,
+            lambda s, b: s.apply_exclude_unreviewed(ExcludeUnreviewedArgs.model_validate(b)),
+        )
+
+    @app.post("/recommender/exclude-unreviewed/restore")
+    async def exclude_unreviewed_restore(request: Request) -> JSONResponse:
+        return await _mutate(
+            sandbox,
+            request,
+            lambda s, b: s.restore_exclude_unreviewed(ExcludeUnreviewedRestore.model_validate(b)),
+        )
+
+    @app.post("/livestream/restrict")
+    async def livestream_restrict(request: Request) -> JSONResponse:
+        return await _mutate(
+            sandbox, request, lambda s, b: s.apply_livestream(LivestreamArgs.model_validate(b))
+        )
+
+    @app.post("/livestream/restrict/restore")
+    async def livestream_restrict_restore(request: Request) -> JSONResponse:
+        return await _mutate(
+            sandbox,
+            request,
+            lambda s, b: s.restore_livestream(LivestreamRestore.model_validate(b)),
+        )
+
+    @app.post("/hashes/lists/block")
+    async def hash_block(request: Request) -> JSONResponse:
+        return await _mutate(
+            sandbox, request, lambda s, b: s.apply_hash_block(HashBlockArgs.model_validate(b))
+        )
+
+    @app.post("/hashes/lists/block/restore")
+    async def hash_block_restore(request: Request) -> JSONResponse:
+        return await _mutate(
+            sandbox,
+            request,
+            lambda s, b: s.restore_hash_block(HashBlockRestore.model_validate(b)),
         )
 
     @app.post("/notify/webhooks/{stakeholder}")

@@ -15,9 +15,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workflows.levers import SurgeArgs, ThresholdArgs, ThrottleArgs
+from workflows.levers import (
+    ExcludeUnreviewedArgs,
+    HashBlockArgs,
+    LivestreamArgs,
+    SurgeArgs,
+    ThresholdArgs,
+    ThrottleArgs,
+)
 
 Priority = Literal["normal", "high", "urgent"]
+Surface = Literal["feed", "search_suggestions", "explore", "notifications"]
+Audience = Literal["all", "new_accounts", "child_accounts"]
+HashType = Literal["pdq", "md5", "tmk", "vpdq"]
+HashAction = Literal["block", "block_and_report", "review"]
+RESTRICTIONS = ("block_new_streams", "disable_comments", "disable_gifts", "disable_recording")
 
 
 class PlatformError(Exception):
@@ -59,6 +71,47 @@ class SurgePrevious(_Strict):
     priority: Priority
 
 
+class Exclusion(_Strict):
+    """What unreviewed, classifier-flagged content is kept out of in one (region, category)."""
+
+    surfaces: list[Surface] = Field(min_length=1)
+    min_score: float = Field(ge=0, le=1)
+
+
+class ExcludeUnreviewedPrevious(_Strict):
+    region: str = Field(min_length=2)
+    exclusions: dict[str, Exclusion | None]
+
+
+class Restrictions(_Strict):
+    """The livestream restrictions in force for one (region, audience)."""
+
+    block_new_streams: bool
+    disable_comments: bool
+    disable_gifts: bool
+    disable_recording: bool
+
+
+class LivestreamPrevious(_Strict):
+    region: str = Field(min_length=2)
+    audience: Audience
+    restrictions: Restrictions | None
+
+
+class HashBlock(_Strict):
+    """How uploads matching one hash list are blocked; a list not blocking has no entry."""
+
+    source: str = Field(min_length=1)
+    hash_types: list[HashType] = Field(min_length=1)
+    action: HashAction
+    blocking: Literal[True]
+
+
+class HashBlockPrevious(_Strict):
+    list_id: str = Field(min_length=1)
+    block: HashBlock | None
+
+
 class ThrottleRestore(_Strict):
     args: ThrottleArgs
     previous: ThrottlePrevious
@@ -72,6 +125,21 @@ class ThresholdRestore(_Strict):
 class SurgeRestore(_Strict):
     args: SurgeArgs
     previous: SurgePrevious
+
+
+class ExcludeUnreviewedRestore(_Strict):
+    args: ExcludeUnreviewedArgs
+    previous: ExcludeUnreviewedPrevious
+
+
+class LivestreamRestore(_Strict):
+    args: LivestreamArgs
+    previous: LivestreamPrevious
+
+
+class HashBlockRestore(_Strict):
+    args: HashBlockArgs
+    previous: HashBlockPrevious
 
 
 class FaultSpec(_Strict):
@@ -200,6 +268,51 @@ def _initial_queues() -> dict[str, Queue]:
     }
 
 
+@dataclass(frozen=True)
+class HashList:
+    """A hash list the platform can match uploads against (fixed: lists are not created here)."""
+
+    source: str
+    hashes: int
+    hash_types: tuple[str, ...]
+    description: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "hashes": self.hashes,
+            "hash_types": list(self.hash_types),
+            "description": self.description,
+        }
+
+
+HASH_LISTS: dict[str, HashList] = {
+    "gifct-perpetrator-content": HashList(
+        "gifct-hsdb",
+        48_117,
+        ("pdq", "md5", "tmk", "vpdq"),
+        "GIFCT hash-sharing database: attacker-produced footage and manifestos",
+    ),
+    "christchurch-2019": HashList(
+        "gifct-hsdb",
+        812,
+        ("pdq", "md5", "tmk", "vpdq"),
+        "Visually distinct copies of the Christchurch attack livestream (March 2019)",
+    ),
+    "internal-csam-known": HashList(
+        "internal",
+        1_204_533,
+        ("pdq", "md5"),
+        "Known child sexual abuse images confirmed by the platform's own reviewers",
+    ),
+}
+
+
+def _unique(items: list[Any]) -> list[Any]:
+    """`items` without repeats, in first-seen order."""
+    return list(dict.fromkeys(items))
+
+
 def fingerprint(method: str, path: str, body: Any) -> str:
     """A stable digest of a request, so a key reused for another request is caught."""
     canonical = json.dumps(
@@ -216,6 +329,12 @@ class PlatformState:
     recommender: dict[str, dict[str, Policy]] = field(default_factory=dict)
     detection: dict[str, float] = field(default_factory=_initial_thresholds)
     moderation: dict[str, Queue] = field(default_factory=_initial_queues)
+    # region -> category -> exclusion; no entry = unreviewed content is recommended as usual.
+    exclusions: dict[str, dict[str, Exclusion]] = field(default_factory=dict)
+    # region -> audience -> restrictions; no entry = livestreaming unrestricted.
+    livestream: dict[str, dict[str, Restrictions]] = field(default_factory=dict)
+    # list id -> block; no entry = the list is not blocking uploads.
+    hash_blocks: dict[str, HashBlock] = field(default_factory=dict)
     notifications: list[dict[str, Any]] = field(default_factory=list)
     applications: list[dict[str, Any]] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
@@ -316,6 +435,133 @@ class PlatformState:
         replaced = {"queue": prev.queue, **queue.as_dict()}
         queue.reviewers = prev.reviewers
         queue.priority = prev.priority
+        return {"previous": replaced}
+
+    # --- recommender.exclude_unreviewed ----------------------------------------------------
+
+    def _exclusions_of(self, region: str, categories: list[str]) -> dict[str, Any]:
+        current = self.exclusions.get(region, {})
+        return {c: (current[c].model_dump() if c in current else None) for c in _unique(categories)}
+
+    def apply_exclude_unreviewed(self, args: ExcludeUnreviewedArgs) -> dict[str, Any]:
+        """Set the exclusion of each category in the region; answer the exclusions replaced."""
+        previous = {
+            "region": args.region,
+            "exclusions": self._exclusions_of(args.region, args.categories),
+        }
+        exclusion = Exclusion(surfaces=_unique(args.surfaces), min_score=args.min_score)
+        region = self.exclusions.setdefault(args.region, {})
+        for category in args.categories:
+            region[category] = exclusion
+        return {"previous": previous}
+
+    def restore_exclude_unreviewed(self, req: ExcludeUnreviewedRestore) -> dict[str, Any]:
+        """Put back the exclusions of `previous` (null = remove the exclusion)."""
+        prev = req.previous
+        if prev.region != req.args.region:
+            raise PlatformError(422, "previous.region does not match args.region")
+        replaced = {
+            "region": prev.region,
+            "exclusions": self._exclusions_of(prev.region, list(prev.exclusions)),
+        }
+        region = self.exclusions.setdefault(prev.region, {})
+        for category, exclusion in prev.exclusions.items():
+            if exclusion is None:
+                region.pop(category, None)
+            else:
+                region[category] = exclusion
+        if not region:
+            del self.exclusions[prev.region]
+        return {"previous": replaced}
+
+    # --- livestream.restrict ----------------------------------------------------------------
+
+    def _restrictions_of(self, region: str, audience: str) -> dict[str, Any] | None:
+        current = self.livestream.get(region, {}).get(audience)
+        return current.model_dump() if current is not None else None
+
+    def apply_livestream(self, args: LivestreamArgs) -> dict[str, Any]:
+        """Add the requested restrictions for (region, audience); answer those replaced.
+
+        Restrictions only add up: a flag left false keeps whatever is already in force, so one
+        incident cannot lift a restriction another put on.
+        """
+        old = self._restrictions_of(args.region, args.audience)
+        merged = {name: bool(getattr(args, name) or (old or {}).get(name)) for name in RESTRICTIONS}
+        self.livestream.setdefault(args.region, {})[args.audience] = Restrictions(**merged)
+        return {"previous": {"region": args.region, "audience": args.audience, "restrictions": old}}
+
+    def restore_livestream(self, req: LivestreamRestore) -> dict[str, Any]:
+        """Put back the restrictions of `previous` (null = no restriction)."""
+        prev = req.previous
+        if (prev.region, prev.audience) != (req.args.region, req.args.audience):
+            raise PlatformError(422, "previous region/audience does not match args")
+        replaced = {
+            "region": prev.region,
+            "audience": prev.audience,
+            "restrictions": self._restrictions_of(prev.region, prev.audience),
+        }
+        region = self.livestream.setdefault(prev.region, {})
+        if prev.restrictions is None:
+            region.pop(prev.audience, None)
+        else:
+            region[prev.audience] = prev.restrictions
+        if not region:
+            del self.livestream[prev.region]
+        return {"previous": replaced}
+
+    # --- hashes.block -----------------------------------------------------------------------
+
+    @staticmethod
+    def _hash_list(list_id: str, source: str, hash_types: list[str]) -> HashList:
+        """The known list `list_id`, checked against the source and hash types asked for."""
+        known = HASH_LISTS.get(list_id)
+        if known is None:
+            raise PlatformError(404, f"unknown hash list {list_id!r}")
+        if source != known.source:
+            raise PlatformError(
+                422, f"hash list {list_id!r} comes from {known.source!r}, not {source!r}"
+            )
+        missing = [t for t in hash_types if t not in known.hash_types]
+        if missing:
+            raise PlatformError(
+                422,
+                f"hash list {list_id!r} has no {', '.join(missing)} hashes "
+                f"(it has {', '.join(known.hash_types)})",
+            )
+        return known
+
+    def _block_of(self, list_id: str) -> dict[str, Any] | None:
+        current = self.hash_blocks.get(list_id)
+        return current.model_dump() if current is not None else None
+
+    def apply_hash_block(self, args: HashBlockArgs) -> dict[str, Any]:
+        """Block uploads matching a known hash list; answer the block replaced (null = none)."""
+        self._hash_list(args.list_id, args.source, args.hash_types)
+        old = self._block_of(args.list_id)
+        self.hash_blocks[args.list_id] = HashBlock(
+            source=args.source,
+            hash_types=_unique(args.hash_types),
+            action=args.action,
+            blocking=True,
+        )
+        return {"previous": {"list_id": args.list_id, "block": old}}
+
+    def restore_hash_block(self, req: HashBlockRestore) -> dict[str, Any]:
+        """Put back the block of `previous` (null = the list stops blocking)."""
+        prev = req.previous
+        if prev.list_id != req.args.list_id:
+            raise PlatformError(422, "previous.list_id does not match args.list_id")
+        if prev.block is None:
+            if prev.list_id not in HASH_LISTS:
+                raise PlatformError(404, f"unknown hash list {prev.list_id!r}")
+        else:
+            self._hash_list(prev.list_id, prev.block.source, prev.block.hash_types)
+        replaced = {"list_id": prev.list_id, "block": self._block_of(prev.list_id)}
+        if prev.block is None:
+            self.hash_blocks.pop(prev.list_id, None)
+        else:
+            self.hash_blocks[prev.list_id] = prev.block
         return {"previous": replaced}
 
     # --- notify ---------------------------------------------------------------------------
@@ -435,6 +681,16 @@ class PlatformState:
             },
             "detection": dict(self.detection),
             "moderation": {name: q.as_dict() for name, q in self.moderation.items()},
+            "recommender_exclusions": {
+                region: {c: e.model_dump() for c, e in exclusions.items()}
+                for region, exclusions in self.exclusions.items()
+            },
+            "livestream": {
+                region: {a: r.model_dump() for a, r in audiences.items()}
+                for region, audiences in self.livestream.items()
+            },
+            "hashes": {list_id: b.model_dump() for list_id, b in self.hash_blocks.items()},
+            "hash_lists": {list_id: h.as_dict() for list_id, h in HASH_LISTS.items()},
             "notifications": copy.deepcopy(self.notifications),
             "applications": copy.deepcopy(self.applications),
             "stats": self.stats.as_dict(),

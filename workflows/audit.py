@@ -71,3 +71,42 @@ def make_event(
         "prev_hash": prev_hash,
     }
     return AuditEvent(**body, hash=chain_hash(prev_hash, body))
+
+
+class AuditTrail:
+    """Numbers and chains an incident's events as the workflow produces them; hands them out in
+    batches for writing. Carries its position across continue-as-new."""
+
+    def __init__(self, incident_id: str, *, seq: int = 0, last_hash: str = GENESIS_HASH) -> None:
+        self._incident_id = incident_id
+        self.seq = seq
+        self.last_hash = last_hash
+        self.pending: list[AuditEvent] = []
+
+    def record(
+        self,
+        kind: str,
+        *,
+        at: str,
+        actor: str | None = None,
+        step_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        self.seq += 1
+        event = make_event(
+            incident_id=self._incident_id,
+            seq=self.seq,
+            kind=kind,
+            at=at,
+            prev_hash=self.last_hash,
+            actor=actor,
+            step_id=step_id,
+            data=data,
+        )
+        self.last_hash = event.hash
+        self.pending.append(event)
+        return event
+
+    def take(self) -> list[AuditEvent]:
+        batch, self.pending = self.pending, []
+        return batch

@@ -1,14 +1,17 @@
 """CrisisWorkflow: the playbook interpreter. One run per incident; workflow id = incident id.
 
-Deterministic: every side effect is a (local) activity called by name, time is `workflow.now()`,
-and audit events (with their chain hashes) are produced here so a replay reproduces them.
+Deterministic: every side effect is an activity called by name, time is `workflow.now()`, and
+audit events (with their chain hashes) are produced here so a replay reproduces them. Three
+coroutines share the incident's state: the *sequence* walks the playbook's steps in order, the
+*supervisor* lapses expired measures and watches reviews, and the *audit pump* writes events.
+Commander actions arrive as Updates; each validator refuses a bad request before it is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -16,23 +19,34 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.audit import GENESIS_HASH, AuditBatch, AuditEvent, make_event
+    from workflows.audit import AuditBatch, AuditTrail
     from workflows.durations import parse_duration
+    from workflows.expressions import ExpressionError, evaluate
+    from workflows.expressions import parse as parse_expression
     from workflows.incident import (
         APPLY_LEVER,
         WORKFLOW_NAME,
         WRITE_AUDIT,
+        Approver,
+        ApproveRequest,
+        CarriedState,
         IncidentInput,
         IncidentState,
         IncidentStatus,
+        LevelChangeRecord,
+        LevelRequest,
         LeverOutcome,
         LeverRequest,
+        Note,
+        NoteRequest,
+        RejectRequest,
+        RenewRequest,
+        ReviewRequest,
         StandDownRequest,
-        StepState,
-        StepStatus,
+        StepRecord,
     )
     from workflows.levers import LEVERS
-    from workflows.playbook import Step, retry_timings
+    from workflows.playbook import ParallelStep, Step, WaitStep, retry_timings
     from workflows.substitution import substitute
 
 # Platform rejections (4xx) are final; anything else is retried per the step's policy.
@@ -46,58 +60,26 @@ UNDO_RETRY = RetryPolicy(
     maximum_attempts=20,
     non_retryable_error_types=NON_RETRYABLE,
 )
+SYSTEM = "system"
+
+AnyStep = Step | WaitStep | ParallelStep
 
 
-@dataclass
-class _StepRun:
-    step: Step
-    state: StepState = "pending"
-    started_at: str | None = None
-    finished_at: str | None = None
-    undone_at: str | None = None
-    error: str | None = None
-    args: dict[str, Any] = field(default_factory=dict)
-    previous: dict[str, Any] | None = None
+def _now() -> datetime:
+    return workflow.now()
 
 
-class _AuditTrail:
-    """Numbers, timestamps and chains events; hands them out in batches for writing."""
-
-    def __init__(self, incident_id: str) -> None:
-        self._incident_id = incident_id
-        self._last_hash = GENESIS_HASH
-        self._seq = 0
-        self.pending: list[AuditEvent] = []
-
-    def record(
-        self,
-        kind: str,
-        *,
-        actor: str | None = None,
-        step_id: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        self._seq += 1
-        event = make_event(
-            incident_id=self._incident_id,
-            seq=self._seq,
-            kind=kind,
-            at=_now(),
-            prev_hash=self._last_hash,
-            actor=actor,
-            step_id=step_id,
-            data=data,
-        )
-        self._last_hash = event.hash
-        self.pending.append(event)
-
-    def take(self) -> list[AuditEvent]:
-        batch, self.pending = self.pending, []
-        return batch
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
 
 
-def _now() -> str:
-    return workflow.now().isoformat()
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _invalid(message: str) -> ApplicationError:
+    # Raised by validators: the update is refused and never enters the history.
+    return ApplicationError(message, type="InvalidRequest", non_retryable=True)
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -105,136 +87,324 @@ class CrisisWorkflow:
     @workflow.init
     def __init__(self, incident: IncidentInput) -> None:
         self._incident = incident
-        self._state: IncidentState = "running"
-        self._runs = [_StepRun(step) for step in incident.playbook.steps]
-        self._stand_down: StandDownRequest | None = None
-        self._audit = _AuditTrail(incident.incident_id)
-        self._audit_done = False
-        self._triggered_at = _now()
-        self._closed_at: str | None = None
+        self._pb = incident.playbook
+        self._steps_by_id: dict[str, AnyStep] = {}
+        self._top: list[AnyStep] = list(self._pb.steps)
+        for step in [*self._pb.steps, *self._pb.on_stand_down]:
+            self._steps_by_id[step.id] = step
+            if isinstance(step, ParallelStep):
+                for branch in step.parallel:
+                    self._steps_by_id[branch.id] = branch
         self._context = {
             "inputs": dict(incident.inputs),
             "incident": {
                 "id": incident.incident_id,
-                "playbook": incident.playbook.playbook,
+                "playbook": self._pb.playbook,
                 "triggered_by": incident.triggered_by,
             },
         }
+        carried = incident.carried
+        if carried is None:
+            self._state: IncidentState = "running"
+            self._level = incident.level or (self._pb.levels[0] if self._pb.levels else None)
+            self._records = {sid: self._new_record(step) for sid, step in self._steps_by_id.items()}
+            self._applied_order: list[str] = []
+            self._cursor = 0
+            self._triggered_at = _iso(_now())
+            self._review_due = (
+                _iso(_now() + parse_duration(self._pb.reviews.every)) if self._pb.reviews else None
+            )
+            self._reviews_missed = 0
+            self._notes: list[Note] = []
+            self._level_history: list[LevelChangeRecord] = []
+            self._stand_down: StandDownRequest | None = None
+            self._runs = 1
+            self._audit = AuditTrail(incident.incident_id)
+        else:
+            self._state = carried.state
+            self._level = carried.level
+            self._records = {record.id: record for record in carried.steps}
+            self._applied_order = list(carried.applied_order)
+            self._cursor = carried.cursor
+            self._triggered_at = carried.triggered_at
+            self._review_due = carried.review_due
+            self._reviews_missed = carried.reviews_missed
+            self._notes = list(carried.notes)
+            self._level_history = list(carried.level_history)
+            self._stand_down = carried.stand_down
+            self._runs = carried.runs + 1
+            self._audit = AuditTrail(
+                incident.incident_id, seq=carried.audit_seq, last_hash=carried.audit_last_hash
+            )
+        self._closed_at: str | None = None
+        self._inflight = 0  # lever calls and background tasks under way
+        self._wake = False  # something changed that the supervisor must look at
+        self._draining = False  # preparing to continue-as-new: start nothing new
+        self._audit_done = False
+        self._audit_flushed = False
+        self._pump_busy = False
+        self._conditions: dict[str, Any] = {}
 
+    # --- the run ------------------------------------------------------------------------------
     @workflow.run
     async def run(self, incident: IncidentInput) -> IncidentStatus:
-        self._audit.record(
-            "incident.triggered",
-            actor=incident.triggered_by,
-            data={
-                "playbook": incident.playbook.playbook,
-                "version": incident.playbook.version,
-                "playbook_hash": incident.playbook_hash,
-                "inputs": incident.inputs,
-            },
-        )
+        if incident.carried is None:
+            self._record(
+                "incident.triggered",
+                actor=incident.triggered_by,
+                data={
+                    "playbook": self._pb.playbook,
+                    "version": self._pb.version,
+                    "playbook_hash": incident.playbook_hash,
+                    "inputs": incident.inputs,
+                    "level": self._level,
+                },
+            )
+        else:
+            self._record("incident.continued", data={"run": self._runs})
+        # Creation order is command order: the first lever is scheduled before the first audit
+        # write (histories recorded by earlier versions depend on it).
+        sequence = asyncio.create_task(self._run_sequence())
         pump = asyncio.create_task(self._pump_audit())
+        supervisor = asyncio.create_task(self._supervise())
+        for record in self._records.values():
+            # A continued run picks up steps that were waiting off the main sequence.
+            if record.state == "awaiting_approval" and record.parent is None:
+                index = self._top_index(record.id)
+                if index is not None and index < self._cursor:
+                    self._background(self._run_top_step(self._top[index]))
 
-        for run in self._runs:
-            if self._stand_down is not None:
-                break
-            if not await self._apply(run):
-                self._state = "failed"
-                self._audit.record(
-                    "incident.failed", step_id=run.step.id, data={"error": run.error}
-                )
-                break
+        while self._stand_down is None:
+            await workflow.wait_condition(
+                lambda: self._stand_down is not None or self._should_continue_as_new()
+            )
+            if self._stand_down is None:
+                await self._continue_as_new()  # returns only if a stand-down came first
 
-        await workflow.wait_condition(lambda: self._stand_down is not None)
         self._state = "standing_down"
-        for run in self._runs:
-            if run.state == "pending":
-                run.state = "skipped"
-        for run in reversed(self._runs):
-            if run.state == "applied":
-                await self._undo(run)
+        await sequence
+        if self._inflight:  # waiting only when needed keeps command order stable
+            await workflow.wait_condition(lambda: self._inflight == 0)
+        closing = {step.id for step in self._pb.on_stand_down}
+        for record in self._records.values():
+            if record.id in closing:
+                continue
+            if record.state in ("pending", "dormant", "awaiting_approval", "waiting"):
+                record.state = "skipped"
+                record.outcome = record.outcome or "not run: incident stood down"
+        for step_id in reversed(list(self._applied_order)):
+            await self._undo(self._records[step_id], final_state="undone")
+        for step in self._pb.on_stand_down:
+            if self._eligible(step):
+                await self._apply_step(step)
+            else:
+                self._records[step.id].state = "skipped"
 
         self._state = "closed"
-        self._closed_at = _now()
-        self._audit.record(
-            "incident.closed", actor=self._stand_down.actor if self._stand_down else None
-        )
+        self._closed_at = _iso(_now())
+        self._record("incident.closed", actor=self._stand_down.actor if self._stand_down else None)
+        self._wake = True
+        await supervisor
         self._audit_done = True
         await pump
+        self._audit_flushed = True
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._status()
 
-    @workflow.update
-    async def stand_down(self, request: StandDownRequest) -> IncidentStatus:
-        """Undo every applied measure in reverse order, close the incident, answer its status."""
-        self._stand_down = request
-        self._audit.record(
-            "stand_down.requested", actor=request.actor, data={"reason": request.reason}
-        )
-        await workflow.wait_condition(lambda: self._state == "closed")
-        return self._status()
+    # --- the sequence -------------------------------------------------------------------------
+    async def _run_sequence(self) -> None:
+        while self._cursor < len(self._top):
+            if self._draining:  # only then: a wait_condition yields, and order matters
+                await workflow.wait_condition(
+                    lambda: not self._draining or self._stand_down is not None
+                )
+            if self._stand_down is not None:
+                return
+            keep_going = await self._run_top_step(self._top[self._cursor])
+            if not keep_going:
+                if self._state == "running":
+                    self._state = "failed"
+                    self._record("incident.failed", step_id=self._top[self._cursor].id)
+                return
+            self._cursor += 1
 
-    @stand_down.validator
-    def _check_stand_down(self, request: StandDownRequest) -> None:
-        if self._stand_down is not None:
-            raise ApplicationError(
-                f"incident is already {self._state.replace('_', ' ')}", type="InvalidState"
+    async def _run_top_step(self, step: AnyStep) -> bool:
+        """Run one step of the sequence; False = the playbook must stop (a failure)."""
+        if isinstance(step, WaitStep):
+            return await self._wait_step(step)
+        if isinstance(step, ParallelStep):
+            return await self._parallel_step(step)
+        return await self._lever_step(step)
+
+    async def _wait_step(self, step: WaitStep) -> bool:
+        record = self._records[step.id]
+        if record.state not in ("pending", "waiting"):
+            return True
+        if not self._eligible(step):
+            self._make_dormant(record)
+            return True
+        if record.wait_until is None:
+            record.state, record.started_at = "waiting", _iso(_now())
+            record.wait_until = _iso(_now() + parse_duration(step.wait))
+            self._record("wait.started", step_id=step.id, data={"until": record.wait_until})
+        await self._sleep_until(_parse_iso(record.wait_until), lambda: self._stand_down is not None)
+        if self._stand_down is None:
+            record.state, record.finished_at = "done", _iso(_now())
+            self._record("wait.finished", step_id=step.id)
+        return True
+
+    async def _parallel_step(self, step: ParallelStep) -> bool:
+        record = self._records[step.id]
+        if record.state not in ("pending", "dormant", "running"):
+            return True
+        if not self._eligible(step):
+            self._make_dormant(record)
+            return True
+        record.state, record.started_at = "running", record.started_at or _iso(_now())
+        results = await asyncio.gather(*(self._lever_step(branch) for branch in step.parallel))
+        record.finished_at = _iso(_now())
+        record.state = "done" if all(results) else "failed"
+        return all(results)
+
+    async def _lever_step(self, step: Step) -> bool:
+        record = self._records[step.id]
+        if record.state not in ("pending", "dormant", "awaiting_approval"):
+            return True
+        if not self._eligible(step):
+            self._make_dormant(record)
+            return True
+        if step.approval is not None and not await self._approved(step, record):
+            return record.state != "failed"
+        if record.state not in ("pending", "dormant", "awaiting_approval"):
+            return True
+        return await self._apply_step(step)
+
+    async def _approved(self, step: Step, record: StepRecord) -> bool:
+        """Wait for the quorum; True = go ahead. On False the record says why not."""
+        approval = step.approval
+        assert approval is not None
+        if record.state != "awaiting_approval":
+            record.state, record.approvals = "awaiting_approval", []
+            record.approval_deadline = _iso(_now() + parse_duration(approval.timeout))
+            self._record(
+                "approval.requested",
+                step_id=step.id,
+                data={
+                    "roles": approval.roles,
+                    "quorum": approval.quorum,
+                    "deadline": record.approval_deadline,
+                },
             )
+        while True:
+            assert record.approval_deadline is not None
 
-    @workflow.query
-    def status(self) -> IncidentStatus:
-        return self._status()
+            def settled() -> bool:
+                return (
+                    len(record.approvals) >= approval.quorum
+                    or record.state != "awaiting_approval"
+                    or self._stand_down is not None
+                    or not self._eligible(step)
+                )
 
-    async def _apply(self, run: _StepRun) -> bool:
-        step = run.step
-        run.state, run.started_at = "running", _now()
-        run.args = substitute(step.with_, self._context)
-        self._audit.record(
-            "step.started", step_id=step.id, data={"lever": step.do, "args": run.args}
-        )
+            timed_out = not await self._sleep_until(_parse_iso(record.approval_deadline), settled)
+            if self._stand_down is not None or record.state != "awaiting_approval":
+                return False  # stood down, or rejected (the handler set the record)
+            if not self._eligible(step):
+                self._make_dormant(record)
+                return False
+            if len(record.approvals) >= approval.quorum:
+                self._record(
+                    "approval.granted",
+                    step_id=step.id,
+                    data={"approvers": [a.actor for a in record.approvals]},
+                )
+                return True
+            if not timed_out:
+                continue
+            self._record(
+                "approval.timed_out", step_id=step.id, data={"on_timeout": approval.on_timeout}
+            )
+            if approval.on_timeout == "proceed":
+                return True
+            if approval.on_timeout == "skip":
+                record.state, record.outcome = "skipped", "approval timed out"
+                return False
+            if approval.on_timeout == "fail":
+                record.state, record.error = "failed", "approval timed out"
+                return False
+            # escalate: raise the level one step and keep waiting for a new period
+            self._escalate_by_system(f"approval of {step.id} timed out")
+            record.approval_deadline = _iso(_now() + parse_duration(approval.timeout))
+
+    async def _apply_step(self, step: Step) -> bool:
+        """Pull the step's lever; True = carry on (applied, or failed with on_failure continue)."""
+        record = self._records[step.id]
+        record.state, record.started_at, record.error = "running", _iso(_now()), None
+        record.args = substitute(step.with_, self._context)
+        record.applications += 1
+        self._record("step.started", step_id=step.id, data={"lever": step.do, "args": record.args})
         try:
-            outcome = await self._call(step, step.do, run.args, operation="apply-1")
+            outcome = await self._call(step, step.do, record.args, f"apply-{record.applications}")
         except CancelledError:
             raise
-        except (
-            FailureError
-        ) as error:  # local activities raise the failure itself, not ActivityError
-            run.state, run.finished_at, run.error = "failed", _now(), _cause(error)
-            self._audit.record(
-                "step.failed", step_id=step.id, data={"lever": step.do, "error": run.error}
+        except FailureError as error:  # local activities raise the failure itself
+            record.state, record.finished_at, record.error = "failed", _iso(_now()), _cause(error)
+            self._record(
+                "step.failed", step_id=step.id, data={"lever": step.do, "error": record.error}
             )
-            return False
-        run.state, run.finished_at, run.previous = "applied", _now(), outcome.previous
-        self._audit.record(
-            "step.applied", step_id=step.id, data={"lever": step.do, "previous": outcome.previous}
+            if step.on_failure == "undo":
+                for step_id in reversed(list(self._applied_order)):
+                    await self._undo(self._records[step_id], final_state="undone")
+            return step.on_failure == "continue"
+        record.state, record.finished_at, record.previous = (
+            "applied",
+            _iso(_now()),
+            outcome.previous,
+        )
+        self._applied_order.append(step.id)
+        if step.expires_after is not None:
+            record.expires_at = _iso(_now() + parse_duration(step.expires_after))
+            self._wake = True
+        self._record(
+            "step.applied",
+            step_id=step.id,
+            data={"lever": step.do, "previous": outcome.previous, "expires_at": record.expires_at},
         )
         return True
 
-    async def _undo(self, run: _StepRun) -> None:
-        step = run.step
+    async def _undo(self, record: StepRecord, *, final_state: str, reason: str = "") -> None:
+        if record.state != "applied":
+            return
+        step = self._steps_by_id[record.id]
+        assert isinstance(step, Step)
+        self._applied_order.remove(record.id)
         if step.undo is not None:
             lever, args, restore = step.undo.do, substitute(step.undo.with_, self._context), None
         elif LEVERS[step.do].reversible:
-            lever, args, restore = step.do, run.args, run.previous or {}
+            lever, args, restore = step.do, record.args, record.previous or {}
         else:
-            run.state = "kept"  # e.g. a notification: nothing to take back
+            record.state, record.expires_at = "kept", None  # a notification cannot be unsent
             return
-        run.state = "undoing"
+        record.state, record.expires_at = "undoing", None
+        record.undos += 1
         try:
             await self._call(
-                step, lever, args, operation="undo-1", restore=restore, retry=UNDO_RETRY
+                step, lever, args, f"undo-{record.undos}", restore=restore, retry=UNDO_RETRY
             )
         except CancelledError:
             raise
         except FailureError as error:
-            run.state, run.error = "undo_failed", _cause(error)
-            self._audit.record(
-                "step.undo_failed", step_id=step.id, data={"lever": lever, "error": run.error}
+            record.state, record.error = "undo_failed", _cause(error)
+            self._record(
+                "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}
             )
             return
-        run.state, run.undone_at = "undone", _now()
-        self._audit.record(
-            "step.undone", step_id=step.id, data={"lever": lever, "restored": restore}
+        record.state, record.undone_at = final_state, _iso(_now())  # type: ignore[assignment]
+        kind = {"expired": "step.expired", "dormant": "step.withdrawn"}.get(
+            final_state, "step.undone"
+        )
+        self._record(
+            kind, step_id=step.id, data={"lever": lever, "restored": restore, "reason": reason}
         )
 
     async def _call(
@@ -242,8 +412,8 @@ class CrisisWorkflow:
         step: Step,
         lever: str,
         args: dict[str, Any],
-        *,
         operation: str,
+        *,
         restore: dict[str, Any] | None = None,
         retry: RetryPolicy | None = None,
     ) -> LeverOutcome:
@@ -264,13 +434,224 @@ class CrisisWorkflow:
             args=args,
             restore=restore,
         )
-        return await workflow.execute_local_activity(
-            APPLY_LEVER,
-            request,
-            result_type=LeverOutcome,
-            start_to_close_timeout=parse_duration(step.timeout),
-            retry_policy=retry,
+        self._inflight += 1
+        try:
+            return await workflow.execute_local_activity(
+                APPLY_LEVER,
+                request,
+                result_type=LeverOutcome,
+                start_to_close_timeout=parse_duration(step.timeout),
+                retry_policy=retry,
+            )
+        finally:
+            self._inflight -= 1
+
+    # --- levels, conditions -------------------------------------------------------------------
+    def _eligible(self, step: AnyStep) -> bool:
+        if step.level is not None and self._pb.level_rank(step.level) > self._pb.level_rank(
+            self._level
+        ):
+            return False
+        if step.when is None:
+            return True
+        try:
+            expression = self._conditions.get(step.id)
+            if expression is None:
+                expression = self._conditions[step.id] = parse_expression(step.when)
+            return evaluate(
+                expression, inputs=self._incident.inputs, level=self._level, levels=self._pb.levels
+            )
+        except ExpressionError as error:
+            workflow.logger.warning("condition of %s failed: %s", step.id, error)
+            return False
+
+    def _make_dormant(self, record: StepRecord) -> None:
+        if record.state != "dormant":
+            record.state, record.approval_deadline, record.approvals = "dormant", None, []
+            self._record("step.dormant", step_id=record.id, data={"level": self._level})
+
+    def _set_level(self, level: str | None, *, actor: str, reason: str) -> None:
+        before = self._pb.level_rank(self._level)
+        self._level = level
+        change = "level.escalated" if self._pb.level_rank(level) > before else "level.de_escalated"
+        self._level_history.append(
+            LevelChangeRecord(level=level, at=_iso(_now()), actor=actor, reason=reason)
         )
+        self._record(change, actor=actor, data={"level": level, "reason": reason})
+        if change == "level.escalated":
+            self._background(self._catch_up())
+        else:
+            self._background(self._withdraw_above_level())
+
+    def _escalate_by_system(self, reason: str) -> None:
+        rank = self._pb.level_rank(self._level)
+        if rank + 1 < len(self._pb.levels):
+            self._set_level(self._pb.levels[rank + 1], actor=SYSTEM, reason=reason)
+
+    async def _catch_up(self) -> None:
+        """After escalation: run the steps already passed that the new level makes eligible."""
+        for step in self._top[: self._cursor]:
+            if self._stand_down is not None or self._draining:
+                return
+            record = self._records[step.id]
+            if record.state == "dormant" or (
+                isinstance(step, ParallelStep)
+                and any(self._records[b.id].state == "dormant" for b in step.parallel)
+            ):
+                if record.state != "dormant":
+                    record.state = "running"
+                if not await self._run_top_step(step) and self._state == "running":
+                    self._state = "failed"
+                    self._record("incident.failed", step_id=step.id)
+                    return
+
+    async def _withdraw_above_level(self) -> None:
+        """After de-escalation: undo, newest first, the measures the level no longer calls for."""
+        for step_id in reversed(list(self._applied_order)):
+            step = self._steps_by_id[step_id]
+            if not self._eligible(step) or not self._eligible(self._parent_of(step)):
+                await self._undo(
+                    self._records[step_id],
+                    final_state="dormant",
+                    reason=f"level is now {self._level}",
+                )
+
+    def _parent_of(self, step: AnyStep) -> AnyStep:
+        parent = self._records[step.id].parent
+        return self._steps_by_id[parent] if parent else step
+
+    def _background(self, work: Any) -> None:
+        # Counted from creation, so a stand-down or continue-as-new waits for it to finish.
+        self._inflight += 1
+
+        async def tracked() -> None:
+            try:
+                await work
+            finally:
+                self._inflight -= 1
+
+        asyncio.create_task(tracked())
+
+    # --- time: expiries and reviews -----------------------------------------------------------
+    async def _supervise(self) -> None:
+        while self._state != "closed":
+            deadline = self._next_deadline()
+            self._wake = False
+            await self._sleep_until(
+                deadline, lambda: self._wake or self._state == "closed" or self._draining
+            )
+            if self._state == "closed":
+                return
+            await workflow.wait_condition(
+                lambda: not self._draining or self._stand_down is not None
+            )
+            now = _now()
+            for record in list(self._records.values()):
+                if (
+                    record.state == "applied"
+                    and record.expires_at
+                    and _parse_iso(record.expires_at) <= now
+                ) and self._state != "standing_down":
+                    await self._undo(record, final_state="expired", reason="expiry reached")
+            if self._review_due and self._state in ("running", "failed"):
+                assert self._pb.reviews is not None
+                grace = parse_duration(self._pb.reviews.grace)
+                if now >= _parse_iso(self._review_due) + grace:
+                    self._review_missed()
+
+    def _next_deadline(self) -> datetime | None:
+        if self._state not in ("running", "failed"):
+            return None
+        moments = [
+            _parse_iso(r.expires_at)
+            for r in self._records.values()
+            if r.state == "applied" and r.expires_at
+        ]
+        if self._review_due and self._pb.reviews and self._state in ("running", "failed"):
+            moments.append(_parse_iso(self._review_due) + parse_duration(self._pb.reviews.grace))
+        return min(moments) if moments else None
+
+    def _review_missed(self) -> None:
+        assert self._pb.reviews is not None
+        self._reviews_missed += 1
+        action = self._pb.reviews.on_missed
+        self._record("review.missed", data={"due": self._review_due, "on_missed": action})
+        self._review_due = _iso(_now() + parse_duration(self._pb.reviews.every))
+        if action == "escalate":
+            self._escalate_by_system("review missed")
+        elif action == "stand_down" and self._stand_down is None:
+            self._stand_down = StandDownRequest(actor=SYSTEM, reason="review missed")
+            self._record("stand_down.requested", actor=SYSTEM, data={"reason": "review missed"})
+
+    async def _sleep_until(self, deadline: datetime | None, done: Callable[[], bool]) -> bool:
+        """Wait until `done()` or the deadline; True = `done()` came first (or already held)."""
+        if done():
+            return True
+        if deadline is None:
+            await workflow.wait_condition(done)
+            return True
+        remaining = (deadline - _now()).total_seconds()
+        if remaining <= 0:
+            return False
+        try:
+            await workflow.wait_condition(done, timeout=remaining)
+        except TimeoutError:
+            return done()
+        return True
+
+    # --- continue-as-new ----------------------------------------------------------------------
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return self._state in ("running", "failed") and (
+            info.get_current_history_length() >= self._incident.history_limit
+            or info.is_continue_as_new_suggested()
+        )
+
+    async def _continue_as_new(self) -> None:
+        """Carry the incident into a fresh run once nothing is in flight; a stand-down wins."""
+        self._draining = True
+        await workflow.wait_condition(
+            lambda: (
+                self._stand_down is not None
+                or (
+                    self._inflight == 0
+                    and workflow.all_handlers_finished()
+                    and not self._audit.pending
+                    and not self._pump_busy
+                )
+            )
+        )
+        if self._stand_down is not None:
+            self._draining = False
+            return
+        carried = CarriedState(
+            state=self._state,
+            level=self._level,
+            triggered_at=self._triggered_at,
+            steps=list(self._records.values()),
+            applied_order=self._applied_order,
+            cursor=self._cursor,
+            audit_seq=self._audit.seq,
+            audit_last_hash=self._audit.last_hash,
+            review_due=self._review_due,
+            reviews_missed=self._reviews_missed,
+            notes=self._notes,
+            level_history=self._level_history,
+            stand_down=self._stand_down,
+            runs=self._runs,
+        )
+        workflow.continue_as_new(self._incident.model_copy(update={"carried": carried}))
+
+    # --- audit --------------------------------------------------------------------------------
+    def _record(
+        self,
+        kind: str,
+        *,
+        actor: str | None = None,
+        step_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self._audit.record(kind, at=_iso(_now()), actor=actor, step_id=step_id, data=data)
 
     async def _pump_audit(self) -> None:
         # Audit writes run beside the levers, never in front of them. A regular (not local)
@@ -280,39 +661,265 @@ class CrisisWorkflow:
             await workflow.wait_condition(lambda: bool(self._audit.pending) or self._audit_done)
             if not self._audit.pending:
                 return
-            await workflow.execute_activity(
-                WRITE_AUDIT,
-                AuditBatch(events=self._audit.take()),
-                start_to_close_timeout=timedelta(seconds=10),
-                retry_policy=AUDIT_RETRY,
+            self._pump_busy = True
+            try:
+                await workflow.execute_activity(
+                    WRITE_AUDIT,
+                    AuditBatch(events=self._audit.take()),
+                    start_to_close_timeout=timedelta(seconds=10),
+                    retry_policy=AUDIT_RETRY,
+                )
+            finally:
+                self._pump_busy = False
+
+    # --- commander actions --------------------------------------------------------------------
+    @workflow.update
+    async def stand_down(self, request: StandDownRequest) -> IncidentStatus:
+        """Undo every applied measure in reverse order, close the incident, answer its status."""
+        self._stand_down = request
+        self._record("stand_down.requested", actor=request.actor, data={"reason": request.reason})
+        if workflow.patched("stand-down-answers-after-audit"):
+            # Answer once the audit trail is complete, so what the commander sees is on record.
+            await workflow.wait_condition(lambda: self._audit_flushed)
+        else:  # incidents started before this change answered at close
+            await workflow.wait_condition(lambda: self._state == "closed")
+        return self._status()
+
+    @stand_down.validator
+    def _check_stand_down(self, request: StandDownRequest) -> None:
+        if self._stand_down is not None:
+            raise _invalid(f"incident is already {self._state.replace('_', ' ')}")
+
+    @workflow.update
+    def approve(self, request: ApproveRequest) -> StepRecord:
+        record = self._records[request.step_id]
+        record.approvals.append(
+            Approver(
+                actor=request.actor, role=request.role, at=_iso(_now()), comment=request.comment
             )
+        )
+        self._record(
+            "approval.given",
+            actor=request.actor,
+            step_id=request.step_id,
+            data={"role": request.role, "comment": request.comment, "count": len(record.approvals)},
+        )
+        return record
+
+    @approve.validator
+    def _check_approve(self, request: ApproveRequest) -> None:
+        step, record = self._awaiting(request.step_id)
+        assert step.approval is not None
+        if request.role not in step.approval.roles:
+            raise _invalid(
+                f"role {request.role!r} cannot approve {step.id} (roles: {', '.join(step.approval.roles)})"
+            )
+        if any(a.actor == request.actor for a in record.approvals):
+            raise _invalid(f"{request.actor} has already approved {step.id}")
+
+    @workflow.update
+    def reject(self, request: RejectRequest) -> StepRecord:
+        record = self._records[request.step_id]
+        record.state = "skipped"
+        record.outcome = f"rejected by {request.actor}: {request.reason}"
+        self._record(
+            "approval.rejected",
+            actor=request.actor,
+            step_id=request.step_id,
+            data={"role": request.role, "reason": request.reason},
+        )
+        return record
+
+    @reject.validator
+    def _check_reject(self, request: RejectRequest) -> None:
+        step, _ = self._awaiting(request.step_id)
+        assert step.approval is not None
+        if request.role not in step.approval.roles:
+            raise _invalid(f"role {request.role!r} cannot reject {step.id}")
+
+    def _awaiting(self, step_id: str) -> tuple[Step, StepRecord]:
+        self._check_open()
+        step = self._steps_by_id.get(step_id)
+        if not isinstance(step, Step) or step.approval is None:
+            raise _invalid(f"step {step_id!r} does not exist or needs no approval")
+        record = self._records[step_id]
+        if record.state != "awaiting_approval":
+            raise _invalid(f"step {step_id} is not awaiting approval (it is {record.state})")
+        return step, record
+
+    @workflow.update
+    def escalate(self, request: LevelRequest) -> IncidentStatus:
+        target = request.to_level or self._pb.levels[self._pb.level_rank(self._level) + 1]
+        self._set_level(target, actor=request.actor, reason=request.reason)
+        return self._status()
+
+    @escalate.validator
+    def _check_escalate(self, request: LevelRequest) -> None:
+        self._check_level_change(request, up=True)
+
+    @workflow.update
+    def de_escalate(self, request: LevelRequest) -> IncidentStatus:
+        target = request.to_level or self._pb.levels[self._pb.level_rank(self._level) - 1]
+        self._set_level(target, actor=request.actor, reason=request.reason)
+        return self._status()
+
+    @de_escalate.validator
+    def _check_de_escalate(self, request: LevelRequest) -> None:
+        self._check_level_change(request, up=False)
+
+    def _check_level_change(self, request: LevelRequest, *, up: bool) -> None:
+        self._check_open()
+        levels, rank = self._pb.levels, self._pb.level_rank(self._level)
+        if not levels:
+            raise _invalid(f"playbook {self._pb.playbook} has no levels")
+        if request.to_level is not None:
+            if request.to_level not in levels:
+                raise _invalid(f"unknown level {request.to_level!r} (levels: {', '.join(levels)})")
+            target = levels.index(request.to_level)
+            if (up and target <= rank) or (not up and target >= rank):
+                word = "above" if up else "below"
+                raise _invalid(f"{request.to_level} is not {word} the current level {self._level}")
+        elif up and rank + 1 >= len(levels):
+            raise _invalid(f"already at the highest level ({self._level})")
+        elif not up and rank <= 0:
+            raise _invalid(f"already at the lowest level ({self._level})")
+
+    @workflow.update
+    def renew(self, request: RenewRequest) -> StepRecord:
+        record = self._records[request.step_id]
+        until = _iso(_now() + parse_duration(request.duration))
+        lapsed = record.state == "expired"
+        self._record(
+            "measure.renewed",
+            actor=request.actor,
+            step_id=request.step_id,
+            data={
+                "until": until,
+                "reason": request.reason,
+                "was": record.expires_at,
+                "reapply": lapsed,
+            },
+        )
+        if lapsed:
+            # Measures come back: apply it again (a new idempotency key), then hold until `until`.
+            step = self._steps_by_id[request.step_id]
+            assert isinstance(step, Step)
+            self._background(self._reapply(step, until))
+        else:
+            record.expires_at = until
+            self._wake = True
+        return record
+
+    async def _reapply(self, step: Step, until: str) -> None:
+        if await self._apply_step(step):
+            record = self._records[step.id]
+            if record.state == "applied":
+                record.expires_at = until
+                self._wake = True
+
+    @renew.validator
+    def _check_renew(self, request: RenewRequest) -> None:
+        self._check_open()
+        record = self._records.get(request.step_id)
+        if record is None or record.kind != "lever":
+            raise _invalid(f"no measure {request.step_id!r} in this incident")
+        if record.state not in ("applied", "expired"):
+            raise _invalid(
+                f"measure {request.step_id} is {record.state}: only an applied or lapsed "
+                "measure can be renewed"
+            )
+        try:
+            parse_duration(request.duration)
+        except ValueError as error:
+            raise _invalid(str(error)) from None
+
+    @workflow.update
+    def confirm_review(self, request: ReviewRequest) -> IncidentStatus:
+        assert self._pb.reviews is not None
+        self._review_due = _iso(_now() + parse_duration(self._pb.reviews.every))
+        self._record(
+            "review.confirmed",
+            actor=request.actor,
+            data={"note": request.note, "next_due": self._review_due},
+        )
+        self._wake = True
+        return self._status()
+
+    @confirm_review.validator
+    def _check_confirm_review(self, request: ReviewRequest) -> None:
+        self._check_open()
+        if self._pb.reviews is None:
+            raise _invalid(f"playbook {self._pb.playbook} has no reviews")
+
+    @workflow.update
+    def add_note(self, request: NoteRequest) -> IncidentStatus:
+        self._notes.append(Note(actor=request.actor, text=request.text, at=_iso(_now())))
+        self._record("note.added", actor=request.actor, data={"text": request.text})
+        return self._status()
+
+    @add_note.validator
+    def _check_add_note(self, request: NoteRequest) -> None:
+        if self._state == "closed":
+            raise _invalid("incident is closed")
+
+    def _check_open(self) -> None:
+        if self._stand_down is not None or self._state in ("standing_down", "closed"):
+            raise _invalid(f"incident is {self._state.replace('_', ' ')}")
+
+    # --- status -------------------------------------------------------------------------------
+    @workflow.query
+    def status(self) -> IncidentStatus:
+        return self._status()
 
     def _status(self) -> IncidentStatus:
-        playbook = self._incident.playbook
         return IncidentStatus(
             incident_id=self._incident.incident_id,
             state=self._state,
-            playbook=playbook.playbook,
-            version=playbook.version,
+            playbook=self._pb.playbook,
+            version=self._pb.version,
             playbook_hash=self._incident.playbook_hash,
             inputs=self._incident.inputs,
             triggered_by=self._incident.triggered_by,
             triggered_at=self._triggered_at,
+            level=self._level,
+            levels=self._pb.levels,
             stand_down=self._stand_down,
             closed_at=self._closed_at,
-            steps=[
-                StepStatus(
-                    id=r.step.id,
-                    lever=r.step.do,
-                    state=r.state,
-                    started_at=r.started_at,
-                    finished_at=r.finished_at,
-                    undone_at=r.undone_at,
-                    error=r.error,
-                )
-                for r in self._runs
-            ],
+            next_review_due=self._review_due if self._state in ("running", "failed") else None,
+            reviews_missed=self._reviews_missed,
+            notes=self._notes,
+            level_history=self._level_history,
+            runs=self._runs,
+            steps=list(self._records.values()),
         )
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _new_record(self, step: AnyStep) -> StepRecord:
+        parent = next(
+            (
+                p.id
+                for p in self._pb.steps
+                if isinstance(p, ParallelStep) and any(b.id == step.id for b in p.parallel)
+            ),
+            None,
+        )
+        kind = (
+            "wait"
+            if isinstance(step, WaitStep)
+            else "parallel"
+            if isinstance(step, ParallelStep)
+            else "lever"
+        )
+        return StepRecord(
+            id=step.id,
+            kind=kind,
+            lever=step.do if isinstance(step, Step) else None,
+            parent=parent,
+            level=step.level,
+        )
+
+    def _top_index(self, step_id: str) -> int | None:
+        return next((i for i, s in enumerate(self._top) if s.id == step_id), None)
 
 
 def _cause(error: BaseException) -> str:

@@ -16,8 +16,85 @@ WORKFLOW_NAME = "CrisisWorkflow"
 
 IncidentState = Literal["running", "standing_down", "closed", "failed"]
 StepState = Literal[
-    "pending", "running", "applied", "failed", "skipped", "undoing", "undone", "undo_failed", "kept"
+    "pending",  # not reached yet
+    "dormant",  # reached, but its level or condition does not hold (may run later)
+    "awaiting_approval",
+    "running",
+    "waiting",  # a wait step counting down
+    "applied",
+    "done",  # a wait or parallel step that finished
+    "failed",
+    "skipped",  # rejected, timed out with skip, or never reached before stand-down
+    "undoing",
+    "undone",
+    "expired",  # lapsed: undone because its expiry passed without renewal
+    "undo_failed",
+    "kept",  # applied and cannot be taken back (a notification)
 ]
+StepKind = Literal["lever", "wait", "parallel"]
+
+
+class Approver(BaseModel):
+    actor: str
+    role: str
+    at: str
+    comment: str = ""
+
+
+class StepRecord(BaseModel):
+    """A step's life in one incident; also its status as commanders see it."""
+
+    id: str
+    kind: StepKind = "lever"
+    lever: str | None = None
+    parent: str | None = None
+    level: str | None = None
+    state: StepState = "pending"
+    started_at: str | None = None
+    finished_at: str | None = None
+    undone_at: str | None = None
+    error: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    previous: dict[str, Any] | None = None
+    applications: int = 0  # how many times applied: numbers the idempotency keys
+    undos: int = 0
+    expires_at: str | None = None
+    wait_until: str | None = None
+    approval_deadline: str | None = None
+    approvals: list[Approver] = Field(default_factory=list)
+    outcome: str | None = None  # why it ended as it did: rejected by X, expired, ...
+
+
+class Note(BaseModel):
+    actor: str
+    text: str
+    at: str
+
+
+class LevelChangeRecord(BaseModel):
+    level: str | None
+    at: str
+    actor: str
+    reason: str
+
+
+class CarriedState(BaseModel):
+    """Everything a continued-as-new run needs to carry on exactly where the last one stopped."""
+
+    state: IncidentState
+    level: str | None
+    triggered_at: str
+    steps: list[StepRecord]
+    applied_order: list[str]
+    cursor: int
+    audit_seq: int
+    audit_last_hash: str
+    review_due: str | None
+    reviews_missed: int
+    notes: list[Note]
+    level_history: list[LevelChangeRecord]
+    stand_down: StandDownRequest | None = None
+    runs: int = 1
 
 
 class IncidentInput(BaseModel):
@@ -30,6 +107,10 @@ class IncidentInput(BaseModel):
     playbook_hash: str
     inputs: dict[str, Any]
     triggered_by: str
+    level: str | None = None
+    carried: CarriedState | None = None
+    # Continue-as-new once the history is this long (Temporal's own suggestion also counts).
+    history_limit: int = 10_000
 
 
 class StandDownRequest(BaseModel):
@@ -37,14 +118,41 @@ class StandDownRequest(BaseModel):
     reason: str = Field(min_length=1)
 
 
-class StepStatus(BaseModel):
-    id: str
-    lever: str
-    state: StepState
-    started_at: str | None = None
-    finished_at: str | None = None
-    undone_at: str | None = None
-    error: str | None = None
+class ApproveRequest(BaseModel):
+    step_id: str
+    actor: str = Field(min_length=1)
+    role: str = Field(min_length=1)
+    comment: str = ""
+
+
+class RejectRequest(BaseModel):
+    step_id: str
+    actor: str = Field(min_length=1)
+    role: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
+class LevelRequest(BaseModel):
+    actor: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    to_level: str | None = None  # default: one level up (escalate) or down (de-escalate)
+
+
+class RenewRequest(BaseModel):
+    step_id: str
+    actor: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    duration: str  # e.g. 24h: the measure now lapses this long from now
+
+
+class ReviewRequest(BaseModel):
+    actor: str = Field(min_length=1)
+    note: str = ""
+
+
+class NoteRequest(BaseModel):
+    actor: str = Field(min_length=1)
+    text: str = Field(min_length=1)
 
 
 class IncidentStatus(BaseModel):
@@ -56,9 +164,20 @@ class IncidentStatus(BaseModel):
     inputs: dict[str, Any]
     triggered_by: str
     triggered_at: str
+    level: str | None = None
+    levels: list[str] = Field(default_factory=list)
     stand_down: StandDownRequest | None = None
     closed_at: str | None = None
-    steps: list[StepStatus]
+    next_review_due: str | None = None
+    reviews_missed: int = 0
+    notes: list[Note] = Field(default_factory=list)
+    level_history: list[LevelChangeRecord] = Field(default_factory=list)
+    runs: int = 1
+    steps: list[StepRecord]
+
+
+# Kept as an alias: the first version's status called a step record StepStatus.
+StepStatus = StepRecord
 
 
 class LeverRequest(BaseModel):
@@ -78,3 +197,6 @@ class LeverRequest(BaseModel):
 
 class LeverOutcome(BaseModel):
     previous: dict[str, Any] | None = None
+
+
+CarriedState.model_rebuild()

@@ -10,11 +10,22 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from workflows.durations import parse_duration
+from workflows.expressions import ExpressionError, level_literals
+from workflows.expressions import names as expression_names
+from workflows.expressions import parse as parse_expression
 from workflows.levers import LEVERS
 from workflows.substitution import NAMESPACES, ReferenceError_, references, substitute
 
@@ -46,9 +57,7 @@ class RetrySpec(_Strict):
     max_interval: str = "30s"
     backoff: float = Field(2.0, ge=1.0, le=10.0)
 
-    _check = field_validator("initial_interval", "max_interval")(
-        lambda value: (parse_duration(value), value)[1]
-    )
+    _check = field_validator("initial_interval", "max_interval")(lambda value: _duration(value))
 
 
 class LeverCall(_Strict):
@@ -56,18 +65,103 @@ class LeverCall(_Strict):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
 
-class Step(_Strict):
+def _duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+OnFailure = Literal["stop", "continue", "undo"]
+OnTimeout = Literal["escalate", "skip", "fail", "proceed"]
+OnMissedReview = Literal["escalate", "stand_down", "record"]
+
+
+class Approval(_Strict):
+    """People who must approve a step before it runs: `quorum` distinct holders of `roles`."""
+
+    roles: list[str] = Field(min_length=1)
+    quorum: int = Field(1, ge=1, le=10)
+    timeout: str = "15m"
+    on_timeout: OnTimeout = "escalate"
+
+    _check = field_validator("timeout")(_duration)
+
+
+class Reviews(_Strict):
+    """The commander confirms, every `every`, that the measures are still needed."""
+
+    every: str
+    grace: str = "30m"
+    on_missed: OnMissedReview = "escalate"
+
+    _check = field_validator("every", "grace")(_duration)
+
+
+class PostIncidentReview(_Strict):
+    due_within: str = "14d"
+    owner: str = ""
+
+    _check = field_validator("due_within")(_duration)
+
+
+class _StepBase(_Strict):
+    id: str = Field(pattern=_ID_PATTERN, max_length=64)
+    description: str = ""
+    # Runs only at or above this level; undone when the incident drops below it.
+    level: str | None = None
+    # A safe expression over `inputs` and `level` (workflows/expressions.py).
+    when: str | None = None
+
+
+class Step(_StepBase):
     """One measure: pull lever `do` with arguments `with`; undo it on stand-down."""
 
-    id: str = Field(pattern=_ID_PATTERN, max_length=64)
     do: str
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     undo: LeverCall | None = None
-    description: str = ""
     retry: RetrySpec = RetrySpec()
     timeout: str = "10s"
+    approval: Approval | None = None
+    # The measure lapses (is undone) this long after it is applied, unless renewed.
+    expires_after: str | None = None
+    on_failure: OnFailure = "stop"
 
-    _check_timeout = field_validator("timeout")(lambda value: (parse_duration(value), value)[1])
+    _check = field_validator("timeout", "expires_after")(_duration)
+
+
+class WaitStep(_StepBase):
+    """Let time pass before the next step (e.g. let a measure settle)."""
+
+    wait: str
+
+    _check = field_validator("wait")(_duration)
+
+
+class ParallelStep(_StepBase):
+    """Run lever steps at once (e.g. tell the regulator and the police together)."""
+
+    parallel: list[Step] = Field(min_length=1)
+
+
+def _step_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return (
+            "parallel-step"
+            if "parallel" in value
+            else "wait-step"
+            if "wait" in value
+            else "lever-step"
+        )
+    return {ParallelStep: "parallel-step", WaitStep: "wait-step"}.get(type(value), "lever-step")
+
+
+AnyStep = Annotated[
+    Annotated[Step, Tag("lever-step")]
+    | Annotated[ParallelStep, Tag("parallel-step")]
+    | Annotated[WaitStep, Tag("wait-step")],
+    Discriminator(_step_kind),
+]
+STEP_TAGS = ("lever-step", "parallel-step", "wait-step")
 
 
 class Playbook(_Strict):
@@ -79,7 +173,25 @@ class Playbook(_Strict):
     description: str = Field(min_length=1)
     owner: str = ""
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
-    steps: list[Step] = Field(min_length=1)
+    # Ordered from least to most severe; an incident starts at the one given at trigger.
+    levels: list[str] = Field(default_factory=list)
+    reviews: Reviews | None = None
+    steps: list[AnyStep] = Field(min_length=1)
+    on_stand_down: list[Step] = Field(default_factory=list)
+    post_incident_review: PostIncidentReview | None = None
+
+    def lever_steps(self) -> list[Step]:
+        """Every lever step, parallel branches included, in playbook order."""
+        found: list[Step] = []
+        for step in [*self.steps, *self.on_stand_down]:
+            if isinstance(step, ParallelStep):
+                found += step.parallel
+            elif isinstance(step, Step):
+                found.append(step)
+        return found
+
+    def level_rank(self, level: str | None) -> int:
+        return self.levels.index(level) if level in self.levels else -1
 
     @property
     def name(self) -> str:
@@ -106,25 +218,140 @@ class InputError(ValueError):
     """An input given at trigger that the playbook does not accept."""
 
 
+def walk_steps(playbook: Playbook) -> list[tuple[Path, Step | WaitStep | ParallelStep]]:
+    """Every step with its path in the document, parallel branches and on_stand_down included."""
+    found: list[tuple[Path, Step | WaitStep | ParallelStep]] = []
+    for index, step in enumerate(playbook.steps):
+        found.append((("steps", index), step))
+        if isinstance(step, ParallelStep):
+            found += [
+                (("steps", index, "parallel", j), branch) for j, branch in enumerate(step.parallel)
+            ]
+    found += [(("on_stand_down", k), step) for k, step in enumerate(playbook.on_stand_down)]
+    return found
+
+
 def check_playbook(playbook: Playbook) -> list[Problem]:
-    """Cross-field checks the models alone cannot do: ids, levers, references, lever arguments."""
+    """Cross-field checks the models alone cannot do: ids, levers, levels, conditions, arguments."""
     problems: list[Problem] = []
     problems += _check_input_defaults(playbook)
-    seen: dict[str, int] = {}
-    for index, step in enumerate(playbook.steps):
-        at: Path = ("steps", index)
+    problems += _check_levels(playbook)
+    seen: dict[str, Path] = {}
+    for at, step in walk_steps(playbook):
         if step.id in seen:
             problems.append(
                 Problem(
-                    (*at, "id"),
-                    f"duplicate step id {step.id!r} (first at step {seen[step.id] + 1})",
+                    (*at, "id"), f"duplicate step id {step.id!r} (first at {_where(seen[step.id])})"
                 )
             )
-        seen.setdefault(step.id, index)
-        problems += _check_call(playbook, step.do, step.with_, at)
-        if step.undo is not None:
-            problems += _check_call(playbook, step.undo.do, step.undo.with_, (*at, "undo"))
+        seen.setdefault(step.id, at)
+        if step.level is not None and step.level not in playbook.levels:
+            problems.append(Problem((*at, "level"), _unknown_level(playbook, step.level)))
+        if step.when is not None:
+            problems += [
+                Problem((*at, "when"), message) for message in _check_when(playbook, step.when)
+            ]
+        if isinstance(step, Step):
+            problems += _check_call(playbook, step.do, step.with_, at)
+            if step.undo is not None:
+                problems += _check_call(playbook, step.undo.do, step.undo.with_, (*at, "undo"))
+            if step.approval and step.approval.on_timeout == "escalate" and not playbook.levels:
+                problems.append(
+                    Problem(
+                        (*at, "approval", "on_timeout"),
+                        "on_timeout: escalate needs `levels:` to escalate through",
+                    )
+                )
     return problems
+
+
+def _where(path: Path) -> str:
+    """A step's place in words: `step 2`, `step 3, branch 1`, `on_stand_down step 1`."""
+    if path[0] == "on_stand_down":
+        return f"on_stand_down step {int(path[1]) + 1}"
+    text = f"step {int(path[1]) + 1}"
+    return f"{text}, branch {int(path[3]) + 1}" if len(path) > 3 else text
+
+
+def _unknown_level(playbook: Playbook, level: str) -> str:
+    declared = ", ".join(playbook.levels) or "none declared"
+    return f"unknown level {level!r} (levels: {declared})"
+
+
+def _check_levels(playbook: Playbook) -> list[Problem]:
+    problems = []
+    if len(set(playbook.levels)) != len(playbook.levels):
+        problems.append(Problem(("levels",), "levels must be distinct"))
+    if playbook.reviews and playbook.reviews.on_missed == "escalate" and not playbook.levels:
+        problems.append(Problem(("reviews", "on_missed"), "on_missed: escalate needs `levels:`"))
+    return problems
+
+
+def _check_when(playbook: Playbook, text: str) -> list[str]:
+    try:
+        expression = parse_expression(text)
+    except ExpressionError as error:
+        return [f"invalid condition: {error}"]
+    problems = []
+    for name in sorted(expression_names(expression)):
+        if name == "level" and not playbook.levels:
+            problems.append("condition uses `level` but the playbook declares no `levels:`")
+        elif name.startswith("inputs.") and name.removeprefix("inputs.") not in playbook.inputs:
+            problems.append(f"condition uses undefined input {name.removeprefix('inputs.')!r}")
+    for literal in level_literals(expression):
+        if literal not in playbook.levels:
+            problems.append(f"condition compares level with {_unknown_level(playbook, literal)}")
+    return problems
+
+
+def playbook_warnings(playbook: Playbook) -> list[Problem]:
+    """Things that are allowed but usually wrong in a crisis protocol."""
+    warnings: list[Problem] = []
+    for at, step in walk_steps(playbook):
+        if not isinstance(step, Step) or at[0] == "on_stand_down":
+            continue
+        lever = LEVERS.get(step.do)
+        if lever is None:
+            continue
+        if lever.reversible and step.expires_after is None:
+            warnings.append(
+                Problem(
+                    (*at, "do"),
+                    f"measure {step.id!r} has no expires_after: emergency "
+                    "measures should lapse unless renewed",
+                )
+            )
+        if not lever.reversible and step.undo is None and step.expires_after is None:
+            warnings.append(
+                Problem((*at, "do"), f"step {step.id!r} ({step.do}) has no undo and no expiry")
+            )
+        if step.approval and step.approval.quorum > 1 and len(step.approval.roles) == 1:
+            warnings.append(
+                Problem(
+                    (*at, "approval", "quorum"),
+                    f"quorum {step.approval.quorum} from the single role "
+                    f"{step.approval.roles[0]!r}: make sure that many people hold it",
+                )
+            )
+    claims = (playbook.description + " " + playbook.title).lower()
+    told = {
+        str(s.with_.get("to", ""))
+        for _, s in walk_steps(playbook)
+        if isinstance(s, Step) and s.do.startswith("notify.")
+    }
+    for word, stakeholder in (
+        ("regulator", "regulator"),
+        ("police", "law-enforcement"),
+        ("law enforcement", "law-enforcement"),
+    ):
+        if word in claims and stakeholder not in told:
+            warnings.append(
+                Problem(
+                    ("description",),
+                    f"the description mentions {word!r} but no step notifies {stakeholder!r}",
+                )
+            )
+    return warnings
 
 
 def _check_call(

@@ -24,6 +24,19 @@ SECRET = "test-webhook-secret"
 THROTTLE = {"region": "GB", "categories": ["news", "video"], "reach_multiplier": 0.25}
 THRESHOLD = {"classifier": "racial_hatred", "threshold": 0.55}
 SURGE = {"queue": "hate", "extra_reviewers": 20, "priority": "urgent"}
+EXCLUDE = {
+    "region": "GB",
+    "categories": ["incitement_to_violence", "racial_hatred"],
+    "surfaces": ["feed", "explore"],
+    "min_score": 0.4,
+}
+LIVESTREAM = {"region": "GB", "audience": "child_accounts", "disable_comments": True}
+HASH_BLOCK = {
+    "list_id": "gifct-perpetrator-content",
+    "source": "gifct-hsdb",
+    "hash_types": ["pdq", "vpdq"],
+    "action": "block_and_report",
+}
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +200,250 @@ def test_invalid_arguments_are_422(http: httpx.Client) -> None:
     assert "extra" in response.json()["error"]
 
 
+def test_exclude_unreviewed_apply_and_restore_round_trip(http: httpx.Client) -> None:
+    """Excluding answers null exclusions, sets them, and restore removes them again exactly."""
+    before = state(http)["recommender_exclusions"]
+    assert before == {}
+
+    applied = post(http, "/recommender/exclude-unreviewed", EXCLUDE, "i1/s1/apply")
+    assert applied.status_code == 200
+    previous = applied.json()["previous"]
+    assert previous == {
+        "region": "GB",
+        "exclusions": {"incitement_to_violence": None, "racial_hatred": None},
+    }
+    exclusion = {"surfaces": ["feed", "explore"], "min_score": 0.4}
+    assert state(http)["recommender_exclusions"] == {
+        "GB": {"incitement_to_violence": exclusion, "racial_hatred": exclusion}
+    }
+
+    restore = {"args": EXCLUDE, "previous": previous}
+    restored = post(http, "/recommender/exclude-unreviewed/restore", restore, "i1/s1/restore")
+    assert restored.status_code == 200
+    assert restored.json()["previous"] == {
+        "region": "GB",
+        "exclusions": {"incitement_to_violence": exclusion, "racial_hatred": exclusion},
+    }
+    assert state(http)["recommender_exclusions"] == before
+
+
+def test_exclude_unreviewed_restore_puts_back_an_existing_exclusion(http: httpx.Client) -> None:
+    """A second exclusion reports the first, replaces it, and restore brings the first back."""
+    first = {"region": "GB", "categories": ["terrorism"]}
+    assert post(http, "/recommender/exclude-unreviewed", first, "i1/s1/apply").status_code == 200
+    second = {
+        "region": "GB",
+        "categories": ["terrorism", "threats"],
+        "surfaces": ["feed", "notifications"],
+        "min_score": 0.2,
+    }
+    answer = post(http, "/recommender/exclude-unreviewed", second, "i2/s1/apply").json()
+    assert answer["previous"] == {
+        "region": "GB",
+        "exclusions": {"terrorism": {"surfaces": ["feed"], "min_score": 0.5}, "threats": None},
+    }
+    assert state(http)["recommender_exclusions"]["GB"]["terrorism"] == {
+        "surfaces": ["feed", "notifications"],
+        "min_score": 0.2,
+    }
+
+    restore = {"args": second, "previous": answer["previous"]}
+    assert (
+        post(http, "/recommender/exclude-unreviewed/restore", restore, "i2/s1/undo").status_code
+        == 200
+    )
+    assert state(http)["recommender_exclusions"] == {
+        "GB": {"terrorism": {"surfaces": ["feed"], "min_score": 0.5}}
+    }
+
+
+def test_livestream_restrict_apply_and_restore_round_trip(http: httpx.Client) -> None:
+    """Restricting answers null restrictions, sets them, and restore lifts them again exactly."""
+    before = state(http)["livestream"]
+    assert before == {}
+
+    applied = post(http, "/livestream/restrict", LIVESTREAM, "i1/s1/apply")
+    assert applied.status_code == 200
+    previous = applied.json()["previous"]
+    assert previous == {"region": "GB", "audience": "child_accounts", "restrictions": None}
+    restrictions = {
+        "block_new_streams": False,
+        "disable_comments": True,
+        "disable_gifts": False,
+        "disable_recording": False,
+    }
+    assert state(http)["livestream"] == {"GB": {"child_accounts": restrictions}}
+
+    restore = {"args": LIVESTREAM, "previous": previous}
+    restored = post(http, "/livestream/restrict/restore", restore, "i1/s1/restore")
+    assert restored.status_code == 200
+    assert restored.json()["previous"] == {**previous, "restrictions": restrictions}
+    assert state(http)["livestream"] == before
+
+
+def test_livestream_restrict_adds_to_existing_restrictions_and_restores_them(
+    http: httpx.Client,
+) -> None:
+    """A second restriction keeps the first one's flags, reports them, and restore puts it back."""
+    assert post(http, "/livestream/restrict", LIVESTREAM, "i1/s1/apply").status_code == 200
+    first = state(http)["livestream"]
+    second = {
+        "region": "GB",
+        "audience": "child_accounts",
+        "disable_gifts": True,
+        "disable_recording": True,
+    }
+    answer = post(http, "/livestream/restrict", second, "i2/s1/apply").json()
+    assert answer["previous"]["restrictions"] == first["GB"]["child_accounts"]
+    assert state(http)["livestream"]["GB"]["child_accounts"] == {
+        "block_new_streams": False,
+        "disable_comments": True,
+        "disable_gifts": True,
+        "disable_recording": True,
+    }
+
+    restore = {"args": second, "previous": answer["previous"]}
+    assert post(http, "/livestream/restrict/restore", restore, "i2/s1/undo").status_code == 200
+    assert state(http)["livestream"] == first
+
+
+def test_hash_block_apply_and_restore_round_trip(http: httpx.Client) -> None:
+    """Blocking a known list answers a null block, blocks, and restore stops blocking exactly."""
+    before = state(http)
+    assert before["hashes"] == {}
+    assert before["hash_lists"]["gifct-perpetrator-content"]["source"] == "gifct-hsdb"
+
+    applied = post(http, "/hashes/lists/block", HASH_BLOCK, "i1/s1/apply")
+    assert applied.status_code == 200
+    previous = applied.json()["previous"]
+    assert previous == {"list_id": "gifct-perpetrator-content", "block": None}
+    block = {
+        "source": "gifct-hsdb",
+        "hash_types": ["pdq", "vpdq"],
+        "action": "block_and_report",
+        "blocking": True,
+    }
+    assert state(http)["hashes"] == {"gifct-perpetrator-content": block}
+
+    restore = {"args": HASH_BLOCK, "previous": previous}
+    restored = post(http, "/hashes/lists/block/restore", restore, "i1/s1/restore")
+    assert restored.status_code == 200
+    assert restored.json()["previous"] == {**previous, "block": block}
+    after = state(http)
+    assert after["hashes"] == before["hashes"]
+    assert after["hash_lists"] == before["hash_lists"]
+
+
+def test_hash_block_restore_puts_back_an_existing_block(http: httpx.Client) -> None:
+    """A second block of a list reports the first, replaces it, and restore brings it back."""
+    first = {**HASH_BLOCK, "hash_types": ["md5"], "action": "review"}
+    assert post(http, "/hashes/lists/block", first, "i1/s1/apply").status_code == 200
+    answer = post(http, "/hashes/lists/block", HASH_BLOCK, "i2/s1/apply").json()
+    old = {"source": "gifct-hsdb", "hash_types": ["md5"], "action": "review", "blocking": True}
+    assert answer["previous"] == {"list_id": "gifct-perpetrator-content", "block": old}
+    assert state(http)["hashes"]["gifct-perpetrator-content"]["action"] == "block_and_report"
+
+    restore = {"args": HASH_BLOCK, "previous": answer["previous"]}
+    assert post(http, "/hashes/lists/block/restore", restore, "i2/s1/undo").status_code == 200
+    assert state(http)["hashes"] == {"gifct-perpetrator-content": old}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/hashes/lists/block", {**HASH_BLOCK, "list_id": "no-such-list"}),
+        (
+            "/hashes/lists/block/restore",
+            {
+                "args": {**HASH_BLOCK, "list_id": "no-such-list"},
+                "previous": {"list_id": "no-such-list", "block": None},
+            },
+        ),
+    ],
+)
+def test_unknown_hash_list_is_404(http: httpx.Client, path: str, body: dict[str, Any]) -> None:
+    """An unknown hash list is a 404 with a JSON error and applies nothing."""
+    response = post(http, path, body, "i1/s1/apply")
+    assert response.status_code == 404
+    assert "no-such-list" in response.json()["error"]
+    assert state(http)["stats"]["applied"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/recommender/exclude-unreviewed", {**EXCLUDE, "min_score": 1.5}, "min_score"),
+        ("/recommender/exclude-unreviewed", {**EXCLUDE, "surfaces": ["timeline"]}, "surfaces"),
+        ("/recommender/exclude-unreviewed", {**EXCLUDE, "categories": []}, "categories"),
+        (
+            "/recommender/exclude-unreviewed/restore",
+            {"args": EXCLUDE, "previous": {"region": "FR", "exclusions": {"terrorism": None}}},
+            "region",
+        ),
+        ("/livestream/restrict", {"region": "GB", "disable_comments": False}, "at least one"),
+        ("/livestream/restrict", {**LIVESTREAM, "audience": "adults"}, "audience"),
+        (
+            "/livestream/restrict/restore",
+            {
+                "args": LIVESTREAM,
+                "previous": {"region": "GB", "audience": "all", "restrictions": None},
+            },
+            "audience",
+        ),
+        ("/hashes/lists/block", {**HASH_BLOCK, "hash_types": []}, "hash_types"),
+        ("/hashes/lists/block", {**HASH_BLOCK, "action": "delete"}, "action"),
+        ("/hashes/lists/block", {**HASH_BLOCK, "source": "internal"}, "gifct-hsdb"),
+        (
+            "/hashes/lists/block",
+            {"list_id": "internal-csam-known", "source": "internal", "hash_types": ["tmk"]},
+            "tmk",
+        ),
+        (
+            "/hashes/lists/block/restore",
+            {
+                "args": HASH_BLOCK,
+                "previous": {
+                    "list_id": "gifct-perpetrator-content",
+                    "block": {**HASH_BLOCK, "blocking": False},
+                },
+            },
+            "blocking",
+        ),
+    ],
+)
+def test_invalid_new_lever_requests_are_422(
+    http: httpx.Client, path: str, body: dict[str, Any], message: str
+) -> None:
+    """Arguments a new lever refuses are a 422 JSON error naming the problem and apply nothing."""
+    response = post(http, path, body, "i1/s1/apply")
+    assert response.status_code == 422
+    assert message in response.json()["error"]
+    assert state(http)["stats"]["applied"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "part"),
+    [
+        ("/recommender/exclude-unreviewed", EXCLUDE, "recommender_exclusions"),
+        ("/livestream/restrict", LIVESTREAM, "livestream"),
+        ("/hashes/lists/block", HASH_BLOCK, "hashes"),
+    ],
+)
+def test_new_lever_replay_does_not_reapply(
+    http: httpx.Client, path: str, body: dict[str, Any], part: str
+) -> None:
+    """A replayed apply of a new lever answers the first response and changes nothing."""
+    first = post(http, path, body, "i1/s1/apply")
+    after_first = state(http)
+    again = post(http, path, body, "i1/s1/apply")
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    after = state(http)
+    assert after[part] == after_first[part]
+    assert (after["stats"]["applied"], after["stats"]["replayed"]) == (1, 1)
+
+
 # --- idempotency --------------------------------------------------------------------------
 
 
@@ -224,6 +481,9 @@ def test_same_key_different_body_is_422(http: httpx.Client) -> None:
         ("/recommender/throttle", THROTTLE),
         ("/detection/threshold", THRESHOLD),
         ("/moderation/surge", SURGE),
+        ("/recommender/exclude-unreviewed", EXCLUDE),
+        ("/livestream/restrict", LIVESTREAM),
+        ("/hashes/lists/block", HASH_BLOCK),
         ("/notify/webhooks/regulator", {"message": "hello"}),
     ],
 )
@@ -366,6 +626,9 @@ def test_reset_restores_the_initial_state(http: httpx.Client) -> None:
     post(http, "/recommender/throttle", THROTTLE, "k1")
     post(http, "/detection/threshold", THRESHOLD, "k2")
     post(http, "/moderation/surge", SURGE, "k3")
+    post(http, "/recommender/exclude-unreviewed", EXCLUDE, "k4")
+    post(http, "/livestream/restrict", LIVESTREAM, "k5")
+    post(http, "/hashes/lists/block", HASH_BLOCK, "k6")
     http.post("/faults", json={"path_prefix": "/notify", "status": 500})
     assert http.post("/reset").json() == {"reset": True}
 
