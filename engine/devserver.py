@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 from pathlib import Path
 
+from core.net import ServerStartError, free_port, wait_for_port
 from engine.temporal import installed_binary
 
-
-class ServerStartError(RuntimeError):
-    """The embedded server did not come up."""
+__all__ = [
+    "ServerStartError",
+    "dev_server_command",
+    "free_port",
+    "start_dev_server",
+    "wait_for_port",
+]
 
 
 def dev_server_command(
@@ -60,26 +63,3 @@ def start_dev_server(
         process.kill()
         raise
     return process
-
-
-def wait_for_port(
-    host: str, port: int, *, timeout_s: float, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise ServerStartError(
-                f"process exited with {process.returncode} before listening on {port}"
-            )
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise ServerStartError(f"nothing listening on {host}:{port} after {timeout_s:.0f}s")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -16,7 +17,17 @@ from core.settings import Settings
 from engine.playbook_files import find_playbook, load_playbook
 from store.audit_store import AuditStore, Verification
 from workflows.crisis import CrisisWorkflow
-from workflows.incident import IncidentInput, IncidentStatus, StandDownRequest
+from workflows.incident import (
+    ApproveRequest,
+    IncidentInput,
+    IncidentStatus,
+    LevelRequest,
+    NoteRequest,
+    RejectRequest,
+    RenewRequest,
+    ReviewRequest,
+    StandDownRequest,
+)
 from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
 from workflows.substitution import substitute
 
@@ -48,16 +59,26 @@ def new_incident_id() -> str:
 
 
 def prepare_incident(
-    playbook: Playbook, given: dict[str, Any], *, actor: str, incident_id: str | None = None
+    playbook: Playbook,
+    given: dict[str, Any],
+    *,
+    actor: str,
+    incident_id: str | None = None,
+    level: str | None = None,
 ) -> IncidentInput:
     """Resolve inputs and check every lever's arguments with them, before anything starts."""
     inputs = resolve_inputs(playbook, given)
+    if level is not None and level not in playbook.levels:
+        declared = ", ".join(playbook.levels) or "none"
+        raise InputError(
+            f"unknown level {level!r} for playbook {playbook.playbook} (levels: {declared})"
+        )
     incident_id = incident_id or new_incident_id()
     context = {
         "inputs": inputs,
         "incident": {"id": incident_id, "playbook": playbook.playbook, "triggered_by": actor},
     }
-    for step in playbook.steps:
+    for step in playbook.lever_steps():
         calls = [(step.do, step.with_, "with")]
         if step.undo is not None:
             calls.append((step.undo.do, step.undo.with_, "undo.with"))
@@ -66,6 +87,7 @@ def prepare_incident(
                 dotted = ".".join(str(p) for p in path)
                 raise InputError(f"step {step.id!r} {where}.{dotted}: {message}")
     return IncidentInput(
+        level=level or (playbook.levels[0] if playbook.levels else None),
         incident_id=incident_id,
         playbook=playbook,
         playbook_hash=playbook.content_hash(),
@@ -86,11 +108,17 @@ class Incidents:
         *,
         actor: str,
         incident_id: str | None = None,
+        level: str | None = None,
         eager: bool = False,
+        history_limit: int | None = None,
     ) -> Triggered:
         """Start an incident. `eager` asks the server to hand the first task to this process."""
         playbook = load_playbook(find_playbook(playbook_ref, self._settings.playbooks_dir))
-        incident = prepare_incident(playbook, inputs, actor=actor, incident_id=incident_id)
+        incident = prepare_incident(
+            playbook, inputs, actor=actor, incident_id=incident_id, level=level
+        )
+        if history_limit is not None:
+            incident = incident.model_copy(update={"history_limit": history_limit})
         try:
             handle = await self._client.start_workflow(
                 CrisisWorkflow.run,
@@ -120,11 +148,16 @@ class Incidents:
             raise self._translate(incident_id, error) from None
 
     async def stand_down(self, incident_id: str, *, actor: str, reason: str) -> IncidentStatus:
+        return await self.act(
+            incident_id, CrisisWorkflow.stand_down, StandDownRequest(actor=actor, reason=reason)
+        )
+
+    async def act(self, incident_id: str, update: Any, request: BaseModel) -> Any:
+        """Run a commander action (a workflow Update) and answer its result; a refused request
+        is an IncidentConflict carrying the workflow's reason."""
         handle = self._client.get_workflow_handle(incident_id)
         try:
-            return await handle.execute_update(
-                CrisisWorkflow.stand_down, StandDownRequest(actor=actor, reason=reason)
-            )
+            return await handle.execute_update(update, request)
         except WorkflowUpdateFailedError as error:
             cause = error.cause.message if hasattr(error.cause, "message") else str(error.cause)
             raise IncidentConflict(f"incident {incident_id}: {cause}") from None
@@ -145,3 +178,16 @@ def verify_audit(store: AuditStore, incident_id: str) -> Verification:
     if result.events == 0:
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
     return result
+
+
+# The commander actions the workflow offers, by the names the CLI and API use.
+ACTIONS: dict[str, tuple[Any, type[BaseModel]]] = {
+    "approve": (CrisisWorkflow.approve, ApproveRequest),
+    "reject": (CrisisWorkflow.reject, RejectRequest),
+    "escalate": (CrisisWorkflow.escalate, LevelRequest),
+    "de-escalate": (CrisisWorkflow.de_escalate, LevelRequest),
+    "renew": (CrisisWorkflow.renew, RenewRequest),
+    "confirm-review": (CrisisWorkflow.confirm_review, ReviewRequest),
+    "note": (CrisisWorkflow.add_note, NoteRequest),
+    "stand-down": (CrisisWorkflow.stand_down, StandDownRequest),
+}

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-import uvicorn
-
-from engine.devserver import free_port, wait_for_port
+from sandbox.server import serving_in_thread
 
 T = TypeVar("T")
 
 
-@contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """Serve an ASGI app over real loopback HTTP in a thread; yield its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port("127.0.0.1", port, timeout_s=10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+# Serving an app on loopback is product code too (the simulator uses it).
+serve_app = serving_in_thread
 
 
 async def assert_eventually(

@@ -144,6 +144,7 @@ class CrisisWorkflow:
         self._audit_flushed = False
         self._pump_busy = False
         self._conditions: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- the run ------------------------------------------------------------------------------
     @workflow.run
@@ -530,7 +531,7 @@ class CrisisWorkflow:
             finally:
                 self._inflight -= 1
 
-        asyncio.create_task(tracked())
+        self._tasks.append(asyncio.create_task(tracked()))
 
     # --- time: expiries and reviews -----------------------------------------------------------
     async def _supervise(self) -> None:
@@ -712,7 +713,8 @@ class CrisisWorkflow:
         assert step.approval is not None
         if request.role not in step.approval.roles:
             raise _invalid(
-                f"role {request.role!r} cannot approve {step.id} (roles: {', '.join(step.approval.roles)})"
+                f"role {request.role!r} cannot approve {step.id} "
+                f"(roles: {', '.join(step.approval.roles)})"
             )
         if any(a.actor == request.actor for a in record.approvals):
             raise _invalid(f"{request.actor} has already approved {step.id}")
