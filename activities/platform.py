@@ -18,6 +18,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.messages import MessageError, render_message
 from core.settings import Settings
 from workflows.incident import APPLY_LEVER, LeverOutcome, LeverRequest
 from workflows.levers import LEVERS
@@ -36,6 +37,7 @@ ROUTES: dict[str, Route] = {
     "detection.set_threshold": Route("detection", "/threshold"),
     "moderation.surge": Route("moderation", "/surge"),
     "notify.webhook": Route("notify", "/webhooks/{to}"),
+    "notify.send": Route("notify", "/webhooks/{to}"),
     "recommender.exclude_unreviewed": Route("recommender", "/exclude-unreviewed"),
     "livestream.restrict": Route("livestream", "/restrict"),
     "hashes.block": Route("hashes", "/lists/block"),
@@ -69,6 +71,8 @@ class PlatformLevers:
         if request.restore is not None:
             url += "/restore"
             body: dict[str, Any] = {"args": request.args, "previous": request.restore}
+        elif request.lever == "notify.send":
+            body = self._message(request)
         else:
             body = dict(request.args)
         content = json.dumps(body, sort_keys=True).encode()
@@ -95,6 +99,31 @@ class PlatformLevers:
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None
         bound.info("lever.restored" if request.restore is not None else "lever.applied")
         return LeverOutcome(previous=previous)
+
+    @staticmethod
+    def _message(request: LeverRequest) -> dict[str, Any]:
+        template = request.args["template"]
+        if request.message is None:
+            raise ApplicationError(
+                f"message template {template!r} was not frozen at trigger",
+                type="MessageError",
+                non_retryable=True,
+            )
+        try:
+            subject, text = render_message(
+                request.message, request.context, request.args.get("data", {})
+            )
+        except MessageError as error:
+            raise ApplicationError(str(error), type="MessageError", non_retryable=True) from None
+        return {
+            "stakeholder": request.args["to"],
+            "template": template,
+            "severity": request.args.get("severity", "warning"),
+            "subject": subject,
+            "message": text,
+            "incident_id": request.incident_id,
+            "data": request.args.get("data", {}),
+        }
 
     def _headers(self, request: LeverRequest, content: bytes) -> dict[str, str]:
         headers = {

@@ -14,6 +14,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.settings import Settings
+from engine.library import library_for
 from engine.playbook_files import find_playbook, load_playbook
 from store.audit_store import AuditStore, Verification
 from workflows.crisis import CrisisWorkflow
@@ -113,10 +114,12 @@ class Incidents:
         history_limit: int | None = None,
     ) -> Triggered:
         """Start an incident. `eager` asks the server to hand the first task to this process."""
-        playbook = load_playbook(find_playbook(playbook_ref, self._settings.playbooks_dir))
+        path = find_playbook(playbook_ref, self._settings.playbooks_dir)
+        playbook = load_playbook(path, self._settings.playbooks_dir)
+        templates = library_for(path, self._settings.playbooks_dir).templates_for(playbook)
         incident = prepare_incident(
             playbook, inputs, actor=actor, incident_id=incident_id, level=level
-        )
+        ).model_copy(update={"templates": templates})
         if history_limit is not None:
             incident = incident.model_copy(update={"history_limit": history_limit})
         try:

@@ -11,9 +11,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, LibraryError, library_for
 from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook
 
 SUFFIXES = (".yaml", ".yml")
+LIBRARY_FILES = (TEMPLATES_FILE, STAKEHOLDERS_FILE)  # beside the playbooks, not playbooks
 
 
 class PlaybookError(Exception):
@@ -45,10 +47,10 @@ class PlaybookInvalid(PlaybookError):
 
 # Parsed playbooks by file, valid while the file's mtime and size are unchanged: a trigger should
 # not spend milliseconds re-parsing YAML that has not changed. An edited file is read again.
-_parsed: dict[Path, tuple[tuple[int, int], Playbook]] = {}
+_parsed: dict[tuple[Path, Path | None], tuple[tuple[int, int], Playbook]] = {}
 
 
-def load_playbook(path: Path) -> Playbook:
+def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
     """Read and fully check one playbook file, or raise PlaybookInvalid."""
     try:
         stat = path.stat()
@@ -56,22 +58,22 @@ def load_playbook(path: Path) -> Playbook:
         raise PlaybookInvalid(
             [FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")]
         ) from None
-    version, key = (stat.st_mtime_ns, stat.st_size), path.resolve()
+    version, key = (stat.st_mtime_ns, stat.st_size), (path.resolve(), library_dir)
     cached = _parsed.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]
-    playbook, problems = _load(path)
+    playbook, problems = _load(path, library_dir)
     if problems or playbook is None:
         raise PlaybookInvalid(problems)
     _parsed[key] = (version, playbook)
     return playbook
 
 
-def validate_file(path: Path) -> list[FileProblem]:
-    return _load(path)[1]
+def validate_file(path: Path, library_dir: Path | None = None) -> list[FileProblem]:
+    return _load(path, library_dir)[1]
 
 
-def _load(path: Path) -> tuple[Playbook | None, list[FileProblem]]:
+def _load(path: Path, library_dir: Path | None) -> tuple[Playbook | None, list[FileProblem]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -96,6 +98,14 @@ def _load(path: Path) -> tuple[Playbook | None, list[FileProblem]]:
         ]
         return None, problems
     problems = [_locate(path, document, problem) for problem in check_playbook(playbook)]
+    try:
+        library = library_for(path, library_dir or path.parent)
+    except LibraryError as error:
+        return playbook, [*problems, FileProblem(path, 1, 1, str(error))]
+    problems += [
+        _locate(path, document, Problem(where, message))
+        for where, message in library.problems(playbook)
+    ]
     return playbook, problems
 
 
@@ -150,4 +160,8 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
 def playbook_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file())
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in SUFFIXES and p.is_file() and p.name not in LIBRARY_FILES
+    )

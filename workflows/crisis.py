@@ -435,6 +435,9 @@ class CrisisWorkflow:
             args=args,
             restore=restore,
         )
+        if lever == "notify.send":
+            request.message = self._incident.templates.get(str(args.get("template")))
+            request.context = self._message_context(step)
         self._inflight += 1
         try:
             return await workflow.execute_local_activity(
@@ -446,6 +449,32 @@ class CrisisWorkflow:
             )
         finally:
             self._inflight -= 1
+
+    def _message_context(self, step: Step) -> dict[str, Any]:
+        """What a message template may refer to: the incident as it stands when it is sent."""
+        return {
+            "incident": {
+                "id": self._incident.incident_id,
+                "level": self._level,
+                "state": self._state,
+                "triggered_by": self._incident.triggered_by,
+                "triggered_at": self._triggered_at,
+            },
+            "playbook": {
+                "name": self._pb.playbook,
+                "title": self._pb.title,
+                "version": self._pb.version,
+                "owner": self._pb.owner,
+            },
+            "inputs": dict(self._incident.inputs),
+            "step": {"id": step.id, "description": step.description},
+            "measures": [
+                {"id": r.id, "lever": r.lever, "expires_at": r.expires_at}
+                for r in self._records.values()
+                if r.state == "applied" and r.lever and not r.lever.startswith("notify.")
+            ],
+            "stand_down": self._stand_down.model_dump() if self._stand_down else None,
+        }
 
     # --- levels, conditions -------------------------------------------------------------------
     def _eligible(self, step: AnyStep) -> bool:

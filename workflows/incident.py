@@ -97,6 +97,15 @@ class CarriedState(BaseModel):
     runs: int = 1
 
 
+class MessageTemplate(BaseModel):
+    """A notification's subject and body (Jinja2, rendered in a sandbox at send time)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subject: str
+    body: str
+
+
 class IncidentInput(BaseModel):
     """The workflow's input: a frozen playbook snapshot and everything resolved at trigger."""
 
@@ -109,6 +118,9 @@ class IncidentInput(BaseModel):
     triggered_by: str
     level: str | None = None
     carried: CarriedState | None = None
+    # The message templates the playbook's notify.send steps use, frozen at trigger like the
+    # playbook itself.
+    templates: dict[str, MessageTemplate] = Field(default_factory=dict)
     # Continue-as-new once the history is this long (Temporal's own suggestion also counts).
     history_limit: int = 10_000
 
@@ -189,6 +201,9 @@ class LeverRequest(BaseModel):
     lever: str
     args: dict[str, Any]
     restore: dict[str, Any] | None = None
+    # notify.send: the template to render and what it may refer to.
+    message: MessageTemplate | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def idempotency_key(self) -> str:

@@ -114,6 +114,15 @@ class HashBlockArgs(LeverArgs):
     )
 
 
+class NotifySendArgs(LeverArgs):
+    """Tell a stakeholder from the directory, with a message template from the library."""
+
+    to: str = Field(min_length=1, description="Stakeholder name in the directory")
+    template: str = Field(min_length=1, description="Message template name")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    data: dict[str, Any] = Field(default_factory=dict, description="Extra fields for the template")
+
+
 @dataclass(frozen=True)
 class Lever:
     name: str
@@ -130,6 +139,7 @@ LEVERS: dict[str, Lever] = {
         Lever("detection.set_threshold", ThresholdArgs, True, ThresholdArgs.__doc__ or ""),
         Lever("moderation.surge", SurgeArgs, True, SurgeArgs.__doc__ or ""),
         Lever("notify.webhook", WebhookArgs, False, WebhookArgs.__doc__ or ""),
+        Lever("notify.send", NotifySendArgs, False, NotifySendArgs.__doc__ or ""),
         Lever(
             "recommender.exclude_unreviewed",
             ExcludeUnreviewedArgs,

@@ -1,0 +1,129 @@
+"""The playbook library's shared files: message templates and the stakeholder directory.
+
+`templates.yaml` and `stakeholders.yaml` live beside the playbooks. A playbook file elsewhere uses
+its own directory's files when it has them, else the library's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from activities.messages import MessageError, check_template
+from workflows.incident import MessageTemplate
+from workflows.playbook import Playbook, Step, walk_steps
+
+M = TypeVar("M", bound=BaseModel)
+TEMPLATES_FILE = "templates.yaml"
+STAKEHOLDERS_FILE = "stakeholders.yaml"
+
+
+class LibraryError(ValueError):
+    """A library file is unreadable or invalid."""
+
+
+class Stakeholder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["external", "internal"]
+    description: str = ""
+
+
+@dataclass
+class Library:
+    templates: dict[str, MessageTemplate] = field(default_factory=dict)
+    stakeholders: dict[str, Stakeholder] = field(default_factory=dict)
+
+    def templates_for(self, playbook: Playbook) -> dict[str, MessageTemplate]:
+        """The templates a playbook's notify.send steps name (the ones to freeze at trigger)."""
+        names = {str(step.with_.get("template")) for step in _sends(playbook)}
+        return {name: self.templates[name] for name in sorted(names) if name in self.templates}
+
+    def problems(self, playbook: Playbook) -> list[tuple[tuple[str | int, ...], str]]:
+        """Unknown templates and stakeholders, at their paths in the playbook."""
+        found = []
+        for at, step in walk_steps(playbook):
+            if not isinstance(step, Step):
+                continue
+            for where, call in ((at, step), ((*at, "undo"), step.undo)):
+                if call is None or call.do != "notify.send":
+                    continue
+                template, to = call.with_.get("template"), call.with_.get("to")
+                if (
+                    isinstance(template, str)
+                    and "${" not in template
+                    and template not in self.templates
+                ):
+                    known = ", ".join(sorted(self.templates)) or "none"
+                    found.append(
+                        (
+                            (*where, "with", "template"),
+                            f"unknown template {template!r} (known: {known})",
+                        )
+                    )
+                if isinstance(to, str) and "${" not in to and to not in self.stakeholders:
+                    known = ", ".join(sorted(self.stakeholders)) or "none"
+                    found.append(
+                        ((*where, "with", "to"), f"unknown stakeholder {to!r} (directory: {known})")
+                    )
+        return found
+
+
+def _sends(playbook: Playbook) -> list[Step]:
+    calls: list[Step] = []
+    for step in playbook.lever_steps():
+        if step.do == "notify.send":
+            calls.append(step)
+        if step.undo is not None and step.undo.do == "notify.send":
+            calls.append(Step(id=step.id, do=step.undo.do, **{"with": step.undo.with_}))
+    return calls
+
+
+_cache: dict[Path, tuple[tuple[int, int], Library]] = {}
+
+
+def library_for(playbook_file: Path, default_dir: Path) -> Library:
+    """The library a playbook file uses: its own directory's files, else the default library."""
+    directory = playbook_file.parent
+    if not (directory / TEMPLATES_FILE).is_file() and not (directory / STAKEHOLDERS_FILE).is_file():
+        directory = default_dir
+    return load_library(directory)
+
+
+def load_library(directory: Path) -> Library:
+    files = [directory / TEMPLATES_FILE, directory / STAKEHOLDERS_FILE]
+    stamp = tuple(f.stat().st_mtime_ns if f.is_file() else 0 for f in files)
+    key = directory.resolve()
+    cached = _cache.get(key)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    library = Library(
+        templates=_read(files[0], MessageTemplate),
+        stakeholders=_read(files[1], Stakeholder),
+    )
+    for name, template in library.templates.items():
+        try:
+            check_template(name, template)
+        except MessageError as error:
+            raise LibraryError(f"{files[0]}: {error}") from None
+    _cache[key] = (stamp, library)  # type: ignore[assignment]
+    return library
+
+
+def _read(path: Path, model: type[M]) -> dict[str, M]:
+    if not path.is_file():
+        return {}
+    try:
+        data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+        return {str(name): model.model_validate(value) for name, value in data.items()}
+    except (OSError, YAMLError, AttributeError) as error:
+        raise LibraryError(f"{path}: {error}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise LibraryError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

@@ -1,0 +1,123 @@
+"""Message templates and the stakeholder directory: checked before anything runs, frozen at
+trigger, rendered safely when sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from activities.messages import MessageError, render_message
+from core.settings import Settings
+from engine.incidents import Incidents
+from engine.library import LibraryError, load_library
+from engine.playbook_files import validate_file
+from tests.conftest import Sandbox
+from tests.helpers import assert_eventually
+from workflows.incident import MessageTemplate
+
+LIBRARY = Path(__file__).resolve().parents[2] / "playbooks"
+
+PLAYBOOK = """\
+playbook: tell
+version: 1
+title: Tell the regulator
+description: Sends one templated message.
+inputs:
+  region: {type: string, default: GB}
+steps:
+  - id: tell-regulator
+    do: notify.send
+    with: {to: regulator, template: crisis-opened, severity: critical}
+    undo: {do: notify.send, with: {to: regulator, template: crisis-closed}}
+"""
+
+
+def copy_library(directory: Path) -> None:
+    for name in ("templates.yaml", "stakeholders.yaml"):
+        (directory / name).write_text((LIBRARY / name).read_text())
+
+
+def test_shipped_library_loads_and_every_template_parses() -> None:
+    """The library beside the playbooks is valid: templates parse, stakeholders are typed."""
+    library = load_library(LIBRARY)
+    assert {"crisis-opened", "crisis-closed"} <= set(library.templates)
+    assert "external" == library.stakeholders["regulator"].kind
+
+
+def test_unknown_template_and_stakeholder_are_reported_where_they_are_written(
+    tmp_path: Path,
+) -> None:
+    """A misspelt template or stakeholder is an error at its line and column."""
+    copy_library(tmp_path)
+    path = tmp_path / "tell.yaml"
+    path.write_text(
+        PLAYBOOK.replace(
+            "to: regulator, template: crisis-opened", "to: regulatr, template: crisis-opend"
+        )
+    )
+    problems = [str(p).removeprefix(f"{path}:") for p in validate_file(path)]
+    assert [
+        "10:26: unknown template 'crisis-opend' (known: crisis-closed, crisis-escalated, crisis-opened)",
+        "10:12: unknown stakeholder 'regulatr' (directory: "
+        + ", ".join(sorted(load_library(LIBRARY).stakeholders))
+        + ")",
+    ] == problems
+
+
+def test_a_broken_template_file_is_one_clear_problem(tmp_path: Path) -> None:
+    """A template with a Jinja syntax error makes the library invalid, naming the template."""
+    copy_library(tmp_path)
+    (tmp_path / "templates.yaml").write_text("oops:\n  subject: '{{ incident.id '\n  body: x\n")
+    with pytest.raises(LibraryError, match="template 'oops' subject"):
+        load_library(tmp_path)
+
+
+def test_rendering_uses_the_incident_and_refuses_unknown_names() -> None:
+    """Templates see the incident's facts; an undefined name is an error, not an empty string."""
+    template = MessageTemplate(
+        subject="{{ incident.id }} at {{ incident.level }}", body="{{ data.note }}"
+    )
+    subject, body = render_message(
+        template, {"incident": {"id": "INC-1", "level": "severe"}}, {"note": "hi"}
+    )
+    assert ("INC-1 at severe", "hi") == (subject, body)
+    with pytest.raises(MessageError):
+        render_message(MessageTemplate(subject="{{ nope }}", body=""), {}, {})
+    with pytest.raises(MessageError):  # the sandbox refuses reaching into Python internals
+        render_message(MessageTemplate(subject="{{ ''.__class__.__mro__ }}", body=""), {}, {})
+
+
+@pytest.mark.usefixtures("worker")
+async def test_messages_are_rendered_from_templates_frozen_at_trigger(
+    client: Client, settings: Settings, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Editing a template during an incident does not change what that incident sends."""
+    copy_library(tmp_path)
+    path = tmp_path / "tell.yaml"
+    path.write_text(PLAYBOOK)
+    incidents = Incidents(client, settings)
+    triggered = await incidents.trigger(str(path), {}, actor="alice", eager=True)
+
+    async def sent() -> list[dict]:
+        notes = (await sandbox.state())["notifications"]
+        assert 1 == len(notes)
+        return notes
+
+    first = (await assert_eventually(sent))[0]["body"]
+    assert (
+        f"Crisis protocol activated: Tell the regulator ({triggered.incident_id})"
+        == first["subject"]
+    )
+    assert ("regulator", "critical") == (first["stakeholder"], first["severity"])
+    assert "Region: GB." in first["message"]
+    (tmp_path / "templates.yaml").write_text(
+        (tmp_path / "templates.yaml")
+        .read_text()
+        .replace("Emergency measures have been lifted", "EDITED")
+    )
+    await incidents.stand_down(triggered.incident_id, actor="bob", reason="over")
+    closing = (await sandbox.state())["notifications"][-1]["body"]
+    assert "stood down by bob: over" in closing["message"]
+    assert "Emergency measures have been lifted" in closing["message"]
