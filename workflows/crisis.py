@@ -153,13 +153,13 @@ class CrisisWorkflow:
             self._record(
                 "incident.triggered",
                 actor=incident.triggered_by,
-                data={
-                    "playbook": self._pb.playbook,
-                    "version": self._pb.version,
-                    "playbook_hash": incident.playbook_hash,
-                    "inputs": incident.inputs,
-                    "level": self._level,
-                },
+                data=_present(
+                    playbook=self._pb.playbook,
+                    version=self._pb.version,
+                    playbook_hash=incident.playbook_hash,
+                    inputs=incident.inputs,
+                    level=self._level,
+                ),
             )
         else:
             self._record("incident.continued", data={"run": self._runs})
@@ -225,7 +225,8 @@ class CrisisWorkflow:
             if not keep_going:
                 if self._state == "running":
                     self._state = "failed"
-                    self._record("incident.failed", step_id=self._top[self._cursor].id)
+                    failed = self._records[self._top[self._cursor].id]
+                    self._record("incident.failed", step_id=failed.id, data={"error": failed.error})
                 return
             self._cursor += 1
 
@@ -369,7 +370,12 @@ class CrisisWorkflow:
         self._record(
             "step.applied",
             step_id=step.id,
-            data={"lever": step.do, "previous": outcome.previous, "expires_at": record.expires_at},
+            data=_present(
+                lever=step.do,
+                previous=outcome.previous,
+                expires_at=record.expires_at,
+                _keep={"previous"},
+            ),
         )
         return True
 
@@ -405,7 +411,9 @@ class CrisisWorkflow:
             final_state, "step.undone"
         )
         self._record(
-            kind, step_id=step.id, data={"lever": lever, "restored": restore, "reason": reason}
+            kind,
+            step_id=step.id,
+            data=_present(lever=lever, restored=restore, reason=reason, _keep={"restored"}),
         )
 
     async def _call(
@@ -532,7 +540,11 @@ class CrisisWorkflow:
                     record.state = "running"
                 if not await self._run_top_step(step) and self._state == "running":
                     self._state = "failed"
-                    self._record("incident.failed", step_id=step.id)
+                    self._record(
+                        "incident.failed",
+                        step_id=step.id,
+                        data={"error": self._records[step.id].error},
+                    )
                     return
 
     async def _withdraw_above_level(self) -> None:
@@ -951,6 +963,13 @@ class CrisisWorkflow:
 
     def _top_index(self, step_id: str) -> int | None:
         return next((i for i, s in enumerate(self._top) if s.id == step_id), None)
+
+
+def _present(_keep: set[str] | None = None, **values: Any) -> dict[str, Any]:
+    """Event data without empty optional fields: an event means the same, and hashes the same,
+    as it did before the field existed (replays of earlier incidents must agree with the store)."""
+    keep = _keep or set()
+    return {k: v for k, v in values.items() if k in keep or v not in (None, "")}
 
 
 def _cause(error: BaseException) -> str:

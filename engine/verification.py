@@ -1,0 +1,209 @@
+"""What auditors check: export an incident's Temporal history (every run), replay it through
+today's workflow code, and compare the audit events the replay produces with the audit table
+and with what the history itself recorded. Three records that must agree."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from temporalio import workflow
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import (
+    Interceptor,
+    Replayer,
+    StartActivityInput,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+    WorkflowOutboundInterceptor,
+)
+
+from engine.temporal import SANDBOX, WORKFLOWS
+from workflows.audit import AuditBatch, AuditEvent
+from workflows.incident import WRITE_AUDIT
+
+EXPORT_FORMAT = "crisis-history/1"
+
+
+class HistoryError(ValueError):
+    """An export file that cannot be read, or an incident without history."""
+
+
+@dataclass
+class IncidentHistory:
+    """Every run of one incident's workflow, oldest first."""
+
+    incident_id: str
+    runs: list[WorkflowHistory]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": EXPORT_FORMAT,
+                "incident_id": self.incident_id,
+                "runs": [run.to_json_dict() for run in self.runs],
+            }
+        )
+
+    @staticmethod
+    def from_file(path: Path) -> IncidentHistory:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise HistoryError(f"{path}: not a readable history export: {error}") from None
+        if isinstance(data, dict) and "events" in data:  # a plain single-run Temporal export
+            return IncidentHistory(path.stem, [WorkflowHistory.from_json(path.stem, data)])
+        if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+            raise HistoryError(f"{path}: not a history export (format {EXPORT_FORMAT} expected)")
+        incident_id = str(data["incident_id"])
+        return IncidentHistory(
+            incident_id, [WorkflowHistory.from_json(incident_id, run) for run in data["runs"]]
+        )
+
+
+async def export_history(client: Client, incident_id: str) -> IncidentHistory:
+    """Fetch the history of every run (across continue-as-new), oldest first."""
+    runs: list[tuple[Any, str]] = []
+    async for execution in client.list_workflows(f'WorkflowId = "{incident_id}"'):
+        runs.append((execution.start_time, execution.run_id))
+    if not runs:
+        # Visibility can lag a just-started workflow: the latest run is still reachable directly.
+        handle = client.get_workflow_handle(incident_id)
+        return IncidentHistory(incident_id, [await handle.fetch_history()])
+    histories = []
+    for _, run_id in sorted(runs):
+        handle = client.get_workflow_handle(incident_id, run_id=run_id)
+        histories.append(await handle.fetch_history())
+    return IncidentHistory(incident_id, histories)
+
+
+# --- capturing what a replay produces ---------------------------------------------------------
+# Runs are replayed one at a time, so one list collects what the current replay schedules.
+_captured: list[AuditEvent] = []
+
+
+class _CaptureOutbound(WorkflowOutboundInterceptor):
+    def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
+        if input.activity == WRITE_AUDIT and input.args:
+            batch = input.args[0]
+            _captured.extend(batch.events)
+        return super().start_activity(input)
+
+
+class _CaptureInbound(WorkflowInboundInterceptor):
+    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+        super().init(_CaptureOutbound(outbound))
+
+
+class _CaptureAudit(Interceptor):
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        return _CaptureInbound
+
+
+@dataclass
+class Comparison:
+    """How two sequences of audit events agree; the first difference if they do not."""
+
+    matches: bool
+    events: int
+    first_difference: str | None = None
+
+
+@dataclass
+class ReplayReport:
+    incident_id: str
+    runs: int
+    history_events: int
+    deterministic: bool
+    divergence: str | None
+    replay_vs_store: Comparison
+    replay_vs_history: Comparison
+    ok: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ok = (
+            self.deterministic and self.replay_vs_store.matches and self.replay_vs_history.matches
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def replay_incident(
+    history: IncidentHistory,
+    stored: list[AuditEvent],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Replay every run through today's code and compare the audit events three ways."""
+    replayer = Replayer(
+        workflows=WORKFLOWS,
+        workflow_runner=SANDBOX,
+        data_converter=pydantic_data_converter,
+        interceptors=[_CaptureAudit()],
+    )
+    produced: list[AuditEvent] = []
+    divergence = None
+    for number, run in enumerate(history.runs, start=1):
+        _captured.clear()
+        result = await replayer.replay_workflow(run, raise_on_replay_failure=False)
+        produced.extend(_captured)
+        if result.replay_failure is not None and divergence is None:
+            divergence = f"run {number}: {result.replay_failure}"
+        if progress:
+            progress(number)
+    _captured.clear()
+    recorded = await recorded_audit_events(history)
+    return ReplayReport(
+        incident_id=history.incident_id,
+        runs=len(history.runs),
+        history_events=sum(len(run.events) for run in history.runs),
+        deterministic=divergence is None,
+        divergence=divergence,
+        replay_vs_store=compare_events(produced, stored, "audit table"),
+        replay_vs_history=compare_events(produced, recorded, "history"),
+    )
+
+
+async def recorded_audit_events(history: IncidentHistory) -> list[AuditEvent]:
+    """The audit batches the original execution scheduled, decoded from the history itself."""
+    events: list[AuditEvent] = []
+    for run in history.runs:
+        for event in run.events:
+            if not event.HasField("activity_task_scheduled_event_attributes"):
+                continue
+            attributes = event.activity_task_scheduled_event_attributes
+            if attributes.activity_type.name != WRITE_AUDIT:
+                continue
+            (batch,) = await pydantic_data_converter.decode(attributes.input.payloads, [AuditBatch])
+            events.extend(batch.events)
+    return events
+
+
+def compare_events(produced: list[AuditEvent], other: list[AuditEvent], name: str) -> Comparison:
+    """Same order, same content, same hashes; else the first missing, extra or altered row."""
+    for index, (mine, theirs) in enumerate(zip(produced, other, strict=False)):
+        if mine != theirs:
+            fields = [f for f in mine.model_fields if getattr(mine, f) != getattr(theirs, f)]
+            return Comparison(
+                False,
+                index,
+                f"seq {mine.seq}: the {name} row differs from the replay in {', '.join(fields)}",
+            )
+    if len(produced) > len(other):
+        missing = produced[len(other)]
+        return Comparison(
+            False, len(other), f"seq {missing.seq} ({missing.kind}) is missing from the {name}"
+        )
+    if len(other) > len(produced):
+        extra = other[len(produced)]
+        return Comparison(
+            False, len(produced), f"seq {extra.seq} ({extra.kind}) in the {name} was never produced"
+        )
+    return Comparison(True, len(produced))
