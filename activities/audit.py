@@ -1,4 +1,5 @@
-"""The audit writer: the one activity that appends the workflow's audit events to the store."""
+"""The audit writer: the one activity that appends the workflow's audit events to the store and
+seals the new chain head with the engine's key."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import structlog
 from temporalio import activity
 
 from store.audit_store import AuditConflict, AuditStore
+from store.seals import Signer
 from workflows.audit import AuditBatch
 from workflows.incident import WRITE_AUDIT
 
@@ -15,14 +17,15 @@ log = structlog.get_logger(__name__)
 
 
 class AuditWriter:
-    def __init__(self, store: AuditStore) -> None:
+    def __init__(self, store: AuditStore, signer: Signer) -> None:
         self._store = store
+        self._signer = signer
 
     @activity.defn(name=WRITE_AUDIT)
     async def write_audit(self, batch: AuditBatch) -> int:
         if not batch.events:
             return 0
-        first = batch.events[0]
+        first, head = batch.events[0], batch.events[-1]
         try:
             inserted = await asyncio.to_thread(self._store.append, batch.events)
         except AuditConflict as error:
@@ -30,11 +33,16 @@ class AuditWriter:
             # (the workflow retries) until a person looks; the levers carry on meanwhile.
             log.error("audit.conflict", incident_id=first.incident_id, error=str(error))
             raise
+        # Every written batch seals its head: a running incident is sealed as it goes, a closed
+        # one through its last row.
+        closed = any(event.kind == "incident.closed" for event in batch.events)
+        seal = self._signer.seal(head, reason="closed" if closed else "checkpoint")
+        await asyncio.to_thread(self._store.add_seal, seal)
         log.debug(
             "audit.written",
             incident_id=first.incident_id,
             workflow_run=activity.info().workflow_run_id,
             inserted=inserted,
-            last_seq=batch.events[-1].seq,
+            last_seq=head.seq,
         )
         return inserted

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         "development", validation_alias="CRISIS_ENV"
     )
 
+    # The engine's Ed25519 key that seals audit chains; empty = `signing-key.pem` in the data
+    # directory, created on first use. Every worker of a deployment must share one key.
+    signing_key: str = Field("", validation_alias="CRISIS_SIGNING_KEY")
     playbooks_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "playbooks",
         validation_alias="CRISIS_PLAYBOOKS_DIR",
@@ -77,6 +80,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'audit.db').resolve()}"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return Path(self.signing_key) if self.signing_key else self.data_dir / "signing-key.pem"
 
     @property
     def temporal_db_file(self) -> Path:

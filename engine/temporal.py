@@ -18,6 +18,7 @@ from activities.audit import AuditWriter
 from activities.platform import PlatformLevers
 from core.settings import Settings
 from store.audit_store import AuditStore
+from store.seals import Signer
 from workflows.crisis import CrisisWorkflow
 
 WORKFLOWS = [CrisisWorkflow]
@@ -45,7 +46,7 @@ def build_worker(
     task_queue: str | None = None,
 ) -> Worker:
     levers = PlatformLevers(settings=settings, client=http)
-    audit = AuditWriter(store)
+    audit = AuditWriter(store, Signer(settings.signing_key_path))
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

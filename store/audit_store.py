@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from store.seals import Seal
 from workflows.audit import GENESIS_HASH, AuditEvent, chain_hash
 
 log = structlog.get_logger(__name__)
@@ -66,6 +67,20 @@ class AuditRow(SQLModel, table=True):
         )
 
 
+class SealRow(SQLModel, table=True):
+    __tablename__ = "audit_seals"
+    __table_args__ = (UniqueConstraint("incident_id", "seq", name="uq_seal_incident_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: str = Field(index=True, max_length=200)
+    seq: int
+    head_hash: str = Field(max_length=64)
+    sealed_at: str = Field(max_length=64)
+    reason: str = Field(max_length=32)
+    key_id: str = Field(max_length=64)
+    signature: str = Field(max_length=200)
+
+
 @dataclass(frozen=True)
 class Verification:
     """The result of recomputing one incident's chain."""
@@ -84,6 +99,23 @@ class Verification:
             "first_bad_seq": self.first_bad_seq,
             "problem": self.problem,
         }
+
+
+def verify_chain(incident_id: str, events: list[AuditEvent]) -> Verification:
+    """Recompute a chain (from the store or an export bundle) and name the first bad row."""
+    expected_prev = GENESIS_HASH
+    for position, item in enumerate(events, start=1):
+        if item.seq != position:
+            problem = f"row {position} is missing (next row is {item.seq})"
+            return Verification(incident_id, False, len(events), position, problem)
+        if item.prev_hash != expected_prev:
+            problem = f"row {item.seq} does not link to row {item.seq - 1}"
+            return Verification(incident_id, False, len(events), item.seq, problem)
+        if chain_hash(item.prev_hash, item.body()) != item.hash:
+            problem = f"row {item.seq} ({item.kind}) was altered"
+            return Verification(incident_id, False, len(events), item.seq, problem)
+        expected_prev = item.hash
+    return Verification(incident_id, True, len(events))
 
 
 def make_engine(url: str) -> Engine:
@@ -185,39 +217,35 @@ class AuditStore:
 
     def verify(self, incident_id: str) -> Verification:
         """Recompute the chain; name the first row that was altered, removed or reordered."""
+        return verify_chain(incident_id, self.events(incident_id))
+
+    def add_seal(self, seal: Seal) -> bool:
+        """Record a seal; False if that head was already sealed (a retried write)."""
+        with Session(self.engine) as session:
+            held = session.exec(
+                select(SealRow).where(
+                    SealRow.incident_id == seal.incident_id, SealRow.seq == seal.seq
+                )
+            ).first()
+            if held is not None:
+                return False
+            session.add(SealRow(**seal.model_dump()))
+            try:
+                session.commit()
+            except IntegrityError:
+                return False
+            return True
+
+    def seals(self, incident_id: str) -> list[Seal]:
         with Session(self.engine) as session:
             rows = session.exec(
-                select(AuditRow).where(AuditRow.incident_id == incident_id).order_by(AuditRow.seq)
+                select(SealRow).where(SealRow.incident_id == incident_id).order_by(SealRow.seq)
             ).all()
-            expected_prev = GENESIS_HASH
-            for position, row in enumerate(rows, start=1):
-                if row.seq != position:
-                    return Verification(
-                        incident_id,
-                        False,
-                        len(rows),
-                        position,
-                        f"row {position} is missing (next row is {row.seq})",
-                    )
-                if row.prev_hash != expected_prev:
-                    return Verification(
-                        incident_id,
-                        False,
-                        len(rows),
-                        row.seq,
-                        f"row {row.seq} does not link to row {row.seq - 1}",
-                    )
-                body = row.to_event().body()
-                if chain_hash(row.prev_hash, body) != row.hash:
-                    return Verification(
-                        incident_id,
-                        False,
-                        len(rows),
-                        row.seq,
-                        f"row {row.seq} ({row.kind}) was altered",
-                    )
-                expected_prev = row.hash
-            return Verification(incident_id, True, len(rows))
+            return [Seal.model_validate(row.model_dump(exclude={"id"})) for row in rows]
+
+    def incident_ids(self) -> list[str]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(AuditRow.incident_id).distinct()).all())
 
     def dispose(self) -> None:
         self.engine.dispose()
