@@ -1,0 +1,125 @@
+"""Seals make a rewritten chain detectable, offline, with nothing but the public key."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from engine.integrity import BundleError, check, read_bundle, write_bundle
+from store.audit_store import AuditStore
+from store.seals import Signer, verify_seals
+from tests.store.test_audit_store import chain, new_id
+from workflows.audit import AuditEvent, make_event
+
+
+def closed_chain(incident_id: str, count: int) -> list[AuditEvent]:
+    events = chain(incident_id, count - 1)
+    closing = make_event(
+        incident_id=incident_id,
+        seq=count,
+        kind="incident.closed",
+        at="2026-11-28T11:00:00+00:00",
+        prev_hash=events[-1].hash,
+    )
+    return [*events, closing]
+
+
+def test_the_signing_key_is_created_once_with_owner_only_permissions(tmp_path: Path) -> None:
+    """A missing key is generated (0600); the next signer loads the same key."""
+    path = tmp_path / "keys" / "signing-key.pem"
+    first = Signer(path)
+    assert 0o600 == stat.S_IMODE(os.stat(path).st_mode)
+    assert first.key_id == Signer(path).key_id
+
+
+def test_sealed_chain_verifies_and_a_rewritten_chain_does_not(tmp_path: Path) -> None:
+    """Rewriting every row (a valid chain of different content) fails the seal check."""
+    signer = Signer(tmp_path / "key.pem")
+    incident = new_id()
+    events = closed_chain(incident, 5)
+    seals = [signer.seal(events[2], reason="checkpoint"), signer.seal(events[-1], reason="closed")]
+    assert check(incident, events, seals, signer.public_key).ok
+
+    forged, previous = [], "0" * 64
+    for event in events:  # same shape, other content, chain recomputed from the first row
+        copy = make_event(
+            incident_id=incident,
+            seq=event.seq,
+            kind=event.kind,
+            at=event.at,
+            prev_hash=previous,
+            actor="mallory",
+            step_id=event.step_id,
+            data=event.data,
+        )
+        forged.append(copy)
+        previous = copy.hash
+    result = check(incident, forged, seals, signer.public_key)
+    assert (True, False) == (result.chain.ok, result.seals.ok)
+    assert "row 3 is not the row that was sealed" in (result.seals.problem or "")
+
+
+def test_a_seal_from_another_key_or_an_altered_seal_is_refused(tmp_path: Path) -> None:
+    """Seals must be made by the engine's key and be unmodified."""
+    engine, impostor = Signer(tmp_path / "a.pem"), Signer(tmp_path / "b.pem")
+    incident = new_id()
+    events = closed_chain(incident, 3)
+    foreign = impostor.seal(events[-1], reason="closed")
+    assert "another key" in (
+        verify_seals(events, [foreign], engine.public_key, closed=True).problem or ""
+    )
+    genuine = engine.seal(events[-1], reason="closed")
+    tampered = genuine.model_copy(update={"sealed_at": "2020-01-01T00:00:00+00:00"})
+    assert "forged" in (
+        verify_seals(events, [tampered], engine.public_key, closed=True).problem or ""
+    )
+
+
+def test_a_closed_incident_must_be_sealed_to_its_last_row(tmp_path: Path) -> None:
+    """Rows appended after the last seal of a closed incident are reported as unsealed."""
+    signer = Signer(tmp_path / "key.pem")
+    events = closed_chain(new_id(), 4)
+    result = verify_seals(
+        events, [signer.seal(events[1], reason="checkpoint")], signer.public_key, closed=True
+    )
+    assert (False, 2) == (result.ok, result.sealed_through)
+
+
+def test_seals_are_stored_once_per_head(audit_store: AuditStore, tmp_path: Path) -> None:
+    """A retried write seals the same head once; seals come back in order."""
+    signer = Signer(tmp_path / "key.pem")
+    incident = new_id()
+    events = closed_chain(incident, 4)
+    audit_store.append(events)
+    assert audit_store.add_seal(signer.seal(events[1], reason="checkpoint"))
+    assert not audit_store.add_seal(signer.seal(events[1], reason="checkpoint"))
+    assert audit_store.add_seal(signer.seal(events[3], reason="closed"))
+    assert [2, 4] == [s.seq for s in audit_store.seals(incident)]
+
+
+def test_an_export_bundle_verifies_offline_and_detects_tampering(tmp_path: Path) -> None:
+    """A directory or .tar.gz bundle verifies alone; editing a file after export is caught."""
+    signer = Signer(tmp_path / "key.pem")
+    incident = new_id()
+    events = closed_chain(incident, 4)
+    seals = [signer.seal(events[-1], reason="closed")]
+    for out in (tmp_path / "bundle", tmp_path / "bundle.tar.gz"):
+        write_bundle(
+            out,
+            incident_id=incident,
+            events=events,
+            seals=seals,
+            public_key=signer.public_key,
+            history=None,
+        )
+        bundle = read_bundle(out)
+        assert check(bundle.incident_id, bundle.events, bundle.seals, bundle.public_key).ok
+    rows = json.loads((tmp_path / "bundle" / "events.json").read_text())
+    rows[1]["actor"] = "mallory"
+    (tmp_path / "bundle" / "events.json").write_text(json.dumps(rows))
+    with pytest.raises(BundleError, match=r"events\.json does not match the manifest"):
+        read_bundle(tmp_path / "bundle")
