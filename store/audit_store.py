@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from store.migrate import upgrade
 from store.seals import Seal
 from workflows.audit import GENESIS_HASH, AuditEvent, chain_hash
 
@@ -65,6 +66,65 @@ class AuditRow(SQLModel, table=True):
             prev_hash=self.prev_hash,
             hash=self.hash,
         )
+
+
+class IncidentRow(SQLModel, table=True):
+    """One searchable row per incident, kept up to date from its audit events."""
+
+    __tablename__ = "incidents"
+
+    incident_id: str = Field(primary_key=True, max_length=200)
+    playbook: str = Field(index=True, max_length=64)
+    version: int
+    state: str = Field(index=True, max_length=32)
+    level: str | None = Field(default=None, index=True, max_length=64)
+    triggered_by: str | None = Field(default=None, max_length=200)
+    triggered_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
+    closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    last_seq: int
+
+
+# How events move an incident's searchable state.
+_STATE_BY_KIND = {
+    "incident.failed": "failed",
+    "stand_down.requested": "standing_down",
+    "incident.closed": "closed",
+}
+
+
+def _project(session: Session, events: list[AuditEvent]) -> None:
+    if not events:
+        return
+    row = session.get(IncidentRow, events[0].incident_id)
+    for item in events:
+        at = datetime.fromisoformat(item.at)
+        if item.kind == "incident.triggered":
+            row = IncidentRow(
+                incident_id=item.incident_id,
+                playbook=str(item.data.get("playbook", "")),
+                version=int(item.data.get("version", 0)),
+                state="running",
+                level=item.data.get("level"),
+                triggered_by=item.actor,
+                triggered_at=at,
+                updated_at=at,
+                last_seq=item.seq,
+            )
+            session.add(row)
+            continue
+        if row is None or item.seq <= row.last_seq:
+            continue
+        if item.kind in ("level.escalated", "level.de_escalated"):
+            row.level = item.data.get("level")
+        if item.kind in _STATE_BY_KIND:
+            row.state = _STATE_BY_KIND[item.kind]
+        if item.kind == "incident.closed":
+            row.closed_at = at
+        row.updated_at, row.last_seq = at, item.seq
+        session.add(row)
 
 
 class SealRow(SQLModel, table=True):
@@ -143,7 +203,7 @@ class AuditStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        SQLModel.metadata.create_all(self.engine)
+        upgrade(self.engine)
 
     def append(self, events: list[AuditEvent]) -> int:
         """Write events (one incident, ascending seq) in one transaction; return rows inserted."""
@@ -205,6 +265,8 @@ class AuditStore:
                 )
                 previous_hash = item.hash
                 inserted += 1
+            if inserted:
+                _project(session, [e for e in events if e.seq > first - 1 and e.seq not in held])
             session.commit()
         return inserted
 
@@ -242,6 +304,33 @@ class AuditStore:
                 select(SealRow).where(SealRow.incident_id == incident_id).order_by(SealRow.seq)
             ).all()
             return [Seal.model_validate(row.model_dump(exclude={"id"})) for row in rows]
+
+    def search(
+        self,
+        *,
+        playbook: str | None = None,
+        state: str | None = None,
+        level: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[IncidentRow]:
+        """Incidents, newest first, filtered by playbook, state, level and trigger time."""
+        query = select(IncidentRow)
+        if playbook:
+            query = query.where(IncidentRow.playbook == playbook)
+        if state:
+            query = query.where(IncidentRow.state == state)
+        if level:
+            query = query.where(IncidentRow.level == level)
+        if since:
+            query = query.where(IncidentRow.triggered_at >= since)
+        if until:
+            query = query.where(IncidentRow.triggered_at < until)
+        query = query.order_by(IncidentRow.triggered_at.desc()).offset(offset).limit(limit)  # type: ignore[attr-defined]
+        with Session(self.engine) as session:
+            return list(session.exec(query).all())
 
     def incident_ids(self) -> list[str]:
         with Session(self.engine) as session:

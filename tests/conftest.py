@@ -6,10 +6,12 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -109,12 +111,30 @@ def sqlite_store(sqlite_url: str) -> Iterator[AuditStore]:
     store.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgresql_store() -> Iterator[AuditStore]:
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh schema in the test database, as a URL whose connections use it; dropped after."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
     try:
-        store = AuditStore(POSTGRES_URL)
-    except Exception as error:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+            connection.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.Error as error:
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required for the tests: {error}")
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgresql_store(postgresql_url: str) -> Iterator[AuditStore]:
+    store = AuditStore(postgresql_url)
     yield store
     store.dispose()
 

@@ -1,0 +1,116 @@
+"""Schema migrations on SQLite and PostgreSQL, and the searchable incidents they add."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from store.audit_store import AuditStore, make_engine
+from store.migrate import current_revision, upgrade
+from tests.conftest import postgres_schema
+from tests.store.test_audit_store import chain, new_id
+from workflows.audit import make_event
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+def test_an_empty_database_upgrades_to_the_current_schema(empty_url: str) -> None:
+    """From nothing to head: every table exists and the revision is the latest."""
+    store = AuditStore(empty_url)
+    try:
+        assert "0003" == current_revision(store.engine)
+        tables = set(inspect(store.engine).get_table_names())
+        assert {"audit_events", "audit_seals", "incidents", "alembic_version"} <= tables
+    finally:
+        store.dispose()
+
+
+def test_the_previous_schema_upgrades_and_keeps_its_rows(empty_url: str) -> None:
+    """A database at the previous revision, holding a chain, upgrades without losing a row."""
+    engine = make_engine(empty_url)
+    upgrade(engine, "0002")
+    assert "0002" == current_revision(engine)
+    incident = new_id()
+    with engine.begin() as connection:
+        for event in chain(incident, 3):
+            connection.exec_driver_sql(
+                "INSERT INTO audit_events (incident_id, seq, kind, at, actor, step_id, data, "
+                "prev_hash, hash, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                if engine.dialect.name == "postgresql"
+                else "INSERT INTO audit_events (incident_id, seq, kind, at, actor, step_id, data, "
+                "prev_hash, hash, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.incident_id,
+                    event.seq,
+                    event.kind,
+                    event.at,
+                    event.actor,
+                    event.step_id,
+                    json.dumps(event.data, sort_keys=True),
+                    event.prev_hash,
+                    event.hash,
+                    datetime.now(UTC),
+                ),
+            )
+    engine.dispose()
+    store = AuditStore(empty_url)
+    try:
+        assert "0003" == current_revision(store.engine)
+        assert 3 == len(store.events(incident))
+        assert store.verify(incident).ok
+    finally:
+        store.dispose()
+
+
+def test_incidents_are_searchable_by_playbook_state_level_and_time(audit_store: AuditStore) -> None:
+    """The incidents table follows the events: level changes and closing are reflected."""
+    incident = new_id()
+    at = "2026-11-28T10:00:00+00:00"
+    triggered = make_event(
+        incident_id=incident,
+        seq=1,
+        kind="incident.triggered",
+        at=at,
+        prev_hash="0" * 64,
+        actor="alice",
+        data={"playbook": "search-test", "version": 3, "level": "elevated"},
+    )
+    escalated = make_event(
+        incident_id=incident,
+        seq=2,
+        kind="level.escalated",
+        at="2026-11-28T11:00:00+00:00",
+        prev_hash=triggered.hash,
+        data={"level": "severe"},
+    )
+    audit_store.append([triggered, escalated])
+    found = audit_store.search(playbook="search-test", level="severe", state="running")
+    assert [incident] == [row.incident_id for row in found]
+    closed = make_event(
+        incident_id=incident,
+        seq=3,
+        kind="incident.closed",
+        at="2026-11-28T12:00:00+00:00",
+        prev_hash=escalated.hash,
+    )
+    audit_store.append([closed])
+    assert [] == audit_store.search(playbook="search-test", state="running")
+    (row,) = audit_store.search(
+        playbook="search-test", state="closed", since=datetime(2026, 11, 28, tzinfo=UTC)
+    )
+    assert (3, "severe", "alice") == (row.version, row.level, row.triggered_by)
+    assert [] == audit_store.search(
+        playbook="search-test", until=datetime(2026, 11, 28, tzinfo=UTC)
+    )
