@@ -10,7 +10,7 @@ import structlog
 from fastapi import APIRouter, FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import health, incidents
+from api.routes import audit, health, incidents
 from core.settings import Settings, get_settings
 from engine.incidents import Incidents
 from engine.temporal import connect, running_worker
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1 = APIRouter(prefix="/v1")
     v1.include_router(health.router)
     v1.include_router(incidents.router)
+    v1.include_router(audit.router)
     app.include_router(v1)
     install_error_handlers(app)
     return app

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from temporalio.client import Client
 
-from engine.verification import IncidentHistory, ReplayReport, replay_incident
+from engine.incidents import IncidentNotFound
+from engine.verification import IncidentHistory, ReplayReport, export_history, replay_incident
 from store.audit_store import AuditStore, Verification, verify_chain
 from store.seals import (
     Seal,
@@ -184,3 +186,22 @@ def read_bundle(path: Path) -> Bundle:
     history_file = path / "history.json"
     history = IncidentHistory.from_file(history_file) if history_file.is_file() else None
     return Bundle(str(manifest["incident_id"]), events, seals, public_key, history)
+
+
+async def verify_incident(
+    client: Client | None,
+    store: AuditStore,
+    public_key: Ed25519PublicKey,
+    incident_id: str,
+    *,
+    replay: bool = True,
+) -> Integrity:
+    """Chain and seals from the store; with a Temporal client, the replay comparison too."""
+    events = store.events(incident_id)
+    if not events:
+        raise IncidentNotFound(f"no audit trail for incident {incident_id}")
+    integrity = check(incident_id, events, store.seals(incident_id), public_key)
+    if replay and client is not None:
+        history = await export_history(client, incident_id)
+        integrity = await check_with_replay(integrity, events, history)
+    return integrity

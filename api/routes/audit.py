@@ -1,0 +1,65 @@
+"""For auditors: an incident's Temporal history, its integrity verdict, its post-incident report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+
+from api.deps import SettingsDep, StoreDep
+from engine.incidents import IncidentNotFound
+from engine.integrity import verify_incident
+from engine.reporting import incident_report
+from engine.verification import export_history
+from store.seals import Signer
+
+router = APIRouter(prefix="/incidents", tags=["audit"])
+
+
+def _public_key(request: Request) -> Any:
+    signer = getattr(request.app.state, "signer", None)
+    if signer is None:
+        signer = request.app.state.signer = Signer(request.app.state.settings.signing_key_path)
+    return signer.public_key
+
+
+@router.get("/{incident_id}/history", summary="The incident's Temporal history, every run")
+async def history(incident_id: str, request: Request, store: StoreDep) -> Response:
+    if not await asyncio.to_thread(store.events, incident_id):
+        raise IncidentNotFound(f"no incident {incident_id}")
+    exported = await export_history(request.app.state.client, incident_id)
+    return Response(exported.to_json(), media_type="application/json")
+
+
+@router.get("/{incident_id}/verify", summary="Chain, seals and replay: is the record complete?")
+async def verify(
+    incident_id: str,
+    request: Request,
+    store: StoreDep,
+    replay: bool = Query(True, description="Also replay the history and compare audit events"),
+) -> JSONResponse:
+    integrity = await verify_incident(
+        request.app.state.client, store, _public_key(request), incident_id, replay=replay
+    )
+    return JSONResponse(integrity.as_dict())
+
+
+@router.get("/{incident_id}/report", summary="The post-incident report (md, html or json)")
+async def report(
+    incident_id: str,
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    format: Literal["md", "html", "json"] = "html",
+) -> Response:
+    built = await incident_report(
+        request.app.state.client, store, _public_key(request), incident_id, settings=settings
+    )
+    if format == "json":
+        return JSONResponse(json.loads(json.dumps(built.json)))
+    if format == "md":
+        return PlainTextResponse(built.markdown, media_type="text/markdown")
+    return HTMLResponse(built.html)
