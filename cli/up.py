@@ -48,6 +48,8 @@ def child_environment(settings: Settings) -> dict[str, str]:
             "CRISIS_API_PORT": str(settings.api_port),
             "CRISIS_SANDBOX_PORT": str(settings.sandbox_port),
             "TEMPORAL_UI_PORT": str(settings.temporal_ui_port),
+            # The embedded server registers the incident search attributes (engine/devserver.py).
+            "CRISIS_SEARCH_ATTRIBUTES": "true",
         }
     )
     return env

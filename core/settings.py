@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
     temporal_ui_port: int = Field(8233, validation_alias="TEMPORAL_UI_PORT")
     task_queue: str = Field("crisis", validation_alias="CRISIS_TASK_QUEUE")
+    # Publish CrisisPlaybook/CrisisState/CrisisLevel search attributes. The namespace must have
+    # them registered: `crisis up` starts its server with them and turns this on; a cluster
+    # registers them once (README).
+    search_attributes: bool = Field(False, validation_alias="CRISIS_SEARCH_ATTRIBUTES")
 
     api_host: str = Field("127.0.0.1", validation_alias="CRISIS_API_HOST")
     api_port: int = Field(8000, validation_alias="CRISIS_API_PORT")

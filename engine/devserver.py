@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.net import ServerStartError, free_port, wait_for_port
 from engine.temporal import installed_binary
+from workflows.incident import SEARCH_ATTRIBUTES
 
 __all__ = [
     "ServerStartError",
@@ -32,6 +33,7 @@ def dev_server_command(
         str(port),
         "--log-level",
         "error",
+        *[f"--search-attribute={key.name}=Keyword" for key in SEARCH_ATTRIBUTES],
     ]
     if ui_port is None:
         command.append("--headless")

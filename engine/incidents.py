@@ -9,7 +9,12 @@ from typing import Any
 
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -19,6 +24,9 @@ from engine.playbook_files import find_playbook, load_playbook
 from store.audit_store import AuditStore, Verification
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import (
+    SEARCH_LEVEL,
+    SEARCH_PLAYBOOK,
+    SEARCH_STATE,
     ApproveRequest,
     IncidentInput,
     IncidentStatus,
@@ -122,6 +130,16 @@ class Incidents:
         ).model_copy(update={"templates": templates})
         if history_limit is not None:
             incident = incident.model_copy(update={"history_limit": history_limit})
+        search = None
+        if self._settings.search_attributes:
+            incident = incident.model_copy(update={"search_attributes": True})
+            search = TypedSearchAttributes(
+                [
+                    SearchAttributePair(SEARCH_PLAYBOOK, playbook.playbook),
+                    SearchAttributePair(SEARCH_STATE, "running"),
+                    SearchAttributePair(SEARCH_LEVEL, incident.level or ""),
+                ]
+            )
         try:
             handle = await self._client.start_workflow(
                 CrisisWorkflow.run,
@@ -131,6 +149,7 @@ class Incidents:
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 request_eager_start=eager,
+                search_attributes=search,
             )
         except WorkflowAlreadyStartedError:
             raise IncidentConflict(f"incident {incident.incident_id} already exists") from None

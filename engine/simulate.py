@@ -129,6 +129,7 @@ async def simulate(
             sandbox_port=int(sandbox_url.rsplit(":", 1)[1]),
             database_url=store.url,
             task_queue=f"simulate-{uuid.uuid4()}",
+            search_attributes=False,  # the time-skipping server has no custom attributes
         )
         try:
             async with running_worker(env.client, settings=settings, store=store):

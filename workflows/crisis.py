@@ -25,6 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.expressions import parse as parse_expression
     from workflows.incident import (
         APPLY_LEVER,
+        SEARCH_LEVEL,
+        SEARCH_STATE,
         WORKFLOW_NAME,
         WRITE_AUDIT,
         Approver,
@@ -183,6 +185,7 @@ class CrisisWorkflow:
                 await self._continue_as_new()  # returns only if a stand-down came first
 
         self._state = "standing_down"
+        self._publish()
         await sequence
         if self._inflight:  # waiting only when needed keeps command order stable
             await workflow.wait_condition(lambda: self._inflight == 0)
@@ -202,6 +205,7 @@ class CrisisWorkflow:
                 self._records[step.id].state = "skipped"
 
         self._state = "closed"
+        self._publish()
         self._closed_at = _iso(_now())
         self._record("incident.closed", actor=self._stand_down.actor if self._stand_down else None)
         self._wake = True
@@ -225,6 +229,7 @@ class CrisisWorkflow:
             if not keep_going:
                 if self._state == "running":
                     self._state = "failed"
+                    self._publish()
                     failed = self._records[self._top[self._cursor].id]
                     self._record("incident.failed", step_id=failed.id, data={"error": failed.error})
                 return
@@ -511,6 +516,7 @@ class CrisisWorkflow:
     def _set_level(self, level: str | None, *, actor: str, reason: str) -> None:
         before = self._pb.level_rank(self._level)
         self._level = level
+        self._publish()
         change = "level.escalated" if self._pb.level_rank(level) > before else "level.de_escalated"
         self._level_history.append(
             LevelChangeRecord(level=level, at=_iso(_now()), actor=actor, reason=reason)
@@ -540,6 +546,7 @@ class CrisisWorkflow:
                     record.state = "running"
                 if not await self._run_top_step(step) and self._state == "running":
                     self._state = "failed"
+                    self._publish()
                     self._record(
                         "incident.failed",
                         step_id=step.id,
@@ -694,6 +701,13 @@ class CrisisWorkflow:
         data: dict[str, Any] | None = None,
     ) -> None:
         self._audit.record(kind, at=_iso(_now()), actor=actor, step_id=step_id, data=data)
+
+    def _publish(self) -> None:
+        """Keep the incident's search attributes current, for the Temporal UI and queries."""
+        if self._incident.search_attributes:
+            workflow.upsert_search_attributes(
+                [SEARCH_STATE.value_set(self._state), SEARCH_LEVEL.value_set(self._level or "")]
+            )
 
     async def _pump_audit(self) -> None:
         # Audit writes run beside the levers, never in front of them. A regular (not local)

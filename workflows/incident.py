@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from temporalio.common import SearchAttributeKey
 
 from workflows.playbook import Playbook
 
@@ -13,6 +14,13 @@ from workflows.playbook import Playbook
 APPLY_LEVER = "apply_lever"
 WRITE_AUDIT = "write_audit"
 WORKFLOW_NAME = "CrisisWorkflow"
+
+# Search attributes, so the Temporal UI and visibility queries can filter incidents. They must be
+# registered on the namespace (the embedded dev server is started with them).
+SEARCH_PLAYBOOK = SearchAttributeKey.for_keyword("CrisisPlaybook")
+SEARCH_STATE = SearchAttributeKey.for_keyword("CrisisState")
+SEARCH_LEVEL = SearchAttributeKey.for_keyword("CrisisLevel")
+SEARCH_ATTRIBUTES = (SEARCH_PLAYBOOK, SEARCH_STATE, SEARCH_LEVEL)
 
 IncidentState = Literal["running", "standing_down", "closed", "failed"]
 StepState = Literal[
@@ -123,6 +131,8 @@ class IncidentInput(BaseModel):
     templates: dict[str, MessageTemplate] = Field(default_factory=dict)
     # Continue-as-new once the history is this long (Temporal's own suggestion also counts).
     history_limit: int = 10_000
+    # Keep CrisisState/CrisisLevel search attributes current (off where the namespace lacks them).
+    search_attributes: bool = False
 
 
 class StandDownRequest(BaseModel):
