@@ -10,7 +10,7 @@ from temporalio import activity
 
 from store.audit_store import AuditConflict, AuditStore
 from store.seals import Signer
-from workflows.audit import AuditBatch
+from workflows.audit import AuditBatch, AuditWritten
 from workflows.incident import WRITE_AUDIT
 
 log = structlog.get_logger(__name__)
@@ -22,12 +22,10 @@ class AuditWriter:
         self._signer = signer
 
     @activity.defn(name=WRITE_AUDIT)
-    async def write_audit(self, batch: AuditBatch) -> int:
-        if not batch.events:
-            return 0
+    async def write_audit(self, batch: AuditBatch) -> AuditWritten:
         first, head = batch.events[0], batch.events[-1]
         try:
-            inserted = await asyncio.to_thread(self._store.append, batch.events)
+            result = await asyncio.to_thread(self._store.append, batch.events, task=batch.task)
         except AuditConflict as error:
             # The record disagrees with the workflow: never overwrite it. Keep failing loudly
             # (the workflow retries) until a person looks; the levers carry on meanwhile.
@@ -42,7 +40,14 @@ class AuditWriter:
             "audit.written",
             incident_id=first.incident_id,
             workflow_run=activity.info().workflow_run_id,
-            inserted=inserted,
+            task=batch.task,
+            inserted=result.inserted,
+            superseded=result.superseded,
             last_seq=head.seq,
         )
-        return inserted
+        return AuditWritten(
+            inserted=result.inserted,
+            superseded=result.superseded,
+            last_seq=head.seq,
+            head_hash=head.hash,
+        )

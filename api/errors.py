@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.incidents import IncidentConflict, IncidentError, IncidentNotFound
@@ -20,6 +21,17 @@ ERROR_CODES: dict[type[Exception], tuple[int, str]] = {
     IncidentConflict: (409, "incident_conflict"),
     IncidentError: (502, "temporal_error"),
 }
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """The shape of every error response (for the OpenAPI document)."""
+
+    error: ErrorDetail
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:

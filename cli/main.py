@@ -3,143 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
-import json
-import os
 import signal
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from cli import audit, playbooks
+from cli.common import JsonFlag, actor_name, console, parse_inputs, settings_or_fail
 from cli.output import CliError, fail, hard_exit, print_json, run_async, user_errors
-from core.logging import configure_logging
-from core.settings import Settings, get_settings
-from engine.incidents import Incidents, prepare_incident, verify_audit
-from engine.playbook_files import find_playbook, load_playbook, playbook_files, validate_file
+from engine.incidents import ACTIONS, Incidents, prepare_incident
+from engine.playbook_files import find_playbook, load_playbook
 from engine.temporal import connect, running_worker
-from store.audit_store import AuditStore
-from workflows.incident import IncidentStatus
-from workflows.playbook import Playbook
+from workflows.incident import IncidentStatus, StepRecord
 
 app = typer.Typer(
     help="Crisis response engine: playbooks, incidents, audit.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-playbook_app = typer.Typer(help="Author and check playbooks.", no_args_is_help=True)
-audit_app = typer.Typer(help="Check the audit trail.", no_args_is_help=True)
-app.add_typer(playbook_app, name="playbook")
-app.add_typer(audit_app, name="audit")
-# Piped output keeps whole lines (Rich would wrap tables at 80 columns).
-console = Console(width=None if sys.stdout.isatty() else 200)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-
-
-def _actor(actor: str | None) -> str:
-    return actor or os.environ.get("CRISIS_ACTOR") or getpass.getuser()
-
-
-def _settings() -> Settings:
-    try:
-        settings = get_settings()
-    except ValidationError as error:
-        first = error.errors()[0]
-        fail(f"invalid settings: {first['msg'].removeprefix('Value error, ')}")
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
-    return settings
-
-
-# --- playbooks --------------------------------------------------------------------------------
-@playbook_app.command("validate")
-def playbook_validate(
-    paths: Annotated[list[Path], typer.Argument(help="Playbook files (or directories) to check.")],
-    as_json: JsonFlag = False,
-) -> None:
-    """Check playbook files; print each problem as file:line:column: message."""
-    files = [f for p in paths for f in (playbook_files(p) if p.is_dir() else [p])]
-    if not files:
-        fail("no playbook files given")
-    problems = {str(f): validate_file(f) for f in files}
-    bad = sum(1 for found in problems.values() if found)
-    if as_json:
-        print_json(
-            {
-                "files": [
-                    {
-                        "file": f,
-                        "valid": not found,
-                        "problems": [
-                            {"line": p.line, "column": p.column, "message": p.message}
-                            for p in found
-                        ],
-                    }
-                    for f, found in problems.items()
-                ],
-                "valid": bad == 0,
-            }
-        )
-    else:
-        for found in problems.values():
-            for problem in found:
-                typer.echo(str(problem), err=True)
-        if not bad:
-            typer.echo(f"ok: {len(files)} playbook(s) valid")
-    raise typer.Exit(1 if bad else 0)
-
-
-@playbook_app.command("schema")
-def playbook_schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
-    """Print (or write) the JSON Schema of the playbook language, for editors."""
-    text = json.dumps(Playbook.model_json_schema(by_alias=True), indent=2) + "\n"
-    if output:
-        output.write_text(text)
-    else:
-        typer.echo(text, nl=False)
-
-
-@playbook_app.command("list")
-def playbook_list(as_json: JsonFlag = False) -> None:
-    """List the playbooks in the library."""
-    settings = _settings()
-    rows = []
-    for path in playbook_files(settings.playbooks_dir):
-        with user_errors():
-            pb = load_playbook(path)
-        rows.append(
-            {
-                "name": pb.playbook,
-                "version": pb.version,
-                "title": pb.title,
-                "steps": len(pb.steps),
-                "file": str(path),
-            }
-        )
-    if as_json:
-        print_json(rows)
-        return
-    table = Table("name", "version", "title", "steps")
-    for row in rows:
-        table.add_row(row["name"], str(row["version"]), row["title"], str(row["steps"]))
-    console.print(table)
+app.add_typer(playbooks.app, name="playbook")
+app.add_typer(audit.app, name="audit")
+app.add_typer(audit.history_app, name="history")
+app.command("replay")(audit.replay)
 
 
 # --- incidents --------------------------------------------------------------------------------
-def _parse_inputs(pairs: list[str]) -> dict[str, Any]:
-    inputs: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            fail(f"--input {pair!r}: expected key=value")
-        inputs[key.strip()] = value
-    return inputs
-
-
 @app.command()
 def trigger(
     playbook: Annotated[str, typer.Argument(help="Playbook name or path to a playbook file.")],
@@ -148,19 +41,22 @@ def trigger(
     incident_id: Annotated[
         str | None, typer.Option("--id", help="Incident id (default: generated).")
     ] = None,
+    level: Annotated[
+        str | None, typer.Option(help="Starting level (default: the playbook's lowest).")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Declare an incident: start the playbook's workflow."""
-    settings = _settings()
-    given = _parse_inputs(inputs)
+    settings = settings_or_fail()
+    given = parse_inputs(inputs)
     with user_errors():  # check the playbook and inputs before connecting anywhere
         playbook_path = find_playbook(playbook, settings.playbooks_dir)
-        prepare_incident(load_playbook(playbook_path), given, actor=_actor(actor))
+        prepare_incident(load_playbook(playbook_path), given, actor=actor_name(actor), level=level)
 
     async def go() -> Any:
         client = await connect(settings)
         return await Incidents(client, settings).trigger(
-            str(playbook_path), given, actor=_actor(actor), incident_id=incident_id
+            str(playbook_path), given, actor=actor_name(actor), incident_id=incident_id, level=level
         )
 
     triggered = run_async(go)
@@ -175,8 +71,10 @@ def trigger(
             }
         )
     else:
+        at_level = f" at level {level}" if level else ""
         typer.echo(
-            f"incident {triggered.incident_id} triggered: {triggered.playbook} v{triggered.version}"
+            f"incident {triggered.incident_id} triggered: {triggered.playbook} "
+            f"v{triggered.version}{at_level}"
         )
     hard_exit(0)
 
@@ -194,7 +92,8 @@ def _print_status(status: IncidentStatus) -> None:
     console.print(f"triggered by {status.triggered_by} at {status.triggered_at}")
     if status.stand_down:
         console.print(f"stand-down by {status.stand_down.actor}: {status.stand_down.reason}")
-    table = Table("step", "lever", "state", "started", "finished", "undone", "error")
+    _print_command_state(status)
+    table = Table("step", "lever", "state", "started", "finished", "undone", "expires", "error")
     for step in status.steps:
         table.add_row(
             step.id,
@@ -203,6 +102,7 @@ def _print_status(status: IncidentStatus) -> None:
             _clock(step.started_at),
             _clock(step.finished_at),
             _clock(step.undone_at),
+            _moment(step.expires_at),
             step.error or "",
         )
     console.print(table)
@@ -211,7 +111,7 @@ def _print_status(status: IncidentStatus) -> None:
 @app.command()
 def status(incident_id: str, as_json: JsonFlag = False) -> None:
     """Show an incident's state and each step's state and times."""
-    settings = _settings()
+    settings = settings_or_fail()
 
     async def go() -> IncidentStatus:
         return await Incidents(await connect(settings), settings).status(incident_id)
@@ -231,13 +131,13 @@ def stand_down(
     as_json: JsonFlag = False,
 ) -> None:
     """Stand an incident down: undo every applied measure in reverse order, then close it."""
-    settings = _settings()
+    settings = settings_or_fail()
     if not reason.strip():
         fail("--reason must not be empty")
 
     async def go() -> IncidentStatus:
         return await Incidents(await connect(settings), settings).stand_down(
-            incident_id, actor=_actor(actor), reason=reason
+            incident_id, actor=actor_name(actor), reason=reason
         )
 
     result = run_async(go)
@@ -245,28 +145,235 @@ def stand_down(
     hard_exit(0)
 
 
+# === commander actions ========================================================================
+# Every command here is one workflow Update from `engine.incidents.ACTIONS`: a command only gathers
+# its arguments and says how to describe the answer; `_act` builds the request, runs it, prints.
+# (Kept together; other command groups go in their own sections.)
+
+# How each request field is spelled on the command line, for error messages.
+_FLAGS = {
+    "step_id": "STEP",
+    "text": "TEXT",
+    "role": "--role",
+    "reason": "--reason",
+    "comment": "--comment",
+    "to_level": "--to",
+    "duration": "--for",
+    "note": "--note",
+    "actor": "--actor",
+}
+ActorOption = Annotated[
+    str | None, typer.Option(help="Who acts (default: CRISIS_ACTOR, else the login name).")
+]
+ReasonOption = Annotated[str, typer.Option(help="Why (recorded in the audit trail).")]
+RoleOption = Annotated[str, typer.Option(help="The role you act in (one the step accepts).")]
+# Module-level: Typer resolves the annotations of the commands `_level_command` makes by name.
+ToOption = Annotated[
+    str | None, typer.Option("--to", help="Target level (default: the next one that way).")
+]
+
+
+def _act(
+    action: str,
+    incident_id: str,
+    *,
+    as_json: bool,
+    say: Callable[[Any], str],
+    actor: str | None,
+    **fields: Any,
+) -> None:
+    """Run the commander action `action` (a key of ACTIONS) and print its answer or one error."""
+    settings = settings_or_fail()
+    update, request_model = ACTIONS[action]
+    fields["actor"] = actor_name(actor)
+    for name, value in fields.items():
+        required = request_model.model_fields[name].is_required()
+        if required and isinstance(value, str) and not value.strip():
+            fail(f"{_FLAGS.get(name, name)} must not be empty")
+    try:
+        request = request_model(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        fail(f"{_FLAGS.get(str(first['loc'][0]), first['loc'][0])}: {first['msg']}")
+
+    async def go() -> Any:
+        return await Incidents(await connect(settings), settings).act(incident_id, update, request)
+
+    result = run_async(go)
+    print_json(result.model_dump(mode="json")) if as_json else typer.echo(say(result))
+    hard_exit(0)
+
+
+def _approvers(record: StepRecord) -> str:
+    return ", ".join(f"{a.actor} ({a.role})" for a in record.approvals) or "none yet"
+
+
+def _moment(iso: str | None) -> str:
+    """Date and time to the second (UTC), for deadlines that may be days away."""
+    return f"{iso[:10]} {iso[11:19]}" if iso else ""
+
+
+def _print_command_state(status: IncidentStatus) -> None:
+    """What a commander acts on: level, approvals awaited, next review, notes."""
+    if status.levels:
+        console.print(
+            f"level: [bold]{escape(status.level or 'none')}[/bold] "
+            f"(levels: {escape(', '.join(status.levels))})"
+        )
+    for step in status.steps:
+        if step.state == "awaiting_approval":
+            console.print(
+                f"awaiting approval: {step.id} — {len(step.approvals)} approval(s): "
+                f"{escape(_approvers(step))}; deadline {_moment(step.approval_deadline)} UTC"
+            )
+    if status.next_review_due:
+        missed = f" ({status.reviews_missed} missed)" if status.reviews_missed else ""
+        console.print(f"next review due {_moment(status.next_review_due)} UTC{missed}")
+    console.print(f"notes: {len(status.notes)}")
+
+
+@app.command()
+def approve(
+    incident_id: str,
+    step: Annotated[str, typer.Argument(help="The step awaiting approval.")],
+    role: RoleOption,
+    comment: Annotated[str, typer.Option(help="A comment for the record.")] = "",
+    actor: ActorOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Approve a step awaiting approval; it runs once enough distinct people approved it."""
+
+    def say(record: StepRecord) -> str:
+        return f"approved {record.id} ({len(record.approvals)} so far: {_approvers(record)})"
+
+    _act(
+        "approve",
+        incident_id,
+        as_json=as_json,
+        say=say,
+        actor=actor,
+        step_id=step,
+        role=role,
+        comment=comment,
+    )
+
+
+@app.command()
+def reject(
+    incident_id: str,
+    step: Annotated[str, typer.Argument(help="The step awaiting approval.")],
+    role: RoleOption,
+    reason: ReasonOption,
+    actor: ActorOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Reject a step awaiting approval: it is skipped and the playbook carries on."""
+
+    def say(record: StepRecord) -> str:
+        return f"rejected {record.id} (now {record.state})"
+
+    _act(
+        "reject",
+        incident_id,
+        as_json=as_json,
+        say=say,
+        actor=actor,
+        step_id=step,
+        role=role,
+        reason=reason,
+    )
+
+
+def _level_command(action: str, done: str, default: str) -> None:
+    """`escalate` and `de-escalate` take the same arguments; only the direction differs."""
+
+    @app.command(action, help=f"Change the incident's level ({default} by default).")
+    def change_level(
+        incident_id: str,
+        reason: ReasonOption,
+        to: ToOption = None,
+        actor: ActorOption = None,
+        as_json: JsonFlag = False,
+    ) -> None:
+        def say(status: IncidentStatus) -> str:
+            return f"{done} {status.incident_id} to {status.level}"
+
+        _act(action, incident_id, as_json=as_json, say=say, actor=actor, reason=reason, to_level=to)
+
+
+_level_command("escalate", "escalated", "one level up")
+_level_command("de-escalate", "de-escalated", "one level down")
+
+
+@app.command()
+def renew(
+    incident_id: str,
+    step: Annotated[str, typer.Argument(help="The measure to renew.")],
+    duration: Annotated[
+        str, typer.Option("--for", help="How long from now it holds, e.g. 24h, 1h30m.")
+    ],
+    reason: ReasonOption,
+    actor: ActorOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Renew a measure before it lapses (or re-apply one that has lapsed)."""
+
+    def say(record: StepRecord) -> str:
+        if record.state == "expired":
+            return f"renewed {record.id}: re-applying the lapsed measure"
+        return f"renewed {record.id} until {_moment(record.expires_at)} UTC"
+
+    _act(
+        "renew",
+        incident_id,
+        as_json=as_json,
+        say=say,
+        actor=actor,
+        step_id=step,
+        duration=duration,
+        reason=reason,
+    )
+
+
+@app.command()
+def review(
+    incident_id: str,
+    note: Annotated[str, typer.Option(help="What the review found.")] = "",
+    actor: ActorOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Confirm the periodic review: the measures are still needed."""
+
+    def say(status: IncidentStatus) -> str:
+        return f"review confirmed; next due {_moment(status.next_review_due)} UTC"
+
+    _act("confirm-review", incident_id, as_json=as_json, say=say, actor=actor, note=note)
+
+
+@app.command()
+def note(
+    incident_id: str,
+    text: Annotated[str, typer.Argument(help="The note.")],
+    actor: ActorOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a note to the incident's record."""
+
+    def say(status: IncidentStatus) -> str:
+        return f"note added to {status.incident_id} ({len(status.notes)} notes)"
+
+    _act("note", incident_id, as_json=as_json, say=say, actor=actor, text=text)
+
+
+# === end of commander actions =================================================================
+
+
 # --- audit ------------------------------------------------------------------------------------
-@audit_app.command("verify")
-def audit_verify(incident_id: str, as_json: JsonFlag = False) -> None:
-    """Recompute an incident's hash chain; exit non-zero naming the first bad row."""
-    settings = _settings()
-    store = AuditStore(settings.resolved_database_url)
-    with user_errors():
-        result = verify_audit(store, incident_id)
-    if as_json:
-        print_json(result.as_dict())
-    elif result.ok:
-        typer.echo(f"ok: {incident_id}: {result.events} audit events, chain intact")
-    else:
-        typer.echo(f"error: {incident_id}: {result.problem}", err=True)
-    raise typer.Exit(0 if result.ok else 1)
-
-
 # --- processes --------------------------------------------------------------------------------
 @app.command()
 def worker() -> None:
     """Run a worker: executes incident workflows and their levers until SIGINT/SIGTERM."""
-    settings = _settings()
+    settings = settings_or_fail()
 
     async def go() -> None:
         client = await connect(settings)
@@ -295,7 +402,7 @@ def api(
 
     from api.main import create_app
 
-    settings = _settings()
+    settings = settings_or_fail()
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,
@@ -315,7 +422,7 @@ def sandbox(
     """Serve the platform sandbox: a stand-in platform with real state and fault injection."""
     from sandbox.server import run_sandbox
 
-    settings = _settings()
+    settings = settings_or_fail()
     run_sandbox(host=host or settings.sandbox_host, port=port or settings.sandbox_port)
 
 
@@ -334,7 +441,7 @@ def up(
     """Run the embedded stack: Temporal dev server, sandbox, worker, API. Ctrl-C stops it all."""
     from cli.up import run_stack
 
-    settings = _settings()
+    settings = settings_or_fail()
     overrides: dict[str, Any] = {
         "data_dir": data_dir,
         "api_port": api_port,

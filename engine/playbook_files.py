@@ -109,6 +109,13 @@ def _load(path: Path, library_dir: Path | None) -> tuple[Playbook | None, list[F
     return playbook, problems
 
 
+def locate_warnings(path: Path, warnings: list[Problem]) -> list[FileProblem]:
+    """Place warnings about a valid playbook at their lines, like problems."""
+    yaml = YAML(typ="rt")
+    document = yaml.load(path.read_text(encoding="utf-8"))
+    return [_locate(path, document, warning) for warning in warnings]
+
+
 def _document_message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown key {error['loc'][-1]!r}"

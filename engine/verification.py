@@ -17,6 +17,7 @@ from temporalio.worker import (
     Interceptor,
     Replayer,
     StartActivityInput,
+    StartLocalActivityInput,
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
     WorkflowOutboundInterceptor,
@@ -89,9 +90,13 @@ _captured: list[AuditEvent] = []
 class _CaptureOutbound(WorkflowOutboundInterceptor):
     def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
         if input.activity == WRITE_AUDIT and input.args:
-            batch = input.args[0]
-            _captured.extend(batch.events)
+            _captured.extend(input.args[0].events)
         return super().start_activity(input)
+
+    def start_local_activity(self, input: StartLocalActivityInput) -> workflow.ActivityHandle[Any]:
+        if input.activity == WRITE_AUDIT and input.args:
+            _captured.extend(input.args[0].events)
+        return super().start_local_activity(input)
 
 
 class _CaptureInbound(WorkflowInboundInterceptor):
@@ -160,6 +165,7 @@ async def replay_incident(
             progress(number)
     _captured.clear()
     recorded = await recorded_audit_events(history)
+    heads = recorded_audit_heads(history)
     return ReplayReport(
         incident_id=history.incident_id,
         runs=len(history.runs),
@@ -167,12 +173,13 @@ async def replay_incident(
         deterministic=divergence is None,
         divergence=divergence,
         replay_vs_store=compare_events(produced, stored, "audit table"),
-        replay_vs_history=compare_events(produced, recorded, "history"),
+        replay_vs_history=compare_with_history(produced, recorded, heads),
     )
 
 
 async def recorded_audit_events(history: IncidentHistory) -> list[AuditEvent]:
-    """The audit batches the original execution scheduled, decoded from the history itself."""
+    """The audit batches the original execution scheduled as regular activities (incidents from
+    before audit writes became local activities), decoded from the history itself."""
     events: list[AuditEvent] = []
     for run in history.runs:
         for event in run.events:
@@ -184,6 +191,51 @@ async def recorded_audit_events(history: IncidentHistory) -> list[AuditEvent]:
             (batch,) = await pydantic_data_converter.decode(attributes.input.payloads, [AuditBatch])
             events.extend(batch.events)
     return events
+
+
+def recorded_audit_heads(history: IncidentHistory) -> list[tuple[int, str]]:
+    """(last seq, head hash) of every audit write recorded as a local-activity marker."""
+    heads = []
+    for run in history.runs:
+        for event in run.events:
+            if not event.HasField("marker_recorded_event_attributes"):
+                continue
+            marker = event.marker_recorded_event_attributes
+            if marker.marker_name != "core_local_activity" or "result" not in marker.details:
+                continue
+            meta = json.loads(marker.details["data"].payloads[0].data)
+            if meta.get("activity_type") != WRITE_AUDIT:
+                continue
+            result = json.loads(marker.details["result"].payloads[0].data)
+            heads.append((int(result["last_seq"]), str(result["head_hash"])))
+    return heads
+
+
+def compare_with_history(
+    produced: list[AuditEvent], events: list[AuditEvent], heads: list[tuple[int, str]]
+) -> Comparison:
+    """The replay against what the history recorded: whole events where it holds them, chain
+    heads (which commit to every earlier event) where audit writes were local activities."""
+    if events:
+        compared = compare_events(produced[: len(events)], events, "history")
+        if not compared.matches:
+            return compared
+    by_seq = {event.seq: event for event in produced}
+    for last_seq, head_hash in heads:
+        mine = by_seq.get(last_seq)
+        if mine is None:
+            return Comparison(
+                False, len(produced), f"seq {last_seq} was written but the replay never produced it"
+            )
+        if mine.hash != head_hash:
+            return Comparison(
+                False,
+                last_seq - 1,
+                f"seq {last_seq}: the history recorded head {head_hash[:12]}, "
+                f"the replay produced {mine.hash[:12]}",
+            )
+    covered = max([len(events), *(seq for seq, _ in heads)], default=0)
+    return Comparison(True, covered)
 
 
 def compare_events(produced: list[AuditEvent], other: list[AuditEvent], name: str) -> Comparison:

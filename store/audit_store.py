@@ -53,6 +53,7 @@ class AuditRow(SQLModel, table=True):
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
     recorded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    task: int = 0  # workflow history length the event was produced at; 0 = committed
 
     def to_event(self) -> AuditEvent:
         return AuditEvent(
@@ -102,6 +103,8 @@ def _project(session: Session, events: list[AuditEvent]) -> None:
     for item in events:
         at = datetime.fromisoformat(item.at)
         if item.kind == "incident.triggered":
+            if row is not None:
+                continue  # already projected (a retried write)
             row = IncidentRow(
                 incident_id=item.incident_id,
                 playbook=str(item.data.get("playbook", "")),
@@ -125,6 +128,67 @@ def _project(session: Session, events: list[AuditEvent]) -> None:
             row.closed_at = at
         row.updated_at, row.last_seq = at, item.seq
         session.add(row)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    inserted: int
+    superseded: int
+
+
+class SupersededRow(SQLModel, table=True):
+    """A row written by a workflow task attempt that never committed, kept for forensics."""
+
+    __tablename__ = "audit_superseded"
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: str = Field(index=True, max_length=200)
+    seq: int
+    task: int
+    row: str = Field(sa_column=Column(Text, nullable=False))
+    superseded_by_task: int
+    superseded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+def _row(item: AuditEvent, task: int, now: datetime) -> AuditRow:
+    return AuditRow(
+        incident_id=item.incident_id,
+        seq=item.seq,
+        kind=item.kind,
+        at=item.at,
+        actor=item.actor,
+        step_id=item.step_id,
+        data=json.dumps(item.data, sort_keys=True, default=str),
+        prev_hash=item.prev_hash,
+        hash=item.hash,
+        recorded_at=now,
+        task=task,
+    )
+
+
+def _supersede(session: Session, incident_id: str, seq: int, task: int, now: datetime) -> int:
+    """Move this incident's rows from `seq` on (and the seals over them) out of the chain."""
+    stale = session.exec(
+        select(AuditRow).where(AuditRow.incident_id == incident_id, AuditRow.seq >= seq)
+    ).all()
+    for row in stale:
+        session.add(
+            SupersededRow(
+                incident_id=incident_id,
+                seq=row.seq,
+                task=row.task,
+                row=row.to_event().model_dump_json(),
+                superseded_by_task=task,
+                superseded_at=now,
+            )
+        )
+        session.delete(row)
+    for seal in session.exec(
+        select(SealRow).where(SealRow.incident_id == incident_id, SealRow.seq >= seq)
+    ).all():
+        session.delete(seal)
+    session.flush()
+    return len(stale)
 
 
 class SealRow(SQLModel, table=True):
@@ -205,20 +269,24 @@ class AuditStore:
         self.engine = make_engine(url)
         upgrade(self.engine)
 
-    def append(self, events: list[AuditEvent]) -> int:
-        """Write events (one incident, ascending seq) in one transaction; return rows inserted."""
+    def append(self, events: list[AuditEvent], *, task: int = 0) -> AppendResult:
+        """Write events (one incident, ascending seq) in one transaction.
+
+        `task` is the workflow history length the events were produced at (0 = committed). A
+        held row that differs is superseded only by a newer task; otherwise it is a conflict.
+        """
         if not events:
-            return 0
+            return AppendResult(0, 0)
         for attempt in range(3):
             try:
-                return self._append_once(events)
+                return self._append_once(events, task)
             except IntegrityError:
                 # Another writer inserted the same rows first; re-read and compare.
                 if attempt == 2:
                     raise
-        return 0
+        return AppendResult(0, 0)
 
-    def _append_once(self, events: list[AuditEvent]) -> int:
+    def _append_once(self, events: list[AuditEvent], task: int) -> AppendResult:
         incident_id = events[0].incident_id
         first, last = events[0].seq, events[-1].seq
         with Session(self.engine) as session:
@@ -229,18 +297,24 @@ class AuditStore:
                     AuditRow.seq <= last,
                 )
             ).all()
-            held = {row.seq: row.hash for row in rows}
-            previous_hash = GENESIS_HASH if first == 1 else held.get(first - 1)
-            inserted = 0
+            held = {row.seq: row for row in rows}
+            previous_hash = (
+                GENESIS_HASH if first == 1 else getattr(held.get(first - 1), "hash", None)
+            )
+            inserted = superseded = 0
             now = datetime.now(UTC)
             for item in events:
-                if item.seq in held:
-                    if held[item.seq] != item.hash:
+                row = held.get(item.seq)
+                if row is not None and row.hash == item.hash:
+                    previous_hash = item.hash
+                    continue
+                if row is not None:
+                    if not (task > 0 and row.task > 0 and task > row.task):
                         raise AuditConflict(
                             f"{incident_id} seq {item.seq}: a different event is already recorded"
                         )
-                    previous_hash = item.hash
-                    continue
+                    superseded = _supersede(session, incident_id, item.seq, task, now)
+                    held = {seq: r for seq, r in held.items() if seq < item.seq}
                 if previous_hash is None:
                     raise AuditGap(
                         f"{incident_id} seq {item.seq}: event {item.seq - 1} is not recorded yet"
@@ -249,26 +323,27 @@ class AuditStore:
                     raise AuditConflict(
                         f"{incident_id} seq {item.seq}: does not continue the chain"
                     )
-                session.add(
-                    AuditRow(
-                        incident_id=item.incident_id,
-                        seq=item.seq,
-                        kind=item.kind,
-                        at=item.at,
-                        actor=item.actor,
-                        step_id=item.step_id,
-                        data=json.dumps(item.data, sort_keys=True, default=str),
-                        prev_hash=item.prev_hash,
-                        hash=item.hash,
-                        recorded_at=now,
-                    )
-                )
+                session.add(_row(item, task, now))
                 previous_hash = item.hash
                 inserted += 1
-            if inserted:
-                _project(session, [e for e in events if e.seq > first - 1 and e.seq not in held])
+            if superseded:
+                # The searchable row may reflect what never committed: rebuild it.
+                stale_row = session.get(IncidentRow, incident_id)
+                if stale_row is not None:
+                    session.delete(stale_row)
+                    session.flush()
+                earlier = session.exec(
+                    select(AuditRow)
+                    .where(AuditRow.incident_id == incident_id, AuditRow.seq < first)
+                    .order_by(AuditRow.seq)  # type: ignore[arg-type]
+                ).all()
+                _project(session, [row.to_event() for row in earlier] + list(events))
+            elif inserted:
+                _project(session, [e for e in events if e.seq not in held])
             session.commit()
-        return inserted
+        if superseded:
+            log.warning("audit.superseded", incident_id=incident_id, rows=superseded, task=task)
+        return AppendResult(inserted, superseded)
 
     def events(self, incident_id: str) -> list[AuditEvent]:
         with Session(self.engine) as session:

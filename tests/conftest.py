@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
@@ -60,6 +61,16 @@ def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def client(temporal_address: str) -> Client:
+    # The port opens before the frontend is healthy: retry briefly rather than fail a test.
+    for _ in range(100):
+        try:
+            connected = await Client.connect(
+                temporal_address, data_converter=pydantic_data_converter
+            )
+            await connected.service_client.check_health()
+            return connected
+        except RuntimeError:
+            await asyncio.sleep(0.1)
     return await Client.connect(temporal_address, data_converter=pydantic_data_converter)
 
 

@@ -38,9 +38,25 @@ class AuditEvent(BaseModel):
 
 
 class AuditBatch(BaseModel):
-    """Events handed to the audit writer in one call, in order."""
+    """Events handed to the audit writer in one call, in order.
+
+    `task` is the workflow's history length when the events were produced (0: written only after
+    the workflow task committed). Events are deterministic within a committed task, so a row that
+    differs from a newer task's row for the same number can only come from an attempt that never
+    committed (a crashed worker's); the store supersedes such rows and never others.
+    """
 
     events: list[AuditEvent]
+    task: int = 0
+
+
+class AuditWritten(BaseModel):
+    """What a write left at the head of the chain (recorded in the history for auditors)."""
+
+    inserted: int
+    superseded: int = 0
+    last_seq: int
+    head_hash: str
 
 
 def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:

@@ -139,7 +139,8 @@ class CrisisWorkflow:
                 incident.incident_id, seq=carried.audit_seq, last_hash=carried.audit_last_hash
             )
         self._closed_at: str | None = None
-        self._inflight = 0  # lever calls and background tasks under way
+        self._inflight = 0  # lever calls under way
+        self._busy = 0  # background work (catch-up after escalation, withdrawal, re-apply)
         self._wake = False  # something changed that the supervisor must look at
         self._draining = False  # preparing to continue-as-new: start nothing new
         self._audit_done = False
@@ -170,12 +171,9 @@ class CrisisWorkflow:
         sequence = asyncio.create_task(self._run_sequence())
         pump = asyncio.create_task(self._pump_audit())
         supervisor = asyncio.create_task(self._supervise())
-        for record in self._records.values():
-            # A continued run picks up steps that were waiting off the main sequence.
-            if record.state == "awaiting_approval" and record.parent is None:
-                index = self._top_index(record.id)
-                if index is not None and index < self._cursor:
-                    self._background(self._run_top_step(self._top[index]))
+        if incident.carried is not None and self._pb.levels:
+            # A continued run picks up what an escalation had started off the main sequence.
+            self._background(self._catch_up())
 
         while self._stand_down is None:
             await workflow.wait_condition(
@@ -187,8 +185,8 @@ class CrisisWorkflow:
         self._state = "standing_down"
         self._publish()
         await sequence
-        if self._inflight:  # waiting only when needed keeps command order stable
-            await workflow.wait_condition(lambda: self._inflight == 0)
+        if self._inflight or self._busy:  # waiting only when needed keeps command order stable
+            await workflow.wait_condition(lambda: self._inflight == 0 and self._busy == 0)
         closing = {step.id for step in self._pb.on_stand_down}
         for record in self._records.values():
             if record.id in closing:
@@ -538,11 +536,12 @@ class CrisisWorkflow:
             if self._stand_down is not None or self._draining:
                 return
             record = self._records[step.id]
-            if record.state == "dormant" or (
+            waiting = ("dormant", "awaiting_approval")
+            if record.state in waiting or (
                 isinstance(step, ParallelStep)
-                and any(self._records[b.id].state == "dormant" for b in step.parallel)
+                and any(self._records[b.id].state in waiting for b in step.parallel)
             ):
-                if record.state != "dormant":
+                if isinstance(step, ParallelStep) and record.state not in waiting:
                     record.state = "running"
                 if not await self._run_top_step(step) and self._state == "running":
                     self._state = "failed"
@@ -570,14 +569,15 @@ class CrisisWorkflow:
         return self._steps_by_id[parent] if parent else step
 
     def _background(self, work: Any) -> None:
-        # Counted from creation, so a stand-down or continue-as-new waits for it to finish.
-        self._inflight += 1
+        # Counted from creation, so a stand-down waits for it. Continue-as-new does not: an
+        # approval can take hours; the next run resumes what was waiting (see `run`).
+        self._busy += 1
 
         async def tracked() -> None:
             try:
                 await work
             finally:
-                self._inflight -= 1
+                self._busy -= 1
 
         self._tasks.append(asyncio.create_task(tracked()))
 
@@ -710,15 +710,28 @@ class CrisisWorkflow:
             )
 
     async def _pump_audit(self) -> None:
-        # Audit writes run beside the levers, never in front of them. A regular (not local)
-        # activity: it is scheduled only when the workflow task commits, so the store receives
-        # exactly the events in the history, never those of a task lost with a crashed worker.
+        # Audit writes run beside the levers, never in front of them, as local activities in the
+        # same workflow task (no extra round trip through the server). Each batch carries the
+        # task it was produced in, so rows of an attempt that never committed are superseded.
+        local = workflow.patched("audit-local-activity")
         while True:
             await workflow.wait_condition(lambda: bool(self._audit.pending) or self._audit_done)
             if not self._audit.pending:
                 return
             self._pump_busy = True
             try:
+                if local:
+                    await workflow.execute_local_activity(
+                        WRITE_AUDIT,
+                        AuditBatch(
+                            events=self._audit.take(),
+                            task=workflow.info().get_current_history_length(),
+                        ),
+                        start_to_close_timeout=timedelta(seconds=10),
+                        retry_policy=AUDIT_RETRY,
+                    )
+                    continue
+                # Incidents started before the change: a regular activity after each commit.
                 await workflow.execute_activity(
                     WRITE_AUDIT,
                     AuditBatch(events=self._audit.take()),
@@ -880,10 +893,21 @@ class CrisisWorkflow:
         record = self._records.get(request.step_id)
         if record is None or record.kind != "lever":
             raise _invalid(f"no measure {request.step_id!r} in this incident")
+        step = self._steps_by_id[request.step_id]
+        assert isinstance(step, Step)
+        if step.expires_after is None:
+            raise _invalid(f"measure {request.step_id} has no expiry to renew (no expires_after)")
         if record.state not in ("applied", "expired"):
             raise _invalid(
                 f"measure {request.step_id} is {record.state}: only an applied or lapsed "
                 "measure can be renewed"
+            )
+        if record.state == "expired" and not (
+            self._eligible(step) and self._eligible(self._parent_of(step))
+        ):
+            raise _invalid(
+                f"measure {request.step_id} lapsed and the incident's level or conditions no "
+                "longer call for it"
             )
         try:
             parse_duration(request.duration)
@@ -971,6 +995,7 @@ class CrisisWorkflow:
             id=step.id,
             kind=kind,
             lever=step.do if isinstance(step, Step) else None,
+            quorum=step.approval.quorum if isinstance(step, Step) and step.approval else None,
             parent=parent,
             level=step.level,
         )

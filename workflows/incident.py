@@ -70,6 +70,7 @@ class StepRecord(BaseModel):
     wait_until: str | None = None
     approval_deadline: str | None = None
     approvals: list[Approver] = Field(default_factory=list)
+    quorum: int | None = None  # approvals needed, for steps that need them
     outcome: str | None = None  # why it ended as it did: rejected by X, expired, ...
 
 

@@ -33,6 +33,7 @@ steps:
   - id: surge
     do: moderation.surge
     with: {queue: fraud, extra_reviewers: 3}
+    expires_after: 24h
 """
 
 
@@ -62,7 +63,8 @@ def cli_env(
             "CRISIS_SANDBOX_PORT": sandbox_url.rsplit(":", 1)[1],
             "CRISIS_DATABASE_URL": sqlite_url,
             "CRISIS_TASK_QUEUE": settings.task_queue,
-            "CRISIS_DATA_DIR": str(tmp_path / "cli-data"),
+            # The same data directory as the in-process worker: one signing key seals and verifies.
+            "CRISIS_DATA_DIR": str(settings.data_dir),
             "CRISIS_ACTOR": "cli-tester",
         }
     )
@@ -136,13 +138,14 @@ def test_validate_json_reports_every_file(cli_env: dict[str, str], tmp_path: Pat
     report = run.json()
     assert False is report["valid"]
     assert [
-        {"file": str(good), "valid": True, "problems": []},
+        {"file": str(good), "valid": True, "problems": [], "warnings": []},
         {
             "file": str(bad),
             "valid": False,
             "problems": [
                 {"line": 8, "column": 26, "message": "Input should be greater than or equal to 1"}
             ],
+            "warnings": [],
         },
     ] == report["files"]
 
@@ -276,7 +279,7 @@ async def test_trigger_status_stand_down_and_verify(
     closed = run.json()
     assert "closed" == closed["state"]
     assert {"actor": "cli-tester", "reason": "calm again"} == closed["stand_down"]
-    assert ["undone", "undone", "undone", "undone", "kept"] == [s["state"] for s in closed["steps"]]
+    assert ["undone"] * 5 == [s["state"] for s in closed["steps"]]
     after = await sandbox.state()
     assert before["recommender"] == after["recommender"]
 
@@ -289,26 +292,26 @@ async def test_trigger_status_stand_down_and_verify(
 
     verified = await crisis(cli_env, "audit", "verify", incident_id)
     assert 0 == verified.code, verified
-    assert f"ok: {incident_id}: {events} audit events, chain intact" == verified.stdout.strip()
+    assert f"chain   ok  ({events} events)" in verified.stdout
+    assert "ok: record complete and unaltered" == verified.stdout.strip().splitlines()[-1]
     as_json = await crisis(cli_env, "audit", "verify", incident_id, "--json")
     assert 0 == as_json.code, as_json
-    assert {
-        "incident_id": incident_id,
-        "ok": True,
-        "events": events,
-        "first_bad_seq": None,
-        "problem": None,
-    } == as_json.json()
+    report = as_json.json()
+    assert (True, events, None) == (
+        report["ok"],
+        report["chain"]["events"],
+        report["chain"]["first_bad_seq"],
+    )
+    assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
 
     tamper(sqlite_url, incident_id, 3)
     broken = await crisis(cli_env, "audit", "verify", incident_id)
     assert_one_line_error(broken, incident_id, "row 3 ", "was altered")
-    assert "" == broken.stdout
     broken_json = await crisis(cli_env, "audit", "verify", incident_id, "--json")
     assert 1 == broken_json.code, broken_json
     report = broken_json.json()
-    assert (False, 3) == (report["ok"], report["first_bad_seq"])
-    assert report["problem"].startswith("row 3 ")
+    assert (False, 3) == (report["ok"], report["chain"]["first_bad_seq"])
+    assert report["chain"]["problem"].startswith("row 3 ")
 
 
 @pytest.mark.usefixtures("worker")

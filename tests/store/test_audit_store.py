@@ -45,8 +45,8 @@ def test_events_round_trip_in_order_and_verify(audit_store: AuditStore) -> None:
     """Appended events come back identical and in order, and their chain verifies."""
     incident = new_id()
     events = chain(incident, 5)
-    assert audit_store.append(events[:2]) == 2
-    assert audit_store.append(events[2:]) == 3
+    assert audit_store.append(events[:2]).inserted == 2
+    assert audit_store.append(events[2:]).inserted == 3
     assert events == audit_store.events(incident)
     result = audit_store.verify(incident)
     assert (True, 5) == (result.ok, result.events)
@@ -57,8 +57,8 @@ def test_a_retried_write_never_duplicates(audit_store: AuditStore) -> None:
     incident = new_id()
     events = chain(incident, 3)
     audit_store.append(events)
-    assert audit_store.append(events) == 0
-    assert audit_store.append(events[1:]) == 0
+    assert audit_store.append(events).inserted == 0
+    assert audit_store.append(events[1:]).inserted == 0
     assert len(audit_store.events(incident)) == 3
 
 
@@ -124,3 +124,60 @@ def test_concurrent_writers_keep_every_chain_intact(audit_store: AuditStore) -> 
     for incident in incidents:
         assert chains[incident] == audit_store.events(incident)
         assert audit_store.verify(incident).ok
+
+
+def test_rows_of_an_attempt_that_never_committed_are_superseded_by_a_newer_task(
+    audit_store: AuditStore,
+) -> None:
+    """A crashed worker's uncommitted rows give way to the next attempt's, and are kept aside."""
+    incident = new_id()
+    committed = chain(incident, 2)
+    audit_store.append(committed, task=3)
+    lost = [
+        make_event(
+            incident_id=incident,
+            seq=3,
+            kind="step.applied",
+            at="2026-11-28T10:00:10+00:00",
+            prev_hash=committed[-1].hash,
+        ),
+    ]
+    audit_store.append(lost, task=7)
+    retried = make_event(
+        incident_id=incident,
+        seq=3,
+        kind="step.applied",
+        at="2026-11-28T10:00:20+00:00",
+        prev_hash=committed[-1].hash,
+    )
+    result = audit_store.append([retried], task=9)
+    assert (1, 1) == (result.inserted, result.superseded)
+    assert [*committed, retried] == audit_store.events(incident)
+    assert audit_store.verify(incident).ok
+
+
+def test_an_older_task_never_supersedes_a_newer_one(audit_store: AuditStore) -> None:
+    """A stale worker writing late cannot replace what the live attempt recorded."""
+    incident = new_id()
+    committed = chain(incident, 2)
+    audit_store.append(committed, task=3)
+    live = make_event(
+        incident_id=incident,
+        seq=3,
+        kind="step.applied",
+        at="2026-11-28T10:00:20+00:00",
+        prev_hash=committed[-1].hash,
+    )
+    audit_store.append([live], task=9)
+    stale = make_event(
+        incident_id=incident,
+        seq=3,
+        kind="step.applied",
+        at="2026-11-28T10:00:10+00:00",
+        prev_hash=committed[-1].hash,
+    )
+    with pytest.raises(AuditConflict):
+        audit_store.append([stale], task=7)
+    with pytest.raises(AuditConflict):  # committed-only writers (task 0) never supersede
+        audit_store.append([stale], task=0)
+    assert [*committed, live] == audit_store.events(incident)

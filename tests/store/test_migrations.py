@@ -30,7 +30,7 @@ def test_an_empty_database_upgrades_to_the_current_schema(empty_url: str) -> Non
     """From nothing to head: every table exists and the revision is the latest."""
     store = AuditStore(empty_url)
     try:
-        assert "0003" == current_revision(store.engine)
+        assert "0004" == current_revision(store.engine)
         tables = set(inspect(store.engine).get_table_names())
         assert {"audit_events", "audit_seals", "incidents", "alembic_version"} <= tables
     finally:
@@ -67,7 +67,7 @@ def test_the_previous_schema_upgrades_and_keeps_its_rows(empty_url: str) -> None
     engine.dispose()
     store = AuditStore(empty_url)
     try:
-        assert "0003" == current_revision(store.engine)
+        assert "0004" == current_revision(store.engine)
         assert 3 == len(store.events(incident))
         assert store.verify(incident).ok
     finally:
@@ -114,3 +114,37 @@ def test_incidents_are_searchable_by_playbook_state_level_and_time(audit_store: 
     assert [] == audit_store.search(
         playbook="search-test", until=datetime(2026, 11, 28, tzinfo=UTC)
     )
+
+
+def test_superseded_rows_are_taken_out_of_the_searchable_incident(audit_store: AuditStore) -> None:
+    """A level change that never committed does not linger in the incidents table."""
+    incident = new_id()
+    triggered = make_event(
+        incident_id=incident,
+        seq=1,
+        kind="incident.triggered",
+        at="2026-11-28T10:00:00+00:00",
+        prev_hash="0" * 64,
+        data={"playbook": "supersede-test", "version": 1, "level": "elevated"},
+    )
+    audit_store.append([triggered], task=3)
+    lost = make_event(
+        incident_id=incident,
+        seq=2,
+        kind="level.escalated",
+        at="2026-11-28T10:05:00+00:00",
+        prev_hash=triggered.hash,
+        data={"level": "severe"},
+    )
+    audit_store.append([lost], task=8)
+    retried = make_event(
+        incident_id=incident,
+        seq=2,
+        kind="note.added",
+        at="2026-11-28T10:06:00+00:00",
+        prev_hash=triggered.hash,
+        data={"text": "x"},
+    )
+    assert 1 == audit_store.append([retried], task=11).superseded
+    (row,) = audit_store.search(playbook="supersede-test")
+    assert ("elevated", 2) == (row.level, row.last_seq)

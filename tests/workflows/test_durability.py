@@ -33,15 +33,19 @@ def worker_process(settings: Settings) -> subprocess.Popen[bytes]:
         CRISIS_TASK_QUEUE=settings.task_queue,
         CRISIS_SANDBOX_PORT=str(settings.sandbox_port),
         CRISIS_DATABASE_URL=settings.resolved_database_url,
+        CRISIS_DATA_DIR=str(settings.data_dir),
         CRISIS_LOG_LEVEL="warning",
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.data_dir / f"worker-{len(list(settings.data_dir.glob('worker-*.log')))}.log"
+    with log.open("wb") as output:  # kept for diagnosis when a test fails
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ HISTORIES = sorted((Path(__file__).resolve().parents[1] / "histories").glob("*.j
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_history_replays_and_reproduces_its_audit_events(path: Path) -> None:
-    """No nondeterminism, and the replay's audit events equal those in the history, hash for hash."""
+    """No nondeterminism; the replay's audit events equal the history's, hash for hash."""
     history = IncidentHistory.from_file(path)
     recorded = await recorded_audit_events(history)
     report = await replay_incident(history, recorded)

@@ -1,0 +1,260 @@
+"""For auditors: `crisis audit verify|export|report`, `crisis history export`, `crisis replay`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.progress import Progress
+
+from cli.common import JsonFlag, console, settings_or_fail
+from cli.output import fail, hard_exit, print_json, run_async, user_errors
+from engine.integrity import (
+    BundleError,
+    Integrity,
+    check,
+    check_with_replay,
+    read_bundle,
+    verify_incident,
+    write_bundle,
+)
+from engine.reporting import incident_report
+from engine.temporal import connect
+from engine.verification import (
+    HistoryError,
+    IncidentHistory,
+    ReplayReport,
+    export_history,
+    replay_incident,
+)
+from store.audit_store import AuditStore
+from store.seals import SealError, Signer, load_public_key
+
+app = typer.Typer(help="Prove what happened: verify, export, report.", no_args_is_help=True)
+history_app = typer.Typer(help="Temporal histories of incidents.", no_args_is_help=True)
+
+
+def _print_integrity(integrity: Integrity) -> None:
+    verdict = integrity.verdict()
+    console.print(f"[bold]{integrity.incident_id}[/bold]  key {integrity.key_id}")
+    chain = integrity.chain
+    console.print(f"  chain   {verdict['chain']}  ({chain.events} events)")
+    seals = integrity.seals
+    console.print(
+        f"  seals   {verdict['seals']}  ({seals.seals} seals, through row {seals.sealed_through})"
+    )
+    if integrity.replay is not None:
+        replay = integrity.replay
+        console.print(
+            f"  replay  {verdict['replay']}  ({replay.runs} run(s), {replay.history_events} "
+            f"history events; {replay.replay_vs_store.events} audit events match the table)"
+        )
+    if integrity.ok:
+        console.print("ok: record complete and unaltered", highlight=False)
+        return
+    failed = next(
+        (
+            f"{k}: {v.removeprefix('FAILED: ')}"
+            for k, v in verdict.items()
+            if v.startswith("FAILED")
+        ),
+        "failed",
+    )
+    typer.echo(f"error: {integrity.incident_id}: {failed}", err=True)
+
+
+@app.command("verify")
+def verify(
+    incident_id: Annotated[
+        str | None, typer.Argument(help="Incident to verify in the store.")
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="Verify an export bundle offline instead.")
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="Trusted public key (PEM); default: the engine's, or the bundle's."),
+    ] = None,
+    replay: Annotated[bool, typer.Option(help="Also replay the Temporal history.")] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check the hash chain, the seals and (by default) the replay; non-zero exit on any failure."""
+    settings = settings_or_fail()
+    if (incident_id is None) == (bundle is None):
+        fail("give an incident id or --bundle PATH")
+    trusted = None
+    if public_key is not None:
+        with user_errors():
+            try:
+                trusted = load_public_key(public_key.read_text())
+            except (OSError, SealError) as error:
+                fail(f"--public-key {public_key}: {error}")
+
+    async def go() -> Integrity:
+        if bundle is not None:
+            try:
+                loaded = read_bundle(bundle)
+            except (BundleError, HistoryError) as error:
+                fail(str(error))
+            integrity = check(
+                loaded.incident_id, loaded.events, loaded.seals, trusted or loaded.public_key
+            )
+            if replay and loaded.history is not None:
+                integrity = await check_with_replay(integrity, loaded.events, loaded.history)
+            return integrity
+        assert incident_id is not None
+        store = AuditStore(settings.resolved_database_url)
+        key = trusted or Signer(settings.signing_key_path).public_key
+        client = await connect(settings) if replay else None
+        return await verify_incident(client, store, key, incident_id, replay=replay)
+
+    integrity = run_async(go)
+    print_json(integrity.as_dict()) if as_json else _print_integrity(integrity)
+    hard_exit(0 if integrity.ok else 1)
+
+
+@app.command("export")
+def export(
+    incident_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="A directory, or FILE.tar.gz.")],
+    with_history: Annotated[bool, typer.Option("--history/--no-history")] = True,
+) -> None:
+    """Write an export bundle (rows, seals, public key, history) an outside auditor can verify."""
+    settings = settings_or_fail()
+
+    async def go() -> Path:
+        store = AuditStore(settings.resolved_database_url)
+        events = store.events(incident_id)
+        if not events:
+            fail(f"no audit trail for incident {incident_id}")
+        history = (
+            await export_history(await connect(settings), incident_id) if with_history else None
+        )
+        return write_bundle(
+            output,
+            incident_id=incident_id,
+            events=events,
+            seals=store.seals(incident_id),
+            public_key=Signer(settings.signing_key_path).public_key,
+            history=history,
+        )
+
+    written = run_async(go)
+    typer.echo(f"exported {incident_id} to {written}")
+    hard_exit(0)
+
+
+@app.command("report")
+def report(
+    incident_id: str,
+    format: Annotated[Literal["md", "html", "json"], typer.Option("--format", "-f")] = "md",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File to write (default: stdout).")
+    ] = None,
+) -> None:
+    """The post-incident report: facts, timeline, chart, key figures, review due, integrity."""
+    settings = settings_or_fail()
+
+    async def go():
+        store = AuditStore(settings.resolved_database_url)
+        key = Signer(settings.signing_key_path).public_key
+        return await incident_report(
+            await connect(settings), store, key, incident_id, settings=settings
+        )
+
+    built = run_async(go)
+    text = {"md": built.markdown, "html": built.html, "json": json.dumps(built.json, indent=2)}[
+        format
+    ]
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        if format == "md":
+            (output.parent / built.chart_name).write_text(built.svg, encoding="utf-8")
+            typer.echo(f"wrote {output} and {output.parent / built.chart_name}")
+        else:
+            typer.echo(f"wrote {output}")
+    hard_exit(0)
+
+
+@history_app.command("export")
+def history_export(
+    incident_id: str,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File (default: stdout).")
+    ] = None,
+) -> None:
+    """Write the incident's Temporal history as JSON, every run across continue-as-new."""
+    settings = settings_or_fail()
+
+    async def go() -> IncidentHistory:
+        return await export_history(await connect(settings), incident_id)
+
+    history = run_async(go)
+    text = history.to_json()
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        events = sum(len(run.events) for run in history.runs)
+        typer.echo(f"exported {len(history.runs)} run(s), {events} events to {output}")
+    hard_exit(0)
+
+
+def replay(
+    incident_id: Annotated[str | None, typer.Argument(help="Incident to fetch and replay.")] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option("--history", help="An exported history file, or a directory of them."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Replay through today's code: deterministic? do its audit events equal the audit table?"""
+    settings = settings_or_fail()
+    if (incident_id is None) == (history is None):
+        fail("give an incident id or --history FILE|DIR")
+
+    async def go() -> list[ReplayReport]:
+        store = AuditStore(settings.resolved_database_url)
+        if incident_id is not None:
+            exported = await export_history(await connect(settings), incident_id)
+            return [await replay_incident(exported, store.events(incident_id))]
+        assert history is not None
+        files = sorted(history.glob("*.json")) if history.is_dir() else [history]
+        if not files:
+            fail(f"no history files in {history}")
+        reports = []
+        with Progress(console=console, transient=True, disable=as_json) as progress:
+            task = progress.add_task("replaying", total=len(files))
+            for path in files:
+                try:
+                    loaded = IncidentHistory.from_file(path)
+                except HistoryError as error:
+                    fail(str(error))
+                reports.append(await replay_incident(loaded, store.events(loaded.incident_id)))
+                progress.advance(task)
+        return reports
+
+    reports = run_async(go)
+    ok = all(r.ok for r in reports)
+    if as_json:
+        print_json({"ok": ok, "incidents": [r.as_dict() for r in reports]})
+    else:
+        for r in reports:
+            if r.ok:
+                typer.echo(
+                    f"ok: {r.incident_id}: deterministic, {r.replay_vs_store.events} events match"
+                )
+            else:
+                problem = (
+                    r.divergence
+                    or r.replay_vs_store.first_difference
+                    or r.replay_vs_history.first_difference
+                )
+                typer.echo(f"FAILED: {r.incident_id}: {problem}")
+        if len(reports) > 1:
+            typer.echo(f"{sum(r.ok for r in reports)} of {len(reports)} histories ok")
+    hard_exit(0 if ok else 1)

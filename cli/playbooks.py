@@ -1,0 +1,228 @@
+"""`crisis playbook ...`: author and check playbooks before a crisis, not during one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.common import JsonFlag, console, parse_inputs, settings_or_fail
+from cli.output import fail, hard_exit, print_json, run_async, user_errors
+from core.logging import configure_logging
+from engine.plan import make_plan
+from engine.playbook_files import (
+    FileProblem,
+    PlaybookError,
+    find_playbook,
+    load_playbook,
+    locate_warnings,
+    playbook_files,
+    validate_file,
+)
+from engine.simulate import Scenario, ScenarioError, SimulationResult, format_offset, load_scenario
+from engine.simulate import simulate as run_simulation
+from workflows.playbook import InputError, Playbook, playbook_warnings, resolve_inputs
+
+app = typer.Typer(help="Author and check playbooks.", no_args_is_help=True)
+
+
+# --- playbooks --------------------------------------------------------------------------------
+@app.command("validate")
+def playbook_validate(
+    paths: Annotated[list[Path], typer.Argument(help="Playbook files (or directories) to check.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Check playbook files; print each problem as file:line:column: message."""
+    settings = settings_or_fail()
+    files = [f for p in paths for f in (playbook_files(p) if p.is_dir() else [p])]
+    if not files:
+        fail("no playbook files given")
+    problems = {str(f): validate_file(f, settings.playbooks_dir) for f in files}
+    warnings = {str(f): _warnings(f, settings.playbooks_dir) for f in files}
+    bad = sum(1 for found in problems.values() if found)
+    if as_json:
+        print_json(
+            {
+                "files": [
+                    {
+                        "file": f,
+                        "valid": not found,
+                        "problems": [
+                            {"line": p.line, "column": p.column, "message": p.message}
+                            for p in found
+                        ],
+                        "warnings": [
+                            {"line": w.line, "column": w.column, "message": w.message}
+                            for w in warnings[f]
+                        ],
+                    }
+                    for f, found in problems.items()
+                ],
+                "valid": bad == 0,
+            }
+        )
+    else:
+        for name, found in problems.items():
+            for problem in found:
+                typer.echo(str(problem), err=True)
+            for warning in warnings[name]:
+                typer.echo(
+                    f"{warning.file}:{warning.line}:{warning.column}: warning: {warning.message}",
+                    err=True,
+                )
+        if not bad:
+            typer.echo(f"ok: {len(files)} playbook(s) valid")
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command("schema")
+def playbook_schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
+    """Print (or write) the JSON Schema of the playbook language, for editors."""
+    text = json.dumps(Playbook.model_json_schema(by_alias=True), indent=2) + "\n"
+    if output:
+        output.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command("list")
+def playbook_list(as_json: JsonFlag = False) -> None:
+    """List the playbooks in the library."""
+    settings = settings_or_fail()
+    rows = []
+    for path in playbook_files(settings.playbooks_dir):
+        with user_errors():
+            pb = load_playbook(path)
+        rows.append(
+            {
+                "name": pb.playbook,
+                "version": pb.version,
+                "title": pb.title,
+                "steps": len(pb.steps),
+                "file": str(path),
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("name", "version", "title", "steps")
+    for row in rows:
+        table.add_row(row["name"], str(row["version"]), row["title"], str(row["steps"]))
+    console.print(table)
+
+
+def _warnings(path: Path, library: Path) -> list[FileProblem]:
+    """Allowed but usually wrong (no expiry on an emergency measure...); only for valid files."""
+    try:
+        playbook = load_playbook(path, library)
+    except PlaybookError:
+        return []
+    return locate_warnings(path, playbook_warnings(playbook))
+
+
+def _load(file: Path) -> Playbook:
+    settings = settings_or_fail()
+    with user_errors():
+        return load_playbook(
+            find_playbook(str(file), settings.playbooks_dir), settings.playbooks_dir
+        )
+
+
+@app.command("plan")
+def plan(
+    file: Annotated[Path, typer.Argument(help="Playbook file (or a name from the library).")],
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help="key=value (repeatable)")] = [],  # noqa: B006
+    level: Annotated[str | None, typer.Option(help="The level to plan for.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """What would run, in which order, who must approve, when measures lapse; touches nothing."""
+    playbook = _load(file)
+    with user_errors():
+        resolved = resolve_inputs(playbook, parse_inputs(inputs))
+        if level is not None and level not in playbook.levels:
+            raise InputError(
+                f"unknown level {level!r} (levels: {', '.join(playbook.levels) or 'none'})"
+            )
+    made = make_plan(playbook, resolved, level)
+    if as_json:
+        print_json(made.as_dict())
+        return
+    console.print(
+        f"[bold]{made.playbook}[/bold] v{made.version} at level {made.level or 'n/a'}  "
+        f"({made.playbook_hash[:19]}…)"
+    )
+    console.print(f"inputs: {made.inputs}", highlight=False)
+    table = Table("#", "step", "runs", "lever / kind", "approval", "lapses after", "undo")
+    for item in made.steps:
+        runs = "yes" if item.runs else f"no: {item.why_not}"
+        what = item.lever or (f"wait {item.wait}" if item.wait else item.kind)
+        table.add_row(
+            item.order, item.id, runs, what, item.approval or "", item.lapses_after or "", item.undo
+        )
+    console.print(table)
+    if made.reviews:
+        console.print(f"reviews: {made.reviews}")
+    if made.post_incident_review:
+        console.print(f"post-incident review: {made.post_incident_review}")
+
+
+@app.command("simulate")
+def simulate(
+    file: Annotated[Path, typer.Argument(help="Playbook file (or a name from the library).")],
+    script: Annotated[
+        Path | None, typer.Option(help="Scenario YAML: inputs, level, actions at offsets.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the playbook for real on the time-skipping server against an in-process sandbox, with
+    scripted commander actions; print the timeline. Days pass in seconds."""
+    settings = settings_or_fail()
+    configure_logging(level="warning", fmt=settings.log_format)  # the timeline is the output
+    with user_errors():
+        path = find_playbook(str(file), settings.playbooks_dir)
+        load_playbook(path, settings.playbooks_dir)
+        try:
+            scenario = load_scenario(script) if script else Scenario()
+        except ScenarioError as error:
+            fail(str(error))
+
+    async def go() -> SimulationResult:
+        try:
+            return await run_simulation(path, scenario, progress=None if as_json else _say)
+        except ScenarioError as error:
+            fail(str(error))
+
+    result = run_async(go)
+    if as_json:
+        print_json(asdict(result))
+        hard_exit(0)
+    table = Table("at", "event", "step", "actor", "detail")
+    for entry in result.timeline:
+        detail = {
+            k: v
+            for k, v in entry.data.items()
+            if k in ("level", "reason", "error", "until", "lever")
+        }
+        table.add_row(
+            format_offset(entry.offset_s),
+            entry.kind,
+            entry.step_id or "",
+            entry.actor or "",
+            ", ".join(f"{k}={v}" for k, v in detail.items()),
+        )
+    console.print(table)
+    refused = [a for a in result.actions if not a.ok]
+    console.print(
+        f"{result.incident_id}: {result.final_state} after {format_offset(result.simulated_s)} "
+        f"simulated in {result.wall_s:.1f}s; {len(result.actions)} actions, {len(refused)} refused",
+        highlight=False,
+    )
+    hard_exit(0)
+
+
+def _say(message: str) -> None:
+    console.print(f"[dim]{message}[/dim]", highlight=False)

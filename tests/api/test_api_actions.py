@@ -1,0 +1,271 @@
+"""Commander actions over HTTP: approve, reject, escalate, de-escalate, renew, confirm-review and
+notes under /v1/incidents/{id}/, against the real dev server, sandbox and embedded worker."""
+
+# The house style puts the expected value first in asserts.
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.main import create_app
+from core.settings import Settings
+from tests.api.test_api import assert_error
+from tests.cli.test_cli_actions import ACTIONS_PLAYBOOK, PLAIN_PLAYBOOK
+from tests.conftest import Sandbox
+from tests.helpers import assert_eventually, serve_app
+
+ACTION_PATHS = (
+    "approve",
+    "reject",
+    "escalate",
+    "de-escalate",
+    "renew",
+    "confirm-review",
+    "notes",
+)
+
+
+@pytest.fixture
+async def api(settings: Settings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The API over real HTTP, with a playbook library holding the test playbooks."""
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "commander-actions.yaml").write_text(ACTIONS_PLAYBOOK)
+    (library / "plain.yaml").write_text(PLAIN_PLAYBOOK)
+    app = create_app(settings.model_copy(update={"playbooks_dir": library}))
+    with serve_app(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield http
+
+
+async def trigger(api: httpx.AsyncClient, playbook: str, **extra: Any) -> str:
+    response = await api.post("/v1/incidents", json={"playbook": playbook, **extra})
+    assert 201 == response.status_code, response.text
+    return response.json()["incident_id"]
+
+
+async def act(api: httpx.AsyncClient, incident_id: str, path: str, **body: Any) -> httpx.Response:
+    return await api.post(f"/v1/incidents/{incident_id}/{path}", json=body)
+
+
+def answer(response: httpx.Response) -> dict[str, Any]:
+    assert 200 == response.status_code, response.text
+    return response.json()
+
+
+def conflict(response: httpx.Response, *fragments: str) -> None:
+    message = assert_error(response, 409, "incident_conflict")
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+async def status_when(
+    api: httpx.AsyncClient, incident_id: str, check: Callable[[dict[str, str]], bool]
+) -> dict[str, Any]:
+    async def reached() -> dict[str, Any]:
+        status = answer(await api.get(f"/v1/incidents/{incident_id}"))
+        states = {s["id"]: s["state"] for s in status["steps"]}
+        assert check(states), states
+        return status
+
+    return await assert_eventually(reached)
+
+
+def step(status: dict[str, Any], step_id: str) -> dict[str, Any]:
+    return next(s for s in status["steps"] if s["id"] == step_id)
+
+
+async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    """Two distinct approvers in the step's roles let it run; a rejection skips a step; every
+    refused request is 409 with the workflow's reason."""
+    i = await trigger(api, "commander-actions", level="elevated", actor="alice")
+    await status_when(api, i, lambda s: s["throttle"] == "awaiting_approval")
+
+    conflict(
+        await act(api, i, "approve", step_id="throttle", role="intern"),
+        i,
+        "role 'intern' cannot approve throttle (roles: commander, policy-lead)",
+    )
+    conflict(
+        await act(api, i, "approve", step_id="surge", role="commander"),
+        "step 'surge' does not exist or needs no approval",
+    )
+    conflict(
+        await act(api, i, "approve", step_id="surge-hate", role="commander"),
+        "step surge-hate is not awaiting approval (it is pending)",
+    )
+    conflict(
+        await act(api, i, "reject", step_id="throttle", role="intern", reason="no"),
+        "role 'intern' cannot reject throttle",
+    )
+
+    first = answer(
+        await act(api, i, "approve", step_id="throttle", role="commander", actor="carol")
+    )
+    assert ("throttle", "awaiting_approval") == (first["id"], first["state"])
+    assert [("carol", "commander", "")] == [
+        (a["actor"], a["role"], a["comment"]) for a in first["approvals"]
+    ]
+    conflict(
+        await act(api, i, "approve", step_id="throttle", role="policy-lead", actor="carol"),
+        "carol has already approved throttle",
+    )
+    second = answer(
+        await act(api, i, "approve", step_id="throttle", role="policy-lead", comment="ok")
+    )
+    assert [("carol", "commander"), ("api", "policy-lead")] == [
+        (a["actor"], a["role"]) for a in second["approvals"]
+    ]
+    status = await status_when(
+        api, i, lambda s: s["throttle"] == "applied" and s["surge-hate"] == "awaiting_approval"
+    )
+    assert step(status, "throttle")["expires_at"]
+    assert 0.5 == (await sandbox.state())["recommender"]["GB"]["spam"]["reach_multiplier"]
+
+    rejected = answer(
+        await act(
+            api,
+            i,
+            "reject",
+            step_id="surge-hate",
+            role="commander",
+            reason="too broad",
+            actor="dan",
+        )
+    )
+    assert ("skipped", "rejected by dan: too broad") == (rejected["state"], rejected["outcome"])
+    conflict(
+        await act(api, i, "reject", step_id="surge-hate", role="commander", reason="again"),
+        "step surge-hate is not awaiting approval (it is skipped)",
+    )
+    answer(await act(api, i, "stand-down", reason="test over"))
+
+
+async def test_levels_renew_review_and_notes(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    """Escalate and de-escalate (a level at a time or to a named one), renew a measure, confirm
+    the review, add notes: each answers the result and lands in the audit trail."""
+    before = await sandbox.state()
+    i = await trigger(api, "commander-actions", level="severe")
+    status = await status_when(api, i, lambda s: s["surge"] == s["tighten"] == "applied")
+    assert "severe" == status["level"]
+    assert 0.3 == (await sandbox.state())["detection"]["fraud"]
+
+    escalated = answer(await act(api, i, "escalate", reason="spreading", actor="erin"))
+    assert "critical" == escalated["level"]
+    assert [("critical", "erin", "spreading")] == [
+        (c["level"], c["actor"], c["reason"]) for c in escalated["level_history"]
+    ]
+    conflict(
+        await act(api, i, "escalate", reason="worse"), "already at the highest level (critical)"
+    )
+    conflict(
+        await act(api, i, "escalate", reason="x", to_level="severe"),
+        "severe is not above the current level critical",
+    )
+    conflict(
+        await act(api, i, "de-escalate", reason="x", to_level="nope"),
+        "unknown level 'nope' (levels: elevated, severe, critical)",
+    )
+    lowered = answer(await act(api, i, "de-escalate", reason="calmer", to_level="elevated"))
+    assert "elevated" == lowered["level"]
+    conflict(await act(api, i, "de-escalate", reason="x"), "already at the lowest level")
+    await status_when(api, i, lambda s: s["tighten"] == "dormant")
+    assert before["detection"]["fraud"] == (await sandbox.state())["detection"]["fraud"]
+
+    renewed = answer(await act(api, i, "renew", step_id="surge", duration="3h", reason="hot"))
+    assert ("surge", "applied") == (renewed["id"], renewed["state"])
+    assert renewed["expires_at"] > step(status, "surge")["expires_at"]
+    for body, reason in (
+        ({"step_id": "nope"}, "no measure 'nope' in this incident"),
+        ({"step_id": "throttle"}, "measure throttle is awaiting_approval: only an applied"),
+        ({"step_id": "surge", "duration": "a while"}, "invalid duration 'a while'"),
+    ):
+        conflict(await act(api, i, "renew", **{"duration": "1h", "reason": "x", **body}), reason)
+
+    reviewed = answer(await act(api, i, "confirm-review", note="still needed", actor="fay"))
+    assert reviewed["next_review_due"] > status["next_review_due"]
+    noted = answer(await act(api, i, "notes", text="regulator called back"))
+    assert [("api", "regulator called back")] == [(n["actor"], n["text"]) for n in noted["notes"]]
+
+    async def audited() -> list[tuple[str, str | None]]:
+        events = answer(await api.get(f"/v1/incidents/{i}/audit"))["events"]
+        kinds = [(e["kind"], e["actor"]) for e in events]
+        assert ("note.added", "api") == kinds[-1], kinds
+        return kinds
+
+    kinds = await assert_eventually(audited)
+    for expected in (
+        ("level.escalated", "erin"),
+        ("level.de_escalated", "api"),
+        ("step.withdrawn", None),
+        ("measure.renewed", "api"),
+        ("review.confirmed", "fay"),
+    ):
+        assert expected in kinds, kinds
+    answer(await act(api, i, "stand-down", reason="test over"))
+
+
+async def test_refusals_and_errors(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    """Actions the playbook cannot take are 409; unknown incidents 404; bad bodies 422; a closed
+    incident refuses notes; a trigger at an undeclared level is 422."""
+    i = await trigger(api, "plain")
+    conflict(await act(api, i, "confirm-review"), i, "playbook plain has no reviews")
+    conflict(await act(api, i, "escalate", reason="x"), "playbook plain has no levels")
+    conflict(await act(api, i, "de-escalate", reason="x"), "playbook plain has no levels")
+    at_level = await api.post("/v1/incidents", json={"playbook": "plain", "level": "severe"})
+    assert "unknown level 'severe'" in assert_error(at_level, 422, "invalid_input")
+
+    bodies = {
+        "approve": {"step_id": "s", "role": "commander"},
+        "reject": {"step_id": "s", "role": "commander", "reason": "x"},
+        "escalate": {"reason": "x"},
+        "de-escalate": {"reason": "x"},
+        "renew": {"step_id": "s", "duration": "1h", "reason": "x"},
+        "confirm-review": {},
+        "notes": {"text": "x"},
+    }
+    assert set(ACTION_PATHS) == set(bodies)
+    for path, body in bodies.items():
+        missing = await act(api, "INC-NO-SUCH-INCIDENT", path, **body)
+        assert "INC-NO-SUCH-INCIDENT" in assert_error(missing, 404, "incident_not_found"), path
+
+    assert "reason" in assert_error(await act(api, i, "escalate"), 422, "invalid_request")
+    assert "text" in assert_error(await act(api, i, "notes", text=""), 422, "invalid_request")
+    no_role = await act(api, i, "approve", step_id="surge")
+    assert "role" in assert_error(no_role, 422, "invalid_request")
+    empty_actor = await act(api, i, "notes", text="x", actor="")
+    assert "actor" in assert_error(empty_actor, 422, "invalid_request")
+
+    answer(await act(api, i, "stand-down", reason="test over"))
+    conflict(await act(api, i, "notes", text="late"), i, "closed")
+
+
+async def test_openapi_describes_each_action(api: httpx.AsyncClient) -> None:
+    """Each action route is a POST with a summary, its own request body schema and the 404/409
+    error shape; trigger takes an optional level."""
+    document = answer(await api.get("/openapi.json"))
+    schemas = document["components"]["schemas"]
+    bodies = {}
+    for path in ACTION_PATHS:
+        operation = document["paths"][f"/v1/incidents/{{incident_id}}/{path}"]["post"]
+        assert operation["summary"], path
+        ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        bodies[path] = ref.rsplit("/", 1)[1]
+        assert {"200", "404", "409", "422"} <= set(operation["responses"]), path
+        assert "actor" in schemas[bodies[path]]["properties"], path
+    assert {
+        "approve": "ApproveBody",
+        "reject": "RejectBody",
+        "escalate": "LevelBody",
+        "de-escalate": "LevelBody",
+        "renew": "RenewBody",
+        "confirm-review": "ReviewBody",
+        "notes": "NoteBody",
+    } == bodies
+    assert {"step_id", "role"} <= set(schemas["ApproveBody"]["required"])
+    assert "level" in schemas["TriggerBody"]["properties"]

@@ -1,0 +1,1285 @@
+"""The playbook language's semantics, end to end on a time-skipping Temporal server.
+
+Levels, approvals, timeouts, expiry, reviews, parallel branches, waits, failure policies,
+stand-down steps and continue-as-new: each test triggers a small playbook written here, lets hours
+of workflow time pass in milliseconds, and checks three things: the workflow's status, the
+platform sandbox's real state over HTTP, and the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+
+from core.settings import Settings
+from engine.incidents import IncidentConflict, IncidentError, Incidents
+from engine.temporal import running_worker
+from store.audit_store import AuditStore
+from tests.conftest import Sandbox
+from tests.helpers import assert_eventually
+from workflows.audit import AuditEvent
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import (
+    ApproveRequest,
+    IncidentStatus,
+    LevelRequest,
+    NoteRequest,
+    RejectRequest,
+    RenewRequest,
+    ReviewRequest,
+    StepRecord,
+)
+
+HEADER = """\
+playbook: lang
+version: 1
+title: Language semantics
+description: For tests.
+levels: [elevated, severe, critical]
+"""
+# Parts of the sandbox state that record traffic rather than platform settings.
+TRAFFIC = {"applications", "stats", "faults", "notifications", "hash_lists"}
+TRANSIENT = {"running", "undoing"}
+
+
+# --- the lab: a worker on the time-skipping server, the sandbox, the audit store -------------
+@dataclass
+class Lab:
+    env: WorkflowEnvironment
+    incidents: Incidents
+    sandbox: Sandbox
+    store: AuditStore
+    directory: Path
+    started: list[str] = field(default_factory=list)
+
+    async def trigger(
+        self,
+        body: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        level: str | None = None,
+        history_limit: int | None = None,
+    ) -> str:
+        path = self.directory / f"playbook-{len(self.started)}.yaml"
+        path.write_text(HEADER + body)
+        triggered = await self.incidents.trigger(
+            str(path), inputs or {}, actor="alice", level=level, history_limit=history_limit
+        )
+        self.started.append(triggered.incident_id)
+        return triggered.incident_id
+
+    async def act(self, incident_id: str, update: Any, request: BaseModel) -> Any:
+        return await self.incidents.act(incident_id, update, request)
+
+    async def status(self, incident_id: str) -> IncidentStatus:
+        return await self.incidents.status(incident_id)
+
+    async def settle(
+        self,
+        incident_id: str,
+        steps: dict[str, str],
+        *,
+        state: str = "running",
+        level: str | None = None,
+        also: Callable[[IncidentStatus], None] | None = None,
+    ) -> IncidentStatus:
+        """Wait until the named steps are in these states (and nothing is mid-call)."""
+
+        async def check() -> IncidentStatus:
+            status = await self.status(incident_id)
+            now = step_states(status)
+            assert steps == {k: v for k, v in now.items() if k in steps}, now
+            assert not TRANSIENT & set(now.values()), now
+            assert state == status.state, status.state
+            if level is not None:
+                assert level == status.level
+            if also is not None:
+                also(status)
+            return status
+
+        return await assert_eventually(check, timeout=15, interval=0.05)
+
+    async def advance(self, duration: timedelta) -> None:
+        """Let workflow time pass (the server fires every timer on the way)."""
+        await self.env.sleep(duration)
+
+    async def now(self) -> datetime:
+        return await self.env.get_current_time()
+
+    async def sync(self, incident_id: str) -> IncidentStatus:
+        """Make the workflow run a task now (so any timer that fired is handled), then wait for
+        the calls that task started to finish."""
+        await self.act(
+            incident_id, CrisisWorkflow.add_note, NoteRequest(actor="tester", text="sync")
+        )
+
+        async def quiet() -> IncidentStatus:
+            status = await self.status(incident_id)
+            assert not TRANSIENT & set(step_states(status).values())
+            return status
+
+        return await assert_eventually(quiet, timeout=15, interval=0.05)
+
+    async def audit(self, incident_id: str, *, until: str, count: int = 1) -> list[AuditEvent]:
+        """The incident's audit events once `count` events of kind `until` have been written."""
+
+        async def check() -> list[AuditEvent]:
+            events = self.store.events(incident_id)
+            assert count <= kinds(events).count(until)
+            return events
+
+        return await assert_eventually(check, timeout=15, interval=0.05)
+
+    async def platform(self) -> dict[str, Any]:
+        return await self.sandbox.state()
+
+
+@pytest.fixture
+async def lab(
+    time_env: WorkflowEnvironment,
+    settings: Settings,
+    sandbox: Sandbox,
+    sqlite_store: AuditStore,
+    tmp_path: Path,
+) -> AsyncIterator[Lab]:
+    async with running_worker(time_env.client, settings=settings, store=sqlite_store):
+        box = Lab(time_env, Incidents(time_env.client, settings), sandbox, sqlite_store, tmp_path)
+        yield box
+        for incident_id in box.started:
+            await _close(time_env, box.incidents, incident_id)
+
+
+async def _close(env: WorkflowEnvironment, incidents: Incidents, incident_id: str) -> None:
+    """Stand down an incident a test left running. Not terminate: the test server's clock is
+    shared, and terminating a run whose audit write is in flight leaves time skipping locked for
+    every later test. A stand-down answers only once the audit trail is flushed."""
+    handle = env.client.get_workflow_handle(incident_id)
+    if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+        return
+    try:
+        await asyncio.wait_for(
+            incidents.stand_down(incident_id, actor="teardown", reason="test over"), timeout=15
+        )
+    except (IncidentConflict, TimeoutError):
+        await handle.terminate(reason="test over")
+
+
+def step_states(status: IncidentStatus) -> dict[str, str]:
+    return {s.id: s.state for s in status.steps}
+
+
+def step(status: IncidentStatus, step_id: str) -> StepRecord:
+    return next(s for s in status.steps if s.id == step_id)
+
+
+def kinds(events: list[AuditEvent]) -> list[str]:
+    return [e.kind for e in events]
+
+
+def settings_of(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k not in TRAFFIC}
+
+
+def operations(state: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(a["step"], a["operation"]) for a in state["applications"]]
+
+
+def at(text: str | None) -> datetime:
+    assert text is not None
+    return datetime.fromisoformat(text)
+
+
+def level(actor: str = "carol", to: str | None = None) -> LevelRequest:
+    return LevelRequest(actor=actor, reason="situation changed", to_level=to)
+
+
+# --- 1. levels --------------------------------------------------------------------------------
+LEVELLED = """
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: surge
+    level: severe
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5, priority: urgent}
+  - id: terror
+    level: severe
+    do: detection.set_threshold
+    with: {classifier: terrorism, threshold: 0.5}
+  - id: throttle
+    level: critical
+    do: recommender.throttle
+    with: {region: GB, categories: [terrorism], reach_multiplier: 0.5}
+"""
+
+
+async def test_levels_escalate_in_order_de_escalate_newest_first_and_re_escalate(
+    lab: Lab,
+) -> None:
+    """Higher-level steps wait dormant, escalation applies them in playbook order, de-escalation
+    undoes them newest first (restoring the platform), and re-escalation applies them again."""
+    before = await lab.platform()
+    incident = await lab.trigger(LEVELLED)
+    await lab.settle(
+        incident,
+        {"base": "applied", "surge": "dormant", "terror": "dormant", "throttle": "dormant"},
+        level="elevated",
+    )
+    assert [("base", "apply-1")] == operations(await lab.platform())
+
+    escalated = await lab.act(incident, CrisisWorkflow.escalate, level())
+    assert "severe" == escalated.level
+    await lab.settle(
+        incident,
+        {"base": "applied", "surge": "applied", "terror": "applied", "throttle": "dormant"},
+        level="severe",
+    )
+    state = await lab.platform()
+    assert {"reviewers": 15, "priority": "urgent"} == state["moderation"]["fraud"]
+    assert 0.5 == state["detection"]["terrorism"]
+    assert {} == state["recommender"]
+    assert ["base", "surge", "terror"] == [name for name, _ in operations(state)]
+
+    await lab.act(incident, CrisisWorkflow.escalate, level(to="critical"))
+    await lab.settle(incident, {"throttle": "applied"}, level="critical")
+    assert {"terrorism": {"reach_multiplier": 0.5, "reshare_limit": None}} == (
+        await lab.platform()
+    )["recommender"]["GB"]
+
+    await lab.act(incident, CrisisWorkflow.de_escalate, level(to="elevated"))
+    status = await lab.settle(
+        incident,
+        {"base": "applied", "surge": "dormant", "terror": "dormant", "throttle": "dormant"},
+        level="elevated",
+    )
+    state = await lab.platform()
+    newest_first = [("throttle", "undo-1"), ("terror", "undo-1"), ("surge", "undo-1")]
+    assert newest_first == operations(state)[-3:]
+    expected = settings_of(before)
+    expected["detection"]["fraud"] = 0.3  # the base measure stays
+    assert expected == settings_of(state)
+    assert all(step(status, s).undone_at for s in ("surge", "terror", "throttle"))
+
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+    status = await lab.settle(
+        incident, {"surge": "applied", "terror": "applied", "throttle": "dormant"}
+    )
+    state = await lab.platform()
+    assert [("surge", "apply-2"), ("terror", "apply-2")] == operations(state)[-2:]
+    assert 15 == state["moderation"]["fraud"]["reviewers"]
+    assert 0 == state["stats"]["duplicates"]
+    assert ["severe", "critical", "elevated", "severe"] == [
+        change.level for change in status.level_history
+    ]
+    assert {"carol"} == {change.actor for change in status.level_history}
+
+    events = await lab.audit(incident, until="step.applied", count=6)
+    assert 3 == kinds(events).count("level.escalated")
+    assert 1 == kinds(events).count("level.de_escalated")
+    assert ["throttle", "terror", "surge"] == [
+        e.step_id for e in events if e.kind == "step.withdrawn"
+    ]
+    assert lab.store.verify(incident).ok
+
+
+async def test_an_incident_triggered_at_a_level_applies_the_steps_of_that_level(lab: Lab) -> None:
+    """Triggered at severe, the severe steps run in the sequence and only critical ones wait."""
+    incident = await lab.trigger(LEVELLED, level="severe")
+    status = await lab.settle(
+        incident,
+        {"base": "applied", "surge": "applied", "terror": "applied", "throttle": "dormant"},
+        level="severe",
+    )
+    assert [] == status.level_history
+    state = await lab.platform()
+    assert ["base", "surge", "terror"] == [name for name, _ in operations(state)]
+    assert 15 == state["moderation"]["fraud"]["reviewers"]
+    events = await lab.audit(incident, until="step.dormant")
+    assert "severe" == events[0].data["level"]
+
+
+async def test_level_changes_beyond_the_declared_levels_are_refused(lab: Lab) -> None:
+    """Escalating above the top, de-escalating below the bottom and unknown levels are refused,
+    leaving no trace."""
+    incident = await lab.trigger(LEVELLED, level="critical")
+    await lab.settle(incident, {"throttle": "applied"}, level="critical")
+    with pytest.raises(IncidentConflict, match="already at the highest level"):
+        await lab.act(incident, CrisisWorkflow.escalate, level())
+    with pytest.raises(IncidentConflict, match="not above the current level"):
+        await lab.act(incident, CrisisWorkflow.escalate, level(to="critical"))
+    with pytest.raises(IncidentConflict, match="unknown level 'catastrophic'"):
+        await lab.act(incident, CrisisWorkflow.de_escalate, level(to="catastrophic"))
+    with pytest.raises(IncidentConflict, match="not below the current level"):
+        await lab.act(incident, CrisisWorkflow.de_escalate, level(to="critical"))
+
+    await lab.act(incident, CrisisWorkflow.de_escalate, level(to="elevated"))
+    status = await lab.settle(incident, {"surge": "dormant", "throttle": "dormant"})
+    with pytest.raises(IncidentConflict, match="already at the lowest level"):
+        await lab.act(incident, CrisisWorkflow.de_escalate, level())
+    assert ["elevated"] == [change.level for change in status.level_history]
+    events = await lab.audit(incident, until="level.de_escalated")
+    assert 1 == sum(k.startswith("level.") for k in kinds(events))
+
+
+# --- 2. approvals -----------------------------------------------------------------------------
+QUORUM = """
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.25}
+    approval: {roles: [commander, policy-lead], quorum: 2, timeout: 1h}
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 10}
+"""
+
+
+def approve(step_id: str, actor: str, role: str) -> ApproveRequest:
+    return ApproveRequest(step_id=step_id, actor=actor, role=role, comment=f"{actor} agrees")
+
+
+async def test_a_quorum_of_two_distinct_approvers_with_listed_roles_releases_the_step(
+    lab: Lab,
+) -> None:
+    """One approval leaves the step waiting; a repeat approver and an unlisted role are refused;
+    a second distinct approver applies it and the sequence goes on."""
+    incident = await lab.trigger(QUORUM)
+    await lab.settle(incident, {"throttle": "awaiting_approval", "surge": "pending"})
+
+    record = await lab.act(
+        incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander")
+    )
+    assert ["alice"] == [a.actor for a in record.approvals]
+    status = await lab.settle(incident, {"throttle": "awaiting_approval", "surge": "pending"})
+    assert 1 == len(step(status, "throttle").approvals)
+    with pytest.raises(IncidentConflict, match="alice has already approved throttle"):
+        await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "policy-lead"))
+    with pytest.raises(IncidentConflict, match="role 'intern' cannot approve throttle"):
+        await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "carol", "intern"))
+    assert [] == operations(await lab.platform())
+
+    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "bob", "policy-lead"))
+    status = await lab.settle(incident, {"throttle": "applied", "surge": "applied"})
+    assert [("alice", "commander"), ("bob", "policy-lead")] == [
+        (a.actor, a.role) for a in step(status, "throttle").approvals
+    ]
+    state = await lab.platform()
+    assert {"reach_multiplier": 0.25, "reshare_limit": None} == state["recommender"]["GB"][
+        "racial_hatred"
+    ]
+    assert ["throttle", "surge"] == [name for name, _ in operations(state)]
+
+    events = await lab.audit(incident, until="step.applied", count=2)
+    approval_kinds = [k for k in kinds(events) if k.startswith("approval.")]
+    assert [
+        "approval.requested",
+        "approval.given",
+        "approval.given",
+        "approval.granted",
+    ] == approval_kinds
+    granted = next(e for e in events if e.kind == "approval.granted")
+    assert ["alice", "bob"] == granted.data["approvers"]
+    assert lab.store.verify(incident).ok
+
+
+async def test_a_rejected_step_is_skipped_with_the_reason_and_the_sequence_goes_on(
+    lab: Lab,
+) -> None:
+    """Rejection by a listed role skips the step (saying who and why); the next step runs."""
+    incident = await lab.trigger(QUORUM)
+    await lab.settle(incident, {"throttle": "awaiting_approval"})
+    rejection = RejectRequest(step_id="throttle", actor="carol", role="intern", reason="no")
+    with pytest.raises(IncidentConflict, match="role 'intern' cannot reject"):
+        await lab.act(incident, CrisisWorkflow.reject, rejection)
+
+    rejection = RejectRequest(
+        step_id="throttle", actor="bob", role="commander", reason="too broad for GB"
+    )
+    await lab.act(incident, CrisisWorkflow.reject, rejection)
+    status = await lab.settle(incident, {"throttle": "skipped", "surge": "applied"})
+    assert "rejected by bob: too broad for GB" == step(status, "throttle").outcome
+    with pytest.raises(IncidentConflict, match="not awaiting approval"):
+        await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander"))
+    state = await lab.platform()
+    assert {} == state["recommender"]
+    assert 22 == state["moderation"]["hate"]["reviewers"]
+    assert [("surge", "apply-1")] == operations(state)
+    events = await lab.audit(incident, until="step.applied")
+    rejected = next(e for e in events if e.kind == "approval.rejected")
+    assert ("bob", "throttle", "too broad for GB") == (
+        rejected.actor,
+        rejected.step_id,
+        rejected.data["reason"],
+    )
+
+
+# --- 3. approval timeouts ---------------------------------------------------------------------
+TIMEOUT = """
+steps:
+  - id: extra
+    level: severe
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 10}
+  - id: throttle
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.25}
+    approval: {roles: [commander], timeout: 30m, on_timeout: ON_TIMEOUT}
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+"""
+
+
+async def test_an_approval_timeout_with_escalate_raises_the_level_and_keeps_waiting(
+    lab: Lab,
+) -> None:
+    """At the deadline the level rises one step (its steps apply) and the step waits again with a
+    new deadline."""
+    incident = await lab.trigger(TIMEOUT.replace("ON_TIMEOUT", "escalate"))
+    status = await lab.settle(incident, {"extra": "dormant", "throttle": "awaiting_approval"})
+    first_deadline = at(step(status, "throttle").approval_deadline)
+
+    await lab.advance(timedelta(minutes=29))
+    status = await lab.sync(incident)
+    assert "elevated" == status.level
+
+    await lab.advance(timedelta(minutes=2))
+    status = await lab.settle(
+        incident,
+        {"extra": "applied", "throttle": "awaiting_approval", "surge": "pending"},
+        level="severe",
+    )
+    second_deadline = at(step(status, "throttle").approval_deadline)
+    assert timedelta(minutes=30) <= second_deadline - first_deadline < timedelta(minutes=31)
+    assert ("system", "severe") == (status.level_history[-1].actor, status.level_history[-1].level)
+    state = await lab.platform()
+    assert 22 == state["moderation"]["hate"]["reviewers"]
+    assert {} == state["recommender"]
+
+    await lab.advance(timedelta(minutes=31))
+    status = await lab.settle(incident, {"throttle": "awaiting_approval"}, level="critical")
+    third_deadline = at(step(status, "throttle").approval_deadline)
+    assert timedelta(minutes=30) <= third_deadline - second_deadline < timedelta(minutes=31)
+
+    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "bob", "commander"))
+    await lab.settle(incident, {"throttle": "applied", "surge": "applied"})
+    events = await lab.audit(incident, until="approval.granted")
+    assert 2 == kinds(events).count("approval.timed_out")
+    assert 2 == kinds(events).count("level.escalated")
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "expected"),
+    [
+        ("skip", {"throttle": "skipped", "surge": "applied", "state": "running"}),
+        ("fail", {"throttle": "failed", "surge": "pending", "state": "failed"}),
+        ("proceed", {"throttle": "applied", "surge": "applied", "state": "running"}),
+    ],
+)
+async def test_an_approval_timeout_skips_fails_or_proceeds(
+    lab: Lab, on_timeout: str, expected: dict[str, str]
+) -> None:
+    """skip: the step is skipped and the next runs; fail: the incident fails; proceed: the step
+    is applied without approvals."""
+    incident = await lab.trigger(TIMEOUT.replace("ON_TIMEOUT", on_timeout))
+    await lab.settle(incident, {"throttle": "awaiting_approval"})
+    await lab.advance(timedelta(minutes=31))
+    status = await lab.settle(
+        incident,
+        {"extra": "dormant", "throttle": expected["throttle"], "surge": expected["surge"]},
+        state=expected["state"],
+        level="elevated",
+    )
+    throttle = step(status, "throttle")
+    state = await lab.platform()
+    events = await lab.audit(incident, until="approval.timed_out")
+    assert (
+        on_timeout == next(e for e in events if e.kind == "approval.timed_out").data["on_timeout"]
+    )
+    if on_timeout == "skip":
+        assert "approval timed out" == throttle.outcome
+        assert {} == state["recommender"]
+        assert [("surge", "apply-1")] == operations(state)
+    elif on_timeout == "fail":
+        assert "approval timed out" == throttle.error
+        assert [] == operations(state)
+        await lab.audit(incident, until="incident.failed")
+    else:
+        assert [] == throttle.approvals
+        assert 0.25 == state["recommender"]["GB"]["racial_hatred"]["reach_multiplier"]
+        assert [("throttle", "apply-1"), ("surge", "apply-1")] == operations(state)
+
+
+# --- 4. expiry and renewal --------------------------------------------------------------------
+EXPIRING = """
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with:
+      region: GB
+      categories: [incitement_to_violence]
+      reach_multiplier: 0.25
+      reshare_limit: 5
+    expires_after: 48h
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 25}
+"""
+
+
+async def test_a_measure_lapses_after_its_expiry_and_the_platform_is_restored(lab: Lab) -> None:
+    """48h after it is applied the measure is undone and marked expired; the others stay."""
+    incident = await lab.trigger(EXPIRING)
+    status = await lab.settle(incident, {"throttle": "applied", "surge": "applied"})
+    expires_at = at(step(status, "throttle").expires_at)
+    assert timedelta(hours=48) == expires_at - at(step(status, "throttle").finished_at)
+    assert {} != (await lab.platform())["recommender"]
+
+    await lab.advance(timedelta(hours=47))
+    status = await lab.sync(incident)
+    assert "applied" == step(status, "throttle").state
+
+    started = time.monotonic()
+    await lab.advance(timedelta(hours=2))
+    status = await lab.settle(incident, {"throttle": "expired", "surge": "applied"})
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"expiry took {elapsed:.2f}s of wall time"
+    assert step(status, "throttle").expires_at is None
+    state = await lab.platform()
+    assert {} == state["recommender"]
+    assert 37 == state["moderation"]["hate"]["reviewers"]
+    events = await lab.audit(incident, until="step.expired")
+    expired = next(e for e in events if e.kind == "step.expired")
+    assert expires_at <= at(expired.at) < expires_at + timedelta(minutes=5)
+    assert "expiry reached" == expired.data["reason"]
+    assert lab.store.verify(incident).ok
+
+
+async def test_renewing_before_expiry_pushes_the_expiry_out(lab: Lab) -> None:
+    """Renewed for 24h at 36h, the measure is still applied after 48h and lapses after 60h."""
+    incident = await lab.trigger(EXPIRING)
+    status = await lab.settle(incident, {"throttle": "applied"})
+    original = at(step(status, "throttle").expires_at)
+
+    await lab.advance(timedelta(hours=36))
+    renewal = RenewRequest(step_id="throttle", actor="bob", reason="still tense", duration="24h")
+    record = await lab.act(incident, CrisisWorkflow.renew, renewal)
+    renewed = at(record.expires_at)
+    assert original + timedelta(hours=11) < renewed < original + timedelta(hours=13)
+
+    await lab.advance(timedelta(hours=13))  # past the original expiry
+    status = await lab.sync(incident)
+    assert "applied" == step(status, "throttle").state
+    assert renewed == at(step(status, "throttle").expires_at)
+    assert (
+        0.25
+        == (await lab.platform())["recommender"]["GB"]["incitement_to_violence"]["reach_multiplier"]
+    )
+
+    await lab.advance(timedelta(hours=12))  # past the renewed expiry
+    await lab.settle(incident, {"throttle": "expired", "surge": "applied"})
+    assert {} == (await lab.platform())["recommender"]
+    events = await lab.audit(incident, until="step.expired")
+    renewal_event = next(e for e in events if e.kind == "measure.renewed")
+    assert ("bob", "still tense", False) == (
+        renewal_event.actor,
+        renewal_event.data["reason"],
+        renewal_event.data["reapply"],
+    )
+    assert original == at(renewal_event.data["was"])
+    expired = next(e for e in events if e.kind == "step.expired")
+    assert renewed <= at(expired.at) < renewed + timedelta(minutes=5)
+
+
+async def test_a_measure_that_is_not_applied_cannot_be_renewed(lab: Lab) -> None:
+    """Renewing a measure without an expiry, or an unknown step, is refused."""
+    incident = await lab.trigger(LEVELLED)
+    await lab.settle(incident, {"base": "applied", "surge": "dormant"})
+    for step_id, duration, message in [
+        ("surge", "24h", "measure surge has no expiry to renew"),
+        ("nope", "24h", "no measure 'nope'"),
+        ("base", "24h", "measure base has no expiry to renew"),
+    ]:
+        request = RenewRequest(step_id=step_id, actor="bob", reason="r", duration=duration)
+        with pytest.raises(IncidentConflict, match=message):
+            await lab.act(incident, CrisisWorkflow.renew, request)
+
+
+# --- 5. reviews -------------------------------------------------------------------------------
+REVIEWED = """
+reviews: {every: 6h, grace: 30m, on_missed: ON_MISSED}
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: incitement_to_violence, threshold: 0.25}
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 25}
+  - id: extra
+    level: severe
+    do: recommender.throttle
+    with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.5}
+"""
+
+
+async def test_a_missed_review_escalates(lab: Lab) -> None:
+    """No review within every + grace: review.missed is recorded and the level rises."""
+    incident = await lab.trigger(REVIEWED.replace("ON_MISSED", "escalate"))
+    status = await lab.settle(incident, {"base": "applied", "extra": "dormant"})
+    due = at(status.next_review_due)
+    assert timedelta(hours=6) == due - at(status.triggered_at)
+
+    await lab.advance(timedelta(hours=6, minutes=20))  # within the grace period
+    status = await lab.sync(incident)
+    assert ("elevated", 0) == (status.level, status.reviews_missed)
+
+    await lab.advance(timedelta(minutes=15))
+    status = await lab.settle(incident, {"extra": "applied"}, level="severe")
+    assert 1 == status.reviews_missed
+    assert due + timedelta(hours=6) < at(status.next_review_due)
+    assert ("system", "review missed") == (
+        status.level_history[-1].actor,
+        status.level_history[-1].reason,
+    )
+    assert (
+        0.5
+        == (await lab.platform())["recommender"]["GB"]["incitement_to_violence"]["reach_multiplier"]
+    )
+    events = await lab.audit(incident, until="level.escalated")
+    missed = next(e for e in events if e.kind == "review.missed")
+    assert "escalate" == missed.data["on_missed"]
+    assert kinds(events).index("review.missed") < kinds(events).index("level.escalated")
+
+
+async def test_a_review_confirmed_in_time_prevents_the_miss(lab: Lab) -> None:
+    """confirm_review moves the next review 6h on, so the original deadline passes quietly."""
+    incident = await lab.trigger(REVIEWED.replace("ON_MISSED", "escalate"))
+    await lab.settle(incident, {"base": "applied", "extra": "dormant"})
+
+    await lab.advance(timedelta(hours=5))
+    confirmed = await lab.act(
+        incident, CrisisWorkflow.confirm_review, ReviewRequest(actor="bob", note="still needed")
+    )
+    due = at(confirmed.next_review_due)
+    assert due - await lab.now() > timedelta(hours=5, minutes=59)
+
+    await lab.advance(timedelta(hours=2))  # past the first review's grace
+    status = await lab.sync(incident)
+    assert ("elevated", 0, due) == (
+        status.level,
+        status.reviews_missed,
+        at(status.next_review_due),
+    )
+    assert "dormant" == step(status, "extra").state
+    events = await lab.audit(incident, until="review.confirmed")
+    assert "review.missed" not in kinds(events)
+    confirmed_event = next(e for e in events if e.kind == "review.confirmed")
+    assert ("bob", "still needed") == (confirmed_event.actor, confirmed_event.data["note"])
+
+
+async def test_a_missed_review_with_stand_down_undoes_everything_and_closes(lab: Lab) -> None:
+    """on_missed stand_down: the system stands the incident down and the platform is restored."""
+    before = await lab.platform()
+    incident = await lab.trigger(REVIEWED.replace("ON_MISSED", "stand_down"))
+    await lab.settle(incident, {"base": "applied", "surge": "applied", "extra": "dormant"})
+
+    await lab.advance(timedelta(hours=6, minutes=31))
+    status = await lab.settle(
+        incident, {"base": "undone", "surge": "undone", "extra": "skipped"}, state="closed"
+    )
+    assert status.stand_down is not None
+    assert ("system", "review missed") == (status.stand_down.actor, status.stand_down.reason)
+    assert 1 == status.reviews_missed
+    state = await lab.platform()
+    assert settings_of(before) == settings_of(state)
+    events = await lab.audit(incident, until="incident.closed")
+    assert ["review.missed", "stand_down.requested", "step.undone", "step.undone"] == [
+        k for k in kinds(events) if k in ("review.missed", "stand_down.requested", "step.undone")
+    ]
+    assert "incident.closed" == events[-1].kind
+    assert lab.store.verify(incident).ok
+
+
+# --- 6. parallel branches and conditions -----------------------------------------------------
+PARALLEL = """
+inputs:
+  region: {type: string, default: GB}
+steps:
+  - id: tell
+    parallel:
+      - id: regulator
+        do: notify.webhook
+        with: {to: regulator, message: "Disorder in ${inputs.region}"}
+      - id: police
+        when: "inputs.region == 'GB'"
+        do: notify.webhook
+        with: {to: law-enforcement, message: "Disorder in ${inputs.region}"}
+      - id: surge
+        do: moderation.surge
+        with: {queue: hate, extra_reviewers: 10}
+  - id: after
+    do: detection.set_threshold
+    with: {classifier: racial_hatred, threshold: 0.4}
+"""
+
+
+@pytest.mark.parametrize(
+    ("region", "police", "told"),
+    [("GB", "applied", ["law-enforcement", "regulator"]), ("FR", "dormant", ["regulator"])],
+)
+async def test_a_conditional_branch_runs_only_where_its_condition_holds(
+    lab: Lab, region: str, police: str, told: list[str]
+) -> None:
+    """The police branch runs for GB and stays dormant for FR; the others run either way and
+    stand-down undoes the reversible branch."""
+    before = await lab.platform()
+    incident = await lab.trigger(PARALLEL, {"region": region})
+    await lab.settle(
+        incident,
+        {
+            "tell": "done",
+            "regulator": "applied",
+            "police": police,
+            "surge": "applied",
+            "after": "applied",
+        },
+    )
+    state = await lab.platform()
+    assert told == sorted(n["stakeholder"] for n in state["notifications"])
+    assert all(region in n["body"]["message"] for n in state["notifications"])
+    assert 22 == state["moderation"]["hate"]["reviewers"]
+
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="calm")
+    assert {
+        "regulator": "kept",
+        "police": "kept" if region == "GB" else "skipped",
+        "surge": "undone",
+        "after": "undone",
+    } == {k: v for k, v in step_states(closed).items() if k != "tell"}
+    assert settings_of(before) == settings_of(await lab.platform())
+
+
+async def test_a_failing_branch_fails_the_incident_while_its_sibling_is_applied(
+    lab: Lab,
+) -> None:
+    """An unknown classifier (404) fails its branch and the incident; the sibling branch stays
+    applied until stand-down undoes it."""
+    before = await lab.platform()
+    incident = await lab.trigger(
+        """
+steps:
+  - id: both
+    parallel:
+      - id: surge
+        do: moderation.surge
+        with: {queue: hate, extra_reviewers: 10}
+      - id: bad
+        do: detection.set_threshold
+        with: {classifier: no-such-classifier, threshold: 0.3}
+  - id: after
+    do: recommender.throttle
+    with: {region: GB, categories: [threats], reach_multiplier: 0.5}
+"""
+    )
+    status = await lab.settle(
+        incident,
+        {"both": "failed", "surge": "applied", "bad": "failed", "after": "pending"},
+        state="failed",
+    )
+    assert "404" in (step(status, "bad").error or "")
+    assert 22 == (await lab.platform())["moderation"]["hate"]["reviewers"]
+    events = await lab.audit(incident, until="incident.failed")
+    assert "both" == next(e for e in events if e.kind == "incident.failed").step_id
+
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="fix the playbook")
+    assert {"both": "failed", "surge": "undone", "bad": "failed", "after": "skipped"} == (
+        step_states(closed)
+    )
+    assert settings_of(before) == settings_of(await lab.platform())
+
+
+# --- 7. waits ---------------------------------------------------------------------------------
+WAITING = """
+steps:
+  - id: first
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: pause
+    wait: 30m
+  - id: second
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+"""
+
+
+async def test_a_wait_step_delays_the_next_step(lab: Lab) -> None:
+    """The step after `wait: 30m` runs 30 minutes later, not before."""
+    incident = await lab.trigger(WAITING)
+    status = await lab.settle(
+        incident, {"first": "applied", "pause": "waiting", "second": "pending"}
+    )
+    until = at(step(status, "pause").wait_until)
+    assert timedelta(minutes=30) == until - at(step(status, "pause").started_at)
+
+    await lab.advance(timedelta(minutes=29))
+    status = await lab.sync(incident)
+    assert "pending" == step(status, "second").state
+    assert [("first", "apply-1")] == operations(await lab.platform())
+
+    await lab.advance(timedelta(minutes=2))
+    status = await lab.settle(incident, {"pause": "done", "second": "applied"})
+    assert until <= at(step(status, "second").started_at)
+    assert 15 == (await lab.platform())["moderation"]["fraud"]["reviewers"]
+    events = await lab.audit(incident, until="wait.finished")
+    assert until <= at(next(e for e in events if e.kind == "wait.finished").at)
+
+
+async def test_a_stand_down_during_a_wait_skips_the_rest(lab: Lab) -> None:
+    """Standing down mid-wait ends the wait; the steps after it never run."""
+    before = await lab.platform()
+    incident = await lab.trigger(WAITING)
+    await lab.settle(incident, {"pause": "waiting"})
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="calm")
+    assert {"first": "undone", "pause": "skipped", "second": "skipped"} == step_states(closed)
+    await lab.advance(timedelta(hours=1))
+    state = await lab.platform()
+    assert [("first", "apply-1"), ("first", "undo-1")] == operations(state)
+    assert settings_of(before) == settings_of(state)
+    events = await lab.audit(incident, until="incident.closed")
+    assert "wait.finished" not in kinds(events)
+
+
+# --- 8. on_failure ----------------------------------------------------------------------------
+async def test_on_failure_continue_runs_the_next_step_without_failing(lab: Lab) -> None:
+    """A failed step with on_failure continue is recorded and the sequence goes on."""
+    incident = await lab.trigger(
+        """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+  - id: bad
+    do: detection.set_threshold
+    with: {classifier: no-such-classifier, threshold: 0.3}
+    on_failure: continue
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+"""
+    )
+    status = await lab.settle(
+        incident, {"surge": "applied", "bad": "failed", "throttle": "applied"}
+    )
+    assert "404" in (step(status, "bad").error or "")
+    state = await lab.platform()
+    assert 0.5 == state["recommender"]["FR"]["fraud"]["reach_multiplier"]
+    assert 15 == state["moderation"]["fraud"]["reviewers"]
+    events = await lab.audit(incident, until="step.applied", count=2)
+    assert "step.failed" in kinds(events)
+    assert "incident.failed" not in kinds(events)
+
+
+async def test_on_failure_undo_undoes_the_applied_steps_and_fails(lab: Lab) -> None:
+    """A failed step with on_failure undo takes back every applied step, newest first."""
+    before = await lab.platform()
+    incident = await lab.trigger(
+        """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+  - id: bad
+    do: detection.set_threshold
+    with: {classifier: no-such-classifier, threshold: 0.3}
+    on_failure: undo
+  - id: later
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+"""
+    )
+    await lab.settle(
+        incident,
+        {"surge": "undone", "throttle": "undone", "bad": "failed", "later": "pending"},
+        state="failed",
+    )
+    state = await lab.platform()
+    assert settings_of(before) == settings_of(state)
+    assert [
+        ("surge", "apply-1"),
+        ("throttle", "apply-1"),
+        ("throttle", "undo-1"),
+        ("surge", "undo-1"),
+    ] == operations(state)
+    events = await lab.audit(incident, until="incident.failed")
+    assert ["step.failed", "step.undone", "step.undone", "incident.failed"] == [
+        k for k in kinds(events) if k in ("step.failed", "step.undone", "incident.failed")
+    ]
+
+
+# --- 9. on_stand_down -------------------------------------------------------------------------
+async def test_on_stand_down_steps_run_at_stand_down(lab: Lab) -> None:
+    """The closing notice reaches the regulator only at stand-down, after the measures are
+    undone; a closing step whose condition fails is skipped."""
+    incident = await lab.trigger(
+        """
+inputs:
+  region: {type: string, default: FR}
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 10}
+on_stand_down:
+  - id: closing-notice
+    do: notify.webhook
+    with:
+      to: regulator
+      severity: info
+      message: "Incident ${incident.id} in ${inputs.region} closed: measures lifted"
+  - id: police-notice
+    when: "inputs.region == 'GB'"
+    do: notify.webhook
+    with: {to: law-enforcement, message: "closed"}
+"""
+    )
+    await lab.settle(
+        incident,
+        {"surge": "applied", "closing-notice": "pending", "police-notice": "pending"},
+    )
+    assert [] == (await lab.platform())["notifications"]
+
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="calm")
+    assert {"surge": "undone", "closing-notice": "applied", "police-notice": "skipped"} == (
+        step_states(closed)
+    )
+    state = await lab.platform()
+    assert [
+        ("surge", "apply-1"),
+        ("surge", "undo-1"),
+        ("closing-notice", "apply-1"),
+    ] == operations(state)
+    [notice] = state["notifications"]
+    assert ("regulator", "info", True) == (
+        notice["stakeholder"],
+        notice["body"]["severity"],
+        notice["signature_valid"],
+    )
+    assert f"Incident {incident} in FR closed: measures lifted" == notice["body"]["message"]
+
+
+# --- 10. awkward cases ------------------------------------------------------------------------
+async def test_an_approval_timing_out_as_a_stand_down_arrives_leaves_nothing_applied(
+    lab: Lab,
+) -> None:
+    """Whichever comes first, the incident closes with the step skipped and the platform as it
+    was, even if the timeout's escalation applied a step meanwhile."""
+    before = await lab.platform()
+    incident = await lab.trigger(TIMEOUT.replace("ON_TIMEOUT", "escalate"))
+    await lab.settle(incident, {"throttle": "awaiting_approval"})
+    await lab.advance(timedelta(minutes=29, seconds=59))
+    _, closed = await asyncio.gather(
+        lab.advance(timedelta(seconds=2)),
+        lab.incidents.stand_down(incident, actor="bob", reason="calm"),
+    )
+    assert "closed" == closed.state
+    states = step_states(closed)
+    assert ("skipped", "skipped") == (states["throttle"], states["surge"])
+    assert states["extra"] in ("skipped", "undone")
+    state = await lab.platform()
+    assert settings_of(before) == settings_of(state)
+    assert "throttle" not in [name for name, _ in operations(state)]
+    assert 0 == state["stats"]["duplicates"]
+    events = await lab.audit(incident, until="incident.closed")
+    assert "approval.granted" not in kinds(events)
+    assert lab.store.verify(incident).ok
+
+
+async def test_a_de_escalation_while_a_step_awaits_approval_makes_it_dormant(lab: Lab) -> None:
+    """De-escalated below its level, a step awaiting approval becomes dormant with its approvals
+    and deadline cleared; re-escalation asks for approval afresh."""
+    incident = await lab.trigger(
+        """
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: throttle
+    level: severe
+    do: recommender.throttle
+    with: {region: GB, categories: [threats], reach_multiplier: 0.5}
+    approval: {roles: [commander, policy-lead], quorum: 2, timeout: 1h, on_timeout: fail}
+  - id: after
+    do: moderation.surge
+    with: {queue: general, extra_reviewers: 5}
+""",
+        level="severe",
+    )
+    await lab.settle(incident, {"base": "applied", "throttle": "awaiting_approval"})
+    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander"))
+
+    await lab.act(incident, CrisisWorkflow.de_escalate, level())
+    status = await lab.settle(
+        incident, {"base": "applied", "throttle": "dormant", "after": "applied"}, level="elevated"
+    )
+    throttle = step(status, "throttle")
+    assert ([], None) == (throttle.approvals, throttle.approval_deadline)
+    with pytest.raises(IncidentConflict, match="not awaiting approval"):
+        await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "bob", "policy-lead"))
+
+    await lab.advance(timedelta(hours=2))  # the old deadline must not fail the incident
+    status = await lab.sync(incident)
+    assert ("running", "dormant") == (status.state, step(status, "throttle").state)
+
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+    status = await lab.settle(incident, {"throttle": "awaiting_approval"}, level="severe")
+    assert [] == step(status, "throttle").approvals
+    assert at(step(status, "throttle").approval_deadline) > await lab.now()
+    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander"))
+    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "bob", "policy-lead"))
+    await lab.settle(incident, {"throttle": "applied"})
+    state = await lab.platform()
+    assert 0.5 == state["recommender"]["GB"]["threats"]["reach_multiplier"]
+    assert [("throttle", "apply-1")] == [o for o in operations(state) if o[0] == "throttle"]
+    events = await lab.audit(incident, until="approval.granted")
+    assert 2 == kinds(events).count("approval.requested")
+    assert "approval.timed_out" not in kinds(events)
+    assert "throttle" == next(e for e in events if e.kind == "step.dormant").step_id
+
+
+async def test_renewing_a_lapsed_measure_applies_it_again(lab: Lab) -> None:
+    """A renewal after expiry re-applies the measure (apply-2) until the renewal's end, then it
+    lapses again (undo-2)."""
+    incident = await lab.trigger(EXPIRING)
+    await lab.settle(incident, {"throttle": "applied"})
+    await lab.advance(timedelta(hours=49))
+    await lab.settle(incident, {"throttle": "expired"})
+    assert {} == (await lab.platform())["recommender"]
+
+    renewal = RenewRequest(step_id="throttle", actor="bob", reason="flare-up", duration="24h")
+    renewed_at = await lab.now()
+    await lab.act(incident, CrisisWorkflow.renew, renewal)
+    status = await lab.settle(incident, {"throttle": "applied"})
+    expires_at = at(step(status, "throttle").expires_at)
+    assert timedelta(hours=23) < expires_at - renewed_at < timedelta(hours=25)
+    state = await lab.platform()
+    assert 0.25 == state["recommender"]["GB"]["incitement_to_violence"]["reach_multiplier"]
+    assert ("throttle", "apply-2") == operations(state)[-1]
+
+    await lab.advance(timedelta(hours=25))
+    await lab.settle(incident, {"throttle": "expired"})
+    state = await lab.platform()
+    assert {} == state["recommender"]
+    assert [("throttle", op) for op in ("apply-1", "undo-1", "apply-2", "undo-2")] == [
+        o for o in operations(state) if o[0] == "throttle"
+    ]
+    assert 0 == state["stats"]["duplicates"]
+    events = await lab.audit(incident, until="step.expired", count=2)
+    renewal_event = next(e for e in events if e.kind == "measure.renewed")
+    assert (True, None) == (renewal_event.data["reapply"], renewal_event.data["was"])
+
+
+async def test_continue_as_new_in_the_middle_of_a_wait_keeps_the_wait_and_the_audit_chain(
+    lab: Lab,
+) -> None:
+    """With a small history limit the incident continues as new while waiting; the wait still
+    ends on time and the audit chain runs on unbroken across runs."""
+    incident = await lab.trigger(
+        """
+steps:
+  - id: first
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: hold
+    wait: 2h
+  - id: second
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+""",
+        history_limit=40,
+    )
+    status = await lab.settle(incident, {"first": "applied", "hold": "waiting"})
+    until = at(step(status, "hold").wait_until)
+    runs = status.runs
+    for number in range(30):
+        status = await lab.act(
+            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
+        )
+        if status.runs > runs:
+            break
+    status = await lab.settle(
+        incident,
+        {"first": "applied", "hold": "waiting", "second": "pending"},
+        also=lambda s: _assert_more_runs(s, runs),
+    )
+    assert until == at(step(status, "hold").wait_until)
+    assert number + 1 == len(status.notes)
+
+    await lab.advance(until - await lab.now() - timedelta(minutes=1))
+    status = await lab.sync(incident)
+    assert ("waiting", "pending") == (step(status, "hold").state, step(status, "second").state)
+
+    await lab.advance(timedelta(minutes=2))
+    status = await lab.settle(incident, {"hold": "done", "second": "applied"})
+    assert until <= at(step(status, "second").started_at) < until + timedelta(minutes=5)
+    assert [("first", "apply-1"), ("second", "apply-1")] == operations(await lab.platform())
+
+    events = await lab.audit(incident, until="step.applied", count=2)
+    seqs = [e.seq for e in events]
+    assert list(range(1, len(events) + 1)) == seqs
+    assert 1 == kinds(events).count("wait.started")
+    continued = kinds(events).index("incident.continued")
+    assert kinds(events).index("wait.started") < continued < kinds(events).index("wait.finished")
+    assert lab.store.verify(incident).ok
+
+
+def _assert_more_runs(status: IncidentStatus, runs: int) -> None:
+    assert status.runs > runs, status.runs
+
+
+async def history_length(lab: Lab, incident_id: str) -> int:
+    description = await lab.env.client.get_workflow_handle(incident_id).describe()
+    return description.raw_description.workflow_execution_info.history_length
+
+
+async def test_continue_as_new_while_a_step_awaits_approval_carries_its_approvals(
+    lab: Lab,
+) -> None:
+    """An approval given before the incident continues as new still counts after it, the same
+    approver is still refused, and the second approval applies the step."""
+    incident = await lab.trigger(QUORUM, history_limit=40)
+    await lab.settle(incident, {"throttle": "awaiting_approval"})
+    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander"))
+    for number in range(30):
+        status = await lab.act(
+            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
+        )
+        if status.runs > 1:
+            break
+    status = await lab.settle(
+        incident, {"throttle": "awaiting_approval"}, also=lambda s: _assert_more_runs(s, 1)
+    )
+    assert ["alice"] == [a.actor for a in step(status, "throttle").approvals]
+    with pytest.raises(IncidentConflict, match="alice has already approved"):
+        await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander"))
+
+    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "bob", "policy-lead"))
+    await lab.settle(incident, {"throttle": "applied", "surge": "applied"})
+    assert ["throttle", "surge"] == [name for name, _ in operations(await lab.platform())]
+    events = await lab.audit(incident, until="step.applied", count=2)
+    assert 1 == kinds(events).count("approval.requested")
+    assert list(range(1, len(events) + 1)) == [e.seq for e in events]
+    assert lab.store.verify(incident).ok
+
+
+CAUGHT_UP_APPROVAL = """
+steps:
+  - id: severe-surge
+    level: severe
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 10}
+    approval: {roles: [commander], timeout: 72h, on_timeout: skip}
+  - id: throttle
+    do: recommender.throttle
+    with: {region: GB, categories: [threats], reach_multiplier: 0.5}
+    expires_after: 48h
+  - id: hold
+    wait: 30h
+  - id: after
+    do: detection.set_threshold
+    with: {classifier: threats, threshold: 0.4}
+"""
+
+
+async def _past_the_history_limit_behind_a_caught_up_approval(lab: Lab) -> str:
+    incident = await lab.trigger(CAUGHT_UP_APPROVAL, history_limit=40)
+    await lab.settle(
+        incident, {"severe-surge": "dormant", "throttle": "applied", "hold": "waiting"}
+    )
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+    await lab.settle(incident, {"severe-surge": "awaiting_approval"}, level="severe")
+    for number in range(6):
+        await lab.act(
+            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
+        )
+    # Past the limit the run continues as new even though an approval is still outstanding.
+    assert (await lab.sync(incident)).runs >= 2
+    return incident
+
+
+async def test_a_caught_up_step_awaiting_approval_does_not_hold_up_the_sequence(
+    lab: Lab,
+) -> None:
+    """Past the history limit, with a caught-up step awaiting approval, the step after a wait
+    still runs when the wait ends."""
+    incident = await _past_the_history_limit_behind_a_caught_up_approval(lab)
+    await lab.advance(timedelta(hours=31))
+    status = await lab.sync(incident)
+    assert ("done", "applied") == (step(status, "hold").state, step(status, "after").state)
+
+
+async def test_a_caught_up_step_awaiting_approval_does_not_hold_up_expiry(lab: Lab) -> None:
+    """Past the history limit, with a caught-up step awaiting approval, a measure still lapses
+    48h after it was applied."""
+    incident = await _past_the_history_limit_behind_a_caught_up_approval(lab)
+    await lab.advance(timedelta(hours=49))
+    status = await lab.sync(incident)
+    assert "expired" == step(status, "throttle").state
+    assert {} == (await lab.platform())["recommender"]
+
+
+async def test_a_caught_up_step_awaiting_approval_with_the_default_history_limit(
+    lab: Lab,
+) -> None:
+    """The same incident below its history limit: the wait ends on time and the measure lapses
+    at 48h (the control for the two tests above)."""
+    incident = await lab.trigger(CAUGHT_UP_APPROVAL)
+    await lab.settle(incident, {"throttle": "applied", "hold": "waiting"})
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+    await lab.settle(incident, {"severe-surge": "awaiting_approval"}, level="severe")
+    await lab.advance(timedelta(hours=31))
+    await lab.settle(incident, {"hold": "done", "after": "applied"})
+    await lab.advance(timedelta(hours=18))
+    await lab.settle(incident, {"throttle": "expired", "severe-surge": "awaiting_approval"})
+    assert {} == (await lab.platform())["recommender"]
+
+
+# --- 11. notes --------------------------------------------------------------------------------
+async def test_a_note_appears_in_the_status_and_the_audit_trail(lab: Lab) -> None:
+    """add_note is answered with the status holding the note, recorded, and refused once
+    closed."""
+    incident = await lab.trigger(WAITING)
+    await lab.settle(incident, {"pause": "waiting"})
+    status = await lab.act(
+        incident,
+        CrisisWorkflow.add_note,
+        NoteRequest(actor="bob", text="Police confirm the march has dispersed"),
+    )
+    assert [("bob", "Police confirm the march has dispersed")] == [
+        (n.actor, n.text) for n in status.notes
+    ]
+    assert [("bob", "Police confirm the march has dispersed")] == [
+        (n.actor, n.text) for n in (await lab.status(incident)).notes
+    ]
+    events = await lab.audit(incident, until="note.added")
+    note = next(e for e in events if e.kind == "note.added")
+    assert ("bob", "Police confirm the march has dispersed") == (note.actor, note.data["text"])
+
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="calm")
+    assert 1 == len(closed.notes)
+    # A closed incident takes no more notes (the test server calls the finished run "not
+    # found" where the dev server says "already completed": both are an IncidentError).
+    with pytest.raises(IncidentError):
+        await lab.act(incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text="late"))
