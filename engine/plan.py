@@ -57,10 +57,14 @@ def make_plan(playbook: Playbook, inputs: dict[str, Any], level: str | None) -> 
     }
     planned: list[PlannedStep] = []
     for index, step in enumerate(playbook.steps, start=1):
-        planned.append(_plan_step(playbook, step, str(index), inputs, level, context))
+        parent = _plan_step(playbook, step, str(index), inputs, level, context)
+        planned.append(parent)
         if isinstance(step, ParallelStep):
             for j, branch in enumerate(step.parallel, start=1):
-                planned.append(_plan_step(playbook, branch, f"{index}.{j}", inputs, level, context))
+                item = _plan_step(playbook, branch, f"{index}.{j}", inputs, level, context)
+                if not parent.runs and item.runs:  # a branch runs only when its parallel step does
+                    item.runs, item.why_not = False, f"its parallel step {step.id} does not run"
+                planned.append(item)
     for index, step in enumerate(playbook.on_stand_down, start=1):
         planned.append(_plan_step(playbook, step, f"close.{index}", inputs, level, context))
     reviews = playbook.reviews

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
 from core.settings import Settings
@@ -71,8 +72,13 @@ def load_scenario(path: Path) -> Scenario:
     try:
         data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
         return Scenario.model_validate(data)
-    except (OSError, YAMLError) as error:
-        raise ScenarioError(f"{path}: {error}") from None
+    except OSError as error:
+        raise ScenarioError(f"{path}: {error.strerror or error}") from None
+    except YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ScenarioError(f"{path}{where}: YAML: {problem}") from None
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -122,6 +128,7 @@ async def simulate(
     with tempfile.TemporaryDirectory() as tmp, serving_in_thread(create_app()) as sandbox_url:
         env = await WorkflowEnvironment.start_time_skipping(
             data_converter=pydantic_data_converter,
+            runtime=_quiet_runtime(),
             test_server_existing_path=str(installed_binary("temporal-test-server")),
         )
         store = AuditStore(f"sqlite:///{Path(tmp) / 'audit.db'}")
@@ -201,6 +208,23 @@ async def _perform(
         ok, detail = False, str(error)
     say(f"+{action.at} {action.do} by {action.actor}: {detail}")
     return ActionOutcome(action.at, action.do, action.actor, action.label, ok, detail)
+
+
+_runtime: Runtime | None = None
+
+
+def _quiet_runtime() -> Runtime:
+    """A Temporal runtime whose core logs only errors: the simulator's output is the timeline."""
+    global _runtime  # one runtime per process, as the SDK expects
+    if _runtime is None:
+        _runtime = Runtime(
+            telemetry=TelemetryConfig(
+                logging=LoggingConfig(
+                    filter=TelemetryFilter(core_level="ERROR", other_level="ERROR")
+                )
+            )
+        )
+    return _runtime
 
 
 def format_offset(seconds: float) -> str:

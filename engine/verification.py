@@ -13,6 +13,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import (
     Interceptor,
     Replayer,
@@ -23,6 +24,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from engine.incidents import IncidentNotFound
 from engine.temporal import SANDBOX, WORKFLOWS
 from workflows.audit import AuditBatch, AuditEvent
 from workflows.incident import WRITE_AUDIT
@@ -68,17 +70,22 @@ class IncidentHistory:
 
 async def export_history(client: Client, incident_id: str) -> IncidentHistory:
     """Fetch the history of every run (across continue-as-new), oldest first."""
-    runs: list[tuple[Any, str]] = []
-    async for execution in client.list_workflows(f'WorkflowId = "{incident_id}"'):
-        runs.append((execution.start_time, execution.run_id))
-    if not runs:
-        # Visibility can lag a just-started workflow: the latest run is still reachable directly.
-        handle = client.get_workflow_handle(incident_id)
-        return IncidentHistory(incident_id, [await handle.fetch_history()])
-    histories = []
-    for _, run_id in sorted(runs):
-        handle = client.get_workflow_handle(incident_id, run_id=run_id)
-        histories.append(await handle.fetch_history())
+    try:
+        runs: list[tuple[Any, str]] = []
+        async for execution in client.list_workflows(f'WorkflowId = "{incident_id}"'):
+            runs.append((execution.start_time, execution.run_id))
+        if not runs:
+            # Visibility can lag a just-started workflow: the latest run is reachable directly.
+            handle = client.get_workflow_handle(incident_id)
+            return IncidentHistory(incident_id, [await handle.fetch_history()])
+        histories = []
+        for _, run_id in sorted(runs):
+            handle = client.get_workflow_handle(incident_id, run_id=run_id)
+            histories.append(await handle.fetch_history())
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise IncidentNotFound(f"no incident {incident_id} in Temporal") from None
+        raise
     return IncidentHistory(incident_id, histories)
 
 
