@@ -54,7 +54,10 @@ async def incident_report(
     *,
     settings: Settings,
     now: datetime | None = None,
+    chart_link: str | None = None,
 ) -> BuiltReport:
+    """Build every rendering; Markdown links its chart as `chart_link` (default: the SVG file
+    name the CLI writes beside it)."""
     events = store.events(incident_id)
     if not events:
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
@@ -70,7 +73,7 @@ async def incident_report(
     chart_name = f"report-{incident_id}.svg"
     return BuiltReport(
         incident_id=incident_id,
-        markdown=render_markdown(report, chart_name),
+        markdown=render_markdown(report, chart_link or chart_name),
         html=render_html(report),
         json=render_json(report),
         svg=render_chart_svg(report),

@@ -54,6 +54,15 @@ class ScriptedAction(BaseModel):
     def offset(self) -> timedelta:
         return parse_duration(self.at)
 
+    def request(self) -> BaseModel:
+        """The Update's request this action sends; ScenarioError if its fields are wrong."""
+        try:
+            return ACTIONS[self.do][1].model_validate({"actor": self.actor, **self.with_})
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise ScenarioError(f"{self.do} at {self.at}: {where}: {first['msg']}") from None
+
 
 class Scenario(BaseModel):
     """A scripted crisis: how it is declared and what the commanders do, when."""
@@ -71,7 +80,7 @@ class Scenario(BaseModel):
 def load_scenario(path: Path) -> Scenario:
     try:
         data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
-        return Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data)
     except OSError as error:
         raise ScenarioError(f"{path}: {error.strerror or error}") from None
     except YAMLError as error:
@@ -83,6 +92,12 @@ def load_scenario(path: Path) -> Scenario:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ScenarioError(f"{path}: {where}: {first['msg']}") from None
+    for index, action in enumerate(scenario.actions):
+        try:
+            action.request()
+        except ScenarioError as error:
+            raise ScenarioError(f"{path}: actions.{index}: {error}") from None
+    return scenario
 
 
 @dataclass
@@ -193,14 +208,8 @@ async def _perform(
     wait = start + action.offset - await env.get_current_time()
     if wait > timedelta(0):
         await env.sleep(wait)
-    update, model = ACTIONS[action.do]
-    try:
-        request = model.model_validate({"actor": action.actor, **action.with_})
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise ScenarioError(
-            f"action {action.do} at {action.at}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
-        ) from None
+    update = ACTIONS[action.do][0]
+    request = action.request()
     try:
         await incidents.act(incident_id, update, request)
         ok, detail = True, "done"

@@ -249,7 +249,7 @@ def compare_events(produced: list[AuditEvent], other: list[AuditEvent], name: st
     """Same order, same content, same hashes; else the first missing, extra or altered row."""
     for index, (mine, theirs) in enumerate(zip(produced, other, strict=False)):
         if mine != theirs:
-            fields = [f for f in mine.model_fields if getattr(mine, f) != getattr(theirs, f)]
+            fields = [f for f in type(mine).model_fields if getattr(mine, f) != getattr(theirs, f)]
             return Comparison(
                 False,
                 index,

@@ -155,7 +155,11 @@ def verify_seals(
                 False, len(seals), through, f"seal at row {seal.seq} has a forged signature"
             )
         row = by_seq.get(seal.seq)
-        if row is None or row.hash != seal.head_hash:
+        if row is None:
+            return SealVerification(
+                False, len(seals), through, f"row {seal.seq} was sealed but is missing"
+            )
+        if row.hash != seal.head_hash:
             return SealVerification(
                 False,
                 len(seals),

@@ -53,11 +53,18 @@ async def report(
     request: Request,
     store: StoreDep,
     settings: SettingsDep,
-    format: Literal["md", "html", "json"] = "html",
+    format: Literal["md", "html", "json", "svg"] = "html",
 ) -> Response:
     built = await incident_report(
-        request.app.state.client, store, _public_key(request), incident_id, settings=settings
+        request.app.state.client,
+        store,
+        _public_key(request),
+        incident_id,
+        settings=settings,
+        chart_link="report?format=svg",  # relative to this route: the chart below
     )
+    if format == "svg":
+        return Response(built.svg, media_type="image/svg+xml")
     if format == "json":
         return JSONResponse(json.loads(json.dumps(built.json)))
     if format == "md":

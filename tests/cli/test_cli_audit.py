@@ -1,0 +1,491 @@
+"""`crisis audit verify|export|report`, `crisis history export` and `crisis replay` as real
+subprocesses, against incidents run to closed on the real dev server, sandbox and SQLite store."""
+
+# The house style puts the expected value first in asserts.
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import sqlite3
+import tarfile
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+
+from core.settings import Settings
+from engine.devserver import free_port
+from engine.incidents import Incidents
+from store.audit_store import AuditStore
+from store.seals import Signer, key_id, public_key_pem
+from tests.cli.test_cli import Run, assert_one_line_error, crisis
+from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
+from tests.helpers import assert_eventually
+from workflows.audit import chain_hash
+
+pytestmark = pytest.mark.usefixtures("worker", "sandbox")
+
+
+@pytest.fixture
+def env(cli_env: dict[str, str], settings: Settings) -> dict[str, str]:
+    """The CLI's environment with the in-process worker's data directory, so both hold one key."""
+    return {**cli_env, "CRISIS_DATA_DIR": str(settings.data_dir)}
+
+
+@pytest.fixture
+def offline(env: dict[str, str]) -> dict[str, str]:
+    """The CLI's environment with Temporal at a port nobody listens on."""
+    return {**env, "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
+
+
+async def close_an_incident(client: Client, settings: Settings, store: AuditStore) -> str:
+    """Trigger the shipped playbook, let every step apply, stand down; wait for the sealed end."""
+    incidents = Incidents(client, settings)
+    incident_id = (
+        await incidents.trigger("violent-disorder", {"region": "GB"}, actor="auditor-test")
+    ).incident_id
+
+    # Followed in the audit store, not by status queries: a query during the first workflow task
+    # can leave a history that does not replay to the same audit events (see the report).
+    async def applied() -> None:
+        kinds = [e.kind for e in store.events(incident_id)]
+        assert 5 == kinds.count("step.applied"), kinds
+
+    await assert_eventually(applied, timeout=30)
+    closed = await incidents.stand_down(incident_id, actor="auditor-test", reason="test over")
+    assert "closed" == closed.state
+
+    async def sealed() -> None:
+        events = store.events(incident_id)
+        assert "incident.closed" == events[-1].kind, [e.kind for e in events]
+        assert events[-1].seq == max((s.seq for s in store.seals(incident_id)), default=0)
+
+    await assert_eventually(sealed)
+    return incident_id
+
+
+@pytest.fixture
+async def incident(client: Client, settings: Settings, sqlite_store: AuditStore) -> str:
+    return await close_an_incident(client, settings, sqlite_store)
+
+
+def ok(run: Run) -> Run:
+    assert 0 == run.code, run
+    return run
+
+
+def failed(run: Run) -> Run:
+    assert 1 == run.code, run
+    return run
+
+
+def execute(
+    sqlite_url: str, sql: str, *params: Any, many: list[tuple[Any, ...]] | None = None
+) -> int:
+    """Run one statement (or one per row of `many`) on the audit database; rows changed."""
+    path = sqlite_url.removeprefix("sqlite:///")
+    with closing(sqlite3.connect(path)) as connection, connection:
+        cursor = connection.executemany(sql, many) if many else connection.execute(sql, params)
+        return cursor.rowcount
+
+
+def tamper(sqlite_url: str, incident_id: str, seq: int) -> None:
+    changed = execute(
+        sqlite_url,
+        "UPDATE audit_events SET data = ? WHERE incident_id = ? AND seq = ?",
+        '{"forged": true}',
+        incident_id,
+        seq,
+    )
+    assert 1 == changed
+
+
+def lines_starting(text: str, prefix: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(prefix)]
+
+
+# --- verify -----------------------------------------------------------------------------------
+async def test_verify_a_closed_incident(
+    env: dict[str, str], incident: str, sqlite_store: AuditStore, settings: Settings
+) -> None:
+    """A closed incident verifies: chain, seals and replay ok, in text and in --json; exit 0."""
+    events = sqlite_store.events(incident)
+    seals = sqlite_store.seals(incident)
+    text, as_json, no_replay = await asyncio.gather(
+        crisis(env, "audit", "verify", incident),
+        crisis(env, "audit", "verify", incident, "--json"),
+        crisis(env, "audit", "verify", incident, "--no-replay", "--json"),
+    )
+
+    ok(text)
+    signer_key = key_id(Signer(settings.signing_key_path).public_key)
+    assert f"{incident}  key {signer_key}" == text.stdout.splitlines()[0]
+    assert [f"chain   ok  ({len(events)} events)"] == lines_starting(text.stdout, "chain")
+    assert [f"seals   ok  ({len(seals)} seals, through row {len(events)})"] == lines_starting(
+        text.stdout, "seals"
+    )
+    assert 1 == len(lines_starting(text.stdout, "replay  ok  (1 run(s), ")), text.stdout
+    assert "ok: record complete and unaltered" == text.stdout.splitlines()[-1]
+
+    report = ok(as_json).json()
+    assert {"incident_id", "ok", "key_id", "chain", "seals", "replay", "verdict"} == set(report)
+    assert (incident, True, signer_key) == (report["incident_id"], report["ok"], report["key_id"])
+    assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
+    assert {
+        "incident_id": incident,
+        "ok": True,
+        "events": len(events),
+        "first_bad_seq": None,
+        "problem": None,
+    } == report["chain"]
+    assert {"ok": True, "seals": len(seals), "sealed_through": len(events), "problem": None} == (
+        report["seals"]
+    )
+    replay = report["replay"]
+    assert (True, True, 1) == (replay["ok"], replay["deterministic"], replay["runs"])
+    assert (True, len(events)) == (
+        replay["replay_vs_store"]["matches"],
+        replay["replay_vs_store"]["events"],
+    )
+
+    unreplayed = ok(no_replay).json()
+    assert (True, None) == (unreplayed["ok"], unreplayed["replay"])
+    assert {"chain": "ok", "seals": "ok", "replay": "not checked"} == unreplayed["verdict"]
+
+
+async def test_an_altered_row_fails_the_chain_and_the_replay(
+    env: dict[str, str], incident: str, sqlite_url: str
+) -> None:
+    """Editing row 3 fails the chain check naming row 3, and the replay names the audit table."""
+    tamper(sqlite_url, incident, 3)
+    text, as_json, replayed = await asyncio.gather(
+        crisis(env, "audit", "verify", incident, "--no-replay"),
+        crisis(env, "audit", "verify", incident, "--json"),
+        crisis(env, "replay", incident),
+    )
+
+    assert_one_line_error(text, f"{incident}: chain: row 3 (", "was altered")
+    (chain,) = lines_starting(text.stdout, "chain")
+    assert chain.startswith("chain   FAILED: row 3 ("), chain
+    assert not lines_starting(text.stdout, "ok:"), text.stdout
+
+    report = failed(as_json).json()
+    assert (False, 3) == (report["ok"], report["chain"]["first_bad_seq"])
+    assert "ok" == report["verdict"]["seals"]  # the row's hash, which the seals cover, is intact
+    assert (
+        "FAILED: seq 3: the audit table row differs from the replay in data"
+        == report["verdict"]["replay"]
+    )
+
+    failed(replayed)
+    assert (
+        f"FAILED: {incident}: seq 3: the audit table row differs from the replay in data"
+        == replayed.stdout.strip()
+    )
+
+
+async def test_a_consistently_rewritten_chain_fails_the_seals(
+    env: dict[str, str], incident: str, sqlite_url: str, sqlite_store: AuditStore
+) -> None:
+    """Recomputing every hash after changing an actor passes the chain but not the seals."""
+    rewritten, prev = [], None
+    for event in sqlite_store.events(incident):
+        prev = prev or event.prev_hash
+        body = {**event.body(), "prev_hash": prev}
+        if event.seq == 1:
+            body["actor"] = "mallory"
+        prev = chain_hash(prev, body)
+        rewritten.append((body["actor"], body["prev_hash"], prev, incident, event.seq))
+    changed = execute(
+        sqlite_url,
+        "UPDATE audit_events SET actor = ?, prev_hash = ?, hash = ? "
+        "WHERE incident_id = ? AND seq = ?",
+        many=rewritten,
+    )
+    assert len(rewritten) == changed
+    first_seal = min(s.seq for s in sqlite_store.seals(incident))
+
+    text, as_json = await asyncio.gather(
+        crisis(env, "audit", "verify", incident, "--no-replay"),
+        crisis(env, "audit", "verify", incident, "--json"),
+    )
+    assert_one_line_error(
+        text, f"{incident}: seals: row {first_seal} is not the row that was sealed"
+    )
+    assert 1 == len(lines_starting(text.stdout, "chain   ok  (")), text.stdout
+    assert [
+        f"seals   FAILED: row {first_seal} is not the row that was sealed (chain rewritten)"
+    ] == [line.split("  (")[0] for line in lines_starting(text.stdout, "seals")]
+
+    report = failed(as_json).json()
+    assert (True, False) == (report["chain"]["ok"], report["seals"]["ok"])
+    assert (
+        "FAILED: seq 1: the audit table row differs from the replay in actor, hash"
+        == (report["verdict"]["replay"])
+    )
+
+
+async def test_a_deleted_last_row_fails_the_seals(
+    env: dict[str, str], incident: str, sqlite_url: str, sqlite_store: AuditStore
+) -> None:
+    """Deleting the closing row leaves a sealed row missing: seals fail although the chain holds."""
+    last = sqlite_store.events(incident)[-1].seq
+    deleted = execute(
+        sqlite_url, "DELETE FROM audit_events WHERE incident_id = ? AND seq = ?", incident, last
+    )
+    assert 1 == deleted
+
+    report = failed(await crisis(env, "audit", "verify", incident, "--no-replay", "--json")).json()
+    assert (True, last - 1) == (report["chain"]["ok"], report["chain"]["events"])
+    assert False is report["seals"]["ok"]
+    assert report["seals"]["problem"].startswith(f"row {last} "), report["seals"]
+
+
+async def test_a_deleted_closing_row_and_its_seal_are_caught_by_the_replay(
+    env: dict[str, str], incident: str, sqlite_url: str, sqlite_store: AuditStore
+) -> None:
+    """Removing the closing row with its seal leaves a plausible open trail; the replay sees it."""
+    last = sqlite_store.events(incident)[-1].seq
+    assert 1 == execute(
+        sqlite_url, "DELETE FROM audit_events WHERE incident_id = ? AND seq = ?", incident, last
+    )
+    assert 1 == execute(
+        sqlite_url, "DELETE FROM audit_seals WHERE incident_id = ? AND seq = ?", incident, last
+    )
+
+    report = failed(await crisis(env, "audit", "verify", incident, "--json")).json()
+    assert (
+        f"FAILED: seq {last} (incident.closed) is missing from the audit table"
+        == (report["verdict"]["replay"])
+    )
+
+
+# --- export bundles ---------------------------------------------------------------------------
+async def test_export_bundles_verify_offline(
+    env: dict[str, str],
+    offline: dict[str, str],
+    incident: str,
+    sqlite_store: AuditStore,
+    tmp_path: Path,
+) -> None:
+    """Directory and .tar.gz bundles verify with Temporal unreachable, the replay included when
+    the bundle holds the history."""
+    directory, archive = tmp_path / "bundle", tmp_path / "bundle.tar.gz"
+    no_history = tmp_path / "no-history"
+    exported = await asyncio.gather(
+        crisis(env, "audit", "export", incident, "-o", str(directory)),
+        crisis(env, "audit", "export", incident, "-o", str(archive)),
+        crisis(env, "audit", "export", incident, "-o", str(no_history), "--no-history"),
+    )
+    assert [
+        f"exported {incident} to {directory}",
+        f"exported {incident} to {archive}",
+        f"exported {incident} to {no_history}",
+    ] == [ok(run).stdout.strip() for run in exported]
+    assert {
+        "events.json",
+        "seals.json",
+        "public-key.pem",
+        "history.json",
+        "manifest.json",
+    } == {p.name for p in directory.iterdir()}
+    assert not (no_history / "history.json").exists()
+    with tarfile.open(archive) as tar:
+        assert f"{incident}/manifest.json" in tar.getnames()
+
+    events = len(sqlite_store.events(incident))
+    from_dir, from_archive, without_history = await asyncio.gather(
+        crisis(offline, "audit", "verify", "--bundle", str(directory), "--json"),
+        crisis(offline, "audit", "verify", "--bundle", str(archive), "--json"),
+        crisis(offline, "audit", "verify", "--bundle", str(no_history), "--json"),
+    )
+    for run in (from_dir, from_archive):
+        report = ok(run).json()
+        assert (incident, True) == (report["incident_id"], report["ok"])
+        assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
+        assert events == report["replay"]["replay_vs_store"]["events"]
+    report = ok(without_history).json()
+    assert {"chain": "ok", "seals": "ok", "replay": "not checked"} == report["verdict"]
+
+
+async def test_an_edited_bundle_fails(
+    env: dict[str, str], offline: dict[str, str], incident: str, tmp_path: Path
+) -> None:
+    """Editing events.json breaks the manifest (one error line); fixing the manifest too breaks
+    the chain; a different trusted key fails the seals."""
+    original = tmp_path / "original"
+    ok(await crisis(env, "audit", "export", incident, "-o", str(original)))
+    refreshed, clean = tmp_path / "refreshed", tmp_path / "clean"
+    shutil.copytree(original, refreshed)
+    shutil.copytree(original, clean)
+
+    events_file = original / "events.json"
+    events = json.loads(events_file.read_text())
+    events[1]["actor"] = "mallory"
+    events_file.write_text(json.dumps(events, indent=1))
+    altered = await crisis(offline, "audit", "verify", "--bundle", str(original))
+    assert_one_line_error(altered, "events.json does not match the manifest")
+    assert "" == altered.stdout
+
+    # A careful forger also updates the manifest's digest: the chain still shows the edit.
+    forged = json.loads((refreshed / "events.json").read_text())
+    forged[1]["actor"] = "mallory"
+    (refreshed / "events.json").write_text(json.dumps(forged, indent=1))
+    manifest = json.loads((refreshed / "manifest.json").read_text())
+    manifest["sha256"]["events.json"] = hashlib.sha256(
+        (refreshed / "events.json").read_bytes()
+    ).hexdigest()
+    (refreshed / "manifest.json").write_text(json.dumps(manifest))
+    report = failed(
+        await crisis(offline, "audit", "verify", "--bundle", str(refreshed), "--json")
+    ).json()
+    assert (False, 2) == (report["chain"]["ok"], report["chain"]["first_bad_seq"])
+
+    other = Signer(tmp_path / "other-key.pem")
+    (tmp_path / "other.pub.pem").write_text(public_key_pem(other.public_key))
+    wrong_key = failed(
+        await crisis(
+            offline,
+            *["audit", "verify", "--bundle", str(clean), "--no-replay", "--json"],
+            *["--public-key", str(tmp_path / "other.pub.pem")],
+        )
+    ).json()
+    assert (other.key_id, True, False) == (
+        wrong_key["key_id"],
+        wrong_key["chain"]["ok"],
+        wrong_key["seals"]["ok"],
+    )
+    assert "made with another key" in wrong_key["seals"]["problem"], wrong_key["seals"]
+
+
+# --- histories and replay ---------------------------------------------------------------------
+async def test_history_export_and_replay(
+    env: dict[str, str],
+    incident: str,
+    client: Client,
+    settings: Settings,
+    sqlite_store: AuditStore,
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    """Exported histories replay to the audit table, one file or a directory of them; a replay
+    of an incident whose row was altered fails naming the audit table."""
+    second = await close_an_incident(client, settings, sqlite_store)
+    histories = tmp_path / "histories"
+    histories.mkdir()
+    first_file, second_file = histories / "first.json", histories / "second.json"
+    exported = await asyncio.gather(
+        crisis(env, "history", "export", incident, "-o", str(first_file)),
+        crisis(env, "history", "export", second, "-o", str(second_file)),
+    )
+    for run, path in zip(exported, (first_file, second_file), strict=True):
+        assert ok(run).stdout.startswith("exported 1 run(s), "), run
+        assert ok(run).stdout.strip().endswith(f" events to {path}"), run
+    assert incident == json.loads(first_file.read_text())["incident_id"]
+
+    counts = {i: len(sqlite_store.events(i)) for i in (incident, second)}
+    one_file, by_id, directory = await asyncio.gather(
+        crisis(env, "replay", "--history", str(first_file)),
+        crisis(env, "replay", incident),
+        crisis(env, "replay", "--history", str(histories)),
+    )
+    expected = f"ok: {incident}: deterministic, {counts[incident]} events match"
+    assert expected == ok(one_file).stdout.strip()
+    assert expected == ok(by_id).stdout.strip()
+    assert [
+        expected,
+        f"ok: {second}: deterministic, {counts[second]} events match",
+        "2 of 2 histories ok",
+    ] == ok(directory).stdout.strip().splitlines()
+
+    tamper(sqlite_url, second, 3)
+    after = failed(await crisis(env, "replay", "--history", str(histories), "--json")).json()
+    assert False is after["ok"]
+    assert [(incident, True), (second, False)] == [
+        (r["incident_id"], r["ok"]) for r in after["incidents"]
+    ]
+    assert (
+        "the audit table row differs"
+        in after["incidents"][1]["replay_vs_store"]["first_difference"]
+    )
+
+
+# --- reports ----------------------------------------------------------------------------------
+async def test_report_in_every_format(env: dict[str, str], incident: str, tmp_path: Path) -> None:
+    """Markdown is written with its SVG chart beside it; HTML embeds the chart; JSON has figures."""
+    markdown, page = tmp_path / "out" / "report.md", tmp_path / "report.html"
+    markdown.parent.mkdir()
+    md, html, as_json = await asyncio.gather(
+        crisis(env, "audit", "report", incident, "--format", "md", "-o", str(markdown)),
+        crisis(env, "audit", "report", incident, "--format", "html", "-o", str(page)),
+        crisis(env, "audit", "report", incident, "-f", "json"),
+    )
+
+    chart = markdown.parent / f"report-{incident}.svg"
+    assert f"wrote {markdown} and {chart}" == ok(md).stdout.strip()
+    assert f"report-{incident}.svg" in markdown.read_text()
+    assert incident in markdown.read_text()
+    assert "<svg" in chart.read_text()
+
+    assert f"wrote {page}" == ok(html).stdout.strip()
+    assert "<svg" in page.read_text()
+    assert not (tmp_path / f"report-{incident}.svg").exists()
+
+    report = ok(as_json).json()
+    assert (incident, "violent-disorder", "closed") == (
+        report["facts"]["incident_id"],
+        report["facts"]["playbook"],
+        report["facts"]["state"],
+    )
+    figures = report["key_figures"]
+    assert (0, False) == (figures["step_failures"], figures["incident_failed"])
+    assert figures["to_first_lever"] is not None and figures["to_stand_down"] is not None
+    assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["integrity"]
+
+
+# --- errors -----------------------------------------------------------------------------------
+async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    """Unknown incidents, missing bundles, bad keys and bad history files: one `error:` line."""
+    none = "INC-NO-SUCH-INCIDENT"
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("not json")
+    cases = {
+        "verify": (["audit", "verify", none], [f"no audit trail for incident {none}"]),
+        "export": (
+            ["audit", "export", none, "-o", str(tmp_path / "x")],
+            [f"no audit trail for incident {none}"],
+        ),
+        "report": (["audit", "report", none], [f"no audit trail for incident {none}"]),
+        "missing bundle": (
+            ["audit", "verify", "--bundle", str(tmp_path / "nope")],
+            ["no such bundle"],
+        ),
+        "bad public key": (
+            ["audit", "verify", "--bundle", str(tmp_path), "--public-key", str(garbage)],
+            [f"--public-key {garbage}", "not a PEM public key"],
+        ),
+        "unreadable history": (["replay", "--history", str(garbage)], ["not a readable history"]),
+    }
+    runs = await asyncio.gather(*(crisis(env, *args) for args, _ in cases.values()))
+    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
+        try:
+            assert "" == run.stdout
+            assert_one_line_error(run, *fragments)
+        except AssertionError as error:
+            raise AssertionError(f"{case}: {run}") from error
+
+
+async def test_unknown_incident_history_is_one_error_line(env: dict[str, str]) -> None:
+    """History export and replay of an incident Temporal never saw: one `error:` line, exit 1."""
+    none = "INC-NO-SUCH-INCIDENT"
+    exported, replayed = await asyncio.gather(
+        crisis(env, "history", "export", none), crisis(env, "replay", none)
+    )
+    for run in (exported, replayed):
+        assert "" == run.stdout, run
+        assert_one_line_error(run, f"no incident {none}")
