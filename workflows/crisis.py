@@ -714,8 +714,17 @@ class CrisisWorkflow:
         # same workflow task (no extra round trip through the server). Each batch carries the
         # task it was produced in, so rows of an attempt that never committed are superseded.
         local = workflow.patched("audit-local-activity")
+
+        def ready() -> bool:
+            if self._audit_done:
+                return True
+            # Local writes wait until no lever call is in flight: a few batches per incident, and
+            # the moments they are sent do not depend on how lever results were grouped into
+            # activations (which a replay may group differently).
+            return bool(self._audit.pending) and (not local or self._inflight == 0)
+
         while True:
-            await workflow.wait_condition(lambda: bool(self._audit.pending) or self._audit_done)
+            await workflow.wait_condition(ready)
             if not self._audit.pending:
                 return
             self._pump_busy = True
