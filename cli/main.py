@@ -244,7 +244,10 @@ def approve(
     """Approve a step awaiting approval; it runs once enough distinct people approved it."""
 
     def say(record: StepRecord) -> str:
-        return f"approved {record.id} ({len(record.approvals)} so far: {_approvers(record)})"
+        return (
+            f"approved {record.id} ({len(record.approvals)} of {record.quorum}: "
+            f"{_approvers(record)})"
+        )
 
     _act(
         "approve",

@@ -120,7 +120,7 @@ async def test_approve_and_reject(
     await status_when(cli_env, i, lambda s: s["throttle"] == "awaiting_approval")
 
     run = ok(await crisis(cli_env, "approve", i, "throttle", "--role", "commander"))
-    assert "approved throttle (1 so far: cli-tester (commander))" == run.stdout.strip()
+    assert "approved throttle (1 of 2: cli-tester (commander))" == run.stdout.strip()
     await refusals(
         cli_env,
         {
