@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,7 @@ class PlatformLevers:
             operation=request.operation,
             attempt=info.attempt,
         )
+        started = time.monotonic()
         route = ROUTES[request.lever]
         url = self._settings.connector_url(route.connector) + route.path.format(**request.args)
         if request.restore is not None:
@@ -98,7 +100,7 @@ class PlatformLevers:
         answer = response.json()
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None
         bound.info("lever.restored" if request.restore is not None else "lever.applied")
-        return LeverOutcome(previous=previous)
+        return LeverOutcome(previous=previous, elapsed_s=time.monotonic() - started)
 
     @staticmethod
     def _message(request: LeverRequest) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -66,9 +67,9 @@ SYSTEM = "system"
 
 AnyStep = Step | WaitStep | ParallelStep
 
-
-def _now() -> datetime:
-    return workflow.now()
+# Per coroutine (asyncio tasks copy contexts): when the lever call this coroutine last awaited
+# finished, on the incident's clock; cleared when it next waits on the history.
+_LEVER_TIME: ContextVar[datetime | None] = ContextVar("lever_time", default=None)
 
 
 def _iso(moment: datetime) -> str:
@@ -112,9 +113,11 @@ class CrisisWorkflow:
             self._records = {sid: self._new_record(step) for sid, step in self._steps_by_id.items()}
             self._applied_order: list[str] = []
             self._cursor = 0
-            self._triggered_at = _iso(_now())
+            self._triggered_at = _iso(self._clock())
             self._review_due = (
-                _iso(_now() + parse_duration(self._pb.reviews.every)) if self._pb.reviews else None
+                _iso(self._clock() + parse_duration(self._pb.reviews.every))
+                if self._pb.reviews
+                else None
             )
             self._reviews_missed = 0
             self._notes: list[Note] = []
@@ -149,6 +152,20 @@ class CrisisWorkflow:
         self._conditions: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _clock(self) -> datetime:
+        """The time events are stamped with. Code woken by the history (start, timer, update)
+        uses workflow time; code that runs because a lever call finished uses the time the call
+        began plus how long it took (recorded in its marker). A replay may process a lever result
+        at another activation boundary than the original run did (a status query can split a
+        workflow task while lever calls run), where workflow time differs; this does not."""
+        return _LEVER_TIME.get() or workflow.now()
+
+    async def _wait(self, condition: Callable[[], bool], timeout: float | None = None) -> None:
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+        finally:
+            _LEVER_TIME.set(None)  # woken by the history, not by a lever call
+
     # --- the run ------------------------------------------------------------------------------
     @workflow.run
     async def run(self, incident: IncidentInput) -> IncidentStatus:
@@ -176,9 +193,7 @@ class CrisisWorkflow:
             self._background(self._catch_up())
 
         while self._stand_down is None:
-            await workflow.wait_condition(
-                lambda: self._stand_down is not None or self._should_continue_as_new()
-            )
+            await self._wait(lambda: self._stand_down is not None or self._should_continue_as_new())
             if self._stand_down is None:
                 await self._continue_as_new()  # returns only if a stand-down came first
 
@@ -186,7 +201,7 @@ class CrisisWorkflow:
         self._publish()
         await sequence
         if self._inflight or self._busy:  # waiting only when needed keeps command order stable
-            await workflow.wait_condition(lambda: self._inflight == 0 and self._busy == 0)
+            await self._wait(lambda: self._inflight == 0 and self._busy == 0)
         closing = {step.id for step in self._pb.on_stand_down}
         for record in self._records.values():
             if record.id in closing:
@@ -204,23 +219,21 @@ class CrisisWorkflow:
 
         self._state = "closed"
         self._publish()
-        self._closed_at = _iso(_now())
+        self._closed_at = _iso(self._clock())
         self._record("incident.closed", actor=self._stand_down.actor if self._stand_down else None)
         self._wake = True
         await supervisor
         self._audit_done = True
         await pump
         self._audit_flushed = True
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._wait(workflow.all_handlers_finished)
         return self._status()
 
     # --- the sequence -------------------------------------------------------------------------
     async def _run_sequence(self) -> None:
         while self._cursor < len(self._top):
             if self._draining:  # only then: a wait_condition yields, and order matters
-                await workflow.wait_condition(
-                    lambda: not self._draining or self._stand_down is not None
-                )
+                await self._wait(lambda: not self._draining or self._stand_down is not None)
             if self._stand_down is not None:
                 return
             keep_going = await self._run_top_step(self._top[self._cursor])
@@ -249,12 +262,12 @@ class CrisisWorkflow:
             self._make_dormant(record)
             return True
         if record.wait_until is None:
-            record.state, record.started_at = "waiting", _iso(_now())
-            record.wait_until = _iso(_now() + parse_duration(step.wait))
+            record.state, record.started_at = "waiting", _iso(self._clock())
+            record.wait_until = _iso(self._clock() + parse_duration(step.wait))
             self._record("wait.started", step_id=step.id, data={"until": record.wait_until})
         await self._sleep_until(_parse_iso(record.wait_until), lambda: self._stand_down is not None)
         if self._stand_down is None:
-            record.state, record.finished_at = "done", _iso(_now())
+            record.state, record.finished_at = "done", _iso(self._clock())
             self._record("wait.finished", step_id=step.id)
         return True
 
@@ -265,9 +278,9 @@ class CrisisWorkflow:
         if not self._eligible(step):
             self._make_dormant(record)
             return True
-        record.state, record.started_at = "running", record.started_at or _iso(_now())
+        record.state, record.started_at = "running", record.started_at or _iso(self._clock())
         results = await asyncio.gather(*(self._lever_step(branch) for branch in step.parallel))
-        record.finished_at = _iso(_now())
+        record.finished_at = _iso(self._clock())
         record.state = "done" if all(results) else "failed"
         return all(results)
 
@@ -290,7 +303,7 @@ class CrisisWorkflow:
         assert approval is not None
         if record.state != "awaiting_approval":
             record.state, record.approvals = "awaiting_approval", []
-            record.approval_deadline = _iso(_now() + parse_duration(approval.timeout))
+            record.approval_deadline = _iso(self._clock() + parse_duration(approval.timeout))
             self._record(
                 "approval.requested",
                 step_id=step.id,
@@ -339,12 +352,12 @@ class CrisisWorkflow:
                 return False
             # escalate: raise the level one step and keep waiting for a new period
             self._escalate_by_system(f"approval of {step.id} timed out")
-            record.approval_deadline = _iso(_now() + parse_duration(approval.timeout))
+            record.approval_deadline = _iso(self._clock() + parse_duration(approval.timeout))
 
     async def _apply_step(self, step: Step) -> bool:
         """Pull the step's lever; True = carry on (applied, or failed with on_failure continue)."""
         record = self._records[step.id]
-        record.state, record.started_at, record.error = "running", _iso(_now()), None
+        record.state, record.started_at, record.error = "running", _iso(self._clock()), None
         record.args = substitute(step.with_, self._context)
         record.applications += 1
         self._record("step.started", step_id=step.id, data={"lever": step.do, "args": record.args})
@@ -353,7 +366,11 @@ class CrisisWorkflow:
         except CancelledError:
             raise
         except FailureError as error:  # local activities raise the failure itself
-            record.state, record.finished_at, record.error = "failed", _iso(_now()), _cause(error)
+            record.state, record.finished_at, record.error = (
+                "failed",
+                _iso(self._clock()),
+                _cause(error),
+            )
             self._record(
                 "step.failed", step_id=step.id, data={"lever": step.do, "error": record.error}
             )
@@ -363,12 +380,12 @@ class CrisisWorkflow:
             return step.on_failure == "continue"
         record.state, record.finished_at, record.previous = (
             "applied",
-            _iso(_now()),
+            _iso(self._clock()),
             outcome.previous,
         )
         self._applied_order.append(step.id)
         if step.expires_after is not None:
-            record.expires_at = _iso(_now() + parse_duration(step.expires_after))
+            record.expires_at = _iso(self._clock() + parse_duration(step.expires_after))
             self._wake = True
         self._record(
             "step.applied",
@@ -409,7 +426,7 @@ class CrisisWorkflow:
                 "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}
             )
             return
-        record.state, record.undone_at = final_state, _iso(_now())  # type: ignore[assignment]
+        record.state, record.undone_at = final_state, _iso(self._clock())  # type: ignore[assignment]
         kind = {"expired": "step.expired", "dormant": "step.withdrawn"}.get(
             final_state, "step.undone"
         )
@@ -449,9 +466,10 @@ class CrisisWorkflow:
         if lever == "notify.send":
             request.message = self._incident.templates.get(str(args.get("template")))
             request.context = self._message_context(step)
+        began = self._clock()
         self._inflight += 1
         try:
-            return await workflow.execute_local_activity(
+            outcome = await workflow.execute_local_activity(
                 APPLY_LEVER,
                 request,
                 result_type=LeverOutcome,
@@ -460,6 +478,9 @@ class CrisisWorkflow:
             )
         finally:
             self._inflight -= 1
+        if outcome.elapsed_s is not None:
+            _LEVER_TIME.set(began + timedelta(seconds=outcome.elapsed_s))
+        return outcome
 
     def _message_context(self, step: Step) -> dict[str, Any]:
         """What a message template may refer to: the incident as it stands when it is sent."""
@@ -517,7 +538,7 @@ class CrisisWorkflow:
         self._publish()
         change = "level.escalated" if self._pb.level_rank(level) > before else "level.de_escalated"
         self._level_history.append(
-            LevelChangeRecord(level=level, at=_iso(_now()), actor=actor, reason=reason)
+            LevelChangeRecord(level=level, at=_iso(self._clock()), actor=actor, reason=reason)
         )
         self._record(change, actor=actor, data={"level": level, "reason": reason})
         if change == "level.escalated":
@@ -591,10 +612,8 @@ class CrisisWorkflow:
             )
             if self._state == "closed":
                 return
-            await workflow.wait_condition(
-                lambda: not self._draining or self._stand_down is not None
-            )
-            now = _now()
+            await self._wait(lambda: not self._draining or self._stand_down is not None)
+            now = self._clock()
             for record in list(self._records.values()):
                 if (
                     record.state == "applied"
@@ -625,7 +644,7 @@ class CrisisWorkflow:
         self._reviews_missed += 1
         action = self._pb.reviews.on_missed
         self._record("review.missed", data={"due": self._review_due, "on_missed": action})
-        self._review_due = _iso(_now() + parse_duration(self._pb.reviews.every))
+        self._review_due = _iso(self._clock() + parse_duration(self._pb.reviews.every))
         if action == "escalate":
             self._escalate_by_system("review missed")
         elif action == "stand_down" and self._stand_down is None:
@@ -637,13 +656,13 @@ class CrisisWorkflow:
         if done():
             return True
         if deadline is None:
-            await workflow.wait_condition(done)
+            await self._wait(done)
             return True
-        remaining = (deadline - _now()).total_seconds()
+        remaining = (deadline - self._clock()).total_seconds()
         if remaining <= 0:
             return False
         try:
-            await workflow.wait_condition(done, timeout=remaining)
+            await self._wait(done, timeout=remaining)
         except TimeoutError:
             return done()
         return True
@@ -659,7 +678,7 @@ class CrisisWorkflow:
     async def _continue_as_new(self) -> None:
         """Carry the incident into a fresh run once nothing is in flight; a stand-down wins."""
         self._draining = True
-        await workflow.wait_condition(
+        await self._wait(
             lambda: (
                 self._stand_down is not None
                 or (
@@ -700,7 +719,7 @@ class CrisisWorkflow:
         step_id: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        self._audit.record(kind, at=_iso(_now()), actor=actor, step_id=step_id, data=data)
+        self._audit.record(kind, at=_iso(self._clock()), actor=actor, step_id=step_id, data=data)
 
     def _publish(self) -> None:
         """Keep the incident's search attributes current, for the Temporal UI and queries."""
@@ -724,7 +743,7 @@ class CrisisWorkflow:
             return bool(self._audit.pending) and (not local or self._inflight == 0)
 
         while True:
-            await workflow.wait_condition(ready)
+            await self._wait(ready)
             if not self._audit.pending:
                 return
             self._pump_busy = True
@@ -758,9 +777,9 @@ class CrisisWorkflow:
         self._record("stand_down.requested", actor=request.actor, data={"reason": request.reason})
         if workflow.patched("stand-down-answers-after-audit"):
             # Answer once the audit trail is complete, so what the commander sees is on record.
-            await workflow.wait_condition(lambda: self._audit_flushed)
+            await self._wait(lambda: self._audit_flushed)
         else:  # incidents started before this change answered at close
-            await workflow.wait_condition(lambda: self._state == "closed")
+            await self._wait(lambda: self._state == "closed")
         return self._status()
 
     @stand_down.validator
@@ -773,7 +792,10 @@ class CrisisWorkflow:
         record = self._records[request.step_id]
         record.approvals.append(
             Approver(
-                actor=request.actor, role=request.role, at=_iso(_now()), comment=request.comment
+                actor=request.actor,
+                role=request.role,
+                at=_iso(self._clock()),
+                comment=request.comment,
             )
         )
         self._record(
@@ -866,7 +888,7 @@ class CrisisWorkflow:
     @workflow.update
     def renew(self, request: RenewRequest) -> StepRecord:
         record = self._records[request.step_id]
-        until = _iso(_now() + parse_duration(request.duration))
+        until = _iso(self._clock() + parse_duration(request.duration))
         lapsed = record.state == "expired"
         self._record(
             "measure.renewed",
@@ -926,7 +948,7 @@ class CrisisWorkflow:
     @workflow.update
     def confirm_review(self, request: ReviewRequest) -> IncidentStatus:
         assert self._pb.reviews is not None
-        self._review_due = _iso(_now() + parse_duration(self._pb.reviews.every))
+        self._review_due = _iso(self._clock() + parse_duration(self._pb.reviews.every))
         self._record(
             "review.confirmed",
             actor=request.actor,
@@ -943,7 +965,7 @@ class CrisisWorkflow:
 
     @workflow.update
     def add_note(self, request: NoteRequest) -> IncidentStatus:
-        self._notes.append(Note(actor=request.actor, text=request.text, at=_iso(_now())))
+        self._notes.append(Note(actor=request.actor, text=request.text, at=_iso(self._clock())))
         self._record("note.added", actor=request.actor, data={"text": request.text})
         return self._status()
 

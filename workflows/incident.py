@@ -223,6 +223,7 @@ class LeverRequest(BaseModel):
 
 class LeverOutcome(BaseModel):
     previous: dict[str, Any] | None = None
+    elapsed_s: float | None = None  # how long the call took, as the worker measured it
 
 
 CarriedState.model_rebuild()
