@@ -13,6 +13,8 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e .
+	@# Workflow code is re-imported for every run; bytecode spares compiling it each time.
+	$(BIN)/python -m compileall -q core store engine workflows activities api cli sandbox
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -17,12 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
 from core.settings import Settings
 from engine.incidents import ACTIONS, IncidentError, Incidents
-from engine.temporal import installed_binary, running_worker
+from engine.temporal import installed_binary, quiet_runtime, running_worker
 from sandbox.app import create_app
 from sandbox.server import serving_in_thread
 from store.audit_store import AuditStore
@@ -143,7 +142,7 @@ async def simulate(
     with tempfile.TemporaryDirectory() as tmp, serving_in_thread(create_app()) as sandbox_url:
         env = await WorkflowEnvironment.start_time_skipping(
             data_converter=pydantic_data_converter,
-            runtime=_quiet_runtime(),
+            runtime=quiet_runtime(),
             test_server_existing_path=str(installed_binary("temporal-test-server")),
         )
         store = AuditStore(f"sqlite:///{Path(tmp) / 'audit.db'}")
@@ -217,23 +216,6 @@ async def _perform(
         ok, detail = False, str(error)
     say(f"+{action.at} {action.do} by {action.actor}: {detail}")
     return ActionOutcome(action.at, action.do, action.actor, action.label, ok, detail)
-
-
-_runtime: Runtime | None = None
-
-
-def _quiet_runtime() -> Runtime:
-    """A Temporal runtime whose core logs only errors: the simulator's output is the timeline."""
-    global _runtime  # one runtime per process, as the SDK expects
-    if _runtime is None:
-        _runtime = Runtime(
-            telemetry=TelemetryConfig(
-                logging=LoggingConfig(
-                    filter=TelemetryFilter(core_level="ERROR", other_level="ERROR")
-                )
-            )
-        )
-    return _runtime
 
 
 def format_offset(seconds: float) -> str:

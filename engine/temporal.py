@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -29,11 +30,30 @@ SANDBOX = SandboxedWorkflowRunner(
 )
 
 
+_runtime: Runtime | None = None
+
+
+def quiet_runtime() -> Runtime:
+    """The SDK core logs warnings to stdout by default, which would corrupt `--json` output:
+    one runtime per process that logs only its errors (ours go through structlog)."""
+    global _runtime  # one runtime per process, as the SDK expects
+    if _runtime is None:
+        _runtime = Runtime(
+            telemetry=TelemetryConfig(
+                logging=LoggingConfig(
+                    filter=TelemetryFilter(core_level="ERROR", other_level="ERROR")
+                )
+            )
+        )
+    return _runtime
+
+
 async def connect(settings: Settings) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
+        runtime=quiet_runtime(),
     )
 
 
