@@ -152,4 +152,6 @@ def _stop(children: list[Child]) -> None:
             log.warning("stack.kill", child=child.name)
             process.kill()
             process.wait()
-        log.info("stack.child_stopped", child=child.name, status=process.returncode)
+        # uvicorn re-raises the SIGTERM it handled gracefully: -15 here is a clean stop.
+        clean = process.returncode in (0, -signal.SIGTERM)
+        log.info("stack.child_stopped", child=child.name, clean=clean, status=process.returncode)
