@@ -11,12 +11,28 @@ from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 from engine.incidents import IncidentError
+from engine.integrity import BundleError
+from engine.library import LibraryError
 from engine.playbook_files import PlaybookError
+from engine.simulate import ScenarioError
+from engine.verification import HistoryError
 from store.audit_store import AuditStoreError
+from store.seals import SealError
 from workflows.playbook import InputError
 
 T = TypeVar("T")
-KNOWN_ERRORS = (IncidentError, PlaybookError, InputError, AuditStoreError)
+# Named errors a user can cause: each is one `error:` line, never a traceback.
+KNOWN_ERRORS = (
+    IncidentError,
+    PlaybookError,
+    InputError,
+    AuditStoreError,
+    LibraryError,
+    ScenarioError,
+    BundleError,
+    HistoryError,
+    SealError,
+)
 
 
 class CliError(Exception):

@@ -21,7 +21,7 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.settings import get_settings
@@ -190,86 +190,56 @@ def _install_fault_middleware(app: FastAPI, sandbox: Sandbox) -> None:
         return await call_next(request)
 
 
+# Each reversible lever: its path, how to apply it and how to restore what it replaced.
+LEVER_ROUTES: tuple[tuple[str, str, type[BaseModel], str, type[BaseModel]], ...] = (
+    ("/recommender/throttle", "apply_throttle", ThrottleArgs, "restore_throttle", ThrottleRestore),
+    (
+        "/detection/threshold",
+        "apply_threshold",
+        ThresholdArgs,
+        "restore_threshold",
+        ThresholdRestore,
+    ),
+    ("/moderation/surge", "apply_surge", SurgeArgs, "restore_surge", SurgeRestore),
+    (
+        "/recommender/exclude-unreviewed",
+        "apply_exclude_unreviewed",
+        ExcludeUnreviewedArgs,
+        "restore_exclude_unreviewed",
+        ExcludeUnreviewedRestore,
+    ),
+    (
+        "/livestream/restrict",
+        "apply_livestream",
+        LivestreamArgs,
+        "restore_livestream",
+        LivestreamRestore,
+    ),
+    (
+        "/hashes/lists/block",
+        "apply_hash_block",
+        HashBlockArgs,
+        "restore_hash_block",
+        HashBlockRestore,
+    ),
+)
+
+
+def _mutation_route(
+    app: FastAPI, sandbox: Sandbox, path: str, method: str, model: type[BaseModel]
+) -> None:
+    async def route(request: Request) -> JSONResponse:
+        return await _mutate(
+            sandbox, request, lambda s, b: getattr(s, method)(model.model_validate(b))
+        )
+
+    app.add_api_route(path, route, methods=["POST"], name=method)
+
+
 def _install_lever_routes(app: FastAPI, sandbox: Sandbox) -> None:
-    @app.post("/recommender/throttle")
-    async def throttle(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox, request, lambda s, b: s.apply_throttle(ThrottleArgs.model_validate(b))
-        )
-
-    @app.post("/recommender/throttle/restore")
-    async def throttle_restore(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox, request, lambda s, b: s.restore_throttle(ThrottleRestore.model_validate(b))
-        )
-
-    @app.post("/detection/threshold")
-    async def threshold(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox, request, lambda s, b: s.apply_threshold(ThresholdArgs.model_validate(b))
-        )
-
-    @app.post("/detection/threshold/restore")
-    async def threshold_restore(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox, request, lambda s, b: s.restore_threshold(ThresholdRestore.model_validate(b))
-        )
-
-    @app.post("/moderation/surge")
-    async def surge(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox, request, lambda s, b: s.apply_surge(SurgeArgs.model_validate(b))
-        )
-
-    @app.post("/moderation/surge/restore")
-    async def surge_restore(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox, request, lambda s, b: s.restore_surge(SurgeRestore.model_validate(b))
-        )
-
-    @app.post("/recommender/exclude-unreviewed")
-    async def exclude_unreviewed(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox,
-            request,
-            lambda s, b: s.apply_exclude_unreviewed(ExcludeUnreviewedArgs.model_validate(b)),
-        )
-
-    @app.post("/recommender/exclude-unreviewed/restore")
-    async def exclude_unreviewed_restore(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox,
-            request,
-            lambda s, b: s.restore_exclude_unreviewed(ExcludeUnreviewedRestore.model_validate(b)),
-        )
-
-    @app.post("/livestream/restrict")
-    async def livestream_restrict(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox, request, lambda s, b: s.apply_livestream(LivestreamArgs.model_validate(b))
-        )
-
-    @app.post("/livestream/restrict/restore")
-    async def livestream_restrict_restore(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox,
-            request,
-            lambda s, b: s.restore_livestream(LivestreamRestore.model_validate(b)),
-        )
-
-    @app.post("/hashes/lists/block")
-    async def hash_block(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox, request, lambda s, b: s.apply_hash_block(HashBlockArgs.model_validate(b))
-        )
-
-    @app.post("/hashes/lists/block/restore")
-    async def hash_block_restore(request: Request) -> JSONResponse:
-        return await _mutate(
-            sandbox,
-            request,
-            lambda s, b: s.restore_hash_block(HashBlockRestore.model_validate(b)),
-        )
+    for path, apply, args, restore, previous in LEVER_ROUTES:
+        _mutation_route(app, sandbox, path, apply, args)
+        _mutation_route(app, sandbox, f"{path}/restore", restore, previous)
 
     @app.post("/notify/webhooks/{stakeholder}")
     async def webhook(stakeholder: str, request: Request) -> JSONResponse:
