@@ -181,3 +181,26 @@ def test_an_older_task_never_supersedes_a_newer_one(audit_store: AuditStore) -> 
     with pytest.raises(AuditConflict):  # committed-only writers (task 0) never supersede
         audit_store.append([stale], task=0)
     assert [*committed, live] == audit_store.events(incident)
+
+
+def test_two_reordered_rows_are_named(audit_store: AuditStore) -> None:
+    """Swapping the content of two rows breaks the chain at the first of them."""
+    incident = new_id()
+    audit_store.append(chain(incident, 4))
+    execute(
+        audit_store,
+        "UPDATE audit_events SET seq = -2 WHERE incident_id = :i AND seq = 2",
+        i=incident,
+    )
+    execute(
+        audit_store,
+        "UPDATE audit_events SET seq = 2 WHERE incident_id = :i AND seq = 3",
+        i=incident,
+    )
+    execute(
+        audit_store,
+        "UPDATE audit_events SET seq = 3 WHERE incident_id = :i AND seq = -2",
+        i=incident,
+    )
+    result = audit_store.verify(incident)
+    assert (False, 2) == (result.ok, result.first_bad_seq)

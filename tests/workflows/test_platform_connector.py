@@ -1,0 +1,43 @@
+"""The platform connector sends what a real control API needs: auth, idempotency, trace headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from temporalio.testing import ActivityEnvironment
+
+from activities.platform import PlatformLevers
+from core.settings import Settings
+from tests.helpers import serve_app
+from workflows.incident import LeverRequest
+
+
+async def test_each_call_carries_the_configured_token_and_a_stable_key() -> None:
+    """Authorization comes from settings; the idempotency key is incident/step/operation."""
+    seen: list[dict[str, Any]] = []
+    platform = FastAPI()
+
+    @platform.post("/detection/threshold")
+    async def threshold(request: Request) -> dict[str, Any]:
+        seen.append({"headers": dict(request.headers), "body": await request.json()})
+        return {"previous": {"classifier": "fraud", "threshold": 0.9}}
+
+    with serve_app(platform) as url:
+        settings = Settings(detection_url=f"{url}/detection", platform_token="s3cret")
+        async with httpx.AsyncClient() as http:
+            levers = PlatformLevers(settings=settings, client=http)
+            request = LeverRequest(
+                incident_id="INC-1",
+                step_id="raise",
+                operation="apply-1",
+                lever="detection.set_threshold",
+                args={"classifier": "fraud", "threshold": 0.3},
+            )
+            outcome = await ActivityEnvironment().run(levers.apply_lever, request)
+    assert {"classifier": "fraud", "threshold": 0.9} == outcome.previous
+    (call,) = seen
+    assert "Bearer s3cret" == call["headers"]["authorization"]
+    assert "INC-1/raise/apply-1" == call["headers"]["idempotency-key"]
+    assert {"classifier": "fraud", "threshold": 0.3} == call["body"]
