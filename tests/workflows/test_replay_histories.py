@@ -3,6 +3,8 @@ and today's code records exactly the audit events those incidents recorded."""
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,27 @@ async def test_recorded_history_replays_and_reproduces_its_audit_events(path: Pa
 def test_histories_are_kept() -> None:
     """At least the first version's histories are committed (a stand-down and a failure)."""
     assert {"v1-stand-down", "v1-failed"} <= {p.stem for p in HISTORIES}
+
+
+async def test_an_edited_history_file_is_caught(tmp_path: Path) -> None:
+    """Changing who acted inside an exported history no longer matches what the replay makes."""
+    source = next(p for p in HISTORIES if p.stem == "v1-stand-down")
+    original = IncidentHistory.from_file(source)
+    data = json.loads(source.read_text())
+    for event in data["events"]:
+        attributes = event.get("activityTaskScheduledEventAttributes")
+        if attributes and attributes["activityType"]["name"] == "write_audit":
+            payload = attributes["input"]["payloads"][0]
+            text = base64.b64decode(payload["data"]).decode()
+            payload["data"] = base64.b64encode(
+                text.replace("recorder", "mallory").encode()
+            ).decode()
+            break
+    edited = tmp_path / "v1-stand-down.json"
+    edited.write_text(json.dumps(data))
+    report = await replay_incident(
+        IncidentHistory.from_file(edited), await recorded_audit_events(original)
+    )
+    assert report.replay_vs_store.matches
+    assert not report.replay_vs_history.matches
+    assert "seq 1" in (report.replay_vs_history.first_difference or "")
