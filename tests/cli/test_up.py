@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.devserver import free_port, wait_for_port
+from engine.devserver import ServerStartError, free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,11 @@ def start_stack(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    wait_for_port("127.0.0.1", ports["api"], timeout_s=90, process=process)
+    try:
+        wait_for_port("127.0.0.1", ports["api"], timeout_s=90, process=process)
+    except ServerStartError as error:
+        output = process.communicate(timeout=30)[0] if process.poll() is not None else ""
+        raise ServerStartError(f"{error}\n{output}") from None
     return process
 
 
@@ -68,9 +72,15 @@ def wait_closed(port: int, timeout: float = 20) -> bool:
 
 def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_path: Path) -> None:
     """An incident triggered through the API is still there, with its state, after a restart."""
-    ports = {name: free_port() for name in ("temporal", "ui", "api", "sandbox")}
     data_dir = tmp_path / "data"
-    stack = start_stack(data_dir, ports)
+    for attempt in range(3):  # a free port can be taken by another process before the stack binds
+        ports = {name: free_port() for name in ("temporal", "ui", "api", "sandbox")}
+        try:
+            stack = start_stack(data_dir, ports)
+            break
+        except ServerStartError:
+            if attempt == 2:
+                raise
     try:
         api = f"http://127.0.0.1:{ports['api']}/v1"
         assert 200 == httpx.get(f"{api}/health", timeout=10).status_code
