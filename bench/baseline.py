@@ -7,8 +7,9 @@ and a `stand_down` update that restores in reverse and completes the workflow. M
 lapse (`expires_after:`) are undone when it passes, with one timer, as the interpreter does. No
 audit trail: the interpreter's audit cost is measured separately by the bench.
 
-`violent_disorder()` is playbooks/violent-disorder.yaml written out by hand: when the playbook
-changes, change it too (every bench run compares both variants' requests and reports `parity`).
+`violent_disorder()` is tests/fixtures/playbooks/violent-disorder.yaml written out by hand: when
+that playbook changes, change it too (every bench run compares both variants' requests and
+reports `parity`).
 
 Imports: stdlib and temporalio only; httpx (used by the activities) is passed through the
 workflow sandbox, so a workflow run never re-imports anything but this file.
@@ -267,7 +268,7 @@ def violent_disorder(
     reach_multiplier: float = 0.25,
     flag_threshold: float = 0.25,
 ) -> BaselineInput:
-    """playbooks/violent-disorder.yaml with its default inputs, resolved by hand."""
+    """tests/fixtures/playbooks/violent-disorder.yaml with its default inputs, resolved by hand."""
     categories = list(categories or ["incitement_to_violence", "racial_hatred"])
     lapse = 48 * 3600.0  # expires_after: 48h
     return BaselineInput(

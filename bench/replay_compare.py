@@ -34,6 +34,11 @@ from store.audit_store import AuditStore
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import NoteRequest
 
+# The frozen playbook the engine's tests run on: library tuning never changes the figures.
+os.environ["CRISIS_PLAYBOOKS_DIR"] = str(
+    Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "playbooks"
+)
+
 EVENTS_PER_NOTE = 6  # an update (accepted, completed) and its workflow task and audit write
 
 

@@ -24,6 +24,10 @@ from sandbox.app import create_app
 from store.audit_store import AuditStore
 from tests.helpers import serve_app
 
+# The engine's tests run on a frozen playbook library (see its header), whoever tunes `playbooks/`.
+ENGINE_PLAYBOOKS = Path(__file__).resolve().parent / "fixtures" / "playbooks"
+os.environ["CRISIS_PLAYBOOKS_DIR"] = str(ENGINE_PLAYBOOKS)
+
 POSTGRES_URL = os.environ.get(
     "CRISIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -164,7 +168,7 @@ def make_settings(
         sandbox_port=port,
         database_url=database_url,
         task_queue=f"test-{uuid.uuid4()}",
-        **extra,
+        **{"playbooks_dir": ENGINE_PLAYBOOKS, **extra},
     )
 
 

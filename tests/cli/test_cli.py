@@ -18,11 +18,11 @@ import pytest
 
 from core.settings import Settings
 from store.audit_store import AuditStore
-from tests.conftest import Sandbox
+from tests.conftest import ENGINE_PLAYBOOKS, Sandbox
 from tests.helpers import assert_eventually
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "playbooks" / "violent-disorder.yaml"
+SHIPPED = ENGINE_PLAYBOOKS / "violent-disorder.yaml"
 
 GOOD = """\
 playbook: good
@@ -66,6 +66,7 @@ def cli_env(
             # The same data directory as the in-process worker: one signing key seals and verifies.
             "CRISIS_DATA_DIR": str(settings.data_dir),
             "CRISIS_ACTOR": "cli-tester",
+            "CRISIS_PLAYBOOKS_DIR": str(ENGINE_PLAYBOOKS),
         }
     )
     return env

@@ -17,10 +17,11 @@ from engine.playbook_files import (
     load_playbook,
     validate_file,
 )
+from tests.conftest import ENGINE_PLAYBOOKS
 from workflows.playbook import InputError, Playbook, resolve_inputs
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "playbooks" / "violent-disorder.yaml"
+SHIPPED = ENGINE_PLAYBOOKS / "violent-disorder.yaml"
 
 # Line numbers matter below: every problem is asserted at the exact line and column.
 VALID = """\
@@ -73,8 +74,8 @@ def only_problem(tmp_path: Path, text: str) -> FileProblem:
     return problems[0]
 
 
-def test_the_shipped_playbook_is_valid() -> None:
-    """The violent-disorder playbook in the library has no problems and loads."""
+def test_the_engine_fixture_playbook_is_valid() -> None:
+    """The frozen playbook the engine's tests run on has no problems and loads."""
     assert [] == validate_file(SHIPPED)
     playbook = load_playbook(SHIPPED)
     assert "violent-disorder" == playbook.playbook
