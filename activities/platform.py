@@ -7,8 +7,6 @@ worker crash harmless.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.messages import MessageError, render_message
 from core.settings import Settings
+from core.signing import signature_headers
 from workflows.incident import APPLY_LEVER, LeverOutcome, LeverRequest
 from workflows.levers import LEVERS
 
@@ -42,6 +41,11 @@ ROUTES: dict[str, Route] = {
     "recommender.exclude_unreviewed": Route("recommender", "/exclude-unreviewed"),
     "livestream.restrict": Route("livestream", "/restrict"),
     "hashes.block": Route("hashes", "/lists/block"),
+    "ads.hold_new_advertisers": Route("ads", "/hold-new-advertisers"),
+    "accounts.sanction_on_match": Route("accounts", "/sanction-on-match"),
+    "search.suppress_suggestions": Route("search", "/suppress-suggestions"),
+    "hashes.share": Route("hashes", "/lists/share"),
+    "users.show_warning": Route("warnings", "/show"),
 }
 
 
@@ -138,6 +142,5 @@ class PlatformLevers:
         if self._settings.platform_token:
             headers["Authorization"] = f"Bearer {self._settings.platform_token}"
         if ROUTES[request.lever].connector == "notify":
-            digest = hmac.new(self._settings.webhook_secret.encode(), content, hashlib.sha256)
-            headers["X-Crisis-Signature"] = f"sha256={digest.hexdigest()}"
+            headers.update(signature_headers(self._settings.webhook_secret, content))
         return headers

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from core.settings import Settings
 from engine.incidents import Incidents
 from store.audit_store import AuditStore
+from store.tokens import TokenStore
 
 
 def get_settings(request: Request) -> Settings:
@@ -23,6 +24,11 @@ def get_store(request: Request) -> AuditStore:
     return request.app.state.store
 
 
+def get_tokens(request: Request) -> TokenStore:
+    return request.app.state.tokens
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 IncidentsDep = Annotated[Incidents, Depends(get_incidents)]
 StoreDep = Annotated[AuditStore, Depends(get_store)]
+TokensDep = Annotated[TokenStore, Depends(get_tokens)]

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.auth import AuthError
 from engine.incidents import IncidentConflict, IncidentError, IncidentNotFound
 from engine.playbook_files import PlaybookInvalid, PlaybookNotFound
 from workflows.playbook import InputError
+
+log = structlog.get_logger(__name__)
 
 # Named engine errors → (HTTP status, stable code).
 ERROR_CODES: dict[type[Exception], tuple[int, str]] = {
@@ -34,6 +40,13 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
+# For routers behind `api.auth`: the denials every authenticated route may answer.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No token, or an unknown or revoked one"},
+    403: {"model": ErrorOut, "description": "The token's roles do not allow this"},
+}
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
@@ -41,6 +54,20 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 def install_error_handlers(app: FastAPI) -> None:
     for exc_type, (status, code) in ERROR_CODES.items():
         app.add_exception_handler(exc_type, _handler(status, code))
+
+    @app.exception_handler(AuthError)
+    async def _denied(request: Request, error: AuthError) -> JSONResponse:
+        log.warning(
+            "auth.denied",
+            principal=error.principal,
+            route=f"{request.method} {_route_template(request)}",
+            reason=error.reason,
+            status=error.status_code,
+        )
+        headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+        return JSONResponse(
+            error_body(error.code, str(error)), status_code=error.status_code, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -56,6 +83,20 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(f"http_{error.status_code}", str(error.detail)),
             status_code=error.status_code,
         )
+
+
+def _route_template(request: Request) -> str:
+    """The matched route as declared, with its router prefixes: /v1/incidents/{incident_id}."""
+    path = request.url.path
+    route = request.scope.get("route")
+    template, pattern = getattr(route, "path", None), getattr(route, "path_regex", None)
+    if template is None or pattern is None:
+        return path
+    # The route knows only its own part of the path; what precedes it is the prefixes.
+    for index, char in enumerate(path):
+        if char == "/" and pattern.match(path[index:]):
+            return path[:index] + template
+    return template
 
 
 def _handler(status: int, code: str):

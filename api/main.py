@@ -10,11 +10,13 @@ import structlog
 from fastapi import APIRouter, FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import audit, health, incidents
+from api.routes import audit, board, health, incidents, playbooks, timeline
+from api.web import routes as console
 from core.settings import Settings, get_settings
 from engine.incidents import Incidents
 from engine.temporal import connect, running_worker
 from store.audit_store import AuditStore
+from store.tokens import TokenStore
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     running_worker(client, settings=settings, store=store)
                 )
             app.state.settings, app.state.client, app.state.store = settings, client, store
+            app.state.tokens = TokenStore(store.engine)  # one pool for audit and tokens
             app.state.incidents = Incidents(client, settings)
             log.info(
                 "api.ready",
@@ -49,8 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     v1 = APIRouter(prefix="/v1")
     v1.include_router(health.router)
+    v1.include_router(playbooks.router)
+    v1.include_router(board.router)
     v1.include_router(incidents.router)
+    v1.include_router(timeline.router)
     v1.include_router(audit.router)
     app.include_router(v1)
+    app.include_router(console.router)  # the web console: /console, server-rendered
     install_error_handlers(app)
     return app

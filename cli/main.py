@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +14,10 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from cli import audit, playbooks
+from cli import audit, playbooks, tokens
 from cli.common import JsonFlag, actor_name, console, parse_inputs, settings_or_fail
 from cli.output import CliError, fail, hard_exit, print_json, run_async, user_errors
+from cli.remote import RemoteIncidents
 from engine.incidents import ACTIONS, Incidents, prepare_incident
 from engine.playbook_files import find_playbook, load_playbook
 from engine.temporal import connect, running_worker
@@ -29,7 +31,38 @@ app = typer.Typer(
 app.add_typer(playbooks.app, name="playbook")
 app.add_typer(audit.app, name="audit")
 app.add_typer(audit.history_app, name="history")
+app.add_typer(tokens.app, name="tokens")
 app.command("replay")(audit.replay)
+
+# Set by the global `--api` option: commander commands then go through that API as the token's
+# principal instead of straight to Temporal.
+_remote: dict[str, str] = {}
+
+
+@app.callback()
+def _options(
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar="CRISIS_API",
+            help="Act through this API (e.g. http://crisis.example:8000) as the principal of "
+            "the token in CRISIS_TOKEN, instead of talking to Temporal directly.",
+        ),
+    ] = None,
+) -> None:
+    if api_url:
+        _remote["url"] = api_url
+
+
+def _remote_incidents(actor: str | None = None) -> RemoteIncidents | None:
+    """The remote API client when `--api` was given; None for direct mode."""
+    if "url" not in _remote:
+        return None
+    if actor:
+        fail("--actor cannot be used with --api: the API acts as the token's principal")
+    with user_errors():
+        return RemoteIncidents(_remote["url"], os.environ.get("CRISIS_TOKEN", ""))
 
 
 # --- incidents --------------------------------------------------------------------------------
@@ -49,6 +82,13 @@ def trigger(
     """Declare an incident: start the playbook's workflow."""
     settings = settings_or_fail()
     given = parse_inputs(inputs)
+    remote = _remote_incidents(actor)
+    if remote is not None:  # the server's library and checks, the token's principal
+        answer = run_async(
+            lambda: remote.trigger(playbook, given, incident_id=incident_id, level=level)
+        )
+        _print_triggered(answer, level, as_json)
+        hard_exit(0)
     with user_errors():  # check the playbook and inputs before connecting anywhere
         playbook_path = find_playbook(playbook, settings.playbooks_dir)
         prepare_incident(load_playbook(playbook_path), given, actor=actor_name(actor), level=level)
@@ -60,23 +100,29 @@ def trigger(
         )
 
     triggered = run_async(go)
-    if as_json:
-        print_json(
-            {
-                "incident_id": triggered.incident_id,
-                "playbook": triggered.playbook,
-                "version": triggered.version,
-                "playbook_hash": triggered.playbook_hash,
-                "inputs": triggered.inputs,
-            }
-        )
-    else:
-        at_level = f" at level {level}" if level else ""
-        typer.echo(
-            f"incident {triggered.incident_id} triggered: {triggered.playbook} "
-            f"v{triggered.version}{at_level}"
-        )
+    _print_triggered(
+        {
+            "incident_id": triggered.incident_id,
+            "playbook": triggered.playbook,
+            "version": triggered.version,
+            "playbook_hash": triggered.playbook_hash,
+            "inputs": triggered.inputs,
+        },
+        level,
+        as_json,
+    )
     hard_exit(0)
+
+
+def _print_triggered(triggered: dict[str, Any], level: str | None, as_json: bool) -> None:
+    if as_json:
+        print_json(triggered)
+        return
+    at_level = f" at level {level}" if level else ""
+    typer.echo(
+        f"incident {triggered['incident_id']} triggered: {triggered['playbook']} "
+        f"v{triggered['version']}{at_level}"
+    )
 
 
 def _clock(iso: str | None) -> str:
@@ -112,8 +158,11 @@ def _print_status(status: IncidentStatus) -> None:
 def status(incident_id: str, as_json: JsonFlag = False) -> None:
     """Show an incident's state and each step's state and times."""
     settings = settings_or_fail()
+    remote = _remote_incidents()
 
     async def go() -> IncidentStatus:
+        if remote is not None:
+            return await remote.status(incident_id)
         return await Incidents(await connect(settings), settings).status(incident_id)
 
     result = run_async(go)
@@ -134,8 +183,11 @@ def stand_down(
     settings = settings_or_fail()
     if not reason.strip():
         fail("--reason must not be empty")
+    remote = _remote_incidents(actor)
 
-    async def go() -> IncidentStatus:
+    async def go() -> Any:
+        if remote is not None:
+            return await remote.act(incident_id, "stand-down", {"reason": reason})
         return await Incidents(await connect(settings), settings).stand_down(
             incident_id, actor=actor_name(actor), reason=reason
         )
@@ -185,7 +237,8 @@ def _act(
     """Run the commander action `action` (a key of ACTIONS) and print its answer or one error."""
     settings = settings_or_fail()
     update, request_model = ACTIONS[action]
-    fields["actor"] = actor_name(actor)
+    remote = _remote_incidents(actor)
+    fields["actor"] = actor_name(actor)  # checked here; a remote API uses its principal instead
     for name, value in fields.items():
         required = request_model.model_fields[name].is_required()
         if required and isinstance(value, str) and not value.strip():
@@ -197,6 +250,8 @@ def _act(
         fail(f"{_FLAGS.get(str(first['loc'][0]), first['loc'][0])}: {first['msg']}")
 
     async def go() -> Any:
+        if remote is not None:
+            return await remote.act(incident_id, action, request.model_dump())
         return await Incidents(await connect(settings), settings).act(incident_id, update, request)
 
     result = run_async(go)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.common import JsonFlag, console, parse_inputs, settings_or_fail
@@ -23,6 +24,7 @@ from engine.playbook_files import (
     playbook_files,
     validate_file,
 )
+from engine.protocol import FORMATS, Format, build_protocol, levers_used, load_sources, render
 from engine.simulate import Scenario, ScenarioError, SimulationResult, format_offset, load_scenario
 from engine.simulate import simulate as run_simulation
 from workflows.playbook import InputError, Playbook, playbook_warnings, resolve_inputs
@@ -91,7 +93,7 @@ def playbook_schema(output: Annotated[Path | None, typer.Option("-o", "--output"
 
 @app.command("list")
 def playbook_list(as_json: JsonFlag = False) -> None:
-    """List the playbooks in the library."""
+    """List the playbooks in the library: version, owner, levels, levers and content hash."""
     settings = settings_or_fail()
     rows = []
     for path in playbook_files(settings.playbooks_dir):
@@ -104,15 +106,70 @@ def playbook_list(as_json: JsonFlag = False) -> None:
                 "title": pb.title,
                 "steps": len(pb.steps),
                 "file": str(path),
+                "owner": pb.owner,
+                "levels": list(pb.levels),
+                "levers": levers_used(pb),
+                "content_hash": pb.content_hash(),
             }
         )
     if as_json:
         print_json(rows)
         return
-    table = Table("name", "version", "title", "steps")
+    table = Table("name", "version", "title", "owner", "levels", "levers", "steps", "hash")
     for row in rows:
-        table.add_row(row["name"], str(row["version"]), row["title"], str(row["steps"]))
+        table.add_row(
+            row["name"],
+            str(row["version"]),
+            escape(row["title"]),
+            escape(row["owner"] or "-"),
+            escape(", ".join(row["levels"]) or "-"),
+            ", ".join(row["levers"]),
+            str(row["steps"]),
+            row["content_hash"][:19] + "…",  # as `playbook plan` shows it
+        )
     console.print(table)
+
+
+@app.command("doc")
+def playbook_doc(
+    playbooks: Annotated[
+        list[str] | None,
+        typer.Argument(help="Playbook names or files; none = every playbook in the library."),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="md or html (default: from -o's suffix, else md)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the document to this file.")
+    ] = None,
+) -> None:
+    """The written crisis response protocol, generated from the playbooks that run."""
+    settings = settings_or_fail()
+    chosen = _doc_format(fmt, output)
+    with user_errors():  # every playbook is checked before anything is written
+        sources = load_sources(playbooks or [], settings.playbooks_dir)
+    document = build_protocol(sources)
+    text = render(document, chosen)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror or error}")
+    names = ", ".join(f"{pb.name} v{pb.version}" for pb in document.playbooks)
+    typer.echo(f"wrote {output} ({chosen}): crisis response protocol for {names}")
+
+
+def _doc_format(fmt: str | None, output: Path | None) -> Format:
+    if fmt is None:
+        suffix = output.suffix.lower() if output else ""
+        return "html" if suffix in (".html", ".htm") else "md"
+    for known in FORMATS:
+        if fmt.lower() == known:
+            return known
+    fail(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
 
 
 def _warnings(path: Path, library: Path) -> list[FileProblem]:
@@ -174,12 +231,14 @@ def plan(
 def simulate(
     file: Annotated[Path, typer.Argument(help="Playbook file (or a name from the library).")],
     script: Annotated[
-        Path | None, typer.Option(help="Scenario YAML: inputs, level, actions at offsets.")
+        Path | None,
+        typer.Option(help="Scenario YAML: inputs, level, actions and checks at offsets."),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the playbook for real on the time-skipping server against an in-process sandbox, with
-    scripted commander actions; print the timeline. Days pass in seconds."""
+    scripted commander actions and checks; print the timeline and each check's verdict. Days
+    pass in seconds. Exits 1 if a check fails."""
     settings = settings_or_fail()
     configure_logging(level="warning", fmt=settings.log_format)  # the timeline is the output
     with user_errors():
@@ -192,14 +251,19 @@ def simulate(
 
     async def go() -> SimulationResult:
         try:
-            return await run_simulation(path, scenario, progress=None if as_json else _say)
+            return await run_simulation(
+                path,
+                scenario,
+                progress=None if as_json else _say,
+                library_dir=settings.playbooks_dir,
+            )
         except ScenarioError as error:
             fail(str(error))
 
     result = run_async(go)
     if as_json:
-        print_json(asdict(result))
-        hard_exit(0)
+        print_json({**asdict(result), "ok": result.ok})
+        hard_exit(0 if result.ok else 1)
     table = Table("at", "event", "step", "actor", "detail")
     for entry in result.timeline:
         detail = {
@@ -215,13 +279,34 @@ def simulate(
             ", ".join(f"{k}={v}" for k, v in detail.items()),
         )
     console.print(table)
+    _print_checks(result)
     refused = [a for a in result.actions if not a.ok]
     console.print(
         f"{result.incident_id}: {result.final_state} after {format_offset(result.simulated_s)} "
         f"simulated in {result.wall_s:.1f}s; {len(result.actions)} actions, {len(refused)} refused",
         highlight=False,
     )
+    if not result.ok:
+        failed = result.failed_checks
+        named = ", ".join(f"{c.name!r} at {c.at}" for c in failed)
+        fail(f"{len(failed)} of {len(result.checks)} checks failed: {named}")
     hard_exit(0)
+
+
+def _print_checks(result: SimulationResult) -> None:
+    """Each check's verdict and, for a failed one, every difference found."""
+    table = Table("at", "check", "verdict", "what differed")
+    for check in result.checks:
+        verdict = "skipped" if check.skipped else "ok" if check.passed else "FAILED"
+        shown = check.differences if not check.passed or check.skipped else []
+        table.add_row(check.at, escape(check.name), verdict, escape("\n".join(shown)))
+    console.print(table)
+    passed = sum(1 for c in result.checks if c.passed and not c.skipped)
+    skipped = sum(1 for c in result.checks if c.skipped)
+    console.print(
+        f"checks: {passed} passed, {len(result.failed_checks)} failed, {skipped} skipped",
+        highlight=False,
+    )
 
 
 def _say(message: str) -> None:

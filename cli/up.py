@@ -9,15 +9,22 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
+from cli.common import actor_name
 from cli.output import CliError
 from core.settings import Settings
 from engine.devserver import ServerStartError, dev_server_command, wait_for_port
+from store.tokens import TokenError, TokenStore
 
 log = structlog.get_logger(__name__)
 STOP_GRACE_S = 10.0
+ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_ROLES = ["admin", "commander"]
 
 
 @dataclass
@@ -55,6 +62,58 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class AdminToken:
+    """Where the local operator's API token is kept; `new` on the start that issued it."""
+
+    path: Path
+    principal: str | None = None
+    new: bool = False
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` readable by the owner only (0600), replacing any older file whole."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text + "\n")
+    os.replace(temporary, path)
+
+
+def ensure_admin_token(settings: Settings) -> AdminToken | None:
+    """On the first start (no active token: none issued yet, or every one revoked), issue one in
+    roles admin and commander for the local operator, into `<data_dir>/admin-token`; the token
+    itself is never printed or logged. Later starts only say where the file is, if it is there."""
+    path = settings.data_dir.resolve() / ADMIN_TOKEN_FILE
+    where = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+    tokens: TokenStore | None = None
+    try:
+        tokens = TokenStore(settings.resolved_database_url)
+        if tokens.has_tokens(active_only=True):
+            return AdminToken(path) if path.is_file() else None
+        principal = actor_name(None)
+        issued = tokens.create(principal, ADMIN_ROLES)
+        try:
+            _write_private(path, issued.token)
+        except OSError as error:
+            # A token nobody can read must not count as the first one: take it back.
+            tokens.revoke(issued.info.id)
+            raise CliError(f"cannot write the API token to {path}: {error.strerror}") from None
+    except TokenError as error:
+        raise CliError(f"cannot issue the first API token (set CRISIS_ACTOR): {error}") from None
+    except SQLAlchemyError as error:
+        cause = "".join(str(error.__cause__ or error).strip().splitlines()[:1])
+        raise CliError(f"cannot issue the first API token in {where}: {cause}") from None
+    finally:
+        if tokens is not None:
+            tokens.dispose()
+    log.info(
+        "stack.admin_token_issued", principal=principal, token_id=issued.info.id, file=str(path)
+    )
+    return AdminToken(path, principal, new=True)
+
+
 def plan(settings: Settings) -> list[Child]:
     me = [sys.executable, "-m", "cli"]
     return [
@@ -82,6 +141,7 @@ def run_stack(settings: Settings) -> int:
                 f"port {child.port} for {child.name} is already in use (another `crisis up`?)"
             )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    admin_token = ensure_admin_token(settings)
     env = child_environment(settings)
     stopping = False
 
@@ -110,7 +170,7 @@ def run_stack(settings: Settings) -> int:
             )
             if stopping:
                 return 0
-        _print_urls(settings)
+        _print_urls(settings, admin_token)
         while not stopping:
             for child in children:
                 assert child.process is not None
@@ -128,15 +188,22 @@ def run_stack(settings: Settings) -> int:
         _stop(children)
 
 
-def _print_urls(settings: Settings) -> None:
+def _print_urls(settings: Settings, admin_token: AdminToken | None) -> None:
     lines = [
         f"Temporal     {settings.temporal_address}  (data {settings.temporal_db_file.resolve()})",
         f"Temporal UI  http://127.0.0.1:{settings.temporal_ui_port}",
         f"API          {settings.api_url}/v1  (OpenAPI {settings.api_url}/docs)",
         f"Sandbox      {settings.sandbox_url}/state",
         f"Audit store  {settings.resolved_database_url}",
-        "Ctrl-C stops everything.",
     ]
+    if admin_token is not None and admin_token.new:
+        lines.append(
+            f"API token    {admin_token.path}  (new: {admin_token.principal}, roles "
+            f"{', '.join(ADMIN_ROLES)}; send it as 'Authorization: Bearer <token>')"
+        )
+    elif admin_token is not None:
+        lines.append(f"API token    {admin_token.path}")
+    lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 
 

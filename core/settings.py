@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_WEBHOOK_SECRET = "dev-webhook-secret"
@@ -46,10 +46,28 @@ class Settings(BaseSettings):
     notify_url: str = Field("", validation_alias="CRISIS_NOTIFY_URL")
     livestream_url: str = Field("", validation_alias="CRISIS_LIVESTREAM_URL")
     hashes_url: str = Field("", validation_alias="CRISIS_HASHES_URL")
+    ads_url: str = Field("", validation_alias="CRISIS_ADS_URL")
+    accounts_url: str = Field("", validation_alias="CRISIS_ACCOUNTS_URL")
+    search_url: str = Field("", validation_alias="CRISIS_SEARCH_URL")
+    warnings_url: str = Field("", validation_alias="CRISIS_WARNINGS_URL")
     # Sent as the Authorization header on every platform call when set.
     platform_token: str = Field("", validation_alias="CRISIS_PLATFORM_TOKEN")
     platform_timeout_s: float = Field(5.0, validation_alias="CRISIS_PLATFORM_TIMEOUT")
     webhook_secret: str = Field(DEV_WEBHOOK_SECRET, validation_alias="CRISIS_WEBHOOK_SECRET")
+    # E-mail notification channels go through this SMTP relay; no host = e-mail channels fail
+    # with a configuration error (docs/notifications.md).
+    smtp_host: str = Field("", validation_alias="CRISIS_SMTP_HOST")
+    smtp_port: int = Field(587, validation_alias="CRISIS_SMTP_PORT")
+    smtp_starttls: bool = Field(True, validation_alias="CRISIS_SMTP_STARTTLS")
+    smtp_username: str = Field("", validation_alias="CRISIS_SMTP_USERNAME")
+    smtp_password: SecretStr = Field(SecretStr(""), validation_alias="CRISIS_SMTP_PASSWORD")
+    smtp_from: str = Field("", validation_alias="CRISIS_SMTP_FROM")
+    smtp_timeout_s: float = Field(10.0, validation_alias="CRISIS_SMTP_TIMEOUT")
+    # PEM bundle of CAs to trust for STARTTLS instead of the system's (a relay with a private CA).
+    smtp_ca_file: str = Field("", validation_alias="CRISIS_SMTP_CA_FILE")
+    pagerduty_events_url: str = Field(
+        "https://events.pagerduty.com/v2/enqueue", validation_alias="CRISIS_PAGERDUTY_EVENTS_URL"
+    )
     # In production the development defaults of secrets are refused.
     environment: Literal["development", "production"] = Field(
         "development", validation_alias="CRISIS_ENV"

@@ -124,10 +124,15 @@ class Incidents:
         """Start an incident. `eager` asks the server to hand the first task to this process."""
         path = find_playbook(playbook_ref, self._settings.playbooks_dir)
         playbook = load_playbook(path, self._settings.playbooks_dir)
-        templates = library_for(path, self._settings.playbooks_dir).templates_for(playbook)
+        library = library_for(path, self._settings.playbooks_dir)
         incident = prepare_incident(
             playbook, inputs, actor=actor, incident_id=incident_id, level=level
-        ).model_copy(update={"templates": templates})
+        ).model_copy(
+            update={
+                "templates": library.templates_for(playbook),
+                "channels": library.channels_for(playbook),
+            }
+        )
         if history_limit is not None:
             incident = incident.model_copy(update={"history_limit": history_limit})
         search = None

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from activities.messages import MessageError, check_template
 from workflows.incident import MessageTemplate
+from workflows.notifications import CHANNEL_TYPES, Channel, WebhookChannel
 from workflows.playbook import Playbook, Step, walk_steps
 
 M = TypeVar("M", bound=BaseModel)
@@ -33,6 +34,9 @@ class Stakeholder(BaseModel):
     name: str
     kind: Literal["external", "internal"]
     description: str = ""
+    # Where messages go, each channel delivered on its own. The default is the signed webhook to
+    # the notify connector, so a directory without channel config behaves as it always did.
+    channels: list[Channel] = Field(default_factory=lambda: [WebhookChannel()], min_length=1)
 
 
 @dataclass
@@ -44,6 +48,18 @@ class Library:
         """The templates a playbook's notify.send steps name (the ones to freeze at trigger)."""
         names = {str(step.with_.get("template")) for step in _sends(playbook)}
         return {name: self.templates[name] for name in sorted(names) if name in self.templates}
+
+    def channels_for(self, playbook: Playbook) -> dict[str, list[Channel]]:
+        """The channels of the stakeholders a playbook's notify.send steps may tell (all of them
+        when a step names its stakeholder from an input), to freeze at trigger."""
+        names = {str(step.with_.get("to")) for step in _sends(playbook)}
+        if any("${" in name for name in names):
+            names = set(self.stakeholders)
+        return {
+            name: list(self.stakeholders[name].channels)
+            for name in sorted(names)
+            if name in self.stakeholders
+        }
 
     def problems(self, playbook: Playbook) -> list[tuple[tuple[str | int, ...], str]]:
         """Unknown templates and stakeholders, at their paths in the playbook."""
@@ -121,9 +137,31 @@ def _read(path: Path, model: type[M]) -> dict[str, M]:
         return {}
     try:
         data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
-        return {str(name): model.model_validate(value) for name, value in data.items()}
-    except (OSError, YAMLError, AttributeError) as error:
+    except (OSError, YAMLError) as error:
         raise LibraryError(f"{path}: {error}") from None
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise LibraryError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if not isinstance(data, dict):
+        raise LibraryError(f"{path}: expected a mapping of names to entries")
+    found: dict[str, M] = {}
+    for name, value in data.items():
+        try:
+            found[str(name)] = model.model_validate(value)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = _location((name, *first["loc"]))
+            raise LibraryError(
+                f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}"
+            ) from None
+    return found
+
+
+def _location(loc: tuple[str | int, ...]) -> str:
+    """`regulator.channels[1].to[0]`: the key as written in the file (a union's tag left out)."""
+    text = ""
+    for index, part in enumerate(loc):
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif index > 0 and isinstance(loc[index - 1], int) and part in CHANNEL_TYPES:
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text

@@ -165,10 +165,15 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
 
 
 def playbook_files(directory: Path) -> list[Path]:
+    """The playbooks in a directory: YAML files other than the library's own files and the
+    scenarios (`<playbook>.scenario.yaml`) that live beside them."""
     if not directory.is_dir():
         return []
     return sorted(
         p
         for p in directory.iterdir()
-        if p.suffix in SUFFIXES and p.is_file() and p.name not in LIBRARY_FILES
+        if p.suffix in SUFFIXES
+        and p.is_file()
+        and p.name not in LIBRARY_FILES
+        and not p.stem.endswith(".scenario")
     )

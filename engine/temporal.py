@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.audit import AuditWriter
+from activities.delivery import NotificationDelivery
 from activities.platform import PlatformLevers
 from core.settings import Settings
 from store.audit_store import AuditStore
@@ -66,12 +67,13 @@ def build_worker(
     task_queue: str | None = None,
 ) -> Worker:
     levers = PlatformLevers(settings=settings, client=http)
+    delivery = NotificationDelivery(settings=settings, client=http)
     audit = AuditWriter(store, Signer(settings.signing_key_path))
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[levers.apply_lever, audit.write_audit],
+        activities=[levers.apply_lever, delivery.deliver, audit.write_audit],
         workflow_runner=SANDBOX,
     )
 

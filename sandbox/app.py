@@ -8,11 +8,9 @@ it hits every platform path, known or not, before any work is done.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,23 +23,34 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.settings import get_settings
+from core.signing import SignatureInvalid, verify
 from sandbox.state import (
+    AdHoldRestore,
     ExcludeUnreviewedRestore,
     FaultSpec,
     HashBlockRestore,
+    HashShareRestore,
     LivestreamRestore,
+    MatchSanctionRestore,
     PlatformError,
     PlatformState,
+    SuppressionRestore,
     SurgeRestore,
     ThresholdRestore,
     ThrottleRestore,
     Trace,
+    WarningRestore,
     fingerprint,
 )
 from workflows.levers import (
     ExcludeUnreviewedArgs,
     HashBlockArgs,
+    HashShareArgs,
+    HoldNewAdvertisersArgs,
     LivestreamArgs,
+    SanctionOnMatchArgs,
+    ShowWarningArgs,
+    SuppressSuggestionsArgs,
     SurgeArgs,
     ThresholdArgs,
     ThrottleArgs,
@@ -85,21 +94,13 @@ def _parse_json(raw: bytes) -> Any:
         raise PlatformError(400, f"body is not valid JSON: {exc}") from exc
 
 
-def sign(secret: str, raw: bytes) -> str:
-    """The `X-Crisis-Signature` value for a raw body: `sha256=<hex HMAC-SHA256>`.
-
-    Args:
-        secret: The shared webhook secret.
-        raw: The exact bytes of the request body.
-
-    Returns:
-        The header value.
-    """
-    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-
-
-def _signature_ok(secret: str, raw: bytes, header: str | None) -> bool:
-    return header is not None and hmac.compare_digest(sign(secret, raw), header)
+def _signature_ok(secret: str, raw: bytes, headers: Mapping[str, str]) -> bool:
+    """Whether the body carries a valid, fresh signature (core.signing's scheme)."""
+    try:
+        verify(secret, headers, raw)
+    except SignatureInvalid:
+        return False
+    return True
 
 
 # An operation on the state given the parsed body; pydantic errors in it are answered as 422.
@@ -222,6 +223,35 @@ LEVER_ROUTES: tuple[tuple[str, str, type[BaseModel], str, type[BaseModel]], ...]
         "restore_hash_block",
         HashBlockRestore,
     ),
+    (
+        "/ads/hold-new-advertisers",
+        "apply_ad_hold",
+        HoldNewAdvertisersArgs,
+        "restore_ad_hold",
+        AdHoldRestore,
+    ),
+    (
+        "/accounts/sanction-on-match",
+        "apply_match_sanction",
+        SanctionOnMatchArgs,
+        "restore_match_sanction",
+        MatchSanctionRestore,
+    ),
+    (
+        "/search/suppress-suggestions",
+        "apply_suppress_suggestions",
+        SuppressSuggestionsArgs,
+        "restore_suppress_suggestions",
+        SuppressionRestore,
+    ),
+    (
+        "/hashes/lists/share",
+        "apply_hash_share",
+        HashShareArgs,
+        "restore_hash_share",
+        HashShareRestore,
+    ),
+    ("/warnings/show", "apply_warning", ShowWarningArgs, "restore_warning", WarningRestore),
 )
 
 
@@ -246,7 +276,7 @@ def _install_lever_routes(app: FastAPI, sandbox: Sandbox) -> None:
         raw = await request.body()
         signature = request.headers.get("x-crisis-signature")
         # The HMAC covers the raw bytes, so verify before parsing; a bad one is stored, not refused.
-        valid = _signature_ok(sandbox.webhook_secret, raw, signature)
+        valid = _signature_ok(sandbox.webhook_secret, raw, request.headers)
         key = request.headers.get("idempotency-key", "").strip()
         return await _mutate(
             sandbox,

@@ -10,15 +10,30 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from workflows.levers import (
     ExcludeUnreviewedArgs,
     HashBlockArgs,
+    HashShareArgs,
+    HoldNewAdvertisersArgs,
     LivestreamArgs,
+    Name,
+    Phrase,
+    SanctionOnMatchArgs,
+    ShowWarningArgs,
+    SuppressSuggestionsArgs,
     SurgeArgs,
     ThresholdArgs,
     ThrottleArgs,
@@ -29,6 +44,10 @@ Surface = Literal["feed", "search_suggestions", "explore", "notifications"]
 Audience = Literal["all", "new_accounts", "child_accounts"]
 HashType = Literal["pdq", "md5", "tmk", "vpdq"]
 HashAction = Literal["block", "block_and_report", "review"]
+AdReview = Literal["manual", "enhanced"]
+Sanction = Literal["suspend", "ban"]
+WarningKind = Literal["interstitial", "banner", "search_notice"]
+WarningAudience = Literal["all", "young_users"]
 RESTRICTIONS = ("block_new_streams", "disable_comments", "disable_gifts", "disable_recording")
 
 
@@ -49,10 +68,25 @@ class _Strict(BaseModel):
 
 
 class Policy(_Strict):
-    """A recommender policy for one (region, category)."""
+    """A recommender policy for one (region, category), optionally only for posts by young
+    accounts or posts mentioning some keywords."""
 
-    reach_multiplier: float = Field(gt=0, le=1)
+    # 0 = kept out of recommendations entirely.
+    reach_multiplier: float = Field(ge=0, le=1)
     reshare_limit: int | None = Field(default=None, ge=0)
+    max_account_age_days: int | None = Field(default=None, ge=1, le=365)
+    keywords: list[Phrase] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _unscoped_keeps_its_shape(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An unscoped policy is written as before scopes existed, so `previous` values that
+        # running incidents recorded earlier and readers of /state see the same data.
+        data: dict[str, Any] = handler(self)
+        if self.max_account_age_days is None:
+            data.pop("max_account_age_days", None)
+        if not self.keywords:
+            data.pop("keywords", None)
+        return data
 
 
 class ThrottlePrevious(_Strict):
@@ -112,6 +146,74 @@ class HashBlockPrevious(_Strict):
     block: HashBlock | None
 
 
+class AdHold(_Strict):
+    """How ads of new advertisers are held in one (region, ad category)."""
+
+    max_account_age_days: int = Field(ge=1, le=365)
+    review: AdReview
+
+
+class AdHoldPrevious(_Strict):
+    region: str = Field(min_length=2)
+    holds: dict[str, AdHold | None]
+
+
+class MatchSanction(_Strict):
+    """What happens to an account that uploads content matching one hash list."""
+
+    sanction: Sanction
+    preserve_evidence: bool
+    report_to: list[Name]
+
+    @model_validator(mode="after")
+    def _reports_keep_evidence(self) -> MatchSanction:
+        if self.report_to and not self.preserve_evidence:
+            raise ValueError("report_to needs preserve_evidence: true")
+        return self
+
+
+class MatchSanctionPrevious(_Strict):
+    list_id: str = Field(min_length=1)
+    policy: MatchSanction | None
+
+
+class Suppression(_Strict):
+    """What search suggestions leave out in one (region, category), with its extra terms."""
+
+    terms: list[Phrase]
+    show_support_resources: bool
+
+
+class SuppressionPrevious(_Strict):
+    region: str = Field(min_length=2)
+    suppressions: dict[str, Suppression | None]
+
+
+class HashShare(_Strict):
+    """Which partners the hashes of one list are shared with."""
+
+    partners: list[Name] = Field(min_length=1)
+    include_new_hashes: bool
+
+
+class HashSharePrevious(_Strict):
+    list_id: str = Field(min_length=1)
+    share: HashShare | None
+
+
+class WarningNotice(_Strict):
+    """The warning shown in one (region, kind, category)."""
+
+    message_key: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)
+    audience: WarningAudience
+
+
+class WarningPrevious(_Strict):
+    region: str = Field(min_length=2)
+    kind: WarningKind
+    warnings: dict[str, WarningNotice | None]
+
+
 class ThrottleRestore(_Strict):
     args: ThrottleArgs
     previous: ThrottlePrevious
@@ -140,6 +242,31 @@ class LivestreamRestore(_Strict):
 class HashBlockRestore(_Strict):
     args: HashBlockArgs
     previous: HashBlockPrevious
+
+
+class AdHoldRestore(_Strict):
+    args: HoldNewAdvertisersArgs
+    previous: AdHoldPrevious
+
+
+class MatchSanctionRestore(_Strict):
+    args: SanctionOnMatchArgs
+    previous: MatchSanctionPrevious
+
+
+class SuppressionRestore(_Strict):
+    args: SuppressSuggestionsArgs
+    previous: SuppressionPrevious
+
+
+class HashShareRestore(_Strict):
+    args: HashShareArgs
+    previous: HashSharePrevious
+
+
+class WarningRestore(_Strict):
+    args: ShowWarningArgs
+    previous: WarningPrevious
 
 
 class FaultSpec(_Strict):
@@ -313,6 +440,67 @@ def _unique(items: list[Any]) -> list[Any]:
     return list(dict.fromkeys(items))
 
 
+def _entries_of(
+    table: dict[str, Any], path: tuple[str, ...], keys: Iterable[str]
+) -> dict[str, Any]:
+    """The entries `keys` of the branch of `table` at `path`, as JSON data (null = no entry)."""
+    branch = table
+    for name in path:
+        branch = branch.get(name, {})
+    return {k: (branch[k].model_dump() if k in branch else None) for k in _unique(list(keys))}
+
+
+def _replace_entries(
+    table: dict[str, Any], path: tuple[str, ...], values: Mapping[str, BaseModel | None]
+) -> None:
+    """Set the entries of the branch at `path` (None removes one).
+
+    A branch left empty is dropped: an empty branch is the default state, so a restore that
+    removes the last entry round-trips exactly.
+    """
+    branches = [table]
+    for name in path:
+        branches.append(branches[-1].setdefault(name, {}))
+    leaf = branches[-1]
+    for key, value in values.items():
+        if value is None:
+            leaf.pop(key, None)
+        else:
+            leaf[key] = value
+    for parent, name in zip(reversed(branches[:-1]), reversed(path), strict=True):
+        if parent[name]:
+            break
+        del parent[name]
+
+
+def _dump(node: Any) -> Any:
+    """A table of models as JSON data."""
+    if isinstance(node, BaseModel):
+        return node.model_dump()
+    return {key: _dump(value) for key, value in node.items()}
+
+
+def _same_target(what: str, previous: Any, args: Any) -> None:
+    if previous != args:
+        raise PlatformError(422, f"previous.{what} does not match args.{what}")
+
+
+def _within_categories(previous: dict[str, Any], categories: list[str]) -> None:
+    """A restore may only touch the categories its apply named."""
+    extra = sorted(set(previous) - set(categories))
+    if extra:
+        raise PlatformError(
+            422, f"previous names categories not in args.categories: {', '.join(extra)}"
+        )
+
+
+def _known_hash_list(list_id: str) -> HashList:
+    known = HASH_LISTS.get(list_id)
+    if known is None:
+        raise PlatformError(404, f"unknown hash list {list_id!r}")
+    return known
+
+
 def fingerprint(method: str, path: str, body: Any) -> str:
     """A stable digest of a request, so a key reused for another request is caught."""
     canonical = json.dumps(
@@ -335,6 +523,16 @@ class PlatformState:
     livestream: dict[str, dict[str, Restrictions]] = field(default_factory=dict)
     # list id -> block; no entry = the list is not blocking uploads.
     hash_blocks: dict[str, HashBlock] = field(default_factory=dict)
+    # region -> ad category -> hold; no entry = new advertisers' ads run as usual.
+    ad_holds: dict[str, dict[str, AdHold]] = field(default_factory=dict)
+    # list id -> sanction; no entry = a match blocks the upload (if blocking) but not the account.
+    match_sanctions: dict[str, MatchSanction] = field(default_factory=dict)
+    # region -> category -> suppression; no entry = suggested as usual.
+    search_suppressions: dict[str, dict[str, Suppression]] = field(default_factory=dict)
+    # list id -> share; no entry = the list's hashes stay on the platform.
+    hash_shares: dict[str, HashShare] = field(default_factory=dict)
+    # region -> kind -> category -> warning; no entry = no warning shown.
+    user_warnings: dict[str, dict[str, dict[str, WarningNotice]]] = field(default_factory=dict)
     notifications: list[dict[str, Any]] = field(default_factory=list)
     applications: list[dict[str, Any]] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
@@ -366,7 +564,12 @@ class PlatformState:
                 if args.reshare_limit is not None
                 else (old.reshare_limit if old else None)
             )
-            region[category] = Policy(reach_multiplier=args.reach_multiplier, reshare_limit=limit)
+            region[category] = Policy(
+                reach_multiplier=args.reach_multiplier,
+                reshare_limit=limit,
+                max_account_age_days=args.max_account_age_days,
+                keywords=_unique(args.keywords),
+            )
         return {"previous": previous}
 
     def restore_throttle(self, req: ThrottleRestore) -> dict[str, Any]:
@@ -564,6 +767,144 @@ class PlatformState:
             self.hash_blocks[prev.list_id] = prev.block
         return {"previous": replaced}
 
+    # --- ads.hold_new_advertisers -------------------------------------------------------------
+
+    def apply_ad_hold(self, args: HoldNewAdvertisersArgs) -> dict[str, Any]:
+        """Hold new advertisers' ads in each category of the region; answer the holds replaced."""
+        path = (args.region,)
+        previous = {
+            "region": args.region,
+            "holds": _entries_of(self.ad_holds, path, args.categories),
+        }
+        hold = AdHold(max_account_age_days=args.max_account_age_days, review=args.review)
+        _replace_entries(self.ad_holds, path, dict.fromkeys(args.categories, hold))
+        return {"previous": previous}
+
+    def restore_ad_hold(self, req: AdHoldRestore) -> dict[str, Any]:
+        """Put back the holds of `previous` (null = no hold)."""
+        prev = req.previous
+        _same_target("region", prev.region, req.args.region)
+        _within_categories(prev.holds, req.args.categories)
+        path = (prev.region,)
+        replaced = {"region": prev.region, "holds": _entries_of(self.ad_holds, path, prev.holds)}
+        _replace_entries(self.ad_holds, path, prev.holds)
+        return {"previous": replaced}
+
+    # --- accounts.sanction_on_match ------------------------------------------------------------
+
+    def _sanction_of(self, list_id: str) -> dict[str, Any] | None:
+        current = self.match_sanctions.get(list_id)
+        return current.model_dump() if current is not None else None
+
+    def apply_match_sanction(self, args: SanctionOnMatchArgs) -> dict[str, Any]:
+        """Sanction accounts uploading matches of a known list; answer the policy replaced."""
+        _known_hash_list(args.list_id)
+        old = self._sanction_of(args.list_id)
+        self.match_sanctions[args.list_id] = MatchSanction(
+            sanction=args.sanction,
+            preserve_evidence=args.preserve_evidence,
+            report_to=_unique(args.report_to),
+        )
+        return {"previous": {"list_id": args.list_id, "policy": old}}
+
+    def restore_match_sanction(self, req: MatchSanctionRestore) -> dict[str, Any]:
+        """Put back the policy of `previous` (null = matches no longer sanction accounts)."""
+        prev = req.previous
+        _same_target("list_id", prev.list_id, req.args.list_id)
+        _known_hash_list(prev.list_id)
+        replaced = {"list_id": prev.list_id, "policy": self._sanction_of(prev.list_id)}
+        if prev.policy is None:
+            self.match_sanctions.pop(prev.list_id, None)
+        else:
+            self.match_sanctions[prev.list_id] = prev.policy
+        return {"previous": replaced}
+
+    # --- search.suppress_suggestions -----------------------------------------------------------
+
+    def apply_suppress_suggestions(self, args: SuppressSuggestionsArgs) -> dict[str, Any]:
+        """Keep each category (and the terms) out of suggestions; answer what it replaced."""
+        path = (args.region,)
+        previous = {
+            "region": args.region,
+            "suppressions": _entries_of(self.search_suppressions, path, args.categories),
+        }
+        suppression = Suppression(
+            terms=_unique(args.terms), show_support_resources=args.show_support_resources
+        )
+        _replace_entries(
+            self.search_suppressions, path, dict.fromkeys(args.categories, suppression)
+        )
+        return {"previous": previous}
+
+    def restore_suppress_suggestions(self, req: SuppressionRestore) -> dict[str, Any]:
+        """Put back the suppressions of `previous` (null = suggested as usual)."""
+        prev = req.previous
+        _same_target("region", prev.region, req.args.region)
+        _within_categories(prev.suppressions, req.args.categories)
+        path = (prev.region,)
+        replaced = {
+            "region": prev.region,
+            "suppressions": _entries_of(self.search_suppressions, path, prev.suppressions),
+        }
+        _replace_entries(self.search_suppressions, path, prev.suppressions)
+        return {"previous": replaced}
+
+    # --- hashes.share --------------------------------------------------------------------------
+
+    def _share_of(self, list_id: str) -> dict[str, Any] | None:
+        current = self.hash_shares.get(list_id)
+        return current.model_dump() if current is not None else None
+
+    def apply_hash_share(self, args: HashShareArgs) -> dict[str, Any]:
+        """Share a known list's hashes with partners; answer the share replaced (null = none)."""
+        _known_hash_list(args.list_id)
+        old = self._share_of(args.list_id)
+        self.hash_shares[args.list_id] = HashShare(
+            partners=_unique(args.partners), include_new_hashes=args.include_new_hashes
+        )
+        return {"previous": {"list_id": args.list_id, "share": old}}
+
+    def restore_hash_share(self, req: HashShareRestore) -> dict[str, Any]:
+        """Put back the share of `previous` (null = stop sharing; shared hashes stay shared)."""
+        prev = req.previous
+        _same_target("list_id", prev.list_id, req.args.list_id)
+        _known_hash_list(prev.list_id)
+        replaced = {"list_id": prev.list_id, "share": self._share_of(prev.list_id)}
+        if prev.share is None:
+            self.hash_shares.pop(prev.list_id, None)
+        else:
+            self.hash_shares[prev.list_id] = prev.share
+        return {"previous": replaced}
+
+    # --- users.show_warning --------------------------------------------------------------------
+
+    def apply_warning(self, args: ShowWarningArgs) -> dict[str, Any]:
+        """Show the warning on each category in the region; answer the warnings replaced."""
+        path = (args.region, args.kind)
+        previous = {
+            "region": args.region,
+            "kind": args.kind,
+            "warnings": _entries_of(self.user_warnings, path, args.categories),
+        }
+        notice = WarningNotice(message_key=args.message_key, audience=args.audience)
+        _replace_entries(self.user_warnings, path, dict.fromkeys(args.categories, notice))
+        return {"previous": previous}
+
+    def restore_warning(self, req: WarningRestore) -> dict[str, Any]:
+        """Put back the warnings of `previous` (null = no warning of that kind)."""
+        prev = req.previous
+        _same_target("region", prev.region, req.args.region)
+        _same_target("kind", prev.kind, req.args.kind)
+        _within_categories(prev.warnings, req.args.categories)
+        path = (prev.region, prev.kind)
+        replaced = {
+            "region": prev.region,
+            "kind": prev.kind,
+            "warnings": _entries_of(self.user_warnings, path, prev.warnings),
+        }
+        _replace_entries(self.user_warnings, path, prev.warnings)
+        return {"previous": replaced}
+
     # --- notify ---------------------------------------------------------------------------
 
     def receive_notification(
@@ -691,6 +1032,11 @@ class PlatformState:
             },
             "hashes": {list_id: b.model_dump() for list_id, b in self.hash_blocks.items()},
             "hash_lists": {list_id: h.as_dict() for list_id, h in HASH_LISTS.items()},
+            "hash_shares": _dump(self.hash_shares),
+            "match_sanctions": _dump(self.match_sanctions),
+            "ad_holds": _dump(self.ad_holds),
+            "search_suppressions": _dump(self.search_suppressions),
+            "user_warnings": _dump(self.user_warnings),
             "notifications": copy.deepcopy(self.notifications),
             "applications": copy.deepcopy(self.applications),
             "stats": self.stats.as_dict(),

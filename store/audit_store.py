@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Column, DateTime, Text, UniqueConstraint, event
+from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from store.board import empty_summary, fold
 from store.migrate import upgrade
 from store.seals import Seal
 from workflows.audit import GENESIS_HASH, AuditEvent, chain_hash
@@ -86,6 +87,8 @@ class IncidentRow(SQLModel, table=True):
     closed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     last_seq: int
+    # The board's facts (store.board); None on rows projected before it existed.
+    summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 # How events move an incident's searchable state.
@@ -94,6 +97,18 @@ _STATE_BY_KIND = {
     "stand_down.requested": "standing_down",
     "incident.closed": "closed",
 }
+
+
+def _summary_until(session: Session, incident_id: str, seq: int) -> dict[str, Any]:
+    summary: dict[str, Any] | None = None
+    rows = session.exec(
+        select(AuditRow)
+        .where(AuditRow.incident_id == incident_id, AuditRow.seq < seq)
+        .order_by(AuditRow.seq)  # type: ignore[arg-type]
+    ).all()
+    for row in rows:
+        summary = fold(summary, row.to_event())
+    return summary or empty_summary()
 
 
 def _project(session: Session, events: list[AuditEvent]) -> None:
@@ -115,11 +130,15 @@ def _project(session: Session, events: list[AuditEvent]) -> None:
                 triggered_at=at,
                 updated_at=at,
                 last_seq=item.seq,
+                summary=fold(None, item),
             )
             session.add(row)
             continue
         if row is None or item.seq <= row.last_seq:
             continue
+        if row.summary is None:  # projected before the board existed: catch up once
+            row.summary = _summary_until(session, row.incident_id, item.seq)
+        row.summary = fold(row.summary, item)
         if item.kind in ("level.escalated", "level.de_escalated"):
             row.level = item.data.get("level")
         if item.kind in _STATE_BY_KIND:
@@ -384,19 +403,25 @@ class AuditStore:
         self,
         *,
         playbook: str | None = None,
-        state: str | None = None,
+        state: str | list[str] | None = None,
         level: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        triggered_by: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> list[IncidentRow]:
-        """Incidents, newest first, filtered by playbook, state, level and trigger time."""
+        """Incidents, newest first, filtered by playbook, state(s), level, who triggered them and
+        trigger time."""
         query = select(IncidentRow)
         if playbook:
             query = query.where(IncidentRow.playbook == playbook)
-        if state:
+        if isinstance(state, str):
             query = query.where(IncidentRow.state == state)
+        elif state:
+            query = query.where(IncidentRow.state.in_(state))  # type: ignore[attr-defined]
+        if triggered_by:
+            query = query.where(IncidentRow.triggered_by == triggered_by)
         if level:
             query = query.where(IncidentRow.level == level)
         if since:

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         Approver,
         ApproveRequest,
         CarriedState,
+        DeliveryRecord,
         IncidentInput,
         IncidentState,
         IncidentStatus,
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
     )
     from workflows.levers import LEVERS
+    from workflows.notifications import DELIVER_NOTIFICATION, DeliveryReceipt, DeliveryRequest
     from workflows.playbook import ParallelStep, Step, WaitStep, retry_timings
     from workflows.substitution import substitute
 
@@ -169,6 +171,9 @@ class CrisisWorkflow:
     # --- the run ------------------------------------------------------------------------------
     @workflow.run
     async def run(self, incident: IncidentInput) -> IncidentStatus:
+        # Events also carry when the next review is due, so the incident board can show it from
+        # the audit trail alone; histories recorded before then replay without it.
+        self._board_facts = workflow.patched("board-facts")
         if incident.carried is None:
             self._record(
                 "incident.triggered",
@@ -179,6 +184,7 @@ class CrisisWorkflow:
                     playbook_hash=incident.playbook_hash,
                     inputs=incident.inputs,
                     level=self._level,
+                    review_due=self._review_due if self._board_facts else None,
                 ),
             )
         else:
@@ -464,6 +470,9 @@ class CrisisWorkflow:
             restore=restore,
         )
         if lever == "notify.send":
+            if self._incident.channels is not None:
+                return await self._deliver(step, args, operation, retry)
+            # Incidents triggered before the directory had channels notify via the platform.
             request.message = self._incident.templates.get(str(args.get("template")))
             request.context = self._message_context(step)
         began = self._clock()
@@ -481,6 +490,74 @@ class CrisisWorkflow:
         if outcome.elapsed_s is not None:
             _LEVER_TIME.set(began + timedelta(seconds=outcome.elapsed_s))
         return outcome
+
+    async def _deliver(
+        self, step: Step, args: dict[str, Any], operation: str, retry: RetryPolicy
+    ) -> LeverOutcome:
+        """Tell a stakeholder on every one of its channels, each delivery an activity of its own;
+        raise only if no channel got through (the failed ones are recorded either way)."""
+        record = self._records[step.id]
+        to, template_name = str(args["to"]), str(args["template"])
+        channels = (self._incident.channels or {}).get(to)
+        template = self._incident.templates.get(template_name)
+        if not channels or template is None:
+            missing = f"stakeholder {to!r}" if not channels else f"template {template_name!r}"
+            raise ApplicationError(f"{missing} was not in the directory at trigger")
+        context = self._message_context(step)
+        requests = [
+            DeliveryRequest(
+                incident_id=self._incident.incident_id,
+                step_id=step.id,
+                stakeholder=to,
+                channel=channel,
+                template_name=template_name,
+                template=template,
+                context=context,
+                data=dict(args.get("data") or {}),
+                severity=args.get("severity", "warning"),
+                idempotency_key=f"{self._incident.incident_id}/{step.id}/{operation}/{index}",
+            )
+            for index, channel in enumerate(channels)
+        ]
+        outcomes = await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    DELIVER_NOTIFICATION,
+                    request,
+                    result_type=DeliveryReceipt,
+                    start_to_close_timeout=parse_duration(step.timeout),
+                    retry_policy=retry,
+                )
+                for request in requests
+            ),
+            return_exceptions=True,
+        )
+        _LEVER_TIME.set(None)  # activity results arrive with the history: workflow time is right
+        failures = []
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, CancelledError):
+                raise outcome
+            delivery = DeliveryRecord(
+                operation=operation,
+                stakeholder=to,
+                channel=request.channel.type,
+                target=request.channel.describe(),
+                at=_iso(self._clock()),
+            )
+            if isinstance(outcome, BaseException):
+                delivery.state, delivery.error = "failed", _cause(outcome)
+                failures.append(f"{delivery.target}: {delivery.error}")
+            else:
+                delivery.state, delivery.message_id = "delivered", outcome.message_id
+            record.deliveries.append(delivery)
+            self._record(
+                f"notification.{delivery.state}",
+                step_id=step.id,
+                data=delivery.model_dump(exclude={"at", "state"}, exclude_none=True),
+            )
+        if len(failures) == len(requests):
+            raise ApplicationError(f"no channel reached {to}: " + "; ".join(failures))
+        return LeverOutcome()
 
     def _message_context(self, step: Step) -> dict[str, Any]:
         """What a message template may refer to: the incident as it stands when it is sent."""
@@ -643,8 +720,16 @@ class CrisisWorkflow:
         assert self._pb.reviews is not None
         self._reviews_missed += 1
         action = self._pb.reviews.on_missed
-        self._record("review.missed", data={"due": self._review_due, "on_missed": action})
+        missed = self._review_due
         self._review_due = _iso(self._clock() + parse_duration(self._pb.reviews.every))
+        self._record(
+            "review.missed",
+            data=_present(
+                due=missed,
+                on_missed=action,
+                next_due=self._review_due if self._board_facts else None,
+            ),
+        )
         if action == "escalate":
             self._escalate_by_system("review missed")
         elif action == "stand_down" and self._stand_down is None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.common import SearchAttributeKey
 
+from workflows.notifications import Channel, MessageTemplate
 from workflows.playbook import Playbook
 
 # Activity names, shared by the workflow (which calls them by name to keep httpx and SQL out of
@@ -49,6 +50,19 @@ class Approver(BaseModel):
     comment: str = ""
 
 
+class DeliveryRecord(BaseModel):
+    """One channel's delivery of a step's notification: a failure shows here, never silently."""
+
+    operation: str  # apply-1, undo-1, ...: which call of the step it belongs to
+    stakeholder: str
+    channel: str
+    target: str  # the channel described without secrets
+    state: Literal["delivered", "failed"] = "failed"
+    message_id: str | None = None
+    error: str | None = None
+    at: str
+
+
 class StepRecord(BaseModel):
     """A step's life in one incident; also its status as commanders see it."""
 
@@ -72,6 +86,7 @@ class StepRecord(BaseModel):
     approvals: list[Approver] = Field(default_factory=list)
     quorum: int | None = None  # approvals needed, for steps that need them
     outcome: str | None = None  # why it ended as it did: rejected by X, expired, ...
+    deliveries: list[DeliveryRecord] = Field(default_factory=list)
 
 
 class Note(BaseModel):
@@ -106,15 +121,6 @@ class CarriedState(BaseModel):
     runs: int = 1
 
 
-class MessageTemplate(BaseModel):
-    """A notification's subject and body (Jinja2, rendered in a sandbox at send time)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    subject: str
-    body: str
-
-
 class IncidentInput(BaseModel):
     """The workflow's input: a frozen playbook snapshot and everything resolved at trigger."""
 
@@ -130,6 +136,9 @@ class IncidentInput(BaseModel):
     # The message templates the playbook's notify.send steps use, frozen at trigger like the
     # playbook itself.
     templates: dict[str, MessageTemplate] = Field(default_factory=dict)
+    # Every stakeholder's delivery channels (names of secrets, never secrets), frozen at trigger.
+    # None: triggered before the directory had channels; such incidents notify via the platform.
+    channels: dict[str, list[Channel]] | None = None
     # Continue-as-new once the history is this long (Temporal's own suggestion also counts).
     history_limit: int = 10_000
     # Keep CrisisState/CrisisLevel search attributes current (off where the namespace lacks them).

@@ -8,7 +8,7 @@ the platform lives in `activities/platform.py`; a new lever is a model here plus
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,14 +19,34 @@ class LeverArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A name in a list argument (category, partner, designated body): never blank.
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+# A literal word or phrase matched in posts or searches (a place, a hashtag, a search term).
+Phrase = Annotated[str, Field(min_length=1, max_length=100)]
+
+
 class ThrottleArgs(LeverArgs):
     """Cut the reach of content in some categories in a region (recommender feeds)."""
 
     region: str = Field(min_length=2, description="Region code, e.g. GB")
     categories: list[str] = Field(min_length=1, description="Content categories affected")
-    reach_multiplier: float = Field(gt=0, le=1, description="1 = normal reach, 0.25 = a quarter")
+    reach_multiplier: float = Field(
+        ge=0,
+        le=1,
+        description="1 = normal reach, 0.25 = a quarter, 0 = kept out of recommendations entirely",
+    )
     reshare_limit: int | None = Field(
         default=None, ge=0, description="Max reshares/forwards per item; none = unchanged"
+    )
+    max_account_age_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=365,
+        description="Only posts by accounts younger than this many days; none = every account",
+    )
+    keywords: list[Phrase] = Field(
+        default_factory=list,
+        description="Only posts mentioning one of these (e.g. a targeted town); empty = every post",
     )
 
 
@@ -123,6 +143,100 @@ class NotifySendArgs(LeverArgs):
     data: dict[str, Any] = Field(default_factory=dict, description="Extra fields for the template")
 
 
+class HoldNewAdvertisersArgs(LeverArgs):
+    """Hold ads from newly created advertiser accounts for review before they run (scam waves)."""
+
+    region: str = Field(min_length=2, description="Region code, e.g. GB")
+    categories: list[Name] = Field(
+        min_length=1,
+        description="Ad categories held, e.g. charity, financial_services, government_services",
+    )
+    max_account_age_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Ads of advertisers whose account is younger than this many days are held",
+    )
+    review: Literal["manual", "enhanced"] = Field(
+        default="manual",
+        description="manual = a reviewer approves each ad; enhanced = the advertiser's identity "
+        "and payment details are verified as well",
+    )
+
+
+class SanctionOnMatchArgs(LeverArgs):
+    """Sanction accounts that upload content matching a hash list (e.g. known CSAM)."""
+
+    list_id: str = Field(min_length=1, description="Hash list, e.g. internal-csam-known")
+    sanction: Literal["suspend", "ban"] = Field(
+        default="ban", description="suspend = locked pending review; ban = removed for good"
+    )
+    preserve_evidence: bool = Field(
+        default=True,
+        description="Keep the matched content and account data for law enforcement",
+    )
+    report_to: list[Name] = Field(
+        default_factory=list, description="Designated bodies each match is reported to: ncmec, iwf"
+    )
+
+    @model_validator(mode="after")
+    def _reports_keep_evidence(self) -> SanctionOnMatchArgs:
+        # A report a designated body cannot follow up on is worse than none.
+        if self.report_to and not self.preserve_evidence:
+            raise ValueError("report_to needs preserve_evidence: true")
+        return self
+
+
+class SuppressSuggestionsArgs(LeverArgs):
+    """Keep content categories and terms out of search autocomplete and suggestions."""
+
+    region: str = Field(min_length=2, description="Region code, e.g. GB")
+    categories: list[Name] = Field(
+        min_length=1, description="Content categories kept out of suggestions, e.g. self_harm"
+    )
+    terms: list[Phrase] = Field(
+        default_factory=list,
+        description="Extra literal terms never suggested (matched ignoring case)",
+    )
+    show_support_resources: bool = Field(
+        default=False,
+        description="Show helpline resources in place of suggestions (as for self-harm searches)",
+    )
+
+
+class HashShareArgs(LeverArgs):
+    """Share the hashes added to a hash list with partner services (e.g. GIFCT's database)."""
+
+    list_id: str = Field(min_length=1, description="Hash list, e.g. christchurch-2019")
+    partners: list[Name] = Field(
+        min_length=1, description="Partner services, e.g. gifct-hsdb, tech-against-terrorism"
+    )
+    include_new_hashes: bool = Field(
+        default=True,
+        description="Also share hashes added to the list while the share is in force",
+    )
+
+
+class ShowWarningArgs(LeverArgs):
+    """Show users a warning on content, or on searches, in some categories in a region."""
+
+    region: str = Field(min_length=2, description="Region code, e.g. GB")
+    categories: list[Name] = Field(min_length=1, description="Content categories warned about")
+    kind: Literal["interstitial", "banner", "search_notice"] = Field(
+        default="interstitial",
+        description="interstitial = click through to see; banner = above the content; "
+        "search_notice = above search results",
+    )
+    message_key: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        max_length=64,
+        description="Key of the localised message, e.g. scam-warning, crisis-support",
+    )
+    audience: Literal["all", "young_users"] = Field(
+        default="all", description="Who sees the warning"
+    )
+
+
 @dataclass(frozen=True)
 class Lever:
     name: str
@@ -148,5 +262,25 @@ LEVERS: dict[str, Lever] = {
         ),
         Lever("livestream.restrict", LivestreamArgs, True, LivestreamArgs.__doc__ or ""),
         Lever("hashes.block", HashBlockArgs, True, HashBlockArgs.__doc__ or ""),
+        Lever(
+            "ads.hold_new_advertisers",
+            HoldNewAdvertisersArgs,
+            True,
+            HoldNewAdvertisersArgs.__doc__ or "",
+        ),
+        Lever(
+            "accounts.sanction_on_match",
+            SanctionOnMatchArgs,
+            True,
+            SanctionOnMatchArgs.__doc__ or "",
+        ),
+        Lever(
+            "search.suppress_suggestions",
+            SuppressSuggestionsArgs,
+            True,
+            SuppressSuggestionsArgs.__doc__ or "",
+        ),
+        Lever("hashes.share", HashShareArgs, True, HashShareArgs.__doc__ or ""),
+        Lever("users.show_warning", ShowWarningArgs, True, ShowWarningArgs.__doc__ or ""),
     )
 }

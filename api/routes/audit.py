@@ -9,14 +9,22 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
+from api.auth import Permission, require
 from api.deps import SettingsDep, StoreDep
+from api.errors import AUTH_ERRORS
 from engine.incidents import IncidentNotFound
 from engine.integrity import verify_incident
 from engine.reporting import incident_report
 from engine.verification import export_history
 from store.seals import Signer
 
-router = APIRouter(prefix="/incidents", tags=["audit"])
+# Everything here is for reading: any valid token (auditors first of all).
+router = APIRouter(
+    prefix="/incidents",
+    tags=["audit"],
+    dependencies=[require(Permission.READ)],
+    responses=AUTH_ERRORS,
+)
 
 
 def _public_key(request: Request) -> Any:

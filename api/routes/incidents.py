@@ -5,23 +5,25 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
+from api.approvers import approver_role
+from api.auth import Commander, Principal, Reader
 from api.deps import IncidentsDep, SettingsDep, StoreDep
-from api.errors import ErrorOut
+from api.errors import AUTH_ERRORS, ErrorOut
 from engine.incidents import ACTIONS, Incidents, verify_audit
 from engine.playbook_files import PlaybookNotFound
 from workflows.audit import AuditEvent
 from workflows.incident import IncidentStatus, StepRecord
 
-router = APIRouter(prefix="/incidents", tags=["incidents"])
+# Who acts is always the authenticated principal: no body here names an actor.
+router = APIRouter(prefix="/incidents", tags=["incidents"], responses=AUTH_ERRORS)
 
 
 class TriggerBody(BaseModel):
     playbook: str = Field(description="Playbook name (from the library) to run")
     inputs: dict[str, Any] = Field(default_factory=dict)
-    actor: str = Field("api", min_length=1, description="Who declares the incident")
     incident_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,100}$")
     level: str | None = Field(None, description="Starting level (default: the playbook's lowest)")
 
@@ -36,7 +38,6 @@ class TriggeredOut(BaseModel):
 
 class StandDownBody(BaseModel):
     reason: str = Field(min_length=1)
-    actor: str = Field("api", min_length=1)
 
 
 class AuditOut(BaseModel):
@@ -48,14 +49,14 @@ class AuditOut(BaseModel):
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TriggeredOut)
 async def trigger(
-    body: TriggerBody, incidents: IncidentsDep, settings: SettingsDep
+    body: TriggerBody, incidents: IncidentsDep, settings: SettingsDep, principal: Commander
 ) -> TriggeredOut:
     if "/" in body.playbook or body.playbook.endswith((".yaml", ".yml")):
         raise PlaybookNotFound(f"playbooks are named, not paths: {body.playbook!r}")
     triggered = await incidents.trigger(
         body.playbook,
         body.inputs,
-        actor=body.actor,
+        actor=principal.name,
         incident_id=body.incident_id,
         level=body.level,
         eager=settings.api_embedded_worker,
@@ -70,19 +71,19 @@ async def trigger(
 
 
 @router.get("/{incident_id}", response_model=IncidentStatus)
-async def show(incident_id: str, incidents: IncidentsDep) -> IncidentStatus:
+async def show(incident_id: str, incidents: IncidentsDep, _: Reader) -> IncidentStatus:
     return await incidents.status(incident_id)
 
 
 @router.post("/{incident_id}/stand-down", response_model=IncidentStatus)
 async def stand_down(
-    incident_id: str, body: StandDownBody, incidents: IncidentsDep
+    incident_id: str, body: StandDownBody, incidents: IncidentsDep, principal: Commander
 ) -> IncidentStatus:
-    return await incidents.stand_down(incident_id, actor=body.actor, reason=body.reason)
+    return await incidents.stand_down(incident_id, actor=principal.name, reason=body.reason)
 
 
 @router.get("/{incident_id}/audit", response_model=AuditOut)
-async def audit(incident_id: str, store: StoreDep) -> AuditOut:
+async def audit(incident_id: str, store: StoreDep, _: Reader) -> AuditOut:
     verification = await asyncio.to_thread(verify_audit, store, incident_id)
     events = await asyncio.to_thread(store.events, incident_id)
     return AuditOut(
@@ -95,23 +96,28 @@ async def audit(incident_id: str, store: StoreDep) -> AuditOut:
 
 # --- commander actions ------------------------------------------------------------------------
 # Each route runs one workflow Update from `engine.incidents.ACTIONS` through `_act`. The bodies
-# are this API's own models, not the workflow's requests: today the actor comes from the body;
-# once it comes from the authenticated principal, only `_act`'s `actor` argument changes.
+# are this API's own models, not the workflow's requests: the actor is the principal's name.
+# Approving and rejecting need no commander: the principal must hold a role the step accepts.
 
 
 class ActionBody(BaseModel):
-    actor: str = Field("api", min_length=1, description="Who acts")
+    """What every action body shares (nothing yet: the actor is the authenticated principal)."""
+
+
+_ROLE_HELP = (
+    "The role you act in; you must hold it. Default: your first role that the step accepts."
+)
 
 
 class ApproveBody(ActionBody):
     step_id: str = Field(min_length=1, description="The step awaiting approval")
-    role: str = Field(min_length=1, description="The role the actor approves in")
+    role: str | None = Field(None, min_length=1, description=_ROLE_HELP)
     comment: str = ""
 
 
 class RejectBody(ActionBody):
     step_id: str = Field(min_length=1, description="The step awaiting approval")
-    role: str = Field(min_length=1, description="The role the actor rejects in")
+    role: str | None = Field(None, min_length=1, description=_ROLE_HELP)
     reason: str = Field(min_length=1)
 
 
@@ -144,11 +150,31 @@ ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def _act(
-    incidents: Incidents, action: str, incident_id: str, body: ActionBody, *, actor: str
+    incidents: Incidents,
+    action: str,
+    incident_id: str,
+    body: ActionBody,
+    *,
+    actor: Principal,
+    **fields: Any,
 ) -> Any:
     update, request_model = ACTIONS[action]
-    request = request_model.model_validate({**body.model_dump(exclude={"actor"}), "actor": actor})
+    request = request_model.model_validate({**body.model_dump(), **fields, "actor": actor.name})
     return await incidents.act(incident_id, update, request)
+
+
+async def _approver_role(
+    request: Request, incident_id: str, body: ApproveBody | RejectBody, principal: Principal
+) -> str:
+    """The role `principal` approves or rejects in; Forbidden if they hold none that may."""
+    return await approver_role(
+        request.app.state.client,
+        incident_id,
+        body.step_id,
+        principal,
+        role=body.role,
+        verb="approve" if isinstance(body, ApproveBody) else "reject",
+    )
 
 
 @router.post(
@@ -157,9 +183,17 @@ async def _act(
     summary="Approve a step awaiting approval",
     responses=ACTION_ERRORS,
 )
-async def approve(incident_id: str, body: ApproveBody, incidents: IncidentsDep) -> StepRecord:
-    """One approval; the step runs once its quorum of distinct approvers is reached."""
-    return await _act(incidents, "approve", incident_id, body, actor=body.actor)
+async def approve(
+    incident_id: str,
+    body: ApproveBody,
+    incidents: IncidentsDep,
+    principal: Reader,
+    request: Request,
+) -> StepRecord:
+    """One approval; the step runs once its quorum of distinct approvers is reached. Any
+    principal holding a role the step accepts may approve."""
+    role = await _approver_role(request, incident_id, body, principal)
+    return await _act(incidents, "approve", incident_id, body, actor=principal, role=role)
 
 
 @router.post(
@@ -168,9 +202,17 @@ async def approve(incident_id: str, body: ApproveBody, incidents: IncidentsDep) 
     summary="Reject a step awaiting approval",
     responses=ACTION_ERRORS,
 )
-async def reject(incident_id: str, body: RejectBody, incidents: IncidentsDep) -> StepRecord:
-    """The step is skipped and the playbook carries on."""
-    return await _act(incidents, "reject", incident_id, body, actor=body.actor)
+async def reject(
+    incident_id: str,
+    body: RejectBody,
+    incidents: IncidentsDep,
+    principal: Reader,
+    request: Request,
+) -> StepRecord:
+    """The step is skipped and the playbook carries on. Any principal holding a role the step
+    accepts may reject."""
+    role = await _approver_role(request, incident_id, body, principal)
+    return await _act(incidents, "reject", incident_id, body, actor=principal, role=role)
 
 
 @router.post(
@@ -179,9 +221,11 @@ async def reject(incident_id: str, body: RejectBody, incidents: IncidentsDep) ->
     summary="Raise the incident's level",
     responses=ACTION_ERRORS,
 )
-async def escalate(incident_id: str, body: LevelBody, incidents: IncidentsDep) -> IncidentStatus:
+async def escalate(
+    incident_id: str, body: LevelBody, incidents: IncidentsDep, principal: Commander
+) -> IncidentStatus:
     """To `to_level`, or one level up; steps the new level calls for run."""
-    return await _act(incidents, "escalate", incident_id, body, actor=body.actor)
+    return await _act(incidents, "escalate", incident_id, body, actor=principal)
 
 
 @router.post(
@@ -190,9 +234,11 @@ async def escalate(incident_id: str, body: LevelBody, incidents: IncidentsDep) -
     summary="Lower the incident's level",
     responses=ACTION_ERRORS,
 )
-async def de_escalate(incident_id: str, body: LevelBody, incidents: IncidentsDep) -> IncidentStatus:
+async def de_escalate(
+    incident_id: str, body: LevelBody, incidents: IncidentsDep, principal: Commander
+) -> IncidentStatus:
     """To `to_level`, or one level down; measures above the new level are undone."""
-    return await _act(incidents, "de-escalate", incident_id, body, actor=body.actor)
+    return await _act(incidents, "de-escalate", incident_id, body, actor=principal)
 
 
 @router.post(
@@ -201,9 +247,11 @@ async def de_escalate(incident_id: str, body: LevelBody, incidents: IncidentsDep
     summary="Renew a measure before it lapses",
     responses=ACTION_ERRORS,
 )
-async def renew(incident_id: str, body: RenewBody, incidents: IncidentsDep) -> StepRecord:
+async def renew(
+    incident_id: str, body: RenewBody, incidents: IncidentsDep, principal: Commander
+) -> StepRecord:
     """The measure now lapses `duration` from now; a lapsed one is applied again."""
-    return await _act(incidents, "renew", incident_id, body, actor=body.actor)
+    return await _act(incidents, "renew", incident_id, body, actor=principal)
 
 
 @router.post(
@@ -213,10 +261,10 @@ async def renew(incident_id: str, body: RenewBody, incidents: IncidentsDep) -> S
     responses=ACTION_ERRORS,
 )
 async def confirm_review(
-    incident_id: str, body: ReviewBody, incidents: IncidentsDep
+    incident_id: str, body: ReviewBody, incidents: IncidentsDep, principal: Commander
 ) -> IncidentStatus:
     """The measures are still needed; the next review is due one period from now."""
-    return await _act(incidents, "confirm-review", incident_id, body, actor=body.actor)
+    return await _act(incidents, "confirm-review", incident_id, body, actor=principal)
 
 
 @router.post(
@@ -225,6 +273,8 @@ async def confirm_review(
     summary="Add a note to the incident",
     responses=ACTION_ERRORS,
 )
-async def add_note(incident_id: str, body: NoteBody, incidents: IncidentsDep) -> IncidentStatus:
+async def add_note(
+    incident_id: str, body: NoteBody, incidents: IncidentsDep, principal: Commander
+) -> IncidentStatus:
     """The note is recorded (and audited) with its actor and time."""
-    return await _act(incidents, "note", incident_id, body, actor=body.actor)
+    return await _act(incidents, "note", incident_id, body, actor=principal)

@@ -13,15 +13,19 @@ import pytest
 
 from api.main import create_app
 from core.settings import Settings
+from tests.api.conftest import Tokens
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually, serve_app
 
 
 @pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The app from `create_app(settings)` (its own worker on a fresh task queue) over real HTTP."""
+async def api(settings: Settings, tokens: Tokens) -> AsyncIterator[httpx.AsyncClient]:
+    """The app from `create_app(settings)` (its own worker on a fresh task queue) over real HTTP,
+    called as alice, a commander (other principals: `headers=tokens.headers(name)`)."""
     with serve_app(create_app(settings)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, headers=tokens.headers("alice")
+        ) as http:
             yield http
 
 
@@ -61,12 +65,14 @@ async def test_health_reports_every_check_ok(api: httpx.AsyncClient) -> None:
     assert {"status": "ok", "checks": {"temporal": "ok", "audit_store": "ok"}} == response.json()
 
 
-async def test_incident_lifecycle_over_http(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
-    """Trigger, follow, stand down and audit an incident; the platform is changed then restored."""
+async def test_incident_lifecycle_over_http(
+    api: httpx.AsyncClient, sandbox: Sandbox, tokens: Tokens
+) -> None:
+    """Trigger, follow, stand down and audit an incident; the platform is changed then restored.
+    Each action's actor is the principal whose token made the request."""
     before = await sandbox.state()
     response = await api.post(
-        "/v1/incidents",
-        json={"playbook": "violent-disorder", "inputs": {"region": "GB"}, "actor": "alice"},
+        "/v1/incidents", json={"playbook": "violent-disorder", "inputs": {"region": "GB"}}
     )
     assert 201 == response.status_code, response.text
     triggered = response.json()
@@ -92,12 +98,14 @@ async def test_incident_lifecycle_over_http(api: httpx.AsyncClient, sandbox: San
     assert reviewers + 25 == during["moderation"]["hate"]["reviewers"]
 
     response = await api.post(
-        f"/v1/incidents/{incident_id}/stand-down", json={"reason": "disorder over", "actor": "bob"}
+        f"/v1/incidents/{incident_id}/stand-down",
+        json={"reason": "disorder over"},
+        headers=tokens.headers("admin"),
     )
     assert 200 == response.status_code, response.text
     closed = response.json()
     assert "closed" == closed["state"]
-    assert {"actor": "bob", "reason": "disorder over"} == closed["stand_down"]
+    assert {"actor": "admin", "reason": "disorder over"} == closed["stand_down"]
     assert ["undone"] * 5 == [s["state"] for s in closed["steps"]]
     after = await sandbox.state()
     for part in ("recommender", "detection", "moderation"):
@@ -201,8 +209,14 @@ async def test_openapi_lists_the_v1_paths(api: httpx.AsyncClient) -> None:
     paths = response.json()["paths"]
     assert {
         "/v1/health": {"get"},
-        "/v1/incidents": {"post"},
+        "/v1/playbooks": {"get"},
+        "/v1/playbooks/{name}": {"get"},
+        "/v1/playbooks/validate": {"post"},
+        "/v1/playbooks/{name}/plan": {"post"},
+        "/v1/incidents": {"get", "post"},
         "/v1/incidents/{incident_id}": {"get"},
+        "/v1/incidents/{incident_id}/timeline": {"get"},
+        "/v1/incidents/{incident_id}/events": {"get"},
         "/v1/incidents/{incident_id}/stand-down": {"post"},
         "/v1/incidents/{incident_id}/audit": {"get"},
         "/v1/incidents/{incident_id}/history": {"get"},

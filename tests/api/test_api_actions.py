@@ -14,6 +14,7 @@ import pytest
 
 from api.main import create_app
 from core.settings import Settings
+from tests.api.conftest import Tokens, bearer
 from tests.api.test_api import assert_error
 from tests.cli.test_cli_actions import ACTIONS_PLAYBOOK, PLAIN_PLAYBOOK
 from tests.conftest import Sandbox
@@ -31,15 +32,20 @@ ACTION_PATHS = (
 
 
 @pytest.fixture
-async def api(settings: Settings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """The API over real HTTP, with a playbook library holding the test playbooks."""
+async def api(
+    settings: Settings, tmp_path: Path, tokens: Tokens
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API over real HTTP, with a playbook library holding the test playbooks, called as
+    alice (a commander)."""
     library = tmp_path / "library"
     library.mkdir()
     (library / "commander-actions.yaml").write_text(ACTIONS_PLAYBOOK)
     (library / "plain.yaml").write_text(PLAIN_PLAYBOOK)
     app = create_app(settings.model_copy(update={"playbooks_dir": library}))
     with serve_app(app) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, headers=tokens.headers("alice")
+        ) as http:
             yield http
 
 
@@ -49,8 +55,12 @@ async def trigger(api: httpx.AsyncClient, playbook: str, **extra: Any) -> str:
     return response.json()["incident_id"]
 
 
-async def act(api: httpx.AsyncClient, incident_id: str, path: str, **body: Any) -> httpx.Response:
-    return await api.post(f"/v1/incidents/{incident_id}/{path}", json=body)
+async def act(
+    api: httpx.AsyncClient, incident_id: str, path: str, *, token: str | None = None, **body: Any
+) -> httpx.Response:
+    """POST an action as the client's principal, or as the holder of `token`."""
+    headers = bearer(token) if token else None
+    return await api.post(f"/v1/incidents/{incident_id}/{path}", json=body, headers=headers)
 
 
 def answer(response: httpx.Response) -> dict[str, Any]:
@@ -80,14 +90,16 @@ def step(status: dict[str, Any], step_id: str) -> dict[str, Any]:
     return next(s for s in status["steps"] if s["id"] == step_id)
 
 
-async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox, tokens: Tokens) -> None:
     """Two distinct approvers in the step's roles let it run; a rejection skips a step; every
     refused request is 409 with the workflow's reason."""
-    i = await trigger(api, "commander-actions", level="elevated", actor="alice")
+    bob = tokens.token("bob")  # policy-lead
+    ivan = tokens.issue("ivan", "commander", "intern")
+    i = await trigger(api, "commander-actions", level="elevated")
     await status_when(api, i, lambda s: s["throttle"] == "awaiting_approval")
 
     conflict(
-        await act(api, i, "approve", step_id="throttle", role="intern"),
+        await act(api, i, "approve", step_id="throttle", role="intern", token=ivan),
         i,
         "role 'intern' cannot approve throttle (roles: commander, policy-lead)",
     )
@@ -100,25 +112,20 @@ async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox) -> N
         "step surge-hate is not awaiting approval (it is pending)",
     )
     conflict(
-        await act(api, i, "reject", step_id="throttle", role="intern", reason="no"),
+        await act(api, i, "reject", step_id="throttle", role="intern", reason="no", token=ivan),
         "role 'intern' cannot reject throttle",
     )
 
-    first = answer(
-        await act(api, i, "approve", step_id="throttle", role="commander", actor="carol")
-    )
+    first = answer(await act(api, i, "approve", step_id="throttle", role="commander"))
     assert ("throttle", "awaiting_approval") == (first["id"], first["state"])
-    assert [("carol", "commander", "")] == [
+    assert [("alice", "commander", "")] == [
         (a["actor"], a["role"], a["comment"]) for a in first["approvals"]
     ]
     conflict(
-        await act(api, i, "approve", step_id="throttle", role="policy-lead", actor="carol"),
-        "carol has already approved throttle",
+        await act(api, i, "approve", step_id="throttle"), "alice has already approved throttle"
     )
-    second = answer(
-        await act(api, i, "approve", step_id="throttle", role="policy-lead", comment="ok")
-    )
-    assert [("carol", "commander"), ("api", "policy-lead")] == [
+    second = answer(await act(api, i, "approve", step_id="throttle", comment="ok", token=bob))
+    assert [("alice", "commander"), ("bob", "policy-lead")] == [
         (a["actor"], a["role"]) for a in second["approvals"]
     ]
     status = await status_when(
@@ -135,10 +142,10 @@ async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox) -> N
             step_id="surge-hate",
             role="commander",
             reason="too broad",
-            actor="dan",
+            token=ivan,
         )
     )
-    assert ("skipped", "rejected by dan: too broad") == (rejected["state"], rejected["outcome"])
+    assert ("skipped", "rejected by ivan: too broad") == (rejected["state"], rejected["outcome"])
     conflict(
         await act(api, i, "reject", step_id="surge-hate", role="commander", reason="again"),
         "step surge-hate is not awaiting approval (it is skipped)",
@@ -146,18 +153,22 @@ async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox) -> N
     answer(await act(api, i, "stand-down", reason="test over"))
 
 
-async def test_levels_renew_review_and_notes(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+async def test_levels_renew_review_and_notes(
+    api: httpx.AsyncClient, sandbox: Sandbox, tokens: Tokens
+) -> None:
     """Escalate and de-escalate (a level at a time or to a named one), renew a measure, confirm
-    the review, add notes: each answers the result and lands in the audit trail."""
+    the review, add notes: each answers the result and lands in the audit trail, with the
+    principal who did it."""
+    admin = tokens.token("admin")
     before = await sandbox.state()
     i = await trigger(api, "commander-actions", level="severe")
     status = await status_when(api, i, lambda s: s["surge"] == s["tighten"] == "applied")
     assert "severe" == status["level"]
     assert 0.3 == (await sandbox.state())["detection"]["fraud"]
 
-    escalated = answer(await act(api, i, "escalate", reason="spreading", actor="erin"))
+    escalated = answer(await act(api, i, "escalate", reason="spreading", token=admin))
     assert "critical" == escalated["level"]
-    assert [("critical", "erin", "spreading")] == [
+    assert [("critical", "admin", "spreading")] == [
         (c["level"], c["actor"], c["reason"]) for c in escalated["level_history"]
     ]
     conflict(
@@ -187,24 +198,24 @@ async def test_levels_renew_review_and_notes(api: httpx.AsyncClient, sandbox: Sa
     ):
         conflict(await act(api, i, "renew", **{"duration": "1h", "reason": "x", **body}), reason)
 
-    reviewed = answer(await act(api, i, "confirm-review", note="still needed", actor="fay"))
+    reviewed = answer(await act(api, i, "confirm-review", note="still needed", token=admin))
     assert reviewed["next_review_due"] > status["next_review_due"]
     noted = answer(await act(api, i, "notes", text="regulator called back"))
-    assert [("api", "regulator called back")] == [(n["actor"], n["text"]) for n in noted["notes"]]
+    assert [("alice", "regulator called back")] == [(n["actor"], n["text"]) for n in noted["notes"]]
 
     async def audited() -> list[tuple[str, str | None]]:
         events = answer(await api.get(f"/v1/incidents/{i}/audit"))["events"]
         kinds = [(e["kind"], e["actor"]) for e in events]
-        assert ("note.added", "api") == kinds[-1], kinds
+        assert ("note.added", "alice") == kinds[-1], kinds
         return kinds
 
     kinds = await assert_eventually(audited)
     for expected in (
-        ("level.escalated", "erin"),
-        ("level.de_escalated", "api"),
+        ("level.escalated", "admin"),
+        ("level.de_escalated", "alice"),
         ("step.withdrawn", None),
-        ("measure.renewed", "api"),
-        ("review.confirmed", "fay"),
+        ("measure.renewed", "alice"),
+        ("review.confirmed", "admin"),
     ):
         assert expected in kinds, kinds
     answer(await act(api, i, "stand-down", reason="test over"))
@@ -236,18 +247,22 @@ async def test_refusals_and_errors(api: httpx.AsyncClient, sandbox: Sandbox) -> 
 
     assert "reason" in assert_error(await act(api, i, "escalate"), 422, "invalid_request")
     assert "text" in assert_error(await act(api, i, "notes", text=""), 422, "invalid_request")
-    no_role = await act(api, i, "approve", step_id="surge")
-    assert "role" in assert_error(no_role, 422, "invalid_request")
-    empty_actor = await act(api, i, "notes", text="x", actor="")
-    assert "actor" in assert_error(empty_actor, 422, "invalid_request")
+    no_step = await act(api, i, "approve", role="commander")
+    assert "step_id" in assert_error(no_step, 422, "invalid_request")
+    # Without a role the principal's own is used; this step needs no approval at all.
+    conflict(
+        await act(api, i, "approve", step_id="surge"),
+        "step 'surge' does not exist or needs no approval",
+    )
 
     answer(await act(api, i, "stand-down", reason="test over"))
     conflict(await act(api, i, "notes", text="late"), i, "closed")
 
 
 async def test_openapi_describes_each_action(api: httpx.AsyncClient) -> None:
-    """Each action route is a POST with a summary, its own request body schema and the 404/409
-    error shape; trigger takes an optional level."""
+    """Each action route is a POST with a summary, its own request body schema (naming no actor:
+    that is the principal) and the 401/403/404/409 error shape; trigger takes an optional
+    level."""
     document = answer(await api.get("/openapi.json"))
     schemas = document["components"]["schemas"]
     bodies = {}
@@ -256,8 +271,8 @@ async def test_openapi_describes_each_action(api: httpx.AsyncClient) -> None:
         assert operation["summary"], path
         ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         bodies[path] = ref.rsplit("/", 1)[1]
-        assert {"200", "404", "409", "422"} <= set(operation["responses"]), path
-        assert "actor" in schemas[bodies[path]]["properties"], path
+        assert {"200", "401", "403", "404", "409", "422"} <= set(operation["responses"]), path
+        assert "actor" not in schemas[bodies[path]].get("properties", {}), path
     assert {
         "approve": "ApproveBody",
         "reject": "RejectBody",
@@ -267,5 +282,7 @@ async def test_openapi_describes_each_action(api: httpx.AsyncClient) -> None:
         "confirm-review": "ReviewBody",
         "notes": "NoteBody",
     } == bodies
-    assert {"step_id", "role"} <= set(schemas["ApproveBody"]["required"])
+    assert ["step_id"] == schemas["ApproveBody"]["required"]
+    assert "role" in schemas["ApproveBody"]["properties"]
     assert "level" in schemas["TriggerBody"]["properties"]
+    assert "actor" not in schemas["TriggerBody"]["properties"]

@@ -14,6 +14,7 @@ import pytest
 
 from core.settings import Settings
 from store.seals import Signer, key_id
+from tests.api.conftest import Tokens, bearer
 from tests.api.test_api import api as api  # the fixture, re-exported for these tests
 from tests.api.test_api import assert_error, trigger
 from tests.helpers import assert_eventually
@@ -29,8 +30,11 @@ async def audit_events(api: httpx.AsyncClient, incident_id: str) -> list[dict[st
     return response.json()["events"]
 
 
-async def close_an_incident(api: httpx.AsyncClient) -> list[dict[str, Any]]:
-    """Trigger, let every step apply, stand down; the audit events once the trail is closed."""
+async def close_an_incident(
+    api: httpx.AsyncClient, stand_down_token: str | None = None
+) -> list[dict[str, Any]]:
+    """Trigger, let every step apply, stand down (as the principal of `stand_down_token`, else
+    as the client's); the audit events once the trail is closed."""
     incident_id = (await trigger(api, region="GB"))["incident_id"]
 
     # Followed in the audit trail, not by status queries: a query during the first workflow task
@@ -41,7 +45,9 @@ async def close_an_incident(api: httpx.AsyncClient) -> list[dict[str, Any]]:
 
     await assert_eventually(applied)
     response = await api.post(
-        f"/v1/incidents/{incident_id}/stand-down", json={"reason": "test over", "actor": "bob"}
+        f"/v1/incidents/{incident_id}/stand-down",
+        json={"reason": "test over"},
+        headers=bearer(stand_down_token) if stand_down_token else None,
     )
     assert 200 == response.status_code, response.text
 
@@ -54,11 +60,11 @@ async def close_an_incident(api: httpx.AsyncClient) -> list[dict[str, Any]]:
 
 
 async def test_history_verify_and_report_of_a_closed_incident(
-    api: httpx.AsyncClient, settings: Settings
+    api: httpx.AsyncClient, settings: Settings, tokens: Tokens
 ) -> None:
     """The history has the run, verify is ok with and without replay, and the report comes as
     Markdown, HTML with its chart, and JSON with the key figures and the verdict."""
-    events = await close_an_incident(api)
+    events = await close_an_incident(api, tokens.token("admin"))
     incident_id = events[0]["incident_id"]
     base = f"/v1/incidents/{incident_id}"
 
@@ -111,7 +117,7 @@ async def test_history_verify_and_report_of_a_closed_incident(
     assert 200 == as_json.status_code, as_json.text
     assert "application/json" == as_json.headers["content-type"]
     body = as_json.json()
-    assert (incident_id, "closed", "bob", len(events)) == (
+    assert (incident_id, "closed", "admin", len(events)) == (
         body["facts"]["incident_id"],
         body["facts"]["state"],
         body["facts"]["stand_down_by"],

@@ -194,7 +194,10 @@ def test_schema_is_json_schema_with_steps(cli_env: dict[str, str], tmp_path: Pat
 
 
 def test_playbook_list_json(cli_env: dict[str, str]) -> None:
-    """`playbook list --json` lists the library with name, version, title and step count."""
+    """`playbook list --json` lists the library with name, version, title, step count, owner,
+    levels, the distinct levers in order of first use, and the content hash that runs."""
+    from engine.playbook_files import load_playbook
+
     run = run_cli(cli_env, "playbook", "list", "--json")
     assert 0 == run.code, run
     assert [
@@ -204,6 +207,15 @@ def test_playbook_list_json(cli_env: dict[str, str]) -> None:
             "title": "Violent disorder incited online",
             "steps": 5,
             "file": str(SHIPPED),
+            "owner": "trust-and-safety",
+            "levels": [],
+            "levers": [
+                "recommender.throttle",
+                "detection.set_threshold",
+                "moderation.surge",
+                "notify.webhook",
+            ],
+            "content_hash": load_playbook(SHIPPED).content_hash(),
         }
     ] == run.json()
 

@@ -12,7 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli.up import ADMIN_TOKEN_FILE, ensure_admin_token
+from core.settings import Settings
 from engine.devserver import ServerStartError, free_port, wait_for_port
+from store.tokens import TokenStore
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +74,11 @@ def wait_closed(port: int, timeout: float = 20) -> bool:
 
 
 def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_path: Path) -> None:
-    """An incident triggered through the API is still there, with its state, after a restart."""
+    """An incident triggered through the API is still there, with its state, after a restart.
+    The first start issues the operator's API token into a file only they can read; the token
+    is printed nowhere, and a restart keeps it."""
     data_dir = tmp_path / "data"
+    token_file = data_dir / "admin-token"
     for attempt in range(3):  # a free port can be taken by another process before the stack binds
         ports = {name: free_port() for name in ("temporal", "ui", "api", "sandbox")}
         try:
@@ -85,14 +91,23 @@ def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_
         api = f"http://127.0.0.1:{ports['api']}/v1"
         assert 200 == httpx.get(f"{api}/health", timeout=10).status_code
         assert 200 == httpx.get(f"http://127.0.0.1:{ports['ui']}/", timeout=10).status_code
-        created = httpx.post(f"{api}/incidents", json={"playbook": "violent-disorder"}, timeout=30)
+        assert 0o600 == token_file.stat().st_mode & 0o777
+        token = token_file.read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        anonymous = httpx.post(f"{api}/incidents", json={"playbook": "violent-disorder"})
+        assert 401 == anonymous.status_code, anonymous.text
+        created = httpx.post(
+            f"{api}/incidents", json={"playbook": "violent-disorder"}, headers=auth, timeout=30
+        )
         assert 201 == created.status_code, created.text
         incident_id = created.json()["incident_id"]
         deadline = time.monotonic() + 30
-        while (
-            httpx.get(f"{api}/incidents/{incident_id}", timeout=10).json()["steps"][-1]["state"]
-            != "applied"
-        ):
+
+        def last_step_state() -> str:
+            status = httpx.get(f"{api}/incidents/{incident_id}", headers=auth, timeout=10)
+            return status.json()["steps"][-1]["state"]
+
+        while last_step_state() != "applied":
             assert time.monotonic() < deadline
             time.sleep(0.1)
         sandbox_state = httpx.get(f"http://127.0.0.1:{ports['sandbox']}/state", timeout=10).json()
@@ -103,6 +118,9 @@ def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_
         output = stop_stack(stack)
     assert 0 == stack.returncode, output
     assert "Temporal UI" in output and "/docs" in output
+    # (A start retried for a taken port has issued the token already: no "new" to check here.)
+    assert f"API token    {token_file.resolve()}" in output, output
+    assert token not in output
     for child in children:
         assert (
             not Path(f"/proc/{child}").exists()
@@ -113,16 +131,57 @@ def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_
 
     stack = start_stack(data_dir, ports)
     try:
-        status = httpx.get(f"{api}/incidents/{incident_id}", timeout=30).json()
+        assert token == token_file.read_text().strip()
+        status = httpx.get(f"{api}/incidents/{incident_id}", headers=auth, timeout=30).json()
         assert ("running", ["applied"] * 5) == (
             status["state"],
             [s["state"] for s in status["steps"]],
         )
         closed = httpx.post(
-            f"{api}/incidents/{incident_id}/stand-down", json={"reason": "test over"}, timeout=60
+            f"{api}/incidents/{incident_id}/stand-down",
+            json={"reason": "test over"},
+            headers=auth,
+            timeout=60,
         ).json()
         assert "closed" == closed["state"]
-        audit = httpx.get(f"{api}/incidents/{incident_id}/audit", timeout=10).json()
+        audit = httpx.get(f"{api}/incidents/{incident_id}/audit", headers=auth, timeout=10).json()
         assert audit["verified"] and "incident.closed" == audit["events"][-1]["kind"]
     finally:
-        stop_stack(stack)
+        output = stop_stack(stack)
+    assert f"API token    {token_file.resolve()}\n" in output, output
+    assert token not in output
+
+
+def test_the_first_start_issues_the_operators_token_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no active token, an admin+commander token for the operator (CRISIS_ACTOR) goes into
+    a 0600 file; later starts keep it; once every token is revoked, the next start issues anew."""
+    monkeypatch.setenv("CRISIS_ACTOR", "olivia")
+    settings = Settings(data_dir=tmp_path / "data", database_url="")
+    settings.data_dir.mkdir()
+    token_file = settings.data_dir.resolve() / ADMIN_TOKEN_FILE
+
+    first = ensure_admin_token(settings)
+    assert first is not None
+    assert (token_file, "olivia", True) == (first.path, first.principal, first.new)
+    assert 0o600 == token_file.stat().st_mode & 0o777
+    token = token_file.read_text().strip()
+    tokens = TokenStore(settings.resolved_database_url)
+    try:
+        found = tokens.authenticate(token)
+        assert found is not None
+        assert ("olivia", ("admin", "commander")) == (found.name, found.roles)
+
+        again = ensure_admin_token(settings)
+        assert again is not None and (token_file, False) == (again.path, again.new)
+        assert token == token_file.read_text().strip()
+        assert 1 == len(tokens.list())
+
+        tokens.revoke(principal="olivia")
+        renewed = ensure_admin_token(settings)
+        assert renewed is not None and renewed.new
+        assert token != token_file.read_text().strip()
+        assert 0o600 == token_file.stat().st_mode & 0o777
+    finally:
+        tokens.dispose()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import socket
 import threading
@@ -17,6 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
+from core.signing import SIGNATURE_HEADER, signature_headers
 from sandbox.app import create_app
 
 SECRET = "test-webhook-secret"
@@ -585,33 +584,32 @@ def test_delete_faults_clears_them(http: httpx.Client) -> None:
 # --- notifications ------------------------------------------------------------------------
 
 
-def _webhook(http: httpx.Client, raw: bytes, signature: str, key: str) -> httpx.Response:
-    headers = {
-        "Content-Type": "application/json",
-        "Idempotency-Key": key,
-        "X-Crisis-Signature": signature,
-    }
+def _webhook(http: httpx.Client, raw: bytes, signed: dict[str, str], key: str) -> httpx.Response:
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key, **signed}
     return http.post("/notify/webhooks/regulator", content=raw, headers=headers)
 
 
 def test_notification_is_stored_with_its_signature_checked(http: httpx.Client) -> None:
-    """A correctly signed message verifies, a wrongly signed one is stored as unverified."""
+    """A correctly signed message verifies; a wrongly signed or stale one is stored as
+    unverified."""
     message = {"message": "Throttling in GB", "severity": "critical", "data": {"region": "GB"}}
     raw = json.dumps(message).encode()
-    good = "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
-    bad = "sha256=" + hmac.new(b"wrong-secret", raw, hashlib.sha256).hexdigest()
+    good = signature_headers(SECRET, raw)
+    bad = signature_headers("wrong-secret", raw)
+    stale = signature_headers(SECRET, raw, now=time.time() - 3600)
 
     assert _webhook(http, raw, good, "i1/s1/notify").json() == {"received": 1}
     assert _webhook(http, raw, bad, "i1/s2/notify").json() == {"received": 2}
+    assert _webhook(http, raw, stale, "i1/s3/notify").json() == {"received": 3}
 
-    first, second = state(http)["notifications"]
+    first, second, third = state(http)["notifications"]
     assert first["stakeholder"] == "regulator"
     assert first["body"] == message
-    assert first["signature"] == good
+    assert first["signature"] == good[SIGNATURE_HEADER]
     assert first["signature_valid"] is True
     assert first["idempotency_key"] == "i1/s1/notify"
     assert datetime.fromisoformat(first["received_at"]).utcoffset() is not None
-    assert second["signature_valid"] is False
+    assert (False, False) == (second["signature_valid"], third["signature_valid"])
 
 
 # --- reset --------------------------------------------------------------------------------

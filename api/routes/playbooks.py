@@ -1,0 +1,143 @@
+"""Playbooks: the library as the API sees it; validate and plan before a crisis, not during one."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from api.auth import Author, Reader
+from api.deps import SettingsDep
+from api.errors import ErrorOut
+from engine.plan import make_plan
+from engine.playbook_files import (
+    FileProblem,
+    PlaybookError,
+    PlaybookNotFound,
+    find_playbook,
+    load_playbook,
+    locate_warnings,
+    playbook_files,
+    validate_file,
+)
+from workflows.playbook import InputError, Playbook, playbook_warnings, resolve_inputs
+
+router = APIRouter(prefix="/playbooks", tags=["playbooks"])
+_NAMED = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+
+
+class PlaybookSummary(BaseModel):
+    name: str
+    version: int
+    title: str
+    owner: str
+    levels: list[str]
+    levers: list[str]
+    playbook_hash: str
+    inputs: dict[str, Any] = Field(description="Each input's type, default and description")
+
+
+class PlaybookOut(PlaybookSummary):
+    description: str
+    playbook: dict[str, Any] = Field(description="The whole playbook, as the engine runs it")
+
+
+class Problem(BaseModel):
+    line: int
+    column: int
+    message: str
+
+
+class ValidateBody(BaseModel):
+    text: str = Field(min_length=1, max_length=1_000_000, description="The playbook file (YAML)")
+
+
+class ValidationOut(BaseModel):
+    valid: bool
+    problems: list[Problem]
+    warnings: list[Problem]
+
+
+class PlanBody(BaseModel):
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    level: str | None = None
+
+
+def _summary(playbook: Playbook) -> dict[str, Any]:
+    return {
+        "name": playbook.playbook,
+        "version": playbook.version,
+        "title": playbook.title,
+        "owner": playbook.owner,
+        "levels": playbook.levels,
+        "levers": sorted({step.do for step in playbook.lever_steps()}),
+        "playbook_hash": playbook.content_hash(),
+        "inputs": {
+            name: spec.model_dump(mode="json", exclude_none=True)
+            for name, spec in playbook.inputs.items()
+        },
+    }
+
+
+def _load(name: str, library: Path) -> Playbook:
+    # Named, not paths: a client must not make the API read files outside the library.
+    if "/" in name or "\\" in name or name.endswith((".yaml", ".yml")):
+        raise PlaybookNotFound(f"playbooks are named, not paths: {name!r}")
+    return load_playbook(find_playbook(name, library), library)
+
+
+def _problems(found: list[FileProblem]) -> list[Problem]:
+    return [Problem(line=p.line, column=p.column, message=p.message) for p in found]
+
+
+@router.get("", response_model=list[PlaybookSummary])
+async def list_playbooks(_: Reader, settings: SettingsDep) -> list[PlaybookSummary]:
+    """Every playbook in the library, with its content hash."""
+    return [
+        PlaybookSummary(**_summary(load_playbook(path, settings.playbooks_dir)))
+        for path in playbook_files(settings.playbooks_dir)
+    ]
+
+
+@router.get("/{name}", response_model=PlaybookOut, responses=_NAMED)
+async def show_playbook(name: str, _: Reader, settings: SettingsDep) -> PlaybookOut:
+    playbook = _load(name, settings.playbooks_dir)
+    return PlaybookOut(
+        **_summary(playbook), description=playbook.description, playbook=playbook.snapshot()
+    )
+
+
+@router.post("/validate", response_model=ValidationOut)
+async def validate_playbook(body: ValidateBody, _: Author, settings: SettingsDep) -> ValidationOut:
+    """Check a playbook file's text as `crisis playbook validate` would; nothing is saved."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "submitted.yaml"
+        path.write_text(body.text, encoding="utf-8")
+        problems = validate_file(path, settings.playbooks_dir)
+        warnings: list[FileProblem] = []
+        if not problems:
+            try:
+                playbook = load_playbook(path, settings.playbooks_dir)
+                warnings = locate_warnings(path, playbook_warnings(playbook))
+            except PlaybookError:  # valid a moment ago: only a race on the temp file
+                pass
+    return ValidationOut(
+        valid=not problems, problems=_problems(problems), warnings=_problems(warnings)
+    )
+
+
+@router.post("/{name}/plan", responses=_NAMED)
+async def plan_playbook(
+    name: str, body: PlanBody, _: Author, settings: SettingsDep
+) -> dict[str, Any]:
+    """What would run, in which order, who must approve, when measures lapse; touches nothing."""
+    playbook = _load(name, settings.playbooks_dir)
+    resolved = resolve_inputs(playbook, body.inputs)
+    if body.level is not None and body.level not in playbook.levels:
+        raise InputError(
+            f"unknown level {body.level!r} (levels: {', '.join(playbook.levels) or 'none'})"
+        )
+    return make_plan(playbook, resolved, body.level).as_dict()

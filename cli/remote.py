@@ -1,0 +1,89 @@
+"""The CLI's commander commands against a remote API (`--api URL`, token in `CRISIS_TOKEN`).
+
+Direct mode talks to Temporal and names the actor itself; remote mode acts as the token's
+principal, exactly as the web console does, so the API enforces roles and separation of duties.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from cli.output import CliError
+from engine.incidents import IncidentConflict, IncidentNotFound
+from workflows.incident import IncidentStatus, StepRecord
+
+# Each commander action (a key of engine.incidents.ACTIONS): its route and what it answers.
+ROUTES: dict[str, tuple[str, type[BaseModel]]] = {
+    "approve": ("approve", StepRecord),
+    "reject": ("reject", StepRecord),
+    "escalate": ("escalate", IncidentStatus),
+    "de-escalate": ("de-escalate", IncidentStatus),
+    "renew": ("renew", StepRecord),
+    "confirm-review": ("confirm-review", IncidentStatus),
+    "note": ("notes", IncidentStatus),
+    "stand-down": ("stand-down", IncidentStatus),
+}
+# API error codes the CLI reports as the engine's own errors (same wording, same exit).
+_ENGINE_ERRORS: dict[str, type[Exception]] = {
+    "incident_not_found": IncidentNotFound,
+    "incident_conflict": IncidentConflict,
+}
+
+
+class RemoteError(CliError):
+    """The API refused the request or could not be reached."""
+
+
+class RemoteIncidents:
+    """Trigger, read and act on incidents through the HTTP API as the token's principal."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0) -> None:
+        if not token:
+            raise RemoteError("--api needs a token: set CRISIS_TOKEN (see `crisis tokens create`)")
+        self._base = base_url.rstrip("/")
+        if not self._base.endswith("/v1"):
+            self._base += "/v1"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = timeout
+
+    async def trigger(
+        self,
+        playbook: str,
+        inputs: dict[str, Any],
+        *,
+        incident_id: str | None = None,
+        level: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"playbook": playbook, "inputs": inputs, "incident_id": incident_id, "level": level}
+        return await self._call("POST", "/incidents", {k: v for k, v in body.items() if v})
+
+    async def status(self, incident_id: str) -> IncidentStatus:
+        return IncidentStatus.model_validate(await self._call("GET", f"/incidents/{incident_id}"))
+
+    async def act(self, incident_id: str, action: str, fields: dict[str, Any]) -> BaseModel:
+        route, answer = ROUTES[action]
+        body = {k: v for k, v in fields.items() if k != "actor" and v is not None}
+        return answer.model_validate(
+            await self._call("POST", f"/incidents/{incident_id}/{route}", body)
+        )
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        url = self._base + path
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout, headers=self._headers) as http:
+                response = await http.request(method, url, json=body)
+        except httpx.HTTPError as error:
+            raise RemoteError(f"cannot reach the API at {self._base}: {error}") from None
+        if response.is_success:
+            return response.json()
+        try:
+            error = response.json()["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = f"http_{response.status_code}", response.text[:200]
+        if code in _ENGINE_ERRORS:
+            raise _ENGINE_ERRORS[code](message)
+        raise RemoteError(f"API refused ({response.status_code} {code}): {message}")

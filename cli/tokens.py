@@ -1,0 +1,118 @@
+"""`crisis tokens create|list|revoke`: the API tokens people and services call the API with."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from cli.common import JsonFlag, console, settings_or_fail
+from cli.output import fail, print_json
+from store.tokens import TokenError, TokenInfo, TokenStore
+
+app = typer.Typer(
+    help="API tokens: issue, list, revoke (roles: commander, engineer, auditor, admin, or an "
+    "approver role a playbook names).",
+    no_args_is_help=True,
+)
+
+
+@contextmanager
+def _token_store() -> Iterator[TokenStore]:
+    """The token store of the configured database; its errors are one line each."""
+    settings = settings_or_fail()
+    try:
+        store = TokenStore(settings.resolved_database_url)
+    except SQLAlchemyError as error:
+        where = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        fail(f"cannot open the database {where}: {_first_line(error)}")
+    try:
+        yield store
+    except TokenError as error:
+        fail(str(error))
+    except SQLAlchemyError as error:
+        fail(f"database error: {_first_line(error)}")
+    finally:
+        store.dispose()
+
+
+def _first_line(error: Exception) -> str:
+    # The driver's own message, without SQLAlchemy's SQL echo and background link.
+    return (str(error.__cause__ or error).strip().splitlines() or ["unknown error"])[0]
+
+
+def _moment(moment: object) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment else ""
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="The principal: who the token speaks for.")],
+    roles: Annotated[
+        list[str], typer.Option("--role", help="A role of the principal (repeatable).")
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Issue a token for NAME. It is printed once: only its hash is kept."""
+    with _token_store() as store:
+        issued = store.create(name, roles)
+    warning = "warning: this token is shown once and cannot be shown again: store it now"
+    if as_json:
+        print_json({**issued.info.as_dict(), "token": issued.token})
+    else:
+        info = issued.info
+        typer.echo(f"token {info.id} for {info.principal} (roles: {', '.join(info.roles)}):")
+        typer.echo(issued.token)
+    typer.echo(warning, err=True)
+
+
+@app.command("list")
+def list_tokens(
+    principal: Annotated[str | None, typer.Option(help="Only this principal's tokens.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every token, oldest first, with its principal, roles and use (never a secret)."""
+    with _token_store() as store:
+        found: list[TokenInfo] = store.list(principal=principal)
+    if as_json:
+        print_json([info.as_dict() for info in found])
+        return
+    table = Table("id", "principal", "roles", "created", "last used", "state")
+    for info in found:
+        state = "active" if info.active else f"revoked {_moment(info.revoked_at)}"
+        table.add_row(
+            info.id,
+            info.principal,
+            ", ".join(info.roles),
+            _moment(info.created_at),
+            _moment(info.last_used_at),
+            state,
+        )
+    console.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    token_id: Annotated[
+        str | None, typer.Argument(help="The token's id (`crisis tokens list`).")
+    ] = None,
+    principal: Annotated[
+        str | None, typer.Option(help="Revoke every active token of this principal instead.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke a token (or all of a principal's): the API refuses it from the next request on."""
+    if (token_id is None) == (principal is None):
+        fail("give a TOKEN_ID or --principal NAME (one of them)")
+    with _token_store() as store:
+        revoked = store.revoke(token_id, principal=principal)
+    if as_json:
+        print_json([info.as_dict() for info in revoked])
+        return
+    for info in revoked:
+        typer.echo(f"revoked token {info.id} of {info.principal}")

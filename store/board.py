@@ -1,0 +1,75 @@
+"""What the incident board shows of an incident, folded from its audit events.
+
+The board lists every open incident at once; asking each workflow would cost one query per
+incident per page load. The audit trail already says everything the board needs, so the store
+keeps this summary current as it writes the events (see `audit_store._project`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from workflows.audit import AuditEvent
+
+# Failed deliveries kept per incident: enough to show, bounded so a flapping channel can't grow
+# the row without end.
+MAX_FAILED_DELIVERIES = 20
+
+
+def empty_summary() -> dict[str, Any]:
+    return {"pending_approvals": {}, "measures": {}, "review_due": None, "failed_deliveries": []}
+
+
+def fold(summary: dict[str, Any] | None, event: AuditEvent) -> dict[str, Any]:
+    """The summary after one more event (a new dict: the old one is left as it was)."""
+    facts = copy.deepcopy(summary) if summary else empty_summary()
+    data, step = event.data, event.step_id
+    pending, measures = facts["pending_approvals"], facts["measures"]
+    match event.kind:
+        case "incident.triggered":
+            facts["review_due"] = data.get("review_due")
+        case "approval.requested" if step:
+            pending[step] = {
+                "roles": data.get("roles", []),
+                "quorum": data.get("quorum", 1),
+                "deadline": data.get("deadline"),
+                "approvals": 0,
+                "since": event.at,
+            }
+        case "approval.given" if step in pending:
+            pending[step]["approvals"] = data.get("count", pending[step]["approvals"] + 1)
+        case "approval.granted" | "approval.rejected":
+            pending.pop(step, None)
+        case "approval.timed_out" if data.get("on_timeout") != "escalate":
+            pending.pop(step, None)  # escalate keeps waiting for the same approval
+        case "step.applied" if step and not str(data.get("lever", "")).startswith("notify."):
+            measures[step] = {"lever": data.get("lever"), "expires_at": data.get("expires_at")}
+        case "measure.renewed" if step in measures:
+            measures[step]["expires_at"] = data.get("until")
+        case "step.expired" | "step.undone" | "step.withdrawn":
+            measures.pop(step, None)
+        case "review.confirmed":
+            facts["review_due"] = data.get("next_due")
+        case "review.missed":
+            facts["review_due"] = data.get("next_due")
+        case "notification.failed":
+            failed = facts["failed_deliveries"]
+            failed.append(
+                {
+                    "step_id": step,
+                    "stakeholder": data.get("stakeholder"),
+                    "target": data.get("target"),
+                    "error": data.get("error"),
+                    "at": event.at,
+                }
+            )
+            del failed[:-MAX_FAILED_DELIVERIES]
+        case "stand_down.requested":
+            pending.clear()
+            facts["review_due"] = None
+        case "incident.closed":
+            pending.clear()
+            measures.clear()
+            facts["review_due"] = None
+    return facts

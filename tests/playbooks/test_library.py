@@ -1,0 +1,225 @@
+"""The shipped playbook library: every playbook is valid, and every playbook's scenario runs for
+real (time-skipping Temporal server, in-process sandbox, audit store) with all its checks passing,
+every lever restored and the audit trail verified. A new `<name>.yaml` with its
+`<name>.scenario.yaml` in `playbooks/` is covered without editing this file."""
+
+# The house style puts the expected value first in asserts.
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from engine.playbook_files import load_playbook, locate_warnings, playbook_files, validate_file
+from engine.simulate import RESTORED, VERIFIED, SimulationResult, load_scenario, simulate
+from tests.cli.test_cli import Run, assert_one_line_error
+from workflows.playbook import playbook_warnings
+
+REPO = Path(__file__).resolve().parents[2]
+LIBRARY = REPO / "playbooks"
+PLAYBOOKS = playbook_files(LIBRARY)
+SCENARIOS = sorted(LIBRARY.glob("*.scenario.yaml"))
+DAY = 86400.0
+
+
+def scenario_name(path: Path) -> str:
+    return path.name.removesuffix(".scenario.yaml")
+
+
+def playbook_of(scenario: Path) -> Path:
+    return LIBRARY / f"{scenario_name(scenario)}.yaml"
+
+
+def cli(tmp_path: Path, *args: str) -> Run:
+    """`crisis ...` as a subprocess on the shipped library; its own data directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "TEMPORAL_"))}
+    env |= {"CRISIS_PLAYBOOKS_DIR": str(LIBRARY), "CRISIS_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def failures(result: SimulationResult) -> str:
+    return "\n".join(f"{c.at} {c.name}: {'; '.join(c.differences)}" for c in result.failed_checks)
+
+
+# --- the library is valid ---------------------------------------------------------------------
+def test_the_library_has_a_scenario_for_every_playbook() -> None:
+    """Each playbook ships with the scenario that proves it, and each scenario with its
+    playbook; scenarios are never taken for playbooks."""
+    assert len(PLAYBOOKS) >= 6, PLAYBOOKS
+    assert [p.stem for p in PLAYBOOKS] == [scenario_name(s) for s in SCENARIOS]
+
+
+@pytest.mark.parametrize("path", PLAYBOOKS, ids=lambda p: p.stem)
+def test_every_playbook_is_valid(path: Path) -> None:
+    """No problems (they fail the test); warnings are listed in the test output."""
+    assert [] == [str(problem) for problem in validate_file(path, LIBRARY)]
+    playbook = load_playbook(path, LIBRARY)
+    assert path.stem == playbook.playbook
+    for warning in locate_warnings(path, playbook_warnings(playbook)):
+        warnings.warn(f"{warning}", stacklevel=1)
+
+
+# --- every scenario passes ----------------------------------------------------------------------
+@pytest.mark.parametrize("scenario_file", SCENARIOS, ids=scenario_name)
+async def test_the_scenario_of_every_playbook_passes_its_checks(scenario_file: Path) -> None:
+    """The scripted crisis runs to its stand-down after one to two simulated days; every check
+    holds at its moment, no action is refused unless the scenario says so, every lever is back
+    as it was and the audit trail verifies."""
+    scenario = load_scenario(scenario_file)
+    result = await simulate(playbook_of(scenario_file), scenario, library_dir=LIBRARY)
+
+    assert result.ok, failures(result)
+    assert "closed" == result.final_state
+    assert DAY <= result.simulated_s <= 2 * DAY + 3600, result.simulated_s
+    scripted = [c for c in result.checks if not c.automatic]
+    assert len(scenario.checks) <= len(scripted), "a scenario proves its playbook with checks"
+    final = {c.name: c for c in result.checks if c.automatic}
+    assert (True, False) == (final[RESTORED].passed, final[RESTORED].skipped), final[RESTORED]
+    assert final[VERIFIED].passed, final[VERIFIED]
+    unexpected = [a for a in result.actions if not a.ok and a.expect != "refused"]
+    assert [] == unexpected
+    assert result.wall_s < 20, result.wall_s
+
+
+# --- the command line -----------------------------------------------------------------------
+async def test_simulate_a_library_playbook_from_the_command_line(tmp_path: Path) -> None:
+    """`crisis playbook simulate NAME --script SCENARIO` prints every check's verdict and exits 0;
+    `--json` carries the same verdicts and `ok: true`."""
+    script = LIBRARY / "livestreamed-attack.scenario.yaml"
+    text, as_json = await asyncio.gather(
+        asyncio.to_thread(
+            cli, tmp_path, "playbook", "simulate", "livestreamed-attack", "--script", str(script)
+        ),
+        asyncio.to_thread(
+            cli,
+            tmp_path,
+            "playbook",
+            "simulate",
+            "livestreamed-attack",
+            "--script",
+            str(script),
+            "--json",
+        ),
+    )
+    scenario = load_scenario(script)
+    names = [check.name for check in scenario.checks] + [RESTORED, VERIFIED]
+
+    assert 0 == text.code, text
+    lines = text.stdout.splitlines()
+    for name in names:
+        assert any(name in line and " ok " in line for line in lines), name
+    assert f"checks: {len(names)} passed, 0 failed, 0 skipped" in lines
+    # The clock also runs while the simulator reads states: a second may be added to the end.
+    assert re.search(r": closed after \+1d14h1m(\d+s)? simulated in ", lines[-1]), lines[-1]
+    assert "" == text.stderr
+
+    assert 0 == as_json.code, as_json
+    result = as_json.json()
+    assert (True, "closed") == (result["ok"], result["final_state"])
+    assert names == [check["name"] for check in result["checks"]]
+    assert all(check["passed"] for check in result["checks"])
+
+
+FAILING = """\
+inputs: {region: GB}
+actor: alice
+actions:
+  - at: 5m
+    do: approve
+    actor: erin
+    expect: done
+    with: {step_id: hold-new-advertisers, role: commander}
+  - {at: 30m, do: stand-down, actor: alice, with: {reason: test over}}
+checks:
+  - {at: 10m, name: threshold wrongly expected, sandbox: {detection.fraud: 0.25}}
+  - at: 10m
+    name: donors warned
+    sandbox: {user_warnings.GB.search_notice.fraud: {audience: all}}
+"""
+
+
+async def test_a_failing_check_fails_the_command_naming_it(tmp_path: Path) -> None:
+    """A check that does not hold, or an action answered otherwise than expected, makes the
+    command exit 1 with one error line naming them; the table and the JSON say what differed."""
+    script = tmp_path / "failing.scenario.yaml"
+    script.write_text(FAILING)
+    text, as_json = await asyncio.gather(
+        asyncio.to_thread(
+            cli, tmp_path, "playbook", "simulate", "fraud-wave", "--script", str(script)
+        ),
+        asyncio.to_thread(
+            cli, tmp_path, "playbook", "simulate", "fraud-wave", "--script", str(script), "--json"
+        ),
+    )
+
+    assert_one_line_error(
+        text,
+        "2 of 5 checks failed: 'approve by erin at +5m is done' at +5m, "
+        "'threshold wrongly expected' at +10m",
+    )
+    assert any(
+        "threshold wrongly expected" in line and "FAILED" in line
+        for line in text.stdout.splitlines()
+    ), text.stdout
+    assert "detection.fraud: expected 0.25, got 0.6" in text.stdout
+    assert "checks: 3 passed, 2 failed, 0 skipped" in text.stdout.splitlines()
+
+    assert 1 == as_json.code, as_json
+    result = json.loads(as_json.stdout)
+    assert False is result["ok"]
+    verdicts = {c["name"]: (c["passed"], c["differences"]) for c in result["checks"]}
+    assert (False, ["detection.fraud: expected 0.25, got 0.6"]) == verdicts[
+        "threshold wrongly expected"
+    ]
+    assert (True, []) == verdicts["donors warned"]
+    assert (True, []) == verdicts[RESTORED]
+    passed, why = verdicts["approve by erin at +5m is done"]
+    assert False is passed
+    assert ["expected done, was refused: "] == [why[0][: len("expected done, was refused: ")]]
+    assert "is not awaiting approval" in why[0], why
+
+
+@pytest.mark.parametrize(
+    ("check", "fragments"),
+    [
+        (
+            "{at: 5m, name: typo, steps: {nope: applied}}",
+            ["checks.0.steps: unknown step 'nope'", "raise-fraud-detection"],
+        ),
+        (
+            "{at: 5m, name: typo, not_in_force: [ad_hold.GB]}",
+            ["checks.0.not_in_force: 'ad_hold.GB': unknown section 'ad_hold'", "ad_holds"],
+        ),
+        (
+            "{at: 5m, name: typo, not_notified: [{to: regulatr}]}",
+            ["checks.0.not_notified.0.to: unknown stakeholder 'regulatr'"],
+        ),
+    ],
+    ids=["step", "section", "stakeholder"],
+)
+def test_a_check_naming_what_does_not_exist_is_one_error_line(
+    tmp_path: Path, check: str, fragments: list[str]
+) -> None:
+    """A typo in a check is refused before anything runs, as one line naming the file and the
+    check's index (it would otherwise pass or fail for the wrong reason)."""
+    script = tmp_path / "typo.scenario.yaml"
+    script.write_text(f"checks:\n  - {check}\n")
+    run = cli(tmp_path, "playbook", "simulate", "fraud-wave", "--script", str(script))
+    assert_one_line_error(run, str(script), *fragments)
