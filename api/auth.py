@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from store.tokens import RevokedToken, TokenError, TokenStore
 
 COOKIE_NAME = "crisis_token"
-# Methods a cross-site page may not send with the console's cookie (see `_same_site`).
+# Methods a cross-site page may not send with the console's cookie (see `same_site`).
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -122,7 +122,7 @@ def _presented_token(request: Request) -> tuple[str, str] | None:
     return None
 
 
-def _same_site(request: Request) -> bool:
+def same_site(request: Request) -> bool:
     """A browser sends Origin with every POST; another site's page must not act with our cookie."""
     origin = request.headers.get("origin")
     if origin is None:
@@ -152,7 +152,7 @@ async def authenticate(
     except TokenError:
         raise Unauthenticated("unknown token", reason="unknown token") from None
     principal = Principal(name=found.name, roles=list(found.roles), token_id=found.token_id)
-    if source == "cookie" and request.method in _UNSAFE_METHODS and not _same_site(request):
+    if source == "cookie" and request.method in _UNSAFE_METHODS and not same_site(request):
         raise Forbidden(
             "cross-site request refused: the sign-in cookie only works from this site",
             reason="cross-site cookie",

@@ -281,6 +281,13 @@ def _print_command_state(status: IncidentStatus) -> None:
                 f"awaiting approval: {step.id} — {len(step.approvals)} approval(s): "
                 f"{escape(_approvers(step))}; deadline {_moment(step.approval_deadline)} UTC"
             )
+    for step in status.steps:
+        for delivery in step.deliveries:
+            if delivery.state == "failed":
+                console.print(
+                    f"[red]delivery FAILED[/red]: {step.id} to {escape(delivery.target)}: "
+                    f"{escape(delivery.error or '')}"
+                )
     if status.next_review_due:
         missed = f" ({status.reviews_missed} missed)" if status.reviews_missed else ""
         console.print(f"next review due {_moment(status.next_review_due)} UTC{missed}")

@@ -811,6 +811,16 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
         )
     if kind == "step.failed":
         return f"{step} failed ({lever}): {data.get('error') or 'unknown error'}"
+    if kind == "notification.delivered":
+        return (
+            f"{data.get('stakeholder', '?')} told via {data.get('target', '?')} ({step}; "
+            f"message id {data.get('message_id', '?')})"
+        )
+    if kind == "notification.failed":
+        return (
+            f"delivery to {data.get('stakeholder', '?')} via {data.get('target', '?')} FAILED "
+            f"({step}): {data.get('error') or 'unknown error'}"
+        )
     if kind == "step.undone":
         if notify:
             return f"closing message for {step} sent ({lever})"

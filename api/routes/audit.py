@@ -27,7 +27,7 @@ router = APIRouter(
 )
 
 
-def _public_key(request: Request) -> Any:
+def public_key(request: Request) -> Any:
     signer = getattr(request.app.state, "signer", None)
     if signer is None:
         signer = request.app.state.signer = Signer(request.app.state.settings.signing_key_path)
@@ -50,7 +50,7 @@ async def verify(
     replay: bool = Query(True, description="Also replay the history and compare audit events"),
 ) -> JSONResponse:
     integrity = await verify_incident(
-        request.app.state.client, store, _public_key(request), incident_id, replay=replay
+        request.app.state.client, store, public_key(request), incident_id, replay=replay
     )
     return JSONResponse(integrity.as_dict())
 
@@ -66,7 +66,7 @@ async def report(
     built = await incident_report(
         request.app.state.client,
         store,
-        _public_key(request),
+        public_key(request),
         incident_id,
         settings=settings,
         chart_link="report?format=svg",  # relative to this route: the chart below

@@ -18,8 +18,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
 from api.approvers import approval_roles, approver_role
-from api.auth import GRANTED_BY, Forbidden, Permission, Principal, _same_site
-from api.routes.audit import _public_key
+from api.auth import GRANTED_BY, Forbidden, Permission, Principal, same_site
+from api.routes.audit import public_key
 from api.web.errors import ConsoleRoute, error_page
 from api.web.forms import (
     ACTION_FORMS,
@@ -45,6 +45,7 @@ from core.settings import Settings
 from engine.board import board_page
 from engine.incidents import ACTIONS, IncidentConflict, Incidents
 from engine.integrity import verify_incident
+from engine.library import LibraryError
 from engine.playbook_files import (
     PlaybookError,
     PlaybookNotFound,
@@ -94,7 +95,7 @@ def need_command(principal: Principal) -> None:
 
 def refuse_cross_site(request: Request) -> None:
     """For the forms posted before there is a session (sign-in) or to end one."""
-    if not _same_site(request):
+    if not same_site(request):
         raise Forbidden(
             "cross-site request refused: sign in from this site's own page",
             reason="cross-site sign-in",
@@ -269,6 +270,8 @@ async def trigger(name: str, request: Request, principal: SignedIn) -> Response:
         )
     except InputError as error:
         return _trigger_page(request, playbook, posted=form, error=str(error), status_code=422)
+    except LibraryError as error:  # the deployment's templates or directory, not the form
+        return _trigger_page(request, playbook, posted=form, error=str(error), status_code=503)
     log.info(
         "console.triggered",
         incident_id=triggered.incident_id,
@@ -371,7 +374,7 @@ def _done(action: str, fields: dict[str, Any], result: Any) -> str:
 async def audit_page(incident_id: str, request: Request, principal: SignedIn) -> Response:
     """The integrity verdict (chain, seals, replay) and the way to the post-incident report."""
     integrity = await verify_incident(
-        request.app.state.client, _store(request), _public_key(request), incident_id
+        request.app.state.client, _store(request), public_key(request), incident_id
     )
     return render(
         request,

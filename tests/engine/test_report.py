@@ -517,3 +517,29 @@ def test_events_of_another_incident_or_without_a_trigger_are_refused() -> None:
         build_report(events[1:])
     with pytest.raises(ValueError, match="no audit events"):
         build_report([])
+
+
+def test_deliveries_read_as_who_was_told_and_what_failed() -> None:
+    """Each channel's delivery is a sentence; a failed one says so, with its error."""
+    t = Trail()
+    t.add(0, "incident.triggered", actor="alice", playbook="p", version=1, inputs={})
+    common = {"operation": "apply-1", "stakeholder": "regulator", "channel": "webhook"}
+    t.add(
+        1,
+        "notification.delivered",
+        step="tell",
+        target="webhook:https://r",
+        message_id="m-1",
+        **common,
+    )
+    t.add(
+        2,
+        "notification.failed",
+        step="tell",
+        target="email:a@r.example",
+        error="554 refused",
+        **common,
+    )
+    text = [e.text for e in build_report(t.events).timeline]
+    assert "regulator told via webhook:https://r (tell; message id m-1)" == text[1]
+    assert "delivery to regulator via email:a@r.example FAILED (tell): 554 refused" == text[2]

@@ -1,0 +1,101 @@
+"""`crisis --api URL ...`: the commander commands through a remote API with a token, acting as
+the token's principal (the API checks roles), with the same one-line errors as direct mode."""
+
+# The house style puts the expected value first in asserts.
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from api.main import create_app
+from core.net import free_port
+from core.settings import Settings
+from store.audit_store import AuditStore
+from store.tokens import TokenStore
+from tests.cli.test_cli import assert_one_line_error, crisis
+from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
+from tests.helpers import assert_eventually, serve_app
+
+
+@pytest.fixture
+def remote(settings: Settings) -> Iterator[str]:
+    """The API over loopback (with its embedded worker), on this test's services."""
+    with serve_app(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
+def issued(sqlite_store: AuditStore) -> dict[str, str]:
+    tokens = TokenStore(sqlite_store.engine)
+    return {
+        "alice": tokens.create("alice", ["commander"]).token,
+        "carol": tokens.create("carol", ["auditor"]).token,
+    }
+
+
+def as_(env: dict[str, str], token: str | None) -> dict[str, str]:
+    """The CLI's environment with CRISIS_TOKEN set to `token` (or unset)."""
+    env = {k: v for k, v in env.items() if k != "CRISIS_TOKEN"}
+    return {**env, "CRISIS_TOKEN": token} if token else env
+
+
+async def test_a_commander_triggers_reads_and_stands_down_through_the_api(
+    cli_env: dict[str, str], remote: str, issued: dict[str, str]
+) -> None:
+    alice = as_(cli_env, issued["alice"])
+    run = await crisis(alice, "--api", remote, "trigger", "violent-disorder", "--json")
+    assert 0 == run.code, run
+    incident = run.json()["incident_id"]
+
+    async def applied() -> dict[str, object]:
+        status = await crisis(alice, "--api", remote, "status", incident, "--json")
+        assert 0 == status.code, status
+        body = status.json()
+        assert ["applied"] * 5 == [s["state"] for s in body["steps"]]
+        return body
+
+    body = await assert_eventually(applied, timeout=30)
+    # The principal acted, not the name CRISIS_ACTOR gives in direct mode.
+    assert ("alice", "cli-tester") == (body["triggered_by"], cli_env["CRISIS_ACTOR"])
+
+    text = await crisis(alice, "--api", remote, "status", incident)
+    assert 0 == text.code and incident in text.stdout, text
+
+    refused = await crisis(
+        as_(cli_env, issued["carol"]), "--api", remote, "stand-down", incident, "--reason", "x"
+    )
+    assert_one_line_error(refused, "403", "forbidden")
+
+    done = await crisis(
+        alice, "--api", remote, "stand-down", incident, "--reason", "calm", "--json"
+    )
+    assert 0 == done.code, done
+    assert ("closed", "alice") == (done.json()["state"], done.json()["stand_down"]["actor"])
+
+
+async def test_remote_mistakes_are_one_line_each(
+    cli_env: dict[str, str], remote: str, issued: dict[str, str]
+) -> None:
+    alice = as_(cli_env, issued["alice"])
+    assert_one_line_error(
+        await crisis(as_(cli_env, None), "--api", remote, "status", "INC-X"), "CRISIS_TOKEN"
+    )
+    assert_one_line_error(
+        await crisis(as_(cli_env, "crt_nope_nope"), "--api", remote, "status", "INC-X"), "401"
+    )
+    assert_one_line_error(
+        await crisis(alice, "--api", remote, "note", "INC-X", "hi", "--actor", "bob"),
+        "--actor cannot be used with --api",
+    )
+    assert_one_line_error(
+        await crisis(alice, "--api", remote, "status", "INC-NO-SUCH-ONE"), "INC-NO-SUCH-ONE"
+    )
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    assert_one_line_error(
+        await crisis(alice, "--api", nowhere, "status", "INC-X"), "cannot reach the API"
+    )
+    # The environment variable works like the flag.
+    via_env = await crisis({**alice, "CRISIS_API": remote}, "status", "INC-NO-SUCH-ONE")
+    assert_one_line_error(via_env, "INC-NO-SUCH-ONE")
