@@ -193,6 +193,7 @@ def _print_urls(settings: Settings, admin_token: AdminToken | None) -> None:
         f"Temporal     {settings.temporal_address}  (data {settings.temporal_db_file.resolve()})",
         f"Temporal UI  http://127.0.0.1:{settings.temporal_ui_port}",
         f"API          {settings.api_url}/v1  (OpenAPI {settings.api_url}/docs)",
+        f"Console      {settings.api_url}/console  (sign in with the API token)",
         f"Sandbox      {settings.sandbox_url}/state",
         f"Audit store  {settings.resolved_database_url}",
     ]
