@@ -360,8 +360,9 @@ class CrisisWorkflow:
             self._escalate_by_system(f"approval of {step.id} timed out")
             record.approval_deadline = _iso(self._clock() + parse_duration(approval.timeout))
 
-    async def _apply_step(self, step: Step) -> bool:
-        """Pull the step's lever; True = carry on (applied, or failed with on_failure continue)."""
+    async def _apply_step(self, step: Step, *, hold_until: str | None = None) -> bool:
+        """Pull the step's lever; True = carry on (applied, or failed with on_failure continue).
+        `hold_until`: a measure put back keeps the expiry it had."""
         record = self._records[step.id]
         record.state, record.started_at, record.error = "running", _iso(self._clock()), None
         record.args = substitute(step.with_, self._context)
@@ -390,7 +391,10 @@ class CrisisWorkflow:
             outcome.previous,
         )
         self._applied_order.append(step.id)
-        if step.expires_after is not None:
+        if hold_until is not None:
+            record.expires_at = hold_until
+            self._wake = True
+        elif step.expires_after is not None:
             record.expires_at = _iso(self._clock() + parse_duration(step.expires_after))
             self._wake = True
         self._record(
@@ -410,6 +414,7 @@ class CrisisWorkflow:
             return
         step = self._steps_by_id[record.id]
         assert isinstance(step, Step)
+        later = self._applied_order[self._applied_order.index(record.id) + 1 :]
         self._applied_order.remove(record.id)
         if step.undo is not None:
             lever, args, restore = step.undo.do, substitute(step.undo.with_, self._context), None
@@ -418,6 +423,17 @@ class CrisisWorkflow:
         else:
             record.state, record.expires_at = "kept", None  # a notification cannot be unsent
             return
+        # A newer measure on the same settings was applied over this one: restoring this one's
+        # previous state would wipe it. Lift the newer ones first, restore, then put them back.
+        stacked = self._stacked_on(record, later) if restore is not None else []
+        if stacked and workflow.patched("restack-overlapping-measures"):
+            held = [(other, other.expires_at) for other in stacked]
+            for other, _ in reversed(held):
+                await self._undo(
+                    other, final_state="undone", reason=f"lifted while {record.id} is taken back"
+                )
+        else:
+            held = []
         record.state, record.expires_at = "undoing", None
         record.undos += 1
         try:
@@ -431,6 +447,7 @@ class CrisisWorkflow:
             self._record(
                 "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}
             )
+            await self._restack(held)
             return
         record.state, record.undone_at = final_state, _iso(self._clock())  # type: ignore[assignment]
         kind = {"expired": "step.expired", "dormant": "step.withdrawn"}.get(
@@ -441,6 +458,30 @@ class CrisisWorkflow:
             step_id=step.id,
             data=_present(lever=lever, restored=restore, reason=reason, _keep={"restored"}),
         )
+        await self._restack(held)
+
+    def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]:
+        """Of the measures applied after `record`, those of its lever changing its settings."""
+        assert record.lever is not None
+        args = LEVERS[record.lever].args
+        mine = args.model_validate(record.args).targets()
+        found = []
+        for step_id in later:
+            other, step = self._records[step_id], self._steps_by_id[step_id]
+            if not isinstance(step, Step) or step.undo is not None or other.lever != record.lever:
+                continue
+            theirs = args.model_validate(other.args).targets()
+            if mine & theirs or "*" in mine | theirs:
+                found.append(other)
+        return found
+
+    async def _restack(self, held: list[tuple[StepRecord, str | None]]) -> None:
+        """Apply again, oldest first, the measures lifted for an older one's restore, each until
+        the time it held before (its previous state is now what the restore left)."""
+        for other, until in held:
+            step = self._steps_by_id[other.id]
+            assert isinstance(step, Step)
+            await self._apply_step(step, hold_until=until)
 
     async def _call(
         self,

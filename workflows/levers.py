@@ -18,6 +18,16 @@ class LeverArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def targets(self) -> frozenset[str]:
+        """The platform settings this call changes, one name each. Two measures of one lever
+        whose targets meet stack: taking back the older must not wipe the newer. A lever that
+        does not say is taken to change everything it could."""
+        return frozenset({"*"})
+
+
+def _per_category(region: str, categories: list[str], *scope: str) -> frozenset[str]:
+    return frozenset("/".join((region, *scope, category)) for category in categories)
+
 
 # A name in a list argument (category, partner, designated body): never blank.
 Name = Annotated[str, Field(min_length=1, max_length=64)]
@@ -49,12 +59,18 @@ class ThrottleArgs(LeverArgs):
         description="Only posts mentioning one of these (e.g. a targeted town); empty = every post",
     )
 
+    def targets(self) -> frozenset[str]:
+        return _per_category(self.region, self.categories)
+
 
 class ThresholdArgs(LeverArgs):
     """Lower (or raise) the score at which a classifier flags content for review."""
 
     classifier: str = Field(min_length=1)
     threshold: float = Field(ge=0, le=1)
+
+    def targets(self) -> frozenset[str]:
+        return frozenset({self.classifier})
 
 
 class SurgeArgs(LeverArgs):
@@ -63,6 +79,9 @@ class SurgeArgs(LeverArgs):
     queue: str = Field(min_length=1)
     extra_reviewers: int = Field(ge=1, le=10_000)
     priority: Literal["normal", "high", "urgent"] = "high"
+
+    def targets(self) -> frozenset[str]:
+        return frozenset({self.queue})
 
 
 class WebhookArgs(LeverArgs):
@@ -90,6 +109,9 @@ class ExcludeUnreviewedArgs(LeverArgs):
         le=1,
         description="Classifier score above which unreviewed content is excluded",
     )
+
+    def targets(self) -> frozenset[str]:
+        return _per_category(self.region, self.categories)
 
 
 class LivestreamArgs(LeverArgs):
@@ -120,6 +142,9 @@ class LivestreamArgs(LeverArgs):
             )
         return self
 
+    def targets(self) -> frozenset[str]:
+        return frozenset({f"{self.region}/{self.audience}"})
+
 
 class HashBlockArgs(LeverArgs):
     """Block uploads matching a hash list, e.g. GIFCT's shared list of a perpetrator's footage."""
@@ -132,6 +157,9 @@ class HashBlockArgs(LeverArgs):
     action: Literal["block", "block_and_report", "review"] = Field(
         default="block", description="What a matching upload gets"
     )
+
+    def targets(self) -> frozenset[str]:
+        return frozenset({self.list_id})
 
 
 class NotifySendArgs(LeverArgs):
@@ -163,6 +191,9 @@ class HoldNewAdvertisersArgs(LeverArgs):
         "and payment details are verified as well",
     )
 
+    def targets(self) -> frozenset[str]:
+        return _per_category(self.region, self.categories)
+
 
 class SanctionOnMatchArgs(LeverArgs):
     """Sanction accounts that upload content matching a hash list (e.g. known CSAM)."""
@@ -186,6 +217,9 @@ class SanctionOnMatchArgs(LeverArgs):
             raise ValueError("report_to needs preserve_evidence: true")
         return self
 
+    def targets(self) -> frozenset[str]:
+        return frozenset({self.list_id})
+
 
 class SuppressSuggestionsArgs(LeverArgs):
     """Keep content categories and terms out of search autocomplete and suggestions."""
@@ -203,6 +237,9 @@ class SuppressSuggestionsArgs(LeverArgs):
         description="Show helpline resources in place of suggestions (as for self-harm searches)",
     )
 
+    def targets(self) -> frozenset[str]:
+        return _per_category(self.region, self.categories)
+
 
 class HashShareArgs(LeverArgs):
     """Share the hashes added to a hash list with partner services (e.g. GIFCT's database)."""
@@ -215,6 +252,9 @@ class HashShareArgs(LeverArgs):
         default=True,
         description="Also share hashes added to the list while the share is in force",
     )
+
+    def targets(self) -> frozenset[str]:
+        return frozenset({self.list_id})
 
 
 class ShowWarningArgs(LeverArgs):
@@ -235,6 +275,9 @@ class ShowWarningArgs(LeverArgs):
     audience: Literal["all", "young_users"] = Field(
         default="all", description="Who sees the warning"
     )
+
+    def targets(self) -> frozenset[str]:
+        return _per_category(self.region, self.categories, self.kind)
 
 
 @dataclass(frozen=True)
