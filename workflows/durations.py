@@ -7,6 +7,9 @@ from datetime import timedelta
 
 _PART = re.compile(r"(\d+)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Far beyond any real measure or wait, far short of the calendar's end: a deadline past the year
+# 9999 would fail the workflow task that computes it and wedge the incident.
+LONGEST = timedelta(days=36_500)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -15,4 +18,6 @@ def parse_duration(text: str) -> timedelta:
     if not cleaned or _PART.sub("", cleaned):
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 15m, 6h, 2d)")
     seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(cleaned))
+    if seconds > LONGEST.total_seconds():
+        raise ValueError(f"duration {text!r} is longer than {LONGEST.days}d")
     return timedelta(seconds=seconds)

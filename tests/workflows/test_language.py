@@ -896,6 +896,21 @@ steps:
     assert "throttle" == next(e for e in events if e.kind == "step.dormant").step_id
 
 
+async def test_a_renewal_past_the_calendar_is_refused_and_the_incident_carries_on(
+    lab: Lab,
+) -> None:
+    """A duration whose deadline the clock cannot hold is refused before it is recorded."""
+    incident = await lab.trigger(EXPIRING)
+    await lab.settle(incident, {"throttle": "applied"})
+    huge = RenewRequest(
+        step_id="throttle", actor="bob", reason="forever", duration="9999999999999999999d"
+    )
+    with pytest.raises(IncidentConflict, match="longer than 36500d"):
+        await lab.act(incident, CrisisWorkflow.renew, huge)
+    status = await lab.sync(incident)
+    assert ("running", "applied") == (status.state, step(status, "throttle").state)
+
+
 async def test_renewing_a_lapsed_measure_applies_it_again(lab: Lab) -> None:
     """A renewal after expiry re-applies the measure (apply-2) until the renewal's end, then it
     lapses again (undo-2)."""
