@@ -24,12 +24,13 @@ def run_sandbox(*, host: str, port: int) -> None:
 
 
 @contextmanager
-def serving_in_thread(app: Any) -> Iterator[str]:
+def serving_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
     """Serve an ASGI app over loopback HTTP in a background thread; yield its base URL.
 
-    Used by `crisis playbook simulate` and the tests, where the sandbox lives in-process.
+    Used by `crisis playbook simulate` and the tests, where the sandbox lives in-process. `port`
+    defaults to a free one (a given one serves, e.g., a receiver that comes up late).
     """
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -10,12 +10,11 @@ import json
 import ssl
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from cryptography import x509
@@ -25,23 +24,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from core.net import free_port, wait_for_port
+from core.net import free_port
 from core.signing import SignatureInvalid, verify
+from sandbox.server import serving_in_thread
 
 
 # --- HTTP -------------------------------------------------------------------------------------
-@contextmanager
-def serving_on(app: Any, port: int) -> Iterator[str]:
+def serving_on(app: Any, port: int) -> AbstractContextManager[str]:
     """Serve an ASGI app on a given loopback port (a receiver that comes up late)."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port("127.0.0.1", port, timeout_s=10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return serving_in_thread(app, port)
 
 
 @dataclass

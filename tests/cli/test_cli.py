@@ -79,7 +79,7 @@ def run_cli(env: dict[str, str], *args: str) -> Run:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     return Run(done.returncode, done.stdout, done.stderr)

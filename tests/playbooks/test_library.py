@@ -11,8 +11,6 @@ import asyncio
 import json
 import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 
 from engine.playbook_files import load_playbook, locate_warnings, playbook_files, validate_file
 from engine.simulate import RESTORED, VERIFIED, SimulationResult, load_scenario, simulate
-from tests.cli.test_cli import Run, assert_one_line_error
+from tests.cli.test_cli import Run, assert_one_line_error, run_cli
 from workflows.playbook import playbook_warnings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,16 +40,7 @@ def cli(tmp_path: Path, *args: str) -> Run:
     """`crisis ...` as a subprocess on the shipped library; its own data directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "TEMPORAL_"))}
     env |= {"CRISIS_PLAYBOOKS_DIR": str(LIBRARY), "CRISIS_DATA_DIR": str(tmp_path / "data")}
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
+    return run_cli(env, *args)
 
 
 def failures(result: SimulationResult) -> str:
