@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from api.approvers import approval_roles, approver_role
 from api.auth import GRANTED_BY, Forbidden, Permission, Principal, same_site
+from api.deps import get_incidents, get_settings, get_store
 from api.routes.audit import public_key
 from api.web.errors import ConsoleRoute, error_page
 from api.web.forms import (
@@ -43,7 +44,7 @@ from api.web.session import (
 from api.web.views import incident_view
 from core.settings import Settings
 from engine.board import board_page
-from engine.incidents import ACTIONS, IncidentConflict, Incidents
+from engine.incidents import ACTIONS, IncidentConflict
 from engine.integrity import verify_incident
 from engine.library import LibraryError
 from engine.playbook_files import (
@@ -67,19 +68,6 @@ SignedIn = Annotated[Principal, Depends(signed_in)]
 BOARD_STATES = {"open": "Open", "all": "All", "closed": "Closed"}
 BOARD_PAGE_SIZE = 25
 MAX_OFFSET = 1_000_000
-
-
-# --- the services on app.state ----------------------------------------------------------------
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def _incidents(request: Request) -> Incidents:
-    return request.app.state.incidents
-
-
-def _store(request: Request) -> AuditStore:
-    return request.app.state.store
 
 
 def need_command(principal: Principal) -> None:
@@ -197,7 +185,7 @@ async def board(
     state = state if state in BOARD_STATES else "open"
     start = min(int(offset), MAX_OFFSET) if offset.isdigit() else 0
     playbook = playbook[:64]  # playbook names are at most 64 characters
-    settings, store = _settings(request), _store(request)
+    settings, store = get_settings(request), get_store(request)
     page = await asyncio.to_thread(
         board_page,
         store,
@@ -222,14 +210,14 @@ async def board(
 @router.get("/console/trigger")
 async def playbook_picker(request: Request, principal: SignedIn) -> Response:
     need_command(principal)
-    library = await asyncio.to_thread(read_library, _settings(request))
+    library = await asyncio.to_thread(read_library, get_settings(request))
     return render(request, "playbooks.html.j2", library=library)
 
 
 @router.get("/console/trigger/{name}")
 async def trigger_form(name: str, request: Request, principal: SignedIn) -> Response:
     need_command(principal)
-    playbook = await asyncio.to_thread(named_playbook, name, _settings(request))
+    playbook = await asyncio.to_thread(named_playbook, name, get_settings(request))
     return _trigger_page(request, playbook, posted=None, error=None)
 
 
@@ -258,10 +246,10 @@ async def trigger(name: str, request: Request, principal: SignedIn) -> Response:
     need_command(principal)
     form = await read_form(request)
     check_csrf(request, form, principal)
-    settings = _settings(request)
+    settings = get_settings(request)
     playbook = await asyncio.to_thread(named_playbook, name, settings)
     try:
-        triggered = await _incidents(request).trigger(
+        triggered = await get_incidents(request).trigger(
             playbook.playbook,
             inputs_from_form(playbook, form),
             actor=principal.name,
@@ -296,9 +284,9 @@ async def _timeline(store: AuditStore, incident_id: str) -> list[TimelineEntry]:
 @router.get("/console/incidents/{incident_id}")
 async def incident_page(incident_id: str, request: Request, principal: SignedIn) -> Response:
     status, roles, timeline = await asyncio.gather(
-        _incidents(request).status(incident_id),
+        get_incidents(request).status(incident_id),
         approval_roles(request.app.state.client, incident_id),
-        _timeline(_store(request), incident_id),
+        _timeline(get_store(request), incident_id),
     )
     view = incident_view(status, principal, approval_roles=roles or {}, timeline=timeline)
     return render(request, "incident.html.j2", view=view, s=status)
@@ -328,7 +316,7 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
         if action == "stand-down" and form.get("confirm") != "yes":
             raise ActionRefused("stand-down: tick the box to confirm that every measure is undone")
         update, model = ACTIONS[action]
-        result = await _incidents(request).act(
+        result = await get_incidents(request).act(
             incident_id, update, build_request(model, fields, actor=principal.name)
         )
     except (ActionRefused, IncidentConflict) as error:
@@ -374,7 +362,7 @@ def _done(action: str, fields: dict[str, Any], result: Any) -> str:
 async def audit_page(incident_id: str, request: Request, principal: SignedIn) -> Response:
     """The integrity verdict (chain, seals, replay) and the way to the post-incident report."""
     integrity = await verify_incident(
-        request.app.state.client, _store(request), public_key(request), incident_id
+        request.app.state.client, get_store(request), public_key(request), incident_id
     )
     return render(
         request,
