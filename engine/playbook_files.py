@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, LibraryError, library_for
 from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook
@@ -85,6 +86,12 @@ def _load(path: Path, library_dir: Path | None) -> tuple[Playbook | None, list[F
         mark = error.problem_mark or error.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return None, [FileProblem(path, line, column, f"YAML: {error.problem or error}")]
+    except ReaderError as error:  # a character YAML does not allow (a control character)
+        line, column = _position(text, error.position)
+        character = text[error.position] if error.position < len(text) else ""
+        return None, [FileProblem(path, line, column, f"YAML: unacceptable character {character!r}")]
+    except RecursionError:
+        return None, [FileProblem(path, 1, 1, "YAML: nested too deeply")]
     if not isinstance(document, CommentedMap):
         return None, [
             FileProblem(path, 1, 1, "a playbook is a mapping (playbook:, version:, steps:, ...)")
@@ -107,6 +114,11 @@ def _load(path: Path, library_dir: Path | None) -> tuple[Playbook | None, list[F
         for where, message in library.problems(playbook)
     ]
     return playbook, problems
+
+
+def _position(text: str, at: int) -> tuple[int, int]:
+    """The line and column of character `at` of `text`, from 1."""
+    return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
 
 
 def locate_warnings(path: Path, warnings: list[Problem]) -> list[FileProblem]:

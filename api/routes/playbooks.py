@@ -110,8 +110,9 @@ async def show_playbook(name: str, _: Reader, settings: SettingsDep) -> Playbook
     )
 
 
+# Plain `def`s: parsing up to a megabyte of YAML runs in the thread pool, not on the event loop.
 @router.post("/validate", response_model=ValidationOut)
-async def validate_playbook(body: ValidateBody, _: Author, settings: SettingsDep) -> ValidationOut:
+def validate_playbook(body: ValidateBody, _: Author, settings: SettingsDep) -> ValidationOut:
     """Check a playbook file's text as `crisis playbook validate` would; nothing is saved."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "submitted.yaml"

@@ -543,3 +543,19 @@ def test_content_hash_changes_with_content(tmp_path: Path) -> None:
     ).content_hash()
     description = load_text(tmp_path, "c", edit("For tests.", "For other tests.")).content_hash()
     assert len({base, argument, description}) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("playbook: x\nversion: \x19\n", "2:10: YAML: unacceptable character '\\x19'"),
+        ("[" * 5000, "1:1: YAML: nested too deeply"),
+    ],
+)
+def test_text_the_yaml_reader_refuses_is_a_located_problem(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    """A control character or absurd nesting is a problem of the file, not a crash."""
+    path = tmp_path / "odd.yaml"
+    path.write_text(text)
+    assert [f"{path}:{where}"] == [str(p) for p in validate_file(path)]
