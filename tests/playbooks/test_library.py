@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine.playbook_files import load_playbook, locate_warnings, playbook_files, validate_file
-from engine.simulate import RESTORED, VERIFIED, SimulationResult, load_scenario, simulate
+from engine.simulate import RESTORED, VERIFIED, load_scenario
 from tests.cli.test_cli import Run, assert_one_line_error, run_cli
 from workflows.playbook import playbook_warnings
 
@@ -43,10 +43,6 @@ def cli(tmp_path: Path, *args: str) -> Run:
     return run_cli(env, *args)
 
 
-def failures(result: SimulationResult) -> str:
-    return "\n".join(f"{c.at} {c.name}: {'; '.join(c.differences)}" for c in result.failed_checks)
-
-
 # --- the library is valid ---------------------------------------------------------------------
 def test_the_library_has_a_scenario_for_every_playbook() -> None:
     """Each playbook ships with the scenario that proves it, and each scenario with its
@@ -67,24 +63,40 @@ def test_every_playbook_is_valid(path: Path) -> None:
 
 # --- every scenario passes ----------------------------------------------------------------------
 @pytest.mark.parametrize("scenario_file", SCENARIOS, ids=scenario_name)
-async def test_the_scenario_of_every_playbook_passes_its_checks(scenario_file: Path) -> None:
-    """The scripted crisis runs to its stand-down after one to two simulated days; every check
-    holds at its moment, no action is refused unless the scenario says so, every lever is back
-    as it was and the audit trail verifies."""
+async def test_the_scenario_of_every_playbook_passes_its_checks(
+    scenario_file: Path, tmp_path: Path
+) -> None:
+    """`crisis playbook simulate NAME --script SCENARIO`: the scripted crisis runs to its
+    stand-down after one to two simulated days; every check holds at its moment, no action is
+    refused unless the scenario says so, every lever is back as it was and the audit trail
+    verifies."""
     scenario = load_scenario(scenario_file)
-    result = await simulate(playbook_of(scenario_file), scenario, library_dir=LIBRARY)
-
-    assert result.ok, failures(result)
-    assert "closed" == result.final_state
-    assert DAY <= result.simulated_s <= 2 * DAY + 3600, result.simulated_s
-    scripted = [c for c in result.checks if not c.automatic]
+    run = await asyncio.to_thread(
+        cli,
+        tmp_path,
+        "playbook",
+        "simulate",
+        scenario_name(scenario_file),
+        "--script",
+        str(scenario_file),
+        "--json",
+    )
+    assert run.code in (0, 1), run
+    result = run.json()
+    failed = [
+        f"{c['at']} {c['name']}: {c['differences']}" for c in result["checks"] if not c["passed"]
+    ]
+    assert result["ok"], "\n".join(failed)
+    assert 0 == run.code, run.stderr
+    assert "closed" == result["final_state"]
+    assert DAY <= result["simulated_s"] <= 2 * DAY + 3600, result["simulated_s"]
+    scripted = [c for c in result["checks"] if not c["automatic"]]
     assert len(scenario.checks) <= len(scripted), "a scenario proves its playbook with checks"
-    final = {c.name: c for c in result.checks if c.automatic}
-    assert (True, False) == (final[RESTORED].passed, final[RESTORED].skipped), final[RESTORED]
-    assert final[VERIFIED].passed, final[VERIFIED]
-    unexpected = [a for a in result.actions if not a.ok and a.expect != "refused"]
+    final = {c["name"]: c for c in result["checks"] if c["automatic"]}
+    assert (True, False) == (final[RESTORED]["passed"], final[RESTORED]["skipped"])
+    assert final[VERIFIED]["passed"], final[VERIFIED]
+    unexpected = [a for a in result["actions"] if not a["ok"] and a["expect"] != "refused"]
     assert [] == unexpected
-    assert result.wall_s < 20, result.wall_s
 
 
 # --- the command line -----------------------------------------------------------------------

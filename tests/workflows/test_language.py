@@ -9,7 +9,6 @@ platform sandbox's real state over HTTP, and the audit trail.
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 
 import pytest
@@ -387,11 +386,8 @@ async def test_a_measure_lapses_after_its_expiry_and_the_platform_is_restored(la
     status = await lab.sync(incident)
     assert "applied" == step(status, "throttle").state
 
-    started = time.monotonic()
     await lab.advance(timedelta(hours=2))
     status = await lab.settle(incident, {"throttle": "expired", "surge": "applied"})
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.0, f"expiry took {elapsed:.2f}s of wall time"
     assert step(status, "throttle").expires_at is None
     state = await lab.platform()
     assert {} == state["recommender"]
