@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -241,8 +242,12 @@ class BaselinePlatform:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         if call.path.startswith("/notify/"):
-            digest = hmac.new(self._secret, content, hashlib.sha256).hexdigest()
-            headers["X-Crisis-Signature"] = f"sha256={digest}"
+            # The engine's webhook signature (core/signing.py), written out with the stdlib.
+            timestamp = str(int(time.time()))
+            signed = timestamp.encode() + b"." + content
+            digest = hmac.new(self._secret, signed, hashlib.sha256).hexdigest()
+            headers["X-Crisis-Timestamp"] = timestamp
+            headers["X-Crisis-Signature"] = f"v1={digest}"
         try:
             response = await self._client.post(url, content=content, headers=headers)
         except httpx.HTTPError as error:

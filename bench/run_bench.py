@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -59,6 +58,7 @@ PRODUCT_DIRS = (
     "api",
     "playbooks",
     "bench",
+    "tests/fixtures",  # the frozen playbook the bench runs (see CRISIS_PLAYBOOKS_DIR above)
 )
 
 
@@ -96,6 +96,8 @@ def _snapshot_and_reexec() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="crisis-bench-"))
     target = tmp / "product"
     shutil.copytree(ROOT, target, ignore=SNAPSHOT_IGNORE)
+    fixtures = Path("tests") / "fixtures"  # the tests stay out of the copy, but not this
+    shutil.copytree(ROOT / fixtures, target / fixtures, symlinks=True)
     os.environ.update(BENCH_SNAPSHOT=str(target), BENCH_TMP=str(tmp), BENCH_SOURCE=str(ROOT))
     os.execv(
         sys.executable, [sys.executable, str(target / "bench" / "run_bench.py"), *sys.argv[1:]]
@@ -134,6 +136,7 @@ from bench.baseline import (  # noqa: E402
 from bench.diagnose import DIAGNOSTIC_WORKFLOWS  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from core.signing import SignatureInvalid, verify  # noqa: E402
 from engine.devserver import free_port, start_dev_server, wait_for_port  # noqa: E402
 from engine.incidents import Incidents  # noqa: E402
 from engine.playbook_files import load_playbook  # noqa: E402
@@ -658,12 +661,13 @@ def _normalise(requests: list[dict[str, Any]], incident_id: str, secret: str) ->
     for request in requests:
         headers = dict(request["headers"])
         if "x-crisis-signature" in headers:
-            expected = (
-                "sha256="
-                + hmac.new(secret.encode(), request["body"].encode(), hashlib.sha256).hexdigest()
-            )
-            valid = hmac.compare_digest(expected, headers["x-crisis-signature"])
+            try:
+                verify(secret, headers, request["body"].encode())
+                valid = True
+            except SignatureInvalid:
+                valid = False
             headers["x-crisis-signature"] = "<valid>" if valid else "<INVALID>"
+            headers["x-crisis-timestamp"] = "<TIMESTAMP>"
         text = json.dumps({**request, "headers": headers}, sort_keys=True)
         out.append(text.replace(incident_id, "<INCIDENT>"))
     return out

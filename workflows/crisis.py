@@ -425,7 +425,7 @@ class CrisisWorkflow:
             return
         # A newer measure on the same settings was applied over this one: restoring this one's
         # previous state would wipe it. Lift the newer ones first, restore, then put them back.
-        stacked = self._stacked_on(record, later) if restore is not None else []
+        stacked = self._stacked_on(record, later) if later and restore is not None else []
         if stacked and workflow.patched("restack-overlapping-measures"):
             held = [(other, other.expires_at) for other in stacked]
             for other, _ in reversed(held):
