@@ -25,19 +25,22 @@ class AuditWriter:
     @activity.defn(name=WRITE_AUDIT)
     async def write_audit(self, batch: AuditBatch) -> AuditWritten:
         first, head = batch.events[0], batch.events[-1]
+        # Seal the head when the incident closes, and at checkpoints while it runs (whenever a
+        # batch crosses a multiple of SEAL_EVERY events): signing every batch costs throughput.
+        # The seal is written in the same transaction as the rows it covers.
+        closed = any(event.kind == "incident.closed" for event in batch.events)
+        seal = None
+        if closed or head.seq // SEAL_EVERY > (first.seq - 1) // SEAL_EVERY:
+            seal = self._signer.seal(head, reason="closed" if closed else "checkpoint")
         try:
-            result = await asyncio.to_thread(self._store.append, batch.events, task=batch.task)
+            result = await asyncio.to_thread(
+                self._store.append, batch.events, task=batch.task, seal=seal
+            )
         except AuditConflict as error:
             # The record disagrees with the workflow: never overwrite it. Keep failing loudly
             # (the workflow retries) until a person looks; the levers carry on meanwhile.
             log.error("audit.conflict", incident_id=first.incident_id, error=str(error))
             raise
-        # Seal the head when the incident closes, and at checkpoints while it runs (whenever a
-        # batch crosses a multiple of SEAL_EVERY events): signing every batch costs throughput.
-        closed = any(event.kind == "incident.closed" for event in batch.events)
-        if closed or head.seq // SEAL_EVERY > (first.seq - 1) // SEAL_EVERY:
-            seal = self._signer.seal(head, reason="closed" if closed else "checkpoint")
-            await asyncio.to_thread(self._store.add_seal, seal)
         log.debug(
             "audit.written",
             incident_id=first.incident_id,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint, event
+from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint, event, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -169,20 +169,27 @@ class SupersededRow(SQLModel, table=True):
     superseded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
-def _row(item: AuditEvent, task: int, now: datetime) -> AuditRow:
-    return AuditRow(
-        incident_id=item.incident_id,
-        seq=item.seq,
-        kind=item.kind,
-        at=item.at,
-        actor=item.actor,
-        step_id=item.step_id,
-        data=json.dumps(item.data, sort_keys=True, default=str),
-        prev_hash=item.prev_hash,
-        hash=item.hash,
-        recorded_at=now,
-        task=task,
+def _sealed(session: Session, seal: Seal) -> bool:
+    query = select(SealRow.id).where(
+        SealRow.incident_id == seal.incident_id, SealRow.seq == seal.seq
     )
+    return session.exec(query).first() is not None
+
+
+def _row(item: AuditEvent, task: int, now: datetime) -> dict[str, Any]:
+    return {
+        "incident_id": item.incident_id,
+        "seq": item.seq,
+        "kind": item.kind,
+        "at": item.at,
+        "actor": item.actor,
+        "step_id": item.step_id,
+        "data": json.dumps(item.data, sort_keys=True, default=str),
+        "prev_hash": item.prev_hash,
+        "hash": item.hash,
+        "recorded_at": now,
+        "task": task,
+    }
 
 
 def _supersede(session: Session, incident_id: str, seq: int, task: int, now: datetime) -> int:
@@ -288,8 +295,11 @@ class AuditStore:
         self.engine = make_engine(url)
         upgrade(self.engine)
 
-    def append(self, events: list[AuditEvent], *, task: int = 0) -> AppendResult:
-        """Write events (one incident, ascending seq) in one transaction.
+    def append(
+        self, events: list[AuditEvent], *, task: int = 0, seal: Seal | None = None
+    ) -> AppendResult:
+        """Write events (one incident, ascending seq) in one transaction, with the seal of their
+        head if given (unless that head is sealed already: a retried write).
 
         `task` is the workflow history length the events were produced at (0 = committed). A
         held row that differs is superseded only by a newer task; otherwise it is a conflict.
@@ -298,14 +308,14 @@ class AuditStore:
             return AppendResult(0, 0)
         for attempt in range(3):
             try:
-                return self._append_once(events, task)
+                return self._append_once(events, task, seal)
             except IntegrityError:
                 # Another writer inserted the same rows first; re-read and compare.
                 if attempt == 2:
                     raise
         return AppendResult(0, 0)
 
-    def _append_once(self, events: list[AuditEvent], task: int) -> AppendResult:
+    def _append_once(self, events: list[AuditEvent], task: int, seal: Seal | None) -> AppendResult:
         incident_id = events[0].incident_id
         first, last = events[0].seq, events[-1].seq
         with Session(self.engine) as session:
@@ -322,6 +332,7 @@ class AuditStore:
             )
             inserted = superseded = 0
             now = datetime.now(UTC)
+            fresh: list[dict[str, Any]] = []
             for item in events:
                 row = held.get(item.seq)
                 if row is not None and row.hash == item.hash:
@@ -342,9 +353,14 @@ class AuditStore:
                     raise AuditConflict(
                         f"{incident_id} seq {item.seq}: does not continue the chain"
                     )
-                session.add(_row(item, task, now))
+                fresh.append(_row(item, task, now))
                 previous_hash = item.hash
                 inserted += 1
+            if fresh:
+                # One multi-row INSERT (after any superseding deletes are flushed): the ORM's
+                # per-object bookkeeping was most of the cost of an append.
+                session.flush()
+                session.execute(insert(AuditRow.__table__), fresh)  # type: ignore[attr-defined]
             if superseded:
                 # The searchable row may reflect what never committed: rebuild it.
                 stale_row = session.get(IncidentRow, incident_id)
@@ -359,6 +375,8 @@ class AuditStore:
                 _project(session, [row.to_event() for row in earlier] + list(events))
             elif inserted:
                 _project(session, [e for e in events if e.seq not in held])
+            if seal is not None and not _sealed(session, seal):
+                session.add(SealRow(**seal.model_dump()))
             session.commit()
         if superseded:
             log.warning("audit.superseded", incident_id=incident_id, rows=superseded, task=task)
@@ -378,12 +396,7 @@ class AuditStore:
     def add_seal(self, seal: Seal) -> bool:
         """Record a seal; False if that head was already sealed (a retried write)."""
         with Session(self.engine) as session:
-            held = session.exec(
-                select(SealRow).where(
-                    SealRow.incident_id == seal.incident_id, SealRow.seq == seal.seq
-                )
-            ).first()
-            if held is not None:
+            if _sealed(session, seal):
                 return False
             session.add(SealRow(**seal.model_dump()))
             try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.integrity import BundleError, check, read_bundle, write_bundle
-from store.audit_store import AuditStore
+from store.audit_store import AuditStore, AuditStoreError
 from store.seals import Signer, verify_seals
 from tests.store.test_audit_store import chain, new_id
 from workflows.audit import AuditEvent, make_event
@@ -99,6 +99,28 @@ def test_seals_are_stored_once_per_head(audit_store: AuditStore, tmp_path: Path)
     assert not audit_store.add_seal(signer.seal(events[1], reason="checkpoint"))
     assert audit_store.add_seal(signer.seal(events[3], reason="closed"))
     assert [2, 4] == [s.seq for s in audit_store.seals(incident)]
+
+
+def test_a_seal_is_written_with_the_rows_it_covers_or_not_at_all(
+    audit_store: AuditStore, tmp_path: Path
+) -> None:
+    """The writer's one transaction: rows and the seal of their head; a retried write adds
+    neither twice; a write the store refuses leaves no seal behind."""
+    signer = Signer(tmp_path / "key.pem")
+    incident = new_id()
+    events = closed_chain(incident, 4)
+    seal = signer.seal(events[3], reason="closed")
+    assert 4 == audit_store.append(events, task=5, seal=seal).inserted
+    assert 0 == audit_store.append(events, task=5, seal=seal).inserted
+    assert [4] == [s.seq for s in audit_store.seals(incident)]
+    held = audit_store.events(incident), audit_store.seals(incident)
+    assert verify_seals(*held, signer.public_key, closed=True).ok
+
+    other = new_id()
+    orphan = chain(other, 3)[1:]  # starts at seq 2: nothing to chain to
+    with pytest.raises(AuditStoreError):
+        audit_store.append(orphan, seal=signer.seal(orphan[-1], reason="checkpoint"))
+    assert ([], []) == (audit_store.events(other), audit_store.seals(other))
 
 
 def test_an_export_bundle_verifies_offline_and_detects_tampering(tmp_path: Path) -> None:
