@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -252,3 +253,15 @@ async def test_one_person_counts_once_whatever_tokens_or_roles_they_hold(
     assert [("alice", "commander"), ("bob", "policy-lead")] == [
         (a["actor"], a["role"]) for a in record["approvals"]
     ]
+
+
+async def test_a_broken_library_refuses_the_trigger_naming_the_file(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A template file the deployment broke makes its playbooks invalid: a JSON error that names
+    the file and the key, never a 500, and no incident starts."""
+    (tmp_path / "library" / "templates.yaml").write_text("crisis-opened: {subject: '{{ oops'}\n")
+    message = assert_error(
+        await api.post("/v1/incidents", json={"playbook": "plain"}), 422, "playbook_invalid"
+    )
+    assert "templates.yaml: crisis-opened.body" in message
