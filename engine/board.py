@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.timestamps import as_utc, parse_utc
 from store.audit_store import AuditStore, IncidentRow
 from store.board import empty_summary
 
@@ -112,8 +113,8 @@ def board_entry(row: IncidentRow, now: datetime) -> BoardEntry:
         key=lambda m: (m.expires_at is None, m.expires_at or now),
     )
     review_due = _when(facts.get("review_due"))
-    triggered_at = _aware(row.triggered_at)
-    closed_at = _aware(row.closed_at) if row.closed_at else None
+    triggered_at = as_utc(row.triggered_at)
+    closed_at = as_utc(row.closed_at) if row.closed_at else None
     return BoardEntry(
         incident_id=row.incident_id,
         playbook=row.playbook,
@@ -123,7 +124,7 @@ def board_entry(row: IncidentRow, now: datetime) -> BoardEntry:
         triggered_by=row.triggered_by,
         triggered_at=triggered_at,
         closed_at=closed_at,
-        updated_at=_aware(row.updated_at),
+        updated_at=as_utc(row.updated_at),
         age_s=round(((closed_at or now) - triggered_at).total_seconds(), 1),
         pending_approvals=[
             PendingApproval(step_id=step_id, **pending)
@@ -138,9 +139,4 @@ def board_entry(row: IncidentRow, now: datetime) -> BoardEntry:
 
 
 def _when(text: str | None) -> datetime | None:
-    return _aware(datetime.fromisoformat(text)) if text else None
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes for what was stored as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return parse_utc(text) if text else None

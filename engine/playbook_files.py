@@ -89,7 +89,8 @@ def _load(path: Path, library_dir: Path | None) -> tuple[Playbook | None, list[F
     except ReaderError as error:  # a character YAML does not allow (a control character)
         line, column = _position(text, error.position)
         character = text[error.position] if error.position < len(text) else ""
-        return None, [FileProblem(path, line, column, f"YAML: unacceptable character {character!r}")]
+        message = f"YAML: unacceptable character {character!r}"
+        return None, [FileProblem(path, line, column, message)]
     except RecursionError:
         return None, [FileProblem(path, 1, 1, "YAML: nested too deeply")]
     if not isinstance(document, CommentedMap):

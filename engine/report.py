@@ -40,6 +40,7 @@ from jinja2 import Environment
 from markupsafe import Markup
 from pydantic import BaseModel, Field
 
+from core.timestamps import as_utc, parse_utc
 from engine.report_chart import chart_filename, human_duration, offset_label, render_chart_svg
 from workflows.audit import AuditEvent
 from workflows.durations import parse_duration
@@ -287,11 +288,6 @@ class IncidentReport(BaseModel):
 
 
 # --- building it ------------------------------------------------------------------------------
-def _parse(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
@@ -300,7 +296,7 @@ def _clock(text: str | None, reference: str) -> str:
     """`HH:MM` (UTC; seconds when not zero), with the date when it is not `reference`'s."""
     if not text:
         return "?"
-    moment, ref = _parse(text).astimezone(UTC), _parse(reference).astimezone(UTC)
+    moment, ref = parse_utc(text).astimezone(UTC), parse_utc(reference).astimezone(UTC)
     clock = f"{moment:%H:%M}" + (f":{moment:%S}" if moment.second else "")
     return clock if moment.date() == ref.date() else f"{moment:%Y-%m-%d} {clock}"
 
@@ -328,7 +324,7 @@ class _Builder:
         self.playbook = playbook
         self.now = now
         first = events[0]
-        self.t0 = _parse(first.at)
+        self.t0 = parse_utc(first.at)
         self.trigger = first
         self.levers: dict[str, str] = {}  # step -> the lever it applies
         self.args: dict[str, dict[str, Any]] = {}
@@ -350,7 +346,7 @@ class _Builder:
         self.full_mitigation: float | None = None
 
     def offset(self, at: str) -> float:
-        return (_parse(at) - self.t0).total_seconds()
+        return (parse_utc(at) - self.t0).total_seconds()
 
     def describe(self, event: AuditEvent) -> str:
         return _describe(event, self)
@@ -502,7 +498,9 @@ class _Builder:
         if round_ is not None:
             round_.outcome = outcome  # type: ignore[assignment]
             round_.settled_at = event.at
-            round_.wait_seconds = (_parse(event.at) - _parse(round_.requested_at)).total_seconds()
+            round_.wait_seconds = (
+                parse_utc(event.at) - parse_utc(round_.requested_at)
+            ).total_seconds()
         return round_
 
     def _level_change(self, kind: str, level: str | None) -> None:
@@ -540,7 +538,7 @@ class _Builder:
                     ("undo_failed" if draft["undo_failed"] else "still_active"),
                     True,
                 )
-                if _parse(end) < _parse(start):
+                if parse_utc(end) < parse_utc(start):
                     end = start
             else:
                 end, ended, still_open = draft["end"], draft["ended"], False
@@ -550,7 +548,7 @@ class _Builder:
                     end=end,
                     start_offset_seconds=self.offset(start),
                     end_offset_seconds=self.offset(end),
-                    seconds=(_parse(end) - _parse(start)).total_seconds(),
+                    seconds=(parse_utc(end) - parse_utc(start)).total_seconds(),
                     ended=ended,
                     open=still_open,
                 )
@@ -594,7 +592,7 @@ class _Builder:
         end = self.end_of_report()
         for round_ in self.open_rounds.values():
             round_.wait_seconds = max(
-                0.0, (_parse(end) - _parse(round_.requested_at)).total_seconds()
+                0.0, (parse_utc(end) - parse_utc(round_.requested_at)).total_seconds()
             )
 
 
@@ -621,8 +619,7 @@ def build_report(
             "not incident.triggered: the trail is incomplete"
         )
     now = now or datetime.now(UTC)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
+    now = as_utc(now)
 
     builder = _Builder(ordered, playbook, now)
     timeline: list[TimelineEntry] = []
@@ -766,7 +763,7 @@ def _post_incident_review(
     owner = (spec.owner if spec and spec.owner else "") or (playbook.owner if playbook else "")
     if closed_at is None:
         return PostIncidentReview(due_within=due_within, owner=owner, due_at=None, status="pending")
-    due = _parse(closed_at) + parse_duration(due_within)
+    due = parse_utc(closed_at) + parse_duration(due_within)
     remaining = (due - now).total_seconds()
     return PostIncidentReview(
         due_within=due_within,
@@ -916,7 +913,7 @@ def _time(text: str | None) -> str:
     """A recorded time as `YYYY-MM-DD HH:MM:SS UTC`."""
     if not text:
         return "—"
-    return f"{_parse(text).astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    return f"{parse_utc(text).astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _figure(seconds: float | None) -> str:

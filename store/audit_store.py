@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint, event, insert
+from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint, event, func, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -444,6 +444,13 @@ class AuditStore:
         query = query.order_by(IncidentRow.triggered_at.desc()).offset(offset).limit(limit)  # type: ignore[attr-defined]
         with Session(self.engine) as session:
             return list(session.exec(query).all())
+
+    def head_seq(self, incident_id: str) -> int:
+        """The number of the incident's newest recorded event (0: none yet): a cheap "anything
+        new?" for readers that follow an incident."""
+        query = select(func.max(AuditRow.seq)).where(AuditRow.incident_id == incident_id)
+        with Session(self.engine) as session:
+            return session.exec(query).one() or 0
 
     def incident_ids(self) -> list[str]:
         with Session(self.engine) as session:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, select
 
+from core.timestamps import as_utc
 from store.audit_store import make_engine
 from store.migrate import upgrade
 
@@ -117,10 +118,7 @@ def _hash(secret: str) -> str:
 
 
 def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands timezone-aware columns back naive; they were written in UTC.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
+    return as_utc(moment) if moment is not None else None
 
 
 def _info(row: TokenRow) -> TokenInfo:

@@ -23,6 +23,7 @@ from engine.playbook_files import (
     playbook_files,
     validate_file,
 )
+from engine.protocol import levers_used
 from workflows.playbook import InputError, Playbook, playbook_warnings, resolve_inputs
 
 router = APIRouter(prefix="/playbooks", tags=["playbooks"])
@@ -73,7 +74,7 @@ def _summary(playbook: Playbook) -> dict[str, Any]:
         "title": playbook.title,
         "owner": playbook.owner,
         "levels": playbook.levels,
-        "levers": sorted({step.do for step in playbook.lever_steps()}),
+        "levers": sorted(levers_used(playbook)),
         "playbook_hash": playbook.content_hash(),
         "inputs": {
             name: spec.model_dump(mode="json", exclude_none=True)

@@ -106,7 +106,11 @@ async def _stream(
             return
         await asyncio.sleep(POLL_S)
         quiet += POLL_S
-        entries = await _entries(store, incident_id)
+        # Rebuild the sentences only when the trail has grown; most polls find nothing new.
+        if await asyncio.to_thread(store.head_seq, incident_id) > (
+            entries[-1].seq if entries else 0
+        ):
+            entries = await _entries(store, incident_id)
 
 
 def _message(event: str, data: str, *, event_id: int | None = None) -> str:

@@ -15,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from api.auth import Permission, Principal
 from api.web.session import CSRF_FIELD, FLASH_COOKIE, forget_flash, read_flash, session_csrf
+from core.timestamps import as_utc, parse_utc
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -39,8 +40,7 @@ SOON_S = 3600.0
 def parse_moment(value: datetime | str | None) -> datetime | None:
     if value is None or value == "":
         return None
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return as_utc(value) if isinstance(value, datetime) else parse_utc(value)
 
 
 def moment_text(value: datetime | str | None) -> str:
