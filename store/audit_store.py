@@ -7,6 +7,7 @@ a different row under the same number.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,21 +101,23 @@ _STATE_BY_KIND = {
 
 
 def _summary_until(session: Session, incident_id: str, seq: int) -> dict[str, Any]:
-    summary: dict[str, Any] | None = None
+    summary = empty_summary()
     rows = session.exec(
         select(AuditRow)
         .where(AuditRow.incident_id == incident_id, AuditRow.seq < seq)
         .order_by(AuditRow.seq)  # type: ignore[arg-type]
     ).all()
     for row in rows:
-        summary = fold(summary, row.to_event())
-    return summary or empty_summary()
+        fold(summary, row.to_event())
+    return summary
 
 
 def _project(session: Session, events: list[AuditEvent]) -> None:
     if not events:
         return
     row = session.get(IncidentRow, events[0].incident_id)
+    # One copy per write: the JSON column is saved when the attribute is given a new object.
+    summary = copy.deepcopy(row.summary) if row is not None and row.summary is not None else None
     for item in events:
         at = datetime.fromisoformat(item.at)
         if item.kind == "incident.triggered":
@@ -130,15 +133,16 @@ def _project(session: Session, events: list[AuditEvent]) -> None:
                 triggered_at=at,
                 updated_at=at,
                 last_seq=item.seq,
-                summary=fold(None, item),
             )
+            summary = empty_summary()
+            fold(summary, item)
             session.add(row)
             continue
         if row is None or item.seq <= row.last_seq:
             continue
-        if row.summary is None:  # projected before the board existed: catch up once
-            row.summary = _summary_until(session, row.incident_id, item.seq)
-        row.summary = fold(row.summary, item)
+        if summary is None:  # projected before the board existed: catch up once
+            summary = _summary_until(session, row.incident_id, item.seq)
+        fold(summary, item)
         if item.kind in ("level.escalated", "level.de_escalated"):
             row.level = item.data.get("level")
         if item.kind in _STATE_BY_KIND:
@@ -147,6 +151,8 @@ def _project(session: Session, events: list[AuditEvent]) -> None:
             row.closed_at = at
         row.updated_at, row.last_seq = at, item.seq
         session.add(row)
+    if row is not None and summary is not None:
+        row.summary = summary
 
 
 @dataclass(frozen=True)
@@ -169,11 +175,15 @@ class SupersededRow(SQLModel, table=True):
     superseded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
-def _sealed(session: Session, seal: Seal) -> bool:
+def _add_seal(session: Session, seal: Seal) -> bool:
+    """Add the seal unless its head is sealed already (a retried write); True if added."""
     query = select(SealRow.id).where(
         SealRow.incident_id == seal.incident_id, SealRow.seq == seal.seq
     )
-    return session.exec(query).first() is not None
+    if session.exec(query).first() is not None:
+        return False
+    session.add(SealRow(**seal.model_dump()))
+    return True
 
 
 def _row(item: AuditEvent, task: int, now: datetime) -> dict[str, Any]:
@@ -375,8 +385,8 @@ class AuditStore:
                 _project(session, [row.to_event() for row in earlier] + list(events))
             elif inserted:
                 _project(session, [e for e in events if e.seq not in held])
-            if seal is not None and not _sealed(session, seal):
-                session.add(SealRow(**seal.model_dump()))
+            if seal is not None:
+                _add_seal(session, seal)
             session.commit()
         if superseded:
             log.warning("audit.superseded", incident_id=incident_id, rows=superseded, task=task)
@@ -396,9 +406,8 @@ class AuditStore:
     def add_seal(self, seal: Seal) -> bool:
         """Record a seal; False if that head was already sealed (a retried write)."""
         with Session(self.engine) as session:
-            if _sealed(session, seal):
+            if not _add_seal(session, seal):
                 return False
-            session.add(SealRow(**seal.model_dump()))
             try:
                 session.commit()
             except IntegrityError:

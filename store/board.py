@@ -7,7 +7,6 @@ keeps this summary current as it writes the events (see `audit_store._project`).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from workflows.audit import AuditEvent
@@ -21,9 +20,9 @@ def empty_summary() -> dict[str, Any]:
     return {"pending_approvals": {}, "measures": {}, "review_due": None, "failed_deliveries": []}
 
 
-def fold(summary: dict[str, Any] | None, event: AuditEvent) -> dict[str, Any]:
-    """The summary after one more event (a new dict: the old one is left as it was)."""
-    facts = copy.deepcopy(summary) if summary else empty_summary()
+def fold(facts: dict[str, Any], event: AuditEvent) -> None:
+    """Bring the summary up to date with one more event, in place (the store copies the row's
+    summary once per write, not once per event)."""
     data, step = event.data, event.step_id
     pending, measures = facts["pending_approvals"], facts["measures"]
     match event.kind:
@@ -72,4 +71,3 @@ def fold(summary: dict[str, Any] | None, event: AuditEvent) -> dict[str, Any]:
             pending.clear()
             measures.clear()
             facts["review_due"] = None
-    return facts

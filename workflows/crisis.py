@@ -1157,9 +1157,6 @@ class CrisisWorkflow:
             level=step.level,
         )
 
-    def _top_index(self, step_id: str) -> int | None:
-        return next((i for i, s in enumerate(self._top) if s.id == step_id), None)
-
 
 def _present(_keep: set[str] | None = None, **values: Any) -> dict[str, Any]:
     """Event data without empty optional fields: an event means the same, and hashes the same,
