@@ -67,6 +67,17 @@ class Principal(BaseModel):
         """Holds `role` itself (an admin is not thereby a `policy-lead`)."""
         return role in self.roles
 
+    def require(self, permission: Permission) -> None:
+        """Forbidden (403) unless this principal has `permission`."""
+        if not self.can(permission):
+            needed = " or ".join(sorted(GRANTED_BY[permission]))
+            raise Forbidden(
+                f"{self.name} (roles: {', '.join(self.roles)}) may not "
+                f"{_DOING[permission]}: that needs the role {needed}",
+                reason=f"lacks permission {permission}",
+                principal=self.name,
+            )
+
     def can(self, permission: Permission) -> bool:
         granted = GRANTED_BY[Permission(permission)]
         return not granted or any(role in granted for role in self.roles)
@@ -169,14 +180,7 @@ CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 def _requirement(permission: Permission) -> Callable[..., Awaitable[Principal]]:
     # One function per permission, so FastAPI resolves each once per request.
     async def check(principal: CurrentPrincipal) -> Principal:
-        if not principal.can(permission):
-            needed = " or ".join(sorted(GRANTED_BY[permission]))
-            raise Forbidden(
-                f"{principal.name} (roles: {', '.join(principal.roles)}) may not "
-                f"{_DOING[permission]}: that needs the role {needed}",
-                reason=f"lacks permission {permission}",
-                principal=principal.name,
-            )
+        principal.require(permission)
         return principal
 
     check.__name__ = f"require_{permission}"

@@ -177,6 +177,14 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
     )
 
 
+def library_playbook(name: str, playbooks_dir: Path) -> Path:
+    """A playbook of the library by name only, for names that come from clients (API, console):
+    a path is refused, so no request makes the engine read a file outside the library."""
+    if "/" in name or "\\" in name or name.endswith(SUFFIXES):
+        raise PlaybookNotFound(f"playbooks are named, not paths: {name!r}")
+    return find_playbook(name, playbooks_dir)
+
+
 def playbook_files(directory: Path) -> list[Path]:
     """The playbooks in a directory: YAML files other than the library's own files and the
     scenarios (`<playbook>.scenario.yaml`) that live beside them."""

@@ -32,7 +32,7 @@ from engine.playbook_files import PlaybookNotFound, find_playbook, load_playbook
 from engine.report import DEFAULT_REVIEW_WITHIN
 from workflows.expressions import names as expression_names
 from workflows.expressions import parse as parse_expression
-from workflows.levers import LEVERS
+from workflows.levers import LEVERS, is_notification
 from workflows.playbook import ParallelStep, Playbook, Step, WaitStep, walk_steps
 from workflows.substitution import references
 
@@ -390,7 +390,7 @@ def _kind(step: Step | WaitStep | ParallelStep) -> StepKind:
         return "wait"
     if isinstance(step, ParallelStep):
         return "parallel"
-    if step.do.startswith("notify."):
+    if is_notification(step.do):
         return "notification"
     return "measure" if LEVERS[step.do].reversible else "action"
 
@@ -609,7 +609,7 @@ def _notifications(
             continue
         doc = docs[step.id]
         closing = at[0] == "on_stand_down"
-        if step.do.startswith("notify."):
+        if is_notification(step.do):
             if closing:
                 stage: Stage = "close"
                 when_sent = "at stand-down, after every measure is undone"
@@ -624,7 +624,7 @@ def _notifications(
             found.append(
                 _notification(library, stage, when_sent, doc, step.do, step.with_, doc.condition)
             )
-        if step.undo is not None and step.undo.do.startswith("notify."):
+        if step.undo is not None and is_notification(step.undo.do):
             found.append(
                 _notification(
                     library,

@@ -44,7 +44,8 @@ from core.timestamps import as_utc, parse_utc
 from engine.report_chart import chart_filename, human_duration, offset_label, render_chart_svg
 from workflows.audit import AuditEvent
 from workflows.durations import parse_duration
-from workflows.playbook import ParallelStep, Playbook, Step
+from workflows.levers import is_notification
+from workflows.playbook import Playbook
 
 __all__ = [
     "IncidentReport",
@@ -301,19 +302,8 @@ def _clock(text: str | None, reference: str) -> str:
     return clock if moment.date() == ref.date() else f"{moment:%Y-%m-%d} {clock}"
 
 
-def _is_notification(lever: str | None) -> bool:
-    return bool(lever) and str(lever).startswith("notify.")
-
-
 def _playbook_levers(playbook: Playbook | None) -> dict[str, str]:
-    if playbook is None:
-        return {}
-    levers: dict[str, str] = {}
-    for step in [*playbook.steps, *playbook.on_stand_down]:
-        for inner in step.parallel if isinstance(step, ParallelStep) else [step]:
-            if isinstance(inner, Step):
-                levers[inner.id] = inner.do
-    return levers
+    return {step.id: step.do for step in playbook.lever_steps()} if playbook else {}
 
 
 class _Builder:
@@ -460,7 +450,7 @@ class _Builder:
         self.ever_applied.add(step)
         if self.figures.to_first_lever is None:
             self.figures.to_first_lever = offset
-        if _is_notification(lever):
+        if is_notification(lever):
             to = self.args.get(step, {}).get("to")
             if to == "regulator" and self.figures.to_regulator_notified is None:
                 self.figures.to_regulator_notified = offset
@@ -522,7 +512,7 @@ class _Builder:
         found: list[Measure] = []
         for step in self.step_order:
             lever = self.levers.get(step) or known.get(step)
-            if _is_notification(lever) or (not lever and step not in round_steps):
+            if is_notification(lever) or (not lever and step not in round_steps):
                 continue
             found.append(self._measure(step, lever or None))
         return found
@@ -784,7 +774,7 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
     kind, step, data, actor = event.kind, event.step_id or "?", event.data, event.actor
     ref = ctx.trigger.at
     lever = data.get("lever") or ctx.levers.get(step)
-    notify = _is_notification(ctx.levers.get(step) or lever)
+    notify = is_notification(ctx.levers.get(step) or lever)
     if kind == "incident.triggered":
         level = data.get("level")
         return (
@@ -796,7 +786,7 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
     if kind == "step.started":
         args = data.get("args") or {}
         again = " again" if step in ctx.ever_applied else ""
-        if _is_notification(lever):
+        if is_notification(lever):
             return f"sending {step}{again} ({lever} to {args.get('to', '?')})"
         return f"starting {step}{again} ({lever})"
     if kind == "step.applied":

@@ -9,9 +9,10 @@ attributes, not a stylesheet, so the SVG looks the same as a file and inlined in
 
 from __future__ import annotations
 
-from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING
+
+from core.timestamps import parse_utc
 
 if TYPE_CHECKING:
     from engine.report import IncidentReport
@@ -123,10 +124,6 @@ def _n(value: float) -> str:
 
 def _e(text: object) -> str:
     return escape(str(text), quote=True)
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def _clip(text: str, limit: int = 28) -> str:
@@ -241,7 +238,7 @@ def render_chart_svg(report: IncidentReport) -> str:
             )
             if note.closing_sent_at is not None:
                 closing = (
-                    _parse(note.closing_sent_at) - _parse(facts.triggered_at)
+                    parse_utc(note.closing_sent_at) - parse_utc(facts.triggered_at)
                 ).total_seconds()
                 tip = f"{note.step_id}: closing message at {offset_label(closing)}"
                 body.append(

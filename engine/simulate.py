@@ -51,6 +51,7 @@ from store.audit_store import AuditStore
 from store.seals import Signer
 from workflows.durations import parse_duration
 from workflows.incident import IncidentStatus, StepState
+from workflows.levers import is_notification
 from workflows.playbook import Playbook, Step, walk_steps
 
 ActionName = Literal[
@@ -250,7 +251,7 @@ def check_scenario(scenario: Scenario, playbook: Playbook, library: Library) -> 
     told = {
         str(s.with_.get("to"))
         for _, s in walk_steps(playbook)
-        if isinstance(s, Step) and s.do.startswith("notify.")
+        if isinstance(s, Step) and is_notification(s.do)
     }
     stakeholders = set(library.stakeholders) | told
     status_fields = set(IncidentStatus.model_fields)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from workflows.audit import AuditEvent
+from workflows.levers import is_notification
 
 # Failed deliveries kept per incident: enough to show, bounded so a flapping channel can't grow
 # the row without end.
@@ -42,7 +43,7 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
             pending.pop(step, None)
         case "approval.timed_out" if data.get("on_timeout") != "escalate":
             pending.pop(step, None)  # escalate keeps waiting for the same approval
-        case "step.applied" if step and not str(data.get("lever", "")).startswith("notify."):
+        case "step.applied" if step and not is_notification(data.get("lever")):
             measures[step] = {"lever": data.get("lever"), "expires_at": data.get("expires_at")}
         case "measure.renewed" if step in measures:
             measures[step]["expires_at"] = data.get("until")

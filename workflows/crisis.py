@@ -49,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
         StandDownRequest,
         StepRecord,
     )
-    from workflows.levers import LEVERS
+    from workflows.levers import LEVERS, is_notification
     from workflows.notifications import DELIVER_NOTIFICATION, DeliveryReceipt, DeliveryRequest
     from workflows.playbook import ParallelStep, Step, WaitStep, retry_timings
     from workflows.substitution import substitute
@@ -621,7 +621,7 @@ class CrisisWorkflow:
             "measures": [
                 {"id": r.id, "lever": r.lever, "expires_at": r.expires_at}
                 for r in self._records.values()
-                if r.state == "applied" and r.lever and not r.lever.startswith("notify.")
+                if r.state == "applied" and r.lever and not is_notification(r.lever)
             ],
             "stand_down": self._stand_down.model_dump() if self._stand_down else None,
         }

@@ -280,6 +280,11 @@ class ShowWarningArgs(LeverArgs):
         return _per_category(self.region, self.categories, self.kind)
 
 
+def is_notification(lever: str | None) -> bool:
+    """A lever that tells someone rather than changing the platform (nothing to restore)."""
+    return bool(lever) and str(lever).startswith("notify.")
+
+
 @dataclass(frozen=True)
 class Lever:
     name: str

@@ -26,7 +26,7 @@ from workflows.durations import parse_duration
 from workflows.expressions import ExpressionError, level_literals
 from workflows.expressions import names as expression_names
 from workflows.expressions import parse as parse_expression
-from workflows.levers import LEVERS
+from workflows.levers import LEVERS, is_notification
 from workflows.substitution import NAMESPACES, ReferenceError_, references, substitute
 
 Path = tuple[str | int, ...]
@@ -337,7 +337,7 @@ def playbook_warnings(playbook: Playbook) -> list[Problem]:
     told = {
         str(s.with_.get("to", ""))
         for _, s in walk_steps(playbook)
-        if isinstance(s, Step) and s.do.startswith("notify.")
+        if isinstance(s, Step) and is_notification(s.do)
     }
     for word, stakeholder in (
         ("regulator", "regulator"),

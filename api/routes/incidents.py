@@ -13,7 +13,7 @@ from api.auth import Commander, Principal, Reader
 from api.deps import IncidentsDep, SettingsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
 from engine.incidents import ACTIONS, Incidents, verify_audit
-from engine.playbook_files import PlaybookNotFound
+from engine.playbook_files import library_playbook
 from workflows.audit import AuditEvent
 from workflows.incident import IncidentStatus, StepRecord
 
@@ -51,10 +51,8 @@ class AuditOut(BaseModel):
 async def trigger(
     body: TriggerBody, incidents: IncidentsDep, settings: SettingsDep, principal: Commander
 ) -> TriggeredOut:
-    if "/" in body.playbook or body.playbook.endswith((".yaml", ".yml")):
-        raise PlaybookNotFound(f"playbooks are named, not paths: {body.playbook!r}")
     triggered = await incidents.trigger(
-        body.playbook,
+        str(library_playbook(body.playbook, settings.playbooks_dir)),
         body.inputs,
         actor=principal.name,
         incident_id=body.incident_id,

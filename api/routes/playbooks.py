@@ -16,8 +16,7 @@ from engine.plan import make_plan
 from engine.playbook_files import (
     FileProblem,
     PlaybookError,
-    PlaybookNotFound,
-    find_playbook,
+    library_playbook,
     load_playbook,
     locate_warnings,
     playbook_files,
@@ -84,10 +83,7 @@ def _summary(playbook: Playbook) -> dict[str, Any]:
 
 
 def _load(name: str, library: Path) -> Playbook:
-    # Named, not paths: a client must not make the API read files outside the library.
-    if "/" in name or "\\" in name or name.endswith((".yaml", ".yml")):
-        raise PlaybookNotFound(f"playbooks are named, not paths: {name!r}")
-    return load_playbook(find_playbook(name, library), library)
+    return load_playbook(library_playbook(name, library), library)
 
 
 def _problems(found: list[FileProblem]) -> list[Problem]:

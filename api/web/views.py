@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from api.auth import Permission, Principal
 from engine.report import TimelineEntry
 from workflows.incident import Approver, DeliveryRecord, IncidentStatus, StepRecord
+from workflows.levers import is_notification
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class IncidentView:
 
 def is_measure(step: StepRecord) -> bool:
     """A lever step that changes the platform (a notification is told, not in force)."""
-    return step.kind == "lever" and not (step.lever or "").startswith("notify.")
+    return step.kind == "lever" and not is_notification(step.lever)
 
 
 def incident_view(

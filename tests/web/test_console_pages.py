@@ -401,7 +401,10 @@ async def test_board_filters_by_state_and_playbook_and_pages(console: Console) -
             assert 200 == page.response.status_code, page.html
             return mark in page.html
 
-        assert await listed("")
+        async def open_on_the_board() -> None:  # the board reads the store, a moment behind
+            assert await listed("")
+
+        await assert_eventually(open_on_the_board)
         assert await listed("state=open&playbook=console-drill")
         assert not await listed("state=closed")
         assert not await listed("playbook=other-playbook")
