@@ -3,6 +3,7 @@ history, and the integrity verdict, rendered as Markdown (+ SVG chart), HTML or 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from core.settings import Settings
 from engine.incidents import IncidentNotFound
 from engine.integrity import check, check_with_replay
 from engine.report import (
+    TimelineEntry,
     build_report,
     render_chart_svg,
     render_html,
@@ -35,6 +37,13 @@ class BuiltReport:
     json: dict[str, Any]
     svg: str
     chart_name: str
+
+
+async def timeline_entries(store: AuditStore, incident_id: str) -> list[TimelineEntry]:
+    """The incident's timeline so far, one sentence per audit event; empty while a just-triggered
+    incident's first events are being written."""
+    events = await asyncio.to_thread(store.events, incident_id)
+    return build_report(events).timeline if events else []
 
 
 async def playbook_from_history(history: IncidentHistory) -> Playbook | None:

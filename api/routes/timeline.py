@@ -14,7 +14,8 @@ from api.auth import Permission, require
 from api.deps import IncidentsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
 from engine.incidents import IncidentNotFound, Incidents
-from engine.report import TimelineEntry, build_report
+from engine.report import TimelineEntry
+from engine.reporting import timeline_entries
 from store.audit_store import AuditStore
 
 router = APIRouter(
@@ -33,14 +34,8 @@ class TimelineOut(BaseModel):
     entries: list[TimelineEntry]
 
 
-async def _entries(store: AuditStore, incident_id: str) -> list[TimelineEntry]:
-    """The timeline so far; empty while a just-triggered incident's first events are written."""
-    events = await asyncio.to_thread(store.events, incident_id)
-    return build_report(events).timeline if events else []
-
-
 async def _timeline(store: AuditStore, incident_id: str) -> list[TimelineEntry]:
-    entries = await _entries(store, incident_id)
+    entries = await timeline_entries(store, incident_id)
     if not entries:
         raise IncidentNotFound(f"no incident {incident_id}")
     return entries
@@ -67,7 +62,7 @@ async def events(
 ) -> StreamingResponse:
     """`event: timeline` per audit event (`id:` is its seq, so a reconnecting client resumes),
     `event: status` with the incident's status after each batch, `event: end` once it is closed."""
-    entries = await _entries(store, incident_id)
+    entries = await timeline_entries(store, incident_id)
     if not entries:
         await incidents.status(incident_id)  # just triggered, or a 404 before the stream starts
     return StreamingResponse(
@@ -110,7 +105,7 @@ async def _stream(
         if await asyncio.to_thread(store.head_seq, incident_id) > (
             entries[-1].seq if entries else 0
         ):
-            entries = await _entries(store, incident_id)
+            entries = await timeline_entries(store, incident_id)
 
 
 def _message(event: str, data: str, *, event_id: int | None = None) -> str:

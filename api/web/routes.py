@@ -53,8 +53,7 @@ from engine.playbook_files import (
     load_playbook,
     playbook_files,
 )
-from engine.report import TimelineEntry, build_report
-from store.audit_store import AuditStore
+from engine.reporting import timeline_entries
 from store.tokens import RevokedToken, TokenError, TokenStore
 from workflows.incident import IncidentStatus, StepRecord
 from workflows.playbook import InputError, Playbook
@@ -262,17 +261,12 @@ async def trigger(name: str, request: Request, principal: SignedIn) -> Response:
     return response
 
 
-async def _timeline(store: AuditStore, incident_id: str) -> list[TimelineEntry]:
-    events = await asyncio.to_thread(store.events, incident_id)
-    return build_report(events).timeline if events else []
-
-
 @router.get("/console/incidents/{incident_id}")
 async def incident_page(incident_id: str, request: Request, principal: SignedIn) -> Response:
     status, roles, timeline = await asyncio.gather(
         get_incidents(request).status(incident_id),
         approval_roles(request.app.state.client, incident_id),
-        _timeline(get_store(request), incident_id),
+        timeline_entries(get_store(request), incident_id),
     )
     view = incident_view(status, principal, approval_roles=roles or {}, timeline=timeline)
     return render(request, "incident.html.j2", view=view, s=status)
