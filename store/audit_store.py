@@ -7,7 +7,6 @@ a different row under the same number.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,8 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint, event, func, insert
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -58,17 +70,7 @@ class AuditRow(SQLModel, table=True):
     task: int = 0  # workflow history length the event was produced at; 0 = committed
 
     def to_event(self) -> AuditEvent:
-        return AuditEvent(
-            incident_id=self.incident_id,
-            seq=self.seq,
-            kind=self.kind,
-            at=self.at,
-            actor=self.actor,
-            step_id=self.step_id,
-            data=json.loads(self.data),
-            prev_hash=self.prev_hash,
-            hash=self.hash,
-        )
+        return _to_event(self)
 
 
 class IncidentRow(SQLModel, table=True):
@@ -100,59 +102,19 @@ _STATE_BY_KIND = {
 }
 
 
-def _summary_until(session: Session, incident_id: str, seq: int) -> dict[str, Any]:
-    summary = empty_summary()
-    rows = session.exec(
-        select(AuditRow)
-        .where(AuditRow.incident_id == incident_id, AuditRow.seq < seq)
-        .order_by(AuditRow.seq)  # type: ignore[arg-type]
-    ).all()
-    for row in rows:
-        fold(summary, row.to_event())
-    return summary
-
-
-def _project(session: Session, events: list[AuditEvent]) -> None:
-    if not events:
-        return
-    row = session.get(IncidentRow, events[0].incident_id)
-    # One copy per write: the JSON column is saved when the attribute is given a new object.
-    summary = copy.deepcopy(row.summary) if row is not None and row.summary is not None else None
-    for item in events:
-        at = datetime.fromisoformat(item.at)
-        if item.kind == "incident.triggered":
-            if row is not None:
-                continue  # already projected (a retried write)
-            row = IncidentRow(
-                incident_id=item.incident_id,
-                playbook=str(item.data.get("playbook", "")),
-                version=int(item.data.get("version", 0)),
-                state="running",
-                level=item.data.get("level"),
-                triggered_by=item.actor,
-                triggered_at=at,
-                updated_at=at,
-                last_seq=item.seq,
-            )
-            summary = empty_summary()
-            fold(summary, item)
-            session.add(row)
-            continue
-        if row is None or item.seq <= row.last_seq:
-            continue
-        if summary is None:  # projected before the board existed: catch up once
-            summary = _summary_until(session, row.incident_id, item.seq)
-        fold(summary, item)
-        if item.kind in ("level.escalated", "level.de_escalated"):
-            row.level = item.data.get("level")
-        if item.kind in _STATE_BY_KIND:
-            row.state = _STATE_BY_KIND[item.kind]
-        if item.kind == "incident.closed":
-            row.closed_at = at
-        row.updated_at, row.last_seq = at, item.seq
-        session.add(row)
-    if row is not None and summary is not None:
-        row.summary = summary
+def _to_event(row: Any) -> AuditEvent:
+    """An event from a stored row (an ORM object or a Core row: same column names)."""
+    return AuditEvent(
+        incident_id=row.incident_id,
+        seq=row.seq,
+        kind=row.kind,
+        at=row.at,
+        actor=row.actor,
+        step_id=row.step_id,
+        data=json.loads(row.data),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
 
 
 @dataclass(frozen=True)
@@ -175,14 +137,110 @@ class SupersededRow(SQLModel, table=True):
     superseded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
-def _add_seal(session: Session, seal: Seal) -> bool:
+class SealRow(SQLModel, table=True):
+    __tablename__ = "audit_seals"
+    __table_args__ = (UniqueConstraint("incident_id", "seq", name="uq_seal_incident_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: str = Field(index=True, max_length=200)
+    seq: int
+    head_hash: str = Field(max_length=64)
+    sealed_at: str = Field(max_length=64)
+    reason: str = Field(max_length=32)
+    key_id: str = Field(max_length=64)
+    signature: str = Field(max_length=200)
+
+
+# The write path speaks SQLAlchemy Core on one connection: the ORM's unit of work (identity
+# map, flushes, change tracking) cost most of an append and nothing here needs it.
+_EVENTS: Table = AuditRow.__table__  # type: ignore[attr-defined]
+_INCIDENTS: Table = IncidentRow.__table__  # type: ignore[attr-defined]
+_SEALS: Table = SealRow.__table__  # type: ignore[attr-defined]
+_SUPERSEDED: Table = SupersededRow.__table__  # type: ignore[attr-defined]
+# Hot statements are built once; only their parameters change per write.
+_HELD = select(_EVENTS.c.seq, _EVENTS.c.hash, _EVENTS.c.task).where(
+    _EVENTS.c.incident_id == bindparam("incident_id"),
+    _EVENTS.c.seq.between(bindparam("first"), bindparam("last")),
+)
+_INCIDENT = select(_INCIDENTS).where(_INCIDENTS.c.incident_id == bindparam("incident_id"))
+_UPDATE_INCIDENT = update(_INCIDENTS).where(_INCIDENTS.c.incident_id == bindparam("key"))
+_SEALED = select(_SEALS.c.id).where(
+    _SEALS.c.incident_id == bindparam("incident_id"), _SEALS.c.seq == bindparam("seq")
+)
+
+
+def _events_from(
+    conn: Connection, incident_id: str, since: int, *, before: int | None = None
+) -> list[Any]:
+    """Stored rows with since <= seq (< before, if given), in order."""
+    query = select(_EVENTS).where(_EVENTS.c.incident_id == incident_id, _EVENTS.c.seq >= since)
+    if before is not None:
+        query = query.where(_EVENTS.c.seq < before)
+    return list(conn.execute(query.order_by(_EVENTS.c.seq)))
+
+
+def _project(conn: Connection, events: list[AuditEvent]) -> None:
+    """Bring the incident's searchable row (and its board summary) up to date with events."""
+    if not events:
+        return
+    incident_id = events[0].incident_id
+    current = conn.execute(_INCIDENT, {"incident_id": incident_id}).mappings().first()
+    # A Core read hands out a fresh summary: folding into it in place touches nothing stored.
+    row = dict(current) if current is not None else None
+    summary = row["summary"] if row is not None else None
+    changed = False
+    for item in events:
+        at = datetime.fromisoformat(item.at)
+        if item.kind == "incident.triggered":
+            if row is not None:
+                continue  # already projected (a retried write)
+            row = {
+                "incident_id": item.incident_id,
+                "playbook": str(item.data.get("playbook", "")),
+                "version": int(item.data.get("version", 0)),
+                "state": "running",
+                "level": item.data.get("level"),
+                "triggered_by": item.actor,
+                "triggered_at": at,
+                "closed_at": None,
+                "updated_at": at,
+                "last_seq": item.seq,
+            }
+            summary = empty_summary()
+            fold(summary, item)
+            changed = True
+            continue
+        if row is None or item.seq <= row["last_seq"]:
+            continue
+        if summary is None:  # projected before the board existed: catch up once
+            earlier = _events_from(conn, incident_id, 1, before=item.seq)
+            summary = empty_summary()
+            for stored in earlier:
+                fold(summary, _to_event(stored))
+        fold(summary, item)
+        if item.kind in ("level.escalated", "level.de_escalated"):
+            row["level"] = item.data.get("level")
+        if item.kind in _STATE_BY_KIND:
+            row["state"] = _STATE_BY_KIND[item.kind]
+        if item.kind == "incident.closed":
+            row["closed_at"] = at
+        row["updated_at"], row["last_seq"] = at, item.seq
+        changed = True
+    if row is None or not changed:
+        return
+    row["summary"] = summary
+    if current is None:
+        conn.execute(insert(_INCIDENTS), row)
+    else:
+        changes = {name: value for name, value in row.items() if name != "incident_id"}
+        conn.execute(_UPDATE_INCIDENT, {"key": incident_id, **changes})
+
+
+def _add_seal(conn: Connection, seal: Seal) -> bool:
     """Add the seal unless its head is sealed already (a retried write); True if added."""
-    query = select(SealRow.id).where(
-        SealRow.incident_id == seal.incident_id, SealRow.seq == seal.seq
-    )
-    if session.exec(query).first() is not None:
+    if conn.execute(_SEALED, {"incident_id": seal.incident_id, "seq": seal.seq}).first():
         return False
-    session.add(SealRow(**seal.model_dump()))
+    conn.execute(insert(_SEALS), seal.model_dump())
     return True
 
 
@@ -202,43 +260,25 @@ def _row(item: AuditEvent, task: int, now: datetime) -> dict[str, Any]:
     }
 
 
-def _supersede(session: Session, incident_id: str, seq: int, task: int, now: datetime) -> int:
+def _supersede(conn: Connection, incident_id: str, seq: int, task: int, now: datetime) -> int:
     """Move this incident's rows from `seq` on (and the seals over them) out of the chain."""
-    stale = session.exec(
-        select(AuditRow).where(AuditRow.incident_id == incident_id, AuditRow.seq >= seq)
-    ).all()
-    for row in stale:
-        session.add(
-            SupersededRow(
-                incident_id=incident_id,
-                seq=row.seq,
-                task=row.task,
-                row=row.to_event().model_dump_json(),
-                superseded_by_task=task,
-                superseded_at=now,
-            )
-        )
-        session.delete(row)
-    for seal in session.exec(
-        select(SealRow).where(SealRow.incident_id == incident_id, SealRow.seq >= seq)
-    ).all():
-        session.delete(seal)
-    session.flush()
+    stale = _events_from(conn, incident_id, seq)
+    if stale:
+        kept = [
+            {
+                "incident_id": incident_id,
+                "seq": row.seq,
+                "task": row.task,
+                "row": _to_event(row).model_dump_json(),
+                "superseded_by_task": task,
+                "superseded_at": now,
+            }
+            for row in stale
+        ]
+        conn.execute(insert(_SUPERSEDED), kept)
+    for table in (_EVENTS, _SEALS):
+        conn.execute(delete(table).where(table.c.incident_id == incident_id, table.c.seq >= seq))
     return len(stale)
-
-
-class SealRow(SQLModel, table=True):
-    __tablename__ = "audit_seals"
-    __table_args__ = (UniqueConstraint("incident_id", "seq", name="uq_seal_incident_seq"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    incident_id: str = Field(index=True, max_length=200)
-    seq: int
-    head_hash: str = Field(max_length=64)
-    sealed_at: str = Field(max_length=64)
-    reason: str = Field(max_length=32)
-    key_id: str = Field(max_length=64)
-    signature: str = Field(max_length=200)
 
 
 @dataclass(frozen=True)
@@ -328,15 +368,9 @@ class AuditStore:
     def _append_once(self, events: list[AuditEvent], task: int, seal: Seal | None) -> AppendResult:
         incident_id = events[0].incident_id
         first, last = events[0].seq, events[-1].seq
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(AuditRow).where(
-                    AuditRow.incident_id == incident_id,
-                    AuditRow.seq >= first - 1,
-                    AuditRow.seq <= last,
-                )
-            ).all()
-            held = {row.seq: row for row in rows}
+        with self.engine.begin() as conn:
+            span = {"incident_id": incident_id, "first": first - 1, "last": last}
+            held = {row.seq: row for row in conn.execute(_HELD, span)}
             previous_hash = (
                 GENESIS_HASH if first == 1 else getattr(held.get(first - 1), "hash", None)
             )
@@ -353,7 +387,7 @@ class AuditStore:
                         raise AuditConflict(
                             f"{incident_id} seq {item.seq}: a different event is already recorded"
                         )
-                    superseded = _supersede(session, incident_id, item.seq, task, now)
+                    superseded = _supersede(conn, incident_id, item.seq, task, now)
                     held = {seq: r for seq, r in held.items() if seq < item.seq}
                 if previous_hash is None:
                     raise AuditGap(
@@ -367,27 +401,16 @@ class AuditStore:
                 previous_hash = item.hash
                 inserted += 1
             if fresh:
-                # One multi-row INSERT (after any superseding deletes are flushed): the ORM's
-                # per-object bookkeeping was most of the cost of an append.
-                session.flush()
-                session.execute(insert(AuditRow.__table__), fresh)  # type: ignore[attr-defined]
+                conn.execute(insert(_EVENTS), fresh)
             if superseded:
                 # The searchable row may reflect what never committed: rebuild it.
-                stale_row = session.get(IncidentRow, incident_id)
-                if stale_row is not None:
-                    session.delete(stale_row)
-                    session.flush()
-                earlier = session.exec(
-                    select(AuditRow)
-                    .where(AuditRow.incident_id == incident_id, AuditRow.seq < first)
-                    .order_by(AuditRow.seq)  # type: ignore[arg-type]
-                ).all()
-                _project(session, [row.to_event() for row in earlier] + list(events))
+                conn.execute(delete(_INCIDENTS).where(_INCIDENTS.c.incident_id == incident_id))
+                earlier = _events_from(conn, incident_id, 1, before=first)
+                _project(conn, [_to_event(row) for row in earlier] + list(events))
             elif inserted:
-                _project(session, [e for e in events if e.seq not in held])
+                _project(conn, [e for e in events if e.seq not in held])
             if seal is not None:
-                _add_seal(session, seal)
-            session.commit()
+                _add_seal(conn, seal)
         if superseded:
             log.warning("audit.superseded", incident_id=incident_id, rows=superseded, task=task)
         return AppendResult(inserted, superseded)
@@ -405,14 +428,11 @@ class AuditStore:
 
     def add_seal(self, seal: Seal) -> bool:
         """Record a seal; False if that head was already sealed (a retried write)."""
-        with Session(self.engine) as session:
-            if not _add_seal(session, seal):
-                return False
-            try:
-                session.commit()
-            except IntegrityError:
-                return False
-            return True
+        try:
+            with self.engine.begin() as conn:
+                return _add_seal(conn, seal)
+        except IntegrityError:
+            return False
 
     def seals(self, incident_id: str) -> list[Seal]:
         with Session(self.engine) as session:
