@@ -10,9 +10,9 @@ and undoing levers is the shipped code.
 - `CrisisWorkflowAuditAtClose`: one `write_audit` per incident, with every event, at close
   (the shipped workflow writes a batch as soon as events are pending, one at a time).
 
-Imports: the product's models are passed through, but `workflows.crisis` is imported normally,
-so the sandbox re-imports (and, without cached bytecode, recompiles) it for every run exactly as
-it does for the shipped workflow: the variants differ from it only in `_pump_audit`.
+Imports: `workflows.crisis` comes through the shipped runner's pass-through of the `workflows`
+package (engine.temporal.SANDBOX), exactly as for the shipped workflow; only this small file is
+re-imported per run.
 """
 
 from __future__ import annotations

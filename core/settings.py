@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # registers them once (README).
     search_attributes: bool = Field(False, validation_alias="CRISIS_SEARCH_ATTRIBUTES")
 
+    # Workers re-import the interpreter module for every run so the workflow sandbox can refuse
+    # non-deterministic calls in it: slower, for tests and for trying out interpreter changes.
+    strict_workflow_sandbox: bool = Field(False, validation_alias="CRISIS_STRICT_WORKFLOW_SANDBOX")
+
     api_host: str = Field("127.0.0.1", validation_alias="CRISIS_API_HOST")
     api_port: int = Field(8000, validation_alias="CRISIS_API_PORT")
     # The API process also runs a worker so that triggers can start eagerly (no server round trip

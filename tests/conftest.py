@@ -27,6 +27,10 @@ from tests.helpers import serve_app
 # The engine's tests run on a frozen playbook library (see its header), whoever tunes `playbooks/`.
 ENGINE_PLAYBOOKS = Path(__file__).resolve().parent / "fixtures" / "playbooks"
 os.environ["CRISIS_PLAYBOOKS_DIR"] = str(ENGINE_PLAYBOOKS)
+# Every worker the tests start (in-process or as a child) re-imports the interpreter per run, so
+# the workflow sandbox refuses a non-deterministic call in it; test_workflow_runners.py runs the
+# shipped runner as well.
+os.environ["CRISIS_STRICT_WORKFLOW_SANDBOX"] = "1"
 
 POSTGRES_URL = os.environ.get(
     "CRISIS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
