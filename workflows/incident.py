@@ -235,4 +235,7 @@ class LeverOutcome(BaseModel):
     elapsed_s: float | None = None  # how long the call took, as the worker measured it
 
 
+# Both name models defined after them. IncidentInput must be rebuilt too: left incomplete, every
+# workflow run (each with a fresh payload converter) regenerated its whole validation schema.
 CarriedState.model_rebuild()
+IncidentInput.model_rebuild()
