@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         CarriedState,
         DeliveryRecord,
         IncidentInput,
+        IncidentOutcome,
         IncidentState,
         IncidentStatus,
         LevelChangeRecord,
@@ -112,7 +113,16 @@ class CrisisWorkflow:
         if carried is None:
             self._state: IncidentState = "running"
             self._level = incident.level or (self._pb.levels[0] if self._pb.levels else None)
-            self._records = {sid: self._new_record(step) for sid, step in self._steps_by_id.items()}
+            parents = {
+                branch.id: step.id
+                for step in self._pb.steps
+                if isinstance(step, ParallelStep)
+                for branch in step.parallel
+            }
+            self._records = {
+                sid: self._new_record(step, parents.get(sid))
+                for sid, step in self._steps_by_id.items()
+            }
             self._applied_order: list[str] = []
             self._cursor = 0
             self._triggered_at = _iso(self._clock())
@@ -170,7 +180,7 @@ class CrisisWorkflow:
 
     # --- the run ------------------------------------------------------------------------------
     @workflow.run
-    async def run(self, incident: IncidentInput) -> IncidentStatus:
+    async def run(self, incident: IncidentInput) -> IncidentOutcome:
         # Events also carry when the next review is due, so the incident board can show it from
         # the audit trail alone; histories recorded before then replay without it.
         self._board_facts = workflow.patched("board-facts")
@@ -233,7 +243,7 @@ class CrisisWorkflow:
         await pump
         self._audit_flushed = True
         await self._wait(workflow.all_handlers_finished)
-        return self._status()
+        return self._outcome()
 
     # --- the sequence -------------------------------------------------------------------------
     async def _run_sequence(self) -> None:
@@ -1131,16 +1141,16 @@ class CrisisWorkflow:
             steps=list(self._records.values()),
         )
 
-    # --- helpers ------------------------------------------------------------------------------
-    def _new_record(self, step: AnyStep) -> StepRecord:
-        parent = next(
-            (
-                p.id
-                for p in self._pb.steps
-                if isinstance(p, ParallelStep) and any(b.id == step.id for b in p.parallel)
-            ),
-            None,
+    def _outcome(self) -> IncidentOutcome:
+        return IncidentOutcome(
+            incident_id=self._incident.incident_id,
+            state=self._state,
+            closed_at=self._closed_at,
+            steps={record.id: record.state for record in self._records.values()},
         )
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _new_record(self, step: AnyStep, parent: str | None) -> StepRecord:
         kind = (
             "wait"
             if isinstance(step, WaitStep)

@@ -208,6 +208,16 @@ class IncidentStatus(BaseModel):
     steps: list[StepRecord]
 
 
+class IncidentOutcome(BaseModel):
+    """What an incident's last run returns. Kept small: the history stores it once per incident,
+    and the full status is the stand-down's answer, a query, and the audit trail."""
+
+    incident_id: str
+    state: IncidentState
+    closed_at: str | None = None
+    steps: dict[str, StepState]  # each step's final state, by id
+
+
 # Kept as an alias: the first version's status called a step record StepStatus.
 StepStatus = StepRecord
 
