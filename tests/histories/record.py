@@ -1,7 +1,7 @@
 """Record workflow histories that the replay tests keep forever.
 
 Run against a fresh dev server with today's interpreter before changing it:
-    python -m tests.histories.record v1
+    python -m tests.histories.record v1   # (v2, ...: the tag of the version being kept)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
