@@ -67,6 +67,10 @@ UNDO_RETRY = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE,
 )
 SYSTEM = "system"
+# A run records one marker naming the interpreter version it follows: each patch marker also
+# costs a search-attribute update on the server, so changes share one per version. Histories
+# recorded before it replay through the per-change patches they hold (see `_since_v3`).
+INTERPRETER_V3 = "interpreter-v3"
 
 AnyStep = Step | WaitStep | ParallelStep
 
@@ -163,6 +167,7 @@ class CrisisWorkflow:
         self._pump_busy = False
         self._conditions: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._v3: bool | None = None
 
     def _clock(self) -> datetime:
         """The time events are stamped with. Code woken by the history (start, timer, update)
@@ -182,8 +187,9 @@ class CrisisWorkflow:
     @workflow.run
     async def run(self, incident: IncidentInput) -> IncidentOutcome:
         # Events also carry when the next review is due, so the incident board can show it from
-        # the audit trail alone; histories recorded before then replay without it.
-        self._board_facts = workflow.patched("board-facts")
+        # the audit trail alone; histories recorded before then replay without it. (The version
+        # marker is recorded here, at the start of every run.)
+        self._board_facts = self._since_v3("board-facts")
         if incident.carried is None:
             self._record(
                 "incident.triggered",
@@ -436,7 +442,7 @@ class CrisisWorkflow:
         # A newer measure on the same settings was applied over this one: restoring this one's
         # previous state would wipe it. Lift the newer ones first, restore, then put them back.
         stacked = self._stacked_on(record, later) if later and restore is not None else []
-        if stacked and workflow.patched("restack-overlapping-measures"):
+        if stacked and self._since_v3("restack-overlapping-measures"):
             held = [(other, other.expires_at) for other in stacked]
             for other, _ in reversed(held):
                 await self._undo(
@@ -868,11 +874,15 @@ class CrisisWorkflow:
         # Audit writes run beside the levers, never in front of them, as local activities in the
         # same workflow task (no extra round trip through the server). Each batch carries the
         # task it was produced in, so rows of an attempt that never committed are superseded.
-        local = workflow.patched("audit-local-activity")
+        local = self._since_v3("audit-local-activity")
+        # A stand-down is written with the undos it starts, not in a write of its own before them.
+        with_undo = self._since_v3()
 
         def ready() -> bool:
             if self._audit_done:
                 return True
+            if with_undo and self._stand_down is not None and self._state in ("running", "failed"):
+                return False  # the run is about to take the measures back
             # Local writes wait until no lever call is in flight: a few batches per incident, and
             # the moments they are sent do not depend on how lever results were grouped into
             # activations (which a replay may group differently).
@@ -911,7 +921,7 @@ class CrisisWorkflow:
         """Undo every applied measure in reverse order, close the incident, answer its status."""
         self._stand_down = request
         self._record("stand_down.requested", actor=request.actor, data={"reason": request.reason})
-        if workflow.patched("stand-down-answers-after-audit"):
+        if self._since_v3("stand-down-answers-after-audit"):
             # Answer once the audit trail is complete, so what the commander sees is on record.
             await self._wait(lambda: self._audit_flushed)
         else:  # incidents started before this change answered at close
@@ -1150,6 +1160,15 @@ class CrisisWorkflow:
         )
 
     # --- helpers ------------------------------------------------------------------------------
+    def _since_v3(self, older_patch: str | None = None) -> bool:
+        """Whether this run follows interpreter v3 or later (or, in a history recorded before
+        v3 had its marker, whether it recorded `older_patch`, the change's own patch)."""
+        if self._v3 is None:
+            self._v3 = workflow.patched(INTERPRETER_V3)
+        if self._v3 or older_patch is None:
+            return self._v3
+        return workflow.patched(older_patch)
+
     def _new_record(self, step: AnyStep, parent: str | None) -> StepRecord:
         kind = (
             "wait"
