@@ -69,9 +69,6 @@ class AuditRow(SQLModel, table=True):
     recorded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     task: int = 0  # workflow history length the event was produced at; 0 = committed
 
-    def to_event(self) -> AuditEvent:
-        return _to_event(self)
-
 
 class IncidentRow(SQLModel, table=True):
     """One searchable row per incident, kept up to date from its audit events."""
@@ -103,7 +100,7 @@ _STATE_BY_KIND = {
 
 
 def _to_event(row: Any) -> AuditEvent:
-    """An event from a stored row (an ORM object or a Core row: same column names)."""
+    """An event from a stored row of `audit_events`."""
     return AuditEvent(
         incident_id=row.incident_id,
         seq=row.seq,
@@ -416,11 +413,8 @@ class AuditStore:
         return AppendResult(inserted, superseded)
 
     def events(self, incident_id: str) -> list[AuditEvent]:
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(AuditRow).where(AuditRow.incident_id == incident_id).order_by(AuditRow.seq)
-            ).all()
-            return [row.to_event() for row in rows]
+        with self.engine.connect() as conn:
+            return [_to_event(row) for row in _events_from(conn, incident_id, 1)]
 
     def verify(self, incident_id: str) -> Verification:
         """Recompute the chain; name the first row that was altered, removed or reordered."""
