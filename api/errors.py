@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AuthError
-from engine.incidents import IncidentConflict, IncidentError, IncidentNotFound
+from engine.incidents import IncidentBusy, IncidentConflict, IncidentError, IncidentNotFound
 from engine.library import LibraryError
 from engine.playbook_files import PlaybookInvalid, PlaybookNotFound
 from workflows.playbook import InputError
@@ -26,6 +26,7 @@ ERROR_CODES: dict[type[Exception], tuple[int, str]] = {
     InputError: (422, "invalid_input"),
     IncidentNotFound: (404, "incident_not_found"),
     IncidentConflict: (409, "incident_conflict"),
+    IncidentBusy: (504, "incident_busy"),
     IncidentError: (502, "temporal_error"),
     # The deployment's templates or stakeholder directory are broken: nothing the client can fix.
     LibraryError: (503, "library_invalid"),

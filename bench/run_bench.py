@@ -145,6 +145,7 @@ from engine.devserver import free_port, start_dev_server, wait_for_port  # noqa:
 from engine.incidents import Incidents  # noqa: E402
 from engine.playbook_files import load_playbook  # noqa: E402
 from engine.temporal import SANDBOX, WORKFLOWS, build_worker, connect  # noqa: E402
+from engine.updates import send_update  # noqa: E402
 
 # The baseline gets what the engine's shipped workers get (engine.temporal.SANDBOX): its workflow
 # module is imported once, outside the workflow sandbox, instead of once per run and replay.
@@ -403,11 +404,16 @@ class Baseline(Variant):
     name = "baseline"
 
     def __init__(
-        self, client: Client, task_queue: str, make: Callable[[str], BaselineInput]
+        self,
+        client: Client,
+        task_queue: str,
+        make: Callable[[str], BaselineInput],
+        action_timeout_s: float,
     ) -> None:
         super().__init__(client)
         self.task_queue, self.make = task_queue, make
         self.steps = len(make("probe").steps)
+        self.action_timeout_s = action_timeout_s
 
     async def start(self, incident_id: str) -> None:
         await self.client.start_workflow(
@@ -421,8 +427,12 @@ class Baseline(Variant):
         )
 
     async def stand_down(self, incident_id: str) -> None:
-        await self.client.get_workflow_handle(incident_id).execute_update(
-            BaselineWorkflow.stand_down, StandDown(ACTOR, REASON)
+        # As the product sends it (engine.updates): re-sent while the server is too busy.
+        await send_update(
+            self.client.get_workflow_handle(incident_id),
+            BaselineWorkflow.stand_down,
+            StandDown(ACTOR, REASON),
+            timeout_s=self.action_timeout_s,
         )
 
 
@@ -658,7 +668,7 @@ async def baseline_running(
             activities=[platform_.post_lever],
             workflow_runner=BASELINE_SANDBOX,
         ):
-            yield Baseline(env.client, task_queue, make)
+            yield Baseline(env.client, task_queue, make, env.settings.action_timeout_s)
 
 
 # --- 0. parity: both variants send the same requests --------------------------------------------
@@ -1202,6 +1212,7 @@ async def bench(args: argparse.Namespace, counts: Counts, tmp: Path) -> dict[str
             task_queue="unused",
             log_level=args.log_level,
             strict_workflow_sandbox=False,  # measure what ships, whatever the environment says
+            action_timeout_s=WAIT_S,  # a stand-down waits as long as any other stage may
         )
         warnings = WarningCounter()
         logging.getLogger("temporalio").addHandler(warnings)

@@ -12,7 +12,7 @@ import httpx
 from pydantic import BaseModel
 
 from cli.output import CliError
-from engine.incidents import IncidentConflict, IncidentNotFound
+from engine.incidents import IncidentBusy, IncidentConflict, IncidentNotFound
 from workflows.incident import IncidentStatus, StepRecord
 
 # Each commander action (a key of engine.incidents.ACTIONS): its route and what it answers.
@@ -30,6 +30,7 @@ ROUTES: dict[str, tuple[str, type[BaseModel]]] = {
 _ENGINE_ERRORS: dict[str, type[Exception]] = {
     "incident_not_found": IncidentNotFound,
     "incident_conflict": IncidentConflict,
+    "incident_busy": IncidentBusy,
 }
 
 
@@ -66,14 +67,25 @@ class RemoteIncidents:
     async def act(self, incident_id: str, action: str, fields: dict[str, Any]) -> BaseModel:
         route, answer = ROUTES[action]
         body = {k: v for k, v in fields.items() if k != "actor" and v is not None}
-        return answer.model_validate(
-            await self._call("POST", f"/incidents/{incident_id}/{route}", body)
+        # The API waits for a busy incident to answer (CRISIS_ACTION_TIMEOUT, 60 s by default).
+        answered = await self._call(
+            "POST", f"/incidents/{incident_id}/{route}", body, timeout=max(self._timeout, 90.0)
         )
+        return answer.model_validate(answered)
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
         url = self._base + path
         try:
-            async with httpx.AsyncClient(timeout=self._timeout, headers=self._headers) as http:
+            async with httpx.AsyncClient(
+                timeout=timeout or self._timeout, headers=self._headers
+            ) as http:
                 response = await http.request(method, url, json=body)
         except httpx.HTTPError as error:
             raise RemoteError(f"cannot reach the API at {self._base}: {error}") from None

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # Workers re-import the interpreter module for every run so the workflow sandbox can refuse
     # non-deterministic calls in it: slower, for tests and for trying out interpreter changes.
     strict_workflow_sandbox: bool = Field(False, validation_alias="CRISIS_STRICT_WORKFLOW_SANDBOX")
+    # How long a commander action (stand-down, approval, ...) waits for the incident to take and
+    # answer it; a busy worker delays it, and only past this is the action reported as unanswered.
+    action_timeout_s: float = Field(60.0, gt=0, validation_alias="CRISIS_ACTION_TIMEOUT")
 
     api_host: str = Field("127.0.0.1", validation_alias="CRISIS_API_HOST")
     api_port: int = Field(8000, validation_alias="CRISIS_API_PORT")

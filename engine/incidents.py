@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.settings import Settings
 from engine.library import library_for
 from engine.playbook_files import find_playbook, load_playbook
+from engine.updates import UpdateNotTaken, UpdateStillRunning, send_update
 from store.audit_store import AuditStore, Verification
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import (
@@ -51,6 +52,10 @@ class IncidentNotFound(IncidentError):
 
 class IncidentConflict(IncidentError):
     """The incident exists but cannot do that now (already closed, already standing down)."""
+
+
+class IncidentBusy(IncidentError):
+    """The incident did not answer a commander action in time (its worker is down or busy)."""
 
 
 @dataclass(frozen=True)
@@ -183,8 +188,19 @@ class Incidents:
         """Run a commander action (a workflow Update) and answer its result; a refused request
         is an IncidentConflict carrying the workflow's reason."""
         handle = self._client.get_workflow_handle(incident_id)
+        timeout = self._settings.action_timeout_s
         try:
-            return await handle.execute_update(update, request)
+            return await send_update(handle, update, request, timeout_s=timeout)
+        except UpdateNotTaken:
+            raise IncidentBusy(
+                f"incident {incident_id} did not take the request within {timeout:g}s (is a "
+                "worker running?); it may still take it later: check its status"
+            ) from None
+        except UpdateStillRunning:
+            raise IncidentBusy(
+                f"incident {incident_id} took the request but had not finished it after "
+                f"{timeout:g}s; it carries on: check its status"
+            ) from None
         except WorkflowUpdateFailedError as error:
             cause = error.cause.message if hasattr(error.cause, "message") else str(error.cause)
             raise IncidentConflict(f"incident {incident_id}: {cause}") from None

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from api.auth import AuthError
 from api.web.render import render
 from api.web.session import BadForm, SignInRequired, clear_session, set_flash
-from engine.incidents import IncidentConflict, IncidentError, IncidentNotFound
+from engine.incidents import IncidentBusy, IncidentConflict, IncidentError, IncidentNotFound
 from engine.playbook_files import PlaybookInvalid, PlaybookNotFound
 
 log = structlog.get_logger(__name__)
@@ -27,6 +27,7 @@ PAGE_ERRORS: list[tuple[type[Exception], int, str]] = [
     (PlaybookNotFound, 404, "No such playbook"),
     (PlaybookInvalid, 422, "The playbook file is invalid"),
     (IncidentConflict, 409, "Refused by the incident"),
+    (IncidentBusy, 504, "The incident did not answer in time"),
     (IncidentError, 502, "Temporal did not answer"),
 ]
 

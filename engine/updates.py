@@ -1,0 +1,77 @@
+"""Sending a workflow Update so that a busy server or worker delays it instead of failing it.
+
+The server answers an Update's RPC with DEADLINE_EXCEEDED when the workflow does not take it in
+time: its worker is down, or so loaded that the workflow task carrying the Update waits in a
+queue. The request may still be delivered later, so the caller must not simply send a new one:
+each attempt re-sends the same update id, which the server deduplicates, until the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import (
+    WorkflowHandle,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
+
+# One RPC never waits longer than this: a connection that silently dropped is noticed.
+_ATTEMPT_S = 30.0
+
+
+class UpdateNotTaken(Exception):
+    """The workflow did not take the Update before the deadline (it may still, later)."""
+
+
+class UpdateStillRunning(Exception):
+    """The workflow took the Update but had not answered it by the deadline."""
+
+
+async def send_update(
+    handle: WorkflowHandle[Any, Any], update: Any, arg: Any, *, timeout_s: float
+) -> Any:
+    """Run `update(arg)` on the workflow and answer its result, waiting at most `timeout_s`.
+
+    Refusals and failures raise as they do for `execute_update` (WorkflowUpdateFailedError,
+    RPCError); a deadline passed raises UpdateNotTaken or UpdateStillRunning.
+    """
+    name = getattr(update, "__name__", str(update))
+    update_id = f"{name}-{secrets.token_hex(8)}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            taken = await handle.start_update(
+                update,
+                arg,
+                id=update_id,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                rpc_timeout=_attempt(deadline),
+            )
+            break
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            _reraise_cancellation()
+            if time.monotonic() >= deadline:
+                raise UpdateNotTaken(f"not taken within {timeout_s:g}s") from None
+    while True:
+        try:
+            return await taken.result(rpc_timeout=_attempt(deadline))
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            _reraise_cancellation()
+            if time.monotonic() >= deadline:
+                raise UpdateStillRunning(f"not answered within {timeout_s:g}s") from None
+
+
+def _attempt(deadline: float) -> timedelta:
+    return timedelta(seconds=min(_ATTEMPT_S, max(1.0, deadline - time.monotonic())))
+
+
+def _reraise_cancellation() -> None:
+    # The SDK reports the caller's own cancellation as the same error as a timeout.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

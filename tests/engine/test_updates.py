@@ -1,0 +1,83 @@
+"""Commander actions sent while no worker runs the incident: delayed, not lost, never doubled."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+
+from core.settings import Settings
+from engine import updates
+from engine.incidents import IncidentBusy, Incidents
+from engine.temporal import running_worker
+from store.audit_store import AuditStore
+from tests.helpers import assert_eventually
+from tests.workflows.lab import kinds
+
+
+async def _applied_then_no_worker(
+    client: Client, settings: Settings, store: AuditStore, incidents: Incidents
+) -> str:
+    """An incident with its five levers applied, whose worker has then stopped."""
+    async with running_worker(client, settings=settings, store=store):
+        incident = (await incidents.trigger("violent-disorder", {}, actor="alice")).incident_id
+
+        async def applied() -> None:
+            assert kinds(store.events(incident)).count("step.applied") == 5
+
+        await assert_eventually(applied)
+    return incident
+
+
+async def test_a_stand_down_waits_for_a_worker_and_is_taken_once(
+    client: Client, settings: Settings, sqlite_store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each RPC attempt times out while no worker runs; the same update is sent again until a
+    worker takes it, and the incident records one stand-down."""
+    monkeypatch.setattr(updates, "_ATTEMPT_S", 1.0)
+    sent: list[str] = []
+    start_update = WorkflowHandle.start_update
+
+    async def counted(self: WorkflowHandle[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        sent.append(kwargs["id"])
+        return await start_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(WorkflowHandle, "start_update", counted)
+    incidents = Incidents(client, settings)
+    incident = await _applied_then_no_worker(client, settings, sqlite_store, incidents)
+
+    standing_down = asyncio.create_task(incidents.stand_down(incident, actor="bob", reason="over"))
+    await asyncio.sleep(3.5)  # several attempts time out meanwhile
+    assert not standing_down.done()
+    assert len(sent) >= 3 and len(set(sent)) == 1  # attempts timed out: the same update again
+    async with running_worker(client, settings=settings, store=sqlite_store):
+        status = await asyncio.wait_for(standing_down, 60)
+        assert status.state in ("standing_down", "closed")
+        await client.get_workflow_handle(incident).result()
+
+    history = await client.get_workflow_handle(incident).fetch_history()
+    accepted = [
+        e
+        for e in history.events
+        if e.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+    assert len(accepted) == 1
+    events = kinds(sqlite_store.events(incident))
+    assert events.count("stand_down.requested") == 1
+    assert events.count("step.undone") == 5 and events[-1] == "incident.closed"
+
+
+async def test_an_action_no_worker_takes_is_reported_busy_in_time(
+    client: Client, settings: Settings, sqlite_store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(updates, "_ATTEMPT_S", 1.0)
+    incidents = Incidents(client, settings)
+    incident = await _applied_then_no_worker(client, settings, sqlite_store, incidents)
+
+    busy = Incidents(client, settings.model_copy(update={"action_timeout_s": 2.5}))
+    with pytest.raises(
+        IncidentBusy, match=rf"incident {incident} did not take the request within 2.5s"
+    ):
+        await asyncio.wait_for(busy.stand_down(incident, actor="bob", reason="over"), 30)
