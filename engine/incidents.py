@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.settings import Settings
 from engine.library import library_for
 from engine.playbook_files import find_playbook, load_playbook
-from engine.updates import UpdateNotTaken, UpdateStillRunning, send_update
+from engine.updates import UpdateTimedOut, send_update
 from store.audit_store import AuditStore, Verification
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import (
@@ -191,15 +191,10 @@ class Incidents:
         timeout = self._settings.action_timeout_s
         try:
             return await send_update(handle, update, request, timeout_s=timeout)
-        except UpdateNotTaken:
+        except UpdateTimedOut:
             raise IncidentBusy(
-                f"incident {incident_id} did not take the request within {timeout:g}s (is a "
-                "worker running?); it may still take it later: check its status"
-            ) from None
-        except UpdateStillRunning:
-            raise IncidentBusy(
-                f"incident {incident_id} took the request but had not finished it after "
-                f"{timeout:g}s; it carries on: check its status"
+                f"incident {incident_id} did not answer within {timeout:g}s (is a worker "
+                "running? is it overloaded?); the request may still take effect: check its status"
             ) from None
         except WorkflowUpdateFailedError as error:
             cause = error.cause.message if hasattr(error.cause, "message") else str(error.cause)

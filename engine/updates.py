@@ -24,12 +24,8 @@ from temporalio.client import (
 _ATTEMPT_S = 30.0
 
 
-class UpdateNotTaken(Exception):
-    """The workflow did not take the Update before the deadline (it may still, later)."""
-
-
-class UpdateStillRunning(Exception):
-    """The workflow took the Update but had not answered it by the deadline."""
+class UpdateTimedOut(Exception):
+    """The workflow had not answered the Update by the deadline (it may still take it later)."""
 
 
 async def send_update(
@@ -38,32 +34,26 @@ async def send_update(
     """Run `update(arg)` on the workflow and answer its result, waiting at most `timeout_s`.
 
     Refusals and failures raise as they do for `execute_update` (WorkflowUpdateFailedError,
-    RPCError); a deadline passed raises UpdateNotTaken or UpdateStillRunning.
+    RPCError); a deadline passed raises UpdateTimedOut.
     """
     name = getattr(update, "__name__", str(update))
     update_id = f"{name}-{secrets.token_hex(8)}"
     deadline = time.monotonic() + timeout_s
     while True:
         try:
+            # One RPC when the workflow answers promptly, as `execute_update` does.
             taken = await handle.start_update(
                 update,
                 arg,
                 id=update_id,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                wait_for_stage=WorkflowUpdateStage.COMPLETED,
                 rpc_timeout=_attempt(deadline),
             )
-            break
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
-            _reraise_cancellation()
-            if time.monotonic() >= deadline:
-                raise UpdateNotTaken(f"not taken within {timeout_s:g}s") from None
-    while True:
-        try:
             return await taken.result(rpc_timeout=_attempt(deadline))
         except WorkflowUpdateRPCTimeoutOrCancelledError:
             _reraise_cancellation()
             if time.monotonic() >= deadline:
-                raise UpdateStillRunning(f"not answered within {timeout_s:g}s") from None
+                raise UpdateTimedOut(f"not answered within {timeout_s:g}s") from None
 
 
 def _attempt(deadline: float) -> timedelta:

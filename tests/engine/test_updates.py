@@ -77,7 +77,5 @@ async def test_an_action_no_worker_takes_is_reported_busy_in_time(
     incident = await _applied_then_no_worker(client, settings, sqlite_store, incidents)
 
     busy = Incidents(client, settings.model_copy(update={"action_timeout_s": 2.5}))
-    with pytest.raises(
-        IncidentBusy, match=rf"incident {incident} did not take the request within 2.5s"
-    ):
+    with pytest.raises(IncidentBusy, match=rf"incident {incident} did not answer within 2.5s"):
         await asyncio.wait_for(busy.stand_down(incident, actor="bob", reason="over"), 30)
