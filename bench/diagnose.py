@@ -25,13 +25,13 @@ from workflows.crisis import AUDIT_RETRY, CrisisWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows.audit import AuditBatch
-    from workflows.incident import WRITE_AUDIT, IncidentInput, IncidentStatus
+    from workflows.incident import WRITE_AUDIT, IncidentInput, IncidentOutcome
 
 
 @workflow.defn(name="CrisisWorkflowAuditDropped")
 class CrisisWorkflowAuditDropped(CrisisWorkflow):
     @workflow.run
-    async def run(self, incident: IncidentInput) -> IncidentStatus:
+    async def run(self, incident: IncidentInput) -> IncidentOutcome:
         return await super().run(incident)
 
     async def _pump_audit(self) -> None:
@@ -45,7 +45,7 @@ class CrisisWorkflowAuditDropped(CrisisWorkflow):
 @workflow.defn(name="CrisisWorkflowAuditAtClose")
 class CrisisWorkflowAuditAtClose(CrisisWorkflow):
     @workflow.run
-    async def run(self, incident: IncidentInput) -> IncidentStatus:
+    async def run(self, incident: IncidentInput) -> IncidentOutcome:
         return await super().run(incident)
 
     async def _pump_audit(self) -> None:

@@ -286,3 +286,26 @@ async def test_openapi_describes_each_action(api: httpx.AsyncClient) -> None:
     assert "role" in schemas["ApproveBody"]["properties"]
     assert "level" in schemas["TriggerBody"]["properties"]
     assert "actor" not in schemas["TriggerBody"]["properties"]
+
+
+async def test_an_action_no_worker_answers_is_504_incident_busy(
+    settings: Settings, tmp_path: Path, tokens: Tokens
+) -> None:
+    """No worker runs the incident (the API's own is off): the stand-down is re-sent until
+    CRISIS_ACTION_TIMEOUT, then answered as busy, not as a Temporal failure."""
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "plain.yaml").write_text(PLAIN_PLAYBOOK)
+    app = create_app(
+        settings.model_copy(
+            update={"playbooks_dir": library, "api_embedded_worker": False, "action_timeout_s": 2}
+        )
+    )
+    with serve_app(app) as url:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, headers=tokens.headers("alice")
+        ) as http:
+            incident_id = await trigger(http, "plain")
+            response = await act(http, incident_id, "stand-down", reason="over")
+    message = assert_error(response, 504, "incident_busy")
+    assert f"incident {incident_id} did not answer within 2s" in message, message
