@@ -166,6 +166,7 @@ class CrisisWorkflow:
         self._audit_flushed = False
         self._pump_busy = False
         self._conditions: dict[str, Any] = {}
+        self._retry_policies: dict[str, RetryPolicy] = {}  # by step id: built once, not per call
         self._tasks: list[asyncio.Task[None]] = []
         self._v3: bool | None = None
 
@@ -510,14 +511,16 @@ class CrisisWorkflow:
         retry: RetryPolicy | None = None,
     ) -> LeverOutcome:
         if retry is None:
-            initial, maximum = retry_timings(step.retry)
-            retry = RetryPolicy(
-                initial_interval=initial,
-                maximum_interval=maximum,
-                backoff_coefficient=step.retry.backoff,
-                maximum_attempts=step.retry.max_attempts,
-                non_retryable_error_types=NON_RETRYABLE,
-            )
+            retry = self._retry_policies.get(step.id)
+            if retry is None:
+                initial, maximum = retry_timings(step.retry)
+                retry = self._retry_policies[step.id] = RetryPolicy(
+                    initial_interval=initial,
+                    maximum_interval=maximum,
+                    backoff_coefficient=step.retry.backoff,
+                    maximum_attempts=step.retry.max_attempts,
+                    non_retryable_error_types=NON_RETRYABLE,
+                )
         request = LeverRequest(
             incident_id=self._incident.incident_id,
             step_id=step.id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import lru_cache
 
 _PART = re.compile(r"(\d+)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -12,6 +13,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 LONGEST = timedelta(days=36_500)
 
 
+@lru_cache(maxsize=1024)  # a playbook has a handful of distinct durations, read at every step
 def parse_duration(text: str) -> timedelta:
     """Parse `15m`, `6h`, `1h30m` into a timedelta; raise ValueError on anything else."""
     cleaned = text.strip().replace(" ", "")
