@@ -15,6 +15,8 @@ from engine.temporal import running_worker
 from store.audit_store import AuditStore
 from tests.helpers import assert_eventually
 from tests.workflows.lab import kinds
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import StandDownRequest
 
 
 async def _applied_then_no_worker(
@@ -79,3 +81,24 @@ async def test_an_action_no_worker_takes_is_reported_busy_in_time(
     busy = Incidents(client, settings.model_copy(update={"action_timeout_s": 2.5}))
     with pytest.raises(IncidentBusy, match=rf"incident {incident} did not answer within 2.5s"):
         await asyncio.wait_for(busy.stand_down(incident, actor="bob", reason="over"), 30)
+
+
+async def test_an_update_sent_again_after_the_incident_closed_answers_its_outcome(
+    client: Client, settings: Settings, sqlite_store: AuditStore, worker: None
+) -> None:
+    """A retry whose first attempt did get through (the stand-down closed the incident) is
+    answered with that stand-down's outcome, not refused as a new request."""
+    incidents = Incidents(client, settings)
+    incident = (await incidents.trigger("violent-disorder", {}, actor="alice")).incident_id
+
+    async def applied() -> None:
+        assert kinds(sqlite_store.events(incident)).count("step.applied") == 5
+
+    await assert_eventually(applied)
+    handle = client.get_workflow_handle(incident)
+    request = StandDownRequest(actor="bob", reason="over")
+    first = await handle.execute_update(CrisisWorkflow.stand_down, request, id="stand-down-1")
+    await handle.result()
+    again = await handle.execute_update(CrisisWorkflow.stand_down, request, id="stand-down-1")
+    assert first == again
+    assert kinds(sqlite_store.events(incident)).count("stand_down.requested") == 1
