@@ -298,7 +298,7 @@ async def test_an_action_no_worker_answers_is_504_incident_busy(
     (library / "plain.yaml").write_text(PLAIN_PLAYBOOK)
     app = create_app(
         settings.model_copy(
-            update={"playbooks_dir": library, "api_embedded_worker": False, "action_timeout_s": 2}
+            update={"playbooks_dir": library, "api_embedded_worker": False, "action_timeout_s": 1}
         )
     )
     with serve_app(app) as url:
@@ -308,4 +308,4 @@ async def test_an_action_no_worker_answers_is_504_incident_busy(
             incident_id = await trigger(http, "plain")
             response = await act(http, incident_id, "stand-down", reason="over")
     message = assert_error(response, 504, "incident_busy")
-    assert f"incident {incident_id} did not answer within 2s" in message, message
+    assert f"incident {incident_id} did not answer within 1s" in message, message

@@ -51,7 +51,7 @@ async def test_a_stand_down_waits_for_a_worker_and_is_taken_once(
     incident = await _applied_then_no_worker(client, settings, sqlite_store, incidents)
 
     standing_down = asyncio.create_task(incidents.stand_down(incident, actor="bob", reason="over"))
-    await asyncio.sleep(3.5)  # several attempts time out meanwhile
+    await asyncio.sleep(2.5)  # attempts of 1 s time out meanwhile
     assert not standing_down.done()
     assert len(sent) >= 3 and len(set(sent)) == 1  # attempts timed out: the same update again
     async with running_worker(client, settings=settings, store=sqlite_store):
@@ -78,8 +78,8 @@ async def test_an_action_no_worker_takes_is_reported_busy_in_time(
     incidents = Incidents(client, settings)
     incident = await _applied_then_no_worker(client, settings, sqlite_store, incidents)
 
-    busy = Incidents(client, settings.model_copy(update={"action_timeout_s": 2.5}))
-    with pytest.raises(IncidentBusy, match=rf"incident {incident} did not answer within 2.5s"):
+    busy = Incidents(client, settings.model_copy(update={"action_timeout_s": 1.5}))
+    with pytest.raises(IncidentBusy, match=rf"incident {incident} did not answer within 1.5s"):
         await asyncio.wait_for(busy.stand_down(incident, actor="bob", reason="over"), 30)
 
 
