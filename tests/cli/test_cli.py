@@ -329,14 +329,15 @@ async def test_trigger_status_stand_down_and_verify(
 
 @pytest.mark.usefixtures("worker")
 async def test_status_exits_zero_every_time(cli_env: dict[str, str], sandbox: Sandbox) -> None:
-    """Ten status runs in a row all exit 0: the CLI leaves before the SDK can crash at exit."""
+    """Status runs in a row all exit 0: the CLI leaves before the SDK can crash at exit (every
+    other CLI test of the suite exits the same way)."""
     incident_id = await trigger(cli_env)
     codes = []
-    for _ in range(10):
+    for _ in range(5):
         run = await crisis(cli_env, "status", incident_id, "--json")
         assert incident_id == run.json()["incident_id"], run
         codes.append(run.code)
-    assert [0] * 10 == codes
+    assert [0] * 5 == codes
     text = await crisis({**cli_env, "COLUMNS": "200"}, "status", incident_id)
     assert 0 == text.code, text
     assert incident_id in text.stdout and "throttle-recommender" in text.stdout

@@ -31,11 +31,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             yield url
 
 
-@pytest.fixture
-def env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    """A `crisis` environment holding only a data directory and a database."""
+def _env(database_url: str, tmp_path: Path) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "TEMPORAL_"))}
     return {**clean, "CRISIS_DATA_DIR": str(tmp_path / "data"), "CRISIS_DATABASE_URL": database_url}
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """A `crisis` environment holding only a data directory and a database (each backend)."""
+    return _env(database_url, tmp_path)
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> dict[str, str]:
+    """The same on SQLite only: for what the CLI itself decides (tests/store/test_tokens.py
+    holds the store to both backends)."""
+    return _env(f"sqlite:///{tmp_path / 'data' / 'audit.db'}", tmp_path)
 
 
 def ok(run: Run) -> Run:
@@ -76,7 +87,8 @@ def test_create_prints_the_token_once(env: dict[str, str], database_url: str) ->
         store.dispose()
 
 
-def test_list_shows_tokens_without_secrets(env: dict[str, str]) -> None:
+def test_list_shows_tokens_without_secrets(sqlite_env: dict[str, str]) -> None:
+    env = sqlite_env
     """Text and --json list every token with principal, roles and state; no secret anywhere."""
     alice = ok(run_cli(env, "tokens", "create", "alice", "--role", "commander")).stdout
     carol = ok(run_cli(env, "tokens", "create", "carol", "--role", "auditor", "--json")).json()
@@ -116,9 +128,10 @@ def test_revoke_by_id_and_by_principal(env: dict[str, str], database_url: str) -
         store.dispose()
 
 
-def test_mistakes_are_one_line_errors(env: dict[str, str]) -> None:
+def test_mistakes_are_one_line_errors(sqlite_env: dict[str, str]) -> None:
     """A bad role or name, an unknown or already revoked id, neither or both of id and
     --principal: one `error:` line and exit 1."""
+    env = sqlite_env
     assert_one_line_error(
         run_cli(env, "tokens", "create", "alice", "--role", "Commander"),
         "invalid role 'Commander'",
