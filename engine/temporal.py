@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -64,13 +66,31 @@ def quiet_runtime() -> Runtime:
     return _runtime
 
 
+# The dev server opens its port a moment before its frontend is healthy: a process started
+# beside it (`crisis up`'s worker and API, a test) waits that moment out instead of failing.
+# Any other failure (nothing listening, a bad address) is reported at once.
+_STARTING = "not healthy yet"
+_STARTING_WITHIN_S = 15.0
+
+
 async def connect(settings: Settings) -> Client:
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
-        runtime=quiet_runtime(),
-    )
+    return await connect_address(settings.temporal_address, namespace=settings.temporal_namespace)
+
+
+async def connect_address(address: str, *, namespace: str = "default") -> Client:
+    deadline = time.monotonic() + _STARTING_WITHIN_S
+    while True:
+        try:
+            return await Client.connect(
+                address,
+                namespace=namespace,
+                data_converter=pydantic_data_converter,
+                runtime=quiet_runtime(),
+            )
+        except RuntimeError as error:
+            if _STARTING not in str(error) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 def build_worker(

@@ -39,21 +39,25 @@ async def send_update(
     name = getattr(update, "__name__", str(update))
     update_id = f"{name}-{secrets.token_hex(8)}"
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            # One RPC when the workflow answers promptly, as `execute_update` does.
-            taken = await handle.start_update(
-                update,
-                arg,
-                id=update_id,
-                wait_for_stage=WorkflowUpdateStage.COMPLETED,
-                rpc_timeout=_attempt(deadline),
-            )
-            return await taken.result(rpc_timeout=_attempt(deadline))
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
-            _reraise_cancellation()
-            if time.monotonic() >= deadline:
-                raise UpdateTimedOut(f"not answered within {timeout_s:g}s") from None
+    try:
+        # The SDK itself re-sends an attempt the server answered before the Update was accepted,
+        # outside any attempt's timeout: the overall deadline is kept here.
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    # One RPC when the workflow answers promptly, as `execute_update` does.
+                    taken = await handle.start_update(
+                        update,
+                        arg,
+                        id=update_id,
+                        wait_for_stage=WorkflowUpdateStage.COMPLETED,
+                        rpc_timeout=_attempt(deadline),
+                    )
+                    return await taken.result(rpc_timeout=_attempt(deadline))
+                except WorkflowUpdateRPCTimeoutOrCancelledError:
+                    _reraise_cancellation()
+    except TimeoutError:
+        raise UpdateTimedOut(f"not answered within {timeout_s:g}s") from None
 
 
 def _attempt(deadline: float) -> timedelta:
@@ -61,7 +65,8 @@ def _attempt(deadline: float) -> timedelta:
 
 
 def _reraise_cancellation() -> None:
-    # The SDK reports the caller's own cancellation as the same error as a timeout.
+    # The SDK reports a cancellation (the caller's, or the deadline's) as the same error as an
+    # attempt's timeout.
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

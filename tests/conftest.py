@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import uuid
@@ -15,11 +14,10 @@ import httpx
 import psycopg
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.settings import Settings
 from engine.devserver import free_port, start_dev_server
-from engine.temporal import running_worker
+from engine.temporal import connect_address, running_worker
 from sandbox.app import create_app
 from store.audit_store import AuditStore
 from tests.helpers import serve_app
@@ -69,17 +67,7 @@ def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def client(temporal_address: str) -> Client:
-    # The port opens before the frontend is healthy: retry briefly rather than fail a test.
-    for _ in range(100):
-        try:
-            connected = await Client.connect(
-                temporal_address, data_converter=pydantic_data_converter
-            )
-            await connected.service_client.check_health()
-            return connected
-        except RuntimeError:
-            await asyncio.sleep(0.1)
-    return await Client.connect(temporal_address, data_converter=pydantic_data_converter)
+    return await connect_address(temporal_address)
 
 
 @pytest.fixture(scope="session")

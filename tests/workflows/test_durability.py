@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.settings import Settings
 from engine.devserver import free_port, start_dev_server
 from engine.incidents import Incidents
-from engine.temporal import running_worker
+from engine.temporal import connect, running_worker
 from store.audit_store import AuditStore
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
@@ -138,9 +137,7 @@ async def test_restarting_the_temporal_server_mid_incident_loses_and_repeats_not
     server = start_dev_server(db_file=db_file, port=port)
     settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
     try:
-        client = await Client.connect(
-            settings.temporal_address, data_converter=pydantic_data_converter
-        )
+        client = await connect(settings)
         before = await sandbox.state()
         await sandbox.fault(path_prefix="/moderation", status=0, latency_ms=2000, times=1)
         async with running_worker(client, settings=settings, store=sqlite_store):
