@@ -8,7 +8,8 @@ import asyncio
 import structlog
 from temporalio import activity
 
-from store.audit_store import AuditConflict, AuditStore
+from store.audit_store import AuditStore
+from store.errors import AuditConflict
 from store.seals import Signer
 from workflows.audit import AuditBatch, AuditWritten
 from workflows.incident import WRITE_AUDIT

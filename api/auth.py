@@ -25,7 +25,8 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
-from store.tokens import RevokedToken, TokenError, TokenStore
+from store.errors import RevokedToken, TokenError
+from store.tokens import TokenStore
 
 COOKIE_NAME = "crisis_token"
 # Methods a cross-site page may not send with the console's cookie (see `same_site`).

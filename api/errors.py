@@ -12,9 +12,15 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AuthError
-from engine.incidents import IncidentBusy, IncidentConflict, IncidentError, IncidentNotFound
-from engine.library import LibraryError
-from engine.playbook_files import PlaybookInvalid, PlaybookNotFound
+from engine.errors import (
+    IncidentBusy,
+    IncidentConflict,
+    IncidentError,
+    IncidentNotFound,
+    LibraryError,
+    PlaybookInvalid,
+    PlaybookNotFound,
+)
 from workflows.playbook import InputError
 
 log = structlog.get_logger(__name__)

@@ -50,7 +50,8 @@ from core.net import ServerStartError, free_port, wait_for_port  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from engine.board import OPEN_STATES, BoardEntry, board_entry  # noqa: E402
 from engine.devserver import start_dev_server  # noqa: E402
-from engine.incidents import ACTIONS, IncidentError, Incidents  # noqa: E402
+from engine.errors import IncidentError  # noqa: E402
+from engine.incidents import ACTIONS, Incidents  # noqa: E402
 from engine.temporal import connect  # noqa: E402
 from sandbox.app import create_app as create_sandbox  # noqa: E402
 from sandbox.server import serving_in_thread  # noqa: E402

@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from rich.progress import Progress
 
 from cli.common import JsonFlag, console, settings_or_fail
 from cli.output import fail, hard_exit, print_json, run_async, user_errors
-from engine.integrity import (
-    BundleError,
-    Integrity,
-    check,
-    check_with_replay,
-    read_bundle,
-    verify_incident,
-    write_bundle,
-)
-from engine.reporting import incident_report
-from engine.temporal import connect
-from engine.verification import (
-    HistoryError,
-    IncidentHistory,
-    ReplayReport,
-    export_history,
-    replay_incident,
-)
-from store.audit_store import AuditStore
-from store.seals import SealError, Signer, load_public_key
+from engine.errors import BundleError, HistoryError
+from store.errors import SealError
+
+if TYPE_CHECKING:
+    from engine.integrity import Integrity
+    from engine.verification import IncidentHistory, ReplayReport
+
+# Commands import the store, the Temporal client and the replayer when they run (see cli/main.py).
 
 app = typer.Typer(help="Prove what happened: verify, export, report.", no_args_is_help=True)
 history_app = typer.Typer(help="Temporal histories of incidents.", no_args_is_help=True)
@@ -81,6 +68,11 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Check the hash chain, the seals and (by default) the replay; non-zero exit on any failure."""
+    from engine.integrity import check, check_with_replay, read_bundle, verify_incident
+    from engine.temporal import connect
+    from store.audit_store import AuditStore
+    from store.seals import Signer, load_public_key
+
     settings = settings_or_fail()
     if (incident_id is None) == (bundle is None):
         fail("give an incident id or --bundle PATH")
@@ -122,6 +114,12 @@ def export(
     with_history: Annotated[bool, typer.Option("--history/--no-history")] = True,
 ) -> None:
     """Write an export bundle (rows, seals, public key, history) an outside auditor can verify."""
+    from engine.integrity import write_bundle
+    from engine.temporal import connect
+    from engine.verification import export_history
+    from store.audit_store import AuditStore
+    from store.seals import Signer
+
     settings = settings_or_fail()
 
     async def go() -> Path:
@@ -155,6 +153,11 @@ def report(
     ] = None,
 ) -> None:
     """The post-incident report: facts, timeline, chart, key figures, review due, integrity."""
+    from engine.reporting import incident_report
+    from engine.temporal import connect
+    from store.audit_store import AuditStore
+    from store.seals import Signer
+
     settings = settings_or_fail()
 
     async def go():
@@ -188,6 +191,9 @@ def history_export(
     ] = None,
 ) -> None:
     """Write the incident's Temporal history as JSON, every run across continue-as-new."""
+    from engine.temporal import connect
+    from engine.verification import export_history
+
     settings = settings_or_fail()
 
     async def go() -> IncidentHistory:
@@ -213,6 +219,12 @@ def replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Replay through today's code: deterministic? do its audit events equal the audit table?"""
+    from rich.progress import Progress
+
+    from engine.temporal import connect
+    from engine.verification import IncidentHistory, export_history, replay_incident
+    from store.audit_store import AuditStore
+
     settings = settings_or_fail()
     if (incident_id is None) == (history is None):
         fail("give an incident id or --history FILE|DIR")

@@ -7,7 +7,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -17,11 +17,15 @@ from rich.table import Table
 from cli import audit, playbooks, tokens
 from cli.common import JsonFlag, actor_name, console, parse_inputs, settings_or_fail
 from cli.output import CliError, fail, hard_exit, print_json, run_async, user_errors
-from cli.remote import RemoteIncidents
-from engine.incidents import ACTIONS, Incidents, prepare_incident
-from engine.playbook_files import find_playbook, load_playbook
-from engine.temporal import connect, running_worker
-from workflows.incident import IncidentStatus, StepRecord
+
+if TYPE_CHECKING:
+    from cli.remote import RemoteIncidents
+    from core.settings import Settings
+    from engine.incidents import Incidents
+    from workflows.incident import IncidentStatus, StepRecord
+
+# Each command imports the engine parts it uses when it runs: the Temporal client, SQLAlchemy and
+# FastAPI together take seconds to import, which every `crisis --help` would otherwise pay.
 
 app = typer.Typer(
     help="Crisis response engine: playbooks, incidents, audit.",
@@ -61,8 +65,18 @@ def _remote_incidents(actor: str | None = None) -> RemoteIncidents | None:
         return None
     if actor:
         fail("--actor cannot be used with --api: the API acts as the token's principal")
+    from cli.remote import RemoteIncidents
+
     with user_errors():
         return RemoteIncidents(_remote["url"], os.environ.get("CRISIS_TOKEN", ""))
+
+
+async def _direct_incidents(settings: Settings) -> Incidents:
+    """Incidents over a direct Temporal connection (no `--api`)."""
+    from engine.incidents import Incidents
+    from engine.temporal import connect
+
+    return Incidents(await connect(settings), settings)
 
 
 # --- incidents --------------------------------------------------------------------------------
@@ -89,13 +103,15 @@ def trigger(
         )
         _print_triggered(answer, level, as_json)
         hard_exit(0)
+    from engine.incidents import prepare_incident
+    from engine.playbook_files import find_playbook, load_playbook
+
     with user_errors():  # check the playbook and inputs before connecting anywhere
         playbook_path = find_playbook(playbook, settings.playbooks_dir)
         prepare_incident(load_playbook(playbook_path), given, actor=actor_name(actor), level=level)
 
     async def go() -> Any:
-        client = await connect(settings)
-        return await Incidents(client, settings).trigger(
+        return await (await _direct_incidents(settings)).trigger(
             str(playbook_path), given, actor=actor_name(actor), incident_id=incident_id, level=level
         )
 
@@ -163,7 +179,7 @@ def status(incident_id: str, as_json: JsonFlag = False) -> None:
     async def go() -> IncidentStatus:
         if remote is not None:
             return await remote.status(incident_id)
-        return await Incidents(await connect(settings), settings).status(incident_id)
+        return await (await _direct_incidents(settings)).status(incident_id)
 
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else _print_status(result)
@@ -188,7 +204,7 @@ def stand_down(
     async def go() -> Any:
         if remote is not None:
             return await remote.act(incident_id, "stand-down", {"reason": reason})
-        return await Incidents(await connect(settings), settings).stand_down(
+        return await (await _direct_incidents(settings)).stand_down(
             incident_id, actor=actor_name(actor), reason=reason
         )
 
@@ -235,6 +251,8 @@ def _act(
     **fields: Any,
 ) -> None:
     """Run the commander action `action` (a key of ACTIONS) and print its answer or one error."""
+    from engine.incidents import ACTIONS
+
     settings = settings_or_fail()
     update, request_model = ACTIONS[action]
     remote = _remote_incidents(actor)
@@ -252,7 +270,7 @@ def _act(
     async def go() -> Any:
         if remote is not None:
             return await remote.act(incident_id, action, request.model_dump())
-        return await Incidents(await connect(settings), settings).act(incident_id, update, request)
+        return await (await _direct_incidents(settings)).act(incident_id, update, request)
 
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else typer.echo(say(result))
@@ -438,6 +456,8 @@ def note(
 @app.command()
 def worker() -> None:
     """Run a worker: executes incident workflows and their levers until SIGINT/SIGTERM."""
+    from engine.temporal import connect, running_worker
+
     settings = settings_or_fail()
 
     async def go() -> None:

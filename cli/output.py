@@ -10,14 +10,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
-from engine.incidents import IncidentError
-from engine.integrity import BundleError
-from engine.library import LibraryError
-from engine.playbook_files import PlaybookError
-from engine.simulate import ScenarioError
-from engine.verification import HistoryError
-from store.audit_store import AuditStoreError
-from store.seals import SealError
+from engine.errors import (
+    BundleError,
+    HistoryError,
+    IncidentError,
+    LibraryError,
+    PlaybookError,
+    ScenarioError,
+)
+from store.errors import AuditStoreError, SealError
 from workflows.playbook import InputError
 
 T = TypeVar("T")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -14,20 +14,23 @@ from rich.table import Table
 from cli.common import JsonFlag, console, parse_inputs, settings_or_fail
 from cli.output import fail, hard_exit, print_json, run_async, user_errors
 from core.logging import configure_logging
+from engine.errors import FileProblem, PlaybookError, ScenarioError
 from engine.plan import make_plan
 from engine.playbook_files import (
-    FileProblem,
-    PlaybookError,
     find_playbook,
     load_playbook,
     locate_warnings,
     playbook_files,
     validate_file,
 )
-from engine.protocol import FORMATS, Format, build_protocol, levers_used, load_sources, render
-from engine.simulate import Scenario, ScenarioError, SimulationResult, format_offset, load_scenario
-from engine.simulate import simulate as run_simulation
 from workflows.playbook import InputError, Playbook, playbook_warnings, resolve_inputs
+
+if TYPE_CHECKING:
+    from engine.protocol import Format
+    from engine.simulate import SimulationResult
+
+# The simulator (a whole time-skipping server and worker) and the protocol renderer load only for
+# the commands that use them (see cli/main.py).
 
 app = typer.Typer(help="Author and check playbooks.", no_args_is_help=True)
 
@@ -94,6 +97,8 @@ def playbook_schema(output: Annotated[Path | None, typer.Option("-o", "--output"
 @app.command("list")
 def playbook_list(as_json: JsonFlag = False) -> None:
     """List the playbooks in the library: version, owner, levels, levers and content hash."""
+    from engine.protocol import levers_used
+
     settings = settings_or_fail()
     rows = []
     for path in playbook_files(settings.playbooks_dir):
@@ -145,6 +150,8 @@ def playbook_doc(
     ] = None,
 ) -> None:
     """The written crisis response protocol, generated from the playbooks that run."""
+    from engine.protocol import build_protocol, load_sources, render
+
     settings = settings_or_fail()
     chosen = _doc_format(fmt, output)
     with user_errors():  # every playbook is checked before anything is written
@@ -163,6 +170,8 @@ def playbook_doc(
 
 
 def _doc_format(fmt: str | None, output: Path | None) -> Format:
+    from engine.protocol import FORMATS
+
     if fmt is None:
         suffix = output.suffix.lower() if output else ""
         return "html" if suffix in (".html", ".htm") else "md"
@@ -239,6 +248,9 @@ def simulate(
     """Run the playbook for real on the time-skipping server against an in-process sandbox, with
     scripted commander actions and checks; print the timeline and each check's verdict. Days
     pass in seconds. Exits 1 if a check fails."""
+    from engine.simulate import Scenario, format_offset, load_scenario
+    from engine.simulate import simulate as run_simulation
+
     settings = settings_or_fail()
     configure_logging(level="warning", fmt=settings.log_format)  # the timeline is the output
     with user_errors():

@@ -12,7 +12,7 @@ import httpx
 from pydantic import BaseModel
 
 from cli.output import CliError
-from engine.incidents import IncidentBusy, IncidentConflict, IncidentNotFound
+from engine.errors import IncidentBusy, IncidentConflict, IncidentNotFound
 from workflows.incident import IncidentStatus, StepRecord
 
 # Each commander action (a key of engine.incidents.ACTIONS): its route and what it answers.

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from cli.common import JsonFlag, console, settings_or_fail
 from cli.output import fail, print_json
-from store.tokens import TokenError, TokenInfo, TokenStore
+from store.errors import TokenError
+
+if TYPE_CHECKING:
+    from store.tokens import TokenInfo, TokenStore
 
 app = typer.Typer(
     help="API tokens: issue, list, revoke (roles: commander, engineer, auditor, admin, or an "
@@ -25,6 +26,12 @@ app = typer.Typer(
 @contextmanager
 def _token_store() -> Iterator[TokenStore]:
     """The token store of the configured database; its errors are one line each."""
+    # SQLAlchemy loads only for token commands (see cli/main.py).
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from store.tokens import TokenStore
+
     settings = settings_or_fail()
     try:
         store = TokenStore(settings.resolved_database_url)

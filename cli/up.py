@@ -19,7 +19,8 @@ from cli.common import actor_name
 from cli.output import CliError
 from core.settings import Settings
 from engine.devserver import ServerStartError, dev_server_command, wait_for_port
-from store.tokens import TokenError, TokenStore
+from store.errors import TokenError
+from store.tokens import TokenStore
 
 log = structlog.get_logger(__name__)
 STOP_GRACE_S = 10.0

@@ -19,6 +19,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.settings import Settings
+from engine.errors import IncidentBusy, IncidentConflict, IncidentError, IncidentNotFound
 from engine.library import library_for
 from engine.playbook_files import find_playbook, load_playbook
 from engine.updates import UpdateTimedOut, send_update
@@ -40,22 +41,6 @@ from workflows.incident import (
 )
 from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
 from workflows.substitution import substitute
-
-
-class IncidentError(Exception):
-    """Base of incident operation errors."""
-
-
-class IncidentNotFound(IncidentError):
-    pass
-
-
-class IncidentConflict(IncidentError):
-    """The incident exists but cannot do that now (already closed, already standing down)."""
-
-
-class IncidentBusy(IncidentError):
-    """The incident did not answer a commander action in time (its worker is down or busy)."""
 
 
 @dataclass(frozen=True)

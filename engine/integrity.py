@@ -15,12 +15,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from temporalio.client import Client
 
-from engine.incidents import IncidentNotFound
+from engine.errors import BundleError, IncidentNotFound
 from engine.verification import IncidentHistory, ReplayReport, export_history, replay_incident
 from store.audit_store import AuditStore, Verification, verify_chain
+from store.errors import SealError
 from store.seals import (
     Seal,
-    SealError,
     SealVerification,
     key_id,
     load_public_key,
@@ -31,10 +31,6 @@ from workflows.audit import AuditEvent
 
 BUNDLE_FORMAT = "crisis-audit-bundle/1"
 FILES = ("events.json", "seals.json", "public-key.pem")
-
-
-class BundleError(ValueError):
-    """An export bundle that is incomplete, altered or unreadable."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from activities.messages import MessageError, check_template
+from engine.errors import LibraryError
 from workflows.incident import MessageTemplate
 from workflows.notifications import CHANNEL_TYPES, Channel, WebhookChannel
 from workflows.playbook import Playbook, Step, walk_steps
@@ -22,10 +23,6 @@ from workflows.playbook import Playbook, Step, walk_steps
 M = TypeVar("M", bound=BaseModel)
 TEMPLATES_FILE = "templates.yaml"
 STAKEHOLDERS_FILE = "stakeholders.yaml"
-
-
-class LibraryError(ValueError):
-    """A library file is unreadable or invalid."""
 
 
 class Stakeholder(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,38 +11,12 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 
-from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, LibraryError, library_for
+from engine.errors import FileProblem, LibraryError, PlaybookInvalid, PlaybookNotFound
+from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, library_for
 from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook
 
 SUFFIXES = (".yaml", ".yml")
 LIBRARY_FILES = (TEMPLATES_FILE, STAKEHOLDERS_FILE)  # beside the playbooks, not playbooks
-
-
-class PlaybookError(Exception):
-    """Base of playbook file errors."""
-
-
-class PlaybookNotFound(PlaybookError):
-    """No playbook file by that name or path."""
-
-
-@dataclass(frozen=True)
-class FileProblem:
-    file: Path
-    line: int  # 1-based
-    column: int  # 1-based
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
-
-
-class PlaybookInvalid(PlaybookError):
-    """The file is not a valid playbook; `problems` says every place that is wrong."""
-
-    def __init__(self, problems: list[FileProblem]) -> None:
-        super().__init__(str(problems[0]) if problems else "invalid playbook")
-        self.problems = problems
 
 
 # Parsed playbooks by file, valid while the file's mtime and size are unchanged: a trigger should

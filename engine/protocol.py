@@ -26,9 +26,10 @@ import structlog
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
+from engine.errors import PlaybookNotFound
 from engine.library import Library, library_for
 from engine.plan import PlannedStep, make_plan
-from engine.playbook_files import PlaybookNotFound, find_playbook, load_playbook, playbook_files
+from engine.playbook_files import find_playbook, load_playbook, playbook_files
 from engine.report import DEFAULT_REVIEW_WITHIN
 from workflows.expressions import names as expression_names
 from workflows.expressions import parse as parse_expression

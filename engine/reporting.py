@@ -13,7 +13,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.settings import Settings
-from engine.incidents import IncidentNotFound
+from engine.errors import IncidentNotFound
 from engine.integrity import check, check_with_replay
 from engine.report import (
     TimelineEntry,

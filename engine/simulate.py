@@ -39,12 +39,13 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from core.settings import Settings
-from engine.incidents import ACTIONS, IncidentError, Incidents
+from engine.errors import HistoryError, IncidentError, ScenarioError
+from engine.incidents import ACTIONS, Incidents
 from engine.integrity import check_store, check_with_replay
 from engine.library import Library, library_for
 from engine.playbook_files import load_playbook
 from engine.temporal import installed_binary, quiet_runtime, running_worker
-from engine.verification import HistoryError, IncidentHistory, export_history
+from engine.verification import IncidentHistory, export_history
 from sandbox.app import create_app
 from sandbox.server import serving_in_thread
 from store.audit_store import AuditStore
@@ -68,10 +69,6 @@ SETTLE_TIMEOUT_S = 10.0
 STEP_STATES: tuple[str, ...] = get_args(StepState)
 RESTORED = "every lever restored"
 VERIFIED = "audit trail verifies"
-
-
-class ScenarioError(ValueError):
-    """The scenario file is not valid."""
 
 
 def _offset(value: str) -> str:

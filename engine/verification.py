@@ -24,16 +24,12 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from engine.incidents import IncidentNotFound
+from engine.errors import HistoryError, IncidentNotFound
 from engine.temporal import SANDBOX, WORKFLOWS
 from workflows.audit import AuditBatch, AuditEvent
 from workflows.incident import WRITE_AUDIT
 
 EXPORT_FORMAT = "crisis-history/1"
-
-
-class HistoryError(ValueError):
-    """An export file that cannot be read, or an incident without history."""
 
 
 @dataclass

@@ -33,23 +33,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from store.board import empty_summary, fold
+from store.errors import AuditConflict, AuditGap
 from store.migrate import upgrade
 from store.seals import Seal
 from workflows.audit import GENESIS_HASH, AuditEvent, chain_hash
 
 log = structlog.get_logger(__name__)
-
-
-class AuditStoreError(RuntimeError):
-    """Base of the audit store's errors."""
-
-
-class AuditConflict(AuditStoreError):
-    """A different event already holds this incident's sequence number."""
-
-
-class AuditGap(AuditStoreError):
-    """An event arrived before the one it chains to."""
 
 
 class AuditRow(SQLModel, table=True):

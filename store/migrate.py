@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The newest revision: migration files are numbered, and a file's revision is its number.
+HEAD = max(path.name[:4] for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
 # Tables the engine created itself before it had migrations, and the revision each matches.
 CREATED_BEFORE_MIGRATIONS = (("0001", "audit_events"), ("0002", "audit_seals"))
 
 
 def _config(connection: object) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -24,6 +30,10 @@ def _config(connection: object) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade to `revision`. A database made before migrations existed (tables created
     directly) is stamped at the revision its tables match, then upgraded like any other."""
+    if revision in ("head", HEAD) and current_revision(engine) == HEAD:
+        return  # the usual case, on every start and every CLI command: Alembic is not even loaded
+    from alembic import command
+
     with engine.begin() as connection:
         tables = set(inspect(connection).get_table_names())
         config = _config(connection)

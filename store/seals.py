@@ -21,11 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel
 
+from store.errors import SealError
 from workflows.audit import AuditEvent
-
-
-class SealError(RuntimeError):
-    """A key that cannot be read or a seal that cannot be made."""
 
 
 class Seal(BaseModel):

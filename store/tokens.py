@@ -23,6 +23,7 @@ from sqlmodel import Field, Session, SQLModel, select
 
 from core.timestamps import as_utc
 from store.audit_store import make_engine
+from store.errors import RevokedToken, TokenError, UnknownToken
 from store.migrate import upgrade
 
 log = structlog.get_logger(__name__)
@@ -35,23 +36,6 @@ _TOKEN_PATTERN = re.compile(r"^crt_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 # Compared against when the token id is unknown, so both failures take the same time.
 _NO_HASH = "0" * 64
-
-
-class TokenError(ValueError):
-    """Base of the token store's errors (a bad role or name, an unknown token)."""
-
-
-class UnknownToken(TokenError):
-    """No such token (or a malformed one, or a wrong secret)."""
-
-
-class RevokedToken(TokenError):
-    """The token exists but was revoked."""
-
-    def __init__(self, message: str, *, principal: str, token_id: str) -> None:
-        super().__init__(message)
-        self.principal = principal
-        self.token_id = token_id
 
 
 class TokenRow(SQLModel, table=True):

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from api.auth import Permission, require
 from api.deps import SettingsDep, StoreDep
 from api.errors import AUTH_ERRORS
-from engine.incidents import IncidentNotFound
+from engine.errors import IncidentNotFound
 from engine.integrity import verify_incident
 from engine.reporting import incident_report
 from engine.verification import export_history

@@ -12,10 +12,9 @@ from pydantic import BaseModel, Field
 from api.auth import Author, Reader
 from api.deps import SettingsDep
 from api.errors import ErrorOut
+from engine.errors import FileProblem, PlaybookError
 from engine.plan import make_plan
 from engine.playbook_files import (
-    FileProblem,
-    PlaybookError,
     library_playbook,
     load_playbook,
     locate_warnings,

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 from api.auth import Permission, require
 from api.deps import IncidentsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
-from engine.incidents import IncidentNotFound, Incidents
+from engine.errors import IncidentNotFound
+from engine.incidents import Incidents
 from engine.report import TimelineEntry
 from engine.reporting import timeline_entries
 from store.audit_store import AuditStore

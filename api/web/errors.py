@@ -15,8 +15,14 @@ from fastapi.routing import APIRoute
 from api.auth import AuthError
 from api.web.render import render
 from api.web.session import BadForm, SignInRequired, clear_session, set_flash
-from engine.incidents import IncidentBusy, IncidentConflict, IncidentError, IncidentNotFound
-from engine.playbook_files import PlaybookInvalid, PlaybookNotFound
+from engine.errors import (
+    IncidentBusy,
+    IncidentConflict,
+    IncidentError,
+    IncidentNotFound,
+    PlaybookInvalid,
+    PlaybookNotFound,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -44,17 +44,13 @@ from api.web.session import (
 from api.web.views import incident_view
 from core.settings import Settings
 from engine.board import board_page
-from engine.incidents import ACTIONS, IncidentConflict
+from engine.errors import IncidentConflict, LibraryError, PlaybookError
+from engine.incidents import ACTIONS
 from engine.integrity import verify_incident
-from engine.library import LibraryError
-from engine.playbook_files import (
-    PlaybookError,
-    library_playbook,
-    load_playbook,
-    playbook_files,
-)
+from engine.playbook_files import library_playbook, load_playbook, playbook_files
 from engine.reporting import timeline_entries
-from store.tokens import RevokedToken, TokenError, TokenStore
+from store.errors import RevokedToken, TokenError
+from store.tokens import TokenStore
 from workflows.incident import IncidentStatus, StepRecord
 from workflows.playbook import InputError, Playbook
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from engine.library import LibraryError, load_library
+from engine.errors import LibraryError
+from engine.library import load_library
 from workflows.notifications import (
     Channel,
     EmailChannel,

@@ -10,8 +10,9 @@ from temporalio.client import Client
 
 from activities.messages import MessageError, render_message
 from core.settings import Settings
+from engine.errors import LibraryError
 from engine.incidents import Incidents
-from engine.library import LibraryError, load_library
+from engine.library import load_library
 from engine.playbook_files import validate_file
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually

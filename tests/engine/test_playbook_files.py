@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import FileProblem, PlaybookInvalid, PlaybookNotFound
 from engine.incidents import prepare_incident
-from engine.playbook_files import (
-    FileProblem,
-    PlaybookInvalid,
-    PlaybookNotFound,
-    find_playbook,
-    load_playbook,
-    validate_file,
-)
+from engine.playbook_files import find_playbook, load_playbook, validate_file
 from tests.conftest import ENGINE_PLAYBOOKS
 from workflows.playbook import InputError, Playbook, resolve_inputs
 

@@ -11,7 +11,8 @@ from temporalio.client import Client
 
 from core.settings import Settings
 from engine import updates
-from engine.incidents import IncidentBusy, Incidents
+from engine.errors import IncidentBusy
+from engine.incidents import Incidents
 from engine.temporal import running_worker
 from store.audit_store import AuditStore
 from tests.helpers import assert_eventually

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from engine.errors import ScenarioError
 from engine.library import load_library
 from engine.playbook_files import load_playbook
 from engine.simulate import (
     ScenarioCheck,
-    ScenarioError,
     check_differences,
     check_sandbox_paths,
     check_scenario,

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from store.audit_store import AuditConflict, AuditGap, AuditStore
+from store.audit_store import AuditStore
+from store.errors import AuditConflict, AuditGap
 from workflows.audit import GENESIS_HASH, AuditEvent, make_event
 
 

@@ -11,14 +11,10 @@ import pytest
 from sqlalchemy import inspect
 
 from store.audit_store import AuditStore, make_engine
-from store.migrate import current_revision, upgrade
+from store.migrate import HEAD, current_revision, upgrade
 from tests.conftest import postgres_schema
 from tests.store.test_audit_store import chain, new_id
 from workflows.audit import make_event
-
-VERSIONS = Path(__file__).resolve().parents[2] / "store" / "migrations" / "versions"
-# The newest revision: migration files are numbered, their revision is their number.
-HEAD = max(path.name.split("_", 1)[0] for path in VERSIONS.glob("[0-9][0-9][0-9][0-9]_*.py"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

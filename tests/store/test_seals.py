@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.integrity import BundleError, check, read_bundle, write_bundle
-from store.audit_store import AuditStore, AuditStoreError
+from engine.errors import BundleError
+from engine.integrity import check, read_bundle, write_bundle
+from store.audit_store import AuditStore
+from store.errors import AuditStoreError
 from store.seals import Signer, verify_seals
 from tests.store.test_audit_store import chain, new_id
 from workflows.audit import AuditEvent, make_event

@@ -14,14 +14,8 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from store.audit_store import AuditStore
-from store.tokens import (
-    LAST_USED_RESOLUTION,
-    RevokedToken,
-    TokenError,
-    TokenRow,
-    TokenStore,
-    UnknownToken,
-)
+from store.errors import RevokedToken, TokenError, UnknownToken
+from store.tokens import LAST_USED_RESOLUTION, TokenRow, TokenStore
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from core.settings import Settings
-from engine.incidents import IncidentConflict, Incidents
+from engine.errors import IncidentConflict
+from engine.incidents import Incidents
 from engine.temporal import running_worker
 from store.audit_store import AuditStore
 from tests.conftest import Sandbox

@@ -8,7 +8,8 @@ import pytest
 from temporalio.client import Client
 
 from core.settings import Settings
-from engine.incidents import IncidentConflict, Incidents
+from engine.errors import IncidentConflict
+from engine.incidents import Incidents
 from store.audit_store import AuditStore
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from engine.incidents import IncidentConflict, IncidentError
+from engine.errors import IncidentConflict, IncidentError
 from tests.workflows.lab import (
     Lab,
     at,

@@ -1,0 +1,36 @@
+"""The stores' named errors, importable without loading SQLAlchemy (see engine/errors.py)."""
+
+from __future__ import annotations
+
+
+class AuditStoreError(RuntimeError):
+    """Base of the audit store's errors."""
+
+
+class AuditConflict(AuditStoreError):
+    """A different event already holds this incident's sequence number."""
+
+
+class AuditGap(AuditStoreError):
+    """An event arrived before the one it chains to."""
+
+
+class SealError(RuntimeError):
+    """A key that cannot be read or a seal that cannot be made."""
+
+
+class TokenError(ValueError):
+    """Base of the token store's errors (a bad role or name, an unknown token)."""
+
+
+class UnknownToken(TokenError):
+    """No such token (or a malformed one, or a wrong secret)."""
+
+
+class RevokedToken(TokenError):
+    """The token exists but was revoked."""
+
+    def __init__(self, message: str, *, principal: str, token_id: str) -> None:
+        super().__init__(message)
+        self.principal = principal
+        self.token_id = token_id
