@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from core.settings import Settings
+from engine.devserver import free_port
 from store.audit_store import AuditStore
 from tests.conftest import ENGINE_PLAYBOOKS, Sandbox
 from tests.helpers import assert_eventually
@@ -399,3 +400,11 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             assert_one_line_error(run, *fragments)
         except AssertionError as error:
             raise AssertionError(f"{case}: {run}") from error
+
+
+def test_no_temporal_server_is_one_line_error_at_once(cli_env: dict[str, str]) -> None:
+    """Nothing listening at TEMPORAL_ADDRESS: said in one line, without waiting for a server
+    that is starting up (that wait is only for one that listens but is not healthy yet)."""
+    nowhere = {**cli_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
+    run = run_cli(nowhere, "status", "INC-X")
+    assert_one_line_error(run, "cannot reach Temporal", "is `crisis up` running?")
