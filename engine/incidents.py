@@ -164,6 +164,26 @@ class Incidents:
         except RPCError as error:
             raise self._translate(incident_id, error) from None
 
+    async def approval_roles(self, incident_id: str) -> dict[str, list[str]] | None:
+        """Each step needing approval → the roles that may give it, from the playbook snapshot
+        in the current run's input; None when there is no such incident (so the workflow, asked
+        next, answers for itself)."""
+        handle = self._client.get_workflow_handle(incident_id)
+        try:
+            async for event in handle.fetch_history_events(page_size=1):
+                payloads = event.workflow_execution_started_event_attributes.input.payloads
+                (incident,) = await self._client.data_converter.decode(payloads, [IncidentInput])
+                break
+            else:
+                return None
+        except RPCError:
+            return None
+        return {
+            step.id: list(step.approval.roles)
+            for step in incident.playbook.lever_steps()
+            if step.approval is not None
+        }
+
     async def stand_down(self, incident_id: str, *, actor: str, reason: str) -> IncidentStatus:
         return await self.act(
             incident_id, CrisisWorkflow.stand_down, StandDownRequest(actor=actor, reason=reason)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from api.approvers import approver_role
@@ -162,11 +162,11 @@ async def _act(
 
 
 async def _approver_role(
-    request: Request, incident_id: str, body: ApproveBody | RejectBody, principal: Principal
+    incidents: Incidents, incident_id: str, body: ApproveBody | RejectBody, principal: Principal
 ) -> str:
     """The role `principal` approves or rejects in; Forbidden if they hold none that may."""
     return await approver_role(
-        request.app.state.client,
+        incidents,
         incident_id,
         body.step_id,
         principal,
@@ -186,11 +186,10 @@ async def approve(
     body: ApproveBody,
     incidents: IncidentsDep,
     principal: Reader,
-    request: Request,
 ) -> StepRecord:
     """One approval; the step runs once its quorum of distinct approvers is reached. Any
     principal holding a role the step accepts may approve."""
-    role = await _approver_role(request, incident_id, body, principal)
+    role = await _approver_role(incidents, incident_id, body, principal)
     return await _act(incidents, "approve", incident_id, body, actor=principal, role=role)
 
 
@@ -205,11 +204,10 @@ async def reject(
     body: RejectBody,
     incidents: IncidentsDep,
     principal: Reader,
-    request: Request,
 ) -> StepRecord:
     """The step is skipped and the playbook carries on. Any principal holding a role the step
     accepts may reject."""
-    role = await _approver_role(request, incident_id, body, principal)
+    role = await _approver_role(incidents, incident_id, body, principal)
     return await _act(incidents, "reject", incident_id, body, actor=principal, role=role)
 
 

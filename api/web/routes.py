@@ -17,7 +17,7 @@ import structlog
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
-from api.approvers import approval_roles, approver_role
+from api.approvers import approver_role
 from api.auth import Forbidden, Permission, Principal, same_site
 from api.deps import get_incidents, get_settings, get_store
 from api.routes.audit import public_key
@@ -261,7 +261,7 @@ async def trigger(name: str, request: Request, principal: SignedIn) -> Response:
 async def incident_page(incident_id: str, request: Request, principal: SignedIn) -> Response:
     status, roles, timeline = await asyncio.gather(
         get_incidents(request).status(incident_id),
-        approval_roles(request.app.state.client, incident_id),
+        get_incidents(request).approval_roles(incident_id),
         timeline_entries(get_store(request), incident_id),
     )
     view = incident_view(status, principal, approval_roles=roles or {}, timeline=timeline)
@@ -282,7 +282,7 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
         fields = action_fields(action, form)
         if action in ("approve", "reject"):
             fields["role"] = await approver_role(
-                request.app.state.client,
+                get_incidents(request),
                 incident_id,
                 fields["step_id"],
                 principal,
