@@ -14,16 +14,15 @@ from rich.table import Table
 from cli.common import JsonFlag, console, parse_inputs, settings_or_fail
 from cli.output import fail, hard_exit, print_json, run_async, user_errors
 from core.logging import configure_logging
-from engine.errors import FileProblem, PlaybookError, ScenarioError
+from engine.errors import ScenarioError
 from engine.plan import make_plan
 from engine.playbook_files import (
+    check_file,
     find_playbook,
     load_playbook,
-    locate_warnings,
     playbook_files,
-    validate_file,
 )
-from workflows.playbook import InputError, Playbook, playbook_warnings, resolve_inputs
+from workflows.playbook import InputError, Playbook, resolve_inputs
 
 if TYPE_CHECKING:
     from engine.protocol import Format
@@ -46,8 +45,9 @@ def playbook_validate(
     files = [f for p in paths for f in (playbook_files(p) if p.is_dir() else [p])]
     if not files:
         fail("no playbook files given")
-    problems = {str(f): validate_file(f, settings.playbooks_dir) for f in files}
-    warnings = {str(f): _warnings(f, settings.playbooks_dir) for f in files}
+    checks = {str(f): check_file(f, settings.playbooks_dir) for f in files}
+    problems = {name: check.problems for name, check in checks.items()}
+    warnings = {name: check.warnings for name, check in checks.items()}
     bad = sum(1 for found in problems.values() if found)
     if as_json:
         print_json(
@@ -179,15 +179,6 @@ def _doc_format(fmt: str | None, output: Path | None) -> Format:
         if fmt.lower() == known:
             return known
     fail(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
-
-
-def _warnings(path: Path, library: Path) -> list[FileProblem]:
-    """Allowed but usually wrong (no expiry on an emergency measure...); only for valid files."""
-    try:
-        playbook = load_playbook(path, library)
-    except PlaybookError:
-        return []
-    return locate_warnings(path, playbook_warnings(playbook))
 
 
 def _load(file: Path) -> Playbook:

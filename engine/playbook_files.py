@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from ruamel.yaml.reader import ReaderError
 
 from engine.errors import FileProblem, LibraryError, PlaybookInvalid, PlaybookNotFound
 from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, library_for
-from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook
+from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook, playbook_warnings
 
 SUFFIXES = (".yaml", ".yml")
 LIBRARY_FILES = (TEMPLATES_FILE, STAKEHOLDERS_FILE)  # beside the playbooks, not playbooks
@@ -36,7 +37,7 @@ def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
     cached = _parsed.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]
-    playbook, problems = _load(path, library_dir)
+    playbook, problems, _ = _load(path, library_dir)
     if problems or playbook is None:
         raise PlaybookInvalid(problems)
     _parsed[key] = (version, playbook)
@@ -44,32 +45,49 @@ def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
 
 
 def validate_file(path: Path, library_dir: Path | None = None) -> list[FileProblem]:
-    return _load(path, library_dir)[1]
+    return check_file(path, library_dir).problems
 
 
-def _load(path: Path, library_dir: Path | None) -> tuple[Playbook | None, list[FileProblem]]:
+@dataclass(frozen=True)
+class FileCheck:
+    problems: list[FileProblem]
+    # Allowed but usually wrong (an emergency measure without expiry...); only for a valid file.
+    warnings: list[FileProblem]
+
+
+def check_file(path: Path, library_dir: Path | None = None) -> FileCheck:
+    """Every problem of one playbook file and, when it has none, its warnings (one parse)."""
+    playbook, problems, document = _load(path, library_dir)
+    if problems or playbook is None or document is None:
+        return FileCheck(problems, [])
+    return FileCheck([], [_locate(path, document, w) for w in playbook_warnings(playbook)])
+
+
+_Loaded = tuple[Playbook | None, list[FileProblem], CommentedMap | None]
+
+
+def _load(path: Path, library_dir: Path | None) -> _Loaded:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        return None, [FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")]
+        return None, [FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")], None
     yaml = YAML(typ="rt")
     try:
         document = yaml.load(text)
     except MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, [FileProblem(path, line, column, f"YAML: {error.problem or error}")]
+        return None, [FileProblem(path, line, column, f"YAML: {error.problem or error}")], None
     except ReaderError as error:  # a character YAML does not allow (a control character)
         line, column = _position(text, error.position)
         character = text[error.position] if error.position < len(text) else ""
         message = f"YAML: unacceptable character {character!r}"
-        return None, [FileProblem(path, line, column, message)]
+        return None, [FileProblem(path, line, column, message)], None
     except RecursionError:
-        return None, [FileProblem(path, 1, 1, "YAML: nested too deeply")]
+        return None, [FileProblem(path, 1, 1, "YAML: nested too deeply")], None
     if not isinstance(document, CommentedMap):
-        return None, [
-            FileProblem(path, 1, 1, "a playbook is a mapping (playbook:, version:, steps:, ...)")
-        ]
+        mapping = "a playbook is a mapping (playbook:, version:, steps:, ...)"
+        return None, [FileProblem(path, 1, 1, mapping)], None
     try:
         playbook = Playbook.model_validate(_plain(document))
     except ValidationError as error:
@@ -77,29 +95,22 @@ def _load(path: Path, library_dir: Path | None) -> tuple[Playbook | None, list[F
             _locate(path, document, Problem(tuple(e["loc"]), _document_message(e)))
             for e in error.errors()
         ]
-        return None, problems
+        return None, problems, document
     problems = [_locate(path, document, problem) for problem in check_playbook(playbook)]
     try:
         library = library_for(path, library_dir or path.parent)
     except LibraryError as error:
-        return playbook, [*problems, FileProblem(path, 1, 1, str(error))]
+        return playbook, [*problems, FileProblem(path, 1, 1, str(error))], document
     problems += [
         _locate(path, document, Problem(where, message))
         for where, message in library.problems(playbook)
     ]
-    return playbook, problems
+    return playbook, problems, document
 
 
 def _position(text: str, at: int) -> tuple[int, int]:
     """The line and column of character `at` of `text`, from 1."""
     return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
-
-
-def locate_warnings(path: Path, warnings: list[Problem]) -> list[FileProblem]:
-    """Place warnings about a valid playbook at their lines, like problems."""
-    yaml = YAML(typ="rt")
-    document = yaml.load(path.read_text(encoding="utf-8"))
-    return [_locate(path, document, warning) for warning in warnings]
 
 
 def _document_message(error: Any) -> str:

@@ -12,17 +12,16 @@ from pydantic import BaseModel, Field
 from api.auth import Author, Reader
 from api.deps import SettingsDep
 from api.errors import ErrorOut
-from engine.errors import FileProblem, PlaybookError
+from engine.errors import FileProblem
 from engine.plan import make_plan
 from engine.playbook_files import (
+    check_file,
     library_playbook,
     load_playbook,
-    locate_warnings,
     playbook_files,
-    validate_file,
 )
 from engine.protocol import levers_used
-from workflows.playbook import InputError, Playbook, playbook_warnings, resolve_inputs
+from workflows.playbook import InputError, Playbook, resolve_inputs
 
 router = APIRouter(prefix="/playbooks", tags=["playbooks"])
 _NAMED = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
@@ -113,16 +112,11 @@ def validate_playbook(body: ValidateBody, _: Author, settings: SettingsDep) -> V
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "submitted.yaml"
         path.write_text(body.text, encoding="utf-8")
-        problems = validate_file(path, settings.playbooks_dir)
-        warnings: list[FileProblem] = []
-        if not problems:
-            try:
-                playbook = load_playbook(path, settings.playbooks_dir)
-                warnings = locate_warnings(path, playbook_warnings(playbook))
-            except PlaybookError:  # valid a moment ago: only a race on the temp file
-                pass
+        check = check_file(path, settings.playbooks_dir)
     return ValidationOut(
-        valid=not problems, problems=_problems(problems), warnings=_problems(warnings)
+        valid=not check.problems,
+        problems=_problems(check.problems),
+        warnings=_problems(check.warnings),
     )
 
 

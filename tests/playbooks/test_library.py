@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.playbook_files import load_playbook, locate_warnings, playbook_files, validate_file
+from engine.playbook_files import check_file, load_playbook, playbook_files
 from engine.simulate import RESTORED, VERIFIED, load_scenario
 from tests.cli.test_cli import Run, assert_one_line_error, run_cli
-from workflows.playbook import playbook_warnings
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = REPO / "playbooks"
@@ -54,10 +53,10 @@ def test_the_library_has_a_scenario_for_every_playbook() -> None:
 @pytest.mark.parametrize("path", PLAYBOOKS, ids=lambda p: p.stem)
 def test_every_playbook_is_valid(path: Path) -> None:
     """No problems (they fail the test); warnings are listed in the test output."""
-    assert [] == [str(problem) for problem in validate_file(path, LIBRARY)]
-    playbook = load_playbook(path, LIBRARY)
-    assert path.stem == playbook.playbook
-    for warning in locate_warnings(path, playbook_warnings(playbook)):
+    check = check_file(path, LIBRARY)
+    assert [] == [str(problem) for problem in check.problems]
+    assert path.stem == load_playbook(path, LIBRARY).playbook
+    for warning in check.warnings:
         warnings.warn(f"{warning}", stacklevel=1)
 
 
