@@ -39,10 +39,11 @@ async def send_update(
     name = getattr(update, "__name__", str(update))
     update_id = f"{name}-{secrets.token_hex(8)}"
     deadline = time.monotonic() + timeout_s
+    # The SDK itself re-sends an attempt the server answered before the Update was accepted,
+    # outside any attempt's timeout: the overall deadline is kept here.
+    overall = asyncio.timeout(timeout_s)
     try:
-        # The SDK itself re-sends an attempt the server answered before the Update was accepted,
-        # outside any attempt's timeout: the overall deadline is kept here.
-        async with asyncio.timeout(timeout_s):
+        async with overall:
             while True:
                 try:
                     # One RPC when the workflow answers promptly, as `execute_update` does.
@@ -57,6 +58,8 @@ async def send_update(
                 except WorkflowUpdateRPCTimeoutOrCancelledError:
                     _reraise_cancellation()
     except TimeoutError:
+        if not overall.expired():
+            raise
         raise UpdateTimedOut(f"not answered within {timeout_s:g}s") from None
 
 
