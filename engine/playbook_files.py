@@ -45,7 +45,7 @@ def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
 
 
 def validate_file(path: Path, library_dir: Path | None = None) -> list[FileProblem]:
-    return check_file(path, library_dir).problems
+    return _load(path, library_dir)[1]
 
 
 @dataclass(frozen=True)

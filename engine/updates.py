@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from temporalio.client import (
 )
 
 # One RPC never waits longer than this: a connection that silently dropped is noticed.
-_ATTEMPT_S = 30.0
+_ATTEMPT = timedelta(seconds=30)
 
 
 class UpdateTimedOut(Exception):
@@ -38,7 +37,6 @@ async def send_update(
     """
     name = getattr(update, "__name__", str(update))
     update_id = f"{name}-{secrets.token_hex(8)}"
-    deadline = time.monotonic() + timeout_s
     # The SDK itself re-sends an attempt the server answered before the Update was accepted,
     # outside any attempt's timeout: the overall deadline is kept here.
     overall = asyncio.timeout(timeout_s)
@@ -52,19 +50,15 @@ async def send_update(
                         arg,
                         id=update_id,
                         wait_for_stage=WorkflowUpdateStage.COMPLETED,
-                        rpc_timeout=_attempt(deadline),
+                        rpc_timeout=_ATTEMPT,
                     )
-                    return await taken.result(rpc_timeout=_attempt(deadline))
+                    return await taken.result(rpc_timeout=_ATTEMPT)
                 except WorkflowUpdateRPCTimeoutOrCancelledError:
                     _reraise_cancellation()
     except TimeoutError:
         if not overall.expired():
             raise
         raise UpdateTimedOut(f"not answered within {timeout_s:g}s") from None
-
-
-def _attempt(deadline: float) -> timedelta:
-    return timedelta(seconds=min(_ATTEMPT_S, max(1.0, deadline - time.monotonic())))
 
 
 def _reraise_cancellation() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -40,7 +41,7 @@ async def test_a_stand_down_waits_for_a_worker_and_is_taken_once(
 ) -> None:
     """Each RPC attempt times out while no worker runs; the same update is sent again until a
     worker takes it, and the incident records one stand-down."""
-    monkeypatch.setattr(updates, "_ATTEMPT_S", 1.0)
+    monkeypatch.setattr(updates, "_ATTEMPT", timedelta(seconds=1))
     sent: list[str] = []  # the update id of every RPC, whether our loop or the SDK's sent it
     service = client.workflow_service
     rpc = service.update_workflow_execution
@@ -77,7 +78,7 @@ async def test_a_stand_down_waits_for_a_worker_and_is_taken_once(
 async def test_an_action_no_worker_takes_is_reported_busy_in_time(
     client: Client, settings: Settings, sqlite_store: AuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(updates, "_ATTEMPT_S", 1.0)
+    monkeypatch.setattr(updates, "_ATTEMPT", timedelta(seconds=1))
     incidents = Incidents(client, settings)
     incident = await _applied_then_no_worker(client, settings, sqlite_store, incidents)
 
