@@ -8,6 +8,7 @@ a different row under the same number.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +30,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from store.board import empty_summary, fold
-from store.errors import AuditConflict, AuditGap
+from store.errors import AuditConflict, AuditGap, AuditStoreError
 from store.migrate import upgrade
 from store.seals import Seal
 from workflows.audit import GENESIS_HASH, AuditEvent, chain_hash
@@ -107,6 +108,15 @@ def _to_event(row: Any) -> AuditEvent:
 class AppendResult:
     inserted: int
     superseded: int
+
+
+@dataclass(frozen=True)
+class Write:
+    """One append, as `AuditStore.append` takes it."""
+
+    events: list[AuditEvent]
+    task: int = 0
+    seal: Seal | None = None
 
 
 class SupersededRow(SQLModel, table=True):
@@ -267,6 +277,64 @@ def _supersede(conn: Connection, incident_id: str, seq: int, task: int, now: dat
     return len(stale)
 
 
+def _append_in(
+    conn: Connection, events: list[AuditEvent], task: int, seal: Seal | None
+) -> AppendResult:
+    """Write events (one incident, ascending seq), and the seal if given, in the caller's
+    transaction; see `AuditStore.append`."""
+    incident_id = events[0].incident_id
+    first, last = events[0].seq, events[-1].seq
+    span = {"incident_id": incident_id, "first": first - 1, "last": last}
+    held = {row.seq: row for row in conn.execute(_HELD, span)}
+    previous_hash = GENESIS_HASH if first == 1 else getattr(held.get(first - 1), "hash", None)
+    inserted = superseded = 0
+    now = datetime.now(UTC)
+    fresh: list[dict[str, Any]] = []
+    for item in events:
+        row = held.get(item.seq)
+        if row is not None and row.hash == item.hash:
+            previous_hash = item.hash
+            continue
+        if row is not None:
+            if not (task > 0 and row.task > 0 and task > row.task):
+                raise AuditConflict(
+                    f"{incident_id} seq {item.seq}: a different event is already recorded"
+                )
+            superseded = _supersede(conn, incident_id, item.seq, task, now)
+            held = {seq: r for seq, r in held.items() if seq < item.seq}
+        if previous_hash is None:
+            raise AuditGap(
+                f"{incident_id} seq {item.seq}: event {item.seq - 1} is not recorded yet"
+            )
+        if item.prev_hash != previous_hash or item.expected_hash() != item.hash:
+            raise AuditConflict(f"{incident_id} seq {item.seq}: does not continue the chain")
+        fresh.append(_row(item, task, now))
+        previous_hash = item.hash
+        inserted += 1
+    if fresh:
+        conn.execute(insert(_EVENTS), fresh)
+    if superseded:
+        # The searchable row may reflect what never committed: rebuild it.
+        conn.execute(delete(_INCIDENTS).where(_INCIDENTS.c.incident_id == incident_id))
+        earlier = _events_from(conn, incident_id, 1, before=first)
+        _project(conn, [_to_event(row) for row in earlier] + list(events))
+    elif inserted:
+        _project(conn, [e for e in events if e.seq not in held])
+    if seal is not None:
+        _add_seal(conn, seal)
+    return AppendResult(inserted, superseded)
+
+
+def _log_superseded(events: list[AuditEvent], task: int, result: AppendResult) -> None:
+    if result.superseded:
+        log.warning(
+            "audit.superseded",
+            incident_id=events[0].incident_id,
+            rows=result.superseded,
+            task=task,
+        )
+
+
 @dataclass(frozen=True)
 class Verification:
     """The result of recomputing one incident's chain."""
@@ -351,55 +419,33 @@ class AuditStore:
                     raise
         return AppendResult(0, 0)
 
+    def append_many(self, writes: Sequence[Write]) -> list[AppendResult | Exception]:
+        """Several appends, of any incidents, in one transaction: a burst of writes costs one
+        commit instead of one each. If any of them fails, none of the group is kept and each is
+        written on its own, so a bad write fails alone (its exception in its place)."""
+        try:
+            with self.engine.begin() as conn:
+                results = [
+                    _append_in(conn, w.events, w.task, w.seal) if w.events else AppendResult(0, 0)
+                    for w in writes
+                ]
+        except (AuditStoreError, SQLAlchemyError):
+            outcomes: list[AppendResult | Exception] = []
+            for w in writes:
+                try:
+                    outcomes.append(self.append(w.events, task=w.task, seal=w.seal))
+                except (AuditStoreError, SQLAlchemyError) as error:
+                    outcomes.append(error)
+            return outcomes
+        for w, result in zip(writes, results, strict=True):
+            _log_superseded(w.events, w.task, result)
+        return list(results)
+
     def _append_once(self, events: list[AuditEvent], task: int, seal: Seal | None) -> AppendResult:
-        incident_id = events[0].incident_id
-        first, last = events[0].seq, events[-1].seq
         with self.engine.begin() as conn:
-            span = {"incident_id": incident_id, "first": first - 1, "last": last}
-            held = {row.seq: row for row in conn.execute(_HELD, span)}
-            previous_hash = (
-                GENESIS_HASH if first == 1 else getattr(held.get(first - 1), "hash", None)
-            )
-            inserted = superseded = 0
-            now = datetime.now(UTC)
-            fresh: list[dict[str, Any]] = []
-            for item in events:
-                row = held.get(item.seq)
-                if row is not None and row.hash == item.hash:
-                    previous_hash = item.hash
-                    continue
-                if row is not None:
-                    if not (task > 0 and row.task > 0 and task > row.task):
-                        raise AuditConflict(
-                            f"{incident_id} seq {item.seq}: a different event is already recorded"
-                        )
-                    superseded = _supersede(conn, incident_id, item.seq, task, now)
-                    held = {seq: r for seq, r in held.items() if seq < item.seq}
-                if previous_hash is None:
-                    raise AuditGap(
-                        f"{incident_id} seq {item.seq}: event {item.seq - 1} is not recorded yet"
-                    )
-                if item.prev_hash != previous_hash or item.expected_hash() != item.hash:
-                    raise AuditConflict(
-                        f"{incident_id} seq {item.seq}: does not continue the chain"
-                    )
-                fresh.append(_row(item, task, now))
-                previous_hash = item.hash
-                inserted += 1
-            if fresh:
-                conn.execute(insert(_EVENTS), fresh)
-            if superseded:
-                # The searchable row may reflect what never committed: rebuild it.
-                conn.execute(delete(_INCIDENTS).where(_INCIDENTS.c.incident_id == incident_id))
-                earlier = _events_from(conn, incident_id, 1, before=first)
-                _project(conn, [_to_event(row) for row in earlier] + list(events))
-            elif inserted:
-                _project(conn, [e for e in events if e.seq not in held])
-            if seal is not None:
-                _add_seal(conn, seal)
-        if superseded:
-            log.warning("audit.superseded", incident_id=incident_id, rows=superseded, task=task)
-        return AppendResult(inserted, superseded)
+            result = _append_in(conn, events, task, seal)
+        _log_superseded(events, task, result)
+        return result
 
     def events(self, incident_id: str) -> list[AuditEvent]:
         with self.engine.connect() as conn:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from store.audit_store import AuditStore
+from store.audit_store import AppendResult, AuditStore, Write
 from store.errors import AuditConflict, AuditGap
 from workflows.audit import GENESIS_HASH, AuditEvent, make_event
 
@@ -205,3 +205,21 @@ def test_two_reordered_rows_are_named(audit_store: AuditStore) -> None:
     )
     result = audit_store.verify(incident)
     assert (False, 2) == (result.ok, result.first_bad_seq)
+
+
+def test_a_group_of_writes_lands_together_and_a_bad_one_fails_alone(
+    audit_store: AuditStore,
+) -> None:
+    """Several incidents' writes go in one call; one that breaks its chain is refused on its own
+    and the rest are recorded exactly."""
+    good = {incident: chain(incident, 4) for incident in [new_id() for _ in range(3)]}
+    gap = chain(new_id(), 3)[1:]  # starts at seq 2: its first event is not recorded
+    writes = [Write(events, task=5) for events in good.values()]
+    outcomes = audit_store.append_many([writes[0], Write(gap), *writes[1:]])
+    assert isinstance(outcomes[1], AuditGap)
+    assert [4, 4, 4] == [o.inserted for o in outcomes if isinstance(o, AppendResult)]
+    for incident, events in good.items():
+        assert events == audit_store.events(incident)
+    assert [] == audit_store.events(gap[0].incident_id)
+    again = audit_store.append_many(writes)  # a retried group inserts nothing
+    assert [0, 0, 0] == [o.inserted for o in again if isinstance(o, AppendResult)]
