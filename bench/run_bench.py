@@ -886,10 +886,20 @@ def compare(
 ) -> dict[str, Any]:
     value = ratio(mean_rate(runs, a), mean_rate(runs, b))
     complete = all(r["failed"] == 0 for r in runs)
+    # Each consecutive pair of runs (AB, BA, ...) holds one run of each variant, close in time:
+    # how far their ratios spread is how far the machine moved the figure during the run.
+    pairs = []
+    for first, second in zip(runs[::2], runs[1::2], strict=False):
+        by_name = {first["variant"]: first, second["variant"]: second}
+        if a in by_name and b in by_name:
+            pairs.append(ratio(by_name[a]["incidents_per_s"], by_name[b]["incidents_per_s"]))
+    known = [x for x in pairs if x is not None]
     return {
         keys[0]: mean_rate(runs, a),
         keys[1]: mean_rate(runs, b),
         "ratio": value,
+        "pair_ratios": pairs,
+        "ratio_range": [min(known), max(known)] if known else None,
         "goal": goal,
         "met": value is not None and value >= threshold and complete,
         "all_completed": complete,
@@ -1128,7 +1138,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
         "--audit-incidents", type=int, help="incidents started at once per audit on/off run (300)"
     )
     parser.add_argument(
-        "--rounds", type=int, help="throughput and audit runs per variant, in ABBA order (2)"
+        "--rounds", type=int, help="throughput and audit runs per variant, in ABBA order (4)"
     )
     parser.add_argument("--replay-steps", type=int, help="steps of the replayed playbook (50)")
     parser.add_argument("--replays", type=int, help="timed replays per variant (20)")
@@ -1174,7 +1184,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
         latency=args.latency_incidents or (10 if quick else 50),
         throughput=args.throughput_incidents or (40 if quick else 500),
         audit=args.audit_incidents or (30 if quick else 300),
-        rounds=args.rounds or (1 if quick else 2),
+        rounds=args.rounds or (1 if quick else 4),
         replay_steps=args.replay_steps or 50,
         replays=args.replays or (5 if quick else 20),
         warmup=args.warmup or (2 if quick else 5),
@@ -1340,6 +1350,9 @@ def human(result: dict[str, Any]) -> str:
         else:
             text = f"{a} {va:.2f}{unit} vs {b} {vb:.2f}{unit}"
         verdict = "met" if figure["met"] else "MISSED"
+        spread = figure.get("ratio_range")
+        if spread:
+            text += f"; pairs of runs {spread[0]}..{spread[1]}"
         lines.append(f"{key}: {text}; ratio {figure['ratio']} (goal {figure['goal']}: {verdict})")
     variants = result.get("diagnostics", {}).get("throughput_variants")
     if variants:
