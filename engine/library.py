@@ -6,6 +6,7 @@ its own directory's files when it has them, else the library's.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -104,15 +105,32 @@ _cache: dict[Path, tuple[tuple[int, int], Library]] = {}
 def library_for(playbook_file: Path, default_dir: Path) -> Library:
     """The library a playbook file uses: its own directory's files, else the default library."""
     directory = playbook_file.parent
-    if not (directory / TEMPLATES_FILE).is_file() and not (directory / STAKEHOLDERS_FILE).is_file():
-        directory = default_dir
-    return load_library(directory)
+    stamp = _stamp(directory)
+    if stamp == (0, 0):
+        directory, stamp = default_dir, _stamp(default_dir)
+    return _load_library(directory, stamp)
 
 
 def load_library(directory: Path) -> Library:
+    return _load_library(directory, _stamp(directory))
+
+
+def _stamp(directory: Path) -> tuple[int, int]:
+    """When the directory's templates and stakeholders files last changed (0: no such file)."""
+    stamps = []
+    for name in (TEMPLATES_FILE, STAKEHOLDERS_FILE):
+        try:
+            found = (directory / name).stat()
+        except OSError:
+            stamps.append(0)
+            continue
+        stamps.append(found.st_mtime_ns if stat.S_ISREG(found.st_mode) else 0)
+    return stamps[0], stamps[1]
+
+
+def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
     files = [directory / TEMPLATES_FILE, directory / STAKEHOLDERS_FILE]
-    stamp = tuple(f.stat().st_mtime_ns if f.is_file() else 0 for f in files)
-    key = directory.resolve()
+    key = directory.absolute()
     cached = _cache.get(key)
     if cached and cached[0] == stamp:
         return cached[1]
@@ -125,7 +143,7 @@ def load_library(directory: Path) -> Library:
             check_template(name, template)
         except MessageError as error:
             raise LibraryError(f"{files[0]}: {error}") from None
-    _cache[key] = (stamp, library)  # type: ignore[assignment]
+    _cache[key] = (stamp, library)
     return library
 
 

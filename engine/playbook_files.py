@@ -33,7 +33,8 @@ def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
         raise PlaybookInvalid(
             [FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")]
         ) from None
-    version, key = (stat.st_mtime_ns, stat.st_size), (path.resolve(), library_dir)
+    # The absolute path, not the resolved one: resolving costs a system call per component.
+    version, key = (stat.st_mtime_ns, stat.st_size), (path.absolute(), library_dir)
     cached = _parsed.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]
@@ -152,8 +153,11 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
         if candidate.is_file():
             return candidate
         raise PlaybookNotFound(f"playbook file not found: {name_or_path}")
-    for path in playbook_files(playbooks_dir):
-        if path.stem == name_or_path:
+    # A name is a file beside the others: look at it directly rather than list the directory
+    # (a trigger's path), in the order `playbook_files` sorts them.
+    for suffix in SUFFIXES:
+        path = playbooks_dir / (name_or_path + suffix)
+        if _is_playbook(path) and path.is_file():
             return path
     known = ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
     raise PlaybookNotFound(
@@ -174,11 +178,12 @@ def playbook_files(directory: Path) -> list[Path]:
     scenarios (`<playbook>.scenario.yaml`) that live beside them."""
     if not directory.is_dir():
         return []
-    return sorted(
-        p
-        for p in directory.iterdir()
-        if p.suffix in SUFFIXES
-        and p.is_file()
-        and p.name not in LIBRARY_FILES
-        and not p.stem.endswith(".scenario")
+    return sorted(p for p in directory.iterdir() if _is_playbook(p) and p.is_file())
+
+
+def _is_playbook(path: Path) -> bool:
+    return (
+        path.suffix in SUFFIXES
+        and path.name not in LIBRARY_FILES
+        and not path.stem.endswith(".scenario")
     )

@@ -3,6 +3,7 @@ trigger, rendered safely when sent."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from activities.messages import MessageError, render_message
 from core.settings import Settings
 from engine.errors import LibraryError
 from engine.incidents import Incidents
-from engine.library import load_library
+from engine.library import library_for, load_library
 from engine.playbook_files import validate_file
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
@@ -74,6 +75,24 @@ def test_a_broken_template_file_is_one_clear_problem(tmp_path: Path) -> None:
     (tmp_path / "templates.yaml").write_text("oops:\n  subject: '{{ incident.id '\n  body: x\n")
     with pytest.raises(LibraryError, match="template 'oops' subject"):
         load_library(tmp_path)
+
+
+def test_a_playbook_uses_the_library_beside_it_as_soon_as_there_is_one(tmp_path: Path) -> None:
+    """Without files of its own a playbook's directory uses the default library; a templates
+    file written beside it later is used from then on, and edits to it are read again."""
+    default, own = tmp_path / "default", tmp_path / "own"
+    default.mkdir()
+    own.mkdir()
+    copy_library(default)
+    playbook = own / "tell.yaml"
+    assert set(load_library(LIBRARY).templates) == set(library_for(playbook, default).templates)
+    (own / "templates.yaml").write_text("only:\n  subject: s\n  body: b\n")
+    assert ["only"] == list(library_for(playbook, default).templates)
+    templates = own / "templates.yaml"
+    before = templates.stat().st_mtime_ns
+    templates.write_text("renamed:\n  subject: s\n  body: b\n")
+    os.utime(templates, ns=(before, before + 10**9))  # a later edit, whatever the clock's grain
+    assert ["renamed"] == list(library_for(playbook, default).templates)
 
 
 def test_rendering_uses_the_incident_and_refuses_unknown_names() -> None:

@@ -359,6 +359,19 @@ def test_find_playbook_by_name_and_by_path(tmp_path: Path) -> None:
         find_playbook(str(tmp_path / "beta.yaml"), tmp_path)
 
 
+def test_a_name_finds_only_a_playbook_file(tmp_path: Path) -> None:
+    """Either suffix; never the library's own files, a scenario or a directory."""
+    (tmp_path / "alpha.yaml").write_text(VALID)
+    (tmp_path / "gamma.yml").write_text(VALID)
+    (tmp_path / "templates.yaml").write_text("{}")
+    (tmp_path / "alpha.scenario.yaml").write_text("{}")
+    (tmp_path / "delta.yaml").mkdir()
+    assert tmp_path / "gamma.yml" == find_playbook("gamma", tmp_path)
+    for name in ("templates", "alpha.scenario", "delta"):
+        with pytest.raises(PlaybookNotFound, match="known: alpha, gamma\\)"):
+            find_playbook(name, tmp_path)
+
+
 # --- inputs -----------------------------------------------------------------------------------
 INPUTS_PLAYBOOK = """\
 playbook: inputs
