@@ -117,15 +117,15 @@ def load_library(directory: Path) -> Library:
 
 def _stamp(directory: Path) -> tuple[int, int]:
     """When the directory's templates and stakeholders files last changed (0: no such file)."""
-    stamps = []
-    for name in (TEMPLATES_FILE, STAKEHOLDERS_FILE):
-        try:
-            found = (directory / name).stat()
-        except OSError:
-            stamps.append(0)
-            continue
-        stamps.append(found.st_mtime_ns if stat.S_ISREG(found.st_mode) else 0)
-    return stamps[0], stamps[1]
+    return _mtime(directory / TEMPLATES_FILE), _mtime(directory / STAKEHOLDERS_FILE)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        found = path.stat()
+    except OSError:
+        return 0
+    return found.st_mtime_ns if stat.S_ISREG(found.st_mode) else 0
 
 
 def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
