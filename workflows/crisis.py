@@ -69,10 +69,13 @@ UNDO_RETRY = RetryPolicy(
 SYSTEM = "system"
 # A run records one marker naming the interpreter version it follows: each patch marker also
 # costs a search-attribute update on the server, so changes share one per version. Histories
-# recorded before it replay through the per-change patches they hold (see `_since_v3`).
+# recorded before v3 replay through the per-change patches they hold (see `_version`).
 INTERPRETER_V3 = "interpreter-v3"
+# v4: the supervisor keeps one timer while the next deadline stays where it was.
+INTERPRETER_V4 = "interpreter-v4"
 
 AnyStep = Step | WaitStep | ParallelStep
+_KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
 
 # Per coroutine (asyncio tasks copy contexts): when the lever call this coroutine last awaited
 # finished, on the incident's clock; cleared when it next waits on the history.
@@ -168,7 +171,7 @@ class CrisisWorkflow:
         self._conditions: dict[str, Any] = {}
         self._retry_policies: dict[str, RetryPolicy] = {}  # by step id: built once, not per call
         self._tasks: list[asyncio.Task[None]] = []
-        self._v3: bool | None = None
+        self._version_seen: int | None = None
 
     def _clock(self) -> datetime:
         """The time events are stamped with. Code woken by the history (start, timer, update)
@@ -190,6 +193,7 @@ class CrisisWorkflow:
         # Events also carry when the next review is due, so the incident board can show it from
         # the audit trail alone; histories recorded before then replay without it. (The version
         # marker is recorded here, at the start of every run.)
+        self._info = workflow.info()
         self._board_facts = self._since_v3("board-facts")
         if incident.carried is None:
             self._record(
@@ -271,11 +275,12 @@ class CrisisWorkflow:
 
     async def _run_top_step(self, step: AnyStep) -> bool:
         """Run one step of the sequence; False = the playbook must stop (a failure)."""
-        if isinstance(step, WaitStep):
-            return await self._wait_step(step)
-        if isinstance(step, ParallelStep):
-            return await self._parallel_step(step)
-        return await self._lever_step(step)
+        kind = self._records[step.id].kind
+        if kind == "wait":
+            return await self._wait_step(step)  # type: ignore[arg-type]
+        if kind == "parallel":
+            return await self._parallel_step(step)  # type: ignore[arg-type]
+        return await self._lever_step(step)  # type: ignore[arg-type]
 
     async def _wait_step(self, step: WaitStep) -> bool:
         record = self._records[step.id]
@@ -381,10 +386,13 @@ class CrisisWorkflow:
         """Pull the step's lever; True = carry on (applied, or failed with on_failure continue).
         `hold_until`: a measure put back keeps the expiry it had."""
         record = self._records[step.id]
-        record.state, record.started_at, record.error = "running", _iso(self._clock()), None
+        now = _iso(self._clock())
+        record.state, record.started_at, record.error = "running", now, None
         record.args = substitute(step.with_, self._context)
         record.applications += 1
-        self._record("step.started", step_id=step.id, data={"lever": step.do, "args": record.args})
+        self._record(
+            "step.started", step_id=step.id, data={"lever": step.do, "args": record.args}, at=now
+        )
         try:
             outcome = await self._call(step, step.do, record.args, f"apply-{record.applications}")
         except CancelledError:
@@ -402,17 +410,15 @@ class CrisisWorkflow:
                 for step_id in reversed(list(self._applied_order)):
                     await self._undo(self._records[step_id], final_state="undone")
             return step.on_failure == "continue"
-        record.state, record.finished_at, record.previous = (
-            "applied",
-            _iso(self._clock()),
-            outcome.previous,
-        )
+        moment = self._clock()
+        now = _iso(moment)
+        record.state, record.finished_at, record.previous = "applied", now, outcome.previous
         self._applied_order.append(step.id)
         if hold_until is not None:
             record.expires_at = hold_until
             self._wake = True
         elif step.expires_after is not None:
-            record.expires_at = _iso(self._clock() + parse_duration(step.expires_after))
+            record.expires_at = _iso(moment + parse_duration(step.expires_after))
             self._wake = True
         self._record(
             "step.applied",
@@ -423,6 +429,7 @@ class CrisisWorkflow:
                 expires_at=record.expires_at,
                 _keep={"previous"},
             ),
+            at=now,
         )
         return True
 
@@ -466,7 +473,8 @@ class CrisisWorkflow:
             )
             await self._restack(held)
             return
-        record.state, record.undone_at = final_state, _iso(self._clock())  # type: ignore[assignment]
+        now = _iso(self._clock())
+        record.state, record.undone_at = final_state, now  # type: ignore[assignment]
         kind = {"expired": "step.expired", "dormant": "step.withdrawn"}.get(
             final_state, "step.undone"
         )
@@ -474,6 +482,7 @@ class CrisisWorkflow:
             kind,
             step_id=step.id,
             data=_present(lever=lever, restored=restore, reason=reason, _keep={"restored"}),
+            at=now,
         )
         await self._restack(held)
 
@@ -741,6 +750,9 @@ class CrisisWorkflow:
 
     # --- time: expiries and reviews -----------------------------------------------------------
     async def _supervise(self) -> None:
+        if self._version() >= 4:
+            await self._supervise_v4()
+            return
         while self._state != "closed":
             deadline = self._next_deadline()
             self._wake = False
@@ -750,19 +762,56 @@ class CrisisWorkflow:
             if self._state == "closed":
                 return
             await self._wait(lambda: not self._draining or self._stand_down is not None)
-            now = self._clock()
-            for record in list(self._records.values()):
-                if (
-                    record.state == "applied"
-                    and record.expires_at
-                    and _parse_iso(record.expires_at) <= now
-                ) and self._state != "standing_down":
-                    await self._undo(record, final_state="expired", reason="expiry reached")
-            if self._review_due and self._state in ("running", "failed"):
-                assert self._pb.reviews is not None
-                grace = parse_duration(self._pb.reviews.grace)
-                if now >= _parse_iso(self._review_due) + grace:
-                    self._review_missed()
+            await self._lapse_and_review()
+
+    async def _supervise_v4(self) -> None:
+        """As v3, but a measure applied with a later expiry than the next deadline leaves that
+        deadline's timer running instead of cancelling it and starting an identical one."""
+        timer: asyncio.Task[None] | None = None
+        timer_deadline: datetime | None = None
+        while self._state != "closed":
+            deadline = self._next_deadline()
+            if deadline != timer_deadline or (timer is not None and timer.done()):
+                if timer is not None and not timer.done():
+                    timer.cancel()
+                timer, timer_deadline = None, deadline
+                if deadline is not None:
+                    remaining = (deadline - self._clock()).total_seconds()
+                    if remaining > 0:
+                        timer = asyncio.create_task(asyncio.sleep(remaining))
+            due = deadline is not None and (timer is None or timer.done())
+            self._wake = False
+            if not due:
+                await self._wait(
+                    lambda running=timer: (
+                        self._wake
+                        or self._state == "closed"
+                        or self._draining
+                        or (running is not None and running.done())
+                    )
+                )
+            if self._state == "closed":
+                break
+            if self._draining:
+                await self._wait(lambda: not self._draining or self._stand_down is not None)
+            await self._lapse_and_review()
+        if timer is not None and not timer.done():
+            timer.cancel()
+
+    async def _lapse_and_review(self) -> None:
+        now = self._clock()
+        for record in list(self._records.values()):
+            if (
+                record.state == "applied"
+                and record.expires_at
+                and _parse_iso(record.expires_at) <= now
+            ) and self._state != "standing_down":
+                await self._undo(record, final_state="expired", reason="expiry reached")
+        if self._review_due and self._state in ("running", "failed"):
+            assert self._pb.reviews is not None
+            grace = parse_duration(self._pb.reviews.grace)
+            if now >= _parse_iso(self._review_due) + grace:
+                self._review_missed()
 
     def _next_deadline(self) -> datetime | None:
         if self._state not in ("running", "failed"):
@@ -814,8 +863,10 @@ class CrisisWorkflow:
 
     # --- continue-as-new ----------------------------------------------------------------------
     def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        return self._state in ("running", "failed") and (
+        if self._state not in ("running", "failed"):  # checked on every pass: cheapest first
+            return False
+        info = self._info
+        return (
             info.get_current_history_length() >= self._incident.history_limit
             or info.is_continue_as_new_suggested()
         )
@@ -863,8 +914,10 @@ class CrisisWorkflow:
         actor: str | None = None,
         step_id: str | None = None,
         data: dict[str, Any] | None = None,
+        at: str | None = None,
     ) -> None:
-        self._audit.record(kind, at=_iso(self._clock()), actor=actor, step_id=step_id, data=data)
+        at = at or _iso(self._clock())
+        self._audit.record(kind, at=at, actor=actor, step_id=step_id, data=data)
 
     def _publish(self) -> None:
         """Keep the incident's search attributes current, for the Temporal UI and queries."""
@@ -1163,28 +1216,33 @@ class CrisisWorkflow:
         )
 
     # --- helpers ------------------------------------------------------------------------------
+    def _version(self) -> int:
+        """The interpreter version this run follows: the newest whose marker it recorded (a new
+        run records today's); 2 for histories from before the version markers."""
+        if self._version_seen is None:
+            self._version_seen = (
+                4
+                if workflow.patched(INTERPRETER_V4)
+                else 3
+                if workflow.patched(INTERPRETER_V3)
+                else 2
+            )
+        return self._version_seen
+
     def _since_v3(self, older_patch: str | None = None) -> bool:
         """Whether this run follows interpreter v3 or later (or, in a history recorded before
         v3 had its marker, whether it recorded `older_patch`, the change's own patch)."""
-        if self._v3 is None:
-            self._v3 = workflow.patched(INTERPRETER_V3)
-        if self._v3 or older_patch is None:
-            return self._v3
+        if self._version() >= 3 or older_patch is None:
+            return self._version() >= 3
         return workflow.patched(older_patch)
 
     def _new_record(self, step: AnyStep, parent: str | None) -> StepRecord:
-        kind = (
-            "wait"
-            if isinstance(step, WaitStep)
-            else "parallel"
-            if isinstance(step, ParallelStep)
-            else "lever"
-        )
+        kind = _KINDS[type(step)]  # not isinstance: a wrapped call in the sandbox, per step
         return StepRecord(
             id=step.id,
             kind=kind,
-            lever=step.do if isinstance(step, Step) else None,
-            quorum=step.approval.quorum if isinstance(step, Step) and step.approval else None,
+            lever=step.do if kind == "lever" else None,  # type: ignore[union-attr]
+            quorum=step.approval.quorum if kind == "lever" and step.approval else None,  # type: ignore[union-attr]
             parent=parent,
             level=step.level,
         )

@@ -144,7 +144,7 @@ class ParallelStep(_StepBase):
 
 
 def _step_kind(value: Any) -> str:
-    if isinstance(value, dict):
+    if type(value) is dict or isinstance(value, dict):  # exact first: cheaper in the sandbox
         return (
             "parallel-step"
             if "parallel" in value

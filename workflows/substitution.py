@@ -13,6 +13,9 @@ from typing import Any
 
 REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 NAMESPACES = ("inputs", "incident")
+# Types decided without isinstance(): substitution runs in the workflow sandbox at every lever
+# call, where each isinstance() is a wrapped call, and arguments are plain JSON types there.
+_PLAIN = frozenset({str, dict, list, int, float, bool, type(None)})
 
 
 class ReferenceError_(LookupError):
@@ -36,16 +39,29 @@ def references(value: Any) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
 
 def substitute(value: Any, context: Mapping[str, Mapping[str, Any]]) -> Any:
     """Return `value` with every reference replaced from `context[namespace][name]`."""
-    if isinstance(value, str):
+    kind = type(value)
+    if kind not in _PLAIN:  # a subclass (a YAML loader's map, say) or anything else
+        kind = _shape(value)
+    if kind is str:
+        if "$" not in value:
+            return value
         whole = REFERENCE.fullmatch(value.strip())
         if whole:
             return _lookup(context, whole.group(1), whole.group(2))
         return REFERENCE.sub(lambda m: _format(_lookup(context, m.group(1), m.group(2))), value)
-    if isinstance(value, Mapping):
+    if kind is dict:
         return {key: substitute(item, context) for key, item in value.items()}
-    if isinstance(value, list):
+    if kind is list:
         return [substitute(item, context) for item in value]
     return value
+
+
+def _shape(value: Any) -> type | None:
+    if isinstance(value, str):
+        return str
+    if isinstance(value, Mapping):
+        return dict
+    return list if isinstance(value, list) else None
 
 
 def _lookup(context: Mapping[str, Mapping[str, Any]], namespace: str, name: str) -> Any:

@@ -37,10 +37,12 @@ async def test_recorded_history_replays_and_reproduces_its_audit_events(path: Pa
 
 
 def test_histories_are_kept() -> None:
-    """Each version's histories are committed (a stand-down and a failure): v1, and v2 with
-    audit writes as local activities and a patch marker per change."""
+    """Each version's histories are committed (a stand-down and a failure): v1, v2 with audit
+    writes as local activities and a patch marker per change, and v3 with one version marker
+    (and a timer restarted for each measure applied with an expiry)."""
     kept = {p.stem for p in HISTORIES}
-    assert {"v1-stand-down", "v1-failed", "v2-stand-down", "v2-failed"} <= kept
+    versions = ("v1", "v2", "v3")
+    assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
 
 
 async def test_an_edited_history_file_is_caught(tmp_path: Path) -> None:
