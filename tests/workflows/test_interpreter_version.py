@@ -4,7 +4,7 @@ stand-down written to the audit trail together with the undos it starts."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session, select
 from temporalio.client import Client
@@ -15,7 +15,7 @@ from store.audit_store import AuditRow, AuditStore
 from tests.helpers import assert_eventually
 from tests.workflows.lab import Lab, kinds
 from workflows.crisis import INTERPRETER_V4, CrisisWorkflow
-from workflows.incident import StandDownRequest
+from workflows.incident import ApproveRequest, StandDownRequest
 
 TWO_LEVERS = """
 steps:
@@ -68,3 +68,40 @@ async def test_a_stand_down_is_written_with_its_undos(
     first, second = writes.values()
     assert (first[0], first[-1]) == ("incident.triggered", "step.applied")
     assert second == ["stand_down.requested", *["step.undone"] * 5, "incident.closed"]
+
+
+EXPIRING_THEN_APPROVED = """
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.5}
+    expires_after: 2h
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: incitement_to_violence, threshold: 0.3}
+    approval: {roles: [commander], timeout: 1d}
+    expires_after: 6h
+"""
+
+
+async def test_a_later_expiry_keeps_the_timer_of_the_first(lab: Lab) -> None:
+    """v4: a measure applied in a later task with a later expiry leaves the running timer alone
+    (v3 cancelled it and started an identical one). The first still lapses on time, then the
+    second."""
+    incident = await lab.trigger(EXPIRING_THEN_APPROVED)
+    await lab.settle(incident, {"throttle": "applied", "threshold": "awaiting_approval"})
+    approval = ApproveRequest(step_id="threshold", actor="carol", role="commander")
+    await lab.act(incident, CrisisWorkflow.approve, approval)
+    await lab.settle(incident, {"throttle": "applied", "threshold": "applied"})
+    await lab.advance(timedelta(hours=2, minutes=1))
+    await lab.sync(incident)
+    await lab.settle(incident, {"throttle": "expired", "threshold": "applied"})
+    await lab.advance(timedelta(hours=4))
+    await lab.sync(incident)
+    await lab.settle(incident, {"throttle": "expired", "threshold": "expired"})
+    await lab.act(incident, CrisisWorkflow.stand_down, StandDownRequest(actor="bob", reason="x"))
+    history = await lab.env.client.get_workflow_handle(incident).fetch_history()
+    started = [e for e in history.events if e.HasField("timer_started_event_attributes")]
+    cancelled = [e for e in history.events if e.HasField("timer_canceled_event_attributes")]
+    # The approval's own timer, then one per expiry moment; none cancelled and started again.
+    assert (len(started), len(cancelled)) == (3, 1), (len(started), len(cancelled))
