@@ -66,8 +66,16 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path) -> None:
                 await asyncio.sleep(0.05)
             await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
             history = await client.get_workflow_handle(incident_id).fetch_history()
-            (HERE / f"{tag}-{name}.json").write_text(history.to_json())
+            (HERE / f"{tag}-{name}.json").write_text(_without_local_paths(history.to_json()))
             print(f"recorded {incident_id}: {len(history.events)} events")
+
+
+def _without_local_paths(text: str) -> str:
+    """Stack traces in failures name files: keep them relative to the package roots, so a kept
+    history says nothing about the machine it was recorded on."""
+    for prefix in sorted({p for p in sys.path if p}, key=len, reverse=True):
+        text = text.replace(prefix.rstrip("/") + "/", "")
+    return text.replace(str(HERE.parents[1]) + "/", "")
 
 
 def main() -> None:

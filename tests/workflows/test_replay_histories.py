@@ -38,10 +38,10 @@ async def test_recorded_history_replays_and_reproduces_its_audit_events(path: Pa
 
 def test_histories_are_kept() -> None:
     """Each version's histories are committed (a stand-down and a failure): v1, v2 with audit
-    writes as local activities and a patch marker per change, and v3 with one version marker
-    (and a timer restarted for each measure applied with an expiry)."""
+    writes as local activities and a patch marker per change, v3 with one version marker (and a
+    timer restarted for each measure applied with an expiry), and v4 keeping that timer."""
     kept = {p.stem for p in HISTORIES}
-    versions = ("v1", "v2", "v3")
+    versions = ("v1", "v2", "v3", "v4")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
 
 
