@@ -172,6 +172,7 @@ class CrisisWorkflow:
         self._retry_policies: dict[str, RetryPolicy] = {}  # by step id: built once, not per call
         self._tasks: list[asyncio.Task[None]] = []
         self._version_seen: int | None = None
+        self._info = workflow.info()  # its history length and suggestion are read live
 
     def _clock(self) -> datetime:
         """The time events are stamped with. Code woken by the history (start, timer, update)
@@ -193,7 +194,6 @@ class CrisisWorkflow:
         # Events also carry when the next review is due, so the incident board can show it from
         # the audit trail alone; histories recorded before then replay without it. (The version
         # marker is recorded here, at the start of every run.)
-        self._info = workflow.info()
         self._board_facts = self._since_v3("board-facts")
         if incident.carried is None:
             self._record(
