@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.messages import MessageError, render_message
+from activities.posting import post
 from core.settings import Settings
 from core.signing import signature_headers
 from workflows.incident import APPLY_LEVER, LeverOutcome, LeverRequest
@@ -84,7 +85,7 @@ class PlatformLevers:
         content = json.dumps(body, sort_keys=True).encode()
         headers = self._headers(request, content)
         try:
-            response = await self._post(url, content, headers)
+            response = await post(self._client, url, content=content, headers=headers)
         except httpx.HTTPError as error:
             bound.warning("lever.unreachable", url=url, error=str(error))
             raise RuntimeError(
@@ -105,16 +106,6 @@ class PlatformLevers:
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None
         bound.info("lever.restored" if request.restore is not None else "lever.applied")
         return LeverOutcome(previous=previous, elapsed_s=time.monotonic() - started)
-
-    async def _post(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
-        try:
-            return await self._client.post(url, content=content, headers=headers)
-        except (httpx.RemoteProtocolError, httpx.ReadError):
-            # Most often a kept-alive connection the platform closed as we reused it (its
-            # keep-alive timeout races with the pool's). Send again at once, on a new
-            # connection: the idempotency key makes a second delivery harmless, and the retry
-            # policy's first interval is half a second of a measure not in force.
-            return await self._client.post(url, content=content, headers=headers)
 
     @staticmethod
     def _message(request: LeverRequest) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from sandbox.server import serving_in_thread
@@ -28,3 +30,38 @@ async def assert_eventually(
             if time.monotonic() > deadline:
                 raise
         await asyncio.sleep(interval)
+
+
+@dataclass
+class DroppingReceiver:
+    """A receiver that reads the first request and closes its connection without an answer (a
+    kept-alive connection closed under the client), then answers every later one with `body`."""
+
+    url: str
+    keys: list[str] = field(default_factory=list)  # each request's Idempotency-Key, in order
+
+
+@contextlib.asynccontextmanager
+async def dropping_receiver(body: bytes) -> AsyncIterator[DroppingReceiver]:
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")[1:]
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines if ": " in line)}
+        await reader.readexactly(int(headers["content-length"]))
+        receiver.keys.append(headers.get("idempotency-key", ""))
+        if connections > 1:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    receiver = DroppingReceiver(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    async with server:
+        yield receiver

@@ -10,6 +10,7 @@ from typing import Protocol, TypeVar
 
 import httpx
 
+from activities import posting
 from workflows.notifications import Channel, DeliveryRequest
 
 # The longest Retry-After honoured; a receiver asking for more gets the workflow's own backoff.
@@ -89,7 +90,7 @@ async def post(
     `target` names the receiver in messages; the URL itself is never quoted (it may be a secret).
     """
     try:
-        response = await client.post(url, content=content, headers=headers)
+        response = await posting.post(client, url, content=content, headers=headers)
     except httpx.TimeoutException as error:
         raise DeliveryUnavailable(f"{target}: timed out ({type(error).__name__})") from None
     except httpx.TransportError as error:

@@ -37,7 +37,7 @@ from tests.activities.receivers import (
     password_authenticator,
     smtp_server,
 )
-from tests.helpers import serve_app
+from tests.helpers import dropping_receiver, serve_app
 from workflows.notifications import (
     Channel,
     DeliveryReceipt,
@@ -168,6 +168,19 @@ async def test_default_webhook_is_the_notify_connector(http: httpx.AsyncClient) 
         receipt.target,
         receipt.message_id,
     )
+
+
+async def test_a_delivery_whose_connection_was_dropped_is_sent_again_at_once(
+    http: httpx.AsyncClient,
+) -> None:
+    """The receiver closes the first connection without an answer (a kept-alive connection it
+    had just closed): the message goes again at once, with its idempotency key, and the delivery
+    succeeds in the same attempt."""
+    async with dropping_receiver(b'{"id": "msg-1"}') as receiver:
+        channel = WebhookChannel(url=f"{receiver.url}/hooks/regulator")
+        receipt = await deliver(Settings(), http, delivery_request(channel))
+    assert "msg-1" == receipt.message_id
+    assert ["INC-7/notify-regulator/apply-1/0"] * 2 == receiver.keys
 
 
 async def test_a_wrongly_signed_webhook_is_refused_and_not_retried(

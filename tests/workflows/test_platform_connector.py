@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -11,7 +10,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.platform import PlatformLevers
 from core.settings import Settings
-from tests.helpers import serve_app
+from tests.helpers import dropping_receiver, serve_app
 from workflows.incident import LeverRequest
 
 
@@ -49,30 +48,9 @@ async def test_a_connection_the_platform_closed_is_replaced_at_once() -> None:
     (every keep-alive timeout races with the pool's): the lever is sent again at once on a new
     connection, with the same idempotency key, instead of failing the attempt and waiting for
     the retry policy's first interval."""
-    keys: list[str] = []
-    connections = 0
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")[1:]
-        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines if ": " in line)}
-        await reader.readexactly(int(headers["content-length"]))
-        keys.append(headers["idempotency-key"])
-        if connections > 1:  # the first connection is dropped without an answer
-            body = b'{"previous": {"queue": "hate", "extra_reviewers": 0}}'
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server, httpx.AsyncClient() as http:
-        settings = Settings(moderation_url=f"http://127.0.0.1:{port}/moderation")
+    answer = b'{"previous": {"queue": "hate", "extra_reviewers": 0}}'
+    async with dropping_receiver(answer) as platform, httpx.AsyncClient() as http:
+        settings = Settings(moderation_url=f"{platform.url}/moderation")
         levers = PlatformLevers(settings=settings, client=http)
         request = LeverRequest(
             incident_id="INC-2",
@@ -83,4 +61,4 @@ async def test_a_connection_the_platform_closed_is_replaced_at_once() -> None:
         )
         outcome = await ActivityEnvironment().run(levers.apply_lever, request)
     assert {"queue": "hate", "extra_reviewers": 0} == outcome.previous
-    assert ["INC-2/surge/apply-1"] * 2 == keys
+    assert ["INC-2/surge/apply-1"] * 2 == platform.keys
