@@ -11,7 +11,17 @@ from temporalio.testing import ActivityEnvironment
 from activities.platform import PlatformLevers
 from core.settings import Settings
 from tests.helpers import dropping_receiver, serve_app
-from workflows.incident import LeverRequest
+from workflows.incident import LeverOutcome, LeverRequest
+
+
+async def apply(settings: Settings, step_id: str, lever: str, args: dict[str, Any]) -> LeverOutcome:
+    """Run the lever activity once (incident INC-1, first application) through a fresh client."""
+    async with httpx.AsyncClient() as http:
+        levers = PlatformLevers(settings=settings, client=http)
+        request = LeverRequest(
+            incident_id="INC-1", step_id=step_id, operation="apply-1", lever=lever, args=args
+        )
+        return await ActivityEnvironment().run(levers.apply_lever, request)
 
 
 async def test_each_call_carries_the_configured_token_and_a_stable_key() -> None:
@@ -26,16 +36,9 @@ async def test_each_call_carries_the_configured_token_and_a_stable_key() -> None
 
     with serve_app(platform) as url:
         settings = Settings(detection_url=f"{url}/detection", platform_token="s3cret")
-        async with httpx.AsyncClient() as http:
-            levers = PlatformLevers(settings=settings, client=http)
-            request = LeverRequest(
-                incident_id="INC-1",
-                step_id="raise",
-                operation="apply-1",
-                lever="detection.set_threshold",
-                args={"classifier": "fraud", "threshold": 0.3},
-            )
-            outcome = await ActivityEnvironment().run(levers.apply_lever, request)
+        outcome = await apply(
+            settings, "raise", "detection.set_threshold", {"classifier": "fraud", "threshold": 0.3}
+        )
     assert {"classifier": "fraud", "threshold": 0.9} == outcome.previous
     (call,) = seen
     assert "Bearer s3cret" == call["headers"]["authorization"]
@@ -49,16 +52,8 @@ async def test_a_connection_the_platform_closed_is_replaced_at_once() -> None:
     connection, with the same idempotency key, instead of failing the attempt and waiting for
     the retry policy's first interval."""
     answer = b'{"previous": {"queue": "hate", "extra_reviewers": 0}}'
-    async with dropping_receiver(answer) as platform, httpx.AsyncClient() as http:
+    async with dropping_receiver(answer) as platform:
         settings = Settings(moderation_url=f"{platform.url}/moderation")
-        levers = PlatformLevers(settings=settings, client=http)
-        request = LeverRequest(
-            incident_id="INC-2",
-            step_id="surge",
-            operation="apply-1",
-            lever="moderation.surge",
-            args={"queue": "hate", "extra_reviewers": 25},
-        )
-        outcome = await ActivityEnvironment().run(levers.apply_lever, request)
+        outcome = await apply(settings, "surge", "moderation.surge", {"queue": "hate"})
     assert {"queue": "hate", "extra_reviewers": 0} == outcome.previous
-    assert ["INC-2/surge/apply-1"] * 2 == platform.keys
+    assert ["INC-1/surge/apply-1"] * 2 == platform.keys
