@@ -63,9 +63,7 @@ class AuditWritten(BaseModel):
 
 def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the event's canonical JSON."""
-    # json.dumps's own path to the C encoder, minus its isinstance checks (each a wrapped call
-    # in the workflow sandbox, where every event is hashed): the same text.
-    canonical = "".join(_CANONICAL.iterencode(body, _one_shot=True))
+    canonical = _CANONICAL.encode(body)
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 

@@ -144,7 +144,7 @@ class ParallelStep(_StepBase):
 
 
 def _step_kind(value: Any) -> str:
-    if type(value) is dict or isinstance(value, dict):  # exact first: cheaper in the sandbox
+    if isinstance(value, dict):
         return (
             "parallel-step"
             if "parallel" in value
