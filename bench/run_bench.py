@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import platform
+import random
 import resource
 import shutil
 import statistics
@@ -208,6 +209,31 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
+
+
+def ratio_interval(
+    a: list[float],
+    b: list[float],
+    stat: Callable[[list[float]], float],
+    *,
+    paired: bool = False,
+) -> list[float] | None:
+    """A 95% bootstrap interval of stat(a) / stat(b), from 2,000 resamples with a fixed seed.
+    Unpaired, each variant's samples are drawn on their own; paired, a[i] and b[i] (two runs
+    close in time) are drawn together, so drift between pairs does not widen the interval. Where
+    it straddles a goal's threshold, the run cannot tell the figure from the machine's noise."""
+    if len(a) < 2 or len(b) < 2 or (paired and len(a) != len(b)):
+        return None
+    draw = random.Random(0)
+    ratios = []
+    for _ in range(2000):
+        if paired:
+            picks = draw.choices(range(len(a)), k=len(a))
+            ratios.append(stat([a[i] for i in picks]) / stat([b[i] for i in picks]))
+        else:
+            ratios.append(stat(draw.choices(a, k=len(a))) / stat(draw.choices(b, k=len(b))))
+    ratios.sort()
+    return [round(ratios[49], 3), round(ratios[1949], 3)]
 
 
 # --- observing: platform answers, workflow starts, SDK warnings, CPU ----------------------------
@@ -734,8 +760,10 @@ async def first_lever(env: Env, interp: Variant, base: Variant, n: int) -> dict[
             arrivals[entry["incident"]] = datetime.fromisoformat(entry["time"]).timestamp()
             with_fraction += "." in entry["time"]
     out: dict[str, Any] = {}
+    firsts: dict[str, list[float]] = {}
     for name, variant_runs in runs.items():
         first = [(arrivals[r.incident_id] - r.wall_before_trigger) * 1000 for r in variant_runs]
+        firsts[name] = first
         out[name] = {
             **summary(first),
             "pre_start_ms": summary([(r.entered - r.t0) * 1000 for r in variant_runs]),
@@ -749,6 +777,7 @@ async def first_lever(env: Env, interp: Variant, base: Variant, n: int) -> dict[
     out.update(
         {
             "ratio": value,
+            "ratio_ci95": ratio_interval(firsts[interp.name], firsts[base.name], statistics.median),
             "ratio_p90": ratio(out[interp.name]["p90"], out[base.name]["p90"]),
             "goal": "<= 1.15",
             "met": value is not None and value <= 1.15,
@@ -910,15 +939,19 @@ def compare(
     # Each consecutive pair of runs (AB, BA, ...) holds one run of each variant, close in time:
     # how far their ratios spread is how far the machine moved the figure during the run.
     pairs = []
+    paired: dict[str, list[float]] = {a: [], b: []}
     for first, second in zip(runs[::2], runs[1::2], strict=False):
         by_name = {first["variant"]: first, second["variant"]: second}
         if a in by_name and b in by_name:
             pairs.append(ratio(by_name[a]["incidents_per_s"], by_name[b]["incidents_per_s"]))
+            for name in (a, b):
+                paired[name].append(by_name[name]["incidents_per_s"])
     known = [x for x in pairs if x is not None]
     return {
         keys[0]: mean_rate(runs, a),
         keys[1]: mean_rate(runs, b),
         "ratio": value,
+        "ratio_ci95": ratio_interval(paired[a], paired[b], statistics.fmean, paired=True),
         "pair_ratios": pairs,
         "ratio_range": [min(known), max(known)] if known else None,
         "goal": goal,
@@ -1025,6 +1058,9 @@ async def replay(env: Env, steps: int, replays: int) -> dict[str, Any]:
             "steps": steps,
             "replays": replays,
             "ratio": value,
+            "ratio_ci95": ratio_interval(
+                times["interpreter"], times["baseline"], statistics.median
+            ),
             "goal": "<= 1.10",
             "met": value is not None and value <= 1.10,
         }
@@ -1374,7 +1410,11 @@ def human(result: dict[str, Any]) -> str:
         spread = figure.get("ratio_range")
         if spread:
             text += f"; pairs of runs {spread[0]}..{spread[1]}"
-        lines.append(f"{key}: {text}; ratio {figure['ratio']} (goal {figure['goal']}: {verdict})")
+        interval = figure.get("ratio_ci95")
+        within = f", 95% interval {interval[0]}..{interval[1]}" if interval else ""
+        lines.append(
+            f"{key}: {text}; ratio {figure['ratio']}{within} (goal {figure['goal']}: {verdict})"
+        )
     variants = result.get("diagnostics", {}).get("throughput_variants")
     if variants:
         lines.append(f"diagnose (ratio to baseline): {variants['ratio_to_baseline']}")
