@@ -1232,8 +1232,9 @@ class CrisisWorkflow:
     def _since_v3(self, older_patch: str | None = None) -> bool:
         """Whether this run follows interpreter v3 or later (or, in a history recorded before
         v3 had its marker, whether it recorded `older_patch`, the change's own patch)."""
-        if self._version() >= 3 or older_patch is None:
-            return self._version() >= 3
+        since = self._version() >= 3
+        if since or older_patch is None:
+            return since
         return workflow.patched(older_patch)
 
     def _new_record(self, step: AnyStep, parent: str | None) -> StepRecord:
