@@ -139,7 +139,7 @@ from bench.baseline import (  # noqa: E402
     Step,
     violent_disorder,
 )
-from bench.diagnose import DIAGNOSTIC_WORKFLOWS  # noqa: E402
+from bench.diagnose import DIAGNOSTIC_MODULE, DIAGNOSTIC_WORKFLOWS  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.signing import SignatureInvalid, verify  # noqa: E402
@@ -153,6 +153,12 @@ from engine.updates import send_update  # noqa: E402
 # module is imported once, outside the workflow sandbox, instead of once per run and replay.
 BASELINE_SANDBOX = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(BaselineWorkflow.__module__)
+)
+# The diagnostic variants get the same: without it their module (a CrisisWorkflow subclass) was
+# re-imported for every run, re-reading every handler, which charged them several ms per incident
+# that the shipped interpreter does not pay.
+DIAGNOSTIC_SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SANDBOX.restrictions.with_passthrough_modules(DIAGNOSTIC_MODULE)
 )
 from store.audit_store import AuditStore  # noqa: E402
 from workflows.audit import AuditBatch  # noqa: E402
@@ -667,6 +673,7 @@ async def interpreter_running(
                     hook = StartHook(rename={"CrisisWorkflow": cls.__name__})
                     client = Client(**{**env.client.config(), "interceptors": [hook]})
                     config["client"], config["workflows"] = client, [cls]
+                    config["workflow_runner"] = DIAGNOSTIC_SANDBOX
                 worker = Worker(**config)
             else:
                 worker = build_worker(env.client, settings=settings, http=http, store=store)
