@@ -1,0 +1,107 @@
+"""The benchmark scripts in `bench/` run end to end and print their figures as JSON.
+
+Smoke runs: small counts, so the figures mean nothing and none is checked against a goal. What
+they guard is that the benchmarks anyone can run still run: the interpreter and the baseline
+send the same requests, every incident completes, every figure has a ratio, stdout carries the
+JSON alone, and bad arguments are one error line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = ("first_lever_ms", "throughput_incidents_per_s", "replay_ms_50_steps", "audit_on_off")
+DIAGNOSED = ("interpreter", "audit_off", "audit_dropped", "audit_at_close", "baseline")
+
+
+def run_script(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The scripts set up their own servers and settings: nothing of the suite's may leak in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "BENCH_"))}
+    env["BENCH_TMP"] = str(tmp_path)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=280
+    )
+
+
+def json_of(done: subprocess.CompletedProcess[str]) -> Any:
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_run_bench_quick_reports_every_figure_beside_the_baseline(tmp_path: Path) -> None:
+    result = json_of(
+        run_script(tmp_path, "bench/run_bench.py", "--quick", "--diagnose", "--in-place")
+    )
+
+    assert result["parity"]["same_requests"] is True, result["parity"]
+    for figure in FIGURES:
+        ratio = result[figure]["ratio"]
+        assert isinstance(ratio, float) and ratio > 0, (figure, result[figure])
+        assert "goal" in result[figure] and "met" in result[figure]
+    for figure in ("throughput_incidents_per_s", "audit_on_off"):
+        assert result[figure]["all_completed"] is True, result[figure]
+    variants = result["diagnostics"]["throughput_variants"]
+    for name in DIAGNOSED:
+        assert variants["ratio_to_baseline"][name] > 0, variants["ratio_to_baseline"]
+    for run in variants["runs"]:
+        assert run["completed"] == run["incidents"], (run["variant"], run["errors"])
+
+
+def test_api_latency_reports_each_figure_beside_its_in_process_baseline(tmp_path: Path) -> None:
+    result = json_of(
+        run_script(
+            tmp_path,
+            "bench/api_latency.py",
+            "--incidents=8",
+            "--requests=3",
+            "--concurrency=2",
+            "--json",
+        )
+    )
+
+    assert result["open"]["incidents"] == 8
+    assert set(result["figures"]) == {
+        "board_limit_50",
+        "board_limit_200",
+        "approve_first",
+        "approve_second_step_runs",
+    }
+    for name, figure in result["figures"].items():
+        assert figure["ratio"]["median"] > 0, (name, figure)
+
+
+def test_replay_compare_verifies_the_history_it_times(tmp_path: Path) -> None:
+    result = json_of(run_script(tmp_path, "bench/replay_compare.py", "--sizes=100", "--repeats=1"))
+
+    [measured] = result["results"]
+    assert measured["verified"] is True, measured
+    assert measured["history_events"] > 50 and measured["audit_events"] > 0
+    assert measured["bare_replayer_ms"] > 0 and measured["ratio"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("bench/replay_compare.py", "--sizes=100,x"), "argument --sizes: expected positive"),
+        (("bench/replay_compare.py", "--repeats=0"), "argument --repeats: expected a positive"),
+        (("bench/api_latency.py", "--incidents=2"), "need --incidents >= 4"),
+    ],
+)
+def test_bad_arguments_are_one_error_line(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    done = run_script(tmp_path, *args)
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], done.stderr
