@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from bench.arguments import positive_int, positive_ints
 from core.logging import configure_logging
 from core.settings import Settings
 from engine.devserver import free_port, start_dev_server
@@ -109,30 +110,12 @@ async def main(sizes: list[int], repeats: int) -> dict:
     return {"baseline": "bare Temporal Replayer on the same history", "results": results}
 
 
-def sizes_list(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected positive integers joined by commas, not {text!r}"
-        )
-    return sizes
-
-
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return int(text)
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sizes", type=sizes_list, default="100,1000,10000", help="history events, about"
+        "--sizes", type=positive_ints, default="100,1000,10000", help="history events, about"
     )
-    parser.add_argument("--repeats", type=positive, default=3, help="timed replays per size")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed replays per size")
     arguments = parser.parse_args()
     # stdout carries the JSON alone: the worker's logs go to stderr, and only its warnings.
     configure_logging(level="warning")

@@ -19,6 +19,7 @@ import platform
 import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,7 @@ from temporalio.worker.workflow_sandbox import (  # noqa: E402
     SandboxRestrictions,
 )
 
+from bench.arguments import positive_int  # noqa: E402
 from bench.baseline import (  # noqa: E402
     BaselineInput,
     BaselinePlatform,
@@ -1190,26 +1192,34 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run (~1 min)")
     parser.add_argument(
         "--latency-incidents",
-        type=int,
+        type=positive_int,
         help="incidents per variant for first_lever_ms, one after another (50)",
     )
     parser.add_argument(
         "--throughput-incidents",
-        type=int,
+        type=positive_int,
         help="incidents started at once per throughput run (500)",
     )
     parser.add_argument(
-        "--audit-incidents", type=int, help="incidents started at once per audit on/off run (300)"
+        "--audit-incidents",
+        type=positive_int,
+        help="incidents started at once per audit on/off run (300)",
     )
     parser.add_argument(
-        "--rounds", type=int, help="throughput and audit runs per variant, in ABBA order (4)"
+        "--rounds",
+        type=positive_int,
+        help="throughput and audit runs per variant, in ABBA order (4)",
     )
-    parser.add_argument("--replay-steps", type=int, help="steps of the replayed playbook (50)")
-    parser.add_argument("--replays", type=int, help="timed replays per variant (20)")
-    parser.add_argument("--warmup", type=int, help="untimed incidents per variant first (5)")
+    parser.add_argument(
+        "--replay-steps", type=positive_int, help="steps of the replayed playbook (50)"
+    )
+    parser.add_argument("--replays", type=positive_int, help="timed replays per variant (20)")
+    parser.add_argument(
+        "--warmup", type=positive_int, help="untimed incidents per variant first (5)"
+    )
     parser.add_argument(
         "--start-concurrency",
-        type=int,
+        type=positive_int,
         help="trigger calls in flight at once in throughput runs (100)",
     )
     parser.add_argument(
@@ -1259,6 +1269,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
 
 
 async def bench(args: argparse.Namespace, counts: Counts, tmp: Path) -> dict[str, Any]:
+    # SIGTERM stops the run as Ctrl-C does: through the `finally` below, which stops the server
+    # and the sandbox (they run in sessions of their own and would outlive the bench).
+    this_run = asyncio.current_task()
+    assert this_run is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this_run.cancel)
     sections = set(args.only or SECTIONS)
     measured = product_digest(ROOT)
     result: dict[str, Any] = {
@@ -1451,6 +1466,9 @@ def main(argv: list[str] | None = None) -> None:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(text + "\n")
         log(human(result))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("error: benchmark stopped before it finished (its server and sandbox are stopped)")
+        status = 130
     except BaseException as error:  # report, then leave with a status
         import traceback
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,7 @@ def test_replay_compare_verifies_the_history_it_times(tmp_path: Path) -> None:
         (("bench/replay_compare.py", "--sizes=100,x"), "argument --sizes: expected positive"),
         (("bench/replay_compare.py", "--repeats=0"), "argument --repeats: expected a positive"),
         (("bench/api_latency.py", "--incidents=2"), "need --incidents >= 4"),
+        (("bench/run_bench.py", "--rounds=0", "--in-place"), "argument --rounds: expected"),
     ],
 )
 def test_bad_arguments_are_one_error_line(
@@ -105,3 +108,55 @@ def test_bad_arguments_are_one_error_line(
     assert done.stdout == ""
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and message in errors[0], done.stderr
+
+
+def test_run_bench_stopped_by_sigterm_stops_its_server_and_sandbox(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "BENCH_"))}
+    env["BENCH_TMP"] = str(tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "bench/run_bench.py", "--quick", "--in-place"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # the server and the sandbox are up once it checks parity
+        seen.append(line)
+        if "parity check" in line:
+            break
+    else:
+        pytest.fail("".join(seen[-20:]))
+    assert children_using(tmp_path), "expected the bench's server and sandbox to be running"
+
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr[-2000:]
+    assert stdout == ""
+    assert "error: benchmark stopped before it finished" in stderr
+    deadline = time.monotonic() + 10
+    while children_using(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert children_using(tmp_path) == []
+
+
+def children_using(directory: Path) -> list[str]:
+    """Command lines of running processes, other than the bench, that name `directory` (the
+    bench's temp dir) or hold a file in it open: its server (database) and sandbox (log)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            files = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        if "run_bench.py" in command:
+            continue
+        if str(directory) in command or any(f.startswith(str(directory)) for f in files):
+            found.append(command)
+    return found
