@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from bench.script import STOPPED_STATUS, stop_on_sigterm  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.net import ServerStartError, free_port, wait_for_port  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -429,6 +430,7 @@ async def settle(store: AuditStore, chunk: list[str], *, approvals: int) -> None
 
 # --- the run -------------------------------------------------------------------------------------
 async def run(arguments: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    stop_on_sigterm()  # through `running_stack`'s exit, which stops the server and the API
     load_at_start = round(os.getloadavg()[0], 2)  # how busy the machine was, ours aside
     with running_stack(tmp) as stack:
         progress(f"stack up: API {stack.api_url}, Temporal {stack.settings.temporal_address}")
@@ -511,6 +513,9 @@ def main() -> int:
     except (BenchError, ServerStartError, IncidentError, OSError, httpx.HTTPError) as error:
         print(f"api_latency: error: {error}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("api_latency: error: stopped before it finished", file=sys.stderr)
+        return STOPPED_STATUS
     print(json.dumps(result, indent=2) if arguments.json else table(result))
     return 0
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from bench.arguments import positive_int, positive_ints
+from bench.script import STOPPED_STATUS, positive_int, positive_ints, stop_on_sigterm
 from core.logging import configure_logging
 from core.settings import Settings
 from engine.devserver import free_port, start_dev_server
@@ -59,6 +59,7 @@ async def build(incidents: Incidents, target: int) -> str:
 
 
 async def main(sizes: list[int], repeats: int) -> dict:
+    stop_on_sigterm()  # through the `finally` below, which stops the server
     results = []
     with tempfile.TemporaryDirectory() as tmp, serving_in_thread(create_app()) as sandbox_url:
         port = free_port()
@@ -119,6 +120,11 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     # stdout carries the JSON alone: the worker's logs go to stderr, and only its warnings.
     configure_logging(level="warning")
-    print(json.dumps(asyncio.run(main(arguments.sizes, arguments.repeats)), indent=2))
+    try:
+        print(json.dumps(asyncio.run(main(arguments.sizes, arguments.repeats)), indent=2))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("replay_compare: error: stopped before it finished", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(STOPPED_STATUS)
     sys.stdout.flush()
     os._exit(0)

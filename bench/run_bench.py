@@ -19,7 +19,6 @@ import platform
 import random
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -132,7 +131,6 @@ from temporalio.worker.workflow_sandbox import (  # noqa: E402
     SandboxRestrictions,
 )
 
-from bench.arguments import positive_int  # noqa: E402
 from bench.baseline import (  # noqa: E402
     BaselineInput,
     BaselinePlatform,
@@ -142,6 +140,7 @@ from bench.baseline import (  # noqa: E402
     violent_disorder,
 )
 from bench.diagnose import DIAGNOSTIC_MODULE, DIAGNOSTIC_WORKFLOWS  # noqa: E402
+from bench.script import STOPPED_STATUS, positive_int, stop_on_sigterm  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.signing import SignatureInvalid, verify  # noqa: E402
@@ -1269,11 +1268,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
 
 
 async def bench(args: argparse.Namespace, counts: Counts, tmp: Path) -> dict[str, Any]:
-    # SIGTERM stops the run as Ctrl-C does: through the `finally` below, which stops the server
-    # and the sandbox (they run in sessions of their own and would outlive the bench).
-    this_run = asyncio.current_task()
-    assert this_run is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this_run.cancel)
+    stop_on_sigterm()  # through the `finally` below, which stops the server and the sandbox
     sections = set(args.only or SECTIONS)
     measured = product_digest(ROOT)
     result: dict[str, Any] = {
@@ -1468,7 +1463,7 @@ def main(argv: list[str] | None = None) -> None:
         log(human(result))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("error: benchmark stopped before it finished (its server and sandbox are stopped)")
-        status = 130
+        status = STOPPED_STATUS
     except BaseException as error:  # report, then leave with a status
         import traceback
 
