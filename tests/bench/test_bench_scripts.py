@@ -25,12 +25,21 @@ FIGURES = ("first_lever_ms", "throughput_incidents_per_s", "replay_ms_50_steps",
 DIAGNOSED = ("interpreter", "audit_off", "audit_dropped", "audit_at_close", "baseline")
 
 
-def run_script(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # The scripts set up their own servers and settings: nothing of the suite's may leak in.
+def script_env(tmp_path: Path) -> dict[str, str]:
+    """The scripts set up their own servers and settings: nothing of the suite's may leak in.
+    Their temp dirs, and so their servers' files, go under `tmp_path`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "BENCH_"))}
-    env["BENCH_TMP"] = str(tmp_path)
+    return env | {"TMPDIR": str(tmp_path)}
+
+
+def run_script(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=280
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=script_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
 
 
@@ -130,12 +139,10 @@ def test_bad_arguments_are_one_error_line(
 def test_sigterm_stops_a_script_and_the_servers_it_started(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRISIS_", "BENCH_"))}
-    env["TMPDIR"] = str(tmp_path)  # every script's temp dir, and so its servers' files, in here
     process = subprocess.Popen(
         [sys.executable, *args],
         cwd=ROOT,
-        env=env,
+        env=script_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
