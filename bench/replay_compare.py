@@ -120,11 +120,12 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     # stdout carries the JSON alone: the worker's logs go to stderr, and only its warnings.
     configure_logging(level="warning")
+    status = 0
     try:
         print(json.dumps(asyncio.run(main(arguments.sizes, arguments.repeats)), indent=2))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("replay_compare: error: stopped before it finished", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(STOPPED_STATUS)
+        status = STOPPED_STATUS
     sys.stdout.flush()
-    os._exit(0)
+    sys.stderr.flush()
+    os._exit(status)  # the SDK can crash at interpreter exit (sdk-python#300)
