@@ -34,6 +34,10 @@ class AuditWriter:
 
     @activity.defn(name=WRITE_AUDIT)
     async def write_audit(self, batch: AuditBatch) -> AuditWritten:
+        return await self.write(batch)
+
+    async def write(self, batch: AuditBatch) -> AuditWritten:
+        """Append and seal a batch (from an activity: its own, or a lever call's)."""
         first, head = batch.events[0], batch.events[-1]
         # Seal the head when the incident closes, and at checkpoints while it runs (whenever a
         # batch crosses a multiple of SEAL_EVERY events): signing every batch costs throughput.

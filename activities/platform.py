@@ -7,6 +7,7 @@ worker crash harmless.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -17,14 +18,19 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.audit import AuditWriter
 from activities.messages import MessageError, render_message
 from activities.posting import post
 from core.settings import Settings
 from core.signing import signature_headers
+from workflows.audit import AuditBatch, AuditWritten, carried_events
 from workflows.incident import APPLY_LEVER, LeverOutcome, LeverRequest
 from workflows.levers import LEVERS
 
 log = structlog.get_logger(__name__)
+# A carried write that takes longer is left to the workflow's own audit write (which retries
+# until the store answers), so a slow store never holds up, or fails, the lever call.
+CARRIED_WRITE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,9 +63,12 @@ class PlatformRejected(Exception):
 class PlatformLevers:
     """Activities that pull levers; holds the worker's one shared HTTP client."""
 
-    def __init__(self, *, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, *, settings: Settings, client: httpx.AsyncClient, audit: AuditWriter | None = None
+    ) -> None:
         self._settings = settings
         self._client = client
+        self._audit = audit
 
     @activity.defn(name=APPLY_LEVER)
     async def apply_lever(self, request: LeverRequest) -> LeverOutcome:
@@ -104,8 +113,31 @@ class PlatformLevers:
             )
         answer = response.json()
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None
+        elapsed = time.monotonic() - started
         bound.info("lever.restored" if request.restore is not None else "lever.applied")
-        return LeverOutcome(previous=previous, elapsed_s=time.monotonic() - started)
+        written = await self._write_carried(request, elapsed, previous, bound)
+        return LeverOutcome(previous=previous, elapsed_s=elapsed, audit=written)
+
+    async def _write_carried(
+        self,
+        request: LeverRequest,
+        elapsed: float,
+        previous: dict[str, Any] | None,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> AuditWritten | None:
+        """Write the audit events the call carries, its outcome's included; None if they were
+        not written (the workflow then writes them itself)."""
+        carry = request.audit
+        if carry is None or self._audit is None:
+            return None
+        events = [*carry.events, *carried_events(carry, elapsed_s=elapsed, previous=previous)]
+        try:
+            return await asyncio.wait_for(
+                self._audit.write(AuditBatch(events=events, task=carry.task)), CARRIED_WRITE_S
+            )
+        except Exception as error:  # the lever is applied either way; its trail is not lost
+            bound.warning("audit.carried_write_failed", error=str(error) or type(error).__name__)
+            return None
 
     @staticmethod
     def _message(request: LeverRequest) -> dict[str, Any]:

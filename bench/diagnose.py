@@ -10,6 +10,9 @@ and undoing levers is the shipped code.
 - `CrisisWorkflowAuditAtClose`: one `write_audit` per incident, with every event, at close
   (the shipped workflow writes a batch as soon as events are pending, one at a time).
 
+Neither lets a lever call carry the trail (the shipped interpreter's last lever call of a phase
+writes the events so far with its own outcome's): everything leaves through `_pump_audit`.
+
 Imports: `workflows.crisis` comes through the shipped runner's pass-through of the `workflows`
 package (engine.temporal.SANDBOX), exactly as for the shipped workflow, and the bench passes this
 file through as well, so a diagnostic run pays no import the shipped one does not.
@@ -34,6 +37,9 @@ class CrisisWorkflowAuditDropped(CrisisWorkflow):
     async def run(self, incident: IncidentInput) -> IncidentOutcome:
         return await super().run(incident)
 
+    def _carries_audit(self) -> bool:
+        return False
+
     async def _pump_audit(self) -> None:
         while True:
             await workflow.wait_condition(lambda: bool(self._audit.pending) or self._audit_done)
@@ -47,6 +53,9 @@ class CrisisWorkflowAuditAtClose(CrisisWorkflow):
     @workflow.run
     async def run(self, incident: IncidentInput) -> IncidentOutcome:
         return await super().run(incident)
+
+    def _carries_audit(self) -> bool:
+        return False
 
     async def _pump_audit(self) -> None:
         await workflow.wait_condition(lambda: self._audit_done)

@@ -113,7 +113,6 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 import temporalio  # noqa: E402
-from temporalio import activity  # noqa: E402
 from temporalio import client as temporal_client  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy  # noqa: E402
@@ -161,9 +160,9 @@ BASELINE_SANDBOX = SandboxedWorkflowRunner(
 DIAGNOSTIC_SANDBOX = SandboxedWorkflowRunner(
     restrictions=SANDBOX.restrictions.with_passthrough_modules(DIAGNOSTIC_MODULE)
 )
+from activities.audit import AuditWriter  # noqa: E402
 from store.audit_store import AuditStore  # noqa: E402
-from workflows.audit import AuditBatch  # noqa: E402
-from workflows.incident import WRITE_AUDIT  # noqa: E402
+from workflows.audit import AuditBatch, AuditWritten  # noqa: E402
 
 PLAYBOOK = "violent-disorder"
 ACTOR = "bench"
@@ -606,25 +605,18 @@ def stop_children(children: list[subprocess.Popen[bytes]]) -> None:
             process.wait(timeout=10)
 
 
-@activity.defn(name=WRITE_AUDIT)
-async def discard_audit(batch: AuditBatch) -> Any:
-    """The audit activity with the store taken out: same name, same payload, nothing written.
+class DiscardingWriter(AuditWriter):
+    """The audit writer with the store taken out: the same activity and the same writes carried by
+    lever calls, each answered as if every event had been written and sealed; nothing is."""
 
-    Answers `len(batch.events)`, or, where the product's write_audit answers an AuditWritten,
-    one that says every event was written.
-    """
-    count = len(batch.events)
-    try:
-        from workflows.audit import AuditWritten  # type: ignore[attr-defined]
+    def __init__(self) -> None:  # no store and no signing key: nothing is written or sealed
+        pass
 
+    async def write(self, batch: AuditBatch) -> AuditWritten:
         head = batch.events[-1]
-        return AuditWritten(inserted=count, superseded=0, last_seq=head.seq, head_hash=head.hash)
-    except Exception:
-        return count
-
-
-def _activity_name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__temporal_activity_definition").name
+        return AuditWritten(
+            inserted=len(batch.events), superseded=0, last_seq=head.seq, head_hash=head.hash
+        )
 
 
 @contextlib.asynccontextmanager
@@ -639,10 +631,10 @@ async def interpreter_running(
     """A fresh task queue with an interpreter worker; yields the Interpreter variant.
 
     The worker is `engine.temporal.build_worker` (real SQLite audit store in the temp dir). With
-    `audit="discard"` it is rebuilt from that worker's own config with `write_audit` replaced by
-    `discard_audit`; with `diagnostic`, rebuilt with that bench/diagnose.py workflow instead of
-    CrisisWorkflow, and started through the unchanged `Incidents.trigger` by a client whose
-    StartHook renames the workflow type.
+    `audit="discard"` its audit writer is a `DiscardingWriter`; with `diagnostic`, it is rebuilt
+    from that worker's own config with that bench/diagnose.py workflow instead of CrisisWorkflow,
+    and started through the unchanged `Incidents.trigger` by a client whose StartHook renames the
+    workflow type.
     """
     name = diagnostic or ("interpreter" if audit == "store" else "audit_off")
     settings = env.settings_for(f"bench-{name.replace('_', '')}-{uuid.uuid4().hex[:8]}")
@@ -650,7 +642,7 @@ async def interpreter_running(
     client = env.client
     try:
         async with env.http() as http:
-            if audit == "discard" or diagnostic:
+            if diagnostic:
                 # The shipped worker's own config, built on a throwaway queue (a worker holds its
                 # queue from construction, so it is started and stopped again to let go of it).
                 probe = build_worker(
@@ -664,20 +656,17 @@ async def interpreter_running(
                 async with probe:
                     pass
                 config["task_queue"] = settings.task_queue
-                if audit == "discard":
-                    config["activities"] = [
-                        discard_audit if _activity_name(fn) == WRITE_AUDIT else fn
-                        for fn in config["activities"]
-                    ]
-                if diagnostic:
-                    cls = DIAGNOSTIC_WORKFLOWS[diagnostic]
-                    hook = StartHook(rename={"CrisisWorkflow": cls.__name__})
-                    client = Client(**{**env.client.config(), "interceptors": [hook]})
-                    config["client"], config["workflows"] = client, [cls]
-                    config["workflow_runner"] = DIAGNOSTIC_SANDBOX
+                cls = DIAGNOSTIC_WORKFLOWS[diagnostic]
+                hook = StartHook(rename={"CrisisWorkflow": cls.__name__})
+                client = Client(**{**env.client.config(), "interceptors": [hook]})
+                config["client"], config["workflows"] = client, [cls]
+                config["workflow_runner"] = DIAGNOSTIC_SANDBOX
                 worker = Worker(**config)
             else:
-                worker = build_worker(env.client, settings=settings, http=http, store=store)
+                writer = DiscardingWriter() if audit == "discard" else None
+                worker = build_worker(
+                    env.client, settings=settings, http=http, store=store, audit=writer
+                )
             async with worker:
                 yield Interpreter(client, settings, playbook=playbook, steps=steps, name=name)
     finally:

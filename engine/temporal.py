@@ -100,10 +100,13 @@ def build_worker(
     http: httpx.AsyncClient,
     store: AuditStore,
     task_queue: str | None = None,
+    audit: AuditWriter | None = None,
 ) -> Worker:
-    levers = PlatformLevers(settings=settings, client=http)
+    """The worker of every product activity and workflow. `audit`: the audit writer, by default
+    one over `store` sealing with the engine's key."""
+    audit = audit or AuditWriter(store, Signer(settings.signing_key_path))
+    levers = PlatformLevers(settings=settings, client=http, audit=audit)
     delivery = NotificationDelivery(settings=settings, client=http)
-    audit = AuditWriter(store, Signer(settings.signing_key_path))
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

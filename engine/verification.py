@@ -26,8 +26,8 @@ from temporalio.worker import (
 
 from engine.errors import HistoryError, IncidentNotFound
 from engine.temporal import SANDBOX, WORKFLOWS
-from workflows.audit import AuditBatch, AuditEvent
-from workflows.incident import WRITE_AUDIT
+from workflows.audit import AuditBatch, AuditCarry, AuditEvent, carried_events
+from workflows.incident import APPLY_LEVER, WRITE_AUDIT, LeverOutcome
 
 EXPORT_FORMAT = "crisis-history/1"
 
@@ -99,7 +99,23 @@ class _CaptureOutbound(WorkflowOutboundInterceptor):
     def start_local_activity(self, input: StartLocalActivityInput) -> workflow.ActivityHandle[Any]:
         if input.activity == WRITE_AUDIT and input.args:
             _captured.extend(input.args[0].events)
-        return super().start_local_activity(input)
+        handle = super().start_local_activity(input)
+        if input.activity == APPLY_LEVER and input.args and input.args[0].audit is not None:
+            carry = input.args[0].audit
+            handle.add_done_callback(lambda done: _capture_carried(carry, done))
+        return handle
+
+
+def _capture_carried(carry: AuditCarry, done: workflow.ActivityHandle[Any]) -> None:
+    """A lever call that carried the trail: what it wrote, if it wrote it (else the workflow's
+    own audit write sends those events, and they are captured there)."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    outcome = done.result()
+    if isinstance(outcome, LeverOutcome) and outcome.audit is not None:
+        assert outcome.elapsed_s is not None
+        written = carried_events(carry, elapsed_s=outcome.elapsed_s, previous=outcome.previous)
+        _captured.extend([*carry.events, *written])
 
 
 class _CaptureInbound(WorkflowInboundInterceptor):
@@ -161,7 +177,7 @@ async def replay_incident(
     for number, run in enumerate(history.runs, start=1):
         _captured.clear()
         result = await replayer.replay_workflow(run, raise_on_replay_failure=False)
-        produced.extend(_captured)
+        produced.extend(sorted(_captured, key=lambda event: event.seq))
         if result.replay_failure is not None and divergence is None:
             divergence = f"run {number}: {result.replay_failure}"
         if progress:
@@ -197,7 +213,8 @@ async def recorded_audit_events(history: IncidentHistory) -> list[AuditEvent]:
 
 
 def recorded_audit_heads(history: IncidentHistory) -> list[tuple[int, str]]:
-    """(last seq, head hash) of every audit write recorded as a local-activity marker."""
+    """(last seq, head hash) of every audit write recorded as a local-activity marker: the audit
+    activity's, and a lever call's that carried the trail (interpreter v5)."""
     heads = []
     for run in history.runs:
         for event in run.events:
@@ -207,9 +224,13 @@ def recorded_audit_heads(history: IncidentHistory) -> list[tuple[int, str]]:
             if marker.marker_name != "core_local_activity" or "result" not in marker.details:
                 continue
             meta = json.loads(marker.details["data"].payloads[0].data)
-            if meta.get("activity_type") != WRITE_AUDIT:
+            if meta.get("activity_type") not in (WRITE_AUDIT, APPLY_LEVER):
                 continue
             result = json.loads(marker.details["result"].payloads[0].data)
+            if meta["activity_type"] == APPLY_LEVER:
+                result = result.get("audit") if isinstance(result, dict) else None
+                if not result:
+                    continue
             heads.append((int(result["last_seq"]), str(result["head_hash"])))
     return heads
 

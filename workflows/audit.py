@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from workflows.durations import parse_duration
 
 GENESIS_HASH = "0" * 64
 # What json.dumps(..., sort_keys=True, separators=(",", ":"), default=str) builds on every call.
@@ -52,6 +55,35 @@ class AuditBatch(BaseModel):
     task: int = 0
 
 
+class CarriedOutcome(BaseModel):
+    """The event a lever call's own outcome makes (`step.applied` or an undo's), less what only
+    the platform's answer and the call's duration can say."""
+
+    kind: str
+    step_id: str
+    lever: str
+    restored: dict[str, Any] | None = None  # undo: the state put back
+    reason: str = ""  # undo
+    expires_after: str | None = None  # apply: the measure lapses this long after it is applied
+
+
+class AuditCarry(BaseModel):
+    """Audit events a lever call writes itself once the platform has answered (interpreter v5):
+    those recorded before it, then its own outcome's event, then the close if the call ends the
+    incident. The last lever call of a phase writes the phase's trail this way, instead of a
+    write of its own after it (a local activity costs as much as a lever call)."""
+
+    incident_id: str
+    events: list[AuditEvent]  # already chained
+    task: int  # as AuditBatch.task
+    seq: int  # the chain the outcome continues: its last number and hash
+    last_hash: str
+    began: str  # when the call began, on the incident's clock
+    outcome: CarriedOutcome
+    closes: bool = False
+    close_actor: str | None = None
+
+
 class AuditWritten(BaseModel):
     """What a write left at the head of the chain (recorded in the history for auditors)."""
 
@@ -65,6 +97,55 @@ def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the event's canonical JSON."""
     canonical = _CANONICAL.encode(body)
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+def present(_keep: set[str] | None = None, **values: Any) -> dict[str, Any]:
+    """Event data without empty optional fields: an event means the same, and hashes the same,
+    as it did before the field existed (replays of earlier incidents must agree with the store)."""
+    keep = _keep or set()
+    return {k: v for k, v in values.items() if k in keep or v not in (None, "")}
+
+
+def applied_data(lever: str, previous: Any, expires_at: str | None) -> dict[str, Any]:
+    return present(lever=lever, previous=previous, expires_at=expires_at, _keep={"previous"})
+
+
+def undone_data(lever: str, restored: Any, reason: str) -> dict[str, Any]:
+    return present(lever=lever, restored=restored, reason=reason, _keep={"restored"})
+
+
+def carried_events(
+    carry: AuditCarry, *, elapsed_s: float, previous: dict[str, Any] | None
+) -> list[AuditEvent]:
+    """The events a carrying lever call's outcome adds to the chain. The activity writes them
+    and the workflow expects them: both compute them here, from the same recorded answer."""
+    moment = datetime.fromisoformat(carry.began) + timedelta(seconds=elapsed_s)
+    at, spec = moment.isoformat(), carry.outcome
+    if spec.kind == "step.applied":
+        expires = spec.expires_after and (moment + parse_duration(spec.expires_after)).isoformat()
+        data = applied_data(spec.lever, previous, expires or None)
+    else:
+        data = undone_data(spec.lever, spec.restored, spec.reason)
+    outcome = make_event(
+        incident_id=carry.incident_id,
+        seq=carry.seq + 1,
+        kind=spec.kind,
+        at=at,
+        prev_hash=carry.last_hash,
+        step_id=spec.step_id,
+        data=data,
+    )
+    if not carry.closes:
+        return [outcome]
+    closed = make_event(
+        incident_id=outcome.incident_id,
+        seq=outcome.seq + 1,
+        kind="incident.closed",
+        at=at,
+        prev_hash=outcome.hash,
+        actor=carry.close_actor,
+    )
+    return [outcome, closed]
 
 
 def make_event(
@@ -93,13 +174,21 @@ def make_event(
 
 class AuditTrail:
     """Numbers and chains an incident's events as the workflow produces them; hands them out in
-    batches for writing. Carries its position across continue-as-new."""
+    batches for writing. Carries its position across continue-as-new.
+
+    A lever call may carry the pending events and write them with its own outcome (`carry`).
+    Until it answers, events recorded meanwhile wait unchained, since its outcome takes the next
+    number; once it answers (`settle`), the events it wrote are expected from the workflow, which
+    records them as usual, and the waiting ones follow them."""
 
     def __init__(self, incident_id: str, *, seq: int = 0, last_hash: str = GENESIS_HASH) -> None:
         self._incident_id = incident_id
         self.seq = seq
         self.last_hash = last_hash
         self.pending: list[AuditEvent] = []
+        self._carry: AuditCarry | None = None
+        self._expected: list[AuditEvent] = []
+        self._held: list[dict[str, Any]] = []
 
     def record(
         self,
@@ -109,22 +198,78 @@ class AuditTrail:
         actor: str | None = None,
         step_id: str | None = None,
         data: dict[str, Any] | None = None,
-    ) -> AuditEvent:
-        self.seq += 1
-        event = make_event(
-            incident_id=self._incident_id,
-            seq=self.seq,
-            kind=kind,
-            at=at,
-            prev_hash=self.last_hash,
-            actor=actor,
-            step_id=step_id,
-            data=data,
-        )
-        self.last_hash = event.hash
+    ) -> None:
+        fields = {"kind": kind, "at": at, "actor": actor, "step_id": step_id, "data": data}
+        if self._carry is not None:
+            self._held.append(fields)
+            return
+        event = self._next(**fields)
+        if self._expected:
+            if event.hash == self._expected[0].hash:
+                self._expected.pop(0)  # written by the lever call that carried the trail
+                self._advance(event)
+                if not self._expected:
+                    self._release()
+                return
+            # Not what the call wrote (a path this code does not take): the store will refuse
+            # or supersede the difference, loudly; nothing is dropped here.
+            self._expected = []
+            self._release()
+            event = self._next(**fields)
+        self._advance(event)
         self.pending.append(event)
-        return event
 
     def take(self) -> list[AuditEvent]:
         batch, self.pending = self.pending, []
         return batch
+
+    def carry(
+        self, *, task: int, began: str, outcome: CarriedOutcome, close_actor: str | None = None
+    ) -> AuditCarry:
+        """Hand the pending events to a lever call that writes them after the platform answers,
+        with its outcome's event (and the close, if `close_actor` is given)."""
+        carry = AuditCarry(
+            incident_id=self._incident_id,
+            events=self.take(),
+            task=task,
+            seq=self.seq,
+            last_hash=self.last_hash,
+            began=began,
+            outcome=outcome,
+            closes=close_actor is not None,
+            close_actor=close_actor,
+        )
+        self._carry = carry
+        return carry
+
+    def settle(
+        self, *, written: bool, elapsed_s: float | None, previous: dict[str, Any] | None
+    ) -> None:
+        """The carrying call answered: `written` if it wrote what it carried (else those events
+        are pending again, and the workflow's next events follow them as usual)."""
+        carry, self._carry = self._carry, None
+        assert carry is not None
+        if written and elapsed_s is not None:
+            self._expected = carried_events(carry, elapsed_s=elapsed_s, previous=previous)
+        else:
+            self.pending[:0] = carry.events
+            self._release()
+
+    @property
+    def carrying(self) -> bool:
+        return self._carry is not None or bool(self._expected)
+
+    def _next(self, **fields: Any) -> AuditEvent:
+        return make_event(
+            incident_id=self._incident_id, seq=self.seq + 1, prev_hash=self.last_hash, **fields
+        )
+
+    def _advance(self, event: AuditEvent) -> None:
+        self.seq, self.last_hash = event.seq, event.hash
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for fields in held:
+            event = self._next(**fields)
+            self._advance(event)
+            self.pending.append(event)

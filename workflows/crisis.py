@@ -20,7 +20,14 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.audit import AuditBatch, AuditTrail
+    from workflows.audit import (
+        AuditBatch,
+        AuditTrail,
+        CarriedOutcome,
+        applied_data,
+        present,
+        undone_data,
+    )
     from workflows.durations import parse_duration
     from workflows.expressions import ExpressionError, evaluate
     from workflows.expressions import parse as parse_expression
@@ -73,6 +80,8 @@ SYSTEM = "system"
 INTERPRETER_V3 = "interpreter-v3"
 # v4: the supervisor keeps one timer while the next deadline stays where it was.
 INTERPRETER_V4 = "interpreter-v4"
+# v5: the last lever call of a phase writes the phase's audit events itself (AuditCarry).
+INTERPRETER_V5 = "interpreter-v5"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -199,7 +208,7 @@ class CrisisWorkflow:
             self._record(
                 "incident.triggered",
                 actor=incident.triggered_by,
-                data=_present(
+                data=present(
                     playbook=self._pb.playbook,
                     version=self._pb.version,
                     playbook_hash=incident.playbook_hash,
@@ -236,8 +245,10 @@ class CrisisWorkflow:
             if record.state in ("pending", "dormant", "awaiting_approval", "waiting"):
                 record.state = "skipped"
                 record.outcome = record.outcome or "not run: incident stood down"
-        for step_id in reversed(list(self._applied_order)):
-            await self._undo(self._records[step_id], final_state="undone")
+        undoing = list(reversed(self._applied_order))
+        for number, step_id in enumerate(undoing, start=1):
+            closes = number == len(undoing) and not self._pb.on_stand_down
+            await self._undo(self._records[step_id], final_state="undone", closes=closes)
         for step in self._pb.on_stand_down:
             if self._eligible(step):
                 await self._apply_step(step)
@@ -393,8 +404,31 @@ class CrisisWorkflow:
         self._record(
             "step.started", step_id=step.id, data={"lever": step.do, "args": record.args}, at=now
         )
+        # The sequence's last lever call, alone, writes the trail so far with its own outcome.
+        last = (
+            hold_until is None
+            and step is self._top[-1]
+            and self._cursor == len(self._top) - 1
+            and self._state == "running"
+            and self._stand_down is None
+            and not self._inflight
+            and not self._busy
+            and not self._draining
+        )
+        carry = (
+            CarriedOutcome(
+                kind="step.applied",
+                step_id=step.id,
+                lever=step.do,
+                expires_after=step.expires_after,
+            )
+            if last and self._carries_audit()
+            else None
+        )
         try:
-            outcome = await self._call(step, step.do, record.args, f"apply-{record.applications}")
+            outcome = await self._call(
+                step, step.do, record.args, f"apply-{record.applications}", carry=carry
+            )
         except CancelledError:
             raise
         except FailureError as error:  # local activities raise the failure itself
@@ -423,17 +457,16 @@ class CrisisWorkflow:
         self._record(
             "step.applied",
             step_id=step.id,
-            data=_present(
-                lever=step.do,
-                previous=outcome.previous,
-                expires_at=record.expires_at,
-                _keep={"previous"},
-            ),
+            data=applied_data(step.do, outcome.previous, record.expires_at),
             at=now,
         )
         return True
 
-    async def _undo(self, record: StepRecord, *, final_state: str, reason: str = "") -> None:
+    async def _undo(
+        self, record: StepRecord, *, final_state: str, reason: str = "", closes: bool = False
+    ) -> None:
+        """Take a measure back. `closes`: the incident closes once it is (the call then writes
+        the stand-down's trail, the close included, if nothing else is under way)."""
         if record.state != "applied":
             return
         step = self._steps_by_id[record.id]
@@ -460,9 +493,24 @@ class CrisisWorkflow:
             held = []
         record.state, record.expires_at = "undoing", None
         record.undos += 1
+        kind = {"expired": "step.expired", "dormant": "step.withdrawn"}.get(
+            final_state, "step.undone"
+        )
+        carry = (
+            CarriedOutcome(kind=kind, step_id=step.id, lever=lever, restored=restore, reason=reason)
+            if closes and not held and not self._inflight and self._carries_audit()
+            else None
+        )
         try:
             await self._call(
-                step, lever, args, f"undo-{record.undos}", restore=restore, retry=UNDO_RETRY
+                step,
+                lever,
+                args,
+                f"undo-{record.undos}",
+                restore=restore,
+                retry=UNDO_RETRY,
+                carry=carry,
+                close_actor=self._stand_down.actor if closes and self._stand_down else None,
             )
         except CancelledError:
             raise
@@ -475,15 +523,7 @@ class CrisisWorkflow:
             return
         now = _iso(self._clock())
         record.state, record.undone_at = final_state, now  # type: ignore[assignment]
-        kind = {"expired": "step.expired", "dormant": "step.withdrawn"}.get(
-            final_state, "step.undone"
-        )
-        self._record(
-            kind,
-            step_id=step.id,
-            data=_present(lever=lever, restored=restore, reason=reason, _keep={"restored"}),
-            at=now,
-        )
+        self._record(kind, step_id=step.id, data=undone_data(lever, restore, reason), at=now)
         await self._restack(held)
 
     def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]:
@@ -518,6 +558,8 @@ class CrisisWorkflow:
         *,
         restore: dict[str, Any] | None = None,
         retry: RetryPolicy | None = None,
+        carry: CarriedOutcome | None = None,
+        close_actor: str | None = None,
     ) -> LeverOutcome:
         if retry is None:
             retry = self._retry_policies.get(step.id)
@@ -545,7 +587,15 @@ class CrisisWorkflow:
             request.message = self._incident.templates.get(str(args.get("template")))
             request.context = self._message_context(step)
         began = self._clock()
+        if carry is not None:
+            request.audit = self._audit.carry(
+                task=self._info.get_current_history_length(),
+                began=_iso(began),
+                outcome=carry,
+                close_actor=close_actor,
+            )
         self._inflight += 1
+        outcome: LeverOutcome | None = None
         try:
             outcome = await workflow.execute_local_activity(
                 APPLY_LEVER,
@@ -556,6 +606,12 @@ class CrisisWorkflow:
             )
         finally:
             self._inflight -= 1
+            if request.audit is not None:
+                self._audit.settle(
+                    written=outcome is not None and outcome.audit is not None,
+                    elapsed_s=outcome.elapsed_s if outcome else None,
+                    previous=outcome.previous if outcome else None,
+                )
         if outcome.elapsed_s is not None:
             _LEVER_TIME.set(began + timedelta(seconds=outcome.elapsed_s))
         return outcome
@@ -833,7 +889,7 @@ class CrisisWorkflow:
         self._review_due = _iso(self._clock() + parse_duration(self._pb.reviews.every))
         self._record(
             "review.missed",
-            data=_present(
+            data=present(
                 due=missed,
                 on_missed=action,
                 next_due=self._review_due if self._board_facts else None,
@@ -1221,13 +1277,19 @@ class CrisisWorkflow:
         run records today's); 2 for histories from before the version markers."""
         if self._version_seen is None:
             self._version_seen = (
-                4
+                5
+                if workflow.patched(INTERPRETER_V5)
+                else 4
                 if workflow.patched(INTERPRETER_V4)
                 else 3
                 if workflow.patched(INTERPRETER_V3)
                 else 2
             )
         return self._version_seen
+
+    def _carries_audit(self) -> bool:
+        """Whether a phase's last lever call may write its trail (interpreter v5)."""
+        return self._version() >= 5
 
     def _since_v3(self, older_patch: str | None = None) -> bool:
         """Whether this run follows interpreter v3 or later (or, in a history recorded before
@@ -1247,13 +1309,6 @@ class CrisisWorkflow:
             parent=parent,
             level=step.level,
         )
-
-
-def _present(_keep: set[str] | None = None, **values: Any) -> dict[str, Any]:
-    """Event data without empty optional fields: an event means the same, and hashes the same,
-    as it did before the field existed (replays of earlier incidents must agree with the store)."""
-    keep = _keep or set()
-    return {k: v for k, v in values.items() if k in keep or v not in (None, "")}
 
 
 def _cause(error: BaseException) -> str:

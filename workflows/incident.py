@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.common import SearchAttributeKey
 
+from workflows.audit import AuditCarry, AuditWritten
 from workflows.notifications import Channel, MessageTemplate
 from workflows.playbook import Playbook
 
@@ -234,6 +235,8 @@ class LeverRequest(BaseModel):
     # notify.send: the template to render and what it may refer to.
     message: MessageTemplate | None = None
     context: dict[str, Any] = Field(default_factory=dict)
+    # Interpreter v5: the audit events this call writes once the platform has answered.
+    audit: AuditCarry | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -243,6 +246,7 @@ class LeverRequest(BaseModel):
 class LeverOutcome(BaseModel):
     previous: dict[str, Any] | None = None
     elapsed_s: float | None = None  # how long the call took, as the worker measured it
+    audit: AuditWritten | None = None  # what it wrote of the events it carried; None: nothing
 
 
 # Both name models defined after them. IncidentInput must be rebuilt too: left incomplete, every

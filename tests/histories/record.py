@@ -41,6 +41,22 @@ steps:
     do: moderation.surge
     with: {queue: fraud, extra_reviewers: 5}
 """
+# Every step applied before the stand-down (from v5: the last lever call of each phase writes
+# the audit trail itself).
+APPLIED = """
+playbook: record-applied
+version: 1
+title: Two levers, both applied
+description: For the recorded history of an incident that applied all it could.
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+    expires_after: 6h
+"""
 
 
 async def record(tag: str, sandbox_url: str, address: str, work: Path) -> None:
@@ -54,9 +70,15 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path) -> None:
     store = AuditStore(settings.resolved_database_url)
     failing = work / "record-failing.yaml"
     failing.write_text(FAILING)
+    applied = work / "record-applied.yaml"
+    applied.write_text(APPLIED)
     async with running_worker(client, settings=settings, store=store):
         incidents = Incidents(client, settings)
-        for name, playbook in (("stand-down", "violent-disorder"), ("failed", str(failing))):
+        for name, playbook in (
+            ("stand-down", "violent-disorder"),
+            ("failed", str(failing)),
+            ("applied", str(applied)),
+        ):
             incident_id = f"REC-{tag}-{name}"
             await incidents.trigger(playbook, {}, actor="recorder", incident_id=incident_id)
             for _ in range(200):

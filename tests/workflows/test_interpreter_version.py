@@ -14,7 +14,7 @@ from engine.incidents import Incidents
 from store.audit_store import AuditRow, AuditStore
 from tests.helpers import assert_eventually
 from tests.workflows.lab import Lab, kinds
-from workflows.crisis import INTERPRETER_V4, CrisisWorkflow
+from workflows.crisis import INTERPRETER_V5, CrisisWorkflow
 from workflows.incident import ApproveRequest, StandDownRequest
 
 TWO_LEVERS = """
@@ -41,7 +41,7 @@ async def test_a_run_records_one_version_marker(lab: Lab) -> None:
         and e.marker_recorded_event_attributes.marker_name == "core_patch"
     ]
     assert len(patches) == 1
-    assert INTERPRETER_V4.encode() in patches[0]
+    assert INTERPRETER_V5.encode() in patches[0]
 
 
 async def test_a_stand_down_is_written_with_its_undos(

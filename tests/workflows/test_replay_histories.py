@@ -39,10 +39,12 @@ async def test_recorded_history_replays_and_reproduces_its_audit_events(path: Pa
 def test_histories_are_kept() -> None:
     """Each version's histories are committed (a stand-down and a failure): v1, v2 with audit
     writes as local activities and a patch marker per change, v3 with one version marker (and a
-    timer restarted for each measure applied with an expiry), and v4 keeping that timer."""
+    timer restarted for each measure applied with an expiry), v4 keeping that timer, and v5,
+    whose last lever call of each phase writes the trail (and a third: every step applied)."""
     kept = {p.stem for p in HISTORIES}
-    versions = ("v1", "v2", "v3", "v4")
+    versions = ("v1", "v2", "v3", "v4", "v5")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
+    assert "v5-applied" in kept
 
 
 async def test_an_edited_history_file_is_caught(tmp_path: Path) -> None:
