@@ -29,8 +29,11 @@ from workflows.levers import LEVERS
 
 log = structlog.get_logger(__name__)
 # A carried write that takes longer is left to the workflow's own audit write (which retries
-# until the store answers), so a slow store never holds up, or fails, the lever call.
+# until the store answers), so a slow store never holds up, or fails, the lever call. It also
+# ends this long before the call's own deadline: an attempt timed out after its write would be
+# retried, and the retry's outcome (another duration) would contradict the row just written.
 CARRIED_WRITE_S = 5.0
+DEADLINE_MARGIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,11 @@ class PlatformLevers:
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None
         elapsed = time.monotonic() - started
         bound.info("lever.restored" if request.restore is not None else "lever.applied")
-        written = await self._write_carried(request, elapsed, previous, bound)
+        limit = info.start_to_close_timeout
+        budget = CARRIED_WRITE_S
+        if limit is not None:
+            budget = min(budget, limit.total_seconds() - elapsed - DEADLINE_MARGIN_S)
+        written = await self._write_carried(request, elapsed, previous, budget, bound)
         return LeverOutcome(previous=previous, elapsed_s=elapsed, audit=written)
 
     async def _write_carried(
@@ -123,17 +130,21 @@ class PlatformLevers:
         request: LeverRequest,
         elapsed: float,
         previous: dict[str, Any] | None,
+        budget: float,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> AuditWritten | None:
-        """Write the audit events the call carries, its outcome's included; None if they were
-        not written (the workflow then writes them itself)."""
+        """Write the audit events the call carries, its outcome's included, within `budget`
+        seconds; None if they were not written (the workflow then writes them itself)."""
         carry = request.audit
         if carry is None or self._audit is None:
+            return None
+        if budget <= 0:
+            bound.warning("audit.carried_write_skipped", reason="too close to the call's deadline")
             return None
         events = [*carry.events, *carried_events(carry, elapsed_s=elapsed, previous=previous)]
         try:
             return await asyncio.wait_for(
-                self._audit.write(AuditBatch(events=events, task=carry.task)), CARRIED_WRITE_S
+                self._audit.write(AuditBatch(events=events, task=carry.task)), budget
             )
         except Exception as error:  # the lever is applied either way; its trail is not lost
             bound.warning("audit.carried_write_failed", error=str(error) or type(error).__name__)

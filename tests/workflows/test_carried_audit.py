@@ -6,8 +6,7 @@ history that reproduces the stored rows."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -59,15 +58,39 @@ class FailingOnceWriter(AuditWriter):
         return await super().write(batch)
 
 
-@asynccontextmanager
-async def worker_with(
-    client: Client, settings: Settings, store: AuditStore, audit: AuditWriter | None = None
-) -> AsyncIterator[None]:
+Ready = Callable[[Incidents, str], Awaitable[None]]
+
+
+async def stood_down_once_ready(
+    client: Client,
+    settings: Settings,
+    store: AuditStore,
+    playbook: Path,
+    *,
+    audit: AuditWriter | None = None,
+    ready: Ready | None = None,
+) -> str:
+    """Trigger the playbook on a worker of its own, wait for `ready` (by default: everything
+    applied is on record), stand it down; answer the incident id."""
+    incidents = Incidents(client, settings)
+
+    async def applied(_: Incidents, incident_id: str) -> None:
+        assert kinds(store.events(incident_id)) == APPLIED
+
     async with (
         httpx.AsyncClient(timeout=settings.platform_timeout_s) as http,
         build_worker(client, settings=settings, http=http, store=store, audit=audit),
     ):
-        yield
+        incident = (await incidents.trigger(str(playbook), {}, actor="alice")).incident_id
+        await assert_eventually(lambda: (ready or applied)(incidents, incident), timeout=30)
+        await incidents.stand_down(incident, actor="bob", reason="over")
+    return incident
+
+
+def two_levers(tmp_path: Path, extra: str = "") -> Path:
+    playbook = tmp_path / "carried.yaml"
+    playbook.write_text(TWO_LEVERS + extra)
+    return playbook
 
 
 async def local_activities(client: Client, incident_id: str) -> list[str]:
@@ -96,17 +119,7 @@ async def test_the_last_lever_call_of_each_phase_writes_the_trail(
     client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """No audit activity at all; what was applied is on record before the stand-down."""
-    playbook = tmp_path / "carried.yaml"
-    playbook.write_text(TWO_LEVERS)
-    incidents = Incidents(client, settings)
-    async with worker_with(client, settings, sqlite_store):
-        incident = (await incidents.trigger(str(playbook), {}, actor="alice")).incident_id
-
-        async def applied() -> None:
-            assert kinds(sqlite_store.events(incident)) == APPLIED
-
-        await assert_eventually(applied)
-        await incidents.stand_down(incident, actor="bob", reason="over")
+    incident = await stood_down_once_ready(client, settings, sqlite_store, two_levers(tmp_path))
     assert kinds(sqlite_store.events(incident)) == APPLIED + CLOSED
     assert await local_activities(client, incident) == [APPLY_LEVER] * 4
     assert [s.reason for s in sqlite_store.seals(incident)] == ["closed"]
@@ -119,20 +132,17 @@ async def test_a_stand_down_during_the_carrying_call_follows_its_outcome(
     """Events recorded while the call is in flight wait for its outcome, then join the chain.
     (While a local activity runs, its workflow task stays open and is renewed every 8 s; an
     update sent meanwhile is delivered with the next renewal: a 19 s call takes one in.)"""
-    playbook = tmp_path / "carried.yaml"
-    playbook.write_text(TWO_LEVERS + "    timeout: 40s\n")  # the threshold's call
+    playbook = two_levers(tmp_path, "    timeout: 40s\n")  # the threshold's call
     settings = settings.model_copy(update={"platform_timeout_s": 30.0})
-    incidents = Incidents(client, settings)
     await sandbox.fault(path_prefix="/detection/threshold", status=0, latency_ms=19_000, times=1)
-    async with worker_with(client, settings, sqlite_store):
-        incident = (await incidents.trigger(str(playbook), {}, actor="alice")).incident_id
 
-        async def in_flight() -> None:
-            steps = {s.id: s.state for s in (await incidents.status(incident)).steps}
-            assert steps == {"throttle": "applied", "threshold": "running"}
+    async def in_flight(incidents: Incidents, incident_id: str) -> None:
+        steps = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
+        assert steps == {"throttle": "applied", "threshold": "running"}
 
-        await assert_eventually(in_flight, timeout=30)
-        await incidents.stand_down(incident, actor="bob", reason="over")
+    incident = await stood_down_once_ready(
+        client, settings, sqlite_store, playbook, ready=in_flight
+    )
     events = sqlite_store.events(incident)
     assert kinds(events) == APPLIED + CLOSED
     applied, requested = events[4], events[5]
@@ -145,18 +155,10 @@ async def test_a_carried_write_that_fails_is_written_by_the_workflow(
     client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """The lever counts as applied; the events it could not write go in an audit write."""
-    playbook = tmp_path / "carried.yaml"
-    playbook.write_text(TWO_LEVERS)
-    incidents = Incidents(client, settings)
     writer = FailingOnceWriter(sqlite_store, Signer(settings.signing_key_path))
-    async with worker_with(client, settings, sqlite_store, writer):
-        incident = (await incidents.trigger(str(playbook), {}, actor="alice")).incident_id
-
-        async def applied() -> None:
-            assert kinds(sqlite_store.events(incident)) == APPLIED
-
-        await assert_eventually(applied)
-        await incidents.stand_down(incident, actor="bob", reason="over")
+    incident = await stood_down_once_ready(
+        client, settings, sqlite_store, two_levers(tmp_path), audit=writer
+    )
     assert writer.failed == 1
     assert kinds(sqlite_store.events(incident)) == APPLIED + CLOSED
     assert (
@@ -172,19 +174,22 @@ async def test_a_closing_undo_that_fails_leaves_the_close_to_the_workflow(
     client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """The events the failed call carried are written with its failure and the close."""
-    playbook = tmp_path / "carried.yaml"
-    playbook.write_text(TWO_LEVERS)
-    incidents = Incidents(client, settings)
     await sandbox.fault(path_prefix="/recommender/throttle/restore", status=400, times=1)
-    async with worker_with(client, settings, sqlite_store):
-        incident = (await incidents.trigger(str(playbook), {}, actor="alice")).incident_id
-
-        async def applied() -> None:
-            assert kinds(sqlite_store.events(incident)) == APPLIED
-
-        await assert_eventually(applied)
-        await incidents.stand_down(incident, actor="bob", reason="over")
+    incident = await stood_down_once_ready(client, settings, sqlite_store, two_levers(tmp_path))
     undo_failed = ["stand_down.requested", "step.undone", "step.undo_failed", "incident.closed"]
     assert kinds(sqlite_store.events(incident)) == APPLIED + undo_failed
     assert (await local_activities(client, incident))[-1] == WRITE_AUDIT
+    await assert_audited(client, sqlite_store, incident)
+
+
+async def test_a_call_near_its_deadline_leaves_the_write_to_the_workflow(
+    client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A write that could end after the call's deadline is not started: a timed-out attempt
+    would be retried, with an outcome that contradicts the row it wrote."""
+    playbook = two_levers(tmp_path, "    timeout: 5s\n")  # the threshold's call
+    await sandbox.fault(path_prefix="/detection/threshold", status=0, latency_ms=4300, times=1)
+    incident = await stood_down_once_ready(client, settings, sqlite_store, playbook)
+    assert kinds(sqlite_store.events(incident)) == APPLIED + CLOSED
+    assert (await local_activities(client, incident))[:3] == [APPLY_LEVER, APPLY_LEVER, WRITE_AUDIT]
     await assert_audited(client, sqlite_store, incident)
