@@ -118,11 +118,7 @@ class PlatformLevers:
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None
         elapsed = time.monotonic() - started
         bound.info("lever.restored" if request.restore is not None else "lever.applied")
-        limit = info.start_to_close_timeout
-        budget = CARRIED_WRITE_S
-        if limit is not None:
-            budget = min(budget, limit.total_seconds() - elapsed - DEADLINE_MARGIN_S)
-        written = await self._write_carried(request, elapsed, previous, budget, bound)
+        written = await self._write_carried(request, elapsed, previous, bound)
         return LeverOutcome(previous=previous, elapsed_s=elapsed, audit=written)
 
     async def _write_carried(
@@ -130,14 +126,18 @@ class PlatformLevers:
         request: LeverRequest,
         elapsed: float,
         previous: dict[str, Any] | None,
-        budget: float,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> AuditWritten | None:
-        """Write the audit events the call carries, its outcome's included, within `budget`
-        seconds; None if they were not written (the workflow then writes them itself)."""
+        """Write the audit events the call carries, its outcome's included, in the time left
+        (`elapsed`: the attempt so far); None if they were not written (the workflow then
+        writes them itself)."""
         carry = request.audit
         if carry is None or self._audit is None:
             return None
+        budget = CARRIED_WRITE_S
+        limit = activity.info().start_to_close_timeout
+        if limit is not None:
+            budget = min(budget, limit.total_seconds() - elapsed - DEADLINE_MARGIN_S)
         if budget <= 0:
             bound.warning("audit.carried_write_skipped", reason="too close to the call's deadline")
             return None
