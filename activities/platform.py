@@ -34,6 +34,10 @@ log = structlog.get_logger(__name__)
 # retried, and the retry's outcome (another duration) would contradict the row just written.
 CARRIED_WRITE_S = 5.0
 DEADLINE_MARGIN_S = 1.0
+# A call still unanswered after this long writes the events it was lent or carries (those before
+# its outcome) at once, and so does a call that fails: the incident board shows them while it
+# retries, instead of once it is done.
+EARLY_WRITE_AFTER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class PlatformLevers:
         content = json.dumps(body, sort_keys=True).encode()
         headers = self._headers(request, content)
         try:
-            response = await post(self._client, url, content=content, headers=headers)
+            response = await self._send(url, content, headers, self._early(request), bound)
         except httpx.HTTPError as error:
             bound.warning("lever.unreachable", url=url, error=str(error))
             raise RuntimeError(
@@ -121,6 +125,47 @@ class PlatformLevers:
         written = await self._write_carried(request, elapsed, previous, bound)
         return LeverOutcome(previous=previous, elapsed_s=elapsed, audit=written)
 
+    async def _send(
+        self,
+        url: str,
+        content: bytes,
+        headers: dict[str, str],
+        early: AuditBatch | None,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> httpx.Response:
+        """POST; with `early` events, write them once the platform has taken EARLY_WRITE_AFTER_S
+        without answering, or before answering a failure (the events hold whatever the outcome)."""
+        if early is None:
+            return await post(self._client, url, content=content, headers=headers)
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        writing: list[asyncio.Task[AuditWritten | None]] = []
+        timer = loop.call_later(
+            EARLY_WRITE_AFTER_S,
+            lambda: writing.append(loop.create_task(self._write(early, started, "early", bound))),
+        )
+        try:
+            response = await post(self._client, url, content=content, headers=headers)
+        except httpx.HTTPError:
+            await (writing[0] if writing else self._write(early, started, "early", bound))
+            raise
+        finally:
+            timer.cancel()
+        if writing:
+            await writing[0]
+        elif response.status_code >= 400:
+            await self._write(early, started, "early", bound)
+        return response
+
+    def _early(self, request: LeverRequest) -> AuditBatch | None:
+        """The events this call writes early, if slow or failing: those it was lent, or those
+        it carries (before its outcome)."""
+        if self._audit is None:
+            return None
+        if request.audit is not None and request.audit.events:
+            return AuditBatch(events=request.audit.events, task=request.audit.task)
+        return request.lent
+
     async def _write_carried(
         self,
         request: LeverRequest,
@@ -128,26 +173,37 @@ class PlatformLevers:
         previous: dict[str, Any] | None,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> AuditWritten | None:
-        """Write the audit events the call carries, its outcome's included, in the time left
-        (`elapsed`: the attempt so far); None if they were not written (the workflow then
-        writes them itself)."""
+        """Write the audit events the call carries, its outcome's included; None if they were
+        not written (the workflow then writes them itself)."""
         carry = request.audit
         if carry is None or self._audit is None:
             return None
+        events = [*carry.events, *carried_events(carry, elapsed_s=elapsed, previous=previous)]
+        batch = AuditBatch(events=events, task=carry.task)
+        return await self._write(batch, time.monotonic() - elapsed, "carried", bound)
+
+    async def _write(
+        self,
+        batch: AuditBatch,
+        started: float,
+        what: str,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> AuditWritten | None:
+        """Write a batch within CARRIED_WRITE_S and the attempt's deadline (`started`: when the
+        attempt began); None if it was not written (the workflow writes its events itself)."""
+        assert self._audit is not None
         budget = CARRIED_WRITE_S
         limit = activity.info().start_to_close_timeout
         if limit is not None:
+            elapsed = time.monotonic() - started
             budget = min(budget, limit.total_seconds() - elapsed - DEADLINE_MARGIN_S)
         if budget <= 0:
-            bound.warning("audit.carried_write_skipped", reason="too close to the call's deadline")
+            bound.warning(f"audit.{what}_write_skipped", reason="too close to the call's deadline")
             return None
-        events = [*carry.events, *carried_events(carry, elapsed_s=elapsed, previous=previous)]
         try:
-            return await asyncio.wait_for(
-                self._audit.write(AuditBatch(events=events, task=carry.task)), budget
-            )
+            return await asyncio.wait_for(self._audit.write(batch), budget)
         except Exception as error:  # the lever is applied either way; its trail is not lost
-            bound.warning("audit.carried_write_failed", error=str(error) or type(error).__name__)
+            bound.warning(f"audit.{what}_write_failed", error=str(error) or type(error).__name__)
             return None
 
     @staticmethod

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict
 from workflows.durations import parse_duration
 
 GENESIS_HASH = "0" * 64
+# Events that change an incident's state as its board shows it: worth lending to a lever call
+# that may be slow, so they are on record while it retries (AuditTrail.lend).
+STATE_EVENTS = frozenset({"incident.triggered", "stand_down.requested", "incident.failed"})
 # What json.dumps(..., sort_keys=True, separators=(",", ":"), default=str) builds on every call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
@@ -189,6 +192,7 @@ class AuditTrail:
         self._carry: AuditCarry | None = None
         self._expected: list[AuditEvent] = []
         self._held: list[dict[str, Any]] = []
+        self._lent_through = 0
 
     def record(
         self,
@@ -218,6 +222,16 @@ class AuditTrail:
             event = self._next(**fields)
         self._advance(event)
         self.pending.append(event)
+
+    def lend(self) -> list[AuditEvent]:
+        """The pending events, if one of them changes the incident's state and was not lent before
+        (else none): a lever call writes them if the platform is slow to answer or fails. They
+        stay pending: the workflow writes them as usual, and the store takes a row it holds
+        already as done."""
+        if not any(e.seq > self._lent_through and e.kind in STATE_EVENTS for e in self.pending):
+            return []
+        self._lent_through = self.pending[-1].seq
+        return list(self.pending)
 
     def take(self) -> list[AuditEvent]:
         batch, self.pending = self.pending, []

@@ -594,6 +594,8 @@ class CrisisWorkflow:
                 outcome=carry,
                 close_actor=close_actor,
             )
+        elif self._carries_audit() and (lent := self._audit.lend()):
+            request.lent = AuditBatch(events=lent, task=self._info.get_current_history_length())
         self._inflight += 1
         outcome: LeverOutcome | None = None
         try:

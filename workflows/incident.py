@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from temporalio.common import SearchAttributeKey
 
-from workflows.audit import AuditCarry, AuditWritten
+from workflows.audit import AuditBatch, AuditCarry, AuditWritten
 from workflows.notifications import Channel, MessageTemplate
 from workflows.playbook import Playbook
 
@@ -237,6 +237,9 @@ class LeverRequest(BaseModel):
     context: dict[str, Any] = Field(default_factory=dict)
     # Interpreter v5: the audit events this call writes once the platform has answered.
     audit: AuditCarry | None = None
+    # Events the workflow has yet to write, lent so the call writes them if the platform is slow
+    # or fails: the incident board then shows them meanwhile. The workflow writes them anyway.
+    lent: AuditBatch | None = None
 
     @property
     def idempotency_key(self) -> str:

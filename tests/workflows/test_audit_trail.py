@@ -86,3 +86,17 @@ def test_the_carried_expiry_is_the_one_the_workflow_computes() -> None:
     assert outcome.at == APPLIED_AT
     assert outcome.data["expires_at"] == "2026-11-29T14:00:00.250000+00:00"
     assert outcome.data["previous"] == PREVIOUS
+
+
+def test_pending_events_are_lent_once_per_state_event_and_stay_pending() -> None:
+    trail = started_trail()
+    assert [e.kind for e in trail.lend()] == ["incident.triggered", "step.started"]
+    assert len(trail.pending) == 2  # lent, not taken: the workflow still writes them
+    trail.record("step.applied", at=APPLIED_AT, step_id="s2")
+    assert trail.lend() == []  # nothing new the board would show
+    trail.record("stand_down.requested", at=APPLIED_AT, actor="bob")
+    assert [e.seq for e in trail.lend()] == [1, 2, 3, 4]
+    trail.take()
+    trail.record("incident.failed", at=APPLIED_AT)
+    trail.carry(task=9, began=APPLIED_AT, outcome=OUTCOME)
+    assert trail.lend() == []  # the carrying call has them

@@ -1,10 +1,12 @@
 """Interpreter v5: the last lever call of a phase writes the phase's audit events itself, with its
-own outcome's (and the close), so an incident's trail costs no audit activity of its own. Each
-test runs on the dev server and checks what auditors check: the chain, and a replay of the
-history that reproduces the stored rows."""
+own outcome's (and the close), so an incident's trail costs no audit activity of its own. A slow
+or failing call writes the events it carries or was lent at once, so the incident board shows
+them while it retries. Each test runs on the dev server and checks what auditors check: the
+chain, and a replay of the history that reproduces the stored rows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -192,4 +194,63 @@ async def test_a_call_near_its_deadline_leaves_the_write_to_the_workflow(
     incident = await stood_down_once_ready(client, settings, sqlite_store, playbook)
     assert kinds(sqlite_store.events(incident)) == APPLIED + CLOSED
     assert (await local_activities(client, incident))[:3] == [APPLY_LEVER, APPLY_LEVER, WRITE_AUDIT]
+    await assert_audited(client, sqlite_store, incident)
+
+
+def board_state(store: AuditStore, incident_id: str) -> str | None:
+    return next((r.state for r in store.search(limit=1000) if r.incident_id == incident_id), None)
+
+
+async def test_a_slow_first_lever_call_puts_the_incident_on_the_board_meanwhile(
+    client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Its trigger is on record while the platform takes 4 s to answer, not only afterwards."""
+    await sandbox.fault(path_prefix="/recommender/throttle", status=0, latency_ms=4000, times=1)
+
+    async def on_record_mid_call(_: Incidents, incident_id: str) -> None:
+        assert kinds(sqlite_store.events(incident_id)) == ["incident.triggered", "step.started"]
+        assert board_state(sqlite_store, incident_id) == "running"
+        assert (await sandbox.state())["applications"] == []  # the call is still waiting
+
+    incident = await stood_down_once_ready(
+        client, settings, sqlite_store, two_levers(tmp_path), ready=on_record_mid_call
+    )
+    assert kinds(sqlite_store.events(incident)) == APPLIED + CLOSED
+    assert await local_activities(client, incident) == [APPLY_LEVER] * 4
+    await assert_audited(client, sqlite_store, incident)
+
+
+async def test_a_stand_down_is_on_the_board_while_its_first_undo_fails_and_retries(
+    client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The undo's failed attempts write the stand-down; the undo then succeeds, once."""
+    await sandbox.fault(path_prefix="/detection/threshold/restore", status=500, times=3)
+    incidents = Incidents(client, settings)
+    async with (
+        httpx.AsyncClient(timeout=settings.platform_timeout_s) as http,
+        build_worker(client, settings=settings, http=http, store=sqlite_store),
+    ):
+        incident = (
+            await incidents.trigger(str(two_levers(tmp_path)), {}, actor="alice")
+        ).incident_id
+
+        async def applied() -> None:
+            assert kinds(sqlite_store.events(incident)) == APPLIED
+
+        await assert_eventually(applied, timeout=30)
+        standing_down = asyncio.create_task(
+            incidents.stand_down(incident, actor="bob", reason="over")
+        )
+
+        async def requested_on_record() -> None:
+            assert kinds(sqlite_store.events(incident)) == [*APPLIED, "stand_down.requested"]
+            assert board_state(sqlite_store, incident) == "standing_down"
+            assert not standing_down.done()  # the undo is still retrying
+
+        await assert_eventually(requested_on_record, timeout=30)
+        await standing_down
+    assert kinds(sqlite_store.events(incident)) == APPLIED + CLOSED
+    assert await local_activities(client, incident) == [APPLY_LEVER] * 4
+    state = await sandbox.state()
+    assert state["stats"]["duplicates"] == 0
     await assert_audited(client, sqlite_store, incident)
