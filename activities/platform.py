@@ -144,17 +144,17 @@ class PlatformLevers:
             EARLY_WRITE_AFTER_S,
             lambda: writing.append(loop.create_task(self._write(early, started, "early", bound))),
         )
+        failure: httpx.HTTPError | None = None
         try:
             response = await post(self._client, url, content=content, headers=headers)
-        except httpx.HTTPError:
-            await (writing[0] if writing else self._write(early, started, "early", bound))
-            raise
+        except httpx.HTTPError as error:
+            failure = error
         finally:
-            timer.cancel()
-        if writing:
-            await writing[0]
-        elif response.status_code >= 400:
-            await self._write(early, started, "early", bound)
+            timer.cancel()  # the early write starts only while the POST is in flight
+        if writing or failure is not None or response.status_code >= 400:
+            await (writing[0] if writing else self._write(early, started, "early", bound))
+        if failure is not None:
+            raise failure
         return response
 
     def _early(self, request: LeverRequest) -> AuditBatch | None:

@@ -88,6 +88,9 @@ async def export_history(client: Client, incident_id: str) -> IncidentHistory:
 # --- capturing what a replay produces ---------------------------------------------------------
 # Runs are replayed one at a time, so one list collects what the current replay schedules.
 _captured: list[AuditEvent] = []
+# And one the events lever calls were lent or carry: a call writes them early if it is slow or
+# fails, so the table may hold them before the workflow writes them (a call still in flight).
+_lent: list[AuditEvent] = []
 
 
 class _CaptureOutbound(WorkflowOutboundInterceptor):
@@ -100,9 +103,14 @@ class _CaptureOutbound(WorkflowOutboundInterceptor):
         if input.activity == WRITE_AUDIT and input.args:
             _captured.extend(input.args[0].events)
         handle = super().start_local_activity(input)
-        if input.activity == APPLY_LEVER and input.args and input.args[0].audit is not None:
-            carry = input.args[0].audit
-            handle.add_done_callback(lambda done: _capture_carried(carry, done))
+        if input.activity == APPLY_LEVER and input.args:
+            request = input.args[0]
+            if request.lent is not None:
+                _lent.extend(request.lent.events)
+            if request.audit is not None:
+                carry = request.audit
+                _lent.extend(carry.events)
+                handle.add_done_callback(lambda done: _capture_carried(carry, done))
         return handle
 
 
@@ -173,16 +181,20 @@ async def replay_incident(
         interceptors=[_CaptureAudit()],
     )
     produced: list[AuditEvent] = []
+    lent: list[AuditEvent] = []
     divergence = None
     for number, run in enumerate(history.runs, start=1):
         _captured.clear()
+        _lent.clear()
         result = await replayer.replay_workflow(run, raise_on_replay_failure=False)
         produced.extend(sorted(_captured, key=lambda event: event.seq))
+        lent.extend(_lent)
         if result.replay_failure is not None and divergence is None:
             divergence = f"run {number}: {result.replay_failure}"
         if progress:
             progress(number)
     _captured.clear()
+    _lent.clear()
     recorded = await recorded_audit_events(history)
     heads = recorded_audit_heads(history)
     return ReplayReport(
@@ -191,9 +203,21 @@ async def replay_incident(
         history_events=sum(len(run.events) for run in history.runs),
         deterministic=divergence is None,
         divergence=divergence,
-        replay_vs_store=compare_events(produced, stored, "audit table"),
+        replay_vs_store=compare_events(
+            with_early_writes(produced, lent, stored), stored, "audit table"
+        ),
         replay_vs_history=compare_with_history(produced, recorded, heads),
     )
+
+
+def with_early_writes(
+    produced: list[AuditEvent], lent: list[AuditEvent], stored: list[AuditEvent]
+) -> list[AuditEvent]:
+    """What the replay produced, then as many of the events lever calls were lent or carry, and
+    the workflow has not written yet, as the table holds beyond it: those a call wrote early."""
+    last = produced[-1].seq if produced else 0
+    beyond = sorted({e.seq: e for e in lent if e.seq > last}.values(), key=lambda e: e.seq)
+    return produced + beyond[: max(0, len(stored) - len(produced))]
 
 
 async def recorded_audit_events(history: IncidentHistory) -> list[AuditEvent]:

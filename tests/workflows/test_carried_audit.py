@@ -204,12 +204,16 @@ def board_state(store: AuditStore, incident_id: str) -> str | None:
 async def test_a_slow_first_lever_call_puts_the_incident_on_the_board_meanwhile(
     client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """Its trigger is on record while the platform takes 4 s to answer, not only afterwards."""
+    """Its trigger is on record while the platform takes 4 s to answer, not only afterwards,
+    and auditors replaying the incident meanwhile find the table as the replay expects it."""
     await sandbox.fault(path_prefix="/recommender/throttle", status=0, latency_ms=4000, times=1)
 
     async def on_record_mid_call(_: Incidents, incident_id: str) -> None:
-        assert kinds(sqlite_store.events(incident_id)) == ["incident.triggered", "step.started"]
+        stored = sqlite_store.events(incident_id)
+        assert kinds(stored) == ["incident.triggered", "step.started"]
         assert board_state(sqlite_store, incident_id) == "running"
+        report = await replay_incident(await export_history(client, incident_id), stored)
+        assert report.ok, report.as_dict()
         assert (await sandbox.state())["applications"] == []  # the call is still waiting
 
     incident = await stood_down_once_ready(
