@@ -114,7 +114,7 @@ def playbook_list(as_json: JsonFlag = False) -> None:
                 "owner": pb.owner,
                 "levels": list(pb.levels),
                 "levers": levers_used(pb),
-                "content_hash": pb.content_hash(),
+                "content_hash": pb.content_hash,
             }
         )
     if as_json:

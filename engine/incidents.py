@@ -89,7 +89,7 @@ def prepare_incident(
         level=level or (playbook.levels[0] if playbook.levels else None),
         incident_id=incident_id,
         playbook=playbook,
-        playbook_hash=playbook.content_hash(),
+        playbook_hash=playbook.content_hash,
         inputs=inputs,
         triggered_by=actor,
     )

@@ -71,7 +71,7 @@ def make_plan(playbook: Playbook, inputs: dict[str, Any], level: str | None) -> 
     return Plan(
         playbook=playbook.playbook,
         version=playbook.version,
-        playbook_hash=playbook.content_hash(),
+        playbook_hash=playbook.content_hash,
         level=level,
         inputs=inputs,
         steps=planned,

@@ -301,7 +301,7 @@ def _playbook_doc(source: ProtocolSource) -> PlaybookDoc:
         name=playbook.playbook,
         title=playbook.title,
         version=playbook.version,
-        content_hash=playbook.content_hash(),
+        content_hash=playbook.content_hash,
         file=str(source.path),
         owner=playbook.owner,
         description=playbook.description,

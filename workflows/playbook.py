@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -201,7 +202,10 @@ class Playbook(_Strict):
         """The playbook as data, in the form its content hash is computed from."""
         return self.model_dump(mode="json", by_alias=True, exclude_defaults=False)
 
+    @cached_property
     def content_hash(self) -> str:
+        """sha256 of the snapshot; worked out once per playbook (it is frozen, and the loader
+        keeps one per file version), not on every trigger."""
         canonical = json.dumps(self.snapshot(), sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 

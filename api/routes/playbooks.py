@@ -72,7 +72,7 @@ def _summary(playbook: Playbook) -> dict[str, Any]:
         "owner": playbook.owner,
         "levels": playbook.levels,
         "levers": sorted(levers_used(playbook)),
-        "playbook_hash": playbook.content_hash(),
+        "playbook_hash": playbook.content_hash,
         "inputs": {
             name: spec.model_dump(mode="json", exclude_none=True)
             for name, spec in playbook.inputs.items()

@@ -216,7 +216,7 @@ def test_playbook_list_json(cli_env: dict[str, str]) -> None:
                 "moderation.surge",
                 "notify.webhook",
             ],
-            "content_hash": load_playbook(SHIPPED).content_hash(),
+            "content_hash": load_playbook(SHIPPED).content_hash,
         }
     ] == run.json()
 

@@ -83,7 +83,7 @@ def test_doc_covers_every_step_of_every_shipped_playbook(shipped_env: dict[str, 
     assert md.stdout.startswith("# Crisis response protocol\n")
     assert html.stdout.startswith("<!DOCTYPE html>")
     for playbook in shipped_playbooks():
-        digest = playbook.content_hash()
+        digest = playbook.content_hash
         assert f"| `{playbook.playbook}` |" in md.stdout
         assert f"`{digest}`" in md.stdout
         assert f'<code class="hash">{digest}</code>' in html.stdout
@@ -176,7 +176,7 @@ def test_list_json_has_owner_levels_levers_and_hash(
             "owner": "",
             "levels": [],
             "levers": ["moderation.surge"],
-            "content_hash": good.content_hash(),
+            "content_hash": good.content_hash,
         },
         {
             "name": "levelled",
@@ -192,12 +192,12 @@ def test_list_json_has_owner_levels_levers_and_hash(
                 "notify.webhook",
                 "notify.send",
             ],
-            "content_hash": levelled.content_hash(),
+            "content_hash": levelled.content_hash,
         },
     ] == run.json()
 
     table = run_cli(env, "playbook", "list")
     assert 0 == table.code, table
     row = next(line for line in table.stdout.splitlines() if "levelled" in line)
-    for cell in ("safety-ops", "elevated, severe", levelled.content_hash()[:19]):
+    for cell in ("safety-ops", "elevated, severe", levelled.content_hash[:19]):
         assert cell in row

@@ -499,7 +499,7 @@ def test_prepare_incident_resolves_inputs_and_hashes_the_playbook(
     assert ["a", "b"] == incident.inputs["tags"]
     assert 9 == incident.inputs["reviewers"]
     assert "alice" == incident.triggered_by
-    assert inputs_playbook.content_hash() == incident.playbook_hash
+    assert inputs_playbook.content_hash == incident.playbook_hash
 
 
 # --- content hash -----------------------------------------------------------------------------
@@ -537,18 +537,18 @@ def test_content_hash_ignores_key_order(tmp_path: Path) -> None:
     """The same playbook written with keys in another order has the same hash."""
     first = load_text(tmp_path, "a", VALID)
     second = load_text(tmp_path, "b", REORDERED)
-    assert first.content_hash() == second.content_hash()
-    assert first.content_hash().startswith("sha256:")
-    assert 7 + 64 == len(first.content_hash())
+    assert first.content_hash == second.content_hash
+    assert first.content_hash.startswith("sha256:")
+    assert 7 + 64 == len(first.content_hash)
 
 
 def test_content_hash_changes_with_content(tmp_path: Path) -> None:
     """Changing any value (an argument, a description) changes the hash."""
-    base = load_text(tmp_path, "a", VALID).content_hash()
+    base = load_text(tmp_path, "a", VALID).content_hash
     argument = load_text(
         tmp_path, "b", edit("extra_reviewers: 3", "extra_reviewers: 4")
-    ).content_hash()
-    description = load_text(tmp_path, "c", edit("For tests.", "For other tests.")).content_hash()
+    ).content_hash
+    description = load_text(tmp_path, "c", edit("For tests.", "For other tests.")).content_hash
     assert len({base, argument, description}) == 3
 
 
