@@ -149,6 +149,10 @@ class PlatformLevers:
             response = await post(self._client, url, content=content, headers=headers)
         except httpx.HTTPError as error:
             failure = error
+        except asyncio.CancelledError:
+            for task in writing:  # the attempt is abandoned: stop waiting for its write too
+                task.cancel()
+            raise
         finally:
             timer.cancel()  # the early write starts only while the POST is in flight
         if writing or failure is not None or response.status_code >= 400:

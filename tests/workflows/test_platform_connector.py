@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 from temporalio.testing import ActivityEnvironment
 
+from activities.audit import AuditWriter
 from activities.platform import PlatformLevers
 from core.settings import Settings
+from tests.conftest import Sandbox
 from tests.helpers import dropping_receiver, serve_app
+from workflows.audit import AuditBatch, AuditTrail, AuditWritten
 from workflows.incident import LeverOutcome, LeverRequest
 
 
@@ -57,3 +64,50 @@ async def test_a_connection_the_platform_closed_is_replaced_at_once() -> None:
         outcome = await apply(settings, "surge", "moderation.surge", {"queue": "hate"})
     assert {"queue": "hate", "extra_reviewers": 0} == outcome.previous
     assert ["INC-1/surge/apply-1"] * 2 == platform.keys
+
+
+class StalledWriter(AuditWriter):
+    """An audit writer whose writes never finish, noting when one is abandoned."""
+
+    def __init__(self) -> None:  # nothing is stored
+        self.started = asyncio.Event()
+        self.abandoned = asyncio.Event()
+
+    async def write(self, batch: AuditBatch) -> AuditWritten:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.abandoned.set()
+        raise AssertionError("unreachable")
+
+
+async def test_an_abandoned_call_stops_waiting_for_its_early_write(
+    settings: Settings, sandbox: Sandbox
+) -> None:
+    """A call still unanswered after a second writes the events it was lent; if the attempt is
+    then cancelled, that write is abandoned with it, not left running on its own."""
+    await sandbox.fault(path_prefix="/detection/threshold", status=0, latency_ms=3000, times=1)
+    lent = AuditTrail("INC-1")
+    lent.record("incident.triggered", at="2026-11-29T12:00:00+00:00", actor="alice")
+    request = LeverRequest(
+        incident_id="INC-1",
+        step_id="raise",
+        operation="apply-1",
+        lever="detection.set_threshold",
+        args={"classifier": "fraud", "threshold": 0.3},
+        lent=AuditBatch(events=lent.lend(), task=3),
+    )
+    writer = StalledWriter()
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(
+        environment.info, start_to_close_timeout=timedelta(seconds=30)
+    )
+    async with httpx.AsyncClient() as http:
+        levers = PlatformLevers(settings=settings, client=http, audit=writer)
+        call = asyncio.create_task(environment.run(levers.apply_lever, request))
+        await asyncio.wait_for(writer.started.wait(), timeout=5)
+        environment.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    await asyncio.wait_for(writer.abandoned.wait(), timeout=5)
