@@ -71,9 +71,11 @@ async def stood_down_once_ready(
     *,
     audit: AuditWriter | None = None,
     ready: Ready | None = None,
+    standing_down: Ready | None = None,
 ) -> str:
     """Trigger the playbook on a worker of its own, wait for `ready` (by default: everything
-    applied is on record), stand it down; answer the incident id."""
+    applied is on record), stand it down (waiting for `standing_down`, if given, before the
+    stand-down has finished); answer the incident id."""
     incidents = Incidents(client, settings)
 
     async def applied(_: Incidents, incident_id: str) -> None:
@@ -85,7 +87,11 @@ async def stood_down_once_ready(
     ):
         incident = (await incidents.trigger(str(playbook), {}, actor="alice")).incident_id
         await assert_eventually(lambda: (ready or applied)(incidents, incident), timeout=30)
-        await incidents.stand_down(incident, actor="bob", reason="over")
+        stand_down = asyncio.create_task(incidents.stand_down(incident, actor="bob", reason="over"))
+        if standing_down is not None:
+            await assert_eventually(lambda: standing_down(incidents, incident), timeout=30)
+            assert not stand_down.done()
+        await stand_down
     return incident
 
 
@@ -229,30 +235,14 @@ async def test_a_stand_down_is_on_the_board_while_its_first_undo_fails_and_retri
 ) -> None:
     """The undo's failed attempts write the stand-down; the undo then succeeds, once."""
     await sandbox.fault(path_prefix="/detection/threshold/restore", status=500, times=3)
-    incidents = Incidents(client, settings)
-    async with (
-        httpx.AsyncClient(timeout=settings.platform_timeout_s) as http,
-        build_worker(client, settings=settings, http=http, store=sqlite_store),
-    ):
-        incident = (
-            await incidents.trigger(str(two_levers(tmp_path)), {}, actor="alice")
-        ).incident_id
 
-        async def applied() -> None:
-            assert kinds(sqlite_store.events(incident)) == APPLIED
+    async def requested_on_record(_: Incidents, incident_id: str) -> None:
+        assert kinds(sqlite_store.events(incident_id)) == [*APPLIED, "stand_down.requested"]
+        assert board_state(sqlite_store, incident_id) == "standing_down"
 
-        await assert_eventually(applied, timeout=30)
-        standing_down = asyncio.create_task(
-            incidents.stand_down(incident, actor="bob", reason="over")
-        )
-
-        async def requested_on_record() -> None:
-            assert kinds(sqlite_store.events(incident)) == [*APPLIED, "stand_down.requested"]
-            assert board_state(sqlite_store, incident) == "standing_down"
-            assert not standing_down.done()  # the undo is still retrying
-
-        await assert_eventually(requested_on_record, timeout=30)
-        await standing_down
+    incident = await stood_down_once_ready(
+        client, settings, sqlite_store, two_levers(tmp_path), standing_down=requested_on_record
+    )
     assert kinds(sqlite_store.events(incident)) == APPLIED + CLOSED
     assert await local_activities(client, incident) == [APPLY_LEVER] * 4
     state = await sandbox.state()
