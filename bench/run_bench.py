@@ -851,6 +851,9 @@ async def throughput_run(
         "cpu_s": cpu,
         "cpu_ms_per_incident": {k: round(v * 1000 / max(1, len(runs)), 1) for k, v in cpu.items()},
         "cpu_busy_share": round(sum(cpu.values()) / (wall * (os.cpu_count() or 1)), 3),
+        # Per process: CPU seconds per second of wall time. Near 1.0 for the bench process means
+        # its one interpreter lock is what limits the rate, whatever the other core does.
+        "cores_used": {name: round(seconds / wall, 2) for name, seconds in cpu.items()},
         # Share of the run during which something (ours or another tenant's) waited for a CPU.
         "cpu_pressure_some": round(pressure / 1e6 / wall, 3),
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -911,7 +914,7 @@ async def compare_runs(
         log(
             f"  {label} {name}: {result['incidents_per_s']:.2f}/s ({result['completed']}/{n} in "
             f"{result['wall_s']:.1f}s), cpu ms/incident {result['cpu_ms_per_incident']}, "
-            f"cpu pressure {result['cpu_pressure_some']}"
+            f"cores used {result['cores_used']}, cpu pressure {result['cpu_pressure_some']}"
         )
         runs.append(result)
     return runs
