@@ -5,18 +5,26 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from cli.output import fail
+from cli.output import fail, user_errors
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from cli.remote import RemoteIncidents
+
 # Piped output keeps whole lines (Rich would wrap tables at 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 200)
+
+# Set by the global `--api` option: commander commands then go through that API as the token's
+# principal instead of straight to Temporal.
+API: dict[str, str] = {}
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -33,6 +41,30 @@ def settings_or_fail() -> Settings:
         fail(f"invalid settings: {first['msg'].removeprefix('Value error, ')}")
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     return settings
+
+
+def remote_incidents(actor: str | None = None) -> RemoteIncidents | None:
+    """The remote API client when `--api` was given; None for direct mode."""
+    if "url" not in API:
+        return None
+    if actor:
+        fail("--actor cannot be used with --api: the API acts as the token's principal")
+    from cli.remote import RemoteIncidents
+
+    with user_errors():
+        return RemoteIncidents(API["url"], os.environ.get("CRISIS_TOKEN", ""))
+
+
+def existing_store_url(settings: Settings) -> str:
+    """The audit store's URL for a command that only reads it: a SQLite file that is not there
+    is the wrong data directory, not an empty store to create."""
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        fail(
+            f"no audit store in {settings.data_dir.resolve()} (set CRISIS_DATA_DIR or "
+            "CRISIS_DATABASE_URL, run from the directory `crisis up` ran in, or use --api)"
+        )
+    return url
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +13,19 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from cli import audit, playbooks, tokens
-from cli.common import JsonFlag, actor_name, console, parse_inputs, settings_or_fail
+from cli import audit, board, playbooks, tokens
+from cli.common import (
+    API,
+    JsonFlag,
+    actor_name,
+    console,
+    parse_inputs,
+    settings_or_fail,
+)
+from cli.common import remote_incidents as _remote_incidents
 from cli.output import CliError, fail, hard_exit, print_json, run_async, user_errors
 
 if TYPE_CHECKING:
-    from cli.remote import RemoteIncidents
     from core.settings import Settings
     from engine.incidents import Incidents
     from workflows.incident import IncidentStatus, StepRecord
@@ -37,10 +43,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(audit.history_app, name="history")
 app.add_typer(tokens.app, name="tokens")
 app.command("replay")(audit.replay)
-
-# Set by the global `--api` option: commander commands then go through that API as the token's
-# principal instead of straight to Temporal.
-_remote: dict[str, str] = {}
+app.command("incidents")(board.incidents)
 
 
 @app.callback()
@@ -56,19 +59,7 @@ def _options(
     ] = None,
 ) -> None:
     if api_url:
-        _remote["url"] = api_url
-
-
-def _remote_incidents(actor: str | None = None) -> RemoteIncidents | None:
-    """The remote API client when `--api` was given; None for direct mode."""
-    if "url" not in _remote:
-        return None
-    if actor:
-        fail("--actor cannot be used with --api: the API acts as the token's principal")
-    from cli.remote import RemoteIncidents
-
-    with user_errors():
-        return RemoteIncidents(_remote["url"], os.environ.get("CRISIS_TOKEN", ""))
+        API["url"] = api_url
 
 
 async def _direct_incidents(settings: Settings) -> Incidents:

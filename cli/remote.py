@@ -12,6 +12,7 @@ import httpx
 from pydantic import BaseModel
 
 from cli.output import CliError
+from engine.board import BoardPage
 from engine.errors import IncidentBusy, IncidentConflict, IncidentNotFound
 from workflows.incident import IncidentStatus, StepRecord
 
@@ -64,6 +65,10 @@ class RemoteIncidents:
     async def status(self, incident_id: str) -> IncidentStatus:
         return IncidentStatus.model_validate(await self._call("GET", f"/incidents/{incident_id}"))
 
+    async def board(self, filters: dict[str, Any]) -> BoardPage:
+        query = {k: v for k, v in filters.items() if v is not None}
+        return BoardPage.model_validate(await self._call("GET", "/incidents", params=query))
+
     async def act(self, incident_id: str, action: str, fields: dict[str, Any]) -> BaseModel:
         route, answer = ROUTES[action]
         body = {k: v for k, v in fields.items() if k != "actor" and v is not None}
@@ -79,6 +84,7 @@ class RemoteIncidents:
         path: str,
         body: dict[str, Any] | None = None,
         *,
+        params: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
         url = self._base + path
@@ -86,7 +92,7 @@ class RemoteIncidents:
             async with httpx.AsyncClient(
                 timeout=timeout or self._timeout, headers=self._headers
             ) as http:
-                response = await http.request(method, url, json=body)
+                response = await http.request(method, url, json=body, params=params)
         except httpx.HTTPError as error:
             raise RemoteError(f"cannot reach the API at {self._base}: {error}") from None
         if response.is_success:

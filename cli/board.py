@@ -1,0 +1,98 @@
+"""`crisis incidents`: the incident board on the command line, as `GET /v1/incidents` serves it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, get_args
+
+import typer
+from rich.table import Table
+
+from cli.common import (
+    JsonFlag,
+    console,
+    existing_store_url,
+    remote_incidents,
+    settings_or_fail,
+)
+from cli.output import fail, hard_exit, print_json, run_async
+
+if TYPE_CHECKING:
+    from engine.board import BoardEntry, BoardPage
+
+
+def incidents(
+    state: Annotated[
+        str,
+        typer.Option(help="open (not closed yet), all, running, standing_down, closed or failed."),
+    ] = "open",
+    playbook: Annotated[str | None, typer.Option(help="Only this playbook's incidents.")] = None,
+    level: Annotated[str | None, typer.Option(help="Only incidents at this level.")] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=200, help="At most this many, newest first.")
+    ] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many (for the next page).")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """List incidents, newest first: state, level, approvals waiting, measures in force."""
+    from engine.board import StateFilter  # not at import: it loads the store
+
+    if state not in (states := get_args(StateFilter)):
+        fail(f"--state {state!r}: expected one of {', '.join(states)}")
+    settings = settings_or_fail()
+    remote = remote_incidents()
+    filters = {"state": state, "playbook": playbook, "level": level, "limit": limit}
+
+    async def go() -> BoardPage:
+        if remote is not None:
+            return await remote.board({**filters, "offset": offset})
+        from engine.board import board_page
+        from store.audit_store import AuditStore
+
+        store = AuditStore(existing_store_url(settings))
+        try:
+            return board_page(store, offset=offset, **filters)  # type: ignore[arg-type]
+        finally:
+            store.dispose()
+
+    page = run_async(go)
+    if as_json:
+        print_json(page.model_dump(mode="json"))
+    else:
+        _print_board(page)
+    hard_exit(0)
+
+
+def _print_board(page: BoardPage) -> None:
+    if not page.items:
+        console.print("no incidents")
+        return
+    table = Table("incident", "playbook", "state", "level", "triggered", "waiting", "in force")
+    for entry in page.items:
+        table.add_row(
+            entry.incident_id,
+            f"{entry.playbook} v{entry.version}",
+            entry.state,
+            entry.level or "",
+            _when(entry.triggered_at),
+            _waiting(entry),
+            _in_force(entry),
+        )
+    console.print(table)
+    if page.next_offset is not None:
+        console.print(f"more: --offset {page.next_offset}")
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _waiting(entry: BoardEntry) -> str:
+    return ", ".join(f"{p.step_id} ({p.approvals}/{p.quorum})" for p in entry.pending_approvals)
+
+
+def _in_force(entry: BoardEntry) -> str:
+    if not entry.measures:
+        return ""
+    soonest = f", next lapse {_when(entry.next_expiry)}" if entry.next_expiry else ""
+    return f"{len(entry.measures)}{soonest}"

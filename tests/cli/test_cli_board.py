@@ -1,0 +1,61 @@
+"""`crisis incidents`: the incident board, straight from the audit store or through the API."""
+
+# The house style puts the expected value first in asserts.
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.cli.test_cli import assert_one_line_error, crisis
+from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
+from tests.cli.test_cli_remote import as_
+from tests.cli.test_cli_remote import issued as issued
+from tests.cli.test_cli_remote import remote as remote
+from tests.helpers import assert_eventually
+
+
+async def test_the_board_lists_open_incidents_directly_and_through_the_api(
+    cli_env: dict[str, str], remote: str, issued: dict[str, str]
+) -> None:
+    alice = as_(cli_env, issued["alice"])
+    run = await crisis(alice, "--api", remote, "trigger", "violent-disorder", "--json")
+    assert 0 == run.code, run
+    incident = run.json()["incident_id"]
+
+    async def listed(*args: str) -> dict[str, Any]:
+        board = await crisis(alice, *args, "incidents", "--json")
+        assert 0 == board.code, board
+        (entry,) = [e for e in board.json()["items"] if e["incident_id"] == incident]
+        assert 3 == len(entry["measures"])  # the two notifications are not measures
+        return entry
+
+    through_api = await assert_eventually(lambda: listed("--api", remote), timeout=30)
+    direct = await listed()
+    assert ("running", "violent-disorder", "alice") == (
+        direct["state"],
+        direct["playbook"],
+        direct["triggered_by"],
+    )
+    assert {**direct, "age_s": 0} == {**through_api, "age_s": 0}
+
+    text = await crisis(alice, "incidents")
+    assert 0 == text.code and incident in text.stdout and "running" in text.stdout, text
+
+    done = await crisis(alice, "--api", remote, "stand-down", incident, "--reason", "calm")
+    assert 0 == done.code, done
+    still_open = await crisis(alice, "incidents", "--json")
+    assert incident not in {e["incident_id"] for e in still_open.json()["items"]}
+    closed = await crisis(alice, "incidents", "--state", "closed", "--json")
+    assert incident in {e["incident_id"] for e in closed.json()["items"]}
+
+
+async def test_board_mistakes_are_one_line_each(cli_env: dict[str, str], tmp_path: Path) -> None:
+    assert_one_line_error(
+        await crisis(cli_env, "incidents", "--state", "lost"), "--state 'lost'", "open"
+    )
+    # A data directory with no store is a mistake to report, not an empty store to create.
+    elsewhere = {k: v for k, v in cli_env.items() if k != "CRISIS_DATABASE_URL"}
+    elsewhere["CRISIS_DATA_DIR"] = str(tmp_path / "nothing-here")
+    assert_one_line_error(await crisis(elsewhere, "incidents"), "no audit store", "nothing-here")
+    assert not (tmp_path / "nothing-here").exists()
