@@ -73,5 +73,7 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             fail(f"--input {pair!r}: expected key=value")
+        if key.strip() in inputs:
+            fail(f"--input {key.strip()!r} is given twice")
         inputs[key.strip()] = value
     return inputs

@@ -461,7 +461,7 @@ def resolve_inputs(playbook: Playbook, given: dict[str, Any]) -> dict[str, Any]:
 def coerce_input(name: str, spec: InputSpec, value: Any) -> Any:
     """Coerce a value (possibly a CLI string) to the input's declared type."""
     if spec.type == "list":
-        items = _split_list(value)
+        items = _split_list(name, value)
         result: Any = [_coerce_scalar(name, spec.items or "string", item) for item in items]
     else:
         result = _coerce_scalar(name, spec.type, value)
@@ -473,7 +473,8 @@ def coerce_input(name: str, spec: InputSpec, value: Any) -> Any:
     return result
 
 
-def _split_list(value: Any) -> list[Any]:
+def _split_list(name: str, value: Any) -> list[Any]:
+    """A list from a JSON list, `a,b` or `[a, b]` (a CLI string); a lone value is a list of one."""
     if isinstance(value, list):
         return value
     if isinstance(value, str):
@@ -485,6 +486,11 @@ def _split_list(value: Any) -> list[Any]:
                 parsed = None
             if isinstance(parsed, list):
                 return parsed
+            if not text.endswith("]"):
+                raise InputError(
+                    f"input {name!r}: {value!r} opens a list with '[' but never closes it"
+                )
+            text = text[1:-1]
         return [part.strip() for part in text.split(",") if part.strip()]
     return [value]
 

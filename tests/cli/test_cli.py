@@ -371,6 +371,14 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             ["trigger", vd, "-i", "region"],
             ["--input 'region': expected key=value"],
         ),
+        "the same input twice": (
+            ["trigger", vd, "-i", "region=GB", "-i", "region=IE"],
+            ["--input 'region' is given twice"],
+        ),
+        "an unclosed list": (
+            ["trigger", vd, "-i", "categories=[a, b"],
+            ["input 'categories'", "never closes it"],
+        ),
         "unknown incident status": (["status", none], [f"no incident {none}"]),
         "unknown incident stand-down": (
             ["stand-down", none, "--reason", "x"],

@@ -418,6 +418,7 @@ def test_resolve_inputs_applies_defaults(inputs_playbook: Playbook) -> None:
         ("tags", "a,b", ["a", "b"]),
         ("tags", " a , b ,", ["a", "b"]),
         ("tags", '["a", "b,c"]', ["a", "b,c"]),
+        ("tags", "[a, b]", ["a", "b"]),
         ("tags", ["x"], ["x"]),
         ("counts", "1,2", [1, 2]),
         ("counts", "[3, 4.0]", [3, 4]),
@@ -448,6 +449,7 @@ def test_resolve_inputs_coerces_strings_to_the_declared_type(
         ("reviewers", "2.5", "input 'reviewers': expected integer, got '2.5'"),
         ("loud", "maybe", "input 'loud': expected boolean, got 'maybe'"),
         ("counts", "1,x", "input 'counts': expected integer, got 'x'"),
+        ("tags", "[a, b", "input 'tags': '[a, b' opens a list with '[' but never closes it"),
         ("region", {"a": 1}, "input 'region': expected string"),
     ],
 )
