@@ -21,6 +21,7 @@ from engine.errors import (
     PlaybookInvalid,
     PlaybookNotFound,
 )
+from store.errors import TokenError, UnknownToken
 from workflows.playbook import InputError
 
 log = structlog.get_logger(__name__)
@@ -36,6 +37,8 @@ ERROR_CODES: dict[type[Exception], tuple[int, str]] = {
     IncidentError: (502, "temporal_error"),
     # The deployment's templates or stakeholder directory are broken: nothing the client can fix.
     LibraryError: (503, "library_invalid"),
+    UnknownToken: (404, "token_not_found"),
+    TokenError: (422, "invalid_request"),
 }
 
 

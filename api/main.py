@@ -10,7 +10,7 @@ import structlog
 from fastapi import APIRouter, FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import audit, board, health, incidents, playbooks, timeline
+from api.routes import audit, board, health, incidents, playbooks, timeline, tokens
 from api.web import routes as console
 from core.settings import Settings, get_settings
 from engine.incidents import Incidents
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(incidents.router)
     v1.include_router(timeline.router)
     v1.include_router(audit.router)
+    v1.include_router(tokens.router)
     app.include_router(v1)
     app.include_router(console.router)  # the web console: /console, server-rendered
     install_error_handlers(app)

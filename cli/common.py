@@ -17,7 +17,7 @@ from core.logging import configure_logging
 from core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from cli.remote import RemoteIncidents
+    from cli.remote import RemoteApi, RemoteIncidents
 
 # Piped output keeps whole lines (Rich would wrap tables at 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -41,6 +41,16 @@ def settings_or_fail() -> Settings:
         fail(f"invalid settings: {first['msg'].removeprefix('Value error, ')}")
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     return settings
+
+
+def remote_api() -> RemoteApi | None:
+    """The API client for commands other than the commander's when `--api` was given."""
+    if "url" not in API:
+        return None
+    from cli.remote import RemoteApi
+
+    with user_errors():
+        return RemoteApi(API["url"], os.environ.get("CRISIS_TOKEN", ""))
 
 
 def remote_incidents(actor: str | None = None) -> RemoteIncidents | None:

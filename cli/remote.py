@@ -39,8 +39,8 @@ class RemoteError(CliError):
     """The API refused the request or could not be reached."""
 
 
-class RemoteIncidents:
-    """Trigger, read and act on incidents through the HTTP API as the token's principal."""
+class RemoteApi:
+    """Calls to the HTTP API as the token's principal; its refusals become the CLI's errors."""
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0) -> None:
         if not token:
@@ -51,32 +51,16 @@ class RemoteIncidents:
         self._headers = {"Authorization": f"Bearer {token}"}
         self._timeout = timeout
 
-    async def trigger(
+    async def call(
         self,
-        playbook: str,
-        inputs: dict[str, Any],
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
         *,
-        incident_id: str | None = None,
-        level: str | None = None,
-    ) -> dict[str, Any]:
-        body = {"playbook": playbook, "inputs": inputs, "incident_id": incident_id, "level": level}
-        return await self._call("POST", "/incidents", {k: v for k, v in body.items() if v})
-
-    async def status(self, incident_id: str) -> IncidentStatus:
-        return IncidentStatus.model_validate(await self._call("GET", f"/incidents/{incident_id}"))
-
-    async def board(self, filters: dict[str, Any]) -> BoardPage:
-        query = {k: v for k, v in filters.items() if v is not None}
-        return BoardPage.model_validate(await self._call("GET", "/incidents", params=query))
-
-    async def act(self, incident_id: str, action: str, fields: dict[str, Any]) -> BaseModel:
-        route, answer = ROUTES[action]
-        body = {k: v for k, v in fields.items() if k != "actor" and v is not None}
-        # The API waits for a busy incident to answer (CRISIS_ACTION_TIMEOUT, 60 s by default).
-        answered = await self._call(
-            "POST", f"/incidents/{incident_id}/{route}", body, timeout=max(self._timeout, 90.0)
-        )
-        return answer.model_validate(answered)
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """One request under /v1; the decoded JSON answer."""
+        return await self._call(method, path, body, params=params)
 
     async def _call(
         self,
@@ -105,3 +89,34 @@ class RemoteIncidents:
         if code in _ENGINE_ERRORS:
             raise _ENGINE_ERRORS[code](message)
         raise RemoteError(f"API refused ({response.status_code} {code}): {message}")
+
+
+class RemoteIncidents(RemoteApi):
+    """Trigger, read and act on incidents through the HTTP API as the token's principal."""
+
+    async def trigger(
+        self,
+        playbook: str,
+        inputs: dict[str, Any],
+        *,
+        incident_id: str | None = None,
+        level: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"playbook": playbook, "inputs": inputs, "incident_id": incident_id, "level": level}
+        return await self._call("POST", "/incidents", {k: v for k, v in body.items() if v})
+
+    async def status(self, incident_id: str) -> IncidentStatus:
+        return IncidentStatus.model_validate(await self._call("GET", f"/incidents/{incident_id}"))
+
+    async def board(self, filters: dict[str, Any]) -> BoardPage:
+        query = {k: v for k, v in filters.items() if v is not None}
+        return BoardPage.model_validate(await self._call("GET", "/incidents", params=query))
+
+    async def act(self, incident_id: str, action: str, fields: dict[str, Any]) -> BaseModel:
+        route, answer = ROUTES[action]
+        body = {k: v for k, v in fields.items() if k != "actor" and v is not None}
+        # The API waits for a busy incident to answer (CRISIS_ACTION_TIMEOUT, 60 s by default).
+        answered = await self._call(
+            "POST", f"/incidents/{incident_id}/{route}", body, timeout=max(self._timeout, 90.0)
+        )
+        return answer.model_validate(answered)

@@ -4,23 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from cli.common import JsonFlag, console, settings_or_fail
-from cli.output import fail, print_json
+from cli.common import JsonFlag, console, remote_api, settings_or_fail
+from cli.output import fail, print_json, run_async
 from store.errors import TokenError
 
 if TYPE_CHECKING:
-    from store.tokens import TokenInfo, TokenStore
+    from store.tokens import TokenStore
 
 app = typer.Typer(
     help="API tokens: issue, list, revoke (roles: commander, engineer, auditor, admin, or an "
-    "approver role a playbook names).",
+    "approver role a playbook names). With --api, on the API's database, as an admin.",
     no_args_is_help=True,
 )
+
+
+def _through_api(method: str, path: str, body: dict[str, Any] | None = None, **params: Any) -> Any:
+    """The answer of an admin route when `--api` was given; None in direct mode."""
+    remote = remote_api()
+    if remote is None:
+        return None
+    query = {k: v for k, v in params.items() if v is not None}
+    return run_async(lambda: remote.call(method, path, body, params=query or None))
 
 
 @contextmanager
@@ -66,8 +75,14 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Issue a token for NAME. It is printed once: only its hash is kept."""
-    with _token_store() as store:
-        issued = store.create(name, roles)
+    from store.tokens import IssuedToken, TokenInfo
+
+    answer = _through_api("POST", "/tokens", {"principal": name, "roles": roles})
+    if answer is not None:
+        issued = IssuedToken(TokenInfo.from_dict(answer), answer["token"])
+    else:
+        with _token_store() as store:
+            issued = store.create(name, roles)
     warning = "warning: this token is shown once and cannot be shown again: store it now"
     if as_json:
         print_json({**issued.info.as_dict(), "token": issued.token})
@@ -84,8 +99,14 @@ def list_tokens(
     as_json: JsonFlag = False,
 ) -> None:
     """Every token, oldest first, with its principal, roles and use (never a secret)."""
-    with _token_store() as store:
-        found: list[TokenInfo] = store.list(principal=principal)
+    from store.tokens import TokenInfo
+
+    answer = _through_api("GET", "/tokens", principal=principal)
+    if answer is not None:
+        found = [TokenInfo.from_dict(item) for item in answer]
+    else:
+        with _token_store() as store:
+            found = store.list(principal=principal)
     if as_json:
         print_json([info.as_dict() for info in found])
         return
@@ -116,8 +137,14 @@ def revoke(
     """Revoke a token (or all of a principal's): the API refuses it from the next request on."""
     if (token_id is None) == (principal is None):
         fail("give a TOKEN_ID or --principal NAME (one of them)")
-    with _token_store() as store:
-        revoked = store.revoke(token_id, principal=principal)
+    from store.tokens import TokenInfo
+
+    answer = _through_api("POST", "/tokens/revoke", {"token_id": token_id, "principal": principal})
+    if answer is not None:
+        revoked = [TokenInfo.from_dict(item) for item in answer]
+    else:
+        with _token_store() as store:
+            revoked = store.revoke(token_id, principal=principal)
     if as_json:
         print_json([info.as_dict() for info in revoked])
         return

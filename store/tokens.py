@@ -65,6 +65,24 @@ class TokenInfo:
     def active(self) -> bool:
         return self.revoked_at is None
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenInfo:
+        """A token as `as_dict` (and the API) writes it."""
+
+        def moment(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        created = moment(data["created_at"])
+        assert created is not None
+        return cls(
+            id=data["id"],
+            principal=data["principal"],
+            roles=tuple(data["roles"]),
+            created_at=created,
+            revoked_at=moment(data["revoked_at"]),
+            last_used_at=moment(data["last_used_at"]),
+        )
+
     def as_dict(self) -> dict[str, Any]:
         def iso(moment: datetime | None) -> str | None:
             return moment.isoformat() if moment else None

@@ -6,6 +6,7 @@ accepting (then refusing) what they issue (then revoke)."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +181,39 @@ async def test_the_api_accepts_an_issued_token_until_it_is_revoked(
                 refused.status_code,
                 refused.json()["error"]["code"],
             )
+
+
+async def test_through_the_api_tokens_live_in_the_apis_database(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """With --api, an admin manages tokens on the API's own database (not the local one), so
+    what is issued works there at once; a non-admin is refused in one line."""
+    api_tokens = TokenStore(settings.resolved_database_url)
+    admin = api_tokens.create("root", ["admin"]).token
+    commander = api_tokens.create("cmd", ["commander"]).token
+    api_tokens.dispose()
+    # The CLI's own data directory is elsewhere and stays empty.
+    local = _env(f"sqlite:///{tmp_path / 'local' / 'audit.db'}", tmp_path / "local")
+    dana_name = f"dana-{uuid.uuid4().hex[:8]}"  # the API's database outlives this test
+    with serve_app(create_app(settings)) as url:
+        as_admin = {**local, "CRISIS_API": url, "CRISIS_TOKEN": admin}
+        run = await crisis(
+            as_admin, "tokens", "create", dana_name, "--role", "policy-lead", "--json"
+        )
+        assert 0 == run.code, run
+        dana = run.json()
+        assert (dana_name, ["policy-lead"]) == (dana["principal"], dana["roles"])
+        async with httpx.AsyncClient(base_url=url) as http:
+            works = await http.get(
+                "/v1/incidents", headers={"Authorization": f"Bearer {dana['token']}"}
+            )
+            assert 200 == works.status_code, works.text
+
+        listed = await crisis(as_admin, "tokens", "list", "--principal", dana_name, "--json")
+        assert [dana["id"]] == [t["id"] for t in listed.json()]
+        revoked = await crisis(as_admin, "tokens", "revoke", dana["id"])
+        assert 0 == revoked.code and f"revoked token {dana['id']} of {dana_name}" in revoked.stdout
+
+        refused = await crisis({**as_admin, "CRISIS_TOKEN": commander}, "tokens", "list")
+        assert_one_line_error(refused, "403", "forbidden")
+    assert not (tmp_path / "local" / "audit.db").exists()
