@@ -19,6 +19,7 @@ from cli.common import (
     JsonFlag,
     actor_name,
     console,
+    existing_store_url,
     parse_inputs,
     settings_or_fail,
 )
@@ -184,9 +185,20 @@ def stand_down(
         str, typer.Option(help="Why the crisis is over (recorded in the audit trail).")
     ],
     actor: Annotated[str | None, typer.Option(help="Who stands the incident down.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Even if a later open incident holds measures on the same settings (they are "
+            "lifted too).",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Stand an incident down: undo every applied measure in reverse order, then close it."""
+    """Stand an incident down: undo every applied measure in reverse order, then close it.
+
+    Refused if a later open incident changed the same settings since (standing this one down
+    first would lift its measures): stand that one down first, or pass --force."""
     settings = settings_or_fail()
     if not reason.strip():
         fail("--reason must not be empty")
@@ -194,10 +206,18 @@ def stand_down(
 
     async def go() -> Any:
         if remote is not None:
-            return await remote.act(incident_id, "stand-down", {"reason": reason})
-        return await (await _direct_incidents(settings)).stand_down(
-            incident_id, actor=actor_name(actor), reason=reason
-        )
+            return await remote.act(incident_id, "stand-down", {"reason": reason, "force": force})
+        incidents = await _direct_incidents(settings)
+        if not force:
+            from engine.overlap import refuse_if_later_overlaps
+            from store.audit_store import AuditStore
+
+            store = AuditStore(existing_store_url(settings))
+            try:
+                await refuse_if_later_overlaps(store, incident_id)
+            finally:
+                store.dispose()
+        return await incidents.stand_down(incident_id, actor=actor_name(actor), reason=reason)
 
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else _print_status(result)

@@ -13,6 +13,7 @@ from api.auth import Commander, Principal, Reader
 from api.deps import IncidentsDep, SettingsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
 from engine.incidents import ACTIONS, Incidents, verify_audit
+from engine.overlap import refuse_if_later_overlaps
 from engine.playbook_files import library_playbook
 from workflows.audit import AuditEvent
 from workflows.incident import IncidentStatus, StepRecord
@@ -38,6 +39,11 @@ class TriggeredOut(BaseModel):
 
 class StandDownBody(BaseModel):
     reason: str = Field(min_length=1)
+    force: bool = Field(
+        False,
+        description="Stand down even though a later open incident holds measures on the same "
+        "settings (they would be lifted too); otherwise that is a 409 naming it",
+    )
 
 
 class AuditOut(BaseModel):
@@ -75,8 +81,14 @@ async def show(incident_id: str, incidents: IncidentsDep, _: Reader) -> Incident
 
 @router.post("/{incident_id}/stand-down", response_model=IncidentStatus)
 async def stand_down(
-    incident_id: str, body: StandDownBody, incidents: IncidentsDep, principal: Commander
+    incident_id: str,
+    body: StandDownBody,
+    incidents: IncidentsDep,
+    store: StoreDep,
+    principal: Commander,
 ) -> IncidentStatus:
+    if not body.force:
+        await refuse_if_later_overlaps(store, incident_id)
     return await incidents.stand_down(incident_id, actor=principal.name, reason=body.reason)
 
 

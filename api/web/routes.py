@@ -47,6 +47,7 @@ from engine.board import board_page
 from engine.errors import IncidentConflict, LibraryError, PlaybookError
 from engine.incidents import ACTIONS
 from engine.integrity import verify_incident
+from engine.overlap import refuse_if_later_overlaps
 from engine.playbook_files import library_playbook, load_playbook, playbook_files
 from engine.reporting import timeline_entries
 from store.errors import RevokedToken, TokenError
@@ -291,6 +292,8 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             )
         if action == "stand-down" and form.get("confirm") != "yes":
             raise ActionRefused("stand-down: tick the box to confirm that every measure is undone")
+        if action == "stand-down" and form.get("force") != "yes":
+            await refuse_if_later_overlaps(get_store(request), incident_id)
         update, model = ACTIONS[action]
         result = await get_incidents(request).act(
             incident_id, update, build_request(model, fields, actor=principal.name)

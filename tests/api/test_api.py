@@ -222,6 +222,8 @@ async def test_openapi_lists_the_v1_paths(api: httpx.AsyncClient) -> None:
         "/v1/incidents/{incident_id}/history": {"get"},
         "/v1/incidents/{incident_id}/verify": {"get"},
         "/v1/incidents/{incident_id}/report": {"get"},
+        "/v1/tokens": {"get", "post"},
+        "/v1/tokens/revoke": {"post"},
         **{
             f"/v1/incidents/{{incident_id}}/{action}": {"post"}
             for action in (

@@ -152,12 +152,15 @@ def seeded(api_url: str, tokens: Tokens) -> Seeded:
             status = http.get(f"/v1/incidents/{incident_id}").json()
             return next(s["state"] for s in status["steps"] if s["id"] == step_id)
 
-        seeded = Seeded(
-            awaiting=trigger("commander-actions", level="elevated"),
-            running=trigger("plain"),
-            closed=trigger("plain"),
-            doomed=trigger("plain"),
+        awaiting, running, doomed = (
+            trigger("commander-actions", level="elevated"),
+            trigger("plain"),
+            trigger("plain"),
         )
+        # The one stood down comes last: an older incident on the same settings as a newer one
+        # still open is refused a stand-down (it would lift the newer's measures).
+        closed = trigger("plain")
+        seeded = Seeded(awaiting=awaiting, running=running, closed=closed, doomed=doomed)
         _until(lambda: "awaiting_approval" == step_state(seeded.awaiting, "throttle"), "approval")
         for incident_id in (seeded.running, seeded.closed, seeded.doomed):
             _until(lambda i=incident_id: "applied" == step_state(i, "surge"), f"{incident_id}")

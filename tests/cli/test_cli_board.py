@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.cli.test_cli import assert_one_line_error, crisis
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.cli.test_cli_remote import as_
@@ -59,3 +61,28 @@ async def test_board_mistakes_are_one_line_each(cli_env: dict[str, str], tmp_pat
     elsewhere["CRISIS_DATA_DIR"] = str(tmp_path / "nothing-here")
     assert_one_line_error(await crisis(elsewhere, "incidents"), "no audit store", "nothing-here")
     assert not (tmp_path / "nothing-here").exists()
+
+
+@pytest.mark.usefixtures("worker")
+async def test_stand_down_refuses_to_lift_a_later_incidents_measures(
+    cli_env: dict[str, str],
+) -> None:
+    """Direct mode checks the audit store as the API does: the older of two incidents on the
+    same settings is refused in one line naming the newer; newest first goes through."""
+    ids = []
+    for _ in range(2):
+        run = await crisis(cli_env, "trigger", "violent-disorder", "--json")
+        assert 0 == run.code, run
+        ids.append(run.json()["incident_id"])
+
+        async def applied(incident: str = ids[-1]) -> None:
+            status = await crisis(cli_env, "status", incident, "--json")
+            assert ["applied"] * 5 == [s["state"] for s in status.json()["steps"]]
+
+        await assert_eventually(applied, timeout=30)
+    older, newer = ids
+    refused = await crisis(cli_env, "stand-down", older, "--reason", "calm")
+    assert_one_line_error(refused, older, newer, "down first, or force")
+    for incident in (newer, older):
+        done = await crisis(cli_env, "stand-down", incident, "--reason", "calm", "--json")
+        assert ("closed", 0) == (done.json()["state"], done.code), done

@@ -1,0 +1,100 @@
+"""Two incidents on the same settings: standing the older down first would lift the newer's
+measures, so it is refused (409, naming the newer) unless forced; newest first restores all."""
+
+# The house style puts the expected value first in asserts.
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.main import create_app
+from core.settings import Settings
+from tests.api.conftest import Tokens
+from tests.api.test_api_actions import act, answer, conflict, status_when, trigger
+from tests.conftest import Sandbox
+from tests.helpers import serve_app
+
+OVERLAP_PLAYBOOK = """\
+playbook: overlap
+version: 1
+title: Overlap
+description: For tests of incidents on the same settings.
+inputs:
+  region: {type: string}
+  reach: {type: number, default: 0.5}
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: "${inputs.region}", categories: [scams], reach_multiplier: "${inputs.reach}"}
+  - id: tell
+    do: notify.webhook
+    with: {to: internal-crisis-team, message: "throttled ${inputs.region}"}
+"""
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, tmp_path: Path, tokens: Tokens
+) -> AsyncIterator[httpx.AsyncClient]:
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "overlap.yaml").write_text(OVERLAP_PLAYBOOK)
+    app = create_app(settings.model_copy(update={"playbooks_dir": library}))
+    with serve_app(app) as url:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, headers=tokens.headers("alice")
+        ) as http:
+            yield http
+
+
+async def applied(api: httpx.AsyncClient, region: str, reach: float) -> str:
+    incident = await trigger(api, "overlap", inputs={"region": region, "reach": reach})
+    await status_when(api, incident, lambda s: s["throttle"] == "applied")
+    return incident
+
+
+async def policy(sandbox: Sandbox, region: str) -> Any:
+    return (await sandbox.state())["recommender"].get(region, {}).get("scams")
+
+
+async def test_the_older_incident_cannot_lift_the_newers_measures(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    region = f"Z{uuid.uuid4().hex[:3].upper()}"  # settings no other test touches
+    older = await applied(api, region, 0.5)
+    newer = await applied(api, region, 0.25)
+    elsewhere = await applied(api, f"{region}X", 0.5)  # another region: not the same settings
+
+    refused = await act(api, older, "stand-down", reason="calm")
+    conflict(refused, older, newer, f"recommender.throttle {region}/scams", "throttle")
+    assert elsewhere not in refused.json()["error"]["message"]
+    assert "running" == answer(await api.get(f"/v1/incidents/{older}"))["state"]
+    assert 0.25 == (await policy(sandbox, region))["reach_multiplier"]
+
+    # Newest first restores both exactly: the setting is back to none at all.
+    assert "closed" == answer(await act(api, newer, "stand-down", reason="calm"))["state"]
+    assert 0.5 == (await policy(sandbox, region))["reach_multiplier"]
+    assert "closed" == answer(await act(api, older, "stand-down", reason="calm"))["state"]
+    assert None is await policy(sandbox, region)
+    assert "closed" == answer(await act(api, elsewhere, "stand-down", reason="calm"))["state"]
+
+
+async def test_a_commander_may_force_the_older_down(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    region = f"Z{uuid.uuid4().hex[:3].upper()}"
+    older = await applied(api, region, 0.5)
+    newer = await applied(api, region, 0.25)
+    forced = await act(api, older, "stand-down", reason="calm", force=True)
+    assert "closed" == answer(forced)["state"]
+    # What the warning said: the newer incident's measure was lifted with the older's.
+    assert None is await policy(sandbox, region)
+    # And the newer then puts back what it replaced, the older's: why the refusal exists.
+    assert "closed" == answer(await act(api, newer, "stand-down", reason="calm"))["state"]
+    assert 0.5 == (await policy(sandbox, region))["reach_multiplier"]
