@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from cli.common import JsonFlag, console, settings_or_fail
-from cli.output import fail, hard_exit, print_json, run_async, user_errors
+from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
 from engine.errors import BundleError, HistoryError
 from store.errors import SealError
 
@@ -121,6 +121,8 @@ def export(
     from store.seals import Signer
 
     settings = settings_or_fail()
+    if output.exists() and not output.is_dir() and not output.name.endswith(".tar.gz"):
+        fail(f"cannot write {output}: it is a file (give a directory or FILE.tar.gz)")
 
     async def go() -> Path:
         store = AuditStore(settings.resolved_database_url)
@@ -130,14 +132,17 @@ def export(
         history = (
             await export_history(await connect(settings), incident_id) if with_history else None
         )
-        return write_bundle(
-            output,
-            incident_id=incident_id,
-            events=events,
-            seals=store.seals(incident_id),
-            public_key=Signer(settings.signing_key_path).public_key,
-            history=history,
-        )
+        try:
+            return write_bundle(
+                output,
+                incident_id=incident_id,
+                events=events,
+                seals=store.seals(incident_id),
+                public_key=Signer(settings.signing_key_path).public_key,
+                history=history,
+            )
+        except OSError as error:
+            fail(f"cannot write {output}: {error.strerror or error}")
 
     written = run_async(go)
     typer.echo(f"exported {incident_id} to {written}")
@@ -174,9 +179,9 @@ def report(
     if output is None:
         typer.echo(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        write_output(output, text)
         if format == "md":
-            (output.parent / built.chart_name).write_text(built.svg, encoding="utf-8")
+            write_output(output.parent / built.chart_name, built.svg)
             typer.echo(f"wrote {output} and {output.parent / built.chart_name}")
         else:
             typer.echo(f"wrote {output}")
@@ -204,7 +209,7 @@ def history_export(
     if output is None:
         typer.echo(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        write_output(output, text)
         events = sum(len(run.events) for run in history.runs)
         typer.echo(f"exported {len(history.runs)} run(s), {events} events to {output}")
     hard_exit(0)

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from engine.errors import (
@@ -43,6 +44,14 @@ class CliError(Exception):
 def fail(message: str, status: int = 1) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     hard_exit(status)
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a file the user named; a missing directory or a directory in the way is one line."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}")
 
 
 def hard_exit(status: int) -> NoReturn:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import JsonFlag, console, parse_inputs, settings_or_fail
-from cli.output import fail, hard_exit, print_json, run_async, user_errors
+from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
 from core.logging import configure_logging
 from engine.errors import ScenarioError
 from engine.plan import make_plan
@@ -89,7 +89,7 @@ def playbook_schema(output: Annotated[Path | None, typer.Option("-o", "--output"
     """Print (or write) the JSON Schema of the playbook language, for editors."""
     text = json.dumps(Playbook.model_json_schema(by_alias=True), indent=2) + "\n"
     if output:
-        output.write_text(text)
+        write_output(output, text)
     else:
         typer.echo(text, nl=False)
 
@@ -161,10 +161,7 @@ def playbook_doc(
     if output is None:
         typer.echo(text, nl=False)
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as error:
-        fail(f"cannot write {output}: {error.strerror or error}")
+    write_output(output, text)
     names = ", ".join(f"{pb.name} v{pb.version}" for pb in document.playbooks)
     typer.echo(f"wrote {output} ({chosen}): crisis response protocol for {names}")
 

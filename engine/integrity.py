@@ -150,8 +150,11 @@ def write_bundle(
 def read_bundle(path: Path) -> Bundle:
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory() as tmp:
-            with tarfile.open(path, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")
+            try:
+                with tarfile.open(path, "r:gz") as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, EOFError, OSError) as error:
+                raise BundleError(f"{path}: not a readable .tar.gz bundle ({error})") from None
             inner = [p for p in Path(tmp).iterdir() if p.is_dir()]
             if len(inner) != 1:
                 raise BundleError(f"{path}: expected one incident directory in the archive")

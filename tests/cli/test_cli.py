@@ -194,6 +194,21 @@ def test_schema_is_json_schema_with_steps(cli_env: dict[str, str], tmp_path: Pat
     assert schema == json.loads((tmp_path / "schema.json").read_text())
 
 
+def test_schema_to_a_path_it_cannot_write_is_one_error_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A missing directory or a directory in the way: one `error:` line naming the path."""
+    missing = tmp_path / "missing" / "schema.json"
+    assert_one_line_error(
+        run_cli(cli_env, "playbook", "schema", "-o", str(missing)),
+        f"cannot write {missing}: No such file or directory",
+    )
+    assert_one_line_error(
+        run_cli(cli_env, "playbook", "schema", "-o", str(tmp_path)),
+        f"cannot write {tmp_path}: Is a directory",
+    )
+
+
 def test_playbook_list_json(cli_env: dict[str, str]) -> None:
     """`playbook list --json` lists the library with name, version, title, step count, owner,
     levels, the distinct levers in order of first use, and the content hash that runs."""

@@ -480,6 +480,48 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
             raise AssertionError(f"{case}: {run}") from error
 
 
+async def test_output_paths_that_cannot_be_written_are_one_error_line(
+    env: dict[str, str], incident: str, tmp_path: Path
+) -> None:
+    """Reports, histories and bundles to a missing directory, onto a directory or onto a file,
+    and a bundle that is no archive: one `error:` line naming the path, exit 1."""
+    missing = tmp_path / "missing" / "report.md"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_text("not an archive")
+    cases = {
+        "report to a missing directory": (
+            ["audit", "report", incident, "-o", str(missing)],
+            [f"cannot write {missing}: No such file or directory"],
+        ),
+        "report onto a directory": (
+            ["audit", "report", incident, "-o", str(tmp_path)],
+            [f"cannot write {tmp_path}: Is a directory"],
+        ),
+        "history onto a directory": (
+            ["history", "export", incident, "-o", str(tmp_path)],
+            [f"cannot write {tmp_path}: Is a directory"],
+        ),
+        "bundle onto a file": (
+            ["audit", "export", incident, "-o", str(a_file)],
+            [f"cannot write {a_file}: it is a file"],
+        ),
+        "garbage bundle": (
+            ["audit", "verify", "--bundle", str(garbage)],
+            [f"{garbage}: not a readable .tar.gz bundle"],
+        ),
+    }
+    runs = await asyncio.gather(*(crisis(env, *args) for args, _ in cases.values()))
+    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
+        try:
+            assert "" == run.stdout
+            assert_one_line_error(run, *fragments)
+        except AssertionError as error:
+            raise AssertionError(f"{case}: {run}") from error
+    assert "keep me" == a_file.read_text()
+
+
 async def test_unknown_incident_history_is_one_error_line(env: dict[str, str]) -> None:
     """History export and replay of an incident Temporal never saw: one `error:` line, exit 1."""
     none = "INC-NO-SUCH-INCIDENT"
