@@ -108,7 +108,9 @@ def trigger(
 
     with user_errors():  # check the playbook and inputs before connecting anywhere
         playbook_path = find_playbook(playbook, settings.playbooks_dir)
-        prepare_incident(load_playbook(playbook_path), given, actor=actor_name(actor), level=level)
+        # With the library, as validate, plan and the worker's own trigger read it.
+        loaded = load_playbook(playbook_path, settings.playbooks_dir)
+        prepare_incident(loaded, given, actor=actor_name(actor), level=level)
 
     async def go() -> Any:
         return await (await _direct_incidents(settings)).trigger(

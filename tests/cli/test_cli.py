@@ -360,6 +360,29 @@ async def test_status_exits_zero_every_time(cli_env: dict[str, str], sandbox: Sa
     await crisis(cli_env, "stand-down", incident_id, "--reason", "test over")
 
 
+@pytest.mark.usefixtures("worker", "sandbox")
+async def test_trigger_a_draft_outside_the_library_uses_the_library(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A playbook file outside the library directory resolves the library's templates, in
+    trigger as in plan: the draft an author just planned can be declared."""
+    draft = write(
+        tmp_path / "draft.yaml",
+        GOOD
+        + "  - id: tell-regulator\n"
+        + "    do: notify.send\n"
+        + "    with: {to: regulator, template: crisis-opened}\n",
+    )
+    planned = await crisis(cli_env, "playbook", "plan", str(draft), "--json")
+    assert 0 == planned.code, planned
+    run = await crisis(cli_env, "trigger", str(draft), "--json")
+    assert 0 == run.code, run
+    incident_id = run.json()["incident_id"]
+    assert "good" == run.json()["playbook"]
+    stood_down = await crisis(cli_env, "stand-down", incident_id, "--reason", "test over")
+    assert 0 == stood_down.code, stood_down
+
+
 @pytest.mark.usefixtures("worker")
 async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: Sandbox) -> None:
     """Each user mistake is one `error:` line on stderr and exit status 1."""
