@@ -110,7 +110,9 @@ def trigger(
         playbook_path = find_playbook(playbook, settings.playbooks_dir)
         # With the library, as validate, plan and the worker's own trigger read it.
         loaded = load_playbook(playbook_path, settings.playbooks_dir)
-        prepare_incident(loaded, given, actor=actor_name(actor), level=level)
+        prepare_incident(
+            loaded, given, actor=actor_name(actor), incident_id=incident_id, level=level
+        )
 
     async def go() -> Any:
         return await (await _direct_incidents(settings)).trigger(

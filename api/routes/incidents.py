@@ -12,7 +12,7 @@ from api.approvers import approver_role
 from api.auth import Commander, Principal, Reader
 from api.deps import IncidentsDep, SettingsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
-from engine.incidents import ACTIONS, Incidents, verify_audit
+from engine.incidents import ACTIONS, INCIDENT_ID_PATTERN, Incidents, verify_audit
 from engine.playbook_files import library_playbook
 from workflows.audit import AuditEvent
 from workflows.incident import IncidentStatus, StepRecord
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/incidents", tags=["incidents"], responses=AUTH_ERROR
 class TriggerBody(BaseModel):
     playbook: str = Field(description="Playbook name (from the library) to run")
     inputs: dict[str, Any] = Field(default_factory=dict)
-    incident_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,100}$")
+    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN)
     level: str | None = Field(None, description="Starting level (default: the playbook's lowest)")
 
 

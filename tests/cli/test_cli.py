@@ -426,6 +426,10 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             ["audit", "verify", none],
             [f"no audit trail for incident {none}"],
         ),
+        "incident id the API cannot reach": (
+            ["trigger", vd, "--id", "bad id/with slash"],
+            ["incident id 'bad id/with slash'", "letters, digits"],
+        ),
         "duplicate incident id": (
             ["trigger", vd, "--id", incident_id],
             [f"incident {incident_id} already exists"],
