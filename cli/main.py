@@ -410,6 +410,12 @@ def renew(
             return f"renewed {record.id}: re-applying the lapsed measure"
         return f"renewed {record.id} until {_moment(record.expires_at)} UTC"
 
+    from workflows.durations import parse_renewal
+
+    try:  # here too, so that direct mode and --api refuse it with the same line
+        parse_renewal(duration)
+    except ValueError as error:
+        fail(f"--for: {error}")
     _act(
         "renew",
         incident_id,
