@@ -16,7 +16,15 @@ from rich.table import Table
 
 from cli import audit, playbooks, tokens
 from cli.common import JsonFlag, actor_name, console, parse_inputs, settings_or_fail
-from cli.output import CliError, fail, hard_exit, print_json, run_async, user_errors
+from cli.output import (
+    CliError,
+    fail,
+    hard_exit,
+    print_json,
+    run_async,
+    usage_error,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from cli.remote import RemoteIncidents
@@ -554,4 +562,14 @@ def up(
 
 
 def main() -> None:
-    app()
+    """Run `crisis`; a usage mistake is one `error:` line (exit 2) instead of a boxed message."""
+    try:
+        status = app(prog_name="crisis", standalone_mode=False)
+    except typer.TyperException as error:  # Typer's (vendored Click's) usage errors
+        if type(error).__name__ == "NoArgsIsHelpError":  # the help is printed already
+            hard_exit(error.exit_code)
+        usage_error(error)
+    except typer.Abort:
+        fail("aborted")
+    # Without standalone mode Typer returns `typer.Exit`'s code, or the command's result (None).
+    hard_exit(status if isinstance(status, int) else 0)

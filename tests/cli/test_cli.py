@@ -444,6 +444,49 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             raise AssertionError(f"{case}: {run}") from error
 
 
+def test_usage_errors_are_one_line_with_exit_status_2(cli_env: dict[str, str]) -> None:
+    """A missing option or argument, an unknown option or command, a bad value: one `error:`
+    line saying where help is, exit status 2 (a usage error, not a failure)."""
+    cases = {
+        "missing option": (
+            ["stand-down", "INC-X"],
+            "error: missing option '--reason' (see crisis stand-down --help)",
+        ),
+        "missing argument": (
+            ["playbook", "plan"],
+            "error: missing argument 'file' (see crisis playbook plan --help)",
+        ),
+        "unknown option": (
+            ["status", "INC-X", "--bogus"],
+            "error: no such option: --bogus (see crisis status --help)",
+        ),
+        "unknown command": (
+            ["stnd-down"],
+            "error: no such command 'stnd-down'. Did you mean 'stand-down'? (see crisis --help)",
+        ),
+        "bad value": (
+            ["audit", "report", "INC-X", "--format", "pdf"],
+            "error: invalid value for '--format' / '-f': 'pdf' is not one of 'md', 'html', "
+            "'json' (see crisis audit report --help)",
+        ),
+    }
+    for case, (args, line) in cases.items():
+        run = run_cli(cli_env, *args)
+        assert (2, "", [line]) == (run.code, run.stdout, run.error_lines), case
+
+
+def test_help_still_works(cli_env: dict[str, str]) -> None:
+    """`--help` prints the help with exit 0; a group without a command prints its help."""
+    top, command = run_cli(cli_env, "--help"), run_cli(cli_env, "stand-down", "--help")
+    assert (0, "") == (top.code, top.stderr), top
+    assert "stand-down" in top.stdout
+    assert (0, "") == (command.code, command.stderr), command
+    assert "--reason" in command.stdout
+    group = run_cli(cli_env, "audit")
+    assert 2 == group.code, group
+    assert "verify" in group.stdout
+
+
 def test_no_temporal_server_is_one_line_error_at_once(cli_env: dict[str, str]) -> None:
     """Nothing listening at TEMPORAL_ADDRESS: said in one line, without waiting for a server
     that is starting up (that wait is only for one that listens but is not healthy yet)."""
