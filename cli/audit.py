@@ -7,13 +7,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+from rich.markup import escape
 
 from cli.common import JsonFlag, console, settings_or_fail
-from cli.output import fail, hard_exit, print_json, run_async, user_errors
+from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
 from engine.errors import BundleError, HistoryError
 from store.errors import SealError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from engine.integrity import Integrity
     from engine.verification import IncidentHistory, ReplayReport
 
@@ -25,7 +28,12 @@ history_app = typer.Typer(help="Temporal histories of incidents.", no_args_is_he
 
 def _print_integrity(integrity: Integrity) -> None:
     verdict = integrity.verdict()
-    console.print(f"[bold]{integrity.incident_id}[/bold]  key {integrity.key_id}")
+    console.print(
+        f"[bold]{integrity.incident_id}[/bold]  key {integrity.key_id} "
+        f"(trusted: {escape(integrity.trusted_key)})"
+    )
+    if integrity.bundle_key_id is not None:
+        console.print(f"  key     {verdict['key']}")
     chain = integrity.chain
     console.print(f"  chain   {verdict['chain']}  ({chain.events} events)")
     seals = integrity.seals
@@ -62,13 +70,16 @@ def verify(
     ] = None,
     public_key: Annotated[
         Path | None,
-        typer.Option(help="Trusted public key (PEM); default: the engine's, or the bundle's."),
+        typer.Option(
+            help="The engine's public key (PEM) to trust; default: the engine's own, when this "
+            "machine holds its signing key. A bundle's own key is never trusted."
+        ),
     ] = None,
     replay: Annotated[bool, typer.Option(help="Also replay the Temporal history.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Check the hash chain, the seals and (by default) the replay; non-zero exit on any failure."""
-    from engine.integrity import check, check_with_replay, read_bundle, verify_incident
+    from engine.integrity import check_bundle, check_with_replay, read_bundle, verify_incident
     from engine.temporal import connect
     from store.audit_store import AuditStore
     from store.seals import Signer, load_public_key
@@ -76,13 +87,25 @@ def verify(
     settings = settings_or_fail()
     if (incident_id is None) == (bundle is None):
         fail("give an incident id or --bundle PATH")
-    trusted = None
+    trusted: Ed25519PublicKey | None = None
     if public_key is not None:
+        trusted_key = f"--public-key {public_key}"
         with user_errors():
             try:
                 trusted = load_public_key(public_key.read_text())
             except (OSError, SealError) as error:
                 fail(f"--public-key {public_key}: {error}")
+    else:
+        trusted_key = f"the engine's signing key {settings.signing_key_path}"
+        if settings.signing_key_path.is_file():
+            with user_errors():
+                trusted = Signer(settings.signing_key_path).public_key
+        elif bundle is not None:
+            # The key inside a bundle proves nothing: a forger re-signs and ships their own.
+            fail(
+                "no engine signing key on this machine to trust: pass --public-key ENGINE.pem "
+                "(the engine's public key, from its operator)"
+            )
 
     async def go() -> Integrity:
         if bundle is not None:
@@ -90,9 +113,8 @@ def verify(
                 loaded = read_bundle(bundle)
             except (BundleError, HistoryError) as error:
                 fail(str(error))
-            integrity = check(
-                loaded.incident_id, loaded.events, loaded.seals, trusted or loaded.public_key
-            )
+            assert trusted is not None
+            integrity = check_bundle(loaded, trusted, trusted_key=trusted_key)
             if replay and loaded.history is not None:
                 integrity = await check_with_replay(integrity, loaded.events, loaded.history)
             return integrity
@@ -100,7 +122,9 @@ def verify(
         store = AuditStore(settings.resolved_database_url)
         key = trusted or Signer(settings.signing_key_path).public_key
         client = await connect(settings) if replay else None
-        return await verify_incident(client, store, key, incident_id, replay=replay)
+        return await verify_incident(
+            client, store, key, incident_id, replay=replay, trusted_key=trusted_key
+        )
 
     integrity = run_async(go)
     print_json(integrity.as_dict()) if as_json else _print_integrity(integrity)
@@ -121,6 +145,8 @@ def export(
     from store.seals import Signer
 
     settings = settings_or_fail()
+    if output.exists() and not output.is_dir() and not output.name.endswith(".tar.gz"):
+        fail(f"cannot write {output}: it is a file (give a directory or FILE.tar.gz)")
 
     async def go() -> Path:
         store = AuditStore(settings.resolved_database_url)
@@ -130,14 +156,17 @@ def export(
         history = (
             await export_history(await connect(settings), incident_id) if with_history else None
         )
-        return write_bundle(
-            output,
-            incident_id=incident_id,
-            events=events,
-            seals=store.seals(incident_id),
-            public_key=Signer(settings.signing_key_path).public_key,
-            history=history,
-        )
+        try:
+            return write_bundle(
+                output,
+                incident_id=incident_id,
+                events=events,
+                seals=store.seals(incident_id),
+                public_key=Signer(settings.signing_key_path).public_key,
+                history=history,
+            )
+        except OSError as error:
+            fail(f"cannot write {output}: {error.strerror or error}")
 
     written = run_async(go)
     typer.echo(f"exported {incident_id} to {written}")
@@ -174,9 +203,9 @@ def report(
     if output is None:
         typer.echo(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        write_output(output, text)
         if format == "md":
-            (output.parent / built.chart_name).write_text(built.svg, encoding="utf-8")
+            write_output(output.parent / built.chart_name, built.svg)
             typer.echo(f"wrote {output} and {output.parent / built.chart_name}")
         else:
             typer.echo(f"wrote {output}")
@@ -204,7 +233,7 @@ def history_export(
     if output is None:
         typer.echo(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        write_output(output, text)
         events = sum(len(run.events) for run in history.runs)
         typer.echo(f"exported {len(history.runs)} run(s), {events} events to {output}")
     hard_exit(0)

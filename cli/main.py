@@ -24,7 +24,15 @@ from cli.common import (
     settings_or_fail,
 )
 from cli.common import remote_incidents as _remote_incidents
-from cli.output import CliError, fail, hard_exit, print_json, run_async, user_errors
+from cli.output import (
+    CliError,
+    fail,
+    hard_exit,
+    print_json,
+    run_async,
+    usage_error,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -100,7 +108,11 @@ def trigger(
 
     with user_errors():  # check the playbook and inputs before connecting anywhere
         playbook_path = find_playbook(playbook, settings.playbooks_dir)
-        prepare_incident(load_playbook(playbook_path), given, actor=actor_name(actor), level=level)
+        # With the library, as validate, plan and the worker's own trigger read it.
+        loaded = load_playbook(playbook_path, settings.playbooks_dir)
+        prepare_incident(
+            loaded, given, actor=actor_name(actor), incident_id=incident_id, level=level
+        )
 
     async def go() -> Any:
         return await (await _direct_incidents(settings)).trigger(
@@ -417,6 +429,12 @@ def renew(
             return f"renewed {record.id}: re-applying the lapsed measure"
         return f"renewed {record.id} until {_moment(record.expires_at)} UTC"
 
+    from workflows.durations import parse_renewal
+
+    try:  # here too, so that direct mode and --api refuse it with the same line
+        parse_renewal(duration)
+    except ValueError as error:
+        fail(f"--for: {error}")
     _act(
         "renew",
         incident_id,
@@ -555,4 +573,14 @@ def up(
 
 
 def main() -> None:
-    app()
+    """Run `crisis`; a usage mistake is one `error:` line (exit 2) instead of a boxed message."""
+    try:
+        status = app(prog_name="crisis", standalone_mode=False)
+    except typer.TyperException as error:  # Typer's (vendored Click's) usage errors
+        if type(error).__name__ == "NoArgsIsHelpError":  # the help is printed already
+            hard_exit(error.exit_code)
+        usage_error(error)
+    except typer.Abort:
+        fail("aborted")
+    # Without standalone mode Typer returns `typer.Exit`'s code, or the command's result (None).
+    hard_exit(status if isinstance(status, int) else 0)

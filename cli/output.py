@@ -8,7 +8,10 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+
+import typer
 
 from engine.errors import (
     BundleError,
@@ -43,6 +46,22 @@ class CliError(Exception):
 def fail(message: str, status: int = 1) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     hard_exit(status)
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a file the user named; a missing directory or a directory in the way is one line."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}")
+
+
+def usage_error(error: typer.TyperException) -> NoReturn:
+    """A command used wrongly: one line naming the mistake and where its help is."""
+    message = " ".join(error.format_message().split()).rstrip(".").replace("Value error, ", "")
+    context = getattr(error, "ctx", None)  # usage errors carry the command's context
+    command = context.command_path if context is not None else "crisis"
+    fail(f"{message[:1].lower()}{message[1:]} (see {command} --help)", error.exit_code)
 
 
 def hard_exit(status: int) -> NoReturn:

@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import JsonFlag, console, parse_inputs, settings_or_fail
-from cli.output import fail, hard_exit, print_json, run_async, user_errors
+from cli.common import JsonFlag, actor_name, console, parse_inputs, settings_or_fail
+from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
 from core.logging import configure_logging
 from engine.errors import ScenarioError
 from engine.plan import make_plan
@@ -22,7 +22,7 @@ from engine.playbook_files import (
     load_playbook,
     playbook_files,
 )
-from workflows.playbook import InputError, Playbook, resolve_inputs
+from workflows.playbook import Playbook
 
 if TYPE_CHECKING:
     from engine.protocol import Format
@@ -89,7 +89,7 @@ def playbook_schema(output: Annotated[Path | None, typer.Option("-o", "--output"
     """Print (or write) the JSON Schema of the playbook language, for editors."""
     text = json.dumps(Playbook.model_json_schema(by_alias=True), indent=2) + "\n"
     if output:
-        output.write_text(text)
+        write_output(output, text)
     else:
         typer.echo(text, nl=False)
 
@@ -161,10 +161,7 @@ def playbook_doc(
     if output is None:
         typer.echo(text, nl=False)
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as error:
-        fail(f"cannot write {output}: {error.strerror or error}")
+    write_output(output, text)
     names = ", ".join(f"{pb.name} v{pb.version}" for pb in document.playbooks)
     typer.echo(f"wrote {output} ({chosen}): crisis response protocol for {names}")
 
@@ -197,14 +194,14 @@ def plan(
     as_json: JsonFlag = False,
 ) -> None:
     """What would run, in which order, who must approve, when measures lapse; touches nothing."""
+    from engine.incidents import prepare_incident
+
     playbook = _load(file)
-    with user_errors():
-        resolved = resolve_inputs(playbook, parse_inputs(inputs))
-        if level is not None and level not in playbook.levels:
-            raise InputError(
-                f"unknown level {level!r} (levels: {', '.join(playbook.levels) or 'none'})"
-            )
-    made = make_plan(playbook, resolved, level)
+    with user_errors():  # the inputs and level exactly as `crisis trigger` checks them
+        prepared = prepare_incident(
+            playbook, parse_inputs(inputs), actor=actor_name(None), level=level
+        )
+    made = make_plan(playbook, prepared.inputs, level)
     if as_json:
         print_json(made.as_dict())
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,8 +54,22 @@ class Triggered:
     inputs: dict[str, Any]
 
 
+# The one rule for a chosen incident id, in every trigger path: it is a Temporal workflow id and
+# a path segment of the API's URLs, so nothing a URL would split or escape.
+INCIDENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,100}$"
+
+
 def new_incident_id() -> str:
     return f"INC-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3).upper()}"
+
+
+def check_incident_id(incident_id: str) -> None:
+    """Raise InputError unless `incident_id` follows INCIDENT_ID_PATTERN."""
+    if re.fullmatch(INCIDENT_ID_PATTERN, incident_id) is None:
+        raise InputError(
+            f"incident id {incident_id!r}: use 3 to 101 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
 
 
 def prepare_incident(
@@ -66,6 +81,8 @@ def prepare_incident(
     level: str | None = None,
 ) -> IncidentInput:
     """Resolve inputs and check every lever's arguments with them, before anything starts."""
+    if incident_id is not None:
+        check_incident_id(incident_id)
     inputs = resolve_inputs(playbook, given)
     if level is not None and level not in playbook.levels:
         declared = ", ".join(playbook.levels) or "none"

@@ -39,11 +39,22 @@ class Integrity:
     chain: Verification
     seals: SealVerification
     replay: ReplayReport | None = None
-    key_id: str = ""
+    key_id: str = ""  # of the trusted key the seals were checked with
+    trusted_key: str = ""  # where that key came from, for the auditor
+    bundle_key_id: str | None = None  # of the key a bundle carries; None for the live store
+
+    @property
+    def key_ok(self) -> bool:
+        return self.bundle_key_id is None or self.bundle_key_id == self.key_id
 
     @property
     def ok(self) -> bool:
-        return self.chain.ok and self.seals.ok and (self.replay is None or self.replay.ok)
+        return (
+            self.key_ok
+            and self.chain.ok
+            and self.seals.ok
+            and (self.replay is None or self.replay.ok)
+        )
 
     def verdict(self) -> dict[str, str]:
         """One word per check, for reports: ok / FAILED: reason / not checked."""
@@ -51,7 +62,16 @@ class Integrity:
         if self.replay is not None:
             reason = self.replay.divergence or self.replay.replay_vs_store.first_difference
             replay = "ok" if self.replay.ok else f"FAILED: {reason}"
+        key: dict[str, str] = {}
+        if self.bundle_key_id is not None:  # first: a foreign key explains every later failure
+            key["key"] = (
+                "ok"
+                if self.key_ok
+                else f"FAILED: the bundle's public-key.pem is {self.bundle_key_id}, "
+                f"not the trusted key {self.key_id}"
+            )
         return {
+            **key,
             "chain": "ok" if self.chain.ok else f"FAILED: {self.chain.problem}",
             "seals": "ok" if self.seals.ok else f"FAILED: {self.seals.problem}",
             "replay": replay,
@@ -62,6 +82,8 @@ class Integrity:
             "incident_id": self.incident_id,
             "ok": self.ok,
             "key_id": self.key_id,
+            "trusted_key": self.trusted_key,
+            "bundle_key_id": self.bundle_key_id,
             "chain": self.chain.as_dict(),
             "seals": self.seals.as_dict(),
             "replay": self.replay.as_dict() if self.replay else None,
@@ -101,8 +123,17 @@ class Bundle:
     incident_id: str
     events: list[AuditEvent]
     seals: list[Seal]
-    public_key: Ed25519PublicKey
+    public_key: Ed25519PublicKey  # a copy of the engine's key, never trusted by itself
     history: IncidentHistory | None
+
+
+def check_bundle(bundle: Bundle, trusted: Ed25519PublicKey, *, trusted_key: str) -> Integrity:
+    """Chain and seals of a bundle against a key the auditor trusts: whoever rewrites a bundle
+    can re-sign it and ship their own key, so the bundle's key is only compared, never used."""
+    integrity = check(bundle.incident_id, bundle.events, bundle.seals, trusted)
+    integrity.trusted_key = trusted_key
+    integrity.bundle_key_id = key_id(bundle.public_key)
+    return integrity
 
 
 def write_bundle(
@@ -150,8 +181,11 @@ def write_bundle(
 def read_bundle(path: Path) -> Bundle:
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory() as tmp:
-            with tarfile.open(path, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")
+            try:
+                with tarfile.open(path, "r:gz") as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, EOFError, OSError) as error:
+                raise BundleError(f"{path}: not a readable .tar.gz bundle ({error})") from None
             inner = [p for p in Path(tmp).iterdir() if p.is_dir()]
             if len(inner) != 1:
                 raise BundleError(f"{path}: expected one incident directory in the archive")
@@ -191,12 +225,14 @@ async def verify_incident(
     incident_id: str,
     *,
     replay: bool = True,
+    trusted_key: str = "the engine's signing key",
 ) -> Integrity:
     """Chain and seals from the store; with a Temporal client, the replay comparison too."""
     events = store.events(incident_id)
     if not events:
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
     integrity = check(incident_id, events, store.seals(incident_id), public_key)
+    integrity.trusted_key = trusted_key
     if replay and client is not None:
         history = await export_history(client, incident_id)
         integrity = await check_with_replay(integrity, events, history)

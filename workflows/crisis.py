@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         present,
         undone_data,
     )
-    from workflows.durations import parse_duration
+    from workflows.durations import parse_duration, parse_renewal
     from workflows.expressions import ExpressionError, evaluate
     from workflows.expressions import parse as parse_expression
     from workflows.incident import (
@@ -1201,7 +1201,7 @@ class CrisisWorkflow:
                 "longer call for it"
             )
         try:
-            parse_duration(request.duration)
+            parse_renewal(request.duration)
         except ValueError as error:
             raise _invalid(str(error)) from None
 

@@ -23,3 +23,12 @@ def parse_duration(text: str) -> timedelta:
     if seconds > LONGEST.total_seconds():
         raise ValueError(f"duration {text!r} is longer than {LONGEST.days}d")
     return timedelta(seconds=seconds)
+
+
+def parse_renewal(text: str) -> timedelta:
+    """Parse a renewal's duration, which must be longer than zero: a measure renewed "until now"
+    would lapse at once."""
+    duration = parse_duration(text)
+    if duration <= timedelta(0):
+        raise ValueError(f"duration {text!r} must be longer than zero (e.g. 30m, 24h)")
+    return duration

@@ -6,16 +6,17 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from api.approvers import approver_role
 from api.auth import Commander, Principal, Reader
 from api.deps import IncidentsDep, SettingsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
-from engine.incidents import ACTIONS, Incidents, verify_audit
+from engine.incidents import ACTIONS, INCIDENT_ID_PATTERN, Incidents, verify_audit
 from engine.overlap import refuse_if_later_overlaps
 from engine.playbook_files import library_playbook
 from workflows.audit import AuditEvent
+from workflows.durations import parse_renewal
 from workflows.incident import IncidentStatus, StepRecord
 
 # Who acts is always the authenticated principal: no body here names an actor.
@@ -25,7 +26,7 @@ router = APIRouter(prefix="/incidents", tags=["incidents"], responses=AUTH_ERROR
 class TriggerBody(BaseModel):
     playbook: str = Field(description="Playbook name (from the library) to run")
     inputs: dict[str, Any] = Field(default_factory=dict)
-    incident_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,100}$")
+    incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN)
     level: str | None = Field(None, description="Starting level (default: the playbook's lowest)")
 
 
@@ -138,8 +139,16 @@ class LevelBody(ActionBody):
 
 class RenewBody(ActionBody):
     step_id: str = Field(min_length=1, description="The measure to renew")
-    duration: str = Field(min_length=1, description="How long from now it holds, e.g. 24h")
+    duration: str = Field(
+        min_length=1, description="How long from now it holds, longer than zero, e.g. 24h"
+    )
     reason: str = Field(min_length=1)
+
+    @field_validator("duration")
+    @classmethod
+    def _a_renewal(cls, duration: str) -> str:
+        parse_renewal(duration)  # a ValueError is the request's 422, as the workflow would refuse
+        return duration
 
 
 class ReviewBody(ActionBody):

@@ -13,6 +13,7 @@ from api.auth import Author, Reader
 from api.deps import SettingsDep
 from api.errors import ErrorOut
 from engine.errors import FileProblem
+from engine.incidents import prepare_incident
 from engine.plan import make_plan
 from engine.playbook_files import (
     check_file,
@@ -21,7 +22,7 @@ from engine.playbook_files import (
     playbook_files,
 )
 from engine.protocol import levers_used
-from workflows.playbook import InputError, Playbook, resolve_inputs
+from workflows.playbook import Playbook
 
 router = APIRouter(prefix="/playbooks", tags=["playbooks"])
 _NAMED = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
@@ -122,13 +123,10 @@ def validate_playbook(body: ValidateBody, _: Author, settings: SettingsDep) -> V
 
 @router.post("/{name}/plan", responses=_NAMED)
 async def plan_playbook(
-    name: str, body: PlanBody, _: Author, settings: SettingsDep
+    name: str, body: PlanBody, principal: Author, settings: SettingsDep
 ) -> dict[str, Any]:
     """What would run, in which order, who must approve, when measures lapse; touches nothing."""
     playbook = _load(name, settings.playbooks_dir)
-    resolved = resolve_inputs(playbook, body.inputs)
-    if body.level is not None and body.level not in playbook.levels:
-        raise InputError(
-            f"unknown level {body.level!r} (levels: {', '.join(playbook.levels) or 'none'})"
-        )
-    return make_plan(playbook, resolved, body.level).as_dict()
+    # The inputs and level exactly as a trigger checks them.
+    prepared = prepare_incident(playbook, body.inputs, actor=principal.name, level=body.level)
+    return make_plan(playbook, prepared.inputs, body.level).as_dict()

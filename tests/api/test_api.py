@@ -160,6 +160,16 @@ async def test_trigger_errors(api: httpx.AsyncClient) -> None:
     assert "incident_id" in assert_error(bad_id, 422, "invalid_request")
 
 
+async def test_plan_refuses_inputs_as_trigger_does(api: httpx.AsyncClient) -> None:
+    """An input a lever refuses is the same 422 from plan as from trigger."""
+    body = {"inputs": {"reach_multiplier": 2}}
+    planned = await api.post("/v1/playbooks/violent-disorder/plan", json=body)
+    triggered = await api.post("/v1/incidents", json={"playbook": "violent-disorder", **body})
+    message = assert_error(planned, 422, "invalid_input")
+    assert "with.reach_multiplier" in message
+    assert assert_error(triggered, 422, "invalid_input") == message
+
+
 async def test_unknown_incident_is_not_found_everywhere(api: httpx.AsyncClient) -> None:
     """Status, stand-down and audit of an incident that never existed are 404 incident_not_found."""
     status = await api.get("/v1/incidents/INC-NO-SUCH-INCIDENT")

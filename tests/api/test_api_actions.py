@@ -194,9 +194,16 @@ async def test_levels_renew_review_and_notes(
     for body, reason in (
         ({"step_id": "nope"}, "no measure 'nope' in this incident"),
         ({"step_id": "throttle"}, "measure throttle is awaiting_approval: only an applied"),
-        ({"step_id": "surge", "duration": "a while"}, "invalid duration 'a while'"),
     ):
         conflict(await act(api, i, "renew", **{"duration": "1h", "reason": "x", **body}), reason)
+    # A duration that is no renewal is the request's fault: 422 before the incident is asked.
+    for duration, reason in (
+        ("a while", "invalid duration 'a while'"),
+        ("0s", "duration '0s' must be longer than zero"),
+        ("-1h", "invalid duration '-1h'"),
+    ):
+        refused = await act(api, i, "renew", step_id="surge", duration=duration, reason="x")
+        assert reason in assert_error(refused, 422, "invalid_request")
 
     reviewed = answer(await act(api, i, "confirm-review", note="still needed", token=admin))
     assert reviewed["next_review_due"] > status["next_review_due"]

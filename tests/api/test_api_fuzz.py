@@ -232,14 +232,14 @@ def test_validate_reports_text_no_reader_accepts(api_url: str, tokens: Tokens) -
 
 def test_renewal_past_the_calendar_is_refused(api_url: str, seeded: Seeded, tokens: Tokens) -> None:
     """Found by fuzzing: `9999999d` parsed, then failed the workflow task (a date past the year
-    9999), and every later query or action on the incident was a 502. It is refused (409) and
-    the incident carries on."""
+    9999), and every later query or action on the incident was a 502. It is refused (422, before
+    the incident is asked; the workflow refuses it too) and the incident carries on."""
     with httpx.Client(base_url=api_url, timeout=30, headers=tokens.headers("alice")) as http:
         renew = f"/v1/incidents/{seeded.running}/renew"
         body = {"step_id": "surge", "reason": "fuzz"}
         refused = http.post(renew, json={**body, "duration": "9999999d"})
-        assert 409 == refused.status_code, refused.text
-        assert "incident_conflict" == refused.json()["error"]["code"]
+        assert 422 == refused.status_code, refused.text
+        assert "invalid_request" == refused.json()["error"]["code"]
         assert "'9999999d' is longer than 36500d" in refused.json()["error"]["message"]
         renewed = http.post(renew, json={**body, "duration": "36500d"})
         assert 200 == renewed.status_code, renewed.text

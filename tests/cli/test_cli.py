@@ -194,6 +194,21 @@ def test_schema_is_json_schema_with_steps(cli_env: dict[str, str], tmp_path: Pat
     assert schema == json.loads((tmp_path / "schema.json").read_text())
 
 
+def test_schema_to_a_path_it_cannot_write_is_one_error_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A missing directory or a directory in the way: one `error:` line naming the path."""
+    missing = tmp_path / "missing" / "schema.json"
+    assert_one_line_error(
+        run_cli(cli_env, "playbook", "schema", "-o", str(missing)),
+        f"cannot write {missing}: No such file or directory",
+    )
+    assert_one_line_error(
+        run_cli(cli_env, "playbook", "schema", "-o", str(tmp_path)),
+        f"cannot write {tmp_path}: Is a directory",
+    )
+
+
 def test_playbook_list_json(cli_env: dict[str, str]) -> None:
     """`playbook list --json` lists the library with name, version, title, step count, owner,
     levels, the distinct levers in order of first use, and the content hash that runs."""
@@ -345,6 +360,29 @@ async def test_status_exits_zero_every_time(cli_env: dict[str, str], sandbox: Sa
     await crisis(cli_env, "stand-down", incident_id, "--reason", "test over")
 
 
+@pytest.mark.usefixtures("worker", "sandbox")
+async def test_trigger_a_draft_outside_the_library_uses_the_library(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A playbook file outside the library directory resolves the library's templates, in
+    trigger as in plan: the draft an author just planned can be declared."""
+    draft = write(
+        tmp_path / "draft.yaml",
+        GOOD
+        + "  - id: tell-regulator\n"
+        + "    do: notify.send\n"
+        + "    with: {to: regulator, template: crisis-opened}\n",
+    )
+    planned = await crisis(cli_env, "playbook", "plan", str(draft), "--json")
+    assert 0 == planned.code, planned
+    run = await crisis(cli_env, "trigger", str(draft), "--json")
+    assert 0 == run.code, run
+    incident_id = run.json()["incident_id"]
+    assert "good" == run.json()["playbook"]
+    stood_down = await crisis(cli_env, "stand-down", incident_id, "--reason", "test over")
+    assert 0 == stood_down.code, stood_down
+
+
 @pytest.mark.usefixtures("worker")
 async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: Sandbox) -> None:
     """Each user mistake is one `error:` line on stderr and exit status 1."""
@@ -396,6 +434,10 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             ["audit", "verify", none],
             [f"no audit trail for incident {none}"],
         ),
+        "incident id the API cannot reach": (
+            ["trigger", vd, "--id", "bad id/with slash"],
+            ["incident id 'bad id/with slash'", "letters, digits"],
+        ),
         "duplicate incident id": (
             ["trigger", vd, "--id", incident_id],
             [f"incident {incident_id} already exists"],
@@ -408,6 +450,49 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             assert_one_line_error(run, *fragments)
         except AssertionError as error:
             raise AssertionError(f"{case}: {run}") from error
+
+
+def test_usage_errors_are_one_line_with_exit_status_2(cli_env: dict[str, str]) -> None:
+    """A missing option or argument, an unknown option or command, a bad value: one `error:`
+    line saying where help is, exit status 2 (a usage error, not a failure)."""
+    cases = {
+        "missing option": (
+            ["stand-down", "INC-X"],
+            "error: missing option '--reason' (see crisis stand-down --help)",
+        ),
+        "missing argument": (
+            ["playbook", "plan"],
+            "error: missing argument 'file' (see crisis playbook plan --help)",
+        ),
+        "unknown option": (
+            ["status", "INC-X", "--bogus"],
+            "error: no such option: --bogus (see crisis status --help)",
+        ),
+        "unknown command": (
+            ["stnd-down"],
+            "error: no such command 'stnd-down'. Did you mean 'stand-down'? (see crisis --help)",
+        ),
+        "bad value": (
+            ["audit", "report", "INC-X", "--format", "pdf"],
+            "error: invalid value for '--format' / '-f': 'pdf' is not one of 'md', 'html', "
+            "'json' (see crisis audit report --help)",
+        ),
+    }
+    for case, (args, line) in cases.items():
+        run = run_cli(cli_env, *args)
+        assert (2, "", [line]) == (run.code, run.stdout, run.error_lines), case
+
+
+def test_help_still_works(cli_env: dict[str, str]) -> None:
+    """`--help` prints the help with exit 0; a group without a command prints its help."""
+    top, command = run_cli(cli_env, "--help"), run_cli(cli_env, "stand-down", "--help")
+    assert (0, "") == (top.code, top.stderr), top
+    assert "stand-down" in top.stdout
+    assert (0, "") == (command.code, command.stderr), command
+    assert "--reason" in command.stdout
+    group = run_cli(cli_env, "audit")
+    assert 2 == group.code, group
+    assert "verify" in group.stdout
 
 
 def test_no_temporal_server_is_one_line_error_at_once(cli_env: dict[str, str]) -> None:

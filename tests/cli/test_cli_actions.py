@@ -197,6 +197,10 @@ async def test_levels_renew_review_and_notes(
                 ["renew", i, "nope", "--for", "2h", "--reason", "x"],
                 ["no measure 'nope' in this incident"],
             ),
+            "renew for no time at all": (
+                ["renew", i, "surge", "--for", "0s", "--reason", "x"],
+                ["--for: duration '0s' must be longer than zero"],
+            ),
         },
     )
 

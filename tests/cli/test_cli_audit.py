@@ -22,11 +22,11 @@ from core.settings import Settings
 from engine.devserver import free_port
 from engine.incidents import Incidents
 from store.audit_store import AuditStore
-from store.seals import Signer, key_id, public_key_pem
+from store.seals import Seal, Signer, key_id, public_key_pem
 from tests.cli.test_cli import Run, assert_one_line_error, crisis
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.helpers import assert_eventually
-from workflows.audit import chain_hash
+from workflows.audit import AuditEvent, chain_hash
 
 pytestmark = pytest.mark.usefixtures("worker", "sandbox")
 
@@ -124,7 +124,8 @@ async def test_verify_a_closed_incident(
 
     ok(text)
     signer_key = key_id(Signer(settings.signing_key_path).public_key)
-    assert f"{incident}  key {signer_key}" == text.stdout.splitlines()[0]
+    engine_key = f"the engine's signing key {settings.signing_key_path}"
+    assert f"{incident}  key {signer_key} (trusted: {engine_key})" == text.stdout.splitlines()[0]
     assert [f"chain   ok  ({len(events)} events)"] == lines_starting(text.stdout, "chain")
     assert [f"seals   ok  ({len(seals)} seals, through row {len(events)})"] == lines_starting(
         text.stdout, "seals"
@@ -133,8 +134,24 @@ async def test_verify_a_closed_incident(
     assert "ok: record complete and unaltered" == text.stdout.splitlines()[-1]
 
     report = ok(as_json).json()
-    assert {"incident_id", "ok", "key_id", "chain", "seals", "replay", "verdict"} == set(report)
-    assert (incident, True, signer_key) == (report["incident_id"], report["ok"], report["key_id"])
+    assert {
+        "incident_id",
+        "ok",
+        "key_id",
+        "trusted_key",
+        "bundle_key_id",
+        "chain",
+        "seals",
+        "replay",
+        "verdict",
+    } == set(report)
+    assert (incident, True, signer_key, engine_key, None) == (
+        report["incident_id"],
+        report["ok"],
+        report["key_id"],
+        report["trusted_key"],
+        report["bundle_key_id"],
+    )
     assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
     assert {
         "incident_id": incident,
@@ -307,10 +324,10 @@ async def test_export_bundles_verify_offline(
     for run in (from_dir, from_archive):
         report = ok(run).json()
         assert (incident, True) == (report["incident_id"], report["ok"])
-        assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
+        assert {"key": "ok", "chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
         assert events == report["replay"]["replay_vs_store"]["events"]
     report = ok(without_history).json()
-    assert {"chain": "ok", "seals": "ok", "replay": "not checked"} == report["verdict"]
+    assert {"key": "ok", "chain": "ok", "seals": "ok", "replay": "not checked"} == report["verdict"]
 
 
 async def test_an_edited_bundle_fails(
@@ -361,6 +378,71 @@ async def test_an_edited_bundle_fails(
         wrong_key["seals"]["ok"],
     )
     assert "made with another key" in wrong_key["seals"]["problem"], wrong_key["seals"]
+    assert f"--public-key {tmp_path / 'other.pub.pem'}" == wrong_key["trusted_key"]
+    assert wrong_key["verdict"]["key"].startswith("FAILED: the bundle's public-key.pem is ")
+
+
+async def test_a_re_signed_bundle_is_not_trusted_for_its_own_key(
+    env: dict[str, str],
+    offline: dict[str, str],
+    incident: str,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """A forger who re-signs the seals and ships their key in the bundle fails against the
+    engine's key; with no engine key on this machine, verify asks for --public-key instead of
+    trusting the bundle."""
+    bundle = tmp_path / "bundle"
+    ok(await crisis(env, "audit", "export", incident, "-o", str(bundle), "--no-history"))
+    forger = Signer(tmp_path / "forger-key.pem")
+    events = {e["seq"]: AuditEvent.model_validate(e) for e in read_json(bundle / "events.json")}
+    seals = [Seal.model_validate(s) for s in read_json(bundle / "seals.json")]
+    (bundle / "seals.json").write_text(
+        json.dumps([forger.seal(events[s.seq], reason=s.reason).model_dump() for s in seals])
+    )
+    (bundle / "public-key.pem").write_text(public_key_pem(forger.public_key))
+    manifest = read_json(bundle / "manifest.json")
+    for name in ("seals.json", "public-key.pem"):
+        manifest["sha256"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    engine_key = key_id(Signer(settings.signing_key_path).public_key)
+    text, as_json = await asyncio.gather(
+        crisis(offline, "audit", "verify", "--bundle", str(bundle)),
+        crisis(offline, "audit", "verify", "--bundle", str(bundle), "--json"),
+    )
+    assert_one_line_error(
+        text,
+        f"key: the bundle's public-key.pem is {forger.key_id}, not the trusted key {engine_key}",
+    )
+    assert "ok: record complete" not in text.stdout
+    report = failed(as_json).json()
+    assert (False, engine_key, forger.key_id) == (
+        report["ok"],
+        report["key_id"],
+        report["bundle_key_id"],
+    )
+    assert f"the engine's signing key {settings.signing_key_path}" == report["trusted_key"]
+
+    keyless = {**offline, "CRISIS_DATA_DIR": str(tmp_path / "no-key-here")}
+    refused = await crisis(keyless, "audit", "verify", "--bundle", str(bundle))
+    assert_one_line_error(refused, "no engine signing key on this machine", "--public-key")
+    assert not (tmp_path / "no-key-here" / "signing-key.pem").exists()
+    (tmp_path / "forger.pub.pem").write_text(public_key_pem(forger.public_key))
+    trusting_the_forger = await crisis(
+        keyless,
+        "audit",
+        "verify",
+        "--bundle",
+        str(bundle),
+        "--public-key",
+        str(tmp_path / "forger.pub.pem"),
+    )
+    assert "ok: record complete and unaltered" == ok(trusting_the_forger).stdout.splitlines()[-1]
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
 
 
 # --- histories and replay ---------------------------------------------------------------------
@@ -478,6 +560,48 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
             assert_one_line_error(run, *fragments)
         except AssertionError as error:
             raise AssertionError(f"{case}: {run}") from error
+
+
+async def test_output_paths_that_cannot_be_written_are_one_error_line(
+    env: dict[str, str], incident: str, tmp_path: Path
+) -> None:
+    """Reports, histories and bundles to a missing directory, onto a directory or onto a file,
+    and a bundle that is no archive: one `error:` line naming the path, exit 1."""
+    missing = tmp_path / "missing" / "report.md"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_text("not an archive")
+    cases = {
+        "report to a missing directory": (
+            ["audit", "report", incident, "-o", str(missing)],
+            [f"cannot write {missing}: No such file or directory"],
+        ),
+        "report onto a directory": (
+            ["audit", "report", incident, "-o", str(tmp_path)],
+            [f"cannot write {tmp_path}: Is a directory"],
+        ),
+        "history onto a directory": (
+            ["history", "export", incident, "-o", str(tmp_path)],
+            [f"cannot write {tmp_path}: Is a directory"],
+        ),
+        "bundle onto a file": (
+            ["audit", "export", incident, "-o", str(a_file)],
+            [f"cannot write {a_file}: it is a file"],
+        ),
+        "garbage bundle": (
+            ["audit", "verify", "--bundle", str(garbage)],
+            [f"{garbage}: not a readable .tar.gz bundle"],
+        ),
+    }
+    runs = await asyncio.gather(*(crisis(env, *args) for args, _ in cases.values()))
+    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
+        try:
+            assert "" == run.stdout
+            assert_one_line_error(run, *fragments)
+        except AssertionError as error:
+            raise AssertionError(f"{case}: {run}") from error
+    assert "keep me" == a_file.read_text()
 
 
 async def test_unknown_incident_history_is_one_error_line(env: dict[str, str]) -> None:

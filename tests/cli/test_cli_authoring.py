@@ -207,7 +207,7 @@ async def test_plan_errors_are_one_line(
     cases = {
         "unknown level": (
             [str(playbook), "--level", "extreme"],
-            ["unknown level 'extreme' (levels: elevated, severe, critical)"],
+            ["unknown level 'extreme' for playbook ", "(levels: elevated, severe, critical)"],
         ),
         "unknown input": ([str(playbook), "-i", "colour=red"], ["unknown input 'colour'"]),
         "input of the wrong type": (
@@ -229,6 +229,17 @@ async def test_plan_errors_are_one_line(
             assert_one_line_error(run, *fragments)
         except AssertionError as error:
             raise AssertionError(f"{case}: {run}") from error
+
+
+async def test_plan_refuses_inputs_as_trigger_does(cli_env: dict[str, str]) -> None:
+    """An input a lever refuses (out of its range) fails plan with trigger's very error line."""
+    planned, triggered = await asyncio.gather(
+        crisis(cli_env, "playbook", "plan", "violent-disorder", "-i", "reach_multiplier=2"),
+        crisis(cli_env, "trigger", "violent-disorder", "-i", "reach_multiplier=2"),
+    )
+    assert_one_line_error(planned, "step 'throttle-recommender' with.reach_multiplier")
+    assert triggered.error_lines == planned.error_lines
+    assert "" == planned.stdout
 
 
 # --- validate ---------------------------------------------------------------------------------

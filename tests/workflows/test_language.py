@@ -907,6 +907,19 @@ async def test_a_renewal_past_the_calendar_is_refused_and_the_incident_carries_o
     assert ("running", "applied") == (status.state, step(status, "throttle").state)
 
 
+async def test_a_renewal_for_no_time_is_refused_and_the_measure_holds(lab: Lab) -> None:
+    """A zero duration would renew "until now" and lapse the measure at once: it is refused
+    before it is recorded."""
+    incident = await lab.trigger(EXPIRING)
+    await lab.settle(incident, {"throttle": "applied"})
+    for duration in ("0s", "0h0m", "0ms"):
+        zero = RenewRequest(step_id="throttle", actor="bob", reason="r", duration=duration)
+        with pytest.raises(IncidentConflict, match="must be longer than zero"):
+            await lab.act(incident, CrisisWorkflow.renew, zero)
+    status = await lab.sync(incident)
+    assert ("running", "applied") == (status.state, step(status, "throttle").state)
+
+
 async def test_renewing_a_lapsed_measure_applies_it_again(lab: Lab) -> None:
     """A renewal after expiry re-applies the measure (apply-2) until the renewal's end, then it
     lapses again (undo-2)."""
