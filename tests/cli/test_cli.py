@@ -172,6 +172,21 @@ def test_validate_a_directory_checks_every_playbook_in_it(
     assert [str(bad)] == [line.split(":")[0] for line in text.error_lines]
 
 
+def test_a_file_that_is_not_utf8_is_one_line_and_the_others_are_still_checked(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Non-UTF-8 bytes are one `file:1:1:` line, whether the file is named or in a directory."""
+    bad = tmp_path / "b.yaml"
+    bad.write_bytes(b"\xff\xfe")
+    write(tmp_path / "good.yaml", GOOD)
+    expected = f"{bad}:1:1: not UTF-8 text (byte 0xff at offset 0)"
+    run = run_cli(cli_env, "playbook", "validate", str(tmp_path))
+    assert 1 == run.code, run
+    assert [expected] == run.error_lines
+    assert_one_line_error(run_cli(cli_env, "playbook", "plan", str(bad)), expected)
+    assert_one_line_error(run_cli(cli_env, "playbook", "doc", str(bad)), expected)
+
+
 def test_validate_with_nothing_to_check_is_an_error(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -566,3 +566,18 @@ def test_text_the_yaml_reader_refuses_is_a_located_problem(
     path = tmp_path / "odd.yaml"
     path.write_text(text)
     assert [f"{path}:{where}"] == [str(p) for p in validate_file(path)]
+
+
+def test_a_file_that_is_not_utf8_is_a_located_problem(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 are one problem at their line and column, not a crash."""
+    path = tmp_path / "b.yaml"
+    path.write_bytes(b"\xff\xfe")
+    assert [f"{path}:1:1: not UTF-8 text (byte 0xff at offset 0)"] == [
+        str(p) for p in validate_file(path)
+    ]
+    path.write_bytes(VALID.replace("title: Test", "title: T\xe9st").encode("latin-1"))
+    assert [f"{path}:3:9: not UTF-8 text (byte 0xe9 at offset 43)"] == [
+        str(p) for p in validate_file(path)
+    ]
+    with pytest.raises(PlaybookInvalid, match="not UTF-8 text"):
+        load_playbook(path)
