@@ -12,7 +12,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer, ComposerError
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.reader import ReaderError
 
 from engine.errors import FileProblem
@@ -24,6 +26,19 @@ class YamlFileError(Exception):
     def __init__(self, problem: FileProblem) -> None:
         super().__init__(str(problem))
         self.problem = problem
+
+
+class _NoAliases(Composer):
+    # An alias repeats a node without repeating its text: nine nested levels of nine make a
+    # few hundred bytes that expand to hundreds of millions of items when the document is walked.
+    # No playbook or library file needs one, so each is refused where it is written.
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.parser.check_event(AliasEvent):
+            event = self.parser.peek_event()
+            raise ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
 
 def read_text(path: Path) -> str:
@@ -48,6 +63,7 @@ def load_yaml(path: Path) -> tuple[str, Any]:
     """The file's text and its document (round-trip types, which know their positions)."""
     text = read_text(path)
     yaml = YAML(typ="rt")
+    yaml.Composer = _NoAliases
     try:
         return text, yaml.load(text)
     except MarkedYAMLError as error:

@@ -18,6 +18,7 @@ from tests.api.conftest import Tokens, bearer
 from tests.api.test_api import assert_error
 from tests.api.test_api_actions import act, answer, conflict, trigger
 from tests.api.test_api_actions import api as api  # the fixture, re-exported for these tests
+from tests.engine.test_playbook_files import ALIAS_BOMB
 from tests.helpers import assert_eventually
 
 VALIDATE_GOOD = """\
@@ -78,6 +79,18 @@ async def test_validate_reports_problems_at_line_and_column(
         "/v1/playbooks/validate", json={"text": good}, headers=tokens.headers("carol")
     )
     assert_error(auditor, 403, "forbidden")
+
+
+async def test_validate_refuses_yaml_aliases_at_once(api: httpx.AsyncClient) -> None:
+    """An alias bomb (a few hundred bytes that expand to 9**9 items) is a problem at its first
+    alias, answered at once instead of after seconds of work."""
+    bomb = ALIAS_BOMB
+    report = answer(await api.post("/v1/playbooks/validate", json={"text": bomb}))
+    assert {
+        "valid": False,
+        "problems": [{"line": 2, "column": 8, "message": "YAML: aliases (*a) are not allowed"}],
+        "warnings": [],
+    } == report
 
 
 async def test_plan_says_what_would_run_and_refuses_bad_inputs(api: httpx.AsyncClient) -> None:
