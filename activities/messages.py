@@ -16,7 +16,11 @@ ENVIRONMENT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 
 class MessageError(ValueError):
-    """A template that cannot be rendered (syntax error, unknown name)."""
+    """A template that cannot be rendered (syntax error, unknown name); `part` says which."""
+
+    def __init__(self, message: str, part: str = "") -> None:
+        super().__init__(message)
+        self.part = part  # "subject" or "body", when known
 
 
 @lru_cache(maxsize=256)
@@ -31,7 +35,7 @@ def check_template(name: str, template: MessageTemplate) -> None:
         try:
             ENVIRONMENT.parse(getattr(template, part))
         except TemplateError as error:
-            raise MessageError(f"template {name!r} {part}: {error}") from error
+            raise MessageError(f"template {name!r} {part}: {error}", part) from error
 
 
 def render_message(

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.comments import CommentedMap
 
 from activities.messages import MessageError, check_template
-from engine.errors import LibraryError
+from engine.errors import FileProblem, LibraryError
+from engine.yaml_files import YamlFileError, load_yaml, locate, plain
 from workflows.incident import MessageTemplate
 from workflows.notifications import CHANNEL_TYPES, Channel, WebhookChannel
 from workflows.playbook import Playbook, Step, walk_steps
@@ -41,6 +41,14 @@ class Stakeholder(BaseModel):
 class Library:
     templates: dict[str, MessageTemplate] = field(default_factory=dict)
     stakeholders: dict[str, Stakeholder] = field(default_factory=dict)
+    templates_file: Path = Path(TEMPLATES_FILE)
+    # Where each template and its parts are written in templates.yaml: ("name",) and
+    # ("name", "body") to (line, column), so a template's error points into that file.
+    positions: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
+
+    def template_problem(self, name: str, part: str, message: str) -> FileProblem:
+        where = self.positions.get((name, part)) or self.positions.get((name,), (1, 1))
+        return FileProblem(self.templates_file, *where, message)
 
     def templates_for(self, playbook: Playbook) -> dict[str, MessageTemplate]:
         """The templates a playbook's notify.send steps name (the ones to freeze at trigger)."""
@@ -134,39 +142,53 @@ def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
     cached = _cache.get(key)
     if cached and cached[0] == stamp:
         return cached[1]
+    templates, positions = _read(files[0], MessageTemplate)
     library = Library(
-        templates=_read(files[0], MessageTemplate),
-        stakeholders=_read(files[1], Stakeholder),
+        templates=templates,
+        stakeholders=_read(files[1], Stakeholder)[0],
+        templates_file=files[0],
+        positions=positions,
     )
     for name, template in library.templates.items():
         try:
             check_template(name, template)
         except MessageError as error:
-            raise LibraryError(f"{files[0]}: {error}") from None
+            raise LibraryError(library.template_problem(name, error.part, str(error))) from None
     _cache[key] = (stamp, library)
     return library
 
 
-def _read(path: Path, model: type[M]) -> dict[str, M]:
+_Positions = dict[tuple[str, ...], tuple[int, int]]
+
+
+def _read(path: Path, model: type[M]) -> tuple[dict[str, M], _Positions]:
+    """The file's entries by name, and where each entry and its keys are written."""
     if not path.is_file():
-        return {}
+        return {}, {}
     try:
-        data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, YAMLError) as error:
-        raise LibraryError(f"{path}: {error}") from None
-    if not isinstance(data, dict):
-        raise LibraryError(f"{path}: expected a mapping of names to entries")
+        _, document = load_yaml(path)
+    except YamlFileError as error:
+        raise LibraryError(error.problem) from None
+    if document is None:
+        return {}, {}
+    if not isinstance(document, CommentedMap):
+        raise LibraryError(FileProblem(path, 1, 1, "expected a mapping of names to entries"))
     found: dict[str, M] = {}
-    for name, value in data.items():
+    for name, value in document.items():
         try:
-            found[str(name)] = model.model_validate(value)
+            found[str(name)] = model.model_validate(plain(value))
         except ValidationError as error:
             first = error.errors()[0]
-            where = _location((name, *first["loc"]))
-            raise LibraryError(
-                f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}"
-            ) from None
-    return found
+            loc = (name, *first["loc"])
+            line, column = locate(document, loc, skip=CHANNEL_TYPES)
+            message = f"{_location(loc)}: {first['msg'].removeprefix('Value error, ')}"
+            raise LibraryError(FileProblem(path, line, column, message)) from None
+    positions: _Positions = {}
+    for name, value in document.items():
+        positions[(str(name),)] = locate(document, (name,))
+        for key in value if isinstance(value, CommentedMap) else ():
+            positions[(str(name), str(key))] = locate(document, (name, key))
+    return found, positions
 
 
 def _location(loc: tuple[str | int, ...]) -> str:

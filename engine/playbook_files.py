@@ -85,7 +85,7 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
     try:
         library = library_for(path, library_dir or path.parent)
     except LibraryError as error:
-        return playbook, [*problems, FileProblem(path, 1, 1, str(error))], document
+        return playbook, [*problems, error.problem], document
     problems += [
         _locate(path, document, Problem(where, message))
         for where, message in library.problems(playbook)

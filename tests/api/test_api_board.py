@@ -277,4 +277,4 @@ async def test_a_broken_library_refuses_the_trigger_naming_the_file(
     message = assert_error(
         await api.post("/v1/incidents", json={"playbook": "plain"}), 422, "playbook_invalid"
     )
-    assert "templates.yaml: crisis-opened.body" in message
+    assert "templates.yaml:1:1: crisis-opened.body: Field required" in message

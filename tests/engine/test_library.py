@@ -70,11 +70,43 @@ def test_unknown_template_and_stakeholder_are_reported_where_they_are_written(
 
 
 def test_a_broken_template_file_is_one_clear_problem(tmp_path: Path) -> None:
-    """A template with a Jinja syntax error makes the library invalid, naming the template."""
+    """A template with a Jinja syntax error makes the library invalid, naming the template, at
+    the part of it that is wrong."""
     copy_library(tmp_path)
     (tmp_path / "templates.yaml").write_text("oops:\n  subject: '{{ incident.id '\n  body: x\n")
-    with pytest.raises(LibraryError, match="template 'oops' subject"):
+    with pytest.raises(LibraryError, match="template 'oops' subject") as raised:
         load_library(tmp_path)
+    assert (tmp_path / "templates.yaml", 2, 3) == (
+        raised.value.problem.file,
+        raised.value.problem.line,
+        raised.value.problem.column,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("templates.yaml", b"oops:\n  subject: [s\n  body: b\n", "3:7: YAML: expected ',' or ']'"),
+        ("templates.yaml", b"a: &a {subject: s, body: b}\nb: *a\n", "2:4: YAML: aliases (*a)"),
+        ("templates.yaml", b"a:\n  subject: caf\xe9\n", "2:15: not UTF-8 text (byte 0xe9"),
+        ("stakeholders.yaml", b"regulator: [\n", "2:1: YAML: expected the node content"),
+        ("stakeholders.yaml", b"\xff\xfe", "1:1: not UTF-8 text (byte 0xff at offset 0)"),
+        ("stakeholders.yaml", b"- regulator\n", "1:1: expected a mapping of names to entries"),
+        ("stakeholders.yaml", b"r:\n  name: R\n  kind: outer\n", "3:3: r.kind: Input should"),
+    ],
+)
+def test_a_broken_library_file_is_one_line_at_its_own_place(
+    tmp_path: Path, name: str, content: bytes, where: str
+) -> None:
+    """A library file that cannot be read is one problem at that file's line and column, not at
+    the playbook's first line followed by the YAML reader's own several lines."""
+    copy_library(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    path = tmp_path / "tell.yaml"
+    path.write_text(PLAYBOOK)
+    (problem,) = validate_file(path)
+    assert "\n" not in str(problem)
+    assert str(problem).startswith(f"{tmp_path / name}:{where}"), str(problem)
 
 
 def test_a_playbook_uses_the_library_beside_it_as_soon_as_there_is_one(tmp_path: Path) -> None:
