@@ -38,6 +38,20 @@ def check_template(name: str, template: MessageTemplate) -> None:
             raise MessageError(f"template {name!r} {part}: {error}", part) from error
 
 
+def check_render(
+    name: str, template: MessageTemplate, context: dict[str, Any], data: dict[str, Any]
+) -> None:
+    """Render each part as `render_message` would; raise MessageError naming the part."""
+    values = {**context, "data": data}
+    for part in ("subject", "body"):
+        try:
+            _compiled(getattr(template, part)).render(values)
+        # Not only TemplateError: a filter given the wrong type (`join` of a number) raises
+        # TypeError, and fails the send just the same.
+        except Exception as error:
+            raise MessageError(f"template {name!r} {part}: {error}", part) from error
+
+
 def render_message(
     template: MessageTemplate, context: dict[str, Any], data: dict[str, Any]
 ) -> tuple[str, str]:

@@ -9,17 +9,26 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ruamel.yaml.comments import CommentedMap
 
-from activities.messages import MessageError, check_template
+from activities.messages import MessageError, check_render, check_template
 from engine.errors import FileProblem, LibraryError
 from engine.yaml_files import YamlFileError, load_yaml, locate, plain
-from workflows.incident import MessageTemplate
+from workflows.incident import MessageTemplate, StandDownRequest, message_context
+from workflows.levers import is_notification
 from workflows.notifications import CHANNEL_TYPES, Channel, WebhookChannel
-from workflows.playbook import Playbook, Step, walk_steps
+from workflows.playbook import (
+    InputError,
+    LeverCall,
+    Playbook,
+    Step,
+    coerce_input,
+    walk_steps,
+)
+from workflows.substitution import ReferenceError_, substitute
 
 M = TypeVar("M", bound=BaseModel)
 TEMPLATES_FILE = "templates.yaml"
@@ -67,6 +76,31 @@ class Library:
             if name in self.stakeholders
         }
 
+    def render_problems(self, playbook: Playbook) -> list[FileProblem]:
+        """Each template a notify.send step uses, rendered as when it is sent (the same renderer,
+        a context of the same shape); one that fails is a problem at the template, once."""
+        found: dict[str, FileProblem] = {}
+        closing = {step.id for step in playbook.on_stand_down}
+        for step, call in _send_calls(playbook):
+            name = call.with_.get("template")
+            if not isinstance(name, str) or name not in self.templates or name in found:
+                continue
+            # A step of the playbook runs before any stand-down; a closing step or an undo may
+            # run during one, so it is tried with the stand-down set.
+            standing_down = call is not step or step.id in closing
+            context = _sample_context(playbook, step, standing_down=standing_down)
+            try:
+                data = substitute(call.with_.get("data") or {}, _substitution(playbook, context))
+            except ReferenceError_:
+                continue  # an undefined reference is a problem of the playbook, reported there
+            try:
+                check_render(name, self.templates[name], context, data)
+            except MessageError as error:
+                undo = " (undo)" if call is not step else ""
+                used = f"sent by step {step.id!r}{undo} of playbook {playbook.playbook}"
+                found[name] = self.template_problem(name, error.part, f"{error} ({used})")
+        return list(found.values())
+
     def problems(self, playbook: Playbook) -> list[tuple[tuple[str | int, ...], str]]:
         """Unknown templates and stakeholders, at their paths in the playbook."""
         found = []
@@ -95,6 +129,69 @@ class Library:
                         ((*where, "with", "to"), f"unknown stakeholder {to!r} (directory: {known})")
                     )
         return found
+
+
+def _send_calls(playbook: Playbook) -> list[tuple[Step, Step | LeverCall]]:
+    """Every notify.send call with the step it belongs to (itself, or the step it undoes)."""
+    calls: list[tuple[Step, Step | LeverCall]] = []
+    for step in playbook.lever_steps():
+        calls += [(step, call) for call in (step, step.undo) if call and call.do == "notify.send"]
+    return calls
+
+
+def _sample_inputs(playbook: Playbook) -> dict[str, Any]:
+    """The inputs as a trigger resolves them: defaults, and for a required input a stand-in of
+    its type (its first choice, when it has choices)."""
+    inputs: dict[str, Any] = {}
+    for name, spec in playbook.inputs.items():
+        if spec.default is not None:
+            try:
+                inputs[name] = coerce_input(name, spec, spec.default)
+            except InputError:  # reported against the playbook's default
+                inputs[name] = spec.default
+            continue
+        kind = spec.items if spec.type == "list" else spec.type
+        value = spec.choices[0] if spec.choices else _STAND_INS[kind or "string"]
+        inputs[name] = [value] if spec.type == "list" and not spec.choices else value
+    return inputs
+
+
+_STAND_INS: dict[str, Any] = {"string": "example", "number": 1.5, "integer": 1, "boolean": True}
+
+
+def _sample_context(playbook: Playbook, step: Step, *, standing_down: bool) -> dict[str, Any]:
+    level = step.level or (playbook.levels[0] if playbook.levels else None)
+    return message_context(
+        incident={
+            "id": "INC-CHECK",
+            "level": level,
+            "state": "standing_down" if standing_down else "running",
+            "triggered_by": "check",
+            "triggered_at": "2000-01-01T00:00:00+00:00",
+        },
+        playbook=playbook,
+        inputs=_sample_inputs(playbook),
+        step=step,
+        measures=[
+            {"id": other.id, "lever": other.do, "expires_at": "2000-01-02T00:00:00+00:00"}
+            for other in playbook.lever_steps()
+            if not is_notification(other.do)
+        ][:1],
+        stand_down=StandDownRequest(actor="check", reason="check") if standing_down else None,
+    )
+
+
+def _substitution(playbook: Playbook, context: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    # What `${...}` in a step's arguments may name, as the workflow builds it.
+    incident = context["incident"]
+    return {
+        "inputs": context["inputs"],
+        "incident": {
+            "id": incident["id"],
+            "playbook": playbook.playbook,
+            "triggered_by": incident["triggered_by"],
+        },
+    }
 
 
 def _sends(playbook: Playbook) -> list[Step]:

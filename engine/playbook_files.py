@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from ruamel.yaml.comments import CommentedMap
 
 from engine.errors import FileProblem, LibraryError, PlaybookInvalid, PlaybookNotFound
-from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, library_for
+from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, Library, library_for
 from engine.yaml_files import YamlFileError, load_yaml, locate, plain
 from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook, playbook_warnings
 
@@ -19,8 +19,9 @@ LIBRARY_FILES = (TEMPLATES_FILE, STAKEHOLDERS_FILE)  # beside the playbooks, not
 
 
 # Parsed playbooks by file, valid while the file's mtime and size are unchanged: a trigger should
-# not spend milliseconds re-parsing YAML that has not changed. An edited file is read again.
-_parsed: dict[tuple[Path, Path | None], tuple[tuple[int, int], Playbook]] = {}
+# not spend milliseconds re-parsing YAML that has not changed. An edited file is read again, and
+# so is one whose library changed (an edited template may no longer render for it).
+_parsed: dict[tuple[Path, Path | None], tuple[tuple[int, int], Playbook, Library | None]] = {}
 
 
 def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
@@ -34,13 +35,20 @@ def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
     # The absolute path, not the resolved one: resolving costs a system call per component.
     version, key = (stat.st_mtime_ns, stat.st_size), (path.absolute(), library_dir)
     cached = _parsed.get(key)
-    if cached is not None and cached[0] == version:
+    if cached is not None and cached[0] == version and cached[2] is _library(path, library_dir):
         return cached[1]
     playbook, problems, _ = _load(path, library_dir)
     if problems or playbook is None:
         raise PlaybookInvalid(problems)
-    _parsed[key] = (version, playbook)
+    _parsed[key] = (version, playbook, _library(path, library_dir))
     return playbook
+
+
+def _library(path: Path, library_dir: Path | None) -> Library | None:
+    try:
+        return library_for(path, library_dir or path.parent)
+    except LibraryError:
+        return None
 
 
 def validate_file(path: Path, library_dir: Path | None = None) -> list[FileProblem]:
@@ -90,6 +98,7 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
         _locate(path, document, Problem(where, message))
         for where, message in library.problems(playbook)
     ]
+    problems += library.render_problems(playbook)
     return playbook, problems, document
 
 

@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         ReviewRequest,
         StandDownRequest,
         StepRecord,
+        message_context,
     )
     from workflows.levers import LEVERS, is_notification
     from workflows.notifications import DELIVER_NOTIFICATION, DeliveryReceipt, DeliveryRequest
@@ -688,29 +689,24 @@ class CrisisWorkflow:
 
     def _message_context(self, step: Step) -> dict[str, Any]:
         """What a message template may refer to: the incident as it stands when it is sent."""
-        return {
-            "incident": {
+        return message_context(
+            incident={
                 "id": self._incident.incident_id,
                 "level": self._level,
                 "state": self._state,
                 "triggered_by": self._incident.triggered_by,
                 "triggered_at": self._triggered_at,
             },
-            "playbook": {
-                "name": self._pb.playbook,
-                "title": self._pb.title,
-                "version": self._pb.version,
-                "owner": self._pb.owner,
-            },
-            "inputs": dict(self._incident.inputs),
-            "step": {"id": step.id, "description": step.description},
-            "measures": [
+            playbook=self._pb,
+            inputs=self._incident.inputs,
+            step=step,
+            measures=[
                 {"id": r.id, "lever": r.lever, "expires_at": r.expires_at}
                 for r in self._records.values()
                 if r.state == "applied" and r.lever and not is_notification(r.lever)
             ],
-            "stand_down": self._stand_down.model_dump() if self._stand_down else None,
-        }
+            stand_down=self._stand_down,
+        )
 
     # --- levels, conditions -------------------------------------------------------------------
     def _eligible(self, step: AnyStep) -> bool:
