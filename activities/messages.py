@@ -16,7 +16,11 @@ ENVIRONMENT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 
 class MessageError(ValueError):
-    """A template that cannot be rendered (syntax error, unknown name)."""
+    """A template that cannot be rendered (syntax error, unknown name); `part` says which."""
+
+    def __init__(self, message: str, part: str = "") -> None:
+        super().__init__(message)
+        self.part = part  # "subject" or "body", when known
 
 
 @lru_cache(maxsize=256)
@@ -31,7 +35,21 @@ def check_template(name: str, template: MessageTemplate) -> None:
         try:
             ENVIRONMENT.parse(getattr(template, part))
         except TemplateError as error:
-            raise MessageError(f"template {name!r} {part}: {error}") from error
+            raise MessageError(f"template {name!r} {part}: {error}", part) from error
+
+
+def check_render(
+    name: str, template: MessageTemplate, context: dict[str, Any], data: dict[str, Any]
+) -> None:
+    """Render each part as `render_message` would; raise MessageError naming the part."""
+    values = {**context, "data": data}
+    for part in ("subject", "body"):
+        try:
+            _compiled(getattr(template, part)).render(values)
+        # Not only TemplateError: a filter given the wrong type (`join` of a number) raises
+        # TypeError, and fails the send just the same.
+        except Exception as error:
+            raise MessageError(f"template {name!r} {part}: {error}", part) from error
 
 
 def render_message(

@@ -14,7 +14,7 @@ from rich.table import Table
 from cli.common import JsonFlag, actor_name, console, parse_inputs, settings_or_fail
 from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
 from core.logging import configure_logging
-from engine.errors import ScenarioError
+from engine.errors import FileProblem, ScenarioError
 from engine.plan import make_plan
 from engine.playbook_files import (
     check_file,
@@ -56,10 +56,7 @@ def playbook_validate(
                     {
                         "file": f,
                         "valid": not found,
-                        "problems": [
-                            {"line": p.line, "column": p.column, "message": p.message}
-                            for p in found
-                        ],
+                        "problems": [_problem(f, p) for p in found],
                         "warnings": [
                             {"line": w.line, "column": w.column, "message": w.message}
                             for w in warnings[f]
@@ -82,6 +79,18 @@ def playbook_validate(
         if not bad:
             typer.echo(f"ok: {len(files)} playbook(s) valid")
     raise typer.Exit(1 if bad else 0)
+
+
+def _problem(file: str, problem: FileProblem) -> dict[str, str | int]:
+    """A problem as JSON; `file` only when it is in another file (a library file)."""
+    found: dict[str, str | int] = {
+        "line": problem.line,
+        "column": problem.column,
+        "message": problem.message,
+    }
+    if str(problem.file) != file:
+        found["file"] = str(problem.file)
+    return found
 
 
 @app.command("schema")

@@ -39,7 +39,11 @@ class PlaybookInvalid(PlaybookError):
 
 
 class LibraryError(ValueError):
-    """A library file is unreadable or invalid."""
+    """A library file is unreadable or invalid; `problem` says where, in that file."""
+
+    def __init__(self, problem: FileProblem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
 
 
 class IncidentError(Exception):

@@ -9,17 +9,26 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.comments import CommentedMap
 
-from activities.messages import MessageError, check_template
-from engine.errors import LibraryError
-from workflows.incident import MessageTemplate
+from activities.messages import MessageError, check_render, check_template
+from engine.errors import FileProblem, LibraryError
+from engine.yaml_files import YamlFileError, load_yaml, locate, plain
+from workflows.incident import MessageTemplate, StandDownRequest, message_context
+from workflows.levers import is_notification
 from workflows.notifications import CHANNEL_TYPES, Channel, WebhookChannel
-from workflows.playbook import Playbook, Step, walk_steps
+from workflows.playbook import (
+    InputError,
+    LeverCall,
+    Playbook,
+    Step,
+    coerce_input,
+    walk_steps,
+)
+from workflows.substitution import ReferenceError_, substitute
 
 M = TypeVar("M", bound=BaseModel)
 TEMPLATES_FILE = "templates.yaml"
@@ -41,6 +50,14 @@ class Stakeholder(BaseModel):
 class Library:
     templates: dict[str, MessageTemplate] = field(default_factory=dict)
     stakeholders: dict[str, Stakeholder] = field(default_factory=dict)
+    templates_file: Path = Path(TEMPLATES_FILE)
+    # Where each template and its parts are written in templates.yaml: ("name",) and
+    # ("name", "body") to (line, column), so a template's error points into that file.
+    positions: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
+
+    def template_problem(self, name: str, part: str, message: str) -> FileProblem:
+        where = self.positions.get((name, part)) or self.positions.get((name,), (1, 1))
+        return FileProblem(self.templates_file, *where, message)
 
     def templates_for(self, playbook: Playbook) -> dict[str, MessageTemplate]:
         """The templates a playbook's notify.send steps name (the ones to freeze at trigger)."""
@@ -58,6 +75,31 @@ class Library:
             for name in sorted(names)
             if name in self.stakeholders
         }
+
+    def render_problems(self, playbook: Playbook) -> list[FileProblem]:
+        """Each template a notify.send step uses, rendered as when it is sent (the same renderer,
+        a context of the same shape); one that fails is a problem at the template, once."""
+        found: dict[str, FileProblem] = {}
+        closing = {step.id for step in playbook.on_stand_down}
+        for step, call in _send_calls(playbook):
+            name = call.with_.get("template")
+            if not isinstance(name, str) or name not in self.templates or name in found:
+                continue
+            # A step of the playbook runs before any stand-down; a closing step or an undo may
+            # run during one, so it is tried with the stand-down set.
+            standing_down = call is not step or step.id in closing
+            context = _sample_context(playbook, step, standing_down=standing_down)
+            try:
+                data = substitute(call.with_.get("data") or {}, _substitution(playbook, context))
+            except ReferenceError_:
+                continue  # an undefined reference is a problem of the playbook, reported there
+            try:
+                check_render(name, self.templates[name], context, data)
+            except MessageError as error:
+                undo = " (undo)" if call is not step else ""
+                used = f"sent by step {step.id!r}{undo} of playbook {playbook.playbook}"
+                found[name] = self.template_problem(name, error.part, f"{error} ({used})")
+        return list(found.values())
 
     def problems(self, playbook: Playbook) -> list[tuple[tuple[str | int, ...], str]]:
         """Unknown templates and stakeholders, at their paths in the playbook."""
@@ -87,6 +129,69 @@ class Library:
                         ((*where, "with", "to"), f"unknown stakeholder {to!r} (directory: {known})")
                     )
         return found
+
+
+def _send_calls(playbook: Playbook) -> list[tuple[Step, Step | LeverCall]]:
+    """Every notify.send call with the step it belongs to (itself, or the step it undoes)."""
+    calls: list[tuple[Step, Step | LeverCall]] = []
+    for step in playbook.lever_steps():
+        calls += [(step, call) for call in (step, step.undo) if call and call.do == "notify.send"]
+    return calls
+
+
+def _sample_inputs(playbook: Playbook) -> dict[str, Any]:
+    """The inputs as a trigger resolves them: defaults, and for a required input a stand-in of
+    its type (its first choice, when it has choices)."""
+    inputs: dict[str, Any] = {}
+    for name, spec in playbook.inputs.items():
+        if spec.default is not None:
+            try:
+                inputs[name] = coerce_input(name, spec, spec.default)
+            except InputError:  # reported against the playbook's default
+                inputs[name] = spec.default
+            continue
+        kind = spec.items if spec.type == "list" else spec.type
+        value = spec.choices[0] if spec.choices else _STAND_INS[kind or "string"]
+        inputs[name] = [value] if spec.type == "list" and not spec.choices else value
+    return inputs
+
+
+_STAND_INS: dict[str, Any] = {"string": "example", "number": 1.5, "integer": 1, "boolean": True}
+
+
+def _sample_context(playbook: Playbook, step: Step, *, standing_down: bool) -> dict[str, Any]:
+    level = step.level or (playbook.levels[0] if playbook.levels else None)
+    return message_context(
+        incident={
+            "id": "INC-CHECK",
+            "level": level,
+            "state": "standing_down" if standing_down else "running",
+            "triggered_by": "check",
+            "triggered_at": "2000-01-01T00:00:00+00:00",
+        },
+        playbook=playbook,
+        inputs=_sample_inputs(playbook),
+        step=step,
+        measures=[
+            {"id": other.id, "lever": other.do, "expires_at": "2000-01-02T00:00:00+00:00"}
+            for other in playbook.lever_steps()
+            if not is_notification(other.do)
+        ][:1],
+        stand_down=StandDownRequest(actor="check", reason="check") if standing_down else None,
+    )
+
+
+def _substitution(playbook: Playbook, context: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    # What `${...}` in a step's arguments may name, as the workflow builds it.
+    incident = context["incident"]
+    return {
+        "inputs": context["inputs"],
+        "incident": {
+            "id": incident["id"],
+            "playbook": playbook.playbook,
+            "triggered_by": incident["triggered_by"],
+        },
+    }
 
 
 def _sends(playbook: Playbook) -> list[Step]:
@@ -134,39 +239,53 @@ def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
     cached = _cache.get(key)
     if cached and cached[0] == stamp:
         return cached[1]
+    templates, positions = _read(files[0], MessageTemplate)
     library = Library(
-        templates=_read(files[0], MessageTemplate),
-        stakeholders=_read(files[1], Stakeholder),
+        templates=templates,
+        stakeholders=_read(files[1], Stakeholder)[0],
+        templates_file=files[0],
+        positions=positions,
     )
     for name, template in library.templates.items():
         try:
             check_template(name, template)
         except MessageError as error:
-            raise LibraryError(f"{files[0]}: {error}") from None
+            raise LibraryError(library.template_problem(name, error.part, str(error))) from None
     _cache[key] = (stamp, library)
     return library
 
 
-def _read(path: Path, model: type[M]) -> dict[str, M]:
+_Positions = dict[tuple[str, ...], tuple[int, int]]
+
+
+def _read(path: Path, model: type[M]) -> tuple[dict[str, M], _Positions]:
+    """The file's entries by name, and where each entry and its keys are written."""
     if not path.is_file():
-        return {}
+        return {}, {}
     try:
-        data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, YAMLError) as error:
-        raise LibraryError(f"{path}: {error}") from None
-    if not isinstance(data, dict):
-        raise LibraryError(f"{path}: expected a mapping of names to entries")
+        _, document = load_yaml(path)
+    except YamlFileError as error:
+        raise LibraryError(error.problem) from None
+    if document is None:
+        return {}, {}
+    if not isinstance(document, CommentedMap):
+        raise LibraryError(FileProblem(path, 1, 1, "expected a mapping of names to entries"))
     found: dict[str, M] = {}
-    for name, value in data.items():
+    for name, value in document.items():
         try:
-            found[str(name)] = model.model_validate(value)
+            found[str(name)] = model.model_validate(plain(value))
         except ValidationError as error:
             first = error.errors()[0]
-            where = _location((name, *first["loc"]))
-            raise LibraryError(
-                f"{path}: {where}: {first['msg'].removeprefix('Value error, ')}"
-            ) from None
-    return found
+            loc = (name, *first["loc"])
+            line, column = locate(document, loc, skip=CHANNEL_TYPES)
+            message = f"{_location(loc)}: {first['msg'].removeprefix('Value error, ')}"
+            raise LibraryError(FileProblem(path, line, column, message)) from None
+    positions: _Positions = {}
+    for name, value in document.items():
+        positions[(str(name),)] = locate(document, (name,))
+        for key in value if isinstance(value, CommentedMap) else ():
+            positions[(str(name), str(key))] = locate(document, (name, key))
+    return found, positions
 
 
 def _location(loc: tuple[str | int, ...]) -> str:

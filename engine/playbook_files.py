@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.comments import CommentedMap
 
 from engine.errors import FileProblem, LibraryError, PlaybookInvalid, PlaybookNotFound
-from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, library_for
+from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, Library, library_for
+from engine.yaml_files import YamlFileError, load_yaml, locate, plain
 from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook, playbook_warnings
 
 SUFFIXES = (".yaml", ".yml")
@@ -21,8 +19,9 @@ LIBRARY_FILES = (TEMPLATES_FILE, STAKEHOLDERS_FILE)  # beside the playbooks, not
 
 
 # Parsed playbooks by file, valid while the file's mtime and size are unchanged: a trigger should
-# not spend milliseconds re-parsing YAML that has not changed. An edited file is read again.
-_parsed: dict[tuple[Path, Path | None], tuple[tuple[int, int], Playbook]] = {}
+# not spend milliseconds re-parsing YAML that has not changed. An edited file is read again, and
+# so is one whose library changed (an edited template may no longer render for it).
+_parsed: dict[tuple[Path, Path | None], tuple[tuple[int, int], Playbook, Library | None]] = {}
 
 
 def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
@@ -36,13 +35,20 @@ def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
     # The absolute path, not the resolved one: resolving costs a system call per component.
     version, key = (stat.st_mtime_ns, stat.st_size), (path.absolute(), library_dir)
     cached = _parsed.get(key)
-    if cached is not None and cached[0] == version:
+    if cached is not None and cached[0] == version and cached[2] is _library(path, library_dir):
         return cached[1]
     playbook, problems, _ = _load(path, library_dir)
     if problems or playbook is None:
         raise PlaybookInvalid(problems)
-    _parsed[key] = (version, playbook)
+    _parsed[key] = (version, playbook, _library(path, library_dir))
     return playbook
+
+
+def _library(path: Path, library_dir: Path | None) -> Library | None:
+    try:
+        return library_for(path, library_dir or path.parent)
+    except LibraryError:
+        return None
 
 
 def validate_file(path: Path, library_dir: Path | None = None) -> list[FileProblem]:
@@ -69,28 +75,14 @@ _Loaded = tuple[Playbook | None, list[FileProblem], CommentedMap | None]
 
 def _load(path: Path, library_dir: Path | None) -> _Loaded:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        return None, [FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")], None
-    yaml = YAML(typ="rt")
-    try:
-        document = yaml.load(text)
-    except MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, [FileProblem(path, line, column, f"YAML: {error.problem or error}")], None
-    except ReaderError as error:  # a character YAML does not allow (a control character)
-        line, column = _position(text, error.position)
-        character = text[error.position] if error.position < len(text) else ""
-        message = f"YAML: unacceptable character {character!r}"
-        return None, [FileProblem(path, line, column, message)], None
-    except RecursionError:
-        return None, [FileProblem(path, 1, 1, "YAML: nested too deeply")], None
+        _, document = load_yaml(path)
+    except YamlFileError as error:
+        return None, [error.problem], None
     if not isinstance(document, CommentedMap):
         mapping = "a playbook is a mapping (playbook:, version:, steps:, ...)"
         return None, [FileProblem(path, 1, 1, mapping)], None
     try:
-        playbook = Playbook.model_validate(_plain(document))
+        playbook = Playbook.model_validate(plain(document))
     except ValidationError as error:
         problems = [
             _locate(path, document, Problem(tuple(e["loc"]), _document_message(e)))
@@ -101,17 +93,13 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
     try:
         library = library_for(path, library_dir or path.parent)
     except LibraryError as error:
-        return playbook, [*problems, FileProblem(path, 1, 1, str(error))], document
+        return playbook, [*problems, error.problem], document
     problems += [
         _locate(path, document, Problem(where, message))
         for where, message in library.problems(playbook)
     ]
+    problems += library.render_problems(playbook)
     return playbook, problems, document
-
-
-def _position(text: str, at: int) -> tuple[int, int]:
-    """The line and column of character `at` of `text`, from 1."""
-    return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
 
 
 def _document_message(error: Any) -> str:
@@ -122,28 +110,10 @@ def _document_message(error: Any) -> str:
     return str(error["msg"])
 
 
-def _plain(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {str(key): _plain(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_plain(item) for item in node]
-    return node
-
-
 def _locate(path: Path, document: CommentedMap, problem: Problem) -> FileProblem:
     """Map a path inside the document to the line and column where it is written."""
-    node: Any = document
-    line, column = 0, 0
-    for part in (p for p in problem.path if p not in STEP_TAGS):  # pydantic's union tags
-        if isinstance(node, CommentedMap) and part in node:
-            line, column = node.lc.key(part)
-            node = node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
-            line, column = node.lc.item(part)
-            node = node[part]
-        else:
-            break
-    return FileProblem(path, line + 1, column + 1, problem.message)
+    line, column = locate(document, problem.path, skip=STEP_TAGS)  # pydantic's union tags
+    return FileProblem(path, line, column, problem.message)
 
 
 def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:

@@ -46,6 +46,7 @@ from engine.library import Library, library_for
 from engine.playbook_files import load_playbook
 from engine.temporal import installed_binary, quiet_runtime, running_worker
 from engine.verification import IncidentHistory, export_history
+from engine.yaml_files import YamlFileError, read_text
 from sandbox.app import create_app
 from sandbox.server import serving_in_thread
 from store.audit_store import AuditStore
@@ -218,10 +219,10 @@ class Scenario(BaseModel):
 
 def load_scenario(path: Path) -> Scenario:
     try:
-        data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+        data = YAML(typ="safe").load(read_text(path)) or {}
         scenario = Scenario.model_validate(data)
-    except OSError as error:
-        raise ScenarioError(f"{path}: {error.strerror or error}") from None
+    except YamlFileError as error:
+        raise ScenarioError(str(error)) from None
     except YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

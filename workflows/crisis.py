@@ -56,8 +56,10 @@ with workflow.unsafe.imports_passed_through():
         ReviewRequest,
         StandDownRequest,
         StepRecord,
+        message_context,
     )
     from workflows.levers import LEVERS, is_notification
+    from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
     from workflows.notifications import DELIVER_NOTIFICATION, DeliveryReceipt, DeliveryRequest
     from workflows.playbook import ParallelStep, Step, WaitStep, retry_timings
     from workflows.substitution import substitute
@@ -102,6 +104,14 @@ def _parse_iso(text: str) -> datetime:
 def _invalid(message: str) -> ApplicationError:
     # Raised by validators: the update is refused and never enters the history.
     return ApplicationError(message, type="InvalidRequest", non_retryable=True)
+
+
+def _check_lengths(actor: str, *texts: tuple[str, str | None, int]) -> None:
+    """Refuse text too long to keep in the history, the audit trail and every status answer
+    (the API refuses it first; this is for callers that reach the workflow directly)."""
+    for what, text, limit in (("actor", actor, MAX_NAME_CHARS), *texts):
+        if text is not None and len(text) > limit:
+            raise _invalid(f"{what} is too long: {len(text)} characters (at most {limit})")
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -688,29 +698,24 @@ class CrisisWorkflow:
 
     def _message_context(self, step: Step) -> dict[str, Any]:
         """What a message template may refer to: the incident as it stands when it is sent."""
-        return {
-            "incident": {
+        return message_context(
+            incident={
                 "id": self._incident.incident_id,
                 "level": self._level,
                 "state": self._state,
                 "triggered_by": self._incident.triggered_by,
                 "triggered_at": self._triggered_at,
             },
-            "playbook": {
-                "name": self._pb.playbook,
-                "title": self._pb.title,
-                "version": self._pb.version,
-                "owner": self._pb.owner,
-            },
-            "inputs": dict(self._incident.inputs),
-            "step": {"id": step.id, "description": step.description},
-            "measures": [
+            playbook=self._pb,
+            inputs=self._incident.inputs,
+            step=step,
+            measures=[
                 {"id": r.id, "lever": r.lever, "expires_at": r.expires_at}
                 for r in self._records.values()
                 if r.state == "applied" and r.lever and not is_notification(r.lever)
             ],
-            "stand_down": self._stand_down.model_dump() if self._stand_down else None,
-        }
+            stand_down=self._stand_down,
+        )
 
     # --- levels, conditions -------------------------------------------------------------------
     def _eligible(self, step: AnyStep) -> bool:
@@ -1044,6 +1049,7 @@ class CrisisWorkflow:
 
     @stand_down.validator
     def _check_stand_down(self, request: StandDownRequest) -> None:
+        _check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         if self._stand_down is not None:
             raise _invalid(f"incident is already {self._state.replace('_', ' ')}")
 
@@ -1068,6 +1074,11 @@ class CrisisWorkflow:
 
     @approve.validator
     def _check_approve(self, request: ApproveRequest) -> None:
+        _check_lengths(
+            request.actor,
+            ("role", request.role, MAX_NAME_CHARS),
+            ("comment", request.comment, MAX_TEXT_CHARS),
+        )
         step, record = self._awaiting(request.step_id)
         assert step.approval is not None
         if request.role not in step.approval.roles:
@@ -1093,6 +1104,11 @@ class CrisisWorkflow:
 
     @reject.validator
     def _check_reject(self, request: RejectRequest) -> None:
+        _check_lengths(
+            request.actor,
+            ("role", request.role, MAX_NAME_CHARS),
+            ("reason", request.reason, MAX_TEXT_CHARS),
+        )
         step, _ = self._awaiting(request.step_id)
         assert step.approval is not None
         if request.role not in step.approval.roles:
@@ -1129,6 +1145,7 @@ class CrisisWorkflow:
         self._check_level_change(request, up=False)
 
     def _check_level_change(self, request: LevelRequest, *, up: bool) -> None:
+        _check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         self._check_open()
         levels, rank = self._pb.levels, self._pb.level_rank(self._level)
         if not levels:
@@ -1180,6 +1197,7 @@ class CrisisWorkflow:
 
     @renew.validator
     def _check_renew(self, request: RenewRequest) -> None:
+        _check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         self._check_open()
         record = self._records.get(request.step_id)
         if record is None or record.kind != "lever":
@@ -1219,6 +1237,7 @@ class CrisisWorkflow:
 
     @confirm_review.validator
     def _check_confirm_review(self, request: ReviewRequest) -> None:
+        _check_lengths(request.actor, ("note", request.note, MAX_TEXT_CHARS))
         self._check_open()
         if self._pb.reviews is None:
             raise _invalid(f"playbook {self._pb.playbook} has no reviews")
@@ -1231,6 +1250,7 @@ class CrisisWorkflow:
 
     @add_note.validator
     def _check_add_note(self, request: NoteRequest) -> None:
+        _check_lengths(request.actor, ("text", request.text, MAX_NOTE_CHARS))
         if self._state == "closed":
             raise _invalid("incident is closed")
 

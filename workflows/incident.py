@@ -9,7 +9,7 @@ from temporalio.common import SearchAttributeKey
 
 from workflows.audit import AuditBatch, AuditCarry, AuditWritten
 from workflows.notifications import Channel, MessageTemplate
-from workflows.playbook import Playbook
+from workflows.playbook import Playbook, Step
 
 # Activity names, shared by the workflow (which calls them by name to keep httpx and SQL out of
 # the workflow sandbox) and the worker (which registers them); a test checks they agree.
@@ -250,6 +250,36 @@ class LeverOutcome(BaseModel):
     previous: dict[str, Any] | None = None
     elapsed_s: float | None = None  # how long the call took, as the worker measured it
     audit: AuditWritten | None = None  # what it wrote of the events it carried; None: nothing
+
+
+def message_context(
+    *,
+    incident: dict[str, Any],
+    playbook: Playbook,
+    inputs: dict[str, Any],
+    step: Step,
+    measures: list[dict[str, Any]],
+    stand_down: StandDownRequest | None,
+) -> dict[str, Any]:
+    """What a message template may refer to (besides `data`): built here for the workflow and for
+    validation's test render alike, so that a template valid at validation renders when sent.
+
+    `incident` has id, level, state, triggered_by, triggered_at; each measure id, lever,
+    expires_at. templates.yaml documents these names for authors.
+    """
+    return {
+        "incident": incident,
+        "playbook": {
+            "name": playbook.playbook,
+            "title": playbook.title,
+            "version": playbook.version,
+            "owner": playbook.owner,
+        },
+        "inputs": dict(inputs),
+        "step": {"id": step.id, "description": step.description},
+        "measures": measures,
+        "stand_down": stand_down.model_dump() if stand_down else None,
+    }
 
 
 # Both name models defined after them. IncidentInput must be rebuilt too: left incomplete, every

@@ -28,6 +28,7 @@ from workflows.expressions import ExpressionError, level_literals
 from workflows.expressions import names as expression_names
 from workflows.expressions import parse as parse_expression
 from workflows.levers import LEVERS, is_notification
+from workflows.limits import MAX_INPUT_CHARS
 from workflows.substitution import NAMESPACES, ReferenceError_, references, substitute
 
 Path = tuple[str | int, ...]
@@ -450,6 +451,12 @@ def resolve_inputs(playbook: Playbook, given: dict[str, Any]) -> dict[str, Any]:
     resolved: dict[str, Any] = {}
     for name, spec in playbook.inputs.items():
         if given.get(name) is not None:  # an explicit null means "not given"
+            size = len(json.dumps(given[name], ensure_ascii=False, default=str))
+            if size > MAX_INPUT_CHARS:
+                raise InputError(
+                    f"input {name!r} is too long: {size} characters as JSON "
+                    f"(at most {MAX_INPUT_CHARS})"
+                )
             resolved[name] = coerce_input(name, spec, given[name])
         elif spec.default is not None:
             resolved[name] = coerce_input(name, spec, spec.default)

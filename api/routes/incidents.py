@@ -18,16 +18,26 @@ from engine.playbook_files import library_playbook
 from workflows.audit import AuditEvent
 from workflows.durations import parse_renewal
 from workflows.incident import IncidentStatus, StepRecord
+from workflows.limits import MAX_INPUT_CHARS, MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
 
 # Who acts is always the authenticated principal: no body here names an actor.
 router = APIRouter(prefix="/incidents", tags=["incidents"], responses=AUTH_ERRORS)
 
 
 class TriggerBody(BaseModel):
-    playbook: str = Field(description="Playbook name (from the library) to run")
-    inputs: dict[str, Any] = Field(default_factory=dict)
+    playbook: str = Field(
+        max_length=MAX_NAME_CHARS, description="Playbook name (from the library) to run"
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"By name; each at most {MAX_INPUT_CHARS} characters as JSON",
+    )
     incident_id: str | None = Field(None, pattern=INCIDENT_ID_PATTERN)
-    level: str | None = Field(None, description="Starting level (default: the playbook's lowest)")
+    level: str | None = Field(
+        None,
+        max_length=MAX_NAME_CHARS,
+        description="Starting level (default: the playbook's lowest)",
+    )
 
 
 class TriggeredOut(BaseModel):
@@ -39,7 +49,7 @@ class TriggeredOut(BaseModel):
 
 
 class StandDownBody(BaseModel):
-    reason: str = Field(min_length=1)
+    reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     force: bool = Field(
         False,
         description="Stand down even though a later open incident holds measures on the same "
@@ -121,28 +131,38 @@ _ROLE_HELP = (
 
 
 class ApproveBody(ActionBody):
-    step_id: str = Field(min_length=1, description="The step awaiting approval")
-    role: str | None = Field(None, min_length=1, description=_ROLE_HELP)
-    comment: str = ""
+    step_id: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="The step awaiting approval"
+    )
+    role: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS, description=_ROLE_HELP)
+    comment: str = Field("", max_length=MAX_TEXT_CHARS)
 
 
 class RejectBody(ActionBody):
-    step_id: str = Field(min_length=1, description="The step awaiting approval")
-    role: str | None = Field(None, min_length=1, description=_ROLE_HELP)
-    reason: str = Field(min_length=1)
+    step_id: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="The step awaiting approval"
+    )
+    role: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS, description=_ROLE_HELP)
+    reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 
 
 class LevelBody(ActionBody):
-    reason: str = Field(min_length=1)
-    to_level: str | None = Field(None, description="Target level (default: the next one)")
+    reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    to_level: str | None = Field(
+        None, max_length=MAX_NAME_CHARS, description="Target level (default: the next one)"
+    )
 
 
 class RenewBody(ActionBody):
-    step_id: str = Field(min_length=1, description="The measure to renew")
-    duration: str = Field(
-        min_length=1, description="How long from now it holds, longer than zero, e.g. 24h"
+    step_id: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="The measure to renew"
     )
-    reason: str = Field(min_length=1)
+    duration: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="How long from now it holds, longer than zero, e.g. 24h",
+    )
+    reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 
     @field_validator("duration")
     @classmethod
@@ -152,11 +172,11 @@ class RenewBody(ActionBody):
 
 
 class ReviewBody(ActionBody):
-    note: str = ""
+    note: str = Field("", max_length=MAX_TEXT_CHARS)
 
 
 class NoteBody(ActionBody):
-    text: str = Field(min_length=1)
+    text: str = Field(min_length=1, max_length=MAX_NOTE_CHARS)
 
 
 ACTION_ERRORS: dict[int | str, dict[str, Any]] = {

@@ -48,6 +48,11 @@ class Problem(BaseModel):
     line: int
     column: int
     message: str
+    file: str | None = Field(
+        None,
+        description="The library file the problem is in (templates.yaml, stakeholders.yaml); "
+        "absent when it is in the submitted text",
+    )
 
 
 class ValidateBody(BaseModel):
@@ -85,8 +90,17 @@ def _load(name: str, library: Path) -> Playbook:
     return load_playbook(library_playbook(name, library), library)
 
 
-def _problems(found: list[FileProblem]) -> list[Problem]:
-    return [Problem(line=p.line, column=p.column, message=p.message) for p in found]
+def _problems(found: list[FileProblem], submitted: Path) -> list[Problem]:
+    # A library file by its name only: the deployment's paths are no business of a client.
+    return [
+        Problem(
+            line=p.line,
+            column=p.column,
+            message=p.message,
+            file=None if p.file == submitted else p.file.name,
+        )
+        for p in found
+    ]
 
 
 @router.get("", response_model=list[PlaybookSummary])
@@ -107,7 +121,7 @@ async def show_playbook(name: str, _: Reader, settings: SettingsDep) -> Playbook
 
 
 # Plain `def`s: parsing up to a megabyte of YAML runs in the thread pool, not on the event loop.
-@router.post("/validate", response_model=ValidationOut)
+@router.post("/validate", response_model=ValidationOut, response_model_exclude_none=True)
 def validate_playbook(body: ValidateBody, _: Author, settings: SettingsDep) -> ValidationOut:
     """Check a playbook file's text as `crisis playbook validate` would; nothing is saved."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,8 +130,8 @@ def validate_playbook(body: ValidateBody, _: Author, settings: SettingsDep) -> V
         check = check_file(path, settings.playbooks_dir)
     return ValidationOut(
         valid=not check.problems,
-        problems=_problems(check.problems),
-        warnings=_problems(check.warnings),
+        problems=_problems(check.problems, path),
+        warnings=_problems(check.warnings, path),
     )
 
 

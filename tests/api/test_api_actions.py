@@ -19,6 +19,7 @@ from tests.api.test_api import assert_error
 from tests.cli.test_cli_actions import ACTIONS_PLAYBOOK, PLAIN_PLAYBOOK
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually, serve_app
+from workflows.limits import MAX_INPUT_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
 
 ACTION_PATHS = (
     "approve",
@@ -264,6 +265,46 @@ async def test_refusals_and_errors(api: httpx.AsyncClient, sandbox: Sandbox) -> 
 
     answer(await act(api, i, "stand-down", reason="test over"))
     conflict(await act(api, i, "notes", text="late"), i, "closed")
+
+
+async def test_over_long_text_and_inputs_are_refused_up_front(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A note, reason or comment over its limit, or a trigger input over its size, is a 422 with
+    the JSON error body, at once: nothing reaches the workflow (a 3 MB note once failed its
+    workflow task and stalled the incident)."""
+    i = await trigger(api, "commander-actions")
+    note, text = "n" * 3_000_000, "t" * (MAX_TEXT_CHARS + 1)
+    bodies = {
+        "notes": {"text": note},
+        "approve": {"step_id": "s", "role": "commander", "comment": text},
+        "reject": {"step_id": "s", "role": "commander", "reason": text},
+        "escalate": {"reason": text},
+        "de-escalate": {"reason": text},
+        "renew": {"step_id": "surge", "duration": "1h", "reason": text},
+        "confirm-review": {"note": text},
+        "stand-down": {"reason": text},
+    }
+    assert set(ACTION_PATHS) < set(bodies)
+    for path, body in bodies.items():
+        message = assert_error(await act(api, i, path, **body), 422, "invalid_request")
+        (field,) = body.keys() - {"step_id", "role", "duration"}
+        limit = MAX_NOTE_CHARS if path == "notes" else MAX_TEXT_CHARS
+        assert f"body.{field}: String should have at most {limit} characters" == message, path
+    answer(await act(api, i, "notes", text="n" * MAX_NOTE_CHARS))
+
+    (tmp_path / "library" / "with-input.yaml").write_text(
+        PLAIN_PLAYBOOK.replace("playbook: plain", "playbook: with-input").replace(
+            "steps:", "inputs:\n  region: {type: string}\nsteps:"
+        )
+    )
+    huge = {"playbook": "with-input", "inputs": {"region": "r" * 3_000_000}}
+    message = assert_error(await api.post("/v1/incidents", json=huge), 422, "invalid_input")
+    assert (
+        f"input 'region' is too long: 3000002 characters as JSON (at most {MAX_INPUT_CHARS})"
+        == (message)
+    )
+    await trigger(api, "with-input", inputs={"region": "r" * (MAX_INPUT_CHARS - 2)})
 
 
 async def test_openapi_describes_each_action(api: httpx.AsyncClient) -> None:

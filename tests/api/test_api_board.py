@@ -18,6 +18,9 @@ from tests.api.conftest import Tokens, bearer
 from tests.api.test_api import assert_error
 from tests.api.test_api_actions import act, answer, conflict, trigger
 from tests.api.test_api_actions import api as api  # the fixture, re-exported for these tests
+from tests.engine.test_library import PLAYBOOK as TELL_PLAYBOOK
+from tests.engine.test_library import copy_library
+from tests.engine.test_playbook_files import ALIAS_BOMB
 from tests.helpers import assert_eventually
 
 VALIDATE_GOOD = """\
@@ -78,6 +81,18 @@ async def test_validate_reports_problems_at_line_and_column(
         "/v1/playbooks/validate", json={"text": good}, headers=tokens.headers("carol")
     )
     assert_error(auditor, 403, "forbidden")
+
+
+async def test_validate_refuses_yaml_aliases_at_once(api: httpx.AsyncClient) -> None:
+    """An alias bomb (a few hundred bytes that expand to 9**9 items) is a problem at its first
+    alias, answered at once instead of after seconds of work."""
+    bomb = ALIAS_BOMB
+    report = answer(await api.post("/v1/playbooks/validate", json={"text": bomb}))
+    assert {
+        "valid": False,
+        "problems": [{"line": 2, "column": 8, "message": "YAML: aliases (*a) are not allowed"}],
+        "warnings": [],
+    } == report
 
 
 async def test_plan_says_what_would_run_and_refuses_bad_inputs(api: httpx.AsyncClient) -> None:
@@ -264,4 +279,22 @@ async def test_a_broken_library_refuses_the_trigger_naming_the_file(
     message = assert_error(
         await api.post("/v1/incidents", json={"playbook": "plain"}), 422, "playbook_invalid"
     )
-    assert "templates.yaml: crisis-opened.body" in message
+    assert "templates.yaml:1:1: crisis-opened.body: Field required" in message
+
+
+async def test_a_template_that_cannot_render_refuses_the_trigger(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A template naming what no incident has is refused at trigger, at the template, instead of
+    failing every notification of the incident it would have started."""
+    library = tmp_path / "library"
+    copy_library(library)
+    templates = library / "templates.yaml"
+    templates.write_text(
+        templates.read_text().replace("{{ playbook.title }}", "{{ incident.nosuch.attr }}", 1)
+    )
+    (library / "tell.yaml").write_text(TELL_PLAYBOOK)
+    message = assert_error(
+        await api.post("/v1/incidents", json={"playbook": "tell"}), 422, "playbook_invalid"
+    )
+    assert "templates.yaml:6:3: template 'crisis-opened' subject: 'dict object' has no " in message

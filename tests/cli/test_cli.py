@@ -172,6 +172,42 @@ def test_validate_a_directory_checks_every_playbook_in_it(
     assert [str(bad)] == [line.split(":")[0] for line in text.error_lines]
 
 
+def test_a_file_that_is_not_utf8_is_one_line_and_the_others_are_still_checked(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Non-UTF-8 bytes are one `file:1:1:` line, whether the file is named or in a directory."""
+    bad = tmp_path / "b.yaml"
+    bad.write_bytes(b"\xff\xfe")
+    write(tmp_path / "good.yaml", GOOD)
+    expected = f"{bad}:1:1: not UTF-8 text (byte 0xff at offset 0)"
+    run = run_cli(cli_env, "playbook", "validate", str(tmp_path))
+    assert 1 == run.code, run
+    assert [expected] == run.error_lines
+    assert_one_line_error(run_cli(cli_env, "playbook", "plan", str(bad)), expected)
+    assert_one_line_error(run_cli(cli_env, "playbook", "doc", str(bad)), expected)
+
+
+def test_a_broken_library_file_is_reported_in_that_file(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A templates.yaml beside the playbook that is not YAML is one line at its own position;
+    in JSON the problem names that file."""
+    good = write(tmp_path / "good.yaml", GOOD)
+    templates = write(tmp_path / "templates.yaml", "oops:\n  subject: [s\n  body: b\n")
+    run = run_cli(cli_env, "playbook", "validate", str(good))
+    assert 1 == run.code, run
+    assert [f"{templates}:3:7: YAML: expected ',' or ']', but got ':'"] == (run.error_lines)
+    as_json = run_cli(cli_env, "playbook", "validate", "--json", str(good)).json()
+    assert [
+        {
+            "line": 3,
+            "column": 7,
+            "message": "YAML: expected ',' or ']', but got ':'",
+            "file": str(templates),
+        }
+    ] == as_json["files"][0]["problems"]
+
+
 def test_validate_with_nothing_to_check_is_an_error(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -11,10 +11,10 @@ from temporalio.client import Client
 
 from activities.messages import MessageError, render_message
 from core.settings import Settings
-from engine.errors import LibraryError
+from engine.errors import LibraryError, PlaybookInvalid
 from engine.incidents import Incidents
 from engine.library import library_for, load_library
-from engine.playbook_files import validate_file
+from engine.playbook_files import load_playbook, validate_file
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
 from workflows.incident import MessageTemplate
@@ -70,11 +70,137 @@ def test_unknown_template_and_stakeholder_are_reported_where_they_are_written(
 
 
 def test_a_broken_template_file_is_one_clear_problem(tmp_path: Path) -> None:
-    """A template with a Jinja syntax error makes the library invalid, naming the template."""
+    """A template with a Jinja syntax error makes the library invalid, naming the template, at
+    the part of it that is wrong."""
     copy_library(tmp_path)
     (tmp_path / "templates.yaml").write_text("oops:\n  subject: '{{ incident.id '\n  body: x\n")
-    with pytest.raises(LibraryError, match="template 'oops' subject"):
+    with pytest.raises(LibraryError, match="template 'oops' subject") as raised:
         load_library(tmp_path)
+    assert (tmp_path / "templates.yaml", 2, 3) == (
+        raised.value.problem.file,
+        raised.value.problem.line,
+        raised.value.problem.column,
+    )
+
+
+# Line 4: the subject of `tell`; line 5 its body. The step passes `data`, as notify.send may.
+RENDERED = """\
+# A comment, so the template starts on line 3.
+
+tell:
+  subject: "{{ playbook.title }} at {{ incident.level or 'n/a' }} in {{ inputs.region }}"
+  body: |
+    {{ data.list_id }} shared with {{ data.partners | join(", ") }}; {{ measures | length }}.
+    {% if stand_down %}{{ stand_down.reason }}{% endif %}{{ step.id }} {{ incident.state }}
+"""
+SENDS = PLAYBOOK.replace(
+    "inputs:\n  region: {type: string, default: GB}", "inputs:\n  region: {}"
+).replace(
+    "template: crisis-opened, severity: critical}",
+    "template: tell, data: {list_id: L1, partners: ['${inputs.region}']}}",
+)
+
+
+def write_rendered(tmp_path: Path, templates: str) -> Path:
+    copy_library(tmp_path)
+    (tmp_path / "templates.yaml").write_text(templates)
+    path = tmp_path / "tell.yaml"
+    path.write_text(
+        SENDS.replace(
+            "template: crisis-closed}", "template: tell, data: {list_id: L2, partners: [p]}}"
+        )
+    )
+    return path
+
+
+def test_a_template_that_renders_passes_validation(tmp_path: Path) -> None:
+    """Templates are rendered as when sent: the incident, playbook, a required input (a stand-in
+    of its type), measures, the step, the stand-down and the step's `data` are all there."""
+    assert [] == validate_file(write_rendered(tmp_path, RENDERED))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "error"),
+    [
+        (
+            "{{ playbook.title }}",
+            "{{ incident.nosuch.attr }}",
+            "4:3",
+            "subject: 'dict object' has no attribute 'nosuch'",
+        ),
+        (
+            "{{ data.list_id }}",
+            "{{ data.list }}",
+            "5:3",
+            "body: 'dict object' has no attribute 'list'",
+        ),
+        (
+            "{{ inputs.region }}",
+            "{{ inputs.country }}",
+            "4:3",
+            "subject: 'dict object' has no attribute 'country'",
+        ),
+        ("{{ measures | length }}", "{{ incident.level | join(1) }}", "5:3", "body: "),
+        (
+            "{{ incident.level or 'n/a' }}",
+            "{{ stand_down.actor }}",
+            "4:3",
+            "subject: 'None' has no attribute 'actor'",
+        ),
+    ],
+    ids=["incident", "data", "input", "filter", "stand-down-before-it"],
+)
+def test_a_template_that_cannot_render_is_a_validation_error_at_the_template(
+    tmp_path: Path, old: str, new: str, where: str, error: str
+) -> None:
+    """A name the context does not have is caught when the playbook is validated, at the
+    template's part in templates.yaml, not when the regulator should have been told."""
+    path = write_rendered(tmp_path, RENDERED.replace(old, new))
+    (problem,) = validate_file(path)
+    assert str(problem).startswith(
+        f"{tmp_path / 'templates.yaml'}:{where}: template 'tell' {error}"
+    )
+    assert str(problem).endswith("(sent by step 'tell-regulator' of playbook tell)")
+    with pytest.raises(PlaybookInvalid):  # so a trigger is refused
+        load_playbook(path, tmp_path)
+
+
+def test_a_template_edited_after_the_playbook_was_loaded_is_checked_again(tmp_path: Path) -> None:
+    """A trigger loads a playbook from a cache; a template that stops rendering invalidates it."""
+    path = write_rendered(tmp_path, RENDERED)
+    load_playbook(path, tmp_path)
+    templates = tmp_path / "templates.yaml"
+    before = templates.stat().st_mtime_ns
+    templates.write_text(RENDERED.replace("{{ data.list_id }}", "{{ data.nope }}"))
+    os.utime(templates, ns=(before, before + 10**9))  # a later edit, whatever the clock's grain
+    with pytest.raises(PlaybookInvalid, match="has no attribute 'nope'"):
+        load_playbook(path, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where"),
+    [
+        ("templates.yaml", b"oops:\n  subject: [s\n  body: b\n", "3:7: YAML: expected ',' or ']'"),
+        ("templates.yaml", b"a: &a {subject: s, body: b}\nb: *a\n", "2:4: YAML: aliases (*a)"),
+        ("templates.yaml", b"a:\n  subject: caf\xe9\n", "2:15: not UTF-8 text (byte 0xe9"),
+        ("stakeholders.yaml", b"regulator: [\n", "2:1: YAML: expected the node content"),
+        ("stakeholders.yaml", b"\xff\xfe", "1:1: not UTF-8 text (byte 0xff at offset 0)"),
+        ("stakeholders.yaml", b"- regulator\n", "1:1: expected a mapping of names to entries"),
+        ("stakeholders.yaml", b"r:\n  name: R\n  kind: outer\n", "3:3: r.kind: Input should"),
+    ],
+)
+def test_a_broken_library_file_is_one_line_at_its_own_place(
+    tmp_path: Path, name: str, content: bytes, where: str
+) -> None:
+    """A library file that cannot be read is one problem at that file's line and column, not at
+    the playbook's first line followed by the YAML reader's own several lines."""
+    copy_library(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    path = tmp_path / "tell.yaml"
+    path.write_text(PLAYBOOK)
+    (problem,) = validate_file(path)
+    assert "\n" not in str(problem)
+    assert str(problem).startswith(f"{tmp_path / name}:{where}"), str(problem)
 
 
 def test_a_playbook_uses_the_library_beside_it_as_soon_as_there_is_one(tmp_path: Path) -> None:

@@ -568,3 +568,43 @@ def test_text_the_yaml_reader_refuses_is_a_located_problem(
     path = tmp_path / "odd.yaml"
     path.write_text(text)
     assert [f"{path}:{where}"] == [str(p) for p in validate_file(path)]
+
+
+def test_a_file_that_is_not_utf8_is_a_located_problem(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 are one problem at their line and column, not a crash."""
+    path = tmp_path / "b.yaml"
+    path.write_bytes(b"\xff\xfe")
+    assert [f"{path}:1:1: not UTF-8 text (byte 0xff at offset 0)"] == [
+        str(p) for p in validate_file(path)
+    ]
+    path.write_bytes(VALID.replace("title: Test", "title: T\xe9st").encode("latin-1"))
+    assert [f"{path}:3:9: not UTF-8 text (byte 0xe9 at offset 43)"] == [
+        str(p) for p in validate_file(path)
+    ]
+    with pytest.raises(PlaybookInvalid, match="not UTF-8 text"):
+        load_playbook(path)
+
+
+# Nine levels of nine aliases: a few hundred bytes that expand to 9**9 strings when walked.
+ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+    for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_aliases_are_refused_where_first_used(tmp_path: Path) -> None:
+    """An alias bomb is refused at once, at its first alias, instead of expanding for minutes;
+    so is an ordinary alias or merge key: no playbook needs one."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    assert [f"{path}:2:8: YAML: aliases (*a) are not allowed"] == [
+        str(p) for p in validate_file(path)
+    ]
+    path.write_text(
+        edit("  flag:\n    type: number\n", "  flag: *region\n").replace(
+            "  region:\n", "  region: &region\n"
+        )
+    )
+    assert [f"{path}:9:9: YAML: aliases (*region) are not allowed"] == [
+        str(p) for p in validate_file(path)
+    ]

@@ -32,7 +32,9 @@ from workflows.incident import (
     RejectRequest,
     RenewRequest,
     ReviewRequest,
+    StandDownRequest,
 )
+from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
 
 
 def level(actor: str = "carol", to: str | None = None) -> LevelRequest:
@@ -1144,3 +1146,60 @@ async def test_a_note_appears_in_the_status_and_the_audit_trail(lab: Lab) -> Non
     # found" where the dev server says "already completed": both are an IncidentError).
     with pytest.raises(IncidentError):
         await lab.act(incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text="late"))
+
+
+async def test_over_long_text_is_refused_before_it_is_recorded(lab: Lab) -> None:
+    """Each action's free text has a limit (the API's too, for callers that skip the API): over
+    it, the update is refused with the limit named, and the incident carries on."""
+    incident = await lab.trigger(LEVELLED)
+    await lab.settle(incident, {"base": "applied", "surge": "dormant"})
+    note, text, name = "n" * (MAX_NOTE_CHARS + 1), "t" * (MAX_TEXT_CHARS + 1), "a" * 201
+    refused = [
+        (CrisisWorkflow.add_note, NoteRequest(actor="bob", text=note), "text", MAX_NOTE_CHARS),
+        (CrisisWorkflow.add_note, NoteRequest(actor=name, text="x"), "actor", MAX_NAME_CHARS),
+        (CrisisWorkflow.escalate, LevelRequest(actor="bob", reason=text), "reason", MAX_TEXT_CHARS),
+        (
+            CrisisWorkflow.de_escalate,
+            LevelRequest(actor="b", reason=text),
+            "reason",
+            MAX_TEXT_CHARS,
+        ),
+        (
+            CrisisWorkflow.renew,
+            RenewRequest(step_id="base", actor="bob", reason=text, duration="1h"),
+            "reason",
+            MAX_TEXT_CHARS,
+        ),
+        (
+            CrisisWorkflow.approve,
+            ApproveRequest(step_id="surge", actor="bob", role="r", comment=text),
+            "comment",
+            MAX_TEXT_CHARS,
+        ),
+        (
+            CrisisWorkflow.reject,
+            RejectRequest(step_id="surge", actor="bob", role=name, reason="r"),
+            "role",
+            MAX_NAME_CHARS,
+        ),
+        (
+            CrisisWorkflow.confirm_review,
+            ReviewRequest(actor="b", note=text),
+            "note",
+            MAX_TEXT_CHARS,
+        ),
+        (
+            CrisisWorkflow.stand_down,
+            StandDownRequest(actor="bob", reason=text),
+            "reason",
+            MAX_TEXT_CHARS,
+        ),
+    ]
+    for update, request, field, limit in refused:
+        with pytest.raises(IncidentConflict, match=rf"{field} is too long: {limit + 1} .*{limit}"):
+            await lab.act(incident, update, request)
+    status = await lab.act(
+        incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text="n" * MAX_NOTE_CHARS)
+    )
+    assert ["bob"] == [n.actor for n in status.notes]
+    assert "running" == status.state

@@ -1,0 +1,15 @@
+"""How long the free text of a request may be: one place for the API, the CLI and the workflow.
+
+Everything a commander writes is stored in the workflow's history, the audit trail and every
+status answer. Temporal refuses a payload over a few megabytes by failing the workflow task, so
+an over-long note once stalled the incident; these limits refuse it before it is sent, and the
+workflow's update validators refuse it again for callers that skip the API (the CLI's direct
+mode).
+"""
+
+from __future__ import annotations
+
+MAX_NOTE_CHARS = 10_000  # an incident note
+MAX_TEXT_CHARS = 2_000  # a reason (stand-down, reject, escalate, renew), a comment, a review note
+MAX_NAME_CHARS = 200  # a name: who acts, a role, a step id, a level, a duration
+MAX_INPUT_CHARS = 4_000  # one trigger input, as JSON (a list input with all its items)
