@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 from rich.markup import escape
 
-from cli.common import JsonFlag, console, settings_or_fail
+from cli.common import JsonFlag, console, existing_store_url, settings_or_fail
 from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
 from engine.errors import BundleError, HistoryError
 from store.errors import SealError
@@ -119,7 +119,7 @@ def verify(
                 integrity = await check_with_replay(integrity, loaded.events, loaded.history)
             return integrity
         assert incident_id is not None
-        store = AuditStore(settings.resolved_database_url)
+        store = AuditStore(existing_store_url(settings))
         key = trusted or Signer(settings.signing_key_path).public_key
         client = await connect(settings) if replay else None
         return await verify_incident(
@@ -149,7 +149,7 @@ def export(
         fail(f"cannot write {output}: it is a file (give a directory or FILE.tar.gz)")
 
     async def go() -> Path:
-        store = AuditStore(settings.resolved_database_url)
+        store = AuditStore(existing_store_url(settings))
         events = store.events(incident_id)
         if not events:
             fail(f"no audit trail for incident {incident_id}")
@@ -190,7 +190,7 @@ def report(
     settings = settings_or_fail()
 
     async def go():
-        store = AuditStore(settings.resolved_database_url)
+        store = AuditStore(existing_store_url(settings))
         key = Signer(settings.signing_key_path).public_key
         return await incident_report(
             await connect(settings), store, key, incident_id, settings=settings
@@ -259,7 +259,7 @@ def replay(
         fail("give an incident id or --history FILE|DIR")
 
     async def go() -> list[ReplayReport]:
-        store = AuditStore(settings.resolved_database_url)
+        store = AuditStore(existing_store_url(settings))
         if incident_id is not None:
             exported = await export_history(await connect(settings), incident_id)
             return [await replay_incident(exported, store.events(incident_id))]

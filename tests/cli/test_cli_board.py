@@ -86,3 +86,22 @@ async def test_stand_down_refuses_to_lift_a_later_incidents_measures(
     for incident in (newer, older):
         done = await crisis(cli_env, "stand-down", incident, "--reason", "calm", "--json")
         assert ("closed", 0) == (done.json()["state"], done.code), done
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit", "verify", "INC-X"],
+        ["audit", "export", "INC-X", "-o", "bundle"],
+        ["audit", "report", "INC-X"],
+    ],
+)
+async def test_reading_the_trail_in_the_wrong_directory_says_so(
+    cli_env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    """Run where there is no audit store, a reader names the directory it looked in instead of
+    answering from a new, empty store it made there."""
+    elsewhere = {k: v for k, v in cli_env.items() if k != "CRISIS_DATABASE_URL"}
+    elsewhere["CRISIS_DATA_DIR"] = str(tmp_path / "empty")
+    assert_one_line_error(await crisis(elsewhere, *command), "no audit store", "empty")
+    assert not (tmp_path / "empty" / "audit.db").exists()
