@@ -6,6 +6,7 @@ notes under /v1/incidents/{id}/, against the real dev server, sandbox and embedd
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +33,31 @@ ACTION_PATHS = (
 )
 
 
-@pytest.fixture
-async def api(
-    settings: Settings, tmp_path: Path, tokens: Tokens
+@asynccontextmanager
+async def api_with(
+    settings: Settings, tmp_path: Path, tokens: Tokens, playbooks: dict[str, str]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API over real HTTP, with a playbook library holding the test playbooks, called as
+    """The API over real HTTP, with a playbook library of `playbooks` (name: text), called as
     alice (a commander)."""
     library = tmp_path / "library"
     library.mkdir()
-    (library / "commander-actions.yaml").write_text(ACTIONS_PLAYBOOK)
-    (library / "plain.yaml").write_text(PLAIN_PLAYBOOK)
+    for name, text in playbooks.items():
+        (library / f"{name}.yaml").write_text(text)
     app = create_app(settings.model_copy(update={"playbooks_dir": library}))
     with serve_app(app) as url:
         async with httpx.AsyncClient(
             base_url=url, timeout=30, headers=tokens.headers("alice")
         ) as http:
             yield http
+
+
+@pytest.fixture
+async def api(
+    settings: Settings, tmp_path: Path, tokens: Tokens
+) -> AsyncIterator[httpx.AsyncClient]:
+    playbooks = {"commander-actions": ACTIONS_PLAYBOOK, "plain": PLAIN_PLAYBOOK}
+    async with api_with(settings, tmp_path, tokens, playbooks) as http:
+        yield http
 
 
 async def trigger(api: httpx.AsyncClient, playbook: str, **extra: Any) -> str:

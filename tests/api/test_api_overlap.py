@@ -13,12 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from api.main import create_app
 from core.settings import Settings
 from tests.api.conftest import Tokens
-from tests.api.test_api_actions import act, answer, conflict, status_when, trigger
+from tests.api.test_api_actions import act, answer, api_with, conflict, status_when, trigger
 from tests.conftest import Sandbox
-from tests.helpers import serve_app
 
 OVERLAP_PLAYBOOK = """\
 playbook: overlap
@@ -42,15 +40,8 @@ steps:
 async def api(
     settings: Settings, tmp_path: Path, tokens: Tokens
 ) -> AsyncIterator[httpx.AsyncClient]:
-    library = tmp_path / "library"
-    library.mkdir()
-    (library / "overlap.yaml").write_text(OVERLAP_PLAYBOOK)
-    app = create_app(settings.model_copy(update={"playbooks_dir": library}))
-    with serve_app(app) as url:
-        async with httpx.AsyncClient(
-            base_url=url, timeout=30, headers=tokens.headers("alice")
-        ) as http:
-            yield http
+    async with api_with(settings, tmp_path, tokens, {"overlap": OVERLAP_PLAYBOOK}) as http:
+        yield http
 
 
 async def applied(api: httpx.AsyncClient, region: str, reach: float) -> str:

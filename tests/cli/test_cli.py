@@ -99,6 +99,20 @@ def assert_one_line_error(run: Run, *fragments: str) -> None:
         assert fragment in run.error_lines[0], run.stderr
 
 
+async def refusals(
+    env: dict[str, str], cases: dict[str, tuple[list[str], list[str]]], *command: str
+) -> None:
+    """Run every case at once (its arguments after `command`); each must print nothing on stdout
+    and be one `error:` line holding its fragments."""
+    runs = await asyncio.gather(*(crisis(env, *command, *args) for args, _ in cases.values()))
+    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
+        try:
+            assert "" == run.stdout, run
+            assert_one_line_error(run, *fragments)
+        except AssertionError as error:
+            raise AssertionError(f"{case}: {run}") from error
+
+
 # --- playbooks --------------------------------------------------------------------------------
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
@@ -479,13 +493,7 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             [f"incident {incident_id} already exists"],
         ),
     }
-    runs = await asyncio.gather(*(crisis(cli_env, *args) for args, _ in cases.values()))
-    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
-        assert "" == run.stdout, (case, run)
-        try:
-            assert_one_line_error(run, *fragments)
-        except AssertionError as error:
-            raise AssertionError(f"{case}: {run}") from error
+    await refusals(cli_env, cases)
 
 
 def test_usage_errors_are_one_line_with_exit_status_2(cli_env: dict[str, str]) -> None:

@@ -5,14 +5,13 @@ renew, review, note; and the status text that shows what a commander acts on."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli.test_cli import Run, assert_one_line_error, crisis
+from tests.cli.test_cli import Run, assert_one_line_error, crisis, refusals
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
@@ -98,17 +97,6 @@ async def status_when(
 
 def step(status: dict[str, Any], step_id: str) -> dict[str, Any]:
     return next(s for s in status["steps"] if s["id"] == step_id)
-
-
-async def refusals(env: dict[str, str], cases: dict[str, tuple[list[str], list[str]]]) -> None:
-    """Run every case at once; each must be one `error:` line holding its fragments."""
-    runs = await asyncio.gather(*(crisis(env, *args) for args, _ in cases.values()))
-    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
-        try:
-            assert "" == run.stdout, run
-            assert_one_line_error(run, *fragments)
-        except AssertionError as error:
-            raise AssertionError(f"{case}: {run}") from error
 
 
 async def test_approve_and_reject(

@@ -23,7 +23,7 @@ from engine.devserver import free_port
 from engine.incidents import Incidents
 from store.audit_store import AuditStore
 from store.seals import Seal, Signer, key_id, public_key_pem
-from tests.cli.test_cli import Run, assert_one_line_error, crisis
+from tests.cli.test_cli import Run, assert_one_line_error, crisis, refusals
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.helpers import assert_eventually
 from workflows.audit import AuditEvent, chain_hash
@@ -553,13 +553,7 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
         ),
         "unreadable history": (["replay", "--history", str(garbage)], ["not a readable history"]),
     }
-    runs = await asyncio.gather(*(crisis(env, *args) for args, _ in cases.values()))
-    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
-        try:
-            assert "" == run.stdout
-            assert_one_line_error(run, *fragments)
-        except AssertionError as error:
-            raise AssertionError(f"{case}: {run}") from error
+    await refusals(env, cases)
 
 
 async def test_output_paths_that_cannot_be_written_are_one_error_line(
@@ -594,13 +588,7 @@ async def test_output_paths_that_cannot_be_written_are_one_error_line(
             [f"{garbage}: not a readable .tar.gz bundle"],
         ),
     }
-    runs = await asyncio.gather(*(crisis(env, *args) for args, _ in cases.values()))
-    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
-        try:
-            assert "" == run.stdout
-            assert_one_line_error(run, *fragments)
-        except AssertionError as error:
-            raise AssertionError(f"{case}: {run}") from error
+    await refusals(env, cases)
     assert "keep me" == a_file.read_text()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.simulate import format_offset
-from tests.cli.test_cli import Run, assert_one_line_error, crisis, run_cli
+from tests.cli.test_cli import Run, assert_one_line_error, crisis, refusals, run_cli
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 
 # Levels, reviews, a post-incident review, expiries, a wait, a parallel step whose branches need
@@ -220,15 +220,7 @@ async def test_plan_errors_are_one_line(
         ),
         "missing file": ([str(tmp_path / "nope.yaml")], ["playbook file not found", "nope.yaml"]),
     }
-    runs = await asyncio.gather(
-        *(crisis(cli_env, "playbook", "plan", *args) for args, _ in cases.values())
-    )
-    for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
-        try:
-            assert "" == run.stdout
-            assert_one_line_error(run, *fragments)
-        except AssertionError as error:
-            raise AssertionError(f"{case}: {run}") from error
+    await refusals(cli_env, cases, "playbook", "plan")
 
 
 async def test_plan_refuses_inputs_as_trigger_does(cli_env: dict[str, str]) -> None:
