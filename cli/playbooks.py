@@ -20,6 +20,7 @@ from engine.playbook_files import (
     check_file,
     find_playbook,
     load_playbook,
+    not_a_playbook,
     playbook_files,
 )
 from workflows.playbook import Playbook
@@ -42,7 +43,15 @@ def playbook_validate(
 ) -> None:
     """Check playbook files; print each problem as file:line:column: message."""
     settings = settings_or_fail()
-    files = [f for p in paths for f in (playbook_files(p) if p.is_dir() else [p])]
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(playbook_files(path))
+        elif reason := not_a_playbook(path):
+            # `validate playbooks/*.yaml` names these too: say so, rather than fail them.
+            typer.echo(f"{path}: skipped: {reason}", err=True)
+        else:
+            files.append(path)
     if not files:
         fail("no playbook files given")
     checks = {str(f): check_file(f, settings.playbooks_dir) for f in files}

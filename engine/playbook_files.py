@@ -127,7 +127,7 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
     # (a trigger's path), in the order `playbook_files` sorts them.
     for suffix in SUFFIXES:
         path = playbooks_dir / (name_or_path + suffix)
-        if _is_playbook(path) and path.is_file():
+        if is_playbook(path) and path.is_file():
             return path
     known = ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
     raise PlaybookNotFound(
@@ -148,12 +148,22 @@ def playbook_files(directory: Path) -> list[Path]:
     scenarios (`<playbook>.scenario.yaml`) that live beside them."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir() if _is_playbook(p) and p.is_file())
+    return sorted(p for p in directory.iterdir() if is_playbook(p) and p.is_file())
 
 
-def _is_playbook(path: Path) -> bool:
+def is_playbook(path: Path) -> bool:
+    """Whether a file's name makes it a playbook, not a library file or a scenario."""
     return (
         path.suffix in SUFFIXES
         and path.name not in LIBRARY_FILES
         and not path.stem.endswith(".scenario")
     )
+
+
+def not_a_playbook(path: Path) -> str | None:
+    """Why a YAML file beside the playbooks is no playbook (checked another way), if it is not."""
+    if path.name in LIBRARY_FILES:
+        return "the library's own file, checked with every playbook that uses it"
+    if path.suffix in SUFFIXES and path.stem.endswith(".scenario"):
+        return "a scenario, checked by `crisis playbook simulate PLAYBOOK --script`"
+    return None

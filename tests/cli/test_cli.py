@@ -127,6 +127,27 @@ def test_validate_a_good_file(cli_env: dict[str, str]) -> None:
     assert "" == run.stderr
 
 
+def test_validate_skips_library_files_and_scenarios_it_is_given(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`validate playbooks/*.yaml` names the library's files and scenarios too: each is one
+    `skipped:` line on stderr saying how it is checked, not a failed playbook."""
+    good = write(tmp_path / "good.yaml", GOOD)
+    elsewhere = tmp_path / "elsewhere"  # not good.yaml's library: never read as one here
+    elsewhere.mkdir()
+    templates = write(elsewhere / "templates.yaml", "not even a mapping\n")
+    scenario = write(elsewhere / "good.scenario.yaml", "not even a mapping\n")
+    run = run_cli(cli_env, "playbook", "validate", str(good), str(templates), str(scenario))
+    assert 0 == run.code, run
+    assert "ok: 1 playbook(s) valid" == run.stdout.strip()
+    assert [
+        f"{templates}: skipped: the library's own file, checked with every playbook that uses it",
+        f"{scenario}: skipped: a scenario, checked by `crisis playbook simulate PLAYBOOK --script`",
+    ] == run.error_lines
+    alone = run_cli(cli_env, "playbook", "validate", str(templates))
+    assert 1 == alone.code and "error: no playbook files given" == alone.error_lines[-1], alone
+
+
 def test_validate_bad_files_prints_each_problem_as_file_line_column(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
