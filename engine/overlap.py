@@ -46,30 +46,30 @@ class Overlap:
     settings: frozenset[str]
 
 
-def in_force(events: Iterable[AuditEvent]) -> list[Measure]:
-    """The measures an incident's trail says are in force (those an undo would restore)."""
+def _measures(events: Iterable[AuditEvent], steps: set[str]) -> list[Measure]:
+    """Of `steps` (the board's measures in force), those an undo would restore, with the
+    settings each changed (its last `step.started` arguments) and when it was last applied."""
     args: dict[str, dict[str, Any]] = {}
-    held: dict[str, Measure] = {}
+    applied: dict[str, tuple[str, str]] = {}
     for event in events:
         step = event.step_id or ""
-        match event.kind:
-            case "step.started":
-                args[step] = event.data.get("args") or {}
-            case "step.applied":
-                name = str(event.data.get("lever") or "")
-                lever = LEVERS.get(name)
-                if lever is None or not lever.reversible:
-                    continue
-                try:
-                    settings = lever.args.model_validate(args.get(step, {})).targets()
-                except ValidationError:  # recorded by an older catalogue: assume the worst
-                    settings = EVERYTHING
-                held[step] = Measure(step, name, settings, event.at)
-            case "step.expired" | "step.undone" | "step.withdrawn":
-                held.pop(step, None)
-            case "incident.closed":
-                held.clear()
-    return list(held.values())
+        if step not in steps:
+            continue
+        if event.kind == "step.started":
+            args[step] = event.data.get("args") or {}
+        elif event.kind == "step.applied":
+            applied[step] = (str(event.data.get("lever") or ""), event.at)
+    found = []
+    for step, (name, at) in applied.items():
+        lever = LEVERS.get(name)
+        if lever is None or not lever.reversible:
+            continue
+        try:
+            settings = lever.args.model_validate(args.get(step, {})).targets()
+        except ValidationError:  # recorded by an older catalogue: assume the worst
+            settings = EVERYTHING
+        found.append(Measure(step, name, settings, at))
+    return found
 
 
 def _shared(ours: Measure, theirs: Measure) -> frozenset[str]:
@@ -82,20 +82,26 @@ def _shared(ours: Measure, theirs: Measure) -> frozenset[str]:
 
 def later_overlaps(store: AuditStore, incident_id: str) -> list[Overlap]:
     """Measures other open incidents applied after ours on the same settings (from the audit
-    store alone: no workflow is asked)."""
-    mine = in_force(store.events(incident_id))
-    if not mine:
+    store alone: the board says what is in force, the trail what each measure changed)."""
+    board = {
+        e.incident_id: e
+        for e in board_page(store, state="open", limit=OPEN_INCIDENTS_CHECKED).items
+    }
+    entry = board.pop(incident_id, None)
+    if entry is None or not entry.measures:
         return []
+    mine = _measures(store.events(incident_id), {m.step_id for m in entry.measures})
     levers = {measure.lever for measure in mine}
     found = []
-    for entry in board_page(store, state="open", limit=OPEN_INCIDENTS_CHECKED).items:
-        if entry.incident_id == incident_id or not any(m.lever in levers for m in entry.measures):
+    for other, their_entry in board.items():
+        steps = {m.step_id for m in their_entry.measures if m.lever in levers}
+        if not steps:
             continue
-        for theirs in in_force(store.events(entry.incident_id)):
+        for theirs in _measures(store.events(other), steps):
             for ours in mine:
                 shared = _shared(ours, theirs)
                 if shared and theirs.applied_at > ours.applied_at:
-                    found.append(Overlap(entry.incident_id, theirs, ours, shared))
+                    found.append(Overlap(other, theirs, ours, shared))
     return found
 
 
