@@ -36,6 +36,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 from store.board import empty_summary, fold
 from store.errors import AuditConflict, AuditGap, AuditStoreError
 from store.migrate import upgrade
+from store.prepared import Prepared
 from store.seals import Seal
 from workflows.audit import GENESIS_HASH, AuditEvent, chain_hash
 
@@ -105,6 +106,15 @@ def _to_event(row: Any) -> AuditEvent:
 
 
 @dataclass(frozen=True)
+class _Held:
+    """What an append compares of a row it finds under a number it is writing."""
+
+    seq: int
+    hash: str
+    task: int
+
+
+@dataclass(frozen=True)
 class AppendResult:
     inserted: int
     superseded: int
@@ -159,10 +169,45 @@ _HELD = select(_EVENTS.c.seq, _EVENTS.c.hash, _EVENTS.c.task).where(
     _EVENTS.c.seq.between(bindparam("first"), bindparam("last")),
 )
 _INCIDENT = select(_INCIDENTS).where(_INCIDENTS.c.incident_id == bindparam("incident_id"))
-_UPDATE_INCIDENT = update(_INCIDENTS).where(_INCIDENTS.c.incident_id == bindparam("key"))
+_INCIDENT_FIELDS = [column.key for column in _INCIDENTS.columns if column.key != "incident_id"]
+_UPDATE_INCIDENT = (
+    update(_INCIDENTS)
+    .where(_INCIDENTS.c.incident_id == bindparam("key"))
+    .values({name: bindparam(name) for name in _INCIDENT_FIELDS})
+)
 _SEALED = select(_SEALS.c.id).where(
     _SEALS.c.incident_id == bindparam("incident_id"), _SEALS.c.seq == bindparam("seq")
 )
+_EVENT_FIELDS = [column.key for column in _EVENTS.columns if column.key != "id"]
+_SEAL_FIELDS = [column.key for column in _SEALS.columns if column.key != "id"]
+
+
+@dataclass(frozen=True)
+class _WritePath:
+    """The statements every append runs, prepared for one engine's dialect (store.prepared)."""
+
+    held: Prepared
+    insert_events: Prepared
+    incident: Prepared
+    insert_incident: Prepared
+    update_incident: Prepared
+    sealed: Prepared
+    insert_seal: Prepared
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> _WritePath:
+        dialect = engine.dialect
+        return cls(
+            held=Prepared(_HELD, dialect),
+            insert_events=Prepared(insert(_EVENTS), dialect, columns=_EVENT_FIELDS),
+            incident=Prepared(_INCIDENT, dialect, selected=list(_INCIDENTS.columns)),
+            insert_incident=Prepared(
+                insert(_INCIDENTS), dialect, columns=[c.key for c in _INCIDENTS.columns]
+            ),
+            update_incident=Prepared(_UPDATE_INCIDENT, dialect),
+            sealed=Prepared(_SEALED, dialect),
+            insert_seal=Prepared(insert(_SEALS), dialect, columns=_SEAL_FIELDS),
+        )
 
 
 def _events_from(
@@ -175,13 +220,14 @@ def _events_from(
     return list(conn.execute(query.order_by(_EVENTS.c.seq)))
 
 
-def _project(conn: Connection, events: list[AuditEvent]) -> None:
+def _project(conn: Connection, sql: _WritePath, events: list[AuditEvent]) -> None:
     """Bring the incident's searchable row (and its board summary) up to date with events."""
     if not events:
         return
     incident_id = events[0].incident_id
-    current = conn.execute(_INCIDENT, {"incident_id": incident_id}).mappings().first()
-    # A Core read hands out a fresh summary: folding into it in place touches nothing stored.
+    found = sql.incident.mappings(conn, {"incident_id": incident_id})
+    current = found[0] if found else None
+    # A fresh read hands out a fresh summary: folding into it in place touches nothing stored.
     row = dict(current) if current is not None else None
     summary = row["summary"] if row is not None else None
     changed = False
@@ -226,17 +272,17 @@ def _project(conn: Connection, events: list[AuditEvent]) -> None:
         return
     row["summary"] = summary
     if current is None:
-        conn.execute(insert(_INCIDENTS), row)
+        sql.insert_incident.run(conn, row)
     else:
-        changes = {name: value for name, value in row.items() if name != "incident_id"}
-        conn.execute(_UPDATE_INCIDENT, {"key": incident_id, **changes})
+        changes = {name: row[name] for name in _INCIDENT_FIELDS}
+        sql.update_incident.run(conn, {"key": incident_id, **changes})
 
 
-def _add_seal(conn: Connection, seal: Seal) -> bool:
+def _add_seal(conn: Connection, sql: _WritePath, seal: Seal) -> bool:
     """Add the seal unless its head is sealed already (a retried write); True if added."""
-    if conn.execute(_SEALED, {"incident_id": seal.incident_id, "seq": seal.seq}).first():
+    if sql.sealed.run(conn, {"incident_id": seal.incident_id, "seq": seal.seq}):
         return False
-    conn.execute(insert(_SEALS), seal.model_dump())
+    sql.insert_seal.run(conn, seal.model_dump())
     return True
 
 
@@ -278,14 +324,14 @@ def _supersede(conn: Connection, incident_id: str, seq: int, task: int, now: dat
 
 
 def _append_in(
-    conn: Connection, events: list[AuditEvent], task: int, seal: Seal | None
+    conn: Connection, sql: _WritePath, events: list[AuditEvent], task: int, seal: Seal | None
 ) -> AppendResult:
     """Write events (one incident, ascending seq), and the seal if given, in the caller's
     transaction; see `AuditStore.append`."""
     incident_id = events[0].incident_id
     first, last = events[0].seq, events[-1].seq
     span = {"incident_id": incident_id, "first": first - 1, "last": last}
-    held = {row.seq: row for row in conn.execute(_HELD, span)}
+    held = {row[0]: _Held(*row) for row in sql.held.run(conn, span)}
     previous_hash = GENESIS_HASH if first == 1 else getattr(held.get(first - 1), "hash", None)
     inserted = superseded = 0
     now = datetime.now(UTC)
@@ -312,16 +358,16 @@ def _append_in(
         previous_hash = item.hash
         inserted += 1
     if fresh:
-        conn.execute(insert(_EVENTS), fresh)
+        sql.insert_events.run_many(conn, fresh)
     if superseded:
         # The searchable row may reflect what never committed: rebuild it.
         conn.execute(delete(_INCIDENTS).where(_INCIDENTS.c.incident_id == incident_id))
         earlier = _events_from(conn, incident_id, 1, before=first)
-        _project(conn, [_to_event(row) for row in earlier] + list(events))
+        _project(conn, sql, [_to_event(row) for row in earlier] + list(events))
     elif inserted:
-        _project(conn, [e for e in events if e.seq not in held])
+        _project(conn, sql, [e for e in events if e.seq not in held])
     if seal is not None:
-        _add_seal(conn, seal)
+        _add_seal(conn, sql, seal)
     return AppendResult(inserted, superseded)
 
 
@@ -398,6 +444,7 @@ class AuditStore:
         self.url = url
         self.engine = make_engine(url)
         upgrade(self.engine)
+        self._sql = _WritePath.for_engine(self.engine)
 
     def append(
         self, events: list[AuditEvent], *, task: int = 0, seal: Seal | None = None
@@ -426,7 +473,9 @@ class AuditStore:
         try:
             with self.engine.begin() as conn:
                 results = [
-                    _append_in(conn, w.events, w.task, w.seal) if w.events else AppendResult(0, 0)
+                    _append_in(conn, self._sql, w.events, w.task, w.seal)
+                    if w.events
+                    else AppendResult(0, 0)
                     for w in writes
                 ]
         except (AuditStoreError, SQLAlchemyError):
@@ -443,7 +492,7 @@ class AuditStore:
 
     def _append_once(self, events: list[AuditEvent], task: int, seal: Seal | None) -> AppendResult:
         with self.engine.begin() as conn:
-            result = _append_in(conn, events, task, seal)
+            result = _append_in(conn, self._sql, events, task, seal)
         _log_superseded(events, task, result)
         return result
 
@@ -459,7 +508,7 @@ class AuditStore:
         """Record a seal; False if that head was already sealed (a retried write)."""
         try:
             with self.engine.begin() as conn:
-                return _add_seal(conn, seal)
+                return _add_seal(conn, self._sql, seal)
         except IntegrityError:
             return False
 

@@ -39,7 +39,17 @@ class AuditEvent(BaseModel):
     hash: str
 
     def body(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"hash"})
+        """What the hash covers: every field but the hash (as `make_event` hashed it)."""
+        return {
+            "incident_id": self.incident_id,
+            "seq": self.seq,
+            "kind": self.kind,
+            "at": self.at,
+            "actor": self.actor,
+            "step_id": self.step_id,
+            "data": self.data,
+            "prev_hash": self.prev_hash,
+        }
 
     def expected_hash(self) -> str:
         return chain_hash(self.prev_hash, self.body())

@@ -100,3 +100,11 @@ def test_pending_events_are_lent_once_per_state_event_and_stay_pending() -> None
     trail.record("incident.failed", at=APPLIED_AT)
     trail.carry(task=9, began=APPLIED_AT, outcome=OUTCOME)
     assert trail.lend() == []  # the carrying call has them
+
+
+def test_the_hashed_body_is_every_field_but_the_hash() -> None:
+    trail = started_trail()
+    record_outcome(trail)
+    *_, event = trail.take()
+    assert event.body() == event.model_dump(exclude={"hash"})
+    assert event.expected_hash() == event.hash
