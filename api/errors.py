@@ -21,7 +21,7 @@ from engine.errors import (
     PlaybookInvalid,
     PlaybookNotFound,
 )
-from store.errors import TokenError, UnknownToken
+from store.errors import SealError, TokenError, UnknownToken
 from workflows.playbook import InputError
 
 log = structlog.get_logger(__name__)
@@ -37,6 +37,8 @@ ERROR_CODES: dict[type[Exception], tuple[int, str]] = {
     IncidentError: (502, "temporal_error"),
     # The deployment's templates or stakeholder directory are broken: nothing the client can fix.
     LibraryError: (503, "library_invalid"),
+    # The engine's signing key is missing or unreadable where this process looks for it.
+    SealError: (503, "signing_key_unavailable"),
     UnknownToken: (404, "token_not_found"),
     TokenError: (422, "invalid_request"),
 }

@@ -17,6 +17,7 @@ from store.errors import SealError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from core.settings import Settings
     from engine.integrity import Integrity
     from engine.verification import IncidentHistory, ReplayReport
 
@@ -24,6 +25,17 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Prove what happened: verify, export, report.", no_args_is_help=True)
 history_app = typer.Typer(help="Temporal histories of incidents.", no_args_is_help=True)
+
+
+def _engine_key(settings: Settings, *, or_else: str = "") -> Ed25519PublicKey:
+    """The engine's public key, from its signing key on this machine; never creates one.
+    `or_else`: what else the command accepts instead (said in the error)."""
+    from store.seals import engine_public_key
+
+    try:
+        return engine_public_key(settings.signing_key_path)
+    except SealError as error:
+        fail(f"{error}: set CRISIS_SIGNING_KEY to the engine's key file{or_else}")
 
 
 def _print_integrity(integrity: Integrity) -> None:
@@ -82,7 +94,7 @@ def verify(
     from engine.integrity import check_bundle, check_with_replay, read_bundle, verify_incident
     from engine.temporal import connect
     from store.audit_store import AuditStore
-    from store.seals import Signer, load_public_key
+    from store.seals import load_public_key
 
     settings = settings_or_fail()
     if (incident_id is None) == (bundle is None):
@@ -98,8 +110,7 @@ def verify(
     else:
         trusted_key = f"the engine's signing key {settings.signing_key_path}"
         if settings.signing_key_path.is_file():
-            with user_errors():
-                trusted = Signer(settings.signing_key_path).public_key
+            trusted = _engine_key(settings)
         elif bundle is not None:
             # The key inside a bundle proves nothing: a forger re-signs and ships their own.
             fail(
@@ -120,7 +131,7 @@ def verify(
             return integrity
         assert incident_id is not None
         store = AuditStore(existing_store_url(settings))
-        key = trusted or Signer(settings.signing_key_path).public_key
+        key = trusted or _engine_key(settings, or_else=", or pass --public-key ENGINE.pem")
         client = await connect(settings) if replay else None
         return await verify_incident(
             client, store, key, incident_id, replay=replay, trusted_key=trusted_key
@@ -142,7 +153,6 @@ def export(
     from engine.temporal import connect
     from engine.verification import export_history
     from store.audit_store import AuditStore
-    from store.seals import Signer
 
     settings = settings_or_fail()
     if output.exists() and not output.is_dir() and not output.name.endswith(".tar.gz"):
@@ -150,6 +160,7 @@ def export(
 
     async def go() -> Path:
         store = AuditStore(existing_store_url(settings))
+        public_key = _engine_key(settings)
         events = store.events(incident_id)
         if not events:
             fail(f"no audit trail for incident {incident_id}")
@@ -162,7 +173,7 @@ def export(
                 incident_id=incident_id,
                 events=events,
                 seals=store.seals(incident_id),
-                public_key=Signer(settings.signing_key_path).public_key,
+                public_key=public_key,
                 history=history,
             )
         except OSError as error:
@@ -185,13 +196,12 @@ def report(
     from engine.reporting import incident_report
     from engine.temporal import connect
     from store.audit_store import AuditStore
-    from store.seals import Signer
 
     settings = settings_or_fail()
 
     async def go():
         store = AuditStore(existing_store_url(settings))
-        key = Signer(settings.signing_key_path).public_key
+        key = _engine_key(settings)
         return await incident_report(
             await connect(settings), store, key, incident_id, settings=settings
         )

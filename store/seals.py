@@ -64,6 +64,25 @@ def load_public_key(pem: str) -> Ed25519PublicKey:
     return key
 
 
+def _read_signing_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, OSError) as error:
+        raise SealError(f"cannot read signing key {path}: {error}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SealError(f"signing key {path} is not an Ed25519 key")
+    return key
+
+
+def engine_public_key(path: Path) -> Ed25519PublicKey:
+    """The public half of the engine's signing key at `path`, which must exist: a reader that
+    created a key there would distrust every seal made with the real one, and the engine would
+    then sign with the stray key."""
+    if not path.is_file():
+        raise SealError(f"no engine signing key at {path}")
+    return _read_signing_key(path).public_key()
+
+
 class Signer:
     """Holds the engine's private key (created on first use, readable by its owner only)."""
 
@@ -76,13 +95,7 @@ class Signer:
     @staticmethod
     def _load_or_create(path: Path) -> Ed25519PrivateKey:
         if path.is_file():
-            try:
-                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            except (ValueError, OSError) as error:
-                raise SealError(f"cannot read signing key {path}: {error}") from None
-            if not isinstance(key, Ed25519PrivateKey):
-                raise SealError(f"signing key {path} is not an Ed25519 key")
-            return key
+            return _read_signing_key(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(

@@ -16,7 +16,7 @@ from engine.errors import IncidentNotFound
 from engine.integrity import verify_incident
 from engine.reporting import incident_report
 from engine.verification import export_history
-from store.seals import Signer
+from store.seals import engine_public_key
 
 # Everything here is for reading: any valid token (auditors first of all).
 router = APIRouter(
@@ -28,10 +28,13 @@ router = APIRouter(
 
 
 def public_key(request: Request) -> Any:
-    signer = getattr(request.app.state, "signer", None)
-    if signer is None:
-        signer = request.app.state.signer = Signer(request.app.state.settings.signing_key_path)
-    return signer.public_key
+    """The engine's public key, read once from its signing key (never created here: the worker
+    owns it; a missing key is a deployment error, 503)."""
+    key = getattr(request.app.state, "public_key", None)
+    if key is None:
+        path = request.app.state.settings.signing_key_path
+        key = request.app.state.public_key = engine_public_key(path)
+    return key
 
 
 @router.get("/{incident_id}/history", summary="The incident's Temporal history, every run")

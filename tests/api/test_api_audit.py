@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from api.main import create_app
 from core.settings import Settings
 from store.seals import Signer, key_id
 from tests.api.conftest import Tokens, bearer
 from tests.api.test_api import api as api  # the fixture, re-exported for these tests
 from tests.api.test_api import assert_error, trigger
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, serve_app
 
 pytestmark = pytest.mark.usefixtures("sandbox")
 
@@ -174,3 +176,23 @@ async def test_unknown_incident_is_not_found(api: httpx.AsyncClient) -> None:
             assert NONE in assert_error(response, 404, "incident_not_found")
         except AssertionError as error:
             raise AssertionError(f"{path} {params}: {response.text}") from error
+
+
+async def test_a_missing_signing_key_is_a_deployment_error(
+    settings: Settings, tokens: Tokens, tmp_path: Path
+) -> None:
+    """Where the engine's signing key is not, verify and report answer 503
+    signing_key_unavailable, and the API never makes a key of its own (the worker owns it)."""
+    missing = tmp_path / "elsewhere" / "signing-key.pem"
+    keyless = settings.model_copy(
+        update={"signing_key": str(missing), "api_embedded_worker": False}
+    )
+    with serve_app(create_app(keyless)) as url:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, headers=tokens.headers("alice")
+        ) as http:
+            for path, params in (("verify", {"replay": "false"}), ("report", {"format": "json"})):
+                response = await http.get(f"/v1/incidents/{NONE}/{path}", params=params)
+                message = assert_error(response, 503, "signing_key_unavailable")
+                assert f"no engine signing key at {missing}" == message
+    assert not missing.exists()

@@ -601,3 +601,20 @@ async def test_unknown_incident_history_is_one_error_line(env: dict[str, str]) -
     for run in (exported, replayed):
         assert "" == run.stdout, run
         assert_one_line_error(run, f"no incident {none}")
+
+
+async def test_readers_never_create_a_signing_key(
+    offline: dict[str, str], incident: str, tmp_path: Path
+) -> None:
+    """Verify, export and report with the engine's key missing: one error line each and no key
+    made (a stray key would fail every seal, and the engine would then sign with it)."""
+    missing = tmp_path / "elsewhere" / "signing-key.pem"
+    keyless = {**offline, "CRISIS_SIGNING_KEY": str(missing)}
+    said = f"no engine signing key at {missing}: set CRISIS_SIGNING_KEY"
+    cases = {
+        "verify": (["audit", "verify", incident, "--no-replay"], [said, "--public-key"]),
+        "export": (["audit", "export", incident, "-o", str(tmp_path / "b")], [said]),
+        "report": (["audit", "report", incident], [said]),
+    }
+    await refusals(keyless, cases)
+    assert not missing.exists()
