@@ -60,6 +60,8 @@ def render_message(
     try:
         subject = _compiled(template.subject).render(values).strip()
         body = _compiled(template.body).render(values).strip()
-    except TemplateError as error:
+    # As in `check_render`: a filter given the wrong type raises TypeError (or ValueError), and
+    # rendering the same template with the same values fails again: a retry cannot help.
+    except Exception as error:
         raise MessageError(f"cannot render message: {error}") from error
     return subject, body

@@ -234,6 +234,8 @@ def test_rendering_uses_the_incident_and_refuses_unknown_names() -> None:
         render_message(MessageTemplate(subject="{{ nope }}", body=""), {}, {})
     with pytest.raises(MessageError):  # the sandbox refuses reaching into Python internals
         render_message(MessageTemplate(subject="{{ ''.__class__.__mro__ }}", body=""), {}, {})
+    with pytest.raises(MessageError, match="cannot render message"):  # a filter's TypeError
+        render_message(MessageTemplate(subject="{{ data.n | join(', ') }}", body=""), {}, {"n": 3})
 
 
 @pytest.mark.usefixtures("worker")
