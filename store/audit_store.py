@@ -202,7 +202,7 @@ class _WritePath:
             insert_events=Prepared(insert(_EVENTS), dialect, columns=_EVENT_FIELDS),
             incident=Prepared(_INCIDENT, dialect, selected=list(_INCIDENTS.columns)),
             insert_incident=Prepared(
-                insert(_INCIDENTS), dialect, columns=[c.key for c in _INCIDENTS.columns]
+                insert(_INCIDENTS), dialect, columns=["incident_id", *_INCIDENT_FIELDS]
             ),
             update_incident=Prepared(_UPDATE_INCIDENT, dialect),
             sealed=Prepared(_SEALED, dialect),

@@ -20,8 +20,9 @@ Converter = Callable[[Any], Any]
 
 
 class Prepared:
-    """One statement for one dialect: `run` binds named parameters, `rows` also converts the
-    selected columns as SQLAlchemy would (e.g. SQLite's stored date-times and JSON)."""
+    """One statement for one dialect: `run` and `run_many` bind named parameters, `mappings`
+    also converts the selected columns as SQLAlchemy would (e.g. SQLite's stored date-times and
+    JSON)."""
 
     def __init__(
         self,
