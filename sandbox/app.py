@@ -123,6 +123,10 @@ async def _mutate(sandbox: Sandbox, request: Request, apply: Apply) -> JSONRespo
     async with sandbox.lock:
         # Read under the lock: /reset swaps the state object.
         state = sandbox.state
+        if getattr(request.state, "platform", state) is not state:
+            # Admitted by the platform that /reset replaced (a delayed request, say): applying it
+            # now would leak the old platform's traffic into the fresh one.
+            raise PlatformError(409, "the sandbox was reset while this request was in flight")
         hit = state.cached(key, print_)
         if hit is not None:
             state.stats.replayed += 1
@@ -170,8 +174,10 @@ def _install_fault_middleware(app: FastAPI, sandbox: Sandbox) -> None:
         if path in SANDBOX_PATHS:
             return await call_next(request)
         async with sandbox.lock:
-            sandbox.state.stats.requests += 1
-            decision = sandbox.state.match_faults(path, time.monotonic())
+            admitted = sandbox.state
+            admitted.stats.requests += 1
+            decision = admitted.match_faults(path, time.monotonic())
+        request.state.platform = admitted
         if decision.fired:
             log.info(
                 "sandbox.fault",

@@ -563,6 +563,36 @@ def test_fault_latency_delays_the_response(http: httpx.Client) -> None:
     assert elapsed >= 0.3
 
 
+def test_a_request_in_flight_across_a_reset_is_not_applied(
+    http: httpx.Client, base_url: str
+) -> None:
+    """A delayed request admitted before /reset belongs to the platform reset replaced: it is
+    refused, and the fresh platform keeps its initial settings."""
+    initial = state(http)
+    http.post("/faults", json={"path_prefix": "/detection", "status": 0, "latency_ms": 500})
+    answers: list[httpx.Response] = []
+
+    def slow_call() -> None:
+        with httpx.Client(base_url=base_url, timeout=10) as other:
+            answers.append(post(other, "/detection/threshold", THRESHOLD, "k1"))
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    deadline = time.monotonic() + 5
+    while state(http)["stats"]["requests"] < 1:
+        assert time.monotonic() < deadline, "the slow request never arrived"
+        time.sleep(0.01)
+    assert http.post("/reset").status_code == 200
+    caller.join(timeout=10)
+
+    (answer,) = answers
+    assert 409 == answer.status_code
+    assert "reset" in answer.json()["error"]
+    after = state(http)
+    assert initial["detection"] == after["detection"]
+    assert [] == after["applications"]
+
+
 def test_fault_outage_window_ends_by_itself(http: httpx.Client) -> None:
     """An outage fails every matching request until its window has passed."""
     http.post("/faults", json={"path_prefix": "/", "status": 502, "outage_seconds": 0.4})

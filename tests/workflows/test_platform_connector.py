@@ -16,7 +16,7 @@ from activities.audit import AuditWriter
 from activities.platform import PlatformLevers
 from core.settings import Settings
 from tests.conftest import Sandbox
-from tests.helpers import dropping_receiver, serve_app
+from tests.helpers import assert_eventually, dropping_receiver, serve_app
 from workflows.audit import AuditBatch, AuditTrail, AuditWritten
 from workflows.incident import LeverOutcome, LeverRequest
 
@@ -111,3 +111,11 @@ async def test_an_abandoned_call_stops_waiting_for_its_early_write(
         with pytest.raises(asyncio.CancelledError):
             await call
     await asyncio.wait_for(writer.abandoned.wait(), timeout=5)
+
+    # The platform still applies what it was sent (the lost answer idempotency keys exist for).
+    # Wait for it here, or it lands in whatever test runs next.
+    async def applied() -> None:
+        keys = [a["key"] for a in (await sandbox.state())["applications"]]
+        assert ["INC-1/raise/apply-1"] == keys
+
+    await assert_eventually(applied, timeout=10)
