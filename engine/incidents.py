@@ -80,7 +80,8 @@ def prepare_incident(
     incident_id: str | None = None,
     level: str | None = None,
 ) -> IncidentInput:
-    """Resolve inputs and check every lever's arguments with them, before anything starts."""
+    """Resolve inputs and check the lever arguments that refer to them (the playbook's own
+    checks covered the others), before anything starts."""
     if incident_id is not None:
         check_incident_id(incident_id)
     inputs = resolve_inputs(playbook, given)
@@ -94,14 +95,10 @@ def prepare_incident(
         "inputs": inputs,
         "incident": {"id": incident_id, "playbook": playbook.playbook, "triggered_by": actor},
     }
-    for step in playbook.lever_steps():
-        calls = [(step.do, step.with_, "with")]
-        if step.undo is not None:
-            calls.append((step.undo.do, step.undo.with_, "undo.with"))
-        for lever, args, where in calls:
-            for path, message in lever_arg_problems(lever, substitute(args, context)):
-                dotted = ".".join(str(p) for p in path)
-                raise InputError(f"step {step.id!r} {where}.{dotted}: {message}")
+    for step_id, lever, args, where in playbook.trigger_checked_calls:
+        for path, message in lever_arg_problems(lever, substitute(args, context)):
+            dotted = ".".join(str(p) for p in path)
+            raise InputError(f"step {step_id!r} {where}.{dotted}: {message}")
     return IncidentInput(
         level=level or (playbook.levels[0] if playbook.levels else None),
         incident_id=incident_id,

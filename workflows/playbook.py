@@ -192,6 +192,23 @@ class Playbook(_Strict):
                 found.append(step)
         return found
 
+    @cached_property
+    def trigger_checked_calls(self) -> list[tuple[str, str, dict[str, Any], str]]:
+        """(step id, lever, arguments, where) of each lever call whose arguments refer to inputs
+        or the incident: only these can break at trigger. check_playbook has checked the rest,
+        which no trigger changes."""
+        found = []
+        for step in self.lever_steps():
+            calls = [(step.do, step.with_, "with")]
+            if step.undo is not None:
+                calls.append((step.undo.do, step.undo.with_, "undo.with"))
+            found += [
+                (step.id, lever, args, where)
+                for lever, args, where in calls
+                if next(references(args), None) is not None
+            ]
+        return found
+
     def level_rank(self, level: str | None) -> int:
         return self.levels.index(level) if level in self.levels else -1
 

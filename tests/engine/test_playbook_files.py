@@ -487,6 +487,42 @@ def test_prepare_incident_rejects_an_input_that_breaks_a_lever_argument() -> Non
         prepare_incident(playbook, {"region": "G"}, actor="alice")
 
 
+UNDO_BY_INPUT = """\
+playbook: undo-by-input
+version: 1
+title: Undo by input
+description: The undo's threshold is an input.
+inputs:
+  back_to: {type: number, default: 0.9}
+steps:
+  - id: fixed
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+  - id: raise
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+    undo:
+      do: detection.set_threshold
+      with: {classifier: fraud, threshold: "${inputs.back_to}"}
+"""
+
+
+def test_only_calls_that_refer_to_the_trigger_are_checked_again_at_trigger(
+    tmp_path: Path,
+) -> None:
+    """Arguments without references were checked with the playbook; an undo's argument taken
+    from an input is checked at trigger, and named as the undo's."""
+    path = tmp_path / "undo-by-input.yaml"
+    path.write_text(UNDO_BY_INPUT)
+    playbook = load_playbook(path)
+    assert [("raise", "detection.set_threshold", "undo.with")] == [
+        (step_id, lever, where) for step_id, lever, _, where in playbook.trigger_checked_calls
+    ]
+    with pytest.raises(InputError, match=r"^step 'raise' undo\.with\.threshold: "):
+        prepare_incident(playbook, {"back_to": "3"}, actor="alice")
+    assert 0.5 == prepare_incident(playbook, {"back_to": "0.5"}, actor="alice").inputs["back_to"]
+
+
 def test_prepare_incident_resolves_inputs_and_hashes_the_playbook(
     inputs_playbook: Playbook,
 ) -> None:
