@@ -203,6 +203,9 @@ class AuditTrail:
         self._expected: list[AuditEvent] = []
         self._held: list[dict[str, Any]] = []
         self._lent_through = 0
+        # The number of the last pending event that changes the incident's state (0: none), so
+        # that lend() need not scan the pending events at every lever call.
+        self._state_seq = 0
 
     def record(
         self,
@@ -231,20 +234,20 @@ class AuditTrail:
             self._release()
             event = self._next(**fields)
         self._advance(event)
-        self.pending.append(event)
+        self._pend(event)
 
     def lend(self) -> list[AuditEvent]:
         """The pending events, if one of them changes the incident's state and was not lent before
         (else none): a lever call writes them if the platform is slow to answer or fails. They
         stay pending: the workflow writes them as usual, and the store takes a row it holds
         already as done."""
-        if not any(e.seq > self._lent_through and e.kind in STATE_EVENTS for e in self.pending):
+        if self._state_seq <= self._lent_through:
             return []
         self._lent_through = self.pending[-1].seq
         return list(self.pending)
 
     def take(self) -> list[AuditEvent]:
-        batch, self.pending = self.pending, []
+        batch, self.pending, self._state_seq = self.pending, [], 0
         return batch
 
     def carry(
@@ -277,6 +280,9 @@ class AuditTrail:
             self._expected = carried_events(carry, elapsed_s=elapsed_s, previous=previous)
         else:
             self.pending[:0] = carry.events
+            self._state_seq = max(
+                (e.seq for e in self.pending if e.kind in STATE_EVENTS), default=0
+            )
             self._release()
 
     @property
@@ -296,4 +302,9 @@ class AuditTrail:
         for fields in held:
             event = self._next(**fields)
             self._advance(event)
-            self.pending.append(event)
+            self._pend(event)
+
+    def _pend(self, event: AuditEvent) -> None:
+        self.pending.append(event)
+        if event.kind in STATE_EVENTS:
+            self._state_seq = event.seq

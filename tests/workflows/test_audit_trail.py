@@ -100,6 +100,9 @@ def test_pending_events_are_lent_once_per_state_event_and_stay_pending() -> None
     trail.record("incident.failed", at=APPLIED_AT)
     trail.carry(task=9, began=APPLIED_AT, outcome=OUTCOME)
     assert trail.lend() == []  # the carrying call has them
+    trail.settle(written=False, elapsed_s=None, previous=None)
+    assert [e.kind for e in trail.lend()] == ["incident.failed"]  # handed back, never lent
+    assert trail.lend() == []
 
 
 def test_the_hashed_body_is_every_field_but_the_hash() -> None:
