@@ -41,7 +41,7 @@ from workflows.incident import (
     StandDownRequest,
 )
 from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
-from workflows.substitution import substitute
+from workflows.substitution import references, substitute
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,9 @@ def prepare_incident(
     for step_id, lever, args, where in playbook.trigger_checked_calls:
         for path, message in lever_arg_problems(lever, substitute(args, context)):
             dotted = ".".join(str(p) for p in path)
-            raise InputError(f"step {step_id!r} {where}.{dotted}: {message}")
+            made_of = ", ".join(_references_at(args, path))
+            source = f" (from {made_of})" if made_of else ""
+            raise InputError(f"step {step_id!r} {where}.{dotted}{source}: {message}")
     return IncidentInput(
         level=level or (playbook.levels[0] if playbook.levels else None),
         incident_id=incident_id,
@@ -107,6 +109,22 @@ def prepare_incident(
         inputs=inputs,
         triggered_by=actor,
     )
+
+
+def _references_at(args: Any, path: tuple[str | int, ...]) -> list[str]:
+    """The references an argument was written with (none if it was written out), so that an
+    error names the input that broke it. `path` may go on inside a substituted value."""
+    value = args
+    for key in path:
+        if isinstance(value, str):
+            break
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return []
+    if not isinstance(value, str):
+        return []
+    return [f"${{{namespace}.{name}}}" for _, namespace, name in references(value)]
 
 
 class Incidents:

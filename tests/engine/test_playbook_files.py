@@ -480,10 +480,12 @@ def test_prepare_incident_rejects_an_input_that_breaks_a_lever_argument() -> Non
     playbook = load_playbook(SHIPPED)
     with pytest.raises(InputError) as raised:
         prepare_incident(playbook, {"reach_multiplier": "3"}, actor="alice")
-    assert str(raised.value).startswith("step 'throttle-recommender' with.reach_multiplier: "), str(
-        raised.value
-    )
-    with pytest.raises(InputError, match=r"step 'throttle-recommender' with\.region: .*at least 2"):
+    assert str(raised.value).startswith(
+        "step 'throttle-recommender' with.reach_multiplier (from ${inputs.reach_multiplier}): "
+    ), str(raised.value)
+    with pytest.raises(
+        InputError, match=r"with\.region \(from \$\{inputs\.region\}\): .*at least 2"
+    ):
         prepare_incident(playbook, {"region": "G"}, actor="alice")
 
 
@@ -518,9 +520,26 @@ def test_only_calls_that_refer_to_the_trigger_are_checked_again_at_trigger(
     assert [("raise", "detection.set_threshold", "undo.with")] == [
         (step_id, lever, where) for step_id, lever, _, where in playbook.trigger_checked_calls
     ]
-    with pytest.raises(InputError, match=r"^step 'raise' undo\.with\.threshold: "):
+    with pytest.raises(
+        InputError, match=r"^step 'raise' undo\.with\.threshold \(from \$\{inputs\.back_to\}\): "
+    ):
         prepare_incident(playbook, {"back_to": "3"}, actor="alice")
     assert 0.5 == prepare_incident(playbook, {"back_to": "0.5"}, actor="alice").inputs["back_to"]
+
+
+def test_an_item_of_a_list_input_that_breaks_an_argument_names_the_input(tmp_path: Path) -> None:
+    """The error's path goes on inside the substituted list; it still names the input."""
+    path = tmp_path / "hash-types.yaml"
+    path.write_text(
+        "playbook: hash-types\nversion: 1\ntitle: T\ndescription: D.\n"
+        "inputs:\n  types: {type: list, items: string, default: [pdq]}\n"
+        "steps:\n  - id: block\n    do: hashes.block\n"
+        '    with: {list_id: l, source: s, hash_types: "${inputs.types}"}\n'
+    )
+    with pytest.raises(
+        InputError, match=r"^step 'block' with\.hash_types\.1 \(from \$\{inputs\.types\}\): "
+    ):
+        prepare_incident(load_playbook(path), {"types": "pdq,sha1"}, actor="alice")
 
 
 def test_prepare_incident_resolves_inputs_and_hashes_the_playbook(
