@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from api.errors import install_error_handlers
 from api.routes import audit, board, health, incidents, playbooks, timeline, tokens
 from api.web import routes as console
+from core.heap import freeze_startup_heap
 from core.settings import Settings, get_settings
 from engine.incidents import Incidents
 from engine.temporal import connect, running_worker
@@ -21,7 +22,9 @@ from store.tokens import TokenStore
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -> FastAPI:
+    """The API app. `freeze_heap`: the app is the process (`crisis api`), so what it loaded to
+    start is put out of the collector's reach once it is ready (core.heap)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -37,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.settings, app.state.client, app.state.store = settings, client, store
             app.state.tokens = TokenStore(store.engine)  # one pool for audit and tokens
             app.state.incidents = Incidents(client, settings)
+            if freeze_heap:
+                freeze_startup_heap()
             log.info(
                 "api.ready",
                 temporal=settings.temporal_address,

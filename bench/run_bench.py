@@ -140,6 +140,7 @@ from bench.baseline import (  # noqa: E402
 )
 from bench.diagnose import DIAGNOSTIC_MODULE, DIAGNOSTIC_WORKFLOWS  # noqa: E402
 from bench.script import STOPPED_STATUS, positive_int, stop_on_sigterm  # noqa: E402
+from core.heap import freeze_startup_heap  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from core.signing import SignatureInvalid, verify  # noqa: E402
@@ -1299,6 +1300,7 @@ async def bench(args: argparse.Namespace, counts: Counts, tmp: Path) -> dict[str
         client = Client(**{**product_client.config(), "interceptors": [hook]})
         async with httpx.AsyncClient(base_url=settings.sandbox_url, timeout=30) as admin:
             env = Env(tmp, client, hook, settings, admin, Tracker(), warnings, children)
+            freeze_startup_heap()  # as the shipped worker process does once it is ready
 
             if "first_lever" in sections:
                 async with interpreter_running(env) as interp, baseline_running(env) as base:

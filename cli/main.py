@@ -485,6 +485,7 @@ def note(
 @app.command()
 def worker() -> None:
     """Run a worker: executes incident workflows and their levers until SIGINT/SIGTERM."""
+    from core.heap import freeze_startup_heap
     from engine.temporal import connect, running_worker
 
     settings = settings_or_fail()
@@ -496,6 +497,7 @@ def worker() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with running_worker(client, settings=settings):
+            freeze_startup_heap()
             console.print(
                 f"worker polling {settings.task_queue!r} on {settings.temporal_address}",
                 highlight=False,
@@ -518,7 +520,7 @@ def api(
 
     settings = settings_or_fail()
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_heap=True),
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="warning",
