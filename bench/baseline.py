@@ -254,7 +254,13 @@ class BaselinePlatform:
             headers["X-Crisis-Timestamp"] = timestamp
             headers["X-Crisis-Signature"] = f"v1={digest}"
         try:
-            response = await self._client.post(url, content=content, headers=headers)
+            try:
+                response = await self._client.post(url, content=content, headers=headers)
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                # A kept-alive connection the platform closed as the pool reused it: sent again
+                # at once on a new one, as the product's connector does (activities/posting.py),
+                # instead of failing the attempt and waiting for the retry policy.
+                response = await self._client.post(url, content=content, headers=headers)
         except httpx.HTTPError as error:
             raise RuntimeError(f"platform unreachable at {url}: {error}") from error
         if response.status_code >= 500:
