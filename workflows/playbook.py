@@ -197,17 +197,12 @@ class Playbook(_Strict):
         """(step id, lever, arguments, where) of each lever call whose arguments refer to inputs
         or the incident: only these can break at trigger. check_playbook has checked the rest,
         which no trigger changes."""
-        found = []
-        for step in self.lever_steps():
-            calls = [(step.do, step.with_, "with")]
-            if step.undo is not None:
-                calls.append((step.undo.do, step.undo.with_, "undo.with"))
-            found += [
-                (step.id, lever, args, where)
-                for lever, args, where in calls
-                if next(references(args), None) is not None
-            ]
-        return found
+        return [
+            (step.id, call.do, call.with_, where)
+            for step in self.lever_steps()
+            for call, where in ((step, "with"), (step.undo, "undo.with"))
+            if call is not None and next(references(call.with_), None) is not None
+        ]
 
     def level_rank(self, level: str | None) -> int:
         return self.levels.index(level) if level in self.levels else -1
