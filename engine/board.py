@@ -13,9 +13,8 @@ from pydantic import BaseModel, Field
 
 from core.timestamps import as_utc, parse_utc
 from store.audit_store import AuditStore, IncidentRow
-from store.board import empty_summary
+from store.board import OPEN_STATES, empty_summary
 
-OPEN_STATES = ["running", "standing_down", "failed"]
 StateFilter = Literal["open", "all", "running", "standing_down", "closed", "failed"]
 
 

@@ -19,6 +19,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.audit import AuditWriter
 from activities.delivery import NotificationDelivery
+from activities.overlaps import LaterIncidents
 from activities.platform import PlatformLevers
 from core.settings import Settings
 from store.audit_store import AuditStore
@@ -111,7 +112,12 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[levers.apply_lever, delivery.deliver, audit.write_audit],
+        activities=[
+            levers.apply_lever,
+            delivery.deliver,
+            audit.write_audit,
+            LaterIncidents(store).reassert_later,
+        ],
         workflow_runner=workflow_runner(settings),
     )
 

@@ -552,6 +552,11 @@ class AuditStore:
         with Session(self.engine) as session:
             return list(session.exec(query).all())
 
+    def incident(self, incident_id: str) -> IncidentRow | None:
+        """The incident's searchable row (None: nothing recorded of it)."""
+        with Session(self.engine) as session:
+            return session.get(IncidentRow, incident_id)
+
     def head_seq(self, incident_id: str) -> int:
         """The number of the incident's newest recorded event (0: none yet): a cheap "anything
         new?" for readers that follow an incident."""

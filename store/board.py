@@ -12,6 +12,8 @@ from typing import Any
 from workflows.audit import AuditEvent
 from workflows.levers import is_notification
 
+# The states of an incident not yet closed.
+OPEN_STATES = ["running", "standing_down", "failed"]
 # Failed deliveries kept per incident: enough to show, bounded so a flapping channel can't grow
 # the row without end.
 MAX_FAILED_DELIVERIES = 20

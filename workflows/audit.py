@@ -119,8 +119,18 @@ def present(_keep: set[str] | None = None, **values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k in keep or v not in (None, "")}
 
 
-def applied_data(lever: str, previous: Any, expires_at: str | None) -> dict[str, Any]:
-    return present(lever=lever, previous=previous, expires_at=expires_at, _keep={"previous"})
+def applied_data(
+    lever: str, previous: Any, expires_at: str | None, put_back: str | None = None
+) -> dict[str, Any]:
+    """`put_back`: the incident whose restore lifted the measure, when it is applied again for
+    that (it keeps its place among measures on the same settings: see store.overlaps)."""
+    return present(
+        lever=lever,
+        previous=previous,
+        expires_at=expires_at,
+        put_back=put_back,
+        _keep={"previous"},
+    )
 
 
 def undone_data(lever: str, restored: Any, reason: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.expressions import parse as parse_expression
     from workflows.incident import (
         APPLY_LEVER,
+        REASSERT_LATER,
+        REASSERT_UPDATE,
         SEARCH_LEVEL,
         SEARCH_STATE,
         WORKFLOW_NAME,
@@ -51,6 +53,10 @@ with workflow.unsafe.imports_passed_through():
         LeverRequest,
         Note,
         NoteRequest,
+        ReassertAnswer,
+        ReassertLaterOutcome,
+        ReassertLaterRequest,
+        ReassertRequest,
         RejectRequest,
         RenewRequest,
         ReviewRequest,
@@ -75,6 +81,11 @@ UNDO_RETRY = RetryPolicy(
     maximum_attempts=20,
     non_retryable_error_types=NON_RETRYABLE,
 )
+OVERLAP_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=5,
+)
 SYSTEM = "system"
 # A run records one marker naming the interpreter version it follows: each patch marker also
 # costs a search-attribute update on the server, so changes share one per version. Histories
@@ -84,6 +95,10 @@ INTERPRETER_V3 = "interpreter-v3"
 INTERPRETER_V4 = "interpreter-v4"
 # v5: the last lever call of a phase writes the phase's audit events itself (AuditCarry).
 INTERPRETER_V5 = "interpreter-v5"
+# A measure that lapses or is withdrawn tells the later incidents holding measures on the same
+# settings to put theirs back. Its own patch, recorded only where that happens: no other run
+# pays for it.
+REASSERT_PATCH = "reassert-later-incidents"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -189,6 +204,8 @@ class CrisisWorkflow:
         self._pump_busy = False
         self._conditions: dict[str, Any] = {}
         self._retry_policies: dict[str, RetryPolicy] = {}  # by step id: built once, not per call
+        # An earlier incident's restore to apply again once ours of that step is taken back.
+        self._restore_after: dict[str, ReassertRequest] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._version_seen: int | None = None
         self._info = workflow.info()  # its history length and suggestion are read live
@@ -403,9 +420,12 @@ class CrisisWorkflow:
             self._escalate_by_system(f"approval of {step.id} timed out")
             record.approval_deadline = _iso(self._clock() + parse_duration(approval.timeout))
 
-    async def _apply_step(self, step: Step, *, hold_until: str | None = None) -> bool:
+    async def _apply_step(
+        self, step: Step, *, hold_until: str | None = None, put_back: str | None = None
+    ) -> bool:
         """Pull the step's lever; True = carry on (applied, or failed with on_failure continue).
-        `hold_until`: a measure put back keeps the expiry it had."""
+        `hold_until`: a measure put back keeps the expiry it had. `put_back`: the incident whose
+        restore lifted it (it keeps the time it came into force)."""
         record = self._records[step.id]
         now = _iso(self._clock())
         record.state, record.started_at, record.error = "running", now, None
@@ -457,6 +477,8 @@ class CrisisWorkflow:
         moment = self._clock()
         now = _iso(moment)
         record.state, record.finished_at, record.previous = "applied", now, outcome.previous
+        if put_back is None:
+            record.in_force_since = now
         self._applied_order.append(step.id)
         if hold_until is not None:
             record.expires_at = hold_until
@@ -467,7 +489,7 @@ class CrisisWorkflow:
         self._record(
             "step.applied",
             step_id=step.id,
-            data=applied_data(step.do, outcome.previous, record.expires_at),
+            data=applied_data(step.do, outcome.previous, record.expires_at, put_back),
             at=now,
         )
         return True
@@ -477,10 +499,13 @@ class CrisisWorkflow:
     ) -> None:
         """Take a measure back. `closes`: the incident closes once it is (the call then writes
         the stand-down's trail, the close included, if nothing else is under way)."""
+        if record.state == "running":  # being put back for another incident: let it land
+            await self._wait(lambda: record.state != "running")
         if record.state != "applied":
             return
         step = self._steps_by_id[record.id]
         assert isinstance(step, Step)
+        applied_at = record.in_force_since or record.finished_at
         later = self._applied_order[self._applied_order.index(record.id) + 1 :]
         self._applied_order.remove(record.id)
         if step.undo is not None:
@@ -535,6 +560,15 @@ class CrisisWorkflow:
         record.state, record.undone_at = final_state, now  # type: ignore[assignment]
         self._record(kind, step_id=step.id, data=undone_data(lever, restore, reason), at=now)
         await self._restack(held)
+        if (earlier := self._restore_after.pop(record.id, None)) is not None:
+            await self._restore_for(step, earlier)
+        if (
+            restore is not None
+            and applied_at is not None
+            and final_state in ("expired", "dormant")
+            and workflow.patched(REASSERT_PATCH)
+        ):
+            await self._reassert_later(record, applied_at, reason, restore)
 
     def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]:
         """Of the measures applied after `record`, those of its lever changing its settings."""
@@ -550,6 +584,155 @@ class CrisisWorkflow:
             if mine & theirs or "*" in mine | theirs:
                 found.append(other)
         return found
+
+    async def _reassert_later(
+        self, record: StepRecord, applied_at: str, reason: str, restore: dict[str, Any]
+    ) -> None:
+        """A measure this incident applied first has lapsed or been withdrawn: its restore also
+        lifted what a later incident put in force on the same settings. That incident is told
+        (see `reassert`); with more than one, they are named for commanders (store.overlaps)."""
+        assert record.lever is not None
+        request = ReassertRequest(
+            incident_id=self._incident.incident_id,
+            step_id=record.id,
+            reason=reason,
+            lever=record.lever,
+            args=record.args,
+            restore=restore,
+            operation=f"restore-{self._incident.incident_id}-{record.id}-{record.undos}",
+        )
+        try:
+            outcome = await workflow.execute_local_activity(
+                REASSERT_LATER,
+                ReassertLaterRequest(reassert=request, applied_at=applied_at),
+                result_type=ReassertLaterOutcome,
+                # It may wait for a later incident standing down to close.
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=OVERLAP_RETRY,
+            )
+        except FailureError as error:
+            self._record("overlap.check_failed", step_id=record.id, data={"error": _cause(error)})
+            return
+        if outcome.unresolved:
+            self._record(
+                "overlap.unresolved",
+                step_id=record.id,
+                data={
+                    "incidents": outcome.unresolved,
+                    "reason": "more than one later incident holds measures on these settings",
+                },
+            )
+        if outcome.told is None:
+            return
+        self._record(
+            "overlap.reasserting",
+            step_id=record.id,
+            data=present(
+                incident=outcome.told,
+                steps=outcome.steps,
+                answer=outcome.answer.model_dump() if outcome.answer else None,
+                closed=outcome.closed or None,
+            ),
+        )
+        if outcome.closed:
+            # It closed meanwhile, and its own restore put this measure's state back: take it
+            # back once more.
+            step = self._steps_by_id[record.id]
+            assert isinstance(step, Step)
+            again = request.model_copy(update={"operation": f"undo-{record.undos}-again"})
+            await self._restore_for(step, again)
+
+    @workflow.update(name=REASSERT_UPDATE)
+    def reassert(self, request: ReassertRequest) -> ReassertAnswer:
+        """An earlier incident took back a measure on settings ours changed after it, and its
+        restore lifted ours too. Lift ours (newest first: each restores what it replaced), apply
+        its restore again, put ours back (oldest first, each keeping its expiry): what each now
+        replaces is what it would have, had the earlier measure never been applied."""
+        named = [
+            self._records[step_id]
+            for step_id in sorted(set(request.steps))
+            if step_id in self._records and self._records[step_id].kind == "lever"
+        ]
+        lifted = sorted(
+            (record for record in named if record.state == "applied"),
+            key=lambda record: self._applied_order.index(record.id),
+        )
+        undoing = [record for record in named if record.state == "undoing"]
+        # Taken back after the earlier restore, each put back what the earlier measure had set.
+        gone = [r for r in named if r.state in ("undone", "expired", "dormant", "undo_failed")]
+        self._record(
+            "overlap.lifted",
+            data={
+                "by": request.incident_id,
+                "step": request.step_id,
+                "reason": request.reason,
+                "steps": [record.id for record in lifted],
+                "taken_back": [record.id for record in undoing + gone],
+            },
+        )
+        if lifted:
+            self._background(self._put_back(lifted, request))
+        for record in undoing:  # its own restore lands after the earlier one: that one goes again
+            self._restore_after[record.id] = request
+        if gone and not (lifted or undoing):
+            step = self._steps_by_id[gone[0].id]
+            assert isinstance(step, Step)
+            self._background(self._restore_for(step, request))
+        return ReassertAnswer(
+            lifted=[record.id for record in lifted],
+            taken_back=[record.id for record in undoing + gone],
+        )
+
+    @reassert.validator
+    def _check_reassert(self, request: ReassertRequest) -> None:
+        # Standing down, its restores are under way: the earlier incident applies its own again
+        # once this one has closed.
+        self._check_open()
+
+    async def _put_back(self, lifted: list[StepRecord], request: ReassertRequest) -> None:
+        # Our own measures applied over a lifted one on its settings go too, or putting it back
+        # would put it over them.
+        named = {record.id for record in lifted}
+        held: list[tuple[StepRecord, str | None]] = []
+        for step_id in self._applied_order:  # oldest first
+            record = self._records[step_id]
+            if step_id in named or any(self._stacked_on(under, [step_id]) for under, _ in held):
+                held.append((record, record.expires_at))
+        reason = f"lifted while {request.incident_id} takes back {request.step_id}"
+        for record, _ in reversed(held):
+            await self._undo(record, final_state="undone", reason=reason)
+        first = self._steps_by_id[lifted[0].id]
+        assert isinstance(first, Step)
+        await self._restore_for(first, request)
+        for record, until in held:
+            if record.state != "undone":  # its lift failed: left as it is
+                continue
+            step = self._steps_by_id[record.id]
+            assert isinstance(step, Step)
+            await self._apply_step(step, hold_until=until, put_back=request.incident_id)
+
+    async def _restore_for(self, step: Step, request: ReassertRequest) -> None:
+        """Apply an earlier measure's restore (this incident's own, or another's) as a call of
+        `step`; recorded as `overlap.restored`, or `overlap.restore_failed`."""
+        data = {"incident": request.incident_id, "step": request.step_id, "lever": request.lever}
+        try:
+            await self._call(
+                step,
+                request.lever,
+                request.args,
+                request.operation,
+                restore=request.restore,
+                retry=UNDO_RETRY,
+            )
+        except CancelledError:
+            raise
+        except FailureError as error:
+            data["error"] = _cause(error)
+            self._record("overlap.restore_failed", step_id=step.id, data=data)
+            return
+        self._record(
+            "overlap.restored", step_id=step.id, data={**data, "restored": request.restore}
+        )
 
     async def _restack(self, held: list[tuple[StepRecord, str | None]]) -> None:
         """Apply again, oldest first, the measures lifted for an older one's restore, each until

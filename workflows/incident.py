@@ -15,6 +15,8 @@ from workflows.playbook import Playbook, Step
 # the workflow sandbox) and the worker (which registers them); a test checks they agree.
 APPLY_LEVER = "apply_lever"
 WRITE_AUDIT = "write_audit"
+REASSERT_LATER = "reassert_later"
+REASSERT_UPDATE = "reassert"  # the update a later incident is sent by that activity
 WORKFLOW_NAME = "CrisisWorkflow"
 
 # Search attributes, so the Temporal UI and visibility queries can filter incidents. They must be
@@ -82,6 +84,9 @@ class StepRecord(BaseModel):
     applications: int = 0  # how many times applied: numbers the idempotency keys
     undos: int = 0
     expires_at: str | None = None
+    # When this application of the measure began to hold; a measure put back after another
+    # incident's restore lifted it keeps it (finished_at is when it was last applied).
+    in_force_since: str | None = None
     wait_until: str | None = None
     approval_deadline: str | None = None
     approvals: list[Approver] = Field(default_factory=list)
@@ -250,6 +255,47 @@ class LeverOutcome(BaseModel):
     previous: dict[str, Any] | None = None
     elapsed_s: float | None = None  # how long the call took, as the worker measured it
     audit: AuditWritten | None = None  # what it wrote of the events it carried; None: nothing
+
+
+class ReassertRequest(BaseModel):
+    """Sent by an earlier incident (an update): its restore lifted these measures. The later
+    incident lifts them (restoring what they replaced), applies the earlier one's restore again
+    and puts them back, so what each replaced is right when it is taken back in turn."""
+
+    incident_id: str  # the earlier incident
+    step_id: str  # its measure that was taken back
+    reason: str  # why it was: "expiry reached", "level is now elevated"
+    steps: list[str] = Field(default_factory=list)
+    # The earlier measure's restore, as it made it.
+    lever: str
+    args: dict[str, Any]
+    restore: dict[str, Any]
+    operation: str  # names the later incident's own call of that restore (its idempotency key)
+
+
+class ReassertAnswer(BaseModel):
+    """What the later incident does: lift and put back, or restore again after its own undo."""
+
+    lifted: list[str] = Field(default_factory=list)
+    taken_back: list[str] = Field(default_factory=list)
+
+
+class ReassertLaterRequest(BaseModel):
+    """A measure this incident has just taken back (`reassert` without its `steps`), and since
+    when it was in force: the activity finds the later incidents holding measures on its
+    settings and tells the one it may."""
+
+    reassert: ReassertRequest
+    applied_at: str
+
+
+class ReassertLaterOutcome(BaseModel):
+    told: str | None = None  # the later incident told
+    steps: list[str] = Field(default_factory=list)  # its measures on these settings
+    answer: ReassertAnswer | None = None
+    closed: bool = False  # it had closed: its own restore put this measure's state back
+    # More than one later incident: by incident, the measures putting one back would disturb.
+    unresolved: dict[str, list[str]] | None = None
 
 
 def message_context(

@@ -2,6 +2,7 @@
 
 Run against a fresh dev server with today's interpreter before changing it:
     python -m tests.histories.record v1   # (v2, ...: the tag of the version being kept)
+    python -m tests.histories.record v5 overlap   # two incidents: a lapse under a later measure
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+from temporalio.client import Client
 
 from core.settings import Settings
 from engine.devserver import free_port, start_dev_server
@@ -59,7 +61,54 @@ steps:
 """
 
 
-async def record(tag: str, sandbox_url: str, address: str, work: Path) -> None:
+# Two incidents on one setting: the earlier's measure lapses under the later's, which is told
+# and puts its own back (the `reassert` update).
+EARLIER = """
+playbook: record-earlier
+version: 1
+title: A measure that lapses
+description: For the recorded history of a measure lapsing under a later incident's.
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud, scams], reach_multiplier: 0.5}
+    expires_after: 3s
+"""
+LATER = """
+playbook: record-later
+version: 1
+title: A measure over an earlier incident's
+description: For the recorded history of a measure put back after an earlier one lapsed.
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.25}
+"""
+
+
+async def record_overlap(tag: str, incidents: Incidents, client: Client, work: Path) -> None:
+    ids = {name: f"REC-{tag}-overlap-{name}" for name in ("earlier", "later")}
+    for name, body in (("earlier", EARLIER), ("later", LATER)):
+        path = work / f"record-{name}.yaml"
+        path.write_text(body)
+        await incidents.trigger(str(path), {}, actor="recorder", incident_id=ids[name])
+        await asyncio.sleep(0.5)
+    for _ in range(200):  # the lapse, and the later incident's measure put back
+        status = await incidents.status(ids["later"])
+        if status.steps[0].applications == 2 and status.steps[0].state == "applied":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("the later incident's measure was not put back")
+    for name in ("later", "earlier"):
+        await incidents.stand_down(ids[name], actor="recorder", reason="recorded")
+    for name, incident_id in ids.items():
+        history = await client.get_workflow_handle(incident_id).fetch_history()
+        (HERE / f"{tag}-overlap-{name}.json").write_text(_without_local_paths(history.to_json()))
+        print(f"recorded {incident_id}: {len(history.events)} events")
+
+
+async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario: str) -> None:
     settings = Settings(
         temporal_address=address,
         sandbox_port=int(sandbox_url.rsplit(":", 1)[1]),
@@ -74,6 +123,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path) -> None:
     applied.write_text(APPLIED)
     async with running_worker(client, settings=settings, store=store):
         incidents = Incidents(client, settings)
+        if scenario == "overlap":
+            await record_overlap(tag, incidents, client, work)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -102,12 +154,13 @@ def _without_local_paths(text: str) -> str:
 
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
+    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or "overlap"
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)
         try:
             httpx.post(f"{sandbox_url}/reset").raise_for_status()
-            asyncio.run(record(tag, sandbox_url, f"127.0.0.1:{port}", Path(tmp)))
+            asyncio.run(record(tag, sandbox_url, f"127.0.0.1:{port}", Path(tmp), scenario))
         finally:
             server.terminate()
             server.wait()

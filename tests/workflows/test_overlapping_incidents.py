@@ -1,0 +1,286 @@
+"""Two incidents on the same platform settings: the later one's measure is applied over the
+earlier one's. When the earlier measure lapses or is withdrawn, its restore lifts the later one's
+too; the later incident is told and puts its measure back, so the platform keeps what is still in
+force, and the later incident's own restore at stand-down leaves the platform as it was."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+
+from core.settings import Settings
+from engine.incidents import Incidents
+from store.audit_store import AuditStore
+from tests.conftest import Sandbox
+from tests.helpers import assert_eventually
+from tests.workflows.lab import HEADER, Lab, at, kinds, settings_of, step
+from workflows.audit import AuditEvent
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import LevelRequest
+
+EARLIER = """
+steps:
+  - id: cut-reach
+    do: recommender.throttle
+    with:
+      region: GB
+      categories: [incitement_to_violence, racial_hatred]
+      reach_multiplier: 0.5
+      reshare_limit: 5
+    expires_after: 2h
+"""
+LATER = """
+steps:
+  - id: limit-one
+    do: recommender.throttle
+    with:
+      region: GB
+      categories: [incitement_to_violence]
+      reach_multiplier: 0.25
+      reshare_limit: 1
+    expires_after: 6h
+  - id: elsewhere
+    do: recommender.throttle
+    with: {region: IE, categories: [incitement_to_violence], reach_multiplier: 0.5}
+"""
+WITHDRAWN = """
+steps:
+  - id: cut-reach
+    level: severe
+    do: recommender.throttle
+    with:
+      region: GB
+      categories: [incitement_to_violence]
+      reach_multiplier: 0.5
+"""
+LIMIT_ONE = {"reach_multiplier": 0.25, "reshare_limit": 1}
+
+
+async def test_an_earlier_incidents_lapse_leaves_the_later_incidents_measure_in_force(
+    lab: Lab,
+) -> None:
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(EARLIER)
+    await lab.settle(earlier, {"cut-reach": "applied"})
+    later = await lab.trigger(LATER)
+    status = await lab.settle(later, {"limit-one": "applied", "elsewhere": "applied"})
+    expiry = step(status, "limit-one").expires_at
+    assert LIMIT_ONE == (await lab.platform())["recommender"]["GB"]["incitement_to_violence"]
+
+    await lab.advance(timedelta(hours=2, minutes=1))
+    await lab.sync(earlier)
+    assert "expired" == step(await lab.status(earlier), "cut-reach").state
+    events = await lab.audit(later, until="step.applied", count=3)
+    lifted = next(e for e in events if e.kind == "overlap.lifted")
+    assert (earlier, "cut-reach", "expiry reached", ["limit-one"]) == (
+        lifted.data["by"],
+        lifted.data["step"],
+        lifted.data["reason"],
+        lifted.data["steps"],
+    )
+    status = await lab.sync(later)
+    limit_one = step(status, "limit-one")
+    assert ("applied", 2, expiry) == (limit_one.state, limit_one.applications, limit_one.expires_at)
+    assert 1 == step(status, "elsewhere").applications  # another region: untouched
+    gb = (await lab.platform())["recommender"]["GB"]
+    assert LIMIT_ONE == gb["incitement_to_violence"]  # put back over the earlier's restore
+    assert None is gb.get("racial_hatred")  # only the earlier incident covered it
+
+    told = [e for e in lab.store.events(earlier) if e.kind == "overlap.reasserting"]
+    assert [(later, ["limit-one"], {"lifted": ["limit-one"], "taken_back": []})] == [
+        (e.data["incident"], e.data["steps"], e.data["answer"]) for e in told
+    ]
+
+    # The later incident's restore now puts back what the earlier's left: the platform as it was.
+    await lab.incidents.stand_down(later, actor="alice", reason="calm")
+    await lab.audit(later, until="incident.closed")
+    assert before == settings_of(await lab.platform())
+    assert lab.store.verify(earlier).ok and lab.store.verify(later).ok
+
+
+async def test_a_withdrawn_measure_tells_the_later_incident_too(lab: Lab) -> None:
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(WITHDRAWN, level="severe")
+    await lab.settle(earlier, {"cut-reach": "applied"}, level="severe")
+    later = await lab.trigger(LATER)
+    await lab.settle(later, {"limit-one": "applied", "elsewhere": "applied"})
+
+    await lab.act(earlier, CrisisWorkflow.de_escalate, LevelRequest(actor="alice", reason="calmer"))
+    await lab.settle(earlier, {"cut-reach": "dormant"}, level="elevated")
+    events = await lab.audit(later, until="step.applied", count=3)
+    assert (
+        "level is now elevated"
+        == next(e for e in events if e.kind == "overlap.lifted").data["reason"]
+    )
+    status = await lab.sync(later)
+    assert 2 == step(status, "limit-one").applications
+    assert LIMIT_ONE == (await lab.platform())["recommender"]["GB"]["incitement_to_violence"]
+
+    await lab.incidents.stand_down(earlier, actor="alice", reason="over")
+    await lab.incidents.stand_down(later, actor="alice", reason="over")
+    await lab.audit(later, until="incident.closed")
+    assert before == settings_of(await lab.platform())
+
+
+async def test_a_lapse_with_no_later_incident_tells_nobody(lab: Lab) -> None:
+    earlier = await lab.trigger(EARLIER)
+    await lab.settle(earlier, {"cut-reach": "applied"})
+    await lab.advance(timedelta(hours=2, minutes=1))
+    await lab.sync(earlier)
+    events = await lab.audit(earlier, until="step.expired")
+    assert not {"overlap.reasserting", "overlap.check_failed"} & set(kinds(events))
+
+
+ONLY_X = """
+steps:
+  - id: x
+    do: recommender.throttle
+    with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.5}
+    expires_after: 2h
+"""
+BOTH = """
+steps:
+  - id: x-and-y
+    do: recommender.throttle
+    with:
+      region: GB
+      categories: [incitement_to_violence, racial_hatred]
+      reach_multiplier: 0.25
+"""
+ONLY_Y = """
+steps:
+  - id: y
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.1, reshare_limit: 0}
+"""
+
+
+async def test_a_later_measure_wider_than_the_lapsed_one_restores_only_what_it_replaced(
+    lab: Lab,
+) -> None:
+    """The later measure also covers a setting the earlier one never touched: putting it back over
+    the earlier restore must not make it replace its own value there (its restore at stand-down
+    would then leave it in force)."""
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(ONLY_X)
+    await lab.settle(earlier, {"x": "applied"})
+    later = await lab.trigger(BOTH)
+    await lab.settle(later, {"x-and-y": "applied"})
+
+    await lab.advance(timedelta(hours=2, minutes=1))
+    await lab.sync(earlier)
+    events = await lab.audit(later, until="step.applied", count=2)
+    assert [
+        "overlap.lifted",
+        "step.undone",
+        "overlap.restored",
+        "step.started",
+        "step.applied",
+    ] == [k for k in kinds(events) if k != "note.added"][-5:]
+    await lab.sync(later)
+    gb = (await lab.platform())["recommender"]["GB"]
+    assert 0.25 == gb["incitement_to_violence"]["reach_multiplier"]
+    assert 0.25 == gb["racial_hatred"]["reach_multiplier"]
+
+    await lab.incidents.stand_down(later, actor="alice", reason="over")
+    await lab.audit(later, until="incident.closed")
+    assert before == settings_of(await lab.platform())
+    assert lab.store.verify(earlier).ok and lab.store.verify(later).ok
+
+
+async def test_the_later_incidents_own_measures_over_the_lifted_one_keep_their_place(
+    lab: Lab,
+) -> None:
+    """The later incident applied a second measure over its first (on y): putting the first back
+    must not put it over the second."""
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(ONLY_X)
+    await lab.settle(earlier, {"x": "applied"})
+    later = await lab.trigger(BOTH + ONLY_Y.replace("steps:\n", ""))
+    await lab.settle(later, {"x-and-y": "applied", "y": "applied"})
+
+    await lab.advance(timedelta(hours=2, minutes=1))
+    await lab.sync(earlier)
+    await lab.audit(later, until="step.applied", count=4)
+    status = await lab.sync(later)
+    assert (2, 2) == (step(status, "x-and-y").applications, step(status, "y").applications)
+    gb = (await lab.platform())["recommender"]["GB"]
+    assert 0.25 == gb["incitement_to_violence"]["reach_multiplier"]
+    assert {"reach_multiplier": 0.1, "reshare_limit": 0} == gb["racial_hatred"]
+
+    await lab.incidents.stand_down(later, actor="alice", reason="over")
+    await lab.audit(later, until="incident.closed")
+    assert before == settings_of(await lab.platform())
+
+
+async def test_more_than_one_later_incident_is_left_to_commanders(lab: Lab) -> None:
+    """A changes x, then B x and y, then C y. Putting B back would disturb C: only lifting both
+    and putting both back in order would be right, so A names them and tells neither."""
+    first = await lab.trigger(ONLY_X)
+    await lab.settle(first, {"x": "applied"})
+    second = await lab.trigger(BOTH)
+    await lab.settle(second, {"x-and-y": "applied"})
+    third = await lab.trigger(ONLY_Y)
+    await lab.settle(third, {"y": "applied"})
+
+    await lab.advance(timedelta(hours=2, minutes=1))
+    await lab.sync(first)
+    events = await lab.audit(first, until="overlap.unresolved")
+    unresolved = next(e for e in events if e.kind == "overlap.unresolved")
+    assert {second: ["x-and-y"], third: ["y"]} == unresolved.data["incidents"]
+    for incident in (second, third):
+        await lab.sync(incident)
+        assert "overlap.lifted" not in kinds(lab.store.events(incident))
+
+
+async def test_a_lapse_while_the_later_incident_stands_down_is_restored_once_it_closes(
+    client: Client,
+    settings: Settings,
+    worker: None,
+    sandbox: Sandbox,
+    sqlite_store: AuditStore,
+    tmp_path: Path,
+) -> None:
+    """The later incident is taking its measure back, slowly, when the earlier one lapses: its
+    restore lands after the earlier restore and brings the earlier measure back, so the earlier
+    incident applies its restore again once the later one has closed. On the dev server, in real
+    time: the time-skipping server lets no timer fire while a lever call is under way."""
+    incidents = Incidents(client, settings)
+    before = settings_of(await sandbox.state())
+    files = {}
+    for name, body in (("earlier", ONLY_X.replace("2h", "3s")), ("later", BOTH)):
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(HEADER + body)
+    earlier = (await incidents.trigger(str(files["earlier"]), {}, actor="alice")).incident_id
+    later = (await incidents.trigger(str(files["later"]), {}, actor="alice")).incident_id
+
+    async def applied() -> datetime:
+        assert "applied" == step(await incidents.status(later), "x-and-y").state
+        return at(step(await incidents.status(earlier), "x").expires_at)
+
+    lapse = await assert_eventually(applied, timeout=10, interval=0.05)
+    # The later undo is held 2.5 s from 1.5 s before the earlier lapse: the lapse comes meanwhile.
+    await sandbox.fault(
+        path_prefix="/recommender/throttle/restore", status=0, latency_ms=2500, times=1
+    )
+    await asyncio.sleep(max(0.0, (lapse - datetime.now(UTC)).total_seconds() - 1.5))
+    await incidents.stand_down(later, actor="alice", reason="over")
+
+    async def restored() -> list[AuditEvent]:
+        events = sqlite_store.events(earlier)
+        assert "overlap.restored" in kinds(events)
+        assert before == settings_of(await sandbox.state())
+        return events
+
+    events = await assert_eventually(restored, timeout=15, interval=0.1)
+    told = next(e for e in events if e.kind == "overlap.reasserting")
+    assert (later, ["x-and-y"], True) == (
+        told.data["incident"],
+        told.data["steps"],
+        told.data["closed"],
+    )
+    await incidents.stand_down(earlier, actor="alice", reason="over")
+    assert sqlite_store.verify(earlier).ok
