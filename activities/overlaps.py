@@ -1,13 +1,17 @@
 """After a measure lapses or is withdrawn: which later incidents hold measures on the settings it
-changed (read from the audit store), and telling the one that may put its own back (an update)."""
+changed (read from the audit store), telling the one that may put its own back (an update), and
+waiting for one standing down to close."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 
+import structlog
 from temporalio import activity
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from store.audit_store import AuditStore
@@ -15,10 +19,14 @@ from store.overlaps import Measure, later_chain, settings_changed
 from workflows.incident import (
     REASSERT_LATER,
     REASSERT_UPDATE,
-    ReassertAnswer,
+    WAIT_CLOSED,
     ReassertLaterOutcome,
     ReassertLaterRequest,
 )
+
+log = structlog.get_logger(__name__)
+# How often a wait for an incident to close asks the server (and heartbeats).
+POLL_S = 2.0
 
 
 class LaterIncidents:
@@ -27,6 +35,12 @@ class LaterIncidents:
 
     @activity.defn(name=REASSERT_LATER)
     async def reassert_later(self, request: ReassertLaterRequest) -> ReassertLaterOutcome:
+        began = time.monotonic()
+        outcome = await self._reassert_later(request)
+        outcome.elapsed_s = time.monotonic() - began
+        return outcome
+
+    async def _reassert_later(self, request: ReassertLaterRequest) -> ReassertLaterOutcome:
         asked = request.reassert
         ours = Measure(
             asked.step_id,
@@ -40,27 +54,51 @@ class LaterIncidents:
         by_incident: dict[str, list[str]] = defaultdict(list)
         for overlap in overlaps:
             by_incident[overlap.incident_id].append(overlap.theirs.step_id)
-        if len(by_incident) > 1:
+        own = by_incident.pop(asked.incident_id, None)
+        if not by_incident:
+            return ReassertLaterOutcome()
+        why = None
+        if request.restacked or own:
+            why = "this incident's own later measures on these settings were restacked over them"
+        elif len(by_incident) > 1:
+            why = "more than one later incident holds measures on these settings"
+        if why:
             # Putting one back would disturb another: only lifting them all, newest first, and
             # putting them back oldest first would leave each right. Left to commanders.
-            return ReassertLaterOutcome(unresolved={k: sorted(v) for k, v in by_incident.items()})
-        incident = overlaps[0].incident_id
+            unresolved = {k: sorted(v) for k, v in by_incident.items()}
+            log.warning(
+                "overlap.unresolved",
+                incident_id=asked.incident_id,
+                step_id=asked.step_id,
+                workflow_run=activity.info().workflow_run_id,
+                lifted=unresolved,
+                reason=why,
+            )
+            return ReassertLaterOutcome(unresolved=unresolved, why_unresolved=why)
+        (incident,) = by_incident
         steps = sorted({o.theirs.step_id for o in overlaps if o.ours == ours})
+        told = ReassertLaterOutcome(told=incident, steps=steps)
         handle = activity.client().get_workflow_handle(incident)
         try:
-            answer = await handle.execute_update(
-                REASSERT_UPDATE,
-                asked.model_copy(update={"steps": steps}),
-                result_type=ReassertAnswer,
+            # The id makes a retried activity's update the same one, not a second.
+            await handle.execute_update(
+                REASSERT_UPDATE, asked.model_copy(update={"steps": steps}), id=asked.operation
             )
-        except WorkflowUpdateFailedError:
-            # Refused: it is standing down. Its restores put back this measure's state, so the
-            # earlier incident applies its restore again once that one has closed.
-            await handle.result()
+        except WorkflowUpdateFailedError as error:
+            cause = error.cause
+            if not (isinstance(cause, ApplicationError) and cause.type == "InvalidRequest"):
+                raise
+            told.refused = True  # standing down (or closed since)
         except RPCError as error:
             if error.status != RPCStatusCode.NOT_FOUND:
                 raise
-            # It closed meanwhile (an update sent as it closes is aborted, not failed).
-        else:
-            return ReassertLaterOutcome(told=incident, steps=steps, answer=answer)
-        return ReassertLaterOutcome(told=incident, steps=steps, closed=True)
+            told.closed = True  # an update sent as it closes is aborted, not refused
+        return told
+
+    @activity.defn(name=WAIT_CLOSED)
+    async def wait_closed(self, incident_id: str) -> None:
+        """Return once the incident's workflow has closed (heartbeating while it runs)."""
+        handle = activity.client().get_workflow_handle(incident_id)
+        while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            activity.heartbeat()
+            await asyncio.sleep(POLL_S)

@@ -108,6 +108,7 @@ def build_worker(
     audit = audit or AuditWriter(store, Signer(settings.signing_key_path))
     levers = PlatformLevers(settings=settings, client=http, audit=audit)
     delivery = NotificationDelivery(settings=settings, client=http)
+    later = LaterIncidents(store)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -116,7 +117,8 @@ def build_worker(
             levers.apply_lever,
             delivery.deliver,
             audit.write_audit,
-            LaterIncidents(store).reassert_later,
+            later.reassert_later,
+            later.wait_closed,
         ],
         workflow_runner=workflow_runner(settings),
     )

@@ -19,11 +19,10 @@ from pydantic import ValidationError
 from store.audit_store import AuditStore
 from store.board import OPEN_STATES
 from workflows.audit import AuditEvent
-from workflows.levers import LEVERS
+from workflows.levers import EVERYTHING, LEVERS, shared_settings
 
 # Open incidents looked at, newest first: far more than run at once anywhere.
 OPEN_INCIDENTS_CHECKED = 200
-EVERYTHING = frozenset({"*"})
 
 
 @dataclass(frozen=True)
@@ -80,9 +79,7 @@ def measures_in(events: Iterable[AuditEvent], steps: set[str]) -> list[Measure]:
 def _shared(ours: Measure, theirs: Measure) -> frozenset[str]:
     if ours.lever != theirs.lever:
         return frozenset()
-    if EVERYTHING & (ours.settings | theirs.settings):
-        return ours.settings | theirs.settings
-    return ours.settings & theirs.settings
+    return shared_settings(ours.settings, theirs.settings)
 
 
 def later_measures(store: AuditStore, incident_id: str, mine: list[Measure]) -> list[Overlap]:
@@ -109,7 +106,7 @@ def later_measures(store: AuditStore, incident_id: str, mine: list[Measure]) -> 
 def later_chain(store: AuditStore, incident_id: str, ours: Measure) -> list[Overlap]:
     """The measures later than ours on its settings (direct: `overlap.ours` is ours), then those
     later than each of them on theirs, and so on: everything that taking ours back and putting
-    the later ones back again could disturb."""
+    the later ones back again could disturb (our own incident's among them, if reached)."""
     found: list[Overlap] = []
     seen: set[tuple[str, str]] = set()
     frontier = [(incident_id, ours)]
@@ -117,9 +114,10 @@ def later_chain(store: AuditStore, incident_id: str, ours: Measure) -> list[Over
         owner, measure = frontier.pop()
         for overlap in later_measures(store, owner, [measure]):
             key = (overlap.incident_id, overlap.theirs.step_id)
-            if key in seen or overlap.incident_id == incident_id:
+            if key in seen:
                 continue
             seen.add(key)
             found.append(overlap)
-            frontier.append((overlap.incident_id, overlap.theirs))
+            if overlap.incident_id != incident_id:  # ours, reached again: not followed
+                frontier.append((overlap.incident_id, overlap.theirs))
     return found

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         REASSERT_UPDATE,
         SEARCH_LEVEL,
         SEARCH_STATE,
+        WAIT_CLOSED,
         WORKFLOW_NAME,
         WRITE_AUDIT,
         Approver,
@@ -53,7 +54,6 @@ with workflow.unsafe.imports_passed_through():
         LeverRequest,
         Note,
         NoteRequest,
-        ReassertAnswer,
         ReassertLaterOutcome,
         ReassertLaterRequest,
         ReassertRequest,
@@ -64,7 +64,7 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         message_context,
     )
-    from workflows.levers import LEVERS, is_notification
+    from workflows.levers import LEVERS, is_notification, shared_settings
     from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
     from workflows.notifications import DELIVER_NOTIFICATION, DeliveryReceipt, DeliveryRequest
     from workflows.playbook import ParallelStep, Step, WaitStep, retry_timings
@@ -81,11 +81,15 @@ UNDO_RETRY = RetryPolicy(
     maximum_attempts=20,
     non_retryable_error_types=NON_RETRYABLE,
 )
+# Looking up and telling later incidents: the store or the server may be briefly away; after
+# a few tries the incident records `overlap.check_failed` rather than hold its supervisor.
 OVERLAP_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),
     maximum_interval=timedelta(seconds=5),
     maximum_attempts=5,
 )
+# Rounds of "restore again, look again" after a later incident standing down has closed.
+REASSERT_ROUNDS = 3
 SYSTEM = "system"
 # A run records one marker naming the interpreter version it follows: each patch marker also
 # costs a search-attribute update on the server, so changes share one per version. Histories
@@ -95,9 +99,9 @@ INTERPRETER_V3 = "interpreter-v3"
 INTERPRETER_V4 = "interpreter-v4"
 # v5: the last lever call of a phase writes the phase's audit events itself (AuditCarry).
 INTERPRETER_V5 = "interpreter-v5"
-# A measure that lapses or is withdrawn tells the later incidents holding measures on the same
-# settings to put theirs back. Its own patch, recorded only where that happens: no other run
-# pays for it.
+# A measure that lapses or is withdrawn tells a later incident holding measures on the same
+# settings to put its own back. Its own patch, recorded at a lapse or withdrawal only: the
+# trigger-to-stand-down path of an incident never records it.
 REASSERT_PATCH = "reassert-later-incidents"
 
 AnyStep = Step | WaitStep | ParallelStep
@@ -204,8 +208,13 @@ class CrisisWorkflow:
         self._pump_busy = False
         self._conditions: dict[str, Any] = {}
         self._retry_policies: dict[str, RetryPolicy] = {}  # by step id: built once, not per call
-        # An earlier incident's restore to apply again once ours of that step is taken back.
+        # Overlapping incidents (`reassert`): one earlier incident's restore at a time; an
+        # earlier restore to apply again once ours of that step is taken back; our measures
+        # lifted to be put back (nothing else takes them back meanwhile).
+        self._reassert_lock = asyncio.Lock()
         self._restore_after: dict[str, ReassertRequest] = {}
+        self._putting_back: set[str] = set()
+        self._overlap_work = 0  # requests to or from other incidents not yet done
         self._tasks: list[asyncio.Task[None]] = []
         self._version_seen: int | None = None
         self._info = workflow.info()  # its history length and suggestion are read live
@@ -499,8 +508,8 @@ class CrisisWorkflow:
     ) -> None:
         """Take a measure back. `closes`: the incident closes once it is (the call then writes
         the stand-down's trail, the close included, if nothing else is under way)."""
-        if record.state == "running":  # being put back for another incident: let it land
-            await self._wait(lambda: record.state != "running")
+        if record.id in self._putting_back:  # lifted for an earlier incident: let it land
+            await self._wait(lambda: record.id not in self._putting_back)
         if record.state != "applied":
             return
         step = self._steps_by_id[record.id]
@@ -554,21 +563,33 @@ class CrisisWorkflow:
             self._record(
                 "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}
             )
+            if (earlier := self._restore_after.pop(record.id, None)) is not None:
+                self._record(
+                    "overlap.restore_failed",
+                    step_id=step.id,
+                    data={
+                        "incident": earlier.incident_id,
+                        "step": earlier.step_id,
+                        "error": "this measure's own undo failed",
+                    },
+                )
             await self._restack(held)
             return
         now = _iso(self._clock())
         record.state, record.undone_at = final_state, now  # type: ignore[assignment]
         self._record(kind, step_id=step.id, data=undone_data(lever, restore, reason), at=now)
-        await self._restack(held)
         if (earlier := self._restore_after.pop(record.id, None)) is not None:
-            await self._restore_for(step, earlier)
+            await self._restore_for(step, earlier)  # before ours stacked on it go back
+        await self._restack(held)
         if (
             restore is not None
             and applied_at is not None
             and final_state in ("expired", "dormant")
             and workflow.patched(REASSERT_PATCH)
         ):
-            await self._reassert_later(record, applied_at, reason, restore)
+            self._background(
+                self._reassert_later(record, applied_at, reason, restore, restacked=bool(held))
+            )
 
     def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]:
         """Of the measures applied after `record`, those of its lever changing its settings."""
@@ -580,18 +601,29 @@ class CrisisWorkflow:
             other, step = self._records[step_id], self._steps_by_id[step_id]
             if not isinstance(step, Step) or step.undo is not None or other.lever != record.lever:
                 continue
-            theirs = args.model_validate(other.args).targets()
-            if mine & theirs or "*" in mine | theirs:
+            if shared_settings(mine, args.model_validate(other.args).targets()):
                 found.append(other)
         return found
 
     async def _reassert_later(
-        self, record: StepRecord, applied_at: str, reason: str, restore: dict[str, Any]
+        self,
+        record: StepRecord,
+        applied_at: str,
+        reason: str,
+        restore: dict[str, Any],
+        *,
+        restacked: bool,
     ) -> None:
         """A measure this incident applied first has lapsed or been withdrawn: its restore also
-        lifted what a later incident put in force on the same settings. That incident is told
-        (see `reassert`); with more than one, they are named for commanders (store.overlaps)."""
+        lifted what a later incident put in force on the same settings. That incident is told,
+        and puts its own back over this restore (`reassert`). One standing down or closed has
+        put this measure's state back with its own restore: once it has closed, this incident
+        restores again and looks again. More than one, or this incident's own measures among
+        them: named for commanders (`overlap.unresolved`). Runs beside the supervisor; a
+        stand-down waits for it."""
         assert record.lever is not None
+        step = self._steps_by_id[record.id]
+        assert isinstance(step, Step)
         request = ReassertRequest(
             incident_id=self._incident.incident_id,
             step_id=record.id,
@@ -601,93 +633,126 @@ class CrisisWorkflow:
             restore=restore,
             operation=f"restore-{self._incident.incident_id}-{record.id}-{record.undos}",
         )
+        self._overlap_work += 1  # continue-as-new waits for it
+        try:
+            for again in range(1, REASSERT_ROUNDS + 1):
+                outcome = await self._ask_later(request, applied_at, restacked=restacked)
+                if outcome is None or outcome.told is None:
+                    return
+                self._record(
+                    "overlap.reasserting",
+                    step_id=record.id,
+                    data=present(
+                        incident=outcome.told,
+                        steps=outcome.steps,
+                        refused=outcome.refused or None,
+                        closed=outcome.closed or None,
+                    ),
+                )
+                if not (outcome.refused or outcome.closed):
+                    return  # it puts its measures back over this restore
+                if outcome.refused:
+                    await workflow.execute_activity(
+                        WAIT_CLOSED,
+                        outcome.told,
+                        start_to_close_timeout=timedelta(hours=2),
+                        heartbeat_timeout=timedelta(seconds=30),
+                        retry_policy=OVERLAP_RETRY,
+                    )
+                    _LEVER_TIME.set(None)  # its result arrives with the history
+                await self._restore_for(
+                    step, request.model_copy(update={"operation": f"{request.operation}-{again}"})
+                )
+        except FailureError as error:
+            self._record("overlap.check_failed", step_id=record.id, data={"error": _cause(error)})
+        finally:
+            self._overlap_work -= 1
+
+    async def _ask_later(
+        self, request: ReassertRequest, applied_at: str, *, restacked: bool
+    ) -> ReassertLaterOutcome | None:
+        """Find the later incidents on the measure's settings and tell the one it may (an
+        activity); None when that failed (recorded)."""
+        began = self._clock()
         try:
             outcome = await workflow.execute_local_activity(
                 REASSERT_LATER,
-                ReassertLaterRequest(reassert=request, applied_at=applied_at),
+                ReassertLaterRequest(reassert=request, applied_at=applied_at, restacked=restacked),
                 result_type=ReassertLaterOutcome,
-                # It may wait for a later incident standing down to close.
-                start_to_close_timeout=timedelta(minutes=5),
+                start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=OVERLAP_RETRY,
             )
         except FailureError as error:
-            self._record("overlap.check_failed", step_id=record.id, data={"error": _cause(error)})
-            return
+            self._record(
+                "overlap.check_failed", step_id=request.step_id, data={"error": _cause(error)}
+            )
+            return None
+        _LEVER_TIME.set(began + timedelta(seconds=outcome.elapsed_s))
         if outcome.unresolved:
             self._record(
                 "overlap.unresolved",
-                step_id=record.id,
-                data={
-                    "incidents": outcome.unresolved,
-                    "reason": "more than one later incident holds measures on these settings",
-                },
+                step_id=request.step_id,
+                data={"incidents": outcome.unresolved, "reason": outcome.why_unresolved},
             )
-        if outcome.told is None:
-            return
-        self._record(
-            "overlap.reasserting",
-            step_id=record.id,
-            data=present(
-                incident=outcome.told,
-                steps=outcome.steps,
-                answer=outcome.answer.model_dump() if outcome.answer else None,
-                closed=outcome.closed or None,
-            ),
-        )
-        if outcome.closed:
-            # It closed meanwhile, and its own restore put this measure's state back: take it
-            # back once more.
-            step = self._steps_by_id[record.id]
-            assert isinstance(step, Step)
-            again = request.model_copy(update={"operation": f"undo-{record.undos}-again"})
-            await self._restore_for(step, again)
+        return outcome
 
     @workflow.update(name=REASSERT_UPDATE)
-    def reassert(self, request: ReassertRequest) -> ReassertAnswer:
+    def reassert(self, request: ReassertRequest) -> None:
         """An earlier incident took back a measure on settings ours changed after it, and its
         restore lifted ours too. Lift ours (newest first: each restores what it replaced), apply
         its restore again, put ours back (oldest first, each keeping its expiry): what each now
-        replaces is what it would have, had the earlier measure never been applied."""
-        named = [
-            self._records[step_id]
-            for step_id in sorted(set(request.steps))
-            if step_id in self._records and self._records[step_id].kind == "lever"
-        ]
-        lifted = sorted(
-            (record for record in named if record.state == "applied"),
-            key=lambda record: self._applied_order.index(record.id),
-        )
-        undoing = [record for record in named if record.state == "undoing"]
-        # Taken back after the earlier restore, each put back what the earlier measure had set.
-        gone = [r for r in named if r.state in ("undone", "expired", "dormant", "undo_failed")]
-        self._record(
-            "overlap.lifted",
-            data={
-                "by": request.incident_id,
-                "step": request.step_id,
-                "reason": request.reason,
-                "steps": [record.id for record in lifted],
-                "taken_back": [record.id for record in undoing + gone],
-            },
-        )
-        if lifted:
-            self._background(self._put_back(lifted, request))
-        for record in undoing:  # its own restore lands after the earlier one: that one goes again
-            self._restore_after[record.id] = request
-        if gone and not (lifted or undoing):
-            step = self._steps_by_id[gone[0].id]
-            assert isinstance(step, Step)
-            self._background(self._restore_for(step, request))
-        return ReassertAnswer(
-            lifted=[record.id for record in lifted],
-            taken_back=[record.id for record in undoing + gone],
-        )
+        replaces is what it would have, had the earlier measure never been applied. One at a
+        time, in the order they came."""
+        self._overlap_work += 1  # continue-as-new waits for it, queued or under way
+        self._background(self._reassert(request))
 
     @reassert.validator
     def _check_reassert(self, request: ReassertRequest) -> None:
-        # Standing down, its restores are under way: the earlier incident applies its own again
-        # once this one has closed.
+        # Standing down, its restores are under way: the earlier incident restores again once
+        # this one has closed.
         self._check_open()
+
+    async def _reassert(self, request: ReassertRequest) -> None:
+        try:
+            await self._reassert_held(request)
+        finally:
+            self._overlap_work -= 1
+
+    async def _reassert_held(self, request: ReassertRequest) -> None:
+        async with self._reassert_lock:
+            named = [
+                self._records[step_id]
+                for step_id in sorted(set(request.steps))
+                if step_id in self._records and self._records[step_id].kind == "lever"
+            ]
+            in_force = [r for r in named if r.state == "applied" and r.id in self._applied_order]
+            lifted = sorted(in_force, key=lambda record: self._applied_order.index(record.id))
+            # Being taken back: its own restore lands after the earlier one, which goes again.
+            undoing = [
+                r
+                for r in named
+                if r.state in ("undoing", "applied") and r.id not in self._applied_order
+            ]
+            # Taken back after the earlier restore, each put back what the earlier measure had.
+            gone = [r for r in named if r.state in ("undone", "expired", "dormant", "undo_failed")]
+            self._record(
+                "overlap.lifted",
+                data={
+                    "by": request.incident_id,
+                    "step": request.step_id,
+                    "reason": request.reason,
+                    "steps": [record.id for record in lifted],
+                    "taken_back": [record.id for record in undoing + gone],
+                },
+            )
+            for record in undoing:
+                self._restore_after[record.id] = request
+            if lifted:
+                await self._put_back(lifted, request)
+            elif gone and not undoing:
+                first = self._steps_by_id[gone[0].id]
+                assert isinstance(first, Step)
+                await self._restore_for(first, request)
 
     async def _put_back(self, lifted: list[StepRecord], request: ReassertRequest) -> None:
         # Our own measures applied over a lifted one on its settings go too, or putting it back
@@ -704,12 +769,19 @@ class CrisisWorkflow:
         first = self._steps_by_id[lifted[0].id]
         assert isinstance(first, Step)
         await self._restore_for(first, request)
-        for record, until in held:
-            if record.state != "undone":  # its lift failed: left as it is
-                continue
-            step = self._steps_by_id[record.id]
-            assert isinstance(step, Step)
-            await self._apply_step(step, hold_until=until, put_back=request.incident_id)
+        self._putting_back.update(record.id for record, _ in held)
+        try:
+            for record, until in held:
+                step = self._steps_by_id[record.id]
+                assert isinstance(step, Step)
+                if record.state != "undone":  # its lift failed: left as it is
+                    continue
+                if not (self._eligible(step) and self._eligible(self._parent_of(step))):
+                    self._make_dormant(record)  # de-escalated meanwhile: stays taken back
+                    continue
+                await self._apply_step(step, hold_until=until, put_back=request.incident_id)
+        finally:
+            self._putting_back.difference_update(record.id for record, _ in held)
 
     async def _restore_for(self, step: Step, request: ReassertRequest) -> None:
         """Apply an earlier measure's restore (this incident's own, or another's) as a call of
@@ -1125,6 +1197,7 @@ class CrisisWorkflow:
                 self._stand_down is not None
                 or (
                     self._inflight == 0
+                    and self._overlap_work == 0
                     and workflow.all_handlers_finished()
                     and not self._audit.pending
                     and not self._pump_busy

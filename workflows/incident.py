@@ -17,6 +17,7 @@ APPLY_LEVER = "apply_lever"
 WRITE_AUDIT = "write_audit"
 REASSERT_LATER = "reassert_later"
 REASSERT_UPDATE = "reassert"  # the update a later incident is sent by that activity
+WAIT_CLOSED = "wait_closed"
 WORKFLOW_NAME = "CrisisWorkflow"
 
 # Search attributes, so the Temporal UI and visibility queries can filter incidents. They must be
@@ -273,29 +274,24 @@ class ReassertRequest(BaseModel):
     operation: str  # names the later incident's own call of that restore (its idempotency key)
 
 
-class ReassertAnswer(BaseModel):
-    """What the later incident does: lift and put back, or restore again after its own undo."""
-
-    lifted: list[str] = Field(default_factory=list)
-    taken_back: list[str] = Field(default_factory=list)
-
-
 class ReassertLaterRequest(BaseModel):
-    """A measure this incident has just taken back (`reassert` without its `steps`), and since
-    when it was in force: the activity finds the later incidents holding measures on its
-    settings and tells the one it may."""
+    """A measure this incident has just taken back (`reassert` without its `steps`), since when
+    it was in force, and whether its restore restacked this incident's own later measures."""
 
     reassert: ReassertRequest
     applied_at: str
+    restacked: bool = False
 
 
 class ReassertLaterOutcome(BaseModel):
     told: str | None = None  # the later incident told
     steps: list[str] = Field(default_factory=list)  # its measures on these settings
-    answer: ReassertAnswer | None = None
-    closed: bool = False  # it had closed: its own restore put this measure's state back
-    # More than one later incident: by incident, the measures putting one back would disturb.
+    refused: bool = False  # it is standing down: its own restore puts this measure's back
+    closed: bool = False  # it closed meanwhile: its own restore put this measure's state back
+    # Left to commanders: by incident, the measures putting one back would disturb.
     unresolved: dict[str, list[str]] | None = None
+    why_unresolved: str | None = None
+    elapsed_s: float = 0.0
 
 
 def message_context(

@@ -22,7 +22,7 @@ class LeverArgs(BaseModel):
         """The platform settings this call changes, one name each. Two measures of one lever
         whose targets meet stack: taking back the older must not wipe the newer. A lever that
         does not say is taken to change everything it could."""
-        return frozenset({"*"})
+        return EVERYTHING
 
 
 def _per_category(region: str, categories: list[str], *scope: str) -> frozenset[str]:
@@ -278,6 +278,18 @@ class ShowWarningArgs(LeverArgs):
 
     def targets(self) -> frozenset[str]:
         return _per_category(self.region, self.categories, self.kind)
+
+
+# The targets of a lever that cannot say which settings it changes: all of them.
+EVERYTHING = frozenset({"*"})
+
+
+def shared_settings(mine: frozenset[str], theirs: frozenset[str]) -> frozenset[str]:
+    """The settings two calls of one lever both change (its `targets()`): taking back the older
+    of two measures that share any must not wipe the newer."""
+    if EVERYTHING & (mine | theirs):
+        return mine | theirs
+    return mine & theirs
 
 
 def is_notification(lever: str | None) -> bool:
