@@ -102,7 +102,7 @@ INTERPRETER_V5 = "interpreter-v5"
 # A measure that lapses or is withdrawn tells a later incident holding measures on the same
 # settings to put its own back. Its own patch, recorded at a lapse or withdrawal only: the
 # trigger-to-stand-down path of an incident never records it.
-REASSERT_PATCH = "reassert-later-incidents"
+REASSERT_PATCH = "hand-back-to-later-incidents"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -215,6 +215,8 @@ class CrisisWorkflow:
         self._restore_after: dict[str, ReassertRequest] = {}
         self._putting_back: set[str] = set()
         self._overlap_work = 0  # requests to or from other incidents not yet done
+        # The lever time of the overlap work that last let another task go on (see _clock).
+        self._handoff_time: datetime | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._version_seen: int | None = None
         self._info = workflow.info()  # its history length and suggestion are read live
@@ -508,8 +510,11 @@ class CrisisWorkflow:
     ) -> None:
         """Take a measure back. `closes`: the incident closes once it is (the call then writes
         the stand-down's trail, the close included, if nothing else is under way)."""
-        if record.id in self._putting_back:  # lifted for an earlier incident: let it land
+        if record.id in self._putting_back:  # put back for an earlier incident: let it land
             await self._wait(lambda: record.id not in self._putting_back)
+            _LEVER_TIME.set(self._handoff_time)  # woken by that lever call, not the history
+            if final_state == "expired" and self._state == "standing_down":
+                return  # the stand-down takes it back
         if record.state != "applied":
             return
         step = self._steps_by_id[record.id]
@@ -633,6 +638,7 @@ class CrisisWorkflow:
             restore=restore,
             operation=f"restore-{self._incident.incident_id}-{record.id}-{record.undos}",
         )
+        undos = record.undos
         self._overlap_work += 1  # continue-as-new waits for it
         try:
             for again in range(1, REASSERT_ROUNDS + 1):
@@ -652,14 +658,18 @@ class CrisisWorkflow:
                 if not (outcome.refused or outcome.closed):
                     return  # it puts its measures back over this restore
                 if outcome.refused:
-                    await workflow.execute_activity(
-                        WAIT_CLOSED,
-                        outcome.told,
-                        start_to_close_timeout=timedelta(hours=2),
-                        heartbeat_timeout=timedelta(seconds=30),
-                        retry_policy=OVERLAP_RETRY,
-                    )
-                    _LEVER_TIME.set(None)  # its result arrives with the history
+                    try:
+                        await workflow.execute_activity(
+                            WAIT_CLOSED,
+                            outcome.told,
+                            start_to_close_timeout=timedelta(hours=2),
+                            heartbeat_timeout=timedelta(seconds=30),
+                            retry_policy=OVERLAP_RETRY,
+                        )
+                    finally:
+                        _LEVER_TIME.set(None)  # its outcome arrives with the history
+                if record.state not in ("expired", "dormant") or record.undos != undos:
+                    return  # renewed or applied again meanwhile: nothing to restore
                 await self._restore_for(
                     step, request.model_copy(update={"operation": f"{request.operation}-{again}"})
                 )
@@ -719,40 +729,50 @@ class CrisisWorkflow:
             self._overlap_work -= 1
 
     async def _reassert_held(self, request: ReassertRequest) -> None:
+        queued = self._reassert_lock.locked()
         async with self._reassert_lock:
-            named = [
-                self._records[step_id]
-                for step_id in sorted(set(request.steps))
-                if step_id in self._records and self._records[step_id].kind == "lever"
-            ]
-            in_force = [r for r in named if r.state == "applied" and r.id in self._applied_order]
-            lifted = sorted(in_force, key=lambda record: self._applied_order.index(record.id))
-            # Being taken back: its own restore lands after the earlier one, which goes again.
-            undoing = [
-                r
-                for r in named
-                if r.state in ("undoing", "applied") and r.id not in self._applied_order
-            ]
-            # Taken back after the earlier restore, each put back what the earlier measure had.
-            gone = [r for r in named if r.state in ("undone", "expired", "dormant", "undo_failed")]
-            self._record(
-                "overlap.lifted",
-                data={
-                    "by": request.incident_id,
-                    "step": request.step_id,
-                    "reason": request.reason,
-                    "steps": [record.id for record in lifted],
-                    "taken_back": [record.id for record in undoing + gone],
-                },
-            )
-            for record in undoing:
-                self._restore_after[record.id] = request
-            if lifted:
-                await self._put_back(lifted, request)
-            elif gone and not undoing:
-                first = self._steps_by_id[gone[0].id]
-                assert isinstance(first, Step)
-                await self._restore_for(first, request)
+            # Woken by the update (history time), or, when one was before it, when that one let
+            # go after its last lever call.
+            _LEVER_TIME.set(self._handoff_time if queued else None)
+            try:
+                await self._reassert_now(request)
+            finally:
+                self._handoff_time = _LEVER_TIME.get()
+
+    async def _reassert_now(self, request: ReassertRequest) -> None:
+        named = [
+            self._records[step_id]
+            for step_id in sorted(set(request.steps))
+            if step_id in self._records and self._records[step_id].kind == "lever"
+        ]
+        in_force = [r for r in named if r.state == "applied" and r.id in self._applied_order]
+        lifted = sorted(in_force, key=lambda record: self._applied_order.index(record.id))
+        # Being taken back: its own restore lands after the earlier one, which goes again.
+        undoing = [
+            r
+            for r in named
+            if r.state in ("undoing", "applied") and r.id not in self._applied_order
+        ]
+        # Taken back after the earlier restore, each put back what the earlier measure had.
+        gone = [r for r in named if r.state in ("undone", "expired", "dormant", "undo_failed")]
+        self._record(
+            "overlap.lifted",
+            data={
+                "by": request.incident_id,
+                "step": request.step_id,
+                "reason": request.reason,
+                "steps": [record.id for record in lifted],
+                "taken_back": [record.id for record in undoing + gone],
+            },
+        )
+        for record in undoing:
+            self._restore_after[record.id] = request
+        if lifted:
+            await self._put_back(lifted, request)
+        elif gone and not undoing:
+            first = self._steps_by_id[gone[0].id]
+            assert isinstance(first, Step)
+            await self._restore_for(first, request)
 
     async def _put_back(self, lifted: list[StepRecord], request: ReassertRequest) -> None:
         # Our own measures applied over a lifted one on its settings go too, or putting it back
@@ -769,19 +789,24 @@ class CrisisWorkflow:
         first = self._steps_by_id[lifted[0].id]
         assert isinstance(first, Step)
         await self._restore_for(first, request)
-        self._putting_back.update(record.id for record, _ in held)
-        try:
-            for record, until in held:
-                step = self._steps_by_id[record.id]
-                assert isinstance(step, Step)
-                if record.state != "undone":  # its lift failed: left as it is
-                    continue
-                if not (self._eligible(step) and self._eligible(self._parent_of(step))):
-                    self._make_dormant(record)  # de-escalated meanwhile: stays taken back
-                    continue
-                await self._apply_step(step, hold_until=until, put_back=request.incident_id)
-        finally:
-            self._putting_back.difference_update(record.id for record, _ in held)
+        for record, until in held:
+            step = self._steps_by_id[record.id]
+            assert isinstance(step, Step)
+            if record.state != "undone":  # its lift failed: left as it is
+                continue
+            if not (self._eligible(step) and self._eligible(self._parent_of(step))):
+                self._make_dormant(record)  # de-escalated meanwhile: stays taken back
+                continue
+            self._putting_back.add(record.id)
+            try:
+                applied = await self._apply_step(
+                    step, hold_until=until, put_back=request.incident_id
+                )
+            finally:
+                self._putting_back.discard(record.id)
+                self._handoff_time = _LEVER_TIME.get()
+            if not applied:  # failed (its on_failure has run): the rest stay taken back
+                break
 
     async def _restore_for(self, step: Step, request: ReassertRequest) -> None:
         """Apply an earlier measure's restore (this incident's own, or another's) as a call of
