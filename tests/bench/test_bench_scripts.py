@@ -33,14 +33,27 @@ def script_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run_script(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args],
+    """Run a script; past its time, stop it as a user would (SIGTERM), so that it stops the
+    servers it started in sessions of their own, which a kill would leave running."""
+    command = [sys.executable, *args]
+    with subprocess.Popen(
+        command,
         cwd=ROOT,
         env=script_env(tmp_path),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=280,
-    )
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=280)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def json_of(done: subprocess.CompletedProcess[str]) -> Any:
