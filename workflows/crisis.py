@@ -211,7 +211,9 @@ class CrisisWorkflow:
         # Overlapping incidents (`reassert`): one earlier incident's restore at a time; an
         # earlier restore to apply again once ours of that step is taken back; our measures
         # lifted to be put back (nothing else takes them back meanwhile).
-        self._reassert_lock = asyncio.Lock()
+        self._reassert_lock: asyncio.Lock | None = (
+            None  # made by the first request: most never get one
+        )
         self._restore_after: dict[str, ReassertRequest] = {}
         self._putting_back: set[str] = set()
         self._overlap_work = 0  # requests to or from other incidents not yet done
@@ -729,6 +731,8 @@ class CrisisWorkflow:
             self._overlap_work -= 1
 
     async def _reassert_held(self, request: ReassertRequest) -> None:
+        if self._reassert_lock is None:
+            self._reassert_lock = asyncio.Lock()
         queued = self._reassert_lock.locked()
         async with self._reassert_lock:
             # Woken by the update (history time), or, when one was before it, when that one let
