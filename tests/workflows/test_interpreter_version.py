@@ -14,8 +14,9 @@ from engine.incidents import Incidents
 from store.audit_store import AuditRow, AuditStore
 from tests.helpers import assert_eventually
 from tests.workflows.lab import Lab, kinds
-from workflows.crisis import INTERPRETER_V5, CrisisWorkflow
+from workflows.crisis import CrisisWorkflow
 from workflows.incident import ApproveRequest, StandDownRequest
+from workflows.incident_run import INTERPRETER_V5
 
 TWO_LEVERS = """
 steps:

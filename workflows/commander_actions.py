@@ -1,0 +1,256 @@
+"""What commanders do to a running incident, as Temporal Updates: stand down, approve or reject a
+step, escalate or de-escalate, renew a measure, confirm a review, add a note. Each validator
+refuses a bad request before it is recorded (the API shows its message)."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.durations import parse_duration, parse_renewal
+    from workflows.incident import (
+        Approver,
+        ApproveRequest,
+        IncidentStatus,
+        LevelRequest,
+        Note,
+        NoteRequest,
+        RejectRequest,
+        RenewRequest,
+        ReviewRequest,
+        StandDownRequest,
+        StepRecord,
+    )
+    from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
+    from workflows.playbook import Step
+
+from workflows.incident_run import IncidentRun, check_lengths, invalid_request, iso
+
+
+class CommanderActions(IncidentRun):
+    """The Updates a commander sends, each with its validator."""
+
+    @workflow.update
+    async def stand_down(self, request: StandDownRequest) -> IncidentStatus:
+        """Undo every applied measure in reverse order, close the incident, answer its status."""
+        self._stand_down = request
+        self._record("stand_down.requested", actor=request.actor, data={"reason": request.reason})
+        if self._since_v3("stand-down-answers-after-audit"):
+            # Answer once the audit trail is complete, so what the commander sees is on record.
+            await self._wait(lambda: self._audit_flushed)
+        else:  # incidents started before this change answered at close
+            await self._wait(lambda: self._state == "closed")
+        return self._status()
+
+    @stand_down.validator
+    def _check_stand_down(self, request: StandDownRequest) -> None:
+        check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
+        if self._stand_down is not None:
+            raise invalid_request(f"incident is already {self._state.replace('_', ' ')}")
+
+    @workflow.update
+    def approve(self, request: ApproveRequest) -> StepRecord:
+        record = self._records[request.step_id]
+        record.approvals.append(
+            Approver(
+                actor=request.actor,
+                role=request.role,
+                at=iso(self._clock()),
+                comment=request.comment,
+            )
+        )
+        self._record(
+            "approval.given",
+            actor=request.actor,
+            step_id=request.step_id,
+            data={"role": request.role, "comment": request.comment, "count": len(record.approvals)},
+        )
+        return record
+
+    @approve.validator
+    def _check_approve(self, request: ApproveRequest) -> None:
+        check_lengths(
+            request.actor,
+            ("role", request.role, MAX_NAME_CHARS),
+            ("comment", request.comment, MAX_TEXT_CHARS),
+        )
+        step, record = self._awaiting(request.step_id)
+        assert step.approval is not None
+        if request.role not in step.approval.roles:
+            raise invalid_request(
+                f"role {request.role!r} cannot approve {step.id} "
+                f"(roles: {', '.join(step.approval.roles)})"
+            )
+        if any(a.actor == request.actor for a in record.approvals):
+            raise invalid_request(f"{request.actor} has already approved {step.id}")
+
+    @workflow.update
+    def reject(self, request: RejectRequest) -> StepRecord:
+        record = self._records[request.step_id]
+        record.state = "skipped"
+        record.outcome = f"rejected by {request.actor}: {request.reason}"
+        self._record(
+            "approval.rejected",
+            actor=request.actor,
+            step_id=request.step_id,
+            data={"role": request.role, "reason": request.reason},
+        )
+        return record
+
+    @reject.validator
+    def _check_reject(self, request: RejectRequest) -> None:
+        check_lengths(
+            request.actor,
+            ("role", request.role, MAX_NAME_CHARS),
+            ("reason", request.reason, MAX_TEXT_CHARS),
+        )
+        step, _ = self._awaiting(request.step_id)
+        assert step.approval is not None
+        if request.role not in step.approval.roles:
+            raise invalid_request(f"role {request.role!r} cannot reject {step.id}")
+
+    def _awaiting(self, step_id: str) -> tuple[Step, StepRecord]:
+        self._check_open()
+        step = self._steps_by_id.get(step_id)
+        if not isinstance(step, Step) or step.approval is None:
+            raise invalid_request(f"step {step_id!r} does not exist or needs no approval")
+        record = self._records[step_id]
+        if record.state != "awaiting_approval":
+            raise invalid_request(f"step {step_id} is not awaiting approval (it is {record.state})")
+        return step, record
+
+    @workflow.update
+    def escalate(self, request: LevelRequest) -> IncidentStatus:
+        target = request.to_level or self._pb.levels[self._pb.level_rank(self._level) + 1]
+        self._set_level(target, actor=request.actor, reason=request.reason)
+        return self._status()
+
+    @escalate.validator
+    def _check_escalate(self, request: LevelRequest) -> None:
+        self._check_level_change(request, up=True)
+
+    @workflow.update
+    def de_escalate(self, request: LevelRequest) -> IncidentStatus:
+        target = request.to_level or self._pb.levels[self._pb.level_rank(self._level) - 1]
+        self._set_level(target, actor=request.actor, reason=request.reason)
+        return self._status()
+
+    @de_escalate.validator
+    def _check_de_escalate(self, request: LevelRequest) -> None:
+        self._check_level_change(request, up=False)
+
+    def _check_level_change(self, request: LevelRequest, *, up: bool) -> None:
+        check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
+        self._check_open()
+        levels, rank = self._pb.levels, self._pb.level_rank(self._level)
+        if not levels:
+            raise invalid_request(f"playbook {self._pb.playbook} has no levels")
+        if request.to_level is not None:
+            if request.to_level not in levels:
+                raise invalid_request(
+                    f"unknown level {request.to_level!r} (levels: {', '.join(levels)})"
+                )
+            target = levels.index(request.to_level)
+            if (up and target <= rank) or (not up and target >= rank):
+                word = "above" if up else "below"
+                raise invalid_request(
+                    f"{request.to_level} is not {word} the current level {self._level}"
+                )
+        elif up and rank + 1 >= len(levels):
+            raise invalid_request(f"already at the highest level ({self._level})")
+        elif not up and rank <= 0:
+            raise invalid_request(f"already at the lowest level ({self._level})")
+
+    @workflow.update
+    def renew(self, request: RenewRequest) -> StepRecord:
+        record = self._records[request.step_id]
+        until = iso(self._clock() + parse_duration(request.duration))
+        lapsed = record.state == "expired"
+        self._record(
+            "measure.renewed",
+            actor=request.actor,
+            step_id=request.step_id,
+            data={
+                "until": until,
+                "reason": request.reason,
+                "was": record.expires_at,
+                "reapply": lapsed,
+            },
+        )
+        if lapsed:
+            # Measures come back: apply it again (a new idempotency key), then hold until `until`.
+            step = self._steps_by_id[request.step_id]
+            assert isinstance(step, Step)
+            self._background(self._reapply(step, until))
+        else:
+            record.expires_at = until
+            self._wake = True
+        return record
+
+    async def _reapply(self, step: Step, until: str) -> None:
+        if await self._apply_step(step):
+            record = self._records[step.id]
+            if record.state == "applied":
+                record.expires_at = until
+                self._wake = True
+
+    @renew.validator
+    def _check_renew(self, request: RenewRequest) -> None:
+        check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
+        self._check_open()
+        record = self._records.get(request.step_id)
+        if record is None or record.kind != "lever":
+            raise invalid_request(f"no measure {request.step_id!r} in this incident")
+        step = self._steps_by_id[request.step_id]
+        assert isinstance(step, Step)
+        if step.expires_after is None:
+            raise invalid_request(
+                f"measure {request.step_id} has no expiry to renew (no expires_after)"
+            )
+        if record.state not in ("applied", "expired"):
+            raise invalid_request(
+                f"measure {request.step_id} is {record.state}: only an applied or lapsed "
+                "measure can be renewed"
+            )
+        if record.state == "expired" and not (
+            self._eligible(step) and self._eligible(self._parent_of(step))
+        ):
+            raise invalid_request(
+                f"measure {request.step_id} lapsed and the incident's level or conditions no "
+                "longer call for it"
+            )
+        try:
+            parse_renewal(request.duration)
+        except ValueError as error:
+            raise invalid_request(str(error)) from None
+
+    @workflow.update
+    def confirm_review(self, request: ReviewRequest) -> IncidentStatus:
+        assert self._pb.reviews is not None
+        self._review_due = iso(self._clock() + parse_duration(self._pb.reviews.every))
+        self._record(
+            "review.confirmed",
+            actor=request.actor,
+            data={"note": request.note, "next_due": self._review_due},
+        )
+        self._wake = True
+        return self._status()
+
+    @confirm_review.validator
+    def _check_confirm_review(self, request: ReviewRequest) -> None:
+        check_lengths(request.actor, ("note", request.note, MAX_TEXT_CHARS))
+        self._check_open()
+        if self._pb.reviews is None:
+            raise invalid_request(f"playbook {self._pb.playbook} has no reviews")
+
+    @workflow.update
+    def add_note(self, request: NoteRequest) -> IncidentStatus:
+        self._notes.append(Note(actor=request.actor, text=request.text, at=iso(self._clock())))
+        self._record("note.added", actor=request.actor, data={"text": request.text})
+        return self._status()
+
+    @add_note.validator
+    def _check_add_note(self, request: NoteRequest) -> None:
+        check_lengths(request.actor, ("text", request.text, MAX_NOTE_CHARS))
+        if self._state == "closed":
+            raise invalid_request("incident is closed")

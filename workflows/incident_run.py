@@ -1,0 +1,384 @@
+"""What every part of the playbook interpreter shares: the incident's state, its clock, and
+the small operations the parts are built from (recording an audit event, waiting on the history,
+starting background work, the run's interpreter version, the status a commander sees).
+
+`workflows.crisis.CrisisWorkflow` is this plus its parts, each a class of its own module: the
+commanders' actions (`commander_actions`), expiries, reviews and levels (`supervision`) and the
+hand-back between overlapping incidents (`overlap_handoff`). The parts call the run's own step
+operations (`_apply_step`, `_undo`, `_call`, `_run_top_step`), declared here for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.audit import (
+        AuditTrail,
+        CarriedOutcome,
+    )
+    from workflows.durations import parse_duration
+    from workflows.expressions import ExpressionError, evaluate
+    from workflows.expressions import parse as parse_expression
+    from workflows.incident import (
+        SEARCH_LEVEL,
+        SEARCH_STATE,
+        IncidentInput,
+        IncidentOutcome,
+        IncidentState,
+        IncidentStatus,
+        LevelChangeRecord,
+        LeverOutcome,
+        Note,
+        ReassertRequest,
+        StandDownRequest,
+        StepRecord,
+    )
+    from workflows.limits import MAX_NAME_CHARS
+    from workflows.playbook import ParallelStep, Step, WaitStep
+
+
+# Platform rejections (4xx) are final; anything else is retried per the step's policy.
+NON_RETRYABLE = ["PlatformRejected"]
+UNDO_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=20,
+    non_retryable_error_types=NON_RETRYABLE,
+)
+# A run records one marker naming the interpreter version it follows: each patch marker also
+# costs a search-attribute update on the server, so changes share one per version. Histories
+# recorded before v3 replay through the per-change patches they hold (see `_version`).
+INTERPRETER_V3 = "interpreter-v3"
+# v4: the supervisor keeps one timer while the next deadline stays where it was.
+INTERPRETER_V4 = "interpreter-v4"
+# v5: the last lever call of a phase writes the phase's audit events itself (AuditCarry).
+INTERPRETER_V5 = "interpreter-v5"
+
+AnyStep = Step | WaitStep | ParallelStep
+_KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
+
+# Per coroutine (asyncio tasks copy contexts): when the lever call this coroutine last awaited
+# finished, on the incident's clock; cleared when it next waits on the history.
+LEVER_TIME: ContextVar[datetime | None] = ContextVar("lever_time", default=None)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def invalid_request(message: str) -> ApplicationError:
+    # Raised by validators: the update is refused and never enters the history.
+    return ApplicationError(message, type="InvalidRequest", non_retryable=True)
+
+
+def check_lengths(actor: str, *texts: tuple[str, str | None, int]) -> None:
+    """Refuse text too long to keep in the history, the audit trail and every status answer
+    (the API refuses it first; this is for callers that reach the workflow directly)."""
+    for what, text, limit in (("actor", actor, MAX_NAME_CHARS), *texts):
+        if text is not None and len(text) > limit:
+            raise invalid_request(f"{what} is too long: {len(text)} characters (at most {limit})")
+
+
+class IncidentRun:
+    """The incident's state and the operations every part of the interpreter uses."""
+
+    def __init__(self, incident: IncidentInput) -> None:
+        self._incident = incident
+        self._pb = incident.playbook
+        self._steps_by_id: dict[str, AnyStep] = {}
+        self._top: list[AnyStep] = list(self._pb.steps)
+        for step in [*self._pb.steps, *self._pb.on_stand_down]:
+            self._steps_by_id[step.id] = step
+            if isinstance(step, ParallelStep):
+                for branch in step.parallel:
+                    self._steps_by_id[branch.id] = branch
+        self._context = {
+            "inputs": dict(incident.inputs),
+            "incident": {
+                "id": incident.incident_id,
+                "playbook": self._pb.playbook,
+                "triggered_by": incident.triggered_by,
+            },
+        }
+        carried = incident.carried
+        if carried is None:
+            self._state: IncidentState = "running"
+            self._level = incident.level or (self._pb.levels[0] if self._pb.levels else None)
+            parents = {
+                branch.id: step.id
+                for step in self._pb.steps
+                if isinstance(step, ParallelStep)
+                for branch in step.parallel
+            }
+            self._records = {
+                sid: self._new_record(step, parents.get(sid))
+                for sid, step in self._steps_by_id.items()
+            }
+            self._applied_order: list[str] = []
+            self._cursor = 0
+            self._triggered_at = iso(self._clock())
+            self._review_due = (
+                iso(self._clock() + parse_duration(self._pb.reviews.every))
+                if self._pb.reviews
+                else None
+            )
+            self._reviews_missed = 0
+            self._notes: list[Note] = []
+            self._level_history: list[LevelChangeRecord] = []
+            self._stand_down: StandDownRequest | None = None
+            self._runs = 1
+            self._audit = AuditTrail(incident.incident_id)
+        else:
+            self._state = carried.state
+            self._level = carried.level
+            self._records = {record.id: record for record in carried.steps}
+            self._applied_order = list(carried.applied_order)
+            self._cursor = carried.cursor
+            self._triggered_at = carried.triggered_at
+            self._review_due = carried.review_due
+            self._reviews_missed = carried.reviews_missed
+            self._notes = list(carried.notes)
+            self._level_history = list(carried.level_history)
+            self._stand_down = carried.stand_down
+            self._runs = carried.runs + 1
+            self._audit = AuditTrail(
+                incident.incident_id, seq=carried.audit_seq, last_hash=carried.audit_last_hash
+            )
+        self._closed_at: str | None = None
+        self._inflight = 0  # lever calls under way
+        self._busy = 0  # background work (catch-up after escalation, withdrawal, re-apply)
+        self._wake = False  # something changed that the supervisor must look at
+        self._draining = False  # preparing to continue-as-new: start nothing new
+        self._audit_done = False
+        self._audit_flushed = False
+        self._pump_busy = False
+        self._conditions: dict[str, Any] = {}
+        self._retry_policies: dict[str, RetryPolicy] = {}  # by step id: built once, not per call
+        # Overlapping incidents (`reassert`): one earlier incident's restore at a time; an
+        # earlier restore to apply again once ours of that step is taken back; our measures
+        # lifted to be put back (nothing else takes them back meanwhile).
+        self._reassert_lock: asyncio.Lock | None = None  # made by the first request, if any
+        self._restore_after: dict[str, ReassertRequest] = {}
+        self._putting_back: set[str] = set()
+        self._overlap_work = 0  # requests to or from other incidents not yet done
+        # The lever time of the overlap work that last let another task go on (see _clock).
+        self._handoff_time: datetime | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._version_seen: int | None = None
+        self._info = workflow.info()  # its history length and suggestion are read live
+
+    def _clock(self) -> datetime:
+        """The time events are stamped with. Code woken by the history (start, timer, update)
+        uses workflow time; code that runs because a lever call finished uses the time the call
+        began plus how long it took (recorded in its marker). A replay may process a lever result
+        at another activation boundary than the original run did (a status query can split a
+        workflow task while lever calls run), where workflow time differs; this does not."""
+        return LEVER_TIME.get() or workflow.now()
+
+    async def _wait(self, condition: Callable[[], bool], timeout: float | None = None) -> None:
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+        finally:
+            LEVER_TIME.set(None)  # woken by the history, not by a lever call
+
+    if TYPE_CHECKING:  # the run's step operations (workflows.crisis), which the parts call
+
+        async def _run_top_step(self, step: AnyStep) -> bool: ...
+
+        async def _apply_step(
+            self, step: Step, *, hold_until: str | None = None, put_back: str | None = None
+        ) -> bool: ...
+
+        async def _undo(
+            self, record: StepRecord, *, final_state: str, reason: str = "", closes: bool = False
+        ) -> None: ...
+
+        async def _call(
+            self,
+            step: Step,
+            lever: str,
+            args: dict[str, Any],
+            operation: str,
+            *,
+            restore: dict[str, Any] | None = None,
+            retry: RetryPolicy | None = None,
+            carry: CarriedOutcome | None = None,
+            close_actor: str | None = None,
+        ) -> LeverOutcome: ...
+
+    # --- levels, conditions -------------------------------------------------------------------
+    def _eligible(self, step: AnyStep) -> bool:
+        if step.level is not None and self._pb.level_rank(step.level) > self._pb.level_rank(
+            self._level
+        ):
+            return False
+        if step.when is None:
+            return True
+        try:
+            expression = self._conditions.get(step.id)
+            if expression is None:
+                expression = self._conditions[step.id] = parse_expression(step.when)
+            return evaluate(
+                expression, inputs=self._incident.inputs, level=self._level, levels=self._pb.levels
+            )
+        except ExpressionError as error:
+            workflow.logger.warning("condition of %s failed: %s", step.id, error)
+            return False
+
+    def _make_dormant(self, record: StepRecord) -> None:
+        if record.state != "dormant":
+            record.state, record.approval_deadline, record.approvals = "dormant", None, []
+            self._record("step.dormant", step_id=record.id, data={"level": self._level})
+
+    def _parent_of(self, step: AnyStep) -> AnyStep:
+        parent = self._records[step.id].parent
+        return self._steps_by_id[parent] if parent else step
+
+    # --- background work, waiting ------------------------------------------------------------
+    def _background(self, work: Any) -> None:
+        # Counted from creation, so a stand-down waits for it. Continue-as-new does not: an
+        # approval can take hours; the next run resumes what was waiting (see `run`).
+        self._busy += 1
+
+        async def tracked() -> None:
+            try:
+                await work
+            finally:
+                self._busy -= 1
+
+        self._tasks.append(asyncio.create_task(tracked()))
+
+    async def _sleep_until(self, deadline: datetime | None, done: Callable[[], bool]) -> bool:
+        """Wait until `done()` or the deadline; True = `done()` came first (or already held)."""
+        if done():
+            return True
+        if deadline is None:
+            await self._wait(done)
+            return True
+        remaining = (deadline - self._clock()).total_seconds()
+        if remaining <= 0:
+            return False
+        try:
+            await self._wait(done, timeout=remaining)
+        except TimeoutError:
+            return done()
+        return True
+
+    # --- audit --------------------------------------------------------------------------------
+    def _record(
+        self,
+        kind: str,
+        *,
+        actor: str | None = None,
+        step_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        at: str | None = None,
+    ) -> None:
+        at = at or iso(self._clock())
+        self._audit.record(kind, at=at, actor=actor, step_id=step_id, data=data)
+
+    def _publish(self) -> None:
+        """Keep the incident's search attributes current, for the Temporal UI and queries."""
+        if self._incident.search_attributes:
+            workflow.upsert_search_attributes(
+                [SEARCH_STATE.value_set(self._state), SEARCH_LEVEL.value_set(self._level or "")]
+            )
+
+    # --- status -------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        """Refuse a commander action once a stand-down has begun (validators call it)."""
+        if self._stand_down is not None or self._state in ("standing_down", "closed"):
+            raise invalid_request(f"incident is {self._state.replace('_', ' ')}")
+
+    @workflow.query
+    def status(self) -> IncidentStatus:
+        return self._status()
+
+    def _status(self) -> IncidentStatus:
+        return IncidentStatus(
+            incident_id=self._incident.incident_id,
+            state=self._state,
+            playbook=self._pb.playbook,
+            version=self._pb.version,
+            playbook_hash=self._incident.playbook_hash,
+            inputs=self._incident.inputs,
+            triggered_by=self._incident.triggered_by,
+            triggered_at=self._triggered_at,
+            level=self._level,
+            levels=self._pb.levels,
+            stand_down=self._stand_down,
+            closed_at=self._closed_at,
+            next_review_due=self._review_due if self._state in ("running", "failed") else None,
+            reviews_missed=self._reviews_missed,
+            notes=self._notes,
+            level_history=self._level_history,
+            runs=self._runs,
+            steps=list(self._records.values()),
+        )
+
+    def _outcome(self) -> IncidentOutcome:
+        return IncidentOutcome(
+            incident_id=self._incident.incident_id,
+            state=self._state,
+            closed_at=self._closed_at,
+            steps={record.id: record.state for record in self._records.values()},
+        )
+
+    # --- versions, records --------------------------------------------------------------------
+    def _version(self) -> int:
+        """The interpreter version this run follows: the newest whose marker it recorded (a new
+        run records today's); 2 for histories from before the version markers."""
+        if self._version_seen is None:
+            self._version_seen = (
+                5
+                if workflow.patched(INTERPRETER_V5)
+                else 4
+                if workflow.patched(INTERPRETER_V4)
+                else 3
+                if workflow.patched(INTERPRETER_V3)
+                else 2
+            )
+        return self._version_seen
+
+    def _carries_audit(self) -> bool:
+        """Whether a phase's last lever call may write its trail (interpreter v5)."""
+        return self._version() >= 5
+
+    def _since_v3(self, older_patch: str | None = None) -> bool:
+        """Whether this run follows interpreter v3 or later (or, in a history recorded before
+        v3 had its marker, whether it recorded `older_patch`, the change's own patch)."""
+        since = self._version() >= 3
+        if since or older_patch is None:
+            return since
+        return workflow.patched(older_patch)
+
+    def _new_record(self, step: AnyStep, parent: str | None) -> StepRecord:
+        kind = _KINDS[type(step)]  # not isinstance: a wrapped call in the sandbox, per step
+        return StepRecord(
+            id=step.id,
+            kind=kind,
+            lever=step.do if kind == "lever" else None,  # type: ignore[union-attr]
+            quorum=step.approval.quorum if kind == "lever" and step.approval else None,  # type: ignore[union-attr]
+            parent=parent,
+            level=step.level,
+        )
+
+
+def cause_of(error: BaseException) -> str:
+    # The useful message is the innermost cause (the platform's answer), not "activity failed".
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error)

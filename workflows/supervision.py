@@ -1,0 +1,176 @@
+"""Time and levels in an incident: measures lapse at their expiry, reviews fall due (and what a
+missed one does), and a change of level runs the steps it now calls for or withdraws the
+measures it no longer does."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.audit import present
+    from workflows.durations import parse_duration
+    from workflows.incident import LevelChangeRecord, StandDownRequest
+    from workflows.playbook import ParallelStep
+
+from workflows.incident_run import IncidentRun, iso, parse_iso
+
+# The actor of what an incident does by itself (escalating, or standing down, on a missed review).
+SYSTEM = "system"
+
+
+class Supervision(IncidentRun):
+    """The supervisor coroutine, and what a change of level sets off."""
+
+    # --- time: expiries and reviews -----------------------------------------------------------
+    async def _supervise(self) -> None:
+        if self._version() >= 4:
+            await self._supervise_v4()
+            return
+        while self._state != "closed":
+            deadline = self._next_deadline()
+            self._wake = False
+            await self._sleep_until(
+                deadline, lambda: self._wake or self._state == "closed" or self._draining
+            )
+            if self._state == "closed":
+                return
+            await self._wait(lambda: not self._draining or self._stand_down is not None)
+            await self._lapse_and_review()
+
+    async def _supervise_v4(self) -> None:
+        """As v3, but a measure applied with a later expiry than the next deadline leaves that
+        deadline's timer running instead of cancelling it and starting an identical one."""
+        timer: asyncio.Task[None] | None = None
+        timer_deadline: datetime | None = None
+        while self._state != "closed":
+            deadline = self._next_deadline()
+            if deadline != timer_deadline or (timer is not None and timer.done()):
+                if timer is not None and not timer.done():
+                    timer.cancel()
+                timer, timer_deadline = None, deadline
+                if deadline is not None:
+                    remaining = (deadline - self._clock()).total_seconds()
+                    if remaining > 0:
+                        timer = asyncio.create_task(asyncio.sleep(remaining))
+            due = deadline is not None and (timer is None or timer.done())
+            self._wake = False
+            if not due:
+                await self._wait(
+                    lambda running=timer: (
+                        self._wake
+                        or self._state == "closed"
+                        or self._draining
+                        or (running is not None and running.done())
+                    )
+                )
+            if self._state == "closed":
+                break
+            if self._draining:
+                await self._wait(lambda: not self._draining or self._stand_down is not None)
+            await self._lapse_and_review()
+        if timer is not None and not timer.done():
+            timer.cancel()
+
+    async def _lapse_and_review(self) -> None:
+        now = self._clock()
+        for record in list(self._records.values()):
+            if (
+                record.state == "applied"
+                and record.expires_at
+                and parse_iso(record.expires_at) <= now
+            ) and self._state != "standing_down":
+                await self._undo(record, final_state="expired", reason="expiry reached")
+        if self._review_due and self._state in ("running", "failed"):
+            assert self._pb.reviews is not None
+            grace = parse_duration(self._pb.reviews.grace)
+            if now >= parse_iso(self._review_due) + grace:
+                self._review_missed()
+
+    def _next_deadline(self) -> datetime | None:
+        if self._state not in ("running", "failed"):
+            return None
+        moments = [
+            parse_iso(r.expires_at)
+            for r in self._records.values()
+            if r.state == "applied" and r.expires_at
+        ]
+        if self._review_due and self._pb.reviews and self._state in ("running", "failed"):
+            moments.append(parse_iso(self._review_due) + parse_duration(self._pb.reviews.grace))
+        return min(moments) if moments else None
+
+    def _review_missed(self) -> None:
+        assert self._pb.reviews is not None
+        self._reviews_missed += 1
+        action = self._pb.reviews.on_missed
+        missed = self._review_due
+        self._review_due = iso(self._clock() + parse_duration(self._pb.reviews.every))
+        self._record(
+            "review.missed",
+            data=present(
+                due=missed,
+                on_missed=action,
+                next_due=self._review_due if self._board_facts else None,
+            ),
+        )
+        if action == "escalate":
+            self._escalate_by_system("review missed")
+        elif action == "stand_down" and self._stand_down is None:
+            self._stand_down = StandDownRequest(actor=SYSTEM, reason="review missed")
+            self._record("stand_down.requested", actor=SYSTEM, data={"reason": "review missed"})
+
+    # --- levels -------------------------------------------------------------------------------
+    def _set_level(self, level: str | None, *, actor: str, reason: str) -> None:
+        before = self._pb.level_rank(self._level)
+        self._level = level
+        self._publish()
+        change = "level.escalated" if self._pb.level_rank(level) > before else "level.de_escalated"
+        self._level_history.append(
+            LevelChangeRecord(level=level, at=iso(self._clock()), actor=actor, reason=reason)
+        )
+        self._record(change, actor=actor, data={"level": level, "reason": reason})
+        if change == "level.escalated":
+            self._background(self._catch_up())
+        else:
+            self._background(self._withdraw_above_level())
+
+    def _escalate_by_system(self, reason: str) -> None:
+        rank = self._pb.level_rank(self._level)
+        if rank + 1 < len(self._pb.levels):
+            self._set_level(self._pb.levels[rank + 1], actor=SYSTEM, reason=reason)
+
+    async def _catch_up(self) -> None:
+        """After escalation: run the steps already passed that the new level makes eligible."""
+        for step in self._top[: self._cursor]:
+            if self._stand_down is not None or self._draining:
+                return
+            record = self._records[step.id]
+            waiting = ("dormant", "awaiting_approval")
+            if record.state in waiting or (
+                isinstance(step, ParallelStep)
+                and any(self._records[b.id].state in waiting for b in step.parallel)
+            ):
+                if isinstance(step, ParallelStep) and record.state not in waiting:
+                    record.state = "running"
+                if not await self._run_top_step(step) and self._state == "running":
+                    self._state = "failed"
+                    self._publish()
+                    self._record(
+                        "incident.failed",
+                        step_id=step.id,
+                        data={"error": self._records[step.id].error},
+                    )
+                    return
+
+    async def _withdraw_above_level(self) -> None:
+        """After de-escalation: undo, newest first, the measures the level no longer calls for."""
+        for step_id in reversed(list(self._applied_order)):
+            step = self._steps_by_id[step_id]
+            if not self._eligible(step) or not self._eligible(self._parent_of(step)):
+                await self._undo(
+                    self._records[step_id],
+                    final_state="dormant",
+                    reason=f"level is now {self._level}",
+                )
