@@ -1,5 +1,6 @@
 """After a measure lapses or is withdrawn: which later incidents hold measures on the settings it
-changed (read from the audit store), telling the one that may put its own back (an update), and
+changed (read from the audit store), telling the one that may put its own back (an update), or,
+when that is left to commanders, each whose measures were lifted (so its status says so), and
 waiting for one standing down to close."""
 
 from __future__ import annotations
@@ -7,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from typing import Literal
 
 import structlog
+from pydantic import BaseModel
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -17,9 +20,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from store.audit_store import AuditStore
 from store.overlaps import Measure, later_chain, settings_changed
 from workflows.incident import (
+    LIFTED_UPDATE,
     REASSERT_LATER,
     REASSERT_UPDATE,
     WAIT_CLOSED,
+    LiftedNotice,
     ReassertLaterOutcome,
     ReassertLaterRequest,
 )
@@ -64,35 +69,43 @@ class LaterIncidents:
             why = "more than one later incident holds measures on these settings"
         if why:
             # Putting one back would disturb another: only lifting them all, newest first, and
-            # putting them back oldest first would leave each right. Left to commanders.
+            # putting them back oldest first would leave each right. Left to commanders; the
+            # incidents whose measures the restore lifted are told, so their status says so.
             unresolved = {k: sorted(v) for k, v in by_incident.items()}
+            lifted: dict[str, list[str]] = defaultdict(list)
+            for overlap in overlaps:
+                if overlap.ours == ours and overlap.incident_id in by_incident:
+                    lifted[overlap.incident_id].append(overlap.theirs.step_id)
             log.warning(
                 "overlap.unresolved",
                 incident_id=asked.incident_id,
                 step_id=asked.step_id,
                 workflow_run=activity.info().workflow_run_id,
-                lifted=unresolved,
+                incidents=unresolved,
+                lifted=dict(lifted),
                 reason=why,
             )
-            return ReassertLaterOutcome(unresolved=unresolved, why_unresolved=why)
+            for incident, steps in sorted(lifted.items()):
+                notice = LiftedNotice(
+                    incident_id=asked.incident_id,
+                    step_id=asked.step_id,
+                    reason=asked.reason,
+                    steps=sorted(set(steps)),
+                    why=why,
+                )
+                await _tell(incident, LIFTED_UPDATE, notice, f"{asked.operation}-lifted")
+            return ReassertLaterOutcome(
+                unresolved=unresolved,
+                why_unresolved=why,
+                lifted={k: sorted(set(v)) for k, v in lifted.items()} or None,
+            )
         (incident,) = by_incident
         steps = sorted({o.theirs.step_id for o in overlaps if o.ours == ours})
         told = ReassertLaterOutcome(told=incident, steps=steps)
-        handle = activity.client().get_workflow_handle(incident)
-        try:
-            # The id makes a retried activity's update the same one, not a second.
-            await handle.execute_update(
-                REASSERT_UPDATE, asked.model_copy(update={"steps": steps}), id=asked.operation
-            )
-        except WorkflowUpdateFailedError as error:
-            cause = error.cause
-            if not (isinstance(cause, ApplicationError) and cause.type == "InvalidRequest"):
-                raise
-            told.refused = True  # standing down (or closed since)
-        except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
-                raise
-            told.closed = True  # an update sent as it closes is aborted, not refused
+        answer = await _tell(
+            incident, REASSERT_UPDATE, asked.model_copy(update={"steps": steps}), asked.operation
+        )
+        told.refused, told.closed = answer == "refused", answer == "closed"
         return told
 
     @activity.defn(name=WAIT_CLOSED)
@@ -102,3 +115,25 @@ class LaterIncidents:
         while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
             activity.heartbeat()
             await asyncio.sleep(POLL_S)
+
+
+Told = Literal["told", "refused", "closed"]
+
+
+async def _tell(incident_id: str, update: str, request: BaseModel, update_id: str) -> Told:
+    """Send a later incident an update: "told"; "refused" if it stands down (or has closed
+    since); "closed" if it closed as the update arrived (then it is aborted, not refused)."""
+    handle = activity.client().get_workflow_handle(incident_id)
+    try:
+        # The id makes a retried activity's update the same one, not a second.
+        await handle.execute_update(update, request, id=update_id)
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        if not (isinstance(cause, ApplicationError) and cause.type == "InvalidRequest"):
+            raise
+        return "refused"
+    except RPCError as error:
+        if error.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return "closed"
+    return "told"

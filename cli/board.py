@@ -95,4 +95,5 @@ def _in_force(entry: BoardEntry) -> str:
     if not entry.measures:
         return ""
     soonest = f", next lapse {_when(entry.next_expiry)}" if entry.next_expiry else ""
-    return f"{len(entry.measures)}{soonest}"
+    lifted = sum(1 for m in entry.measures if m.lifted_by)
+    return f"{len(entry.measures)}{soonest}" + (f", {lifted} LIFTED" if lifted else "")

@@ -164,7 +164,7 @@ def _print_status(status: IncidentStatus) -> None:
         table.add_row(
             step.id,
             step.lever,
-            step.state,
+            f"{step.state}, LIFTED by {step.lifted_by}" if step.lifted_by else step.state,
             _clock(step.started_at),
             _clock(step.finished_at),
             _clock(step.undone_at),

@@ -31,6 +31,11 @@ class MeasureInForce(BaseModel):
     step_id: str
     lever: str | None
     expires_at: datetime | None = None
+    lifted_by: str | None = Field(
+        None,
+        description="Another incident's restore lifted it on the settings they share, and "
+        "putting it back was left to commanders",
+    )
 
 
 class FailedDelivery(BaseModel):

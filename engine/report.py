@@ -884,7 +884,47 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
         return f"incident failed at step {step}"
     if kind == "incident.closed":
         return "incident closed" + (f" (stand-down by {actor})" if actor else "")
+    if kind.startswith("overlap."):
+        return _overlap_text(kind, step, data)
     return kind + (f" ({step})" if event.step_id else "")
+
+
+def _overlap_text(kind: str, step: str | None, data: dict[str, Any]) -> str:
+    """Events of measures on the same settings as another incident's (README: "Two incidents
+    on the same setting")."""
+    if kind == "overlap.reasserting":
+        told = data.get("incident", "?")
+        if data.get("refused") or data.get("closed"):
+            return f"{step}'s restore lifted {told}'s measures; it was closing: restoring again"
+        return f"{step}'s restore lifted {told}'s measures there: it puts them back"
+    if kind == "overlap.lifted":
+        lifted = _and(data.get("steps") or []) if data.get("steps") else "nothing in force"
+        return (
+            f"{data.get('by', '?')} took back {data.get('step', '?')}: lifting {lifted} "
+            "to put it back over that restore"
+        )
+    if kind == "overlap.restored":
+        return f"{data.get('incident', '?')}'s restore of {data.get('step', '?')} applied again"
+    if kind == "overlap.restore_failed":
+        return (
+            f"{data.get('incident', '?')}'s restore of {data.get('step', '?')} FAILED: "
+            f"{data.get('error') or 'unknown error'}"
+        )
+    if kind == "overlap.unresolved":
+        incidents = ", ".join(sorted(data.get("incidents") or {})) or "?"
+        return (
+            f"{step}'s restore lifted measures of {incidents}; putting them back is left to "
+            f"commanders ({data.get('reason') or 'no reason given'})"
+        )
+    if kind == "overlap.left_lifted":
+        lifted = _and(data.get("steps") or []) if data.get("steps") else "no measure in force"
+        return (
+            f"{data.get('by', '?')} took back {data.get('step', '?')}, lifting {lifted} where "
+            "they overlap; putting it back is left to commanders"
+        )
+    if kind == "overlap.check_failed":
+        return f"looking for later incidents on {step}'s settings failed: {data.get('error')}"
+    return kind + (f" ({step})" if step else "")
 
 
 def _and(names: list[str]) -> str:

@@ -47,6 +47,10 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
             pending.pop(step, None)  # escalate keeps waiting for the same approval
         case "step.applied" if step and not is_notification(data.get("lever")):
             measures[step] = {"lever": data.get("lever"), "expires_at": data.get("expires_at")}
+        case "overlap.left_lifted":
+            for lifted in data.get("steps", []):
+                if lifted in measures:
+                    measures[lifted]["lifted_by"] = data.get("by")
         case "measure.renewed" if step in measures:
             measures[step]["expires_at"] = data.get("until")
         case "step.expired" | "step.undone" | "step.withdrawn":

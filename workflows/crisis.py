@@ -323,6 +323,7 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision):
         moment = self._clock()
         now = iso(moment)
         record.state, record.finished_at, record.previous = "applied", now, outcome.previous
+        record.lifted_by = None
         if put_back is None:
             record.in_force_since = now
         self._applied_order.append(step.id)
@@ -417,6 +418,7 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision):
             return
         now = iso(self._clock())
         record.state, record.undone_at = final_state, now  # type: ignore[assignment]
+        record.lifted_by = None
         self._record(kind, step_id=step.id, data=undone_data(lever, restore, reason), at=now)
         if (earlier := self._restore_after.pop(record.id, None)) is not None:
             await self._restore_for(step, earlier)  # before ours stacked on it go back

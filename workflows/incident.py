@@ -17,6 +17,8 @@ APPLY_LEVER = "apply_lever"
 WRITE_AUDIT = "write_audit"
 REASSERT_LATER = "reassert_later"
 REASSERT_UPDATE = "reassert"  # the update a later incident is sent by that activity
+# ... or, when putting its measures back is left to commanders, this one (LiftedNotice).
+LIFTED_UPDATE = "overlap_lifted"
 WAIT_CLOSED = "wait_closed"
 WORKFLOW_NAME = "CrisisWorkflow"
 
@@ -94,6 +96,10 @@ class StepRecord(BaseModel):
     quorum: int | None = None  # approvals needed, for steps that need them
     outcome: str | None = None  # why it ended as it did: rejected by X, expired, ...
     deliveries: list[DeliveryRecord] = Field(default_factory=list)
+    # Applied, but another incident's restore has since lifted it on the settings they share,
+    # and putting it back was left to commanders (`overlap.left_lifted`); cleared when it is
+    # applied again or taken back.
+    lifted_by: str | None = None
 
 
 class Note(BaseModel):
@@ -274,6 +280,17 @@ class ReassertRequest(BaseModel):
     operation: str  # names the later incident's own call of that restore (its idempotency key)
 
 
+class LiftedNotice(BaseModel):
+    """Sent by an earlier incident (an update) when putting these measures back is left to
+    commanders: its restore lifted them, on the settings they share with its measure."""
+
+    incident_id: str  # the earlier incident
+    step_id: str  # its measure that was taken back
+    reason: str  # why it was: "expiry reached", "level is now elevated"
+    steps: list[str]  # the measures of the incident told that the restore lifted
+    why: str  # why putting them back is left to commanders
+
+
 class ReassertLaterRequest(BaseModel):
     """A measure this incident has just taken back (`reassert` without its `steps`), since when
     it was in force, and whether its restore restacked this incident's own later measures."""
@@ -291,6 +308,9 @@ class ReassertLaterOutcome(BaseModel):
     # Left to commanders: by incident, the measures putting one back would disturb.
     unresolved: dict[str, list[str]] | None = None
     why_unresolved: str | None = None
+    # Of those, the measures the restore lifted (on the settings they share with this one's),
+    # by incident: each incident was told (LiftedNotice) unless it stands down or has closed.
+    lifted: dict[str, list[str]] | None = None
     elapsed_s: float = 0.0
 
 

@@ -17,9 +17,11 @@ from temporalio.exceptions import CancelledError, FailureError
 with workflow.unsafe.imports_passed_through():
     from workflows.audit import present
     from workflows.incident import (
+        LIFTED_UPDATE,
         REASSERT_LATER,
         REASSERT_UPDATE,
         WAIT_CLOSED,
+        LiftedNotice,
         ReassertLaterOutcome,
         ReassertLaterRequest,
         ReassertRequest,
@@ -154,7 +156,11 @@ class OverlapHandoff(IncidentRun):
             self._record(
                 "overlap.unresolved",
                 step_id=request.step_id,
-                data={"incidents": outcome.unresolved, "reason": outcome.why_unresolved},
+                data=present(
+                    incidents=outcome.unresolved,
+                    reason=outcome.why_unresolved,
+                    lifted=outcome.lifted,
+                ),
             )
         return outcome
 
@@ -172,6 +178,33 @@ class OverlapHandoff(IncidentRun):
     def _check_reassert(self, request: ReassertRequest) -> None:
         # Standing down, its restores are under way: the earlier incident restores again once
         # this one has closed.
+        self._check_open()
+
+    @workflow.update(name=LIFTED_UPDATE)
+    def lifted(self, notice: LiftedNotice) -> None:
+        """An earlier incident's restore lifted these measures and putting them back is left to
+        commanders: they are marked, so this incident's status and console say they no longer
+        hold on the settings they share with its measure."""
+        marked = []
+        for step_id in sorted(set(notice.steps)):
+            record = self._records.get(step_id)
+            if record is not None and record.kind == "lever" and record.state == "applied":
+                record.lifted_by = notice.incident_id
+                marked.append(step_id)
+        self._record(
+            "overlap.left_lifted",
+            data={
+                "by": notice.incident_id,
+                "step": notice.step_id,
+                "reason": notice.reason,
+                "steps": marked,
+                "why": notice.why,
+            },
+        )
+
+    @lifted.validator
+    def _check_lifted(self, notice: LiftedNotice) -> None:
+        # Standing down, its restores are under way (each puts back what it replaced).
         self._check_open()
 
     async def _reassert(self, request: ReassertRequest) -> None:

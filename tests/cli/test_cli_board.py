@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cli.board import _in_force
+from engine.board import BoardEntry, MeasureInForce
 from tests.cli.test_cli import assert_one_line_error, crisis
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.cli.test_cli_remote import as_
@@ -105,3 +108,37 @@ async def test_reading_the_trail_in_the_wrong_directory_says_so(
     elsewhere["CRISIS_DATA_DIR"] = str(tmp_path / "empty")
     assert_one_line_error(await crisis(elsewhere, *command), "no audit store", "empty")
     assert not (tmp_path / "empty" / "audit.db").exists()
+
+
+def test_the_in_force_column_counts_measures_another_incident_lifted() -> None:
+    """A measure an earlier incident's restore lifted (left to commanders) is still listed, and
+    the column says how many are lifted."""
+    lapse = datetime(2026, 8, 3, 14, 0, tzinfo=UTC)
+    measures = [
+        MeasureInForce(step_id="surge", lever="moderation.surge", expires_at=lapse),
+        MeasureInForce(step_id="cut", lever="recommender.throttle", lifted_by="INC-1"),
+    ]
+    entry = BoardEntry.model_validate(
+        {
+            "incident_id": "INC-2",
+            "playbook": "p",
+            "version": 1,
+            "state": "running",
+            "level": None,
+            "triggered_by": "alice",
+            "triggered_at": lapse,
+            "closed_at": None,
+            "updated_at": lapse,
+            "age_s": 0,
+            "pending_approvals": [],
+            "measures": measures,
+            "next_expiry": lapse,
+            "review_due": None,
+            "review_overdue": False,
+            "failed_deliveries": [],
+        }
+    )
+    assert "2, next lapse 2026-08-03 14:00:00, 1 LIFTED" == _in_force(entry)
+    assert "1, next lapse 2026-08-03 14:00:00" == _in_force(
+        entry.model_copy(update={"measures": measures[:1]})
+    )

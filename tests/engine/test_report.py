@@ -45,8 +45,11 @@ class Trail:
         *,
         actor: str | None = None,
         step: str | None = None,
+        other_step: str | None = None,
         **data: Any,
     ) -> Trail:
+        if other_step is not None:  # the data's own "step": another incident's, in overlaps
+            data["step"] = other_step
         self.events.append(
             make_event(
                 incident_id=self.incident_id,
@@ -543,3 +546,41 @@ def test_deliveries_read_as_who_was_told_and_what_failed() -> None:
     text = [e.text for e in build_report(t.events).timeline]
     assert "regulator told via webhook:https://r (tell; message id m-1)" == text[1]
     assert "delivery to regulator via email:a@r.example FAILED (tell): 554 refused" == text[2]
+
+
+def test_overlap_events_read_as_what_happened_between_incidents() -> None:
+    """Measures on the same settings as another incident's: each hand-back event is a sentence
+    naming the other incident, and one left to commanders says so."""
+    t = Trail()
+    t.add(0, "incident.triggered", actor="alice", playbook="p", version=1, inputs={})
+    lifted = {"by": "INC-0", "other_step": "cut", "reason": "expiry reached"}
+    t.add(1, "overlap.lifted", steps=["limit"], **lifted)
+    t.add(2, "overlap.restored", step="limit", incident="INC-0", other_step="cut")
+    t.add(3, "overlap.reasserting", step="limit", incident="INC-9", steps=["x"])
+    t.add(4, "overlap.reasserting", step="limit", incident="INC-9", steps=["x"], refused=True)
+    t.add(
+        5,
+        "overlap.unresolved",
+        step="limit",
+        incidents={"INC-8": ["a"], "INC-9": ["x"]},
+        reason="more than one later incident holds measures on these settings",
+        lifted={"INC-9": ["x"]},
+    )
+    t.add(6, "overlap.left_lifted", steps=["limit"], why="...", **lifted)
+    t.add(
+        7, "overlap.restore_failed", step="limit", incident="INC-0", other_step="cut", error="503"
+    )
+    t.add(8, "overlap.check_failed", step="limit", error="store away")
+    text = [e.text for e in build_report(t.events).timeline][1:]
+    assert [
+        "INC-0 took back cut: lifting limit to put it back over that restore",
+        "INC-0's restore of cut applied again",
+        "limit's restore lifted INC-9's measures there: it puts them back",
+        "limit's restore lifted INC-9's measures; it was closing: restoring again",
+        "limit's restore lifted measures of INC-8, INC-9; putting them back is left to "
+        "commanders (more than one later incident holds measures on these settings)",
+        "INC-0 took back cut, lifting limit where they overlap; putting it back is left to "
+        "commanders",
+        "INC-0's restore of cut FAILED: 503",
+        "looking for later incidents on limit's settings failed: store away",
+    ] == text

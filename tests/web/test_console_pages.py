@@ -9,9 +9,11 @@ import html as html_text
 import re
 
 import httpx
+from temporalio.client import Client
 
 from tests.helpers import assert_eventually
 from tests.web.conftest import Console, ConsoleSession
+from workflows.incident import LIFTED_UPDATE, LiftedNotice
 
 ACTION_FORMS = ("approve", "reject", "escalate", "de-escalate", "renew", "note", "stand-down")
 
@@ -470,3 +472,39 @@ def _steps(html: str) -> list[dict[str, str]]:
         {"id": step_id, "state": state}
         for step_id, state in re.findall(r'data-step="([^"]+)" data-step-state="([^"]+)"', html)
     ]
+
+
+async def test_a_measure_another_incidents_restore_lifted_is_flagged(
+    console: Console, client: Client
+) -> None:
+    """When an earlier incident's restore lifted a measure and putting it back is left to
+    commanders (that incident sends this update), the incident page and the board say so."""
+    async with console.session("alice") as alice:
+        incident_id = await trigger(alice)
+        await console.status_when(incident_id, lambda s: s["surge"] == "applied")
+        notice = LiftedNotice(
+            incident_id="INC-EARLIER",
+            step_id="cut",
+            reason="expiry reached",
+            steps=["surge", "tell-regulator"],  # a notification is no measure: not marked
+            why="more than one later incident holds measures on these settings",
+        )
+        await client.get_workflow_handle(incident_id).execute_update(LIFTED_UPDATE, notice)
+
+        page = await alice.incident(incident_id)
+        assert 1 == page.html.count('data-lifted-by="INC-EARLIER"')
+        assert "Putting it back is left to you" in page.html
+
+        async def flagged_on_the_board() -> None:  # the board reads the store, a moment behind
+            board = (await alice.get("/console")).html
+            assert 'data-measure="surge" data-lifted-by="INC-EARLIER"' in board
+
+        await assert_eventually(flagged_on_the_board)
+        async with console.api() as api:
+            status = (await api.get(f"/v1/incidents/{incident_id}")).json()
+        assert {"surge": "INC-EARLIER"} == {
+            s["id"]: s["lifted_by"] for s in status["steps"] if s["lifted_by"]
+        }
+        steps = (await _stand_down(alice, incident_id))["steps"]
+        assert "undone" == next(s["state"] for s in steps if s["id"] == "surge")
+        assert "data-lifted-by" not in (await alice.incident(incident_id)).html

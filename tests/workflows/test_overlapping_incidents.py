@@ -248,7 +248,30 @@ async def test_a_lapse_under_the_incidents_own_later_measure_is_left_to_commande
     unresolved = next(e for e in events if e.kind == "overlap.unresolved")
     assert {later: ["limit-one"]} == unresolved.data["incidents"]
     assert "restacked" in unresolved.data["reason"]
+    assert {later: ["limit-one"]} == unresolved.data["lifted"]
+    # The later incident is told its measure no longer holds, and says so until it is undone.
+    events = await lab.audit(later, until="overlap.left_lifted")
+    notice = next(e for e in events if e.kind == "overlap.left_lifted")
     assert "overlap.lifted" not in kinds(lab.store.events(later))
+    assert {"by": earlier, "step": "x", "steps": ["limit-one"]}.items() <= notice.data.items()
+    assert "restacked" in notice.data["why"]
+    status = await lab.sync(later)
+    assert ("applied", earlier) == (
+        step(status, "limit-one").state,
+        step(status, "limit-one").lifted_by,
+    )
+    assert step(status, "elsewhere").lifted_by is None
+    row = lab.store.incident(later)
+    assert row is not None and row.summary is not None
+    assert earlier == row.summary["measures"]["limit-one"]["lifted_by"]  # the board's
+
+    await lab.incidents.stand_down(later, actor="alice", reason="over")
+    await lab.audit(later, until="incident.closed")
+    status = await lab.status(later)
+    assert ("undone", None) == (
+        step(status, "limit-one").state,
+        step(status, "limit-one").lifted_by,
+    )
 
 
 async def test_more_than_one_later_incident_is_left_to_commanders(lab: Lab) -> None:
@@ -266,9 +289,16 @@ async def test_more_than_one_later_incident_is_left_to_commanders(lab: Lab) -> N
     events = await lab.audit(first, until="overlap.unresolved")
     unresolved = next(e for e in events if e.kind == "overlap.unresolved")
     assert {second: ["x-and-y"], third: ["y"]} == unresolved.data["incidents"]
+    # Only B's measure was lifted (on x); C's on y still holds, and C is not told.
+    assert {second: ["x-and-y"]} == unresolved.data["lifted"]
+    events = await lab.audit(second, until="overlap.left_lifted")
+    notice = next(e for e in events if e.kind == "overlap.left_lifted")
+    assert ["x-and-y"] == notice.data["steps"]
+    assert first == step(await lab.sync(second), "x-and-y").lifted_by
+    assert step(await lab.sync(third), "y").lifted_by is None
     for incident in (second, third):
-        await lab.sync(incident)
         assert "overlap.lifted" not in kinds(lab.store.events(incident))
+    assert "overlap.left_lifted" not in kinds(lab.store.events(third))
 
 
 async def test_a_lapse_while_the_later_incident_stands_down_is_restored_once_it_closes(
