@@ -5,7 +5,8 @@ starting background work, the run's interpreter version, the status a commander 
 `workflows.crisis.CrisisWorkflow` is this plus its parts, each a class of its own module: the
 commanders' actions (`commander_actions`), expiries, reviews and levels (`supervision`) and the
 hand-back between overlapping incidents (`overlap_handoff`). The parts call the run's own step
-operations (`_apply_step`, `_undo`, `_call`, `_run_top_step`), declared here for them.
+operations (`_apply_step`, `_undo`, `_run_top_step`), declared here for them; a lever call
+(`_call`) is `lever_calls.LeverCalls`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from workflows.audit import (
         AuditTrail,
-        CarriedOutcome,
     )
     from workflows.durations import parse_duration
     from workflows.expressions import ExpressionError, evaluate
@@ -36,7 +36,6 @@ with workflow.unsafe.imports_passed_through():
         IncidentState,
         IncidentStatus,
         LevelChangeRecord,
-        LeverOutcome,
         Note,
         ReassertRequest,
         StandDownRequest,
@@ -205,19 +204,6 @@ class IncidentRun:
         async def _undo(
             self, record: StepRecord, *, final_state: str, reason: str = "", closes: bool = False
         ) -> None: ...
-
-        async def _call(
-            self,
-            step: Step,
-            lever: str,
-            args: dict[str, Any],
-            operation: str,
-            *,
-            restore: dict[str, Any] | None = None,
-            retry: RetryPolicy | None = None,
-            carry: CarriedOutcome | None = None,
-            close_actor: str | None = None,
-        ) -> LeverOutcome: ...
 
     # --- levels, conditions -------------------------------------------------------------------
     def _eligible(self, step: AnyStep) -> bool:

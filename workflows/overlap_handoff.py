@@ -30,7 +30,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.levers import LEVERS, shared_settings
     from workflows.playbook import Step
 
-from workflows.incident_run import LEVER_TIME, UNDO_RETRY, IncidentRun, cause_of
+from workflows.incident_run import LEVER_TIME, UNDO_RETRY, cause_of
+from workflows.lever_calls import LeverCalls
 
 # Looking up and telling later incidents: the store or the server may be briefly away; after
 # a few tries the incident records `overlap.check_failed` rather than hold its supervisor.
@@ -47,7 +48,7 @@ REASSERT_ROUNDS = 3
 REASSERT_PATCH = "hand-back-to-later-incidents"
 
 
-class OverlapHandoff(IncidentRun):
+class OverlapHandoff(LeverCalls):
     """Measures stacked on the same settings, within an incident and between incidents."""
 
     def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]:
