@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         ReassertRequest,
         StepRecord,
     )
-    from workflows.levers import LEVERS, shared_settings
+    from workflows.levers import LEVERS, is_notification, shared_settings
     from workflows.playbook import Step
 
 from workflows.incident_run import LEVER_TIME, UNDO_RETRY, cause_of
@@ -189,7 +189,12 @@ class OverlapHandoff(LeverCalls):
         marked = []
         for step_id in sorted(set(notice.steps)):
             record = self._records.get(step_id)
-            if record is not None and record.kind == "lever" and record.state == "applied":
+            if (
+                record is not None
+                and record.lever is not None
+                and not is_notification(record.lever)
+                and record.state == "applied"
+            ):
                 record.lifted_by = notice.incident_id
                 marked.append(step_id)
         self._record(
