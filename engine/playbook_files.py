@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,21 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
     if not isinstance(document, CommentedMap):
         mapping = "a playbook is a mapping (playbook:, version:, steps:, ...)"
         return None, [FileProblem(path, 1, 1, mapping)], None
+    data = plain(document)
     try:
-        playbook = Playbook.model_validate(plain(document))
+        playbook = Playbook.model_validate(data)
+        problems: list[FileProblem] = []
     except ValidationError as error:
         problems = [
             _locate(path, document, Problem(tuple(e["loc"]), _document_message(e)))
             for e in error.errors()
         ]
-        return None, problems, document
-    problems = [_locate(path, document, problem) for problem in check_playbook(playbook)]
+        # Unknown keys alone (a typo, usually): check the rest as if they were not there, so
+        # one run reports every problem instead of one kind at a time.
+        playbook = _without_unknown_keys(data, error)
+        if playbook is None:
+            return None, problems, document
+    problems += [_locate(path, document, problem) for problem in check_playbook(playbook)]
     try:
         library = library_for(path, library_dir or path.parent)
     except LibraryError as error:
@@ -100,6 +107,23 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
     ]
     problems += library.render_problems(playbook)
     return playbook, problems, document
+
+
+def _without_unknown_keys(data: Any, error: ValidationError) -> Playbook | None:
+    """The playbook with the keys it does not know removed, if that is all that was wrong."""
+    if any(e["type"] != "extra_forbidden" for e in error.errors()):
+        return None
+    stripped = copy.deepcopy(data)
+    for e in error.errors():
+        *parents, key = [part for part in e["loc"] if part not in STEP_TAGS]
+        node = stripped
+        for part in parents:
+            node = node[part]
+        node.pop(key, None)
+    try:
+        return Playbook.model_validate(stripped)
+    except ValidationError:
+        return None
 
 
 def _document_message(error: Any) -> str:

@@ -88,6 +88,23 @@ def test_a_problem_prints_as_file_line_column_message(tmp_path: Path) -> None:
     assert f"{path}:4:1: {problem.message}" == str(problem)
 
 
+def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
+    """A typo'd key is reported with everything else wrong in the file, in one run; a file
+    whose other problems are schema problems reports those alone, as before."""
+    text = edit("    do: moderation.surge\n", "    do: moderation.surge\n    colour: red\n")
+    text = edit("- id: surge", "- id: throttle", text)
+    text = edit("${inputs.region}", "${inputs.nope}", text)
+    messages = [p.message for p in problems_in(tmp_path, text)]
+    assert [
+        "unknown key 'colour'",
+        "undefined input 'nope' in ${inputs.nope}",
+        "duplicate step id 'throttle' (first at step 1)",
+    ] == messages
+    wrong_type = edit("version: 1\n", "version: one\n", text)
+    messages = [p.message for p in problems_in(tmp_path, wrong_type)]
+    assert 2 == len(messages) and "unknown key 'colour'" == messages[-1], messages
+
+
 @pytest.mark.parametrize(
     ("case", "old", "new", "line", "column", "fragment"),
     [
