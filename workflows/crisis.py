@@ -22,6 +22,7 @@ from temporalio.exceptions import CancelledError, FailureError
 with workflow.unsafe.imports_passed_through():
     from workflows.audit import (
         AuditBatch,
+        AuditWritten,
         CarriedOutcome,
         applied_data,
         present,
@@ -505,6 +506,8 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
                             events=self._audit.take(),
                             task=workflow.info().get_current_history_length(),
                         ),
+                        # Typed: decoding the answer as `Any` built a validator in every run.
+                        result_type=AuditWritten,
                         start_to_close_timeout=timedelta(seconds=10),
                         retry_policy=AUDIT_RETRY,
                     )
