@@ -127,7 +127,6 @@ from temporalio.runtime import (  # noqa: E402
 from temporalio.worker import Replayer, Worker  # noqa: E402
 from temporalio.worker.workflow_sandbox import (  # noqa: E402
     SandboxedWorkflowRunner,
-    SandboxRestrictions,
 )
 
 from bench.baseline import (  # noqa: E402
@@ -147,14 +146,19 @@ from core.signing import SignatureInvalid, verify  # noqa: E402
 from engine.devserver import free_port, start_dev_server, wait_for_port  # noqa: E402
 from engine.incidents import Incidents  # noqa: E402
 from engine.playbook_files import load_playbook  # noqa: E402
-from engine.temporal import SANDBOX, WORKFLOWS, build_worker, connect  # noqa: E402
+from engine.temporal import (  # noqa: E402
+    SANDBOX,
+    WORKFLOWS,
+    build_worker,
+    connect,
+    shipped_runner,
+)
 from engine.updates import send_update  # noqa: E402
 
 # The baseline gets what the engine's shipped workers get (engine.temporal.SANDBOX): its workflow
-# module is imported once, outside the workflow sandbox, instead of once per run and replay.
-BASELINE_SANDBOX = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules(BaselineWorkflow.__module__)
-)
+# module is imported once, outside the workflow sandbox, instead of once per run and replay,
+# and the sandbox does not swap the builtins it checks for wrappers while activations run.
+BASELINE_SANDBOX = shipped_runner(BaselineWorkflow.__module__)
 # The diagnostic variants get the same: without it their module (a CrisisWorkflow subclass) was
 # re-imported for every run, re-reading every handler, which charged them several ms per incident
 # that the shipped interpreter does not pay.

@@ -19,14 +19,21 @@ from workflows.incident import IncidentStatus
 
 
 def test_shipped_workers_pass_the_workflow_package_through_and_strict_ones_do_not() -> None:
-    """The setting picks the runner; only the strict one re-imports `workflows` per run."""
+    """The setting picks the runner; only the strict one re-imports `workflows` per run and
+    checks the builtins workflow code calls."""
     assert workflow_runner(Settings(strict_workflow_sandbox=False)) is SANDBOX
     assert workflow_runner(Settings(strict_workflow_sandbox=True)) is STRICT_SANDBOX
     assert "workflows" in SANDBOX.restrictions.passthrough_modules
     assert "workflows" not in STRICT_SANDBOX.restrictions.passthrough_modules
-    # Everything else about the two sandboxes is the same.
+    # The same modules otherwise; only the strict one checks builtins (to do so the sandbox
+    # swaps `isinstance` and others in the builtins module while activations run).
     shipped = SANDBOX.restrictions.passthrough_modules - {"workflows"}
     assert shipped == STRICT_SANDBOX.restrictions.passthrough_modules
+    assert STRICT_SANDBOX.restrictions.invalid_module_members.child_matcher("__builtins__")
+    assert not SANDBOX.restrictions.invalid_module_members.child_matcher("__builtins__")
+    others = dict(STRICT_SANDBOX.restrictions.invalid_module_members.children)
+    del others["__builtins__"]
+    assert others == SANDBOX.restrictions.invalid_module_members.children
 
 
 async def _run_once(
