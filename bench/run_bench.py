@@ -1222,6 +1222,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
         "--only", action="append", choices=SECTIONS, help="run only these sections (repeatable)"
     )
     parser.add_argument(
+        "--variant",
+        choices=("interpreter", "baseline"),
+        help="profiling aid: the throughput section with this variant alone (two untimed and "
+        "twice --rounds timed bursts; no ratio), so that a profiler attached to the process "
+        "sees one variant; run one process per variant",
+    )
+    parser.add_argument(
         "--diagnose",
         action="store_true",
         help="also: throughput of bench/diagnose.py's interpreter variants and of audit_off, "
@@ -1250,6 +1257,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
         help="keep the temp dir (server and sandbox logs, databases)",
     )
     args = parser.parse_args(argv)
+    if args.variant and (args.only != ["throughput"] or args.diagnose):
+        parser.error("--variant runs the throughput section alone: pass --only throughput")
     quick = args.quick
     counts = Counts(
         latency=args.latency_incidents or (10 if quick else 50),
@@ -1322,7 +1331,7 @@ async def bench(args: argparse.Namespace, counts: Counts, tmp: Path) -> dict[str
                 )
                 runs = await compare_runs(
                     env,
-                    ["interpreter", "baseline"],
+                    [args.variant] * 2 if args.variant else ["interpreter", "baseline"],
                     counts.throughput,
                     counts.rounds,
                     counts.concurrency,
@@ -1417,6 +1426,10 @@ def human(result: dict[str, Any]) -> str:
             continue
         a, b = ("on", "off") if key == "audit_on_off" else ("interpreter", "baseline")
         va, vb = figure[a], figure[b]
+        if va is None or vb is None:  # --variant: one variant's runs, nothing to compare
+            name, value = (a, va) if va is not None else (b, vb)
+            lines.append(f"{key}: {name} {value:.2f}{unit} (one variant only: no ratio)")
+            continue
         if isinstance(va, dict):
             text = (
                 f"{a} {va['median']:.1f}{unit} (p90 {va['p90']:.1f}) vs "

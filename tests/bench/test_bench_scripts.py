@@ -80,6 +80,26 @@ def test_run_bench_quick_reports_every_figure_beside_the_baseline(tmp_path: Path
         assert run["completed"] == run["incidents"], (run["variant"], run["errors"])
 
 
+def test_run_bench_runs_one_variant_alone_for_a_profiler(tmp_path: Path) -> None:
+    """`--variant`: the throughput bursts of that variant only, and no ratio to claim."""
+    result = json_of(
+        run_script(
+            tmp_path,
+            "bench/run_bench.py",
+            "--quick",
+            "--only=throughput",
+            "--variant=interpreter",
+            "--in-place",
+        )
+    )
+
+    figure = result["throughput_incidents_per_s"]
+    assert ["interpreter", "interpreter"] == [run["variant"] for run in figure["runs"]]
+    assert all(run["completed"] == run["incidents"] for run in figure["runs"]), figure["runs"]
+    assert figure["interpreter"] > 0 and figure["baseline"] is None
+    assert figure["ratio"] is None and figure["met"] is False
+
+
 def test_api_latency_reports_each_figure_beside_its_in_process_baseline(tmp_path: Path) -> None:
     result = json_of(
         run_script(
@@ -119,6 +139,10 @@ def test_replay_compare_verifies_the_history_it_times(tmp_path: Path) -> None:
         (("bench/replay_compare.py", "--repeats=0"), "argument --repeats: expected a positive"),
         (("bench/api_latency.py", "--incidents=2"), "need --incidents >= 4"),
         (("bench/run_bench.py", "--rounds=0", "--in-place"), "argument --rounds: expected"),
+        (
+            ("bench/run_bench.py", "--variant=baseline", "--in-place"),
+            "--variant runs the throughput section alone",
+        ),
     ],
 )
 def test_bad_arguments_are_one_error_line(
