@@ -56,10 +56,14 @@ class LaterIncidents:
         overlaps = await asyncio.to_thread(later_chain, self._store, asked.incident_id, ours)
         if not overlaps:
             return ReassertLaterOutcome()
-        by_incident: dict[str, list[str]] = defaultdict(list)
+        by_incident: dict[str, set[str]] = defaultdict(set)
+        lifted: dict[str, set[str]] = defaultdict(set)  # what our restore lifted: direct ones
         for overlap in overlaps:
-            by_incident[overlap.incident_id].append(overlap.theirs.step_id)
+            by_incident[overlap.incident_id].add(overlap.theirs.step_id)
+            if overlap.ours == ours:
+                lifted[overlap.incident_id].add(overlap.theirs.step_id)
         own = by_incident.pop(asked.incident_id, None)
+        lifted.pop(asked.incident_id, None)
         if not by_incident:
             return ReassertLaterOutcome()
         why = None
@@ -72,41 +76,36 @@ class LaterIncidents:
             # putting them back oldest first would leave each right. Left to commanders; the
             # incidents whose measures the restore lifted are told, so their status says so.
             unresolved = {k: sorted(v) for k, v in by_incident.items()}
-            lifted: dict[str, list[str]] = defaultdict(list)
-            for overlap in overlaps:
-                if overlap.ours == ours and overlap.incident_id in by_incident:
-                    lifted[overlap.incident_id].append(overlap.theirs.step_id)
+            told = {k: sorted(v) for k, v in sorted(lifted.items())}
             log.warning(
                 "overlap.unresolved",
                 incident_id=asked.incident_id,
                 step_id=asked.step_id,
                 workflow_run=activity.info().workflow_run_id,
                 incidents=unresolved,
-                lifted=dict(lifted),
+                lifted=told,
                 reason=why,
             )
-            for incident, steps in sorted(lifted.items()):
+            for incident, steps in told.items():
                 notice = LiftedNotice(
                     incident_id=asked.incident_id,
                     step_id=asked.step_id,
                     reason=asked.reason,
-                    steps=sorted(set(steps)),
+                    steps=steps,
                     why=why,
                 )
                 await _tell(incident, LIFTED_UPDATE, notice, f"{asked.operation}-lifted")
             return ReassertLaterOutcome(
-                unresolved=unresolved,
-                why_unresolved=why,
-                lifted={k: sorted(set(v)) for k, v in lifted.items()} or None,
+                unresolved=unresolved, why_unresolved=why, lifted=told or None
             )
         (incident,) = by_incident
-        steps = sorted({o.theirs.step_id for o in overlaps if o.ours == ours})
-        told = ReassertLaterOutcome(told=incident, steps=steps)
+        steps = sorted(lifted[incident])
         answer = await _tell(
             incident, REASSERT_UPDATE, asked.model_copy(update={"steps": steps}), asked.operation
         )
-        told.refused, told.closed = answer == "refused", answer == "closed"
-        return told
+        return ReassertLaterOutcome(
+            told=incident, steps=steps, refused=answer == "refused", closed=answer == "closed"
+        )
 
     @activity.defn(name=WAIT_CLOSED)
     async def wait_closed(self, incident_id: str) -> None:

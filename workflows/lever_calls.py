@@ -56,6 +56,8 @@ class LeverCalls(IncidentRun):
                     maximum_attempts=step.retry.max_attempts,
                     non_retryable_error_types=NON_RETRYABLE,
                 )
+        if lever == "notify.send" and self._incident.channels is not None:
+            return await self._deliver(step, args, operation, retry)
         request = LeverRequest(
             incident_id=self._incident.incident_id,
             step_id=step.id,
@@ -65,8 +67,6 @@ class LeverCalls(IncidentRun):
             restore=restore,
         )
         if lever == "notify.send":
-            if self._incident.channels is not None:
-                return await self._deliver(step, args, operation, retry)
             # Incidents triggered before the directory had channels notify via the platform.
             request.message = self._incident.templates.get(str(args.get("template")))
             request.context = self._message_context(step)
