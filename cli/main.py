@@ -416,7 +416,10 @@ def renew(
     incident_id: str,
     step: Annotated[str, typer.Argument(help="The measure to renew.")],
     duration: Annotated[
-        str, typer.Option("--for", help="How long from now it holds, e.g. 24h, 1h30m.")
+        str,
+        typer.Option(
+            "--for", help="How long from now it holds (past its current expiry), e.g. 24h."
+        ),
     ],
     reason: ReasonOption,
     actor: ActorOption = None,
@@ -472,7 +475,7 @@ def note(
     """Add a note to the incident's record."""
 
     def say(status: IncidentStatus) -> str:
-        return f"note added to {status.incident_id} ({len(status.notes)} notes)"
+        return f"note added to {status.incident_id} (notes: {len(status.notes)})"
 
     _act("note", incident_id, as_json=as_json, say=say, actor=actor, text=text)
 

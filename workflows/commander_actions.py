@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
     from workflows.playbook import Step
 
-from workflows.incident_run import IncidentRun, check_lengths, invalid_request, iso
+from workflows.incident_run import IncidentRun, check_lengths, invalid_request, iso, parse_iso
 
 
 class CommanderActions(IncidentRun):
@@ -220,9 +220,19 @@ class CommanderActions(IncidentRun):
                 "longer call for it"
             )
         try:
-            parse_renewal(request.duration)
+            duration = parse_renewal(request.duration)
         except ValueError as error:
             raise invalid_request(str(error)) from None
+        # Renewing pushes the lapse out; one that would bring it forward is refused, not taken
+        # for a shorter renewal (the measure would lapse sooner than the commander expects).
+        if record.state == "applied" and record.expires_at is not None:
+            held_until = parse_iso(record.expires_at)
+            if held_until >= self._clock() + duration:
+                raise invalid_request(
+                    f"measure {request.step_id} already holds until "
+                    f"{held_until:%Y-%m-%d %H:%M:%S} UTC, later than {request.duration} from now: "
+                    "a renewal only pushes the expiry out"
+                )
 
     @workflow.update
     def confirm_review(self, request: ReviewRequest) -> IncidentStatus:

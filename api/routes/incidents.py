@@ -160,7 +160,7 @@ class RenewBody(ActionBody):
     duration: str = Field(
         min_length=1,
         max_length=MAX_NAME_CHARS,
-        description="How long from now it holds, longer than zero, e.g. 24h",
+        description="How long from now it holds, past its current expiry, e.g. 24h",
     )
     reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 

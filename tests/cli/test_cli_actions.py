@@ -211,7 +211,7 @@ async def test_levels_renew_review_and_notes(
     assert run.stdout.startswith("review confirmed; next due "), run
 
     run = ok(await crisis(cli_env, "note", i, "regulator called back"))
-    assert f"note added to {i} (1 notes)" == run.stdout.strip()
+    assert f"note added to {i} (notes: 1)" == run.stdout.strip()
     noted = ok(await crisis(cli_env, "note", i, "press line agreed", "--actor", "dana", "--json"))
     noted_status = noted.json()
     assert [("cli-tester", "regulator called back"), ("dana", "press line agreed")] == [

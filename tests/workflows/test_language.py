@@ -922,6 +922,23 @@ async def test_a_renewal_for_no_time_is_refused_and_the_measure_holds(lab: Lab) 
     assert ("running", "applied") == (status.state, step(status, "throttle").state)
 
 
+async def test_a_renewal_that_would_bring_the_lapse_forward_is_refused(lab: Lab) -> None:
+    """Renewing pushes a measure's expiry out: 24h asked of a measure that holds 48h more would
+    make it lapse sooner, and is refused; the expiry stays where it was."""
+    incident = await lab.trigger(EXPIRING)
+    status = await lab.settle(incident, {"throttle": "applied"})
+    original = step(status, "throttle").expires_at
+    shorter = RenewRequest(step_id="throttle", actor="bob", reason="r", duration="24h")
+    with pytest.raises(IncidentConflict, match="a renewal only pushes the expiry out"):
+        await lab.act(incident, CrisisWorkflow.renew, shorter)
+    status = await lab.sync(incident)
+    assert ("applied", original) == (
+        step(status, "throttle").state,
+        step(status, "throttle").expires_at,
+    )
+    assert "measure.renewed" not in [e.kind for e in lab.store.events(incident)]
+
+
 async def test_renewing_a_lapsed_measure_applies_it_again(lab: Lab) -> None:
     """A renewal after expiry re-applies the measure (apply-2) until the renewal's end, then it
     lapses again (undo-2)."""
