@@ -947,7 +947,15 @@ def _time(text: str | None) -> str:
 
 
 def _figure(seconds: float | None) -> str:
-    return "did not happen" if seconds is None else f"{human_duration(seconds)}"
+    """A time from the trigger. Under a minute it keeps its fraction: how fast the first
+    measures came is the figure a reader looks for, and "0s" would hide it."""
+    if seconds is None:
+        return "did not happen"
+    if 0 <= seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if 0 <= seconds < 60:
+        return f"{seconds:.1f}".removesuffix(".0") + "s"
+    return human_duration(seconds)
 
 
 def _key_figure_rows(report: IncidentReport) -> list[tuple[str, str]]:

@@ -511,6 +511,17 @@ def test_markdown_links_the_chart_file_and_lists_the_figures(report: IncidentRep
     assert "![" not in render_markdown(report, None)
 
 
+def test_key_figures_under_a_minute_keep_their_fraction(report: IncidentReport) -> None:
+    """The first measures usually come within a second: "0s" would hide how fast."""
+    figures = report.key_figures.model_copy(
+        update={"to_first_lever": 0.0434, "to_first_measure": 1.26, "to_regulator_notified": 0.0}
+    )
+    markdown = render_markdown(report.model_copy(update={"key_figures": figures}), None)
+    assert "| Trigger → first lever applied | 43 ms |" in markdown
+    assert "| Trigger → first measure in force | 1.3s |" in markdown
+    assert "| Trigger → regulator notified | 0 ms |" in markdown
+
+
 def test_events_of_another_incident_or_without_a_trigger_are_refused() -> None:
     """A report covers one whole trail: mixed incidents or a missing trigger are errors."""
     events = crisis()
