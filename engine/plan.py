@@ -133,7 +133,7 @@ def _plan_step(
                 f"{a.quorum} of {', '.join(a.roles)} within {a.timeout} (then {a.on_timeout})"
             )
         if step.expires_after:
-            item.lapses_after = f"{step.expires_after} ({parse_duration(step.expires_after)})"
+            item.lapses_after = _spelled_out(step.expires_after)
         if step.undo is not None:
             item.undo = f"{step.undo.do}"
         elif LEVERS[step.do].reversible:
@@ -141,3 +141,16 @@ def _plan_step(
         else:
             item.undo = "none (cannot be taken back)"
     return item
+
+
+def _spelled_out(duration: str) -> str:
+    """`48h (2d)`, `90m (1h30m)`: the playbook's duration and, where it reads differently, the
+    same length in days, hours, minutes and seconds; `12h` as it is."""
+    milliseconds = round(parse_duration(duration).total_seconds() * 1000)
+    parts = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        count, milliseconds = divmod(milliseconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    exact = "".join(parts) or "0s"
+    return duration if exact == duration.replace(" ", "") else f"{duration} ({exact})"
