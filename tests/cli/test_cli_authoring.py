@@ -158,7 +158,7 @@ def test_plan_text(cli_env: dict[str, str], playbook: Path) -> None:
     assert "" == run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("authoring v1 at level elevated  (sha256:"), lines[0]
-    assert "inputs: {'region': 'GB', 'notify': False}" == lines[1]
+    assert 'inputs: {"region": "GB", "notify": false}' == lines[1]
     rows = {
         cells[0]: cells[1:]
         for line in lines
