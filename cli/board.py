@@ -12,6 +12,7 @@ from cli.common import (
     JsonFlag,
     console,
     existing_store_url,
+    literal_row,
     remote_incidents,
     settings_or_fail,
 )
@@ -70,13 +71,15 @@ def _print_board(page: BoardPage) -> None:
     table = Table("incident", "playbook", "state", "level", "triggered", "waiting", "in force")
     for entry in page.items:
         table.add_row(
-            entry.incident_id,
-            f"{entry.playbook} v{entry.version}",
-            entry.state,
-            entry.level or "",
-            _when(entry.triggered_at),
-            _waiting(entry),
-            _in_force(entry),
+            *literal_row(
+                entry.incident_id,
+                f"{entry.playbook} v{entry.version}",
+                entry.state,
+                entry.level,
+                _when(entry.triggered_at),
+                _waiting(entry),
+                _in_force(entry),
+            )
         )
     console.print(table)
     if page.next_offset is not None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from cli.output import fail, user_errors
 from core.logging import configure_logging
@@ -27,6 +28,12 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 API: dict[str, str] = {}
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def literal_row(*cells: str | None) -> list[Text]:
+    """Table cells shown as they are: Rich would read `[bold]` in a reason or a platform's error
+    as markup, and a stray closing tag like `[/x]` fails the whole print."""
+    return [Text(cell or "") for cell in cells]
 
 
 def actor_name(actor: str | None) -> str:

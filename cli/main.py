@@ -20,6 +20,7 @@ from cli.common import (
     actor_name,
     console,
     existing_store_url,
+    literal_row,
     parse_inputs,
     settings_or_fail,
 )
@@ -155,21 +156,26 @@ def _print_status(status: IncidentStatus) -> None:
         f"[bold]{status.incident_id}[/bold]  state: [bold]{status.state}[/bold]  "
         f"playbook: {status.playbook} v{status.version} ({status.playbook_hash[:19]}…)"
     )
-    console.print(f"triggered by {status.triggered_by} at {status.triggered_at}")
+    console.print(
+        f"triggered by {escape(status.triggered_by or '')} at {_moment(status.triggered_at)} UTC"
+    )
     if status.stand_down:
-        console.print(f"stand-down by {status.stand_down.actor}: {status.stand_down.reason}")
+        down = status.stand_down
+        console.print(f"stand-down by {escape(down.actor)}: {escape(down.reason)}")
     _print_command_state(status)
     table = Table("step", "lever", "state", "started", "finished", "undone", "expires", "error")
     for step in status.steps:
         table.add_row(
-            step.id,
-            step.lever,
-            f"{step.state}, LIFTED by {step.lifted_by}" if step.lifted_by else step.state,
-            _clock(step.started_at),
-            _clock(step.finished_at),
-            _clock(step.undone_at),
-            _moment(step.expires_at),
-            step.error or "",
+            *literal_row(
+                step.id,
+                step.lever,
+                f"{step.state}, LIFTED by {step.lifted_by}" if step.lifted_by else step.state,
+                _clock(step.started_at),
+                _clock(step.finished_at),
+                _clock(step.undone_at),
+                _moment(step.expires_at),
+                step.error,
+            )
         )
     console.print(table)
 

@@ -11,7 +11,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import JsonFlag, actor_name, console, parse_inputs, settings_or_fail
+from cli.common import (
+    JsonFlag,
+    actor_name,
+    console,
+    literal_row,
+    parse_inputs,
+    settings_or_fail,
+)
 from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
 from core.logging import configure_logging
 from engine.errors import FileProblem, ScenarioError
@@ -233,13 +240,15 @@ def plan(
         runs = "yes" if item.runs else f"no: {item.why_not}"
         what = item.lever or (f"wait {item.wait}" if item.wait else item.kind)
         table.add_row(
-            item.order, item.id, runs, what, item.approval or "", item.lapses_after or "", item.undo
+            *literal_row(
+                item.order, item.id, runs, what, item.approval, item.lapses_after, item.undo
+            )
         )
     console.print(table)
     if made.reviews:
-        console.print(f"reviews: {made.reviews}")
+        console.print(f"reviews: {escape(made.reviews)}")
     if made.post_incident_review:
-        console.print(f"post-incident review: {made.post_incident_review}")
+        console.print(f"post-incident review: {escape(made.post_incident_review)}")
 
 
 @app.command("simulate")
@@ -290,11 +299,13 @@ def simulate(
             if k in ("level", "reason", "error", "until", "lever")
         }
         table.add_row(
-            format_offset(entry.offset_s),
-            entry.kind,
-            entry.step_id or "",
-            entry.actor or "",
-            ", ".join(f"{k}={v}" for k, v in detail.items()),
+            *literal_row(
+                format_offset(entry.offset_s),
+                entry.kind,
+                entry.step_id,
+                entry.actor,
+                ", ".join(f"{k}={v}" for k, v in detail.items()),
+            )
         )
     console.print(table)
     _print_checks(result)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import JsonFlag, console, remote_api, settings_or_fail
+from cli.common import JsonFlag, console, literal_row, remote_api, settings_or_fail
 from cli.output import fail, print_json, run_async
 from store.errors import TokenError
 
@@ -114,12 +114,14 @@ def list_tokens(
     for info in found:
         state = "active" if info.active else f"revoked {_moment(info.revoked_at)}"
         table.add_row(
-            info.id,
-            info.principal,
-            ", ".join(info.roles),
-            _moment(info.created_at),
-            _moment(info.last_used_at),
-            state,
+            *literal_row(
+                info.id,
+                info.principal,
+                ", ".join(info.roles),
+                _moment(info.created_at),
+                _moment(info.last_used_at),
+                state,
+            )
         )
     console.print(table)
 

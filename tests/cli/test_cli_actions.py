@@ -254,3 +254,18 @@ async def test_actions_refused_without_levels_reviews_or_an_open_incident(
     )
     ok(await crisis(cli_env, "stand-down", i, "--reason", "test over"))
     assert_one_line_error(await crisis(cli_env, "note", i, "late"), i, "closed")
+
+
+async def test_text_that_looks_like_markup_is_printed_as_it_is(
+    cli_env: dict[str, str], playbooks: dict[str, Path]
+) -> None:
+    """A reason or a name with `[bold]` or `[/x]` in it is shown verbatim: the terminal's markup
+    never eats it, and a stray closing tag never fails the print."""
+    i = await trigger(cli_env, playbooks["plain"], "--actor", "[b]ann")
+    reason = "calm [/bold] again [red]"
+    ok(await crisis(cli_env, "stand-down", i, "--reason", reason, "--actor", "[/x]bob"))
+    text = ok(await crisis(cli_env, "status", i)).stdout
+    assert "triggered by [b]ann at " in text, text
+    assert f"stand-down by [/x]bob: {reason}" in text, text
+    board = ok(await crisis(cli_env, "incidents", "--state", "all")).stdout
+    assert i in board, board
