@@ -98,6 +98,9 @@ class ProtocolSource:
     path: Path
     playbook: Playbook
     library: Library
+    # How the document names the file: `playbooks/x.yaml` for one in the library, not the
+    # generating machine's absolute path.
+    shown_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,9 +259,17 @@ def load_sources(refs: Iterable[str], playbooks_dir: Path) -> list[ProtocolSourc
             path=path,
             playbook=load_playbook(path, playbooks_dir),
             library=library_for(path, playbooks_dir),
+            shown_path=_shown(path, playbooks_dir),
         )
         for path in paths
     ]
+
+
+def _shown(path: Path, playbooks_dir: Path) -> str:
+    library = playbooks_dir.resolve()
+    if path.resolve().is_relative_to(library):
+        return str(path.resolve().relative_to(library.parent))
+    return str(path)
 
 
 def levers_used(playbook: Playbook) -> list[str]:
@@ -302,7 +313,7 @@ def _playbook_doc(source: ProtocolSource) -> PlaybookDoc:
         title=playbook.title,
         version=playbook.version,
         content_hash=playbook.content_hash,
-        file=str(source.path),
+        file=source.shown_path or str(source.path),
         owner=playbook.owner,
         description=playbook.description,
         inputs=[_input_doc(name, spec) for name, spec in playbook.inputs.items()],

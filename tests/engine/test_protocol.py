@@ -402,6 +402,9 @@ def test_the_shipped_library_renders(tmp_path: Path) -> None:
     assert [p.name for p in playbook_files(LIBRARY)] == [s.path.name for s in sources]
     document = build_protocol(sources)
     md, html = render_markdown(document), render_html(document)
+    # Named within the library, never by the generating machine's absolute path.
+    assert [f"playbooks/{s.path.name}" for s in sources] == [p.file for p in document.playbooks]
+    assert str(REPO) not in md and str(REPO) not in html
     for source in sources:
         for _, step in walk_steps(source.playbook):
             assert f"`{step.id}`" in md
