@@ -23,6 +23,7 @@ from workflows.incident import (
     LIFTED_UPDATE,
     REASSERT_LATER,
     REASSERT_UPDATE,
+    REFUSED_NOW,
     WAIT_CLOSED,
     LiftedNotice,
     ReassertLaterOutcome,
@@ -128,7 +129,7 @@ async def _tell(incident_id: str, update: str, request: BaseModel, update_id: st
         await handle.execute_update(update, request, id=update_id)
     except WorkflowUpdateFailedError as error:
         cause = error.cause
-        if not (isinstance(cause, ApplicationError) and cause.type == "InvalidRequest"):
+        if not (isinstance(cause, ApplicationError) and cause.type == REFUSED_NOW):
             raise
         return "refused"
     except RPCError as error:

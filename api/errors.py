@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AuthError
 from engine.errors import (
+    ActionInvalid,
     IncidentBusy,
     IncidentConflict,
     IncidentError,
@@ -33,6 +34,7 @@ ERROR_CODES: dict[type[Exception], tuple[int, str]] = {
     InputError: (422, "invalid_input"),
     IncidentNotFound: (404, "incident_not_found"),
     IncidentConflict: (409, "incident_conflict"),
+    ActionInvalid: (422, "action_invalid"),  # before its base class IncidentConflict
     IncidentBusy: (504, "incident_busy"),
     IncidentError: (502, "temporal_error"),
     # The deployment's templates or stakeholder directory are broken: nothing the client can fix.

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from cli.output import CliError
 from engine.board import BoardPage
-from engine.errors import IncidentBusy, IncidentConflict, IncidentNotFound
+from engine.errors import ActionInvalid, IncidentBusy, IncidentConflict, IncidentNotFound
 from workflows.incident import IncidentStatus, StepRecord
 
 # Each commander action (a key of engine.incidents.ACTIONS): its route and what it answers.
@@ -31,6 +31,7 @@ ROUTES: dict[str, tuple[str, type[BaseModel]]] = {
 _ENGINE_ERRORS: dict[str, type[Exception]] = {
     "incident_not_found": IncidentNotFound,
     "incident_conflict": IncidentConflict,
+    "action_invalid": ActionInvalid,
     "incident_busy": IncidentBusy,
 }
 

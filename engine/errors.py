@@ -58,6 +58,11 @@ class IncidentConflict(IncidentError):
     """The incident exists but cannot do that now (already closed, already standing down)."""
 
 
+class ActionInvalid(IncidentConflict):
+    """The incident can never take the request as asked: it names a level, step or role the
+    incident does not have (a conflict too, for callers that only ask whether it was refused)."""
+
+
 class IncidentBusy(IncidentError):
     """The incident did not answer a commander action in time (its worker is down or busy)."""
 

@@ -20,13 +20,20 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.settings import Settings
-from engine.errors import IncidentBusy, IncidentConflict, IncidentError, IncidentNotFound
+from engine.errors import (
+    ActionInvalid,
+    IncidentBusy,
+    IncidentConflict,
+    IncidentError,
+    IncidentNotFound,
+)
 from engine.library import library_for
 from engine.playbook_files import find_playbook, load_playbook
 from engine.updates import UpdateTimedOut, send_update
 from store.audit_store import AuditStore, Verification
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import (
+    REFUSED_AS_ASKED,
     SEARCH_LEVEL,
     SEARCH_PLAYBOOK,
     SEARCH_STATE,
@@ -235,7 +242,9 @@ class Incidents:
             ) from None
         except WorkflowUpdateFailedError as error:
             cause = error.cause.message if hasattr(error.cause, "message") else str(error.cause)
-            raise IncidentConflict(f"incident {incident_id}: {cause}") from None
+            as_asked = getattr(error.cause, "type", None) == REFUSED_AS_ASKED
+            refused = ActionInvalid if as_asked else IncidentConflict
+            raise refused(f"incident {incident_id}: {cause}") from None
         except RPCError as error:
             raise self._translate(incident_id, error) from None
 

@@ -24,7 +24,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
     from workflows.playbook import Step
 
-from workflows.incident_run import IncidentRun, check_lengths, invalid_request, iso, parse_iso
+from workflows.incident_run import (
+    IncidentRun,
+    bad_argument,
+    check_lengths,
+    invalid_request,
+    iso,
+    parse_iso,
+)
 
 
 class CommanderActions(IncidentRun):
@@ -77,7 +84,7 @@ class CommanderActions(IncidentRun):
         step, record = self._awaiting(request.step_id)
         assert step.approval is not None
         if request.role not in step.approval.roles:
-            raise invalid_request(
+            raise bad_argument(
                 f"role {request.role!r} cannot approve {step.id} "
                 f"(roles: {', '.join(step.approval.roles)})"
             )
@@ -107,13 +114,13 @@ class CommanderActions(IncidentRun):
         step, _ = self._awaiting(request.step_id)
         assert step.approval is not None
         if request.role not in step.approval.roles:
-            raise invalid_request(f"role {request.role!r} cannot reject {step.id}")
+            raise bad_argument(f"role {request.role!r} cannot reject {step.id}")
 
     def _awaiting(self, step_id: str) -> tuple[Step, StepRecord]:
         self._check_open()
         step = self._steps_by_id.get(step_id)
         if not isinstance(step, Step) or step.approval is None:
-            raise invalid_request(f"step {step_id!r} does not exist or needs no approval")
+            raise bad_argument(f"step {step_id!r} does not exist or needs no approval")
         record = self._records[step_id]
         if record.state != "awaiting_approval":
             raise invalid_request(f"step {step_id} is not awaiting approval (it is {record.state})")
@@ -144,10 +151,10 @@ class CommanderActions(IncidentRun):
         self._check_open()
         levels, rank = self._pb.levels, self._pb.level_rank(self._level)
         if not levels:
-            raise invalid_request(f"playbook {self._pb.playbook} has no levels")
+            raise bad_argument(f"playbook {self._pb.playbook} has no levels")
         if request.to_level is not None:
             if request.to_level not in levels:
-                raise invalid_request(
+                raise bad_argument(
                     f"unknown level {request.to_level!r} (levels: {', '.join(levels)})"
                 )
             target = levels.index(request.to_level)
@@ -200,11 +207,11 @@ class CommanderActions(IncidentRun):
         self._check_open()
         record = self._records.get(request.step_id)
         if record is None or record.kind != "lever":
-            raise invalid_request(f"no measure {request.step_id!r} in this incident")
+            raise bad_argument(f"no measure {request.step_id!r} in this incident")
         step = self._steps_by_id[request.step_id]
         assert isinstance(step, Step)
         if step.expires_after is None:
-            raise invalid_request(
+            raise bad_argument(
                 f"measure {request.step_id} has no expiry to renew (no expires_after)"
             )
         if record.state not in ("applied", "expired"):
@@ -222,7 +229,7 @@ class CommanderActions(IncidentRun):
         try:
             duration = parse_renewal(request.duration)
         except ValueError as error:
-            raise invalid_request(str(error)) from None
+            raise bad_argument(str(error)) from None
         # Renewing pushes the lapse out; one that would bring it forward is refused, not taken
         # for a shorter renewal (the measure would lapse sooner than the commander expects).
         if record.state == "applied" and record.expires_at is not None:
@@ -251,7 +258,7 @@ class CommanderActions(IncidentRun):
         check_lengths(request.actor, ("note", request.note, MAX_TEXT_CHARS))
         self._check_open()
         if self._pb.reviews is None:
-            raise invalid_request(f"playbook {self._pb.playbook} has no reviews")
+            raise bad_argument(f"playbook {self._pb.playbook} has no reviews")
 
     @workflow.update
     def add_note(self, request: NoteRequest) -> IncidentStatus:

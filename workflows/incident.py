@@ -21,6 +21,10 @@ REASSERT_UPDATE = "reassert"  # the update a later incident is sent by that acti
 LIFTED_UPDATE = "overlap_lifted"
 WAIT_CLOSED = "wait_closed"
 WORKFLOW_NAME = "CrisisWorkflow"
+# How a commander action's validator refuses (the failure's type): the incident cannot take it
+# now (HTTP 409), or can never take it as asked (an unknown level, step or role: HTTP 422).
+REFUSED_NOW = "InvalidRequest"
+REFUSED_AS_ASKED = "InvalidArgument"
 
 # Search attributes, so the Temporal UI and visibility queries can filter incidents. They must be
 # registered on the namespace (the embedded dev server is started with them).

@@ -29,6 +29,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.expressions import ExpressionError, evaluate
     from workflows.expressions import parse as parse_expression
     from workflows.incident import (
+        REFUSED_AS_ASKED,
+        REFUSED_NOW,
         SEARCH_LEVEL,
         SEARCH_STATE,
         IncidentInput,
@@ -79,8 +81,15 @@ def parse_iso(text: str) -> datetime:
 
 
 def invalid_request(message: str) -> ApplicationError:
-    # Raised by validators: the update is refused and never enters the history.
-    return ApplicationError(message, type="InvalidRequest", non_retryable=True)
+    # Raised by validators: the update is refused and never enters the history. The incident
+    # cannot take the request now (it is closing, the step is not waiting, ...).
+    return ApplicationError(message, type=REFUSED_NOW, non_retryable=True)
+
+
+def bad_argument(message: str) -> ApplicationError:
+    # As invalid_request, for a request this incident can never take as asked: it names a level,
+    # step or role the incident does not have, or text too long to keep.
+    return ApplicationError(message, type=REFUSED_AS_ASKED, non_retryable=True)
 
 
 def check_lengths(actor: str, *texts: tuple[str, str | None, int]) -> None:
@@ -88,7 +97,7 @@ def check_lengths(actor: str, *texts: tuple[str, str | None, int]) -> None:
     (the API refuses it first; this is for callers that reach the workflow directly)."""
     for what, text, limit in (("actor", actor, MAX_NAME_CHARS), *texts):
         if text is not None and len(text) > limit:
-            raise invalid_request(f"{what} is too long: {len(text)} characters (at most {limit})")
+            raise bad_argument(f"{what} is too long: {len(text)} characters (at most {limit})")
 
 
 class IncidentRun:

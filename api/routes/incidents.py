@@ -183,7 +183,12 @@ ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such incident (`incident_not_found`)"},
     409: {
         "model": ErrorOut,
-        "description": "Refused by the incident, with its reason (`incident_conflict`)",
+        "description": "Refused by the incident now, with its reason (`incident_conflict`)",
+    },
+    422: {
+        "model": ErrorOut,
+        "description": "The body is invalid (`invalid_request`), or names a level, step or role "
+        "the incident does not have (`action_invalid`)",
     },
 }
 

@@ -16,6 +16,7 @@ from api.auth import AuthError
 from api.web.render import render
 from api.web.session import BadForm, SignInRequired, clear_session, set_flash
 from engine.errors import (
+    ActionInvalid,
     IncidentBusy,
     IncidentConflict,
     IncidentError,
@@ -32,6 +33,7 @@ PAGE_ERRORS: list[tuple[type[Exception], int, str]] = [
     (IncidentNotFound, 404, "No such incident"),
     (PlaybookNotFound, 404, "No such playbook"),
     (PlaybookInvalid, 422, "The playbook file is invalid"),
+    (ActionInvalid, 422, "Refused by the incident"),
     (IncidentConflict, 409, "Refused by the incident"),
     (IncidentBusy, 504, "The incident did not answer in time"),
     (IncidentError, 502, "Temporal did not answer"),

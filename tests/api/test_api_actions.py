@@ -80,7 +80,15 @@ def answer(response: httpx.Response) -> dict[str, Any]:
 
 
 def conflict(response: httpx.Response, *fragments: str) -> None:
+    """Refused by the incident now (it may take it in another state)."""
     message = assert_error(response, 409, "incident_conflict")
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def invalid(response: httpx.Response, *fragments: str) -> None:
+    """Refused by the incident as asked: it names what the incident does not have."""
+    message = assert_error(response, 422, "action_invalid")
     for fragment in fragments:
         assert fragment in message, message
 
@@ -103,18 +111,19 @@ def step(status: dict[str, Any], step_id: str) -> dict[str, Any]:
 
 async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox, tokens: Tokens) -> None:
     """Two distinct approvers in the step's roles let it run; a rejection skips a step; every
-    refused request is 409 with the workflow's reason."""
+    refused request is 409 (or 422, if it names what the incident does not have) with the
+    workflow's reason."""
     bob = tokens.token("bob")  # policy-lead
     ivan = tokens.issue("ivan", "commander", "intern")
     i = await trigger(api, "commander-actions", level="elevated")
     await status_when(api, i, lambda s: s["throttle"] == "awaiting_approval")
 
-    conflict(
+    invalid(
         await act(api, i, "approve", step_id="throttle", role="intern", token=ivan),
         i,
         "role 'intern' cannot approve throttle (roles: commander, policy-lead)",
     )
-    conflict(
+    invalid(
         await act(api, i, "approve", step_id="surge", role="commander"),
         "step 'surge' does not exist or needs no approval",
     )
@@ -122,7 +131,7 @@ async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox, toke
         await act(api, i, "approve", step_id="surge-hate", role="commander"),
         "step surge-hate is not awaiting approval (it is pending)",
     )
-    conflict(
+    invalid(
         await act(api, i, "reject", step_id="throttle", role="intern", reason="no", token=ivan),
         "role 'intern' cannot reject throttle",
     )
@@ -189,7 +198,7 @@ async def test_levels_renew_review_and_notes(
         await act(api, i, "escalate", reason="x", to_level="severe"),
         "severe is not above the current level critical",
     )
-    conflict(
+    invalid(
         await act(api, i, "de-escalate", reason="x", to_level="nope"),
         "unknown level 'nope' (levels: elevated, severe, critical)",
     )
@@ -202,11 +211,18 @@ async def test_levels_renew_review_and_notes(
     renewed = answer(await act(api, i, "renew", step_id="surge", duration="3h", reason="hot"))
     assert ("surge", "applied") == (renewed["id"], renewed["state"])
     assert renewed["expires_at"] > step(status, "surge")["expires_at"]
-    for body, reason in (
-        ({"step_id": "nope"}, "no measure 'nope' in this incident"),
-        ({"step_id": "throttle"}, "measure throttle is awaiting_approval: only an applied"),
-    ):
-        conflict(await act(api, i, "renew", **{"duration": "1h", "reason": "x", **body}), reason)
+    renewal = {"duration": "1h", "reason": "x"}
+    invalid(
+        await act(api, i, "renew", step_id="nope", **renewal), "no measure 'nope' in this incident"
+    )
+    conflict(
+        await act(api, i, "renew", step_id="throttle", **renewal),
+        "measure throttle is awaiting_approval: only an applied",
+    )
+    conflict(
+        await act(api, i, "renew", step_id="surge", duration="1m", reason="x"),
+        "a renewal only pushes the expiry out",
+    )
     # A duration that is no renewal is the request's fault: 422 before the incident is asked.
     for duration, reason in (
         ("a while", "invalid duration 'a while'"),
@@ -240,12 +256,12 @@ async def test_levels_renew_review_and_notes(
 
 
 async def test_refusals_and_errors(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
-    """Actions the playbook cannot take are 409; unknown incidents 404; bad bodies 422; a closed
-    incident refuses notes; a trigger at an undeclared level is 422."""
+    """Actions the playbook cannot take are 422, as a trigger at an undeclared level is; unknown
+    incidents 404; bad bodies 422; a closed incident refuses notes (409)."""
     i = await trigger(api, "plain")
-    conflict(await act(api, i, "confirm-review"), i, "playbook plain has no reviews")
-    conflict(await act(api, i, "escalate", reason="x"), "playbook plain has no levels")
-    conflict(await act(api, i, "de-escalate", reason="x"), "playbook plain has no levels")
+    invalid(await act(api, i, "confirm-review"), i, "playbook plain has no reviews")
+    invalid(await act(api, i, "escalate", reason="x"), "playbook plain has no levels")
+    invalid(await act(api, i, "de-escalate", reason="x"), "playbook plain has no levels")
     at_level = await api.post("/v1/incidents", json={"playbook": "plain", "level": "severe"})
     assert "unknown level 'severe'" in assert_error(at_level, 422, "invalid_input")
 
@@ -268,7 +284,7 @@ async def test_refusals_and_errors(api: httpx.AsyncClient, sandbox: Sandbox) -> 
     no_step = await act(api, i, "approve", role="commander")
     assert "step_id" in assert_error(no_step, 422, "invalid_request")
     # Without a role the principal's own is used; this step needs no approval at all.
-    conflict(
+    invalid(
         await act(api, i, "approve", step_id="surge"),
         "step 'surge' does not exist or needs no approval",
     )
