@@ -267,5 +267,5 @@ async def test_text_that_looks_like_markup_is_printed_as_it_is(
     text = ok(await crisis(cli_env, "status", i)).stdout
     assert "triggered by [b]ann at " in text, text
     assert f"stand-down by [/x]bob: {reason}" in text, text
-    board = ok(await crisis(cli_env, "incidents", "--state", "all")).stdout
+    board = ok(await crisis(cli_env, "incidents", "--state", "all", "--playbook", "plain")).stdout
     assert i in board, board
