@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from workflows.durations import parse_duration
+from workflows.durations import format_duration, parse_duration
 from workflows.expressions import ExpressionError, evaluate
 from workflows.expressions import parse as parse_expression
 from workflows.levers import LEVERS
@@ -146,11 +146,5 @@ def _plan_step(
 def _spelled_out(duration: str) -> str:
     """`48h (2d)`, `90m (1h30m)`: the playbook's duration and, where it reads differently, the
     same length in days, hours, minutes and seconds; `12h` as it is."""
-    milliseconds = round(parse_duration(duration).total_seconds() * 1000)
-    parts = []
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
-        count, milliseconds = divmod(milliseconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    exact = "".join(parts) or "0s"
+    exact = format_duration(parse_duration(duration).total_seconds())
     return duration if exact == duration.replace(" ", "") else f"{duration} ({exact})"

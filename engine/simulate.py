@@ -51,7 +51,7 @@ from sandbox.app import create_app
 from sandbox.server import serving_in_thread
 from store.audit_store import AuditStore
 from store.seals import Signer
-from workflows.durations import parse_duration
+from workflows.durations import format_duration, parse_duration
 from workflows.incident import IncidentStatus, StepState
 from workflows.levers import is_notification
 from workflows.playbook import Playbook, Step, walk_steps
@@ -693,9 +693,4 @@ async def _integrity(
 
 def format_offset(seconds: float) -> str:
     """`+0s`, `+5m`, `+2h30m`, `+1d6h`: offsets as playbooks write durations."""
-    whole = round(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")) if v]
-    return "+" + ("".join(parts) or "0s")
+    return "+" + format_duration(seconds)

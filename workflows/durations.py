@@ -13,6 +13,16 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 LONGEST = timedelta(days=36_500)
 
 
+def format_duration(seconds: float) -> str:
+    """`0s`, `5m`, `2h30m`, `1d6h`: a length as playbooks write durations (to the second)."""
+    whole = round(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")) if v]
+    return "".join(parts) or "0s"
+
+
 @lru_cache(maxsize=1024)  # a playbook has a handful of distinct durations, read at every step
 def parse_duration(text: str) -> timedelta:
     """Parse `15m`, `6h`, `1h30m` into a timedelta; raise ValueError on anything else."""
