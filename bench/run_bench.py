@@ -138,6 +138,12 @@ from bench.baseline import (  # noqa: E402
     violent_disorder,
 )
 from bench.diagnose import DIAGNOSTIC_MODULE, DIAGNOSTIC_WORKFLOWS  # noqa: E402
+from bench.instructions import OUT_ENV as CALLGRIND_OUT_ENV  # noqa: E402
+from bench.instructions import (  # noqa: E402
+    InstructionCounter,
+    InstructionCountError,
+    run_under_callgrind,
+)
 from bench.script import STOPPED_STATUS, positive_int, stop_on_sigterm  # noqa: E402
 from core.heap import freeze_startup_heap  # noqa: E402
 from core.logging import configure_logging  # noqa: E402
@@ -552,6 +558,7 @@ class Env:
     warnings: WarningCounter
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     largest_burst: int = 0  # incidents at once of the largest burst run so far (warm-up)
+    instructions: InstructionCounter | None = None  # --count-instructions
 
     def settings_for(self, task_queue: str) -> Settings:
         return self.settings.model_copy(update={"task_queue": task_queue})
@@ -830,11 +837,15 @@ async def throughput_run(
     gate = asyncio.Semaphore(concurrency)
     cpu_before, pressure_before = env.cpu(), cpu_pressure_us()
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    counting = env.instructions is not None and not phase.endswith("-warmup")
+    if counting:
+        env.instructions.start()
     t0 = time.perf_counter()
     results = await asyncio.gather(
         *(lifecycle(env, variant, new_id(variant.name, phase, i), gate) for i in range(n)),
         return_exceptions=True,
     )
+    instructions = env.instructions.stop() if counting else None
     runs = [r for r in results if isinstance(r, Run)]
     errors = [f"{type(r).__name__}: {r}"[:200] for r in results if not isinstance(r, Run)]
     wall = (max(r.done for r in runs) - t0) if runs else math.nan
@@ -864,6 +875,10 @@ async def throughput_run(
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         # The bench process's: many mean its heap grew during the run (a first burst does).
         "minor_page_faults": faults,
+        # --count-instructions: the bench process's, all threads (the children are not counted)
+        "instructions_per_incident": (
+            round(instructions / max(1, len(runs))) if instructions is not None else None
+        ),
         "sandbox_stats": state["stats"],
         "sdk_warnings": env.warnings.take(),
         "slowest_incident": await timeline(env, slowest.incident_id) if slowest else None,
@@ -952,6 +967,15 @@ def compare(
             for name in (a, b):
                 paired[name].append(by_name[name]["incidents_per_s"])
     known = [x for x in pairs if x is not None]
+    counted = {name: _mean_instructions(runs, name) for name in (a, b)}
+    by_instructions = None
+    if counted[a] and counted[b]:
+        # Work per incident, inverted to read as the rate ratio does when the CPU is the limit.
+        by_instructions = {
+            "per_incident": {keys[0]: counted[a], keys[1]: counted[b]},
+            "ratio": round(counted[b] / counted[a], 4),
+            "met": counted[b] / counted[a] >= threshold,
+        }
     return {
         keys[0]: mean_rate(runs, a),
         keys[1]: mean_rate(runs, b),
@@ -962,8 +986,15 @@ def compare(
         "goal": goal,
         "met": value is not None and value >= threshold and complete,
         "all_completed": complete,
+        "by_instructions": by_instructions,
         "runs": runs,
     }
+
+
+def _mean_instructions(runs: list[dict[str, Any]], name: str) -> float | None:
+    counts = [r["instructions_per_incident"] for r in runs if r["variant"] == name]
+    known = [c for c in counts if c is not None]
+    return round(statistics.fmean(known)) if known and len(known) == len(counts) else None
 
 
 # --- 3. replay ----------------------------------------------------------------------------------
@@ -1044,6 +1075,13 @@ async def replay(env: Env, steps: int, replays: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             await replayers[name].replay_workflow(histories[name])
             times[name].append((time.perf_counter() - t0) * 1000)
+    counted: dict[str, int] = {}
+    if env.instructions is not None:  # a few replays of each, every instruction of them counted
+        for name, replayer in replayers.items():
+            env.instructions.start()
+            for _ in range(COUNTED_REPLAYS):
+                await replayer.replay_workflow(histories[name])
+            counted[name] = round(env.instructions.stop() / COUNTED_REPLAYS)
     out: dict[str, Any] = {}
     for name, history in histories.items():
         by_kind: dict[str, int] = {}
@@ -1058,8 +1096,13 @@ async def replay(env: Env, steps: int, replays: int) -> dict[str, Any]:
             "protobuf_bytes_by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         }
     value = ratio(out["interpreter"]["median"], out["baseline"]["median"])
+    by_instructions = None
+    if counted:
+        work = counted["interpreter"] / counted["baseline"]
+        by_instructions = {"per_replay": counted, "ratio": round(work, 4), "met": work <= 1.10}
     out.update(
         {
+            "by_instructions": by_instructions,
             "steps": steps,
             "replays": replays,
             "ratio": value,
@@ -1179,6 +1222,7 @@ class Counts:
 
 
 SECTIONS = ["first_lever", "throughput", "replay", "audit"]
+COUNTED_REPLAYS = 3  # --count-instructions: replays of each variant counted (a replay repeats)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Counts]:
@@ -1245,6 +1289,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
         default="warning",
         help="structlog level of the worker in this process (default warning)",
     )
+    parser.add_argument(
+        "--count-instructions",
+        action="store_true",
+        help="run under valgrind's callgrind and also count the instructions this process "
+        "executes per incident (throughput, audit) and per replay: figures the machine's other "
+        "load does not move; about fifty times slower, so pass small counts",
+    )
     parser.add_argument("--output", type=Path, help="also write the JSON to this file")
     parser.add_argument(
         "--in-place",
@@ -1257,6 +1308,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Count
         help="keep the temp dir (server and sandbox logs, databases)",
     )
     args = parser.parse_args(argv)
+    if args.count_instructions and "first_lever" in (args.only or SECTIONS):
+        parser.error(
+            "--count-instructions counts throughput, audit and replay, not latency: pass --only"
+        )
     if args.variant and (args.only != ["throughput"] or args.diagnose):
         parser.error("--variant runs the throughput section alone: pass --only throughput")
     quick = args.quick
@@ -1313,6 +1368,8 @@ async def bench(args: argparse.Namespace, counts: Counts, tmp: Path) -> dict[str
         client = Client(**{**product_client.config(), "interceptors": [hook]})
         async with httpx.AsyncClient(base_url=settings.sandbox_url, timeout=30) as admin:
             env = Env(tmp, client, hook, settings, admin, Tracker(), warnings, children)
+            if args.count_instructions:
+                env.instructions = InstructionCounter()
             freeze_startup_heap()  # as the shipped worker process does once it is ready
 
             if "first_lever" in sections:
@@ -1382,6 +1439,9 @@ async def bench(args: argparse.Namespace, counts: Counts, tmp: Path) -> dict[str
                 rates = {name: mean_rate(runs, name) for name in names}
                 diagnostics["throughput_variants"] = {
                     "incidents_per_s": rates,
+                    "instructions_per_incident": {
+                        name: _mean_instructions(runs, name) for name in names
+                    },
                     "ratio_to_baseline": {k: ratio(v, rates["baseline"]) for k, v in rates.items()},
                     "runs": runs,
                 }
@@ -1446,6 +1506,13 @@ def human(result: dict[str, Any]) -> str:
         lines.append(
             f"{key}: {text}; ratio {figure['ratio']}{within} (goal {figure['goal']}: {verdict})"
         )
+        work = figure.get("by_instructions")
+        if work:
+            counts = work.get("per_incident") or work.get("per_replay")
+            lines.append(
+                f"  by instructions: {a} {counts[a]:,} vs {b} {counts[b]:,}; "
+                f"ratio {work['ratio']} ({'met' if work['met'] else 'MISSED'})"
+            )
     variants = result.get("diagnostics", {}).get("throughput_variants")
     if variants:
         lines.append(f"diagnose (ratio to baseline): {variants['ratio_to_baseline']}")
@@ -1454,6 +1521,14 @@ def human(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args, counts = parse_args(argv)
+    if args.count_instructions and not os.environ.get(CALLGRIND_OUT_ENV):
+        # Before anything starts: this script again, as a child under callgrind.
+        try:
+            script = str(Path(__file__).resolve())
+            sys.exit(run_under_callgrind([script, *sys.argv[1:]], keep=args.keep_tmp))
+        except InstructionCountError as error:
+            log(f"error: {error}")
+            sys.exit(2)
     # stdout carries the JSON and nothing else: keep a copy of it, and send everything else
     # that would be written to fd 1 (libraries, the SDK core) to stderr.
     json_out = os.fdopen(os.dup(1), "w")

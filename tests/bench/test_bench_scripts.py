@@ -100,6 +100,32 @@ def test_run_bench_runs_one_variant_alone_for_a_profiler(tmp_path: Path) -> None
     assert figure["ratio"] is None and figure["met"] is False
 
 
+def test_run_bench_counts_the_instructions_of_each_replay(tmp_path: Path) -> None:
+    """`--count-instructions`: under callgrind, a replay of each variant is counted, and a
+    longer history costs more instructions than a shorter one."""
+    counted = {}
+    for steps in ("2", "6"):
+        result = json_of(
+            run_script(
+                tmp_path,
+                "bench/run_bench.py",
+                "--only=replay",
+                f"--replay-steps={steps}",
+                "--replays=1",
+                "--count-instructions",
+                "--in-place",
+            )
+        )
+        work = result["replay_ms_50_steps"]["by_instructions"]
+        per_replay = work["per_replay"]
+        assert per_replay["interpreter"] > 1_000_000 and per_replay["baseline"] > 1_000_000, work
+        assert work["ratio"] == round(per_replay["interpreter"] / per_replay["baseline"], 4)
+        counted[steps] = per_replay
+    for variant in ("interpreter", "baseline"):
+        assert counted["6"][variant] > counted["2"][variant], counted
+    assert not list(tmp_path.glob("crisis-bench-callgrind-*")), "its dumps are left behind"
+
+
 def test_api_latency_reports_each_figure_beside_its_in_process_baseline(tmp_path: Path) -> None:
     result = json_of(
         run_script(
@@ -142,6 +168,10 @@ def test_replay_compare_verifies_the_history_it_times(tmp_path: Path) -> None:
         (
             ("bench/run_bench.py", "--variant=baseline", "--in-place"),
             "--variant runs the throughput section alone",
+        ),
+        (
+            ("bench/run_bench.py", "--count-instructions", "--in-place"),
+            "--count-instructions counts throughput, audit and replay",
         ),
     ],
 )
