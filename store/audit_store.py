@@ -286,6 +286,10 @@ def _add_seal(conn: Connection, sql: _WritePath, seal: Seal) -> bool:
     return True
 
 
+# What json.dumps(data, sort_keys=True, default=str) builds anew for every row.
+_DATA_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def _row(item: AuditEvent, task: int, now: datetime) -> dict[str, Any]:
     return {
         "incident_id": item.incident_id,
@@ -294,7 +298,7 @@ def _row(item: AuditEvent, task: int, now: datetime) -> dict[str, Any]:
         "at": item.at,
         "actor": item.actor,
         "step_id": item.step_id,
-        "data": json.dumps(item.data, sort_keys=True, default=str),
+        "data": _DATA_JSON.encode(item.data),
         "prev_hash": item.prev_hash,
         "hash": item.hash,
         "recorded_at": now,

@@ -37,10 +37,19 @@ class Seal(BaseModel):
     signature: str  # base64
 
     def message(self) -> bytes:
-        body = {
-            k: getattr(self, k) for k in ("incident_id", "seq", "head_hash", "sealed_at", "reason")
-        }
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return seal_message(self.incident_id, self.seq, self.head_hash, self.sealed_at, self.reason)
+
+
+def seal_message(incident_id: str, seq: int, head_hash: str, sealed_at: str, reason: str) -> bytes:
+    """What a seal signs: its fields but the key and the signature, as canonical JSON."""
+    body = {
+        "incident_id": incident_id,
+        "seq": seq,
+        "head_hash": head_hash,
+        "sealed_at": sealed_at,
+        "reason": reason,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -113,17 +122,17 @@ class Signer:
         return key
 
     def seal(self, head: AuditEvent, *, reason: str) -> Seal:
-        unsigned = Seal(
+        sealed_at = datetime.now(UTC).isoformat()
+        message = seal_message(head.incident_id, head.seq, head.hash, sealed_at, reason)
+        return Seal(
             incident_id=head.incident_id,
             seq=head.seq,
             head_hash=head.hash,
-            sealed_at=datetime.now(UTC).isoformat(),
+            sealed_at=sealed_at,
             reason=reason,
             key_id=self.key_id,
-            signature="",
+            signature=base64.b64encode(self._key.sign(message)).decode(),
         )
-        signature = self._key.sign(unsigned.message())
-        return unsigned.model_copy(update={"signature": base64.b64encode(signature).decode()})
 
 
 @dataclass
