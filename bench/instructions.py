@@ -50,7 +50,9 @@ def run_under_callgrind(argv: list[str], *, keep: bool = False) -> int:
         sys.executable,
         *argv,
     ]
-    child = subprocess.Popen(command, env={**os.environ, OUT_ENV: str(directory / "callgrind.out")})
+    # A fixed hash seed: the same sets and dicts in the same order, run after run.
+    env = {"PYTHONHASHSEED": "0", **os.environ, OUT_ENV: str(directory / "callgrind.out")}
+    child = subprocess.Popen(command, env=env)
 
     # Ctrl-C and SIGTERM go to the child, which stops its server and sandbox and leaves.
     def forward(number: int, _frame: object) -> None:
