@@ -6,6 +6,7 @@ its own directory's files when it has them, else the library's.
 
 from __future__ import annotations
 
+import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +205,10 @@ def _sends(playbook: Playbook) -> list[Step]:
     return calls
 
 
-_cache: dict[Path, tuple[tuple[int, int], Library]] = {}
+_cache: dict[str, tuple[tuple[int, int], Library]] = {}
+# A directory's two library files as strings: every trigger stats them (twice), and building
+# the paths with pathlib cost more than the system calls.
+_files: dict[Path, tuple[str, str]] = {}
 
 
 def library_for(playbook_file: Path, default_dir: Path) -> Library:
@@ -222,23 +226,29 @@ def load_library(directory: Path) -> Library:
 
 def _stamp(directory: Path) -> tuple[int, int]:
     """When the directory's templates and stakeholders files last changed (0: no such file)."""
-    return _mtime(directory / TEMPLATES_FILE), _mtime(directory / STAKEHOLDERS_FILE)
+    files = _files.get(directory)
+    if files is None:
+        files = _files[directory] = (
+            os.path.join(directory, TEMPLATES_FILE),
+            os.path.join(directory, STAKEHOLDERS_FILE),
+        )
+    return _mtime(files[0]), _mtime(files[1])
 
 
-def _mtime(path: Path) -> int:
+def _mtime(path: str) -> int:
     try:
-        found = path.stat()
+        found = os.stat(path)
     except OSError:
         return 0
     return found.st_mtime_ns if stat.S_ISREG(found.st_mode) else 0
 
 
 def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
-    files = [directory / TEMPLATES_FILE, directory / STAKEHOLDERS_FILE]
-    key = directory.absolute()
+    key = os.path.abspath(directory)
     cached = _cache.get(key)
     if cached and cached[0] == stamp:
         return cached[1]
+    files = [directory / TEMPLATES_FILE, directory / STAKEHOLDERS_FILE]
     templates, positions = _read(files[0], MessageTemplate)
     library = Library(
         templates=templates,
