@@ -101,28 +101,24 @@ def test_run_bench_runs_one_variant_alone_for_a_profiler(tmp_path: Path) -> None
 
 
 def test_run_bench_counts_the_instructions_of_each_replay(tmp_path: Path) -> None:
-    """`--count-instructions`: under callgrind, a replay of each variant is counted, and a
-    longer history costs more instructions than a shorter one."""
-    counted = {}
-    for steps in ("2", "6"):
-        result = json_of(
-            run_script(
-                tmp_path,
-                "bench/run_bench.py",
-                "--only=replay",
-                f"--replay-steps={steps}",
-                "--replays=1",
-                "--count-instructions",
-                "--in-place",
-            )
+    """`--count-instructions`: under callgrind, a replay of each variant is counted; the
+    interpreter, which also builds and hashes its audit trail, does more than the baseline."""
+    result = json_of(
+        run_script(
+            tmp_path,
+            "bench/run_bench.py",
+            "--only=replay",
+            "--replay-steps=3",
+            "--replays=1",
+            "--count-instructions",
+            "--in-place",
         )
-        work = result["replay_ms_50_steps"]["by_instructions"]
-        per_replay = work["per_replay"]
-        assert per_replay["interpreter"] > 1_000_000 and per_replay["baseline"] > 1_000_000, work
-        assert work["ratio"] == round(per_replay["interpreter"] / per_replay["baseline"], 4)
-        counted[steps] = per_replay
-    for variant in ("interpreter", "baseline"):
-        assert counted["6"][variant] > counted["2"][variant], counted
+    )
+
+    work = result["replay_ms_50_steps"]["by_instructions"]
+    per_replay = work["per_replay"]
+    assert per_replay["interpreter"] > per_replay["baseline"] > 1_000_000, work
+    assert work["ratio"] == round(per_replay["interpreter"] / per_replay["baseline"], 4)
     assert not list(tmp_path.glob("crisis-bench-callgrind-*")), "its dumps are left behind"
 
 
