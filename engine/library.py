@@ -205,7 +205,7 @@ def _sends(playbook: Playbook) -> list[Step]:
     return calls
 
 
-_cache: dict[str, tuple[tuple[int, int], Library]] = {}
+_cache: dict[Path, tuple[tuple[int, int], Library]] = {}
 # A directory's two library files as strings: every trigger stats them (twice), and building
 # the paths with pathlib cost more than the system calls.
 _files: dict[Path, tuple[str, str]] = {}
@@ -244,7 +244,8 @@ def _mtime(path: str) -> int:
 
 
 def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
-    key = os.path.abspath(directory)
+    # Not normalised (as os.path.abspath would): `a/link/..` is not `a`.
+    key = directory.absolute()
     cached = _cache.get(key)
     if cached and cached[0] == stamp:
         return cached[1]

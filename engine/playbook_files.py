@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ LIBRARY_FILES = (TEMPLATES_FILE, STAKEHOLDERS_FILE)  # beside the playbooks, not
 # Parsed playbooks by file, valid while the file's mtime and size are unchanged: a trigger should
 # not spend milliseconds re-parsing YAML that has not changed. An edited file is read again, and
 # so is one whose library changed (an edited template may no longer render for it).
-_parsed: dict[tuple[str, Path | None], tuple[tuple[int, int], Playbook, Library | None]] = {}
+_parsed: dict[tuple[Path, Path | None], tuple[tuple[int, int], Playbook, Library | None]] = {}
 
 
 def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
@@ -35,7 +34,7 @@ def load_playbook(path: Path, library_dir: Path | None = None) -> Playbook:
             [FileProblem(path, 1, 1, f"cannot read file: {error.strerror or error}")]
         ) from None
     # The absolute path, not the resolved one: resolving costs a system call per component.
-    version, key = (stat.st_mtime_ns, stat.st_size), (os.path.abspath(path), library_dir)
+    version, key = (stat.st_mtime_ns, stat.st_size), (path.absolute(), library_dir)
     cached = _parsed.get(key)
     if cached is not None and cached[0] == version and cached[2] is _library(path, library_dir):
         return cached[1]
