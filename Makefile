@@ -27,8 +27,11 @@ install-dev: $(VENV)/.installed-dev
 up: install
 	$(BIN)/crisis up
 
+# Test processes: each starts its own Temporal dev server and sandbox.
+TEST_WORKERS ?= 2
+
 test: install-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 bench: install-dev
 	$(BIN)/python bench/run_bench.py

@@ -38,6 +38,8 @@ POSTGRES_URL = os.environ.get(
 # --- the SDK's exit crash (temporalio/sdk-python#300) ---------------------------------------
 # After a Temporal client has been used the interpreter can die at exit (134/139) although every
 # test passed. Keep pytest's real status and leave with os._exit once everything is flushed.
+# Under pytest-xdist (`make test`) only the workers use clients, and a worker's results reach
+# the controller before it exits: the controller is the process whose status counts.
 _exit_status: dict[str, int] = {}
 
 

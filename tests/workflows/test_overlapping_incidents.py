@@ -316,10 +316,17 @@ async def test_a_lapse_while_the_later_incident_stands_down_is_restored_once_it_
     incidents = Incidents(client, settings)
     before = settings_of(await sandbox.state())
     files = {}
-    for name, body in (("earlier", ONLY_X.replace("2h", "3s")), ("later", BOTH)):
+    for name, body in (("earlier", ONLY_X.replace("2h", "5s")), ("later", BOTH)):
         files[name] = tmp_path / f"{name}.yaml"
         files[name].write_text(HEADER + body)
     earlier = (await incidents.trigger(str(files["earlier"]), {}, actor="alice")).incident_id
+
+    async def earlier_applied() -> None:
+        assert "applied" == step(await incidents.status(earlier), "x").state
+
+    # The later measure must land over the earlier one: on a busy machine the later incident's
+    # lever could otherwise reach the platform first (and there is then nothing to hand back).
+    await assert_eventually(earlier_applied, timeout=10, interval=0.05)
     later = (await incidents.trigger(str(files["later"]), {}, actor="alice")).incident_id
 
     async def applied() -> datetime:
