@@ -47,7 +47,7 @@ class AuditWriter:
         if closed or head.seq // SEAL_EVERY > (first.seq - 1) // SEAL_EVERY:
             seal = self._signer.seal(head, reason="closed" if closed else "checkpoint")
         try:
-            result = await self._append(Write(batch.events, batch.task, seal))
+            result = await self._append(Write(batch.events, batch.task, seal, batch.task_time))
         except AuditConflict as error:
             # The record disagrees with the workflow: never overwrite it. Keep failing loudly
             # (the workflow retries) until a person looks; the levers carry on meanwhile.

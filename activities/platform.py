@@ -167,7 +167,8 @@ class PlatformLevers:
         if self._audit is None:
             return None
         if request.audit is not None and request.audit.events:
-            return AuditBatch(events=request.audit.events, task=request.audit.task)
+            carry = request.audit
+            return AuditBatch(events=carry.events, task=carry.task, task_time=carry.task_time)
         return request.lent
 
     async def _write_carried(
@@ -183,7 +184,7 @@ class PlatformLevers:
         if carry is None or self._audit is None:
             return None
         events = [*carry.events, *carried_events(carry, elapsed_s=elapsed, previous=previous)]
-        batch = AuditBatch(events=events, task=carry.task)
+        batch = AuditBatch(events=events, task=carry.task, task_time=carry.task_time)
         return await self._write(batch, time.monotonic() - elapsed, "carried", bound)
 
     async def _write(

@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -122,9 +123,11 @@ def build_worker(
     store: AuditStore,
     task_queue: str | None = None,
     audit: AuditWriter | None = None,
+    workflow_task_executor: ThreadPoolExecutor | None = None,
 ) -> Worker:
     """The worker of every product activity and workflow. `audit`: the audit writer, by default
-    one over `store` sealing with the engine's key."""
+    one over `store` sealing with the engine's key; `workflow_task_executor`: where workflow
+    activations run (by default the SDK's own thread pool)."""
     audit = audit or AuditWriter(store, Signer(settings.signing_key_path))
     levers = PlatformLevers(settings=settings, client=http, audit=audit)
     delivery = NotificationDelivery(settings=settings, client=http)
@@ -141,6 +144,7 @@ def build_worker(
             later.wait_closed,
         ],
         workflow_runner=workflow_runner(settings),
+        workflow_task_executor=workflow_task_executor,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Table,
@@ -59,6 +60,10 @@ class AuditRow(SQLModel, table=True):
     hash: str = Field(max_length=64)
     recorded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     task: int = 0  # workflow history length the event was produced at; 0 = committed
+    # When that workflow task started (µs since the epoch): its attempts share its history length.
+    task_time: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class IncidentRow(SQLModel, table=True):
@@ -112,6 +117,13 @@ class _Held:
     seq: int
     hash: str
     task: int
+    task_time: int
+
+    def superseded_by(self, task: int, task_time: int) -> bool:
+        """Whether a write produced at (task, task_time) comes from a later workflow task, or a
+        later attempt of the same one, than this row: only then may its rows replace this one.
+        Both must come from a task (0: a committed write, which nothing supersedes)."""
+        return task > 0 and self.task > 0 and (task, task_time) > (self.task, self.task_time)
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,7 @@ class Write:
     events: list[AuditEvent]
     task: int = 0
     seal: Seal | None = None
+    task_time: int = 0
 
 
 class SupersededRow(SQLModel, table=True):
@@ -164,7 +177,7 @@ _INCIDENTS: Table = IncidentRow.__table__  # type: ignore[attr-defined]
 _SEALS: Table = SealRow.__table__  # type: ignore[attr-defined]
 _SUPERSEDED: Table = SupersededRow.__table__  # type: ignore[attr-defined]
 # Hot statements are built once; only their parameters change per write.
-_HELD = select(_EVENTS.c.seq, _EVENTS.c.hash, _EVENTS.c.task).where(
+_HELD = select(_EVENTS.c.seq, _EVENTS.c.hash, _EVENTS.c.task, _EVENTS.c.task_time).where(
     _EVENTS.c.incident_id == bindparam("incident_id"),
     _EVENTS.c.seq.between(bindparam("first"), bindparam("last")),
 )
@@ -290,7 +303,7 @@ def _add_seal(conn: Connection, sql: _WritePath, seal: Seal) -> bool:
 _DATA_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
-def _row(item: AuditEvent, task: int, now: datetime) -> dict[str, Any]:
+def _row(item: AuditEvent, task: int, task_time: int, now: datetime) -> dict[str, Any]:
     return {
         "incident_id": item.incident_id,
         "seq": item.seq,
@@ -303,6 +316,7 @@ def _row(item: AuditEvent, task: int, now: datetime) -> dict[str, Any]:
         "hash": item.hash,
         "recorded_at": now,
         "task": task,
+        "task_time": task_time,
     }
 
 
@@ -327,11 +341,10 @@ def _supersede(conn: Connection, incident_id: str, seq: int, task: int, now: dat
     return len(stale)
 
 
-def _append_in(
-    conn: Connection, sql: _WritePath, events: list[AuditEvent], task: int, seal: Seal | None
-) -> AppendResult:
+def _append_in(conn: Connection, sql: _WritePath, write: Write) -> AppendResult:
     """Write events (one incident, ascending seq), and the seal if given, in the caller's
     transaction; see `AuditStore.append`."""
+    events, task = write.events, write.task
     incident_id = events[0].incident_id
     first, last = events[0].seq, events[-1].seq
     span = {"incident_id": incident_id, "first": first - 1, "last": last}
@@ -346,7 +359,7 @@ def _append_in(
             previous_hash = item.hash
             continue
         if row is not None:
-            if not (task > 0 and row.task > 0 and task > row.task):
+            if not row.superseded_by(task, write.task_time):
                 raise AuditConflict(
                     f"{incident_id} seq {item.seq}: a different event is already recorded"
                 )
@@ -358,7 +371,7 @@ def _append_in(
             )
         if item.prev_hash != previous_hash or item.expected_hash() != item.hash:
             raise AuditConflict(f"{incident_id} seq {item.seq}: does not continue the chain")
-        fresh.append(_row(item, task, now))
+        fresh.append(_row(item, task, write.task_time, now))
         previous_hash = item.hash
         inserted += 1
     if fresh:
@@ -370,8 +383,8 @@ def _append_in(
         _project(conn, sql, [_to_event(row) for row in earlier] + list(events))
     elif inserted:
         _project(conn, sql, [e for e in events if e.seq not in held])
-    if seal is not None:
-        _add_seal(conn, sql, seal)
+    if write.seal is not None:
+        _add_seal(conn, sql, write.seal)
     return AppendResult(inserted, superseded)
 
 
@@ -451,19 +464,29 @@ class AuditStore:
         self._sql = _WritePath.for_engine(self.engine)
 
     def append(
-        self, events: list[AuditEvent], *, task: int = 0, seal: Seal | None = None
+        self,
+        events: list[AuditEvent],
+        *,
+        task: int = 0,
+        seal: Seal | None = None,
+        task_time: int = 0,
     ) -> AppendResult:
         """Write events (one incident, ascending seq) in one transaction, with the seal of their
         head if given (unless that head is sealed already: a retried write).
 
-        `task` is the workflow history length the events were produced at (0 = committed). A
-        held row that differs is superseded only by a newer task; otherwise it is a conflict.
+        `task` is the workflow history length the events were produced at (0 = committed), and
+        `task_time` when that workflow task started: the attempts of one task share its length.
+        A held row that differs is superseded only by a later task or attempt; otherwise it is
+        a conflict.
         """
-        if not events:
+        return self._append(Write(events, task, seal, task_time))
+
+    def _append(self, write: Write) -> AppendResult:
+        if not write.events:
             return AppendResult(0, 0)
         for attempt in range(3):
             try:
-                return self._append_once(events, task, seal)
+                return self._append_once(write)
             except IntegrityError:
                 # Another writer inserted the same rows first; re-read and compare.
                 if attempt == 2:
@@ -477,16 +500,14 @@ class AuditStore:
         try:
             with self.engine.begin() as conn:
                 results = [
-                    _append_in(conn, self._sql, w.events, w.task, w.seal)
-                    if w.events
-                    else AppendResult(0, 0)
+                    _append_in(conn, self._sql, w) if w.events else AppendResult(0, 0)
                     for w in writes
                 ]
         except (AuditStoreError, SQLAlchemyError):
             outcomes: list[AppendResult | Exception] = []
             for w in writes:
                 try:
-                    outcomes.append(self.append(w.events, task=w.task, seal=w.seal))
+                    outcomes.append(self._append(w))
                 except (AuditStoreError, SQLAlchemyError) as error:
                     outcomes.append(error)
             return outcomes
@@ -494,10 +515,10 @@ class AuditStore:
             _log_superseded(w.events, w.task, result)
         return list(results)
 
-    def _append_once(self, events: list[AuditEvent], task: int, seal: Seal | None) -> AppendResult:
+    def _append_once(self, write: Write) -> AppendResult:
         with self.engine.begin() as conn:
-            result = _append_in(conn, self._sql, events, task, seal)
-        _log_superseded(events, task, result)
+            result = _append_in(conn, self._sql, write)
+        _log_superseded(write.events, write.task, result)
         return result
 
     def events(self, incident_id: str) -> list[AuditEvent]:

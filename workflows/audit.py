@@ -61,11 +61,14 @@ class AuditBatch(BaseModel):
     `task` is the workflow's history length when the events were produced (0: written only after
     the workflow task committed). Events are deterministic within a committed task, so a row that
     differs from a newer task's row for the same number can only come from an attempt that never
-    committed (a crashed worker's); the store supersedes such rows and never others.
+    committed (a crashed worker's); the store supersedes such rows and never others. A task that
+    failed or timed out more than once is retried at the same history length: `task_time`, when
+    the attempt started (`workflow.now()`, µs since the epoch), tells those attempts apart.
     """
 
     events: list[AuditEvent]
     task: int = 0
+    task_time: int = 0
 
 
 class CarriedOutcome(BaseModel):
@@ -89,6 +92,7 @@ class AuditCarry(BaseModel):
     incident_id: str
     events: list[AuditEvent]  # already chained
     task: int  # as AuditBatch.task
+    task_time: int = 0  # as AuditBatch.task_time
     seq: int  # the chain the outcome continues: its last number and hash
     last_hash: str
     began: str  # when the call began, on the incident's clock
@@ -261,7 +265,13 @@ class AuditTrail:
         return batch
 
     def carry(
-        self, *, task: int, began: str, outcome: CarriedOutcome, close_actor: str | None = None
+        self,
+        *,
+        task: int,
+        task_time: int = 0,
+        began: str,
+        outcome: CarriedOutcome,
+        close_actor: str | None = None,
     ) -> AuditCarry:
         """Hand the pending events to a lever call that writes them after the platform answers,
         with its outcome's event (and the close, if `close_actor` is given)."""
@@ -269,6 +279,7 @@ class AuditTrail:
             incident_id=self._incident_id,
             events=self.take(),
             task=task,
+            task_time=task_time,
             seq=self.seq,
             last_hash=self.last_hash,
             began=began,

@@ -502,10 +502,7 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
                 if local:
                     await workflow.execute_local_activity(
                         WRITE_AUDIT,
-                        AuditBatch(
-                            events=self._audit.take(),
-                            task=workflow.info().get_current_history_length(),
-                        ),
+                        AuditBatch(events=self._audit.take(), **self._task()),
                         # Typed: decoding the answer as `Any` built a validator in every run.
                         result_type=AuditWritten,
                         start_to_close_timeout=timedelta(seconds=10),

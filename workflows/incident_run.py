@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextvars import ContextVar
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
@@ -70,6 +70,9 @@ _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "paral
 # Per coroutine (asyncio tasks copy contexts): when the lever call this coroutine last awaited
 # finished, on the incident's clock; cleared when it next waits on the history.
 LEVER_TIME: ContextVar[datetime | None] = ContextVar("lever_time", default=None)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def iso(moment: datetime) -> str:
@@ -195,6 +198,14 @@ class IncidentRun:
         at another activation boundary than the original run did (a status query can split a
         workflow task while lever calls run), where workflow time differs; this does not."""
         return LEVER_TIME.get() or workflow.now()
+
+    def _task(self) -> dict[str, int]:
+        """Which workflow task, and which attempt of it, audit events handed out now come from
+        (AuditBatch's `task` and `task_time`)."""
+        return {
+            "task": self._info.get_current_history_length(),
+            "task_time": (workflow.now() - EPOCH) // timedelta(microseconds=1),
+        }
 
     async def _wait(self, condition: Callable[[], bool], timeout: float | None = None) -> None:
         try:

@@ -73,13 +73,13 @@ class LeverCalls(IncidentRun):
         began = self._clock()
         if carry is not None:
             request.audit = self._audit.carry(
-                task=self._info.get_current_history_length(),
+                **self._task(),
                 began=iso(began),
                 outcome=carry,
                 close_actor=close_actor,
             )
         elif self._carries_audit() and (lent := self._audit.lend()):
-            request.lent = AuditBatch(events=lent, task=self._info.get_current_history_length())
+            request.lent = AuditBatch(events=lent, **self._task())
         self._inflight += 1
         outcome: LeverOutcome | None = None
         try:

@@ -184,6 +184,32 @@ def test_an_older_task_never_supersedes_a_newer_one(audit_store: AuditStore) -> 
     assert [*committed, live] == audit_store.events(incident)
 
 
+def test_attempts_of_one_task_are_told_apart_by_when_they_started(
+    audit_store: AuditStore,
+) -> None:
+    """A workflow task that timed out twice is retried at the same history length: the later
+    attempt's rows replace the earlier one's, and the earlier attempt, writing late, cannot put
+    its rows back."""
+    incident = new_id()
+    first, second, third = (
+        make_event(
+            incident_id=incident,
+            seq=1,
+            kind="incident.triggered",
+            at=f"2026-11-28T10:00:{second:02d}+00:00",
+            prev_hash=GENESIS_HASH,
+        )
+        for second in (1, 11, 21)
+    )
+    audit_store.append([first], task=3, task_time=1_000)
+    assert AppendResult(1, 1) == audit_store.append([second], task=6, task_time=11_000)
+    assert AppendResult(1, 1) == audit_store.append([third], task=6, task_time=21_000)
+    with pytest.raises(AuditConflict):
+        audit_store.append([second], task=6, task_time=11_000)
+    assert [third] == audit_store.events(incident)
+    assert AppendResult(0, 0) == audit_store.append([third], task=6, task_time=21_000)
+
+
 def test_two_reordered_rows_are_named(audit_store: AuditStore) -> None:
     """Swapping the content of two rows breaks the chain at the first of them."""
     incident = new_id()

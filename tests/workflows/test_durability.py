@@ -6,19 +6,27 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor, OutboundInterceptor, StartWorkflowInput
 
+from activities.audit import AuditWriter
 from core.settings import Settings
 from engine.devserver import free_port, start_dev_server
 from engine.incidents import Incidents
-from engine.temporal import connect, running_worker
-from store.audit_store import AuditStore
+from engine.temporal import build_worker, connect, running_worker
+from store.audit_store import AuditStore, SupersededRow
+from store.seals import Signer
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
+from workflows.audit import AuditBatch, AuditWritten
 from workflows.incident import IncidentStatus
 
 pytestmark = pytest.mark.slow
@@ -162,3 +170,100 @@ async def test_restarting_the_temporal_server_mid_incident_loses_and_repeats_not
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+class HeldActivations(ThreadPoolExecutor):
+    """Runs workflow activations; while `held` is above zero, the next one waits `hold_s` first,
+    as on a worker too busy to finish its workflow task in time."""
+
+    def __init__(self, hold_s: float) -> None:
+        super().__init__(max_workers=4)
+        self.hold_s = hold_s
+        self.held = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self.held > 0:
+            self.held -= 1
+
+            def late() -> Any:
+                time.sleep(self.hold_s)
+                return fn(*args, **kwargs)
+
+            return super().submit(late)
+        return super().submit(fn, *args, **kwargs)
+
+
+class HoldAfterFirstWrites(AuditWriter):
+    """After each of the first `times` writes of an incident's first events, holds the workflow
+    activation that follows: the workflow task that wrote them times out."""
+
+    def __init__(self, store: AuditStore, signer: Signer, executor: HeldActivations, times: int):
+        super().__init__(store, signer)
+        self._executor, self._times = executor, times
+
+    async def write(self, batch: AuditBatch) -> AuditWritten:
+        written = await super().write(batch)
+        if batch.events[0].seq == 1 and self._times > 0:
+            self._times -= 1
+            self._executor.held = 1
+        return written
+
+
+class ShortTaskTimeout(Interceptor):
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        class Outbound(OutboundInterceptor):
+            async def start_workflow(self, input: StartWorkflowInput) -> Any:
+                input.task_timeout = timedelta(seconds=1)
+                return await super().start_workflow(input)
+
+        return Outbound(next)
+
+
+async def test_workflow_tasks_that_time_out_after_writing_leave_a_complete_trail(
+    client: Client, settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore
+) -> None:
+    """Twice a workflow task writes audit events and then times out (its worker too busy to
+    finish it). The attempt that commits writes different rows under the same numbers (its own
+    times); they replace the earlier attempts' rows, which are kept aside, and the incident runs,
+    stands down and closes with an intact chain. (Attempts that share a history length are the
+    store's tests: tests/store/test_audit_store.py.)"""
+    before = await sandbox.state()
+    executor = HeldActivations(hold_s=1.5)
+    audit = HoldAfterFirstWrites(sqlite_store, Signer(settings.signing_key_path), executor, 2)
+    config = client.config()
+    config["interceptors"] = [ShortTaskTimeout()]
+    starter = Client(**config)
+    async with httpx.AsyncClient(timeout=settings.platform_timeout_s) as http:
+        worker = build_worker(
+            client,
+            settings=settings,
+            http=http,
+            store=sqlite_store,
+            audit=audit,
+            workflow_task_executor=executor,
+        )
+        async with worker:
+            incidents = Incidents(starter, settings)
+            triggered = await incidents.trigger("violent-disorder", {}, actor="alice")
+            await step_state(incidents, triggered.incident_id, "notify-crisis-team", "applied")
+            await incidents.stand_down(triggered.incident_id, actor="bob", reason="over")
+            await assert_eventually(
+                lambda: _closed_and_verified(sqlite_store, triggered.incident_id)
+            )
+    executor.shutdown()
+
+    attempts = await client.get_workflow_handle(triggered.incident_id).fetch_history()
+    timed_out = [
+        e for e in attempts.events if e.HasField("workflow_task_timed_out_event_attributes")
+    ]
+    assert timed_out, "no workflow task timed out: the test did not hold one"
+    with sqlite_store.engine.connect() as connection:
+        superseded = connection.execute(
+            SupersededRow.__table__.select().where(  # type: ignore[attr-defined]
+                SupersededRow.__table__.c.incident_id == triggered.incident_id  # type: ignore[attr-defined]
+            )
+        ).all()
+    assert superseded and all(row.superseded_by_task >= row.task for row in superseded)
+    after = await sandbox.state()
+    assert before["recommender"] == after["recommender"]
+    assert before["detection"] == after["detection"]
