@@ -6,6 +6,7 @@ and `playbook simulate` on the time-skipping server with a scripted scenario."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -318,7 +319,9 @@ async def test_simulate_a_scripted_scenario(
     ok(text)
     summary = text.stdout.strip().splitlines()[-1]
     assert summary.startswith("INC-"), summary
-    assert ": closed after +2d simulated in " in summary, summary
+    # As in the JSON (within a minute of two days): a busy machine's undo calls take real time,
+    # which the time-skipping server counts too.
+    assert re.search(r": closed after \+2d(\d+[ms])* simulated in ", summary), summary
     assert summary.endswith("; 6 actions, 1 refused"), summary
     assert any(
         "measure.renewed" in line and "reason=still needed" in line
