@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
@@ -70,9 +70,6 @@ _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "paral
 # Per coroutine (asyncio tasks copy contexts): when the lever call this coroutine last awaited
 # finished, on the incident's clock; cleared when it next waits on the history.
 LEVER_TIME: ContextVar[datetime | None] = ContextVar("lever_time", default=None)
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def iso(moment: datetime) -> str:
@@ -204,7 +201,7 @@ class IncidentRun:
         (AuditBatch's `task` and `task_time`)."""
         return {
             "task": self._info.get_current_history_length(),
-            "task_time": (workflow.now() - EPOCH) // timedelta(microseconds=1),
+            "task_time": workflow.time_ns() // 1000,  # workflow.now() in µs
         }
 
     async def _wait(self, condition: Callable[[], bool], timeout: float | None = None) -> None:
