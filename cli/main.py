@@ -128,6 +128,7 @@ def trigger(
             "version": triggered.version,
             "playbook_hash": triggered.playbook_hash,
             "inputs": triggered.inputs,
+            "warnings": list(triggered.warnings),
         },
         level,
         as_json,
@@ -136,6 +137,8 @@ def trigger(
 
 
 def _print_triggered(triggered: dict[str, Any], level: str | None, as_json: bool) -> None:
+    for warning in triggered.get("warnings", []):  # on stderr: --json output stays parseable
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
         print_json(triggered)
         return

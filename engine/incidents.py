@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import (
@@ -30,6 +32,7 @@ from engine.errors import (
 from engine.library import library_for
 from engine.playbook_files import find_playbook, load_playbook
 from engine.updates import UpdateTimedOut, send_update
+from engine.workers import worker_presence
 from store.audit_store import AuditStore, Verification
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import (
@@ -50,6 +53,10 @@ from workflows.incident import (
 from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
 from workflows.substitution import references, substitute
 
+log = structlog.get_logger(__name__)
+# A status query unanswered after this long asks whether any worker is there to answer it.
+SLOW_QUERY_S = 2.0
+
 
 @dataclass(frozen=True)
 class Triggered:
@@ -59,6 +66,7 @@ class Triggered:
     version: int
     playbook_hash: str
     inputs: dict[str, Any]
+    warnings: tuple[str, ...] = ()  # e.g. no worker is there to run it yet
 
 
 # The one rule for a chosen incident id, in every trigger path: it is a Temporal workflow id and
@@ -187,6 +195,11 @@ class Incidents:
             )
         except WorkflowAlreadyStartedError:
             raise IncidentConflict(f"incident {incident.incident_id} already exists") from None
+        warnings: tuple[str, ...] = ()
+        # Asked after the start, so the first lever never waits for it. An eager start ran its
+        # first task in this process: a worker is here.
+        if not eager and (missing := await self._no_worker()) is not None:
+            warnings = (f"{missing}; the incident starts once one polls",)
         return Triggered(
             incident.incident_id,
             handle.result_run_id,
@@ -194,14 +207,39 @@ class Incidents:
             playbook.version,
             incident.playbook_hash,
             incident.inputs,
+            warnings,
         )
 
-    async def status(self, incident_id: str) -> IncidentStatus:
-        handle = self._client.get_workflow_handle(incident_id)
+    async def _no_worker(self) -> str | None:
+        """Why no worker will run the incident's tasks now, or None if one is polling (or the
+        server would not say: that is no reason to fail what asked)."""
         try:
-            return await handle.query(CrisisWorkflow.status)
+            presence = await worker_presence(self._client, self._settings.task_queue)
         except RPCError as error:
+            log.warning("workers.unknown", task_queue=self._settings.task_queue, error=str(error))
+            return None
+        return presence.problem()
+
+    async def status(self, incident_id: str) -> IncidentStatus:
+        """The incident's status (a query, answered by a worker). A slow answer is waited for
+        only while a worker is polling; without one, the reason comes at once."""
+        handle = self._client.get_workflow_handle(incident_id)
+        query = asyncio.ensure_future(handle.query(CrisisWorkflow.status))
+        try:
+            try:
+                return await asyncio.wait_for(asyncio.shield(query), SLOW_QUERY_S)
+            except TimeoutError:
+                if (missing := await self._no_worker()) is not None:
+                    raise IncidentBusy(f"incident {incident_id} cannot answer: {missing}") from None
+                return await query
+        except RPCError as error:
+            if _timed_out(error):
+                raise IncidentBusy(
+                    f"incident {incident_id} did not answer in time (is its worker overloaded?)"
+                ) from None
             raise self._translate(incident_id, error) from None
+        finally:
+            query.cancel()  # once answered, nothing; else nobody waits for it any more
 
     async def approval_roles(self, incident_id: str) -> dict[str, list[str]] | None:
         """Each step needing approval → the roles that may give it, from the playbook snapshot
@@ -255,6 +293,11 @@ class Incidents:
         if "already completed" in error.message:
             return IncidentConflict(f"incident {incident_id} is closed")
         return IncidentError(f"incident {incident_id}: {error.message}")
+
+
+def _timed_out(error: RPCError) -> bool:
+    # The client gives up on an RPC with "Timeout expired" (a query waits 30 s for a worker).
+    return error.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
 
 def verify_audit(store: AuditStore, incident_id: str) -> Verification:

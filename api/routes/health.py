@@ -1,4 +1,4 @@
-"""Liveness and readiness: Temporal reachable, audit store answering."""
+"""Liveness and readiness: Temporal reachable, a worker polling, audit store answering."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlmodel import Session
+
+from engine.workers import worker_presence
 
 router = APIRouter(tags=["health"])
 
@@ -20,6 +22,16 @@ async def health(request: Request) -> JSONResponse:
         checks["temporal"] = "ok"
     except Exception as error:
         checks["temporal"] = f"unavailable: {error}"
+    else:
+        # Triggers are accepted without a worker, and then nothing happens on the platform.
+        try:
+            presence = await asyncio.wait_for(
+                worker_presence(request.app.state.client, request.app.state.settings.task_queue),
+                timeout=3,
+            )
+            checks["workers"] = presence.problem() or "ok"
+        except Exception as error:
+            checks["workers"] = f"unknown: {error}"
 
     def ping_store() -> None:
         with Session(request.app.state.store.engine) as session:

@@ -46,6 +46,10 @@ class TriggeredOut(BaseModel):
     version: int
     playbook_hash: str
     inputs: dict[str, Any]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What may keep the incident from running now, e.g. no worker polling",
+    )
 
 
 class StandDownBody(BaseModel):
@@ -82,6 +86,7 @@ async def trigger(
         version=triggered.version,
         playbook_hash=triggered.playbook_hash,
         inputs=triggered.inputs,
+        warnings=list(triggered.warnings),
     )
 
 

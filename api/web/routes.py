@@ -249,12 +249,11 @@ async def trigger(name: str, request: Request, principal: SignedIn) -> Response:
         principal=principal.name,
     )
     response = redirect(f"/console/incidents/{triggered.incident_id}")
-    set_flash(
-        response,
-        request,
-        "ok",
-        f"triggered {triggered.playbook} v{triggered.version} as {triggered.incident_id}",
-    )
+    done = f"triggered {triggered.playbook} v{triggered.version} as {triggered.incident_id}"
+    if triggered.warnings:
+        set_flash(response, request, "warning", f"{done}, but {'; '.join(triggered.warnings)}")
+    else:
+        set_flash(response, request, "ok", done)
     return response
 
 

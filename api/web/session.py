@@ -38,9 +38,12 @@ class BadForm(ValueError):
     """A POST body that is not a console form."""
 
 
+FlashKind = Literal["ok", "warning", "error"]
+
+
 @dataclass(frozen=True)
 class Flash:
-    kind: Literal["ok", "error"]
+    kind: FlashKind
     text: str
 
 
@@ -140,9 +143,7 @@ def clear_session(response: Response, request: Request) -> None:
     )
 
 
-def set_flash(
-    response: Response, request: Request, kind: Literal["ok", "error"], text: str
-) -> None:
+def set_flash(response: Response, request: Request, kind: FlashKind, text: str) -> None:
     payload = json.dumps({"kind": kind, "text": text[:500]}).encode()
     response.set_cookie(
         FLASH_COOKIE,
@@ -162,8 +163,8 @@ def read_flash(request: Request) -> Flash | None:
         return None
     try:
         data = json.loads(base64.urlsafe_b64decode(raw.encode()))
-        kind = "ok" if data.get("kind") == "ok" else "error"
-        return Flash(kind=kind, text=str(data["text"]))
+        kind = data.get("kind")
+        return Flash(kind=kind if kind in ("ok", "warning") else "error", text=str(data["text"]))
     except (binascii.Error, ValueError, KeyError, TypeError, AttributeError):
         return None
 

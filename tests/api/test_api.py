@@ -59,10 +59,46 @@ async def wait_until_applied(api: httpx.AsyncClient, incident_id: str) -> dict[s
 
 
 async def test_health_reports_every_check_ok(api: httpx.AsyncClient) -> None:
-    """With Temporal and the audit store up, health is 200 and every check is ok."""
-    response = await api.get("/v1/health")
-    assert 200 == response.status_code, response.text
-    assert {"status": "ok", "checks": {"temporal": "ok", "audit_store": "ok"}} == response.json()
+    """With Temporal, the app's worker and the audit store up, health is 200 and every check is
+    ok (the worker's first poll may reach the server a moment after the app is up)."""
+
+    async def healthy() -> None:
+        response = await api.get("/v1/health")
+        assert 200 == response.status_code, response.text
+        checks = {"temporal": "ok", "workers": "ok", "audit_store": "ok"}
+        assert {"status": "ok", "checks": checks} == response.json()
+
+    await assert_eventually(healthy)
+
+
+async def test_without_a_worker_health_is_degraded_and_a_trigger_says_so(
+    settings: Settings, tokens: Tokens
+) -> None:
+    """An API whose workers are elsewhere (as in the compose file), with none running: health
+    names the task queue nobody polls (503), and a trigger is accepted, durably, with a warning
+    that it starts once a worker polls."""
+    alone = settings.model_copy(update={"api_embedded_worker": False})
+    with serve_app(create_app(alone)) as url:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=30, headers=tokens.headers("alice")
+        ) as http:
+            response = await http.get("/v1/health")
+            assert 503 == response.status_code, response.text
+            body = response.json()
+            assert "degraded" == body["status"]
+            assert ["audit_store", "temporal"] == sorted(
+                k for k, v in body["checks"].items() if v == "ok"
+            )
+            assert repr(settings.task_queue) in body["checks"]["workers"]
+
+            triggered = await trigger(http)
+            (warning,) = triggered["warnings"]
+            assert repr(settings.task_queue) in warning and "starts once one polls" in warning
+            # Its status needs a worker too: the reason comes in seconds, not after the
+            # query's 30 s.
+            shown = await http.get(f"/v1/incidents/{triggered['incident_id']}")
+            message = assert_error(shown, 504, "incident_busy")
+            assert repr(settings.task_queue) in message, message
 
 
 async def test_incident_lifecycle_over_http(
@@ -83,6 +119,7 @@ async def test_incident_lifecycle_over_http(
         triggered["inputs"]["region"],
     )
     assert triggered["playbook_hash"].startswith("sha256:")
+    assert [] == triggered["warnings"]  # the app's own worker took it
 
     status = await wait_until_applied(api, incident_id)
     assert ("running", "alice", incident_id) == (

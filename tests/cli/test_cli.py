@@ -355,6 +355,7 @@ async def test_trigger_status_stand_down_and_verify(
     assert 0 == run.code, run
     triggered = run.json()
     incident_id = triggered["incident_id"]
+    assert ([], "") == (triggered["warnings"], run.stderr)
     assert ("violent-disorder", 1, "GB") == (
         triggered["playbook"],
         triggered["version"],
@@ -429,6 +430,21 @@ async def test_status_exits_zero_every_time(cli_env: dict[str, str], sandbox: Sa
     assert 0 == text.code, text
     assert incident_id in text.stdout and "throttle-recommender" in text.stdout
     await crisis(cli_env, "stand-down", incident_id, "--reason", "test over")
+
+
+async def test_a_trigger_no_worker_will_run_yet_is_kept_and_says_so(
+    cli_env: dict[str, str],
+) -> None:
+    """With no worker on the task queue the incident is started (Temporal keeps it) and exits 0;
+    a warning on stderr says nothing happens until a worker polls, and --json output keeps it."""
+    run = await crisis(cli_env, "trigger", "violent-disorder", "--json")
+    assert 0 == run.code, run
+    (warning,) = run.json()["warnings"]
+    assert [f"warning: {warning}"] == run.error_lines
+    assert repr(cli_env["CRISIS_TASK_QUEUE"]) in warning and "starts once one polls" in warning
+    # Its status needs a worker too: one error line naming the task queue, in seconds.
+    status = await crisis(cli_env, "status", run.json()["incident_id"])
+    assert_one_line_error(status, "cannot answer", repr(cli_env["CRISIS_TASK_QUEUE"]))
 
 
 @pytest.mark.usefixtures("worker", "sandbox")

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import html as html_text
 import re
+from pathlib import Path
 
 import httpx
 from temporalio.client import Client
 
-from tests.helpers import assert_eventually
-from tests.web.conftest import Console, ConsoleSession
+from api.main import create_app
+from core.settings import Settings
+from tests.api.conftest import Tokens
+from tests.helpers import assert_eventually, serve_app
+from tests.web.conftest import Console, ConsoleSession, write_library
 from workflows.incident import LIFTED_UPDATE, LiftedNotice
 
 ACTION_FORMS = ("approve", "reject", "escalate", "de-escalate", "renew", "note", "stand-down")
@@ -23,7 +27,7 @@ def actions_offered(html: str) -> set[str]:
 
 
 def flash(html: str) -> str:
-    found = re.search(r'data-flash="(?:ok|error)">([^<]*)<', html)
+    found = re.search(r'data-flash="(?:ok|warning|error)">([^<]*)<', html)
     assert found is not None, "no flash message on the page"
     return html_text.unescape(found.group(1))
 
@@ -511,3 +515,32 @@ async def test_a_measure_another_incidents_restore_lifted_is_flagged(
         steps = (await _stand_down(alice, incident_id))["steps"]
         assert "undone" == next(s["state"] for s in steps if s["id"] == "surge")
         assert "data-lifted-by" not in (await alice.incident(incident_id)).html
+
+
+async def test_a_trigger_no_worker_will_run_yet_warns_the_commander(
+    settings: Settings, tokens: Tokens, tmp_path: Path
+) -> None:
+    """A console whose workers run elsewhere, none running: the trigger is kept and the commander
+    is told at once, in a warning, that nothing happens until a worker polls the task queue."""
+    served = settings.model_copy(
+        update={
+            "playbooks_dir": write_library(tmp_path / "library"),
+            "api_embedded_worker": False,
+        }
+    )
+    with serve_app(create_app(served)) as url:
+        console = Console(url=url, tokens=tokens, settings=served)
+        async with console.session("alice") as alice:
+            form = await alice.get("/console/trigger/console-drill")
+            assert 200 == form.response.status_code, form.html
+            response = await alice.post("/console/trigger/console-drill", {"level": "elevated"})
+            assert 303 == response.status_code, response.text
+            # The incident's own page needs a worker to answer its status: it says why not.
+            page = await alice.get(response.headers["location"])
+    html = page.html
+    assert 504 == page.response.status_code, html
+    assert "cannot answer: no worker has polled" in html_text.unescape(html)
+    assert 'data-flash="warning"' in html
+    message = flash(html)
+    assert message.startswith("triggered console-drill v1 as INC-"), message
+    assert repr(settings.task_queue) in message and "starts once one polls" in message
