@@ -274,9 +274,10 @@ class Incidents:
         try:
             return await send_update(handle, update, request, timeout_s=timeout)
         except UpdateTimedOut:
+            why = await self._no_worker() or "is its worker overloaded?"
             raise IncidentBusy(
-                f"incident {incident_id} did not answer within {timeout:g}s (is a worker "
-                "running? is it overloaded?); the request may still take effect: check its status"
+                f"incident {incident_id} did not answer within {timeout:g}s ({why}); the request "
+                "may still take effect: check its status"
             ) from None
         except WorkflowUpdateFailedError as error:
             cause = error.cause.message if hasattr(error.cause, "message") else str(error.cause)

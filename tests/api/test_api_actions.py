@@ -382,4 +382,5 @@ async def test_an_action_no_worker_answers_is_504_incident_busy(
             incident_id = await trigger(http, "plain")
             response = await act(http, incident_id, "stand-down", reason="over")
     message = assert_error(response, 504, "incident_busy")
-    assert f"incident {incident_id} did not answer within 1s" in message, message
+    assert f"incident {incident_id} did not answer within 1s (no worker has polled" in message
+    assert repr(settings.task_queue) in message, message
