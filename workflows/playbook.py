@@ -515,13 +515,17 @@ def _split_list(name: str, value: Any) -> list[Any]:
 
 
 def _coerce_scalar(name: str, kind: str, value: Any) -> Any:
+    """Text (a CLI value, a form field, a JSON string) is read as the type; any other value
+    must be of the type already: a JSON `true` or `55` is no region name."""
+
     def bad() -> InputError:
-        return InputError(f"input {name!r}: expected {kind}, got {value!r}")
+        shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+        return InputError(f"input {name!r}: expected {kind}, got {shown}")
 
     if kind == "string":
-        if isinstance(value, (dict, list)):
+        if not isinstance(value, str):
             raise bad()
-        return str(value)
+        return value
     if kind == "boolean":
         if isinstance(value, bool):
             return value

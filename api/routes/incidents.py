@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from api.approvers import approver_role
 from api.auth import Commander, Principal, Reader
+from api.bodies import RequestBody
 from api.deps import IncidentsDep, SettingsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
 from engine.incidents import ACTIONS, INCIDENT_ID_PATTERN, Incidents, verify_audit
@@ -24,7 +25,7 @@ from workflows.limits import MAX_INPUT_CHARS, MAX_NAME_CHARS, MAX_NOTE_CHARS, MA
 router = APIRouter(prefix="/incidents", tags=["incidents"], responses=AUTH_ERRORS)
 
 
-class TriggerBody(BaseModel):
+class TriggerBody(RequestBody):
     playbook: str = Field(
         max_length=MAX_NAME_CHARS, description="Playbook name (from the library) to run"
     )
@@ -52,7 +53,7 @@ class TriggeredOut(BaseModel):
     )
 
 
-class StandDownBody(BaseModel):
+class StandDownBody(RequestBody):
     reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     force: bool = Field(
         False,
@@ -126,7 +127,7 @@ async def audit(incident_id: str, store: StoreDep, _: Reader) -> AuditOut:
 # Approving and rejecting need no commander: the principal must hold a role the step accepts.
 
 
-class ActionBody(BaseModel):
+class ActionBody(RequestBody):
     """What every action body shares (nothing yet: the actor is the authenticated principal)."""
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.auth import Author, Reader
+from api.bodies import RequestBody
 from api.deps import SettingsDep
 from api.errors import ErrorOut
 from engine.errors import FileProblem
@@ -55,7 +56,7 @@ class Problem(BaseModel):
     )
 
 
-class ValidateBody(BaseModel):
+class ValidateBody(RequestBody):
     text: str = Field(min_length=1, max_length=1_000_000, description="The playbook file (YAML)")
 
 
@@ -65,7 +66,7 @@ class ValidationOut(BaseModel):
     warnings: list[Problem]
 
 
-class PlanBody(BaseModel):
+class PlanBody(RequestBody):
     inputs: dict[str, Any] = Field(default_factory=dict)
     level: str | None = None
 

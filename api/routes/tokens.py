@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field, model_validator
 
 from api.auth import Admin
+from api.bodies import RequestBody
 from api.deps import TokensDep
 from api.errors import AUTH_ERRORS, ErrorOut
 from store.tokens import TokenInfo
@@ -39,12 +40,12 @@ class IssuedOut(TokenOut):
     token: str = Field(description="The secret, shown this once: only its hash is kept")
 
 
-class CreateBody(BaseModel):
+class CreateBody(RequestBody):
     principal: str = Field(description="Who the token speaks for", max_length=200)
     roles: list[str] = Field(min_length=1, max_length=20)
 
 
-class RevokeBody(BaseModel):
+class RevokeBody(RequestBody):
     """One token by id, or every active token of a principal."""
 
     token_id: str | None = Field(None, max_length=100)

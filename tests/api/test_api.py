@@ -195,6 +195,16 @@ async def test_trigger_errors(api: httpx.AsyncClient) -> None:
         "/v1/incidents", json={"playbook": "violent-disorder", "incident_id": "a b"}
     )
     assert "incident_id" in assert_error(bad_id, 422, "invalid_request")
+    # JSON values of another type are not read as text: `true` is no region.
+    not_text = await api.post(
+        "/v1/incidents", json={"playbook": "violent-disorder", "inputs": {"region": True}}
+    )
+    message = assert_error(not_text, 422, "invalid_input")
+    assert "input 'region': expected string, got true" == message
+    # A misspelt field is refused, not dropped (the incident would start at the lowest level).
+    misspelt = await api.post("/v1/incidents", json={"playbook": "violent-disorder", "levle": "x"})
+    message = assert_error(misspelt, 422, "invalid_request")
+    assert message.startswith("body.levle: "), message
 
 
 async def test_plan_refuses_inputs_as_trigger_does(api: httpx.AsyncClient) -> None:
@@ -226,6 +236,10 @@ async def test_stand_down_needs_a_reason(api: httpx.AsyncClient, sandbox: Sandbo
     assert "reason" in assert_error(missing, 422, "invalid_request")
     empty = await api.post(f"/v1/incidents/{incident_id}/stand-down", json={"reason": ""})
     assert "reason" in assert_error(empty, 422, "invalid_request")
+    misspelt = await api.post(
+        f"/v1/incidents/{incident_id}/stand-down", json={"reason": "x", "forse": True}
+    )
+    assert "body.forse" in assert_error(misspelt, 422, "invalid_request")
     status = await wait_until_applied(api, incident_id)
     assert ("running", None) == (status["state"], status["stand_down"])
     done = await api.post(f"/v1/incidents/{incident_id}/stand-down", json={"reason": "test over"})

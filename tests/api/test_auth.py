@@ -120,8 +120,12 @@ async def stand_down(http: httpx.AsyncClient, tokens: Tokens, incident_id: str) 
 
 # --- who is calling ---------------------------------------------------------------------------
 async def test_health_is_open_for_liveness_probes(http: httpx.AsyncClient) -> None:
-    """GET /v1/health answers without a token."""
-    assert 200 == (await http.get("/v1/health")).status_code
+    """GET /v1/health answers without a token (ok once the app's worker has polled)."""
+
+    async def healthy() -> None:
+        assert 200 == (await http.get("/v1/health")).status_code
+
+    await assert_eventually(healthy)
 
 
 async def test_every_other_v1_route_needs_a_token(http: httpx.AsyncClient) -> None:
@@ -370,13 +374,32 @@ async def test_approvals_need_a_role_the_step_accepts(
 
 
 async def test_the_actor_is_always_the_principal(http: httpx.AsyncClient, tokens: Tokens) -> None:
-    """A client naming an `actor` in the body is ignored: the trigger, the note, the approval and
-    the stand-down are recorded, in status and audit trail, under the token's principal."""
-    incident_id = await trigger(http, tokens, actor="mallory")
+    """A body naming an `actor` is refused (422 naming the field), never taken: the trigger, the
+    note, the approval and the stand-down are recorded, in status and audit trail, under the
+    token's principal."""
+    named = await http.post(
+        "/v1/incidents",
+        json={"playbook": "approvals", "actor": "mallory"},
+        headers=tokens.headers("alice"),
+    )
+    assert (422, "invalid_request") == (named.status_code, named.json()["error"]["code"])
+    assert named.json()["error"]["message"].startswith("body.actor: "), named.text
+    incident_id = await trigger(http, tokens)
     await steps_when(http, tokens, incident_id, lambda s: s["notice"] == "awaiting_approval")
+    for route, body, who in (
+        ("notes", {"text": "regulator informed"}, "alice"),
+        ("approve", {"step_id": "notice"}, "bob"),
+    ):
+        refused = await http.post(
+            f"/v1/incidents/{incident_id}/{route}",
+            json={**body, "actor": "mallory"},
+            headers=tokens.headers(who),
+        )
+        assert 422 == refused.status_code, refused.text
+        assert "body.actor" in refused.json()["error"]["message"], refused.text
     noted = await http.post(
         f"/v1/incidents/{incident_id}/notes",
-        json={"text": "regulator informed", "actor": "mallory"},
+        json={"text": "regulator informed"},
         headers=tokens.headers("alice"),
     )
     assert [("alice", "regulator informed")] == [
@@ -384,7 +407,7 @@ async def test_the_actor_is_always_the_principal(http: httpx.AsyncClient, tokens
     ]
     approved = await http.post(
         f"/v1/incidents/{incident_id}/approve",
-        json={"step_id": "notice", "actor": "mallory"},
+        json={"step_id": "notice"},
         headers=tokens.headers("bob"),
     )
     assert ["bob"] == [a["actor"] for a in approved.json()["approvals"]], approved.text

@@ -89,7 +89,12 @@ def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_
                 raise
     try:
         api = f"http://127.0.0.1:{ports['api']}/v1"
-        assert 200 == httpx.get(f"{api}/health", timeout=10).status_code
+        # Healthy once the worker's first poll reached the server, a moment after the API is up.
+        deadline = time.monotonic() + 60
+        while (health := httpx.get(f"{api}/health", timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, health.text
+            time.sleep(0.2)
+        assert {"temporal", "workers", "audit_store"} == set(health.json()["checks"])
         assert 200 == httpx.get(f"http://127.0.0.1:{ports['ui']}/", timeout=10).status_code
         assert 0o600 == token_file.stat().st_mode & 0o777
         token = token_file.read_text().strip()

@@ -447,7 +447,6 @@ def test_resolve_inputs_applies_defaults(inputs_playbook: Playbook) -> None:
         ("loud", "TRUE", True),
         ("loud", "0", False),
         ("loud", False, False),
-        ("region", 44, "44"),
     ],
 )
 def test_resolve_inputs_coerces_strings_to_the_declared_type(
@@ -462,12 +461,16 @@ def test_resolve_inputs_coerces_strings_to_the_declared_type(
     ("name", "given", "message"),
     [
         ("ratio", "lots", "input 'ratio': expected number, got 'lots'"),
-        ("ratio", True, "input 'ratio': expected number, got True"),
+        ("ratio", True, "input 'ratio': expected number, got true"),
         ("reviewers", "2.5", "input 'reviewers': expected integer, got '2.5'"),
         ("loud", "maybe", "input 'loud': expected boolean, got 'maybe'"),
         ("counts", "1,x", "input 'counts': expected integer, got 'x'"),
         ("tags", "[a, b", "input 'tags': '[a, b' opens a list with '[' but never closes it"),
         ("region", {"a": 1}, "input 'region': expected string"),
+        # Only text is read as the type: a JSON number or boolean is no region name.
+        ("region", 44, "input 'region': expected string, got 44"),
+        ("region", True, "input 'region': expected string, got true"),
+        ("tags", [1, "b"], "input 'tags': expected string, got 1"),
     ],
 )
 def test_resolve_inputs_rejects_a_value_of_the_wrong_type(
