@@ -45,7 +45,10 @@ def settings_or_fail() -> Settings:
         settings = get_settings()
     except ValidationError as error:
         first = error.errors()[0]
-        fail(f"invalid settings: {first['msg'].removeprefix('Value error, ')}")
+        message = first["msg"].removeprefix("Value error, ")
+        if first["loc"]:  # the environment variable, and what it holds
+            message = f"{first['loc'][0]}={first['input']!r}: {message}"
+        fail(f"invalid settings: {message}")
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     return settings
 

@@ -557,13 +557,20 @@ def sandbox(
 @app.command()
 def up(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (CRISIS_DATA_DIR).")] = None,
-    temporal_port: Annotated[int | None, typer.Option(help="Temporal port (default 7233).")] = None,
-    ui_port: Annotated[
-        int | None, typer.Option(help="Temporal UI port (TEMPORAL_UI_PORT).")
+    temporal_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="Temporal port (default: the port of TEMPORAL_ADDRESS, 7233)."
+        ),
     ] = None,
-    api_port: Annotated[int | None, typer.Option(help="API port (CRISIS_API_PORT).")] = None,
+    ui_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Temporal UI port (TEMPORAL_UI_PORT).")
+    ] = None,
+    api_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="API port (CRISIS_API_PORT).")
+    ] = None,
     sandbox_port: Annotated[
-        int | None, typer.Option(help="Sandbox port (CRISIS_SANDBOX_PORT).")
+        int | None, typer.Option(min=1, max=65535, help="Sandbox port (CRISIS_SANDBOX_PORT).")
     ] = None,
 ) -> None:
     """Run the embedded stack: Temporal dev server, sandbox, worker, API. Ctrl-C stops it all."""

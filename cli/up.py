@@ -136,11 +136,18 @@ def plan(settings: Settings) -> list[Child]:
 def run_stack(settings: Settings) -> int:
     """Start every child in order, print the URLs, supervise; return the exit status."""
     children = plan(settings)
-    for child in children:
-        if child.port is not None and _in_use(child.port):
+    ports = {child.name: child.port for child in children if child.port is not None}
+    ports["temporal UI"] = settings.temporal_ui_port
+    named: dict[int, str] = {}
+    for name, port in ports.items():
+        if port in named:
             raise CliError(
-                f"port {child.port} for {child.name} is already in use (another `crisis up`?)"
+                f"{named[port]} and {name} are both given port {port}: give each its own"
             )
+        named[port] = name
+    for name, port in ports.items():
+        if _in_use(port):
+            raise CliError(f"port {port} for {name} is already in use (another `crisis up`?)")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     admin_token = ensure_admin_token(settings)
     env = child_environment(settings)

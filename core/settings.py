@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_WEBHOOK_SECRET = "dev-webhook-secret"
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class Settings(BaseSettings):
@@ -23,7 +24,7 @@ class Settings(BaseSettings):
 
     temporal_address: str = Field("127.0.0.1:7233", validation_alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field("default", validation_alias="TEMPORAL_NAMESPACE")
-    temporal_ui_port: int = Field(8233, validation_alias="TEMPORAL_UI_PORT")
+    temporal_ui_port: Port = Field(8233, validation_alias="TEMPORAL_UI_PORT")
     task_queue: str = Field("crisis", validation_alias="CRISIS_TASK_QUEUE")
     # Publish CrisisPlaybook/CrisisState/CrisisLevel search attributes. The namespace must have
     # them registered: `crisis up` starts its server with them and turns this on; a cluster
@@ -38,13 +39,13 @@ class Settings(BaseSettings):
     action_timeout_s: float = Field(60.0, gt=0, validation_alias="CRISIS_ACTION_TIMEOUT")
 
     api_host: str = Field("127.0.0.1", validation_alias="CRISIS_API_HOST")
-    api_port: int = Field(8000, validation_alias="CRISIS_API_PORT")
+    api_port: Port = Field(8000, validation_alias="CRISIS_API_PORT")
     # The API process also runs a worker so that triggers can start eagerly (no server round trip
     # before the first lever); turn off where API and workers are scaled separately.
     api_embedded_worker: bool = Field(True, validation_alias="CRISIS_API_EMBEDDED_WORKER")
 
     sandbox_host: str = Field("127.0.0.1", validation_alias="CRISIS_SANDBOX_HOST")
-    sandbox_port: int = Field(8100, validation_alias="CRISIS_SANDBOX_PORT")
+    sandbox_port: Port = Field(8100, validation_alias="CRISIS_SANDBOX_PORT")
 
     # Platform connectors: empty means "the local sandbox".
     recommender_url: str = Field("", validation_alias="CRISIS_RECOMMENDER_URL")
@@ -64,7 +65,7 @@ class Settings(BaseSettings):
     # E-mail notification channels go through this SMTP relay; no host = e-mail channels fail
     # with a configuration error (docs/notifications.md).
     smtp_host: str = Field("", validation_alias="CRISIS_SMTP_HOST")
-    smtp_port: int = Field(587, validation_alias="CRISIS_SMTP_PORT")
+    smtp_port: Port = Field(587, validation_alias="CRISIS_SMTP_PORT")
     smtp_starttls: bool = Field(True, validation_alias="CRISIS_SMTP_STARTTLS")
     smtp_username: str = Field("", validation_alias="CRISIS_SMTP_USERNAME")
     smtp_password: SecretStr = Field(SecretStr(""), validation_alias="CRISIS_SMTP_PASSWORD")
@@ -87,8 +88,15 @@ class Settings(BaseSettings):
         Path(__file__).resolve().parent.parent / "playbooks",
         validation_alias="CRISIS_PLAYBOOKS_DIR",
     )
-    log_format: str = Field("console", validation_alias="CRISIS_LOG_FORMAT")
-    log_level: str = Field("info", validation_alias="CRISIS_LOG_LEVEL")
+    log_format: Literal["console", "json"] = Field("console", validation_alias="CRISIS_LOG_FORMAT")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", validation_alias="CRISIS_LOG_LEVEL"
+    )
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _no_development_secrets_in_production(self) -> Settings:

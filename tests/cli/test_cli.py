@@ -582,3 +582,31 @@ def test_no_temporal_server_is_one_line_error_at_once(cli_env: dict[str, str]) -
     nowhere = {**cli_env, "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
     run = run_cli(nowhere, "status", "INC-X")
     assert_one_line_error(run, "cannot reach Temporal", "is `crisis up` running?")
+
+
+def test_a_bad_setting_or_port_is_one_line_naming_it(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A setting names its environment variable and value; `crisis up` refuses a port out of
+    range (exit 2, as any bad flag) or given twice (exit 1) before it starts or creates anything."""
+    for variable, value, fragment in (
+        ("CRISIS_API_PORT", "abc", "valid integer"),
+        ("CRISIS_SANDBOX_PORT", "70000", "less than or equal to 65535"),
+        ("CRISIS_LOG_LEVEL", "bogus", "'debug', 'info'"),
+        ("CRISIS_LOG_FORMAT", "xml", "'console' or 'json'"),
+        ("CRISIS_ENV", "prod", "'development' or 'production'"),
+    ):
+        run = run_cli({**cli_env, variable: value}, "status", "INC-ANY")
+        assert_one_line_error(run, f"invalid settings: {variable}={value!r}: ", fragment)
+    assert 0 == run_cli({**cli_env, "CRISIS_LOG_LEVEL": "WARNING"}, "playbook", "list").code
+
+    data_dir = tmp_path / "never-made"
+    out_of_range = run_cli(cli_env, "up", "--data-dir", str(data_dir), "--api-port", "99999")
+    assert 2 == out_of_range.code, out_of_range
+    assert 1 == len(out_of_range.error_lines), out_of_range.stderr
+    assert "--api-port" in out_of_range.stderr, out_of_range.stderr
+    twice = run_cli(
+        cli_env, "up", "--data-dir", str(data_dir), "--api-port", "18500", "--sandbox-port", "18500"
+    )
+    assert_one_line_error(twice, "sandbox and api are both given port 18500")
+    assert not data_dir.exists()
