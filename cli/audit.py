@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from cli.common import JsonFlag, console, existing_store_url, settings_or_fail
-from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
+from cli.output import fail, hard_exit, misuse, print_json, run_async, user_errors, write_output
 from engine.errors import BundleError, HistoryError
 from store.errors import SealError
 
@@ -74,6 +74,7 @@ def _print_integrity(integrity: Integrity) -> None:
 
 @app.command("verify")
 def verify(
+    ctx: typer.Context,
     incident_id: Annotated[
         str | None, typer.Argument(help="Incident to verify in the store.")
     ] = None,
@@ -97,8 +98,10 @@ def verify(
     from store.seals import load_public_key
 
     settings = settings_or_fail()
-    if (incident_id is None) == (bundle is None):
-        fail("give an incident id or --bundle PATH")
+    if incident_id is not None and bundle is not None:
+        misuse(ctx, "give an incident id or --bundle PATH, not both")
+    if incident_id is None and bundle is None:
+        misuse(ctx, "give an incident id or --bundle PATH")
     trusted: Ed25519PublicKey | None = None
     if public_key is not None:
         trusted_key = f"--public-key {public_key}"

@@ -16,13 +16,14 @@ from cli.common import (
     remote_incidents,
     settings_or_fail,
 )
-from cli.output import fail, hard_exit, print_json, run_async
+from cli.output import hard_exit, misuse, print_json, run_async
 
 if TYPE_CHECKING:
     from engine.board import BoardEntry, BoardPage
 
 
 def incidents(
+    ctx: typer.Context,
     state: Annotated[
         str,
         typer.Option(help="open (not closed yet), all, running, standing_down, closed or failed."),
@@ -39,7 +40,7 @@ def incidents(
     from engine.board import StateFilter  # not at import: it loads the store
 
     if state not in (states := get_args(StateFilter)):
-        fail(f"--state {state!r}: expected one of {', '.join(states)}")
+        misuse(ctx, f"--state {state!r}: expected one of {', '.join(states)}")
     settings = settings_or_fail()
     remote = remote_incidents()
     filters = {"state": state, "playbook": playbook, "level": level, "limit": limit}

@@ -29,6 +29,7 @@ from cli.output import (
     CliError,
     fail,
     hard_exit,
+    misuse,
     print_json,
     run_async,
     usage_error,
@@ -201,6 +202,7 @@ def status(incident_id: str, as_json: JsonFlag = False) -> None:
 
 @app.command("stand-down")
 def stand_down(
+    ctx: typer.Context,
     incident_id: str,
     reason: Annotated[
         str, typer.Option(help="Why the crisis is over (recorded in the audit trail).")
@@ -222,7 +224,7 @@ def stand_down(
     first would lift its measures): stand that one down first, or pass --force."""
     settings = settings_or_fail()
     if not reason.strip():
-        fail("--reason must not be empty")
+        misuse(ctx, "--reason must not be empty")
     remote = _remote_incidents(actor)
 
     async def go() -> Any:
@@ -274,6 +276,7 @@ ToOption = Annotated[
 
 
 def _act(
+    ctx: typer.Context,
     action: str,
     incident_id: str,
     *,
@@ -292,7 +295,7 @@ def _act(
     for name, value in fields.items():
         required = request_model.model_fields[name].is_required()
         if required and isinstance(value, str) and not value.strip():
-            fail(f"{_FLAGS.get(name, name)} must not be empty")
+            misuse(ctx, f"{_FLAGS.get(name, name)} must not be empty")
     try:
         request = request_model(**fields)
     except ValidationError as error:
@@ -346,6 +349,7 @@ def _print_command_state(status: IncidentStatus) -> None:
 
 @app.command()
 def approve(
+    ctx: typer.Context,
     incident_id: str,
     step: Annotated[str, typer.Argument(help="The step awaiting approval.")],
     role: RoleOption,
@@ -362,6 +366,7 @@ def approve(
         )
 
     _act(
+        ctx,
         "approve",
         incident_id,
         as_json=as_json,
@@ -375,6 +380,7 @@ def approve(
 
 @app.command()
 def reject(
+    ctx: typer.Context,
     incident_id: str,
     step: Annotated[str, typer.Argument(help="The step awaiting approval.")],
     role: RoleOption,
@@ -388,6 +394,7 @@ def reject(
         return f"rejected {record.id} (now {record.state})"
 
     _act(
+        ctx,
         "reject",
         incident_id,
         as_json=as_json,
@@ -404,6 +411,7 @@ def _level_command(action: str, done: str, default: str) -> None:
 
     @app.command(action, help=f"Change the incident's level ({default} by default).")
     def change_level(
+        ctx: typer.Context,
         incident_id: str,
         reason: ReasonOption,
         to: ToOption = None,
@@ -413,7 +421,16 @@ def _level_command(action: str, done: str, default: str) -> None:
         def say(status: IncidentStatus) -> str:
             return f"{done} {status.incident_id} to {status.level}"
 
-        _act(action, incident_id, as_json=as_json, say=say, actor=actor, reason=reason, to_level=to)
+        _act(
+            ctx,
+            action,
+            incident_id,
+            as_json=as_json,
+            say=say,
+            actor=actor,
+            reason=reason,
+            to_level=to,
+        )
 
 
 _level_command("escalate", "escalated", "one level up")
@@ -422,6 +439,7 @@ _level_command("de-escalate", "de-escalated", "one level down")
 
 @app.command()
 def renew(
+    ctx: typer.Context,
     incident_id: str,
     step: Annotated[str, typer.Argument(help="The measure to renew.")],
     duration: Annotated[
@@ -446,8 +464,9 @@ def renew(
     try:  # here too, so that direct mode and --api refuse it with the same line
         parse_renewal(duration)
     except ValueError as error:
-        fail(f"--for: {error}")
+        misuse(ctx, f"--for: {error}")
     _act(
+        ctx,
         "renew",
         incident_id,
         as_json=as_json,
@@ -461,6 +480,7 @@ def renew(
 
 @app.command()
 def review(
+    ctx: typer.Context,
     incident_id: str,
     note: Annotated[str, typer.Option(help="What the review found.")] = "",
     actor: ActorOption = None,
@@ -471,11 +491,12 @@ def review(
     def say(status: IncidentStatus) -> str:
         return f"review confirmed; next due {_moment(status.next_review_due)} UTC"
 
-    _act("confirm-review", incident_id, as_json=as_json, say=say, actor=actor, note=note)
+    _act(ctx, "confirm-review", incident_id, as_json=as_json, say=say, actor=actor, note=note)
 
 
 @app.command()
 def note(
+    ctx: typer.Context,
     incident_id: str,
     text: Annotated[str, typer.Argument(help="The note.")],
     actor: ActorOption = None,
@@ -486,7 +507,7 @@ def note(
     def say(status: IncidentStatus) -> str:
         return f"note added to {status.incident_id} (notes: {len(status.notes)})"
 
-    _act("note", incident_id, as_json=as_json, say=say, actor=actor, text=text)
+    _act(ctx, "note", incident_id, as_json=as_json, say=say, actor=actor, text=text)
 
 
 # === end of commander actions =================================================================

@@ -64,6 +64,11 @@ def usage_error(error: typer.TyperException) -> NoReturn:
     fail(f"{message[:1].lower()}{message[1:]} (see {command} --help)", error.exit_code)
 
 
+def misuse(ctx: typer.Context, message: str) -> NoReturn:
+    """A value the command cannot take, seen by the command itself: as a usage error (exit 2)."""
+    fail(f"{message} (see {ctx.command_path} --help)", 2)
+
+
 def hard_exit(status: int) -> NoReturn:
     # The Temporal SDK can crash the interpreter at exit (sdk-python#300); leave without teardown.
     sys.stdout.flush()

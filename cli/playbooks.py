@@ -19,7 +19,7 @@ from cli.common import (
     parse_inputs,
     settings_or_fail,
 )
-from cli.output import fail, hard_exit, print_json, run_async, user_errors, write_output
+from cli.output import fail, hard_exit, misuse, print_json, run_async, user_errors, write_output
 from core.logging import configure_logging
 from engine.errors import FileProblem, ScenarioError
 from engine.plan import make_plan
@@ -162,6 +162,7 @@ def playbook_list(as_json: JsonFlag = False) -> None:
 
 @app.command("doc")
 def playbook_doc(
+    ctx: typer.Context,
     playbooks: Annotated[
         list[str] | None,
         typer.Argument(help="Playbook names or files; none = every playbook in the library."),
@@ -178,7 +179,7 @@ def playbook_doc(
     from engine.protocol import build_protocol, load_sources, render
 
     settings = settings_or_fail()
-    chosen = _doc_format(fmt, output)
+    chosen = _doc_format(ctx, fmt, output)
     with user_errors():  # every playbook is checked before anything is written
         sources = load_sources(playbooks or [], settings.playbooks_dir)
     document = build_protocol(sources)
@@ -191,7 +192,7 @@ def playbook_doc(
     typer.echo(f"wrote {output} ({chosen}): crisis response protocol for {names}")
 
 
-def _doc_format(fmt: str | None, output: Path | None) -> Format:
+def _doc_format(ctx: typer.Context, fmt: str | None, output: Path | None) -> Format:
     from engine.protocol import FORMATS
 
     if fmt is None:
@@ -200,7 +201,7 @@ def _doc_format(fmt: str | None, output: Path | None) -> Format:
     for known in FORMATS:
         if fmt.lower() == known:
             return known
-    fail(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+    misuse(ctx, f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
 def _load(file: Path) -> Playbook:

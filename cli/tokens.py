@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.common import JsonFlag, console, literal_row, remote_api, settings_or_fail
-from cli.output import fail, print_json, run_async
+from cli.output import fail, misuse, print_json, run_async
 from store.errors import TokenError
 
 if TYPE_CHECKING:
@@ -128,6 +128,7 @@ def list_tokens(
 
 @app.command("revoke")
 def revoke(
+    ctx: typer.Context,
     token_id: Annotated[
         str | None, typer.Argument(help="The token's id (`crisis tokens list`).")
     ] = None,
@@ -138,7 +139,7 @@ def revoke(
 ) -> None:
     """Revoke a token (or all of a principal's): the API refuses it from the next request on."""
     if (token_id is None) == (principal is None):
-        fail("give a TOKEN_ID or --principal NAME (one of them)")
+        misuse(ctx, "give a TOKEN_ID or --principal NAME (one of them)")
     from store.tokens import TokenInfo
 
     answer = _through_api("POST", "/tokens/revoke", {"token_id": token_id, "principal": principal})

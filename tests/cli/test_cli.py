@@ -99,16 +99,33 @@ def assert_one_line_error(run: Run, *fragments: str) -> None:
         assert fragment in run.error_lines[0], run.stderr
 
 
+def assert_usage_error(run: Run, *fragments: str) -> None:
+    """A command used wrongly (a bad value, a missing or unknown option): exit 2, one line that
+    says which help to read."""
+    assert 2 == run.code, run
+    assert 1 == len(run.error_lines), run.stderr
+    line = run.error_lines[0]
+    assert line.startswith("error: ") and line.endswith(" --help)"), run.stderr
+    for fragment in fragments:
+        assert fragment in line, run.stderr
+
+
+USAGE = "usage"  # a case of `refusals` that is a usage error (exit 2), not a refusal (exit 1)
+
+
 async def refusals(
     env: dict[str, str], cases: dict[str, tuple[list[str], list[str]]], *command: str
 ) -> None:
     """Run every case at once (its arguments after `command`); each must print nothing on stdout
-    and be one `error:` line holding its fragments."""
+    and be one `error:` line holding its fragments (a usage error when one of them is USAGE)."""
     runs = await asyncio.gather(*(crisis(env, *command, *args) for args, _ in cases.values()))
     for (case, (_, fragments)), run in zip(cases.items(), runs, strict=True):
         try:
             assert "" == run.stdout, run
-            assert_one_line_error(run, *fragments)
+            if USAGE in fragments:
+                assert_usage_error(run, *(f for f in fragments if f != USAGE))
+            else:
+                assert_one_line_error(run, *fragments)
         except AssertionError as error:
             raise AssertionError(f"{case}: {run}") from error
 
@@ -515,7 +532,7 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
         ),
         "empty reason": (
             ["stand-down", incident_id, "--reason", " "],
-            ["--reason must not be empty"],
+            [USAGE, "--reason must not be empty"],
         ),
         "unknown incident audit": (
             ["audit", "verify", none],
@@ -610,3 +627,14 @@ def test_a_bad_setting_or_port_is_one_line_naming_it(
     )
     assert_one_line_error(twice, "sandbox and api are both given port 18500")
     assert not data_dir.exists()
+
+
+def test_arguments_that_cannot_go_together_are_usage_errors(cli_env: dict[str, str]) -> None:
+    """Exit 2 and the help to read, as for any option used wrongly."""
+    for args, fragment in (
+        (["audit", "verify"], "give an incident id or --bundle PATH"),
+        (["audit", "verify", "INC-X", "--bundle", "b.tar.gz"], "--bundle PATH, not both"),
+        (["tokens", "revoke"], "give a TOKEN_ID or --principal NAME"),
+        (["tokens", "revoke", "tok", "--principal", "bob"], "give a TOKEN_ID or --principal NAME"),
+    ):
+        assert_usage_error(run_cli(cli_env, *args), fragment)

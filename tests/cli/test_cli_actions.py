@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.test_cli import Run, assert_one_line_error, crisis, refusals
+from tests.cli.test_cli import USAGE, Run, assert_one_line_error, crisis, refusals
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
@@ -187,7 +187,7 @@ async def test_levels_renew_review_and_notes(
             ),
             "renew for no time at all": (
                 ["renew", i, "surge", "--for", "0s", "--reason", "x"],
-                ["--for: duration '0s' must be longer than zero"],
+                [USAGE, "--for: duration '0s' must be longer than zero"],
             ),
         },
     )
@@ -245,7 +245,7 @@ async def test_actions_refused_without_levels_reviews_or_an_open_incident(
                 ["trigger", str(playbooks["plain"]), "--level", "severe"],
                 ["unknown level 'severe' for playbook plain (levels: none)"],
             ),
-            "empty text": (["note", i, " "], ["TEXT must not be empty"]),
+            "empty text": (["note", i, " "], [USAGE, "TEXT must not be empty"]),
             "unknown incident": (
                 ["approve", "INC-NO-SUCH-INCIDENT", "throttle", "--role", "commander"],
                 ["no incident INC-NO-SUCH-INCIDENT"],

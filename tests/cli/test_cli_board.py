@@ -12,7 +12,7 @@ import pytest
 
 from cli.board import _in_force
 from engine.board import BoardEntry, MeasureInForce
-from tests.cli.test_cli import assert_one_line_error, crisis
+from tests.cli.test_cli import assert_one_line_error, assert_usage_error, crisis
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.cli.test_cli_remote import as_
 from tests.cli.test_cli_remote import issued as issued
@@ -60,7 +60,7 @@ async def test_the_board_lists_open_incidents_directly_and_through_the_api(
 
 
 async def test_board_mistakes_are_one_line_each(cli_env: dict[str, str], tmp_path: Path) -> None:
-    assert_one_line_error(
+    assert_usage_error(
         await crisis(cli_env, "incidents", "--state", "lost"), "--state 'lost'", "open"
     )
     # A data directory with no store is a mistake to report, not an empty store to create.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.playbook_files import load_playbook, playbook_files
-from tests.cli.test_cli import GOOD, assert_one_line_error, run_cli, write
+from tests.cli.test_cli import GOOD, assert_one_line_error, assert_usage_error, run_cli, write
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from workflows.playbook import Playbook, walk_steps
 
@@ -153,7 +153,7 @@ def test_doc_with_an_invalid_playbook_is_one_error_line_and_writes_nothing(
     missing = run_cli(env, "playbook", "doc", "nope")
     assert_one_line_error(missing, "no playbook named 'nope'")
     unknown = run_cli(env, "playbook", "doc", "levelled", "--format", "pdf")
-    assert_one_line_error(unknown, "unknown format 'pdf' (formats: md, html)")
+    assert_usage_error(unknown, "--format 'pdf': expected one of md, html")
 
 
 def test_list_json_has_owner_levels_levers_and_hash(

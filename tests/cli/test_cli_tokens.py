@@ -16,7 +16,7 @@ import pytest
 from api.main import create_app
 from core.settings import Settings
 from store.tokens import TokenStore
-from tests.cli.test_cli import Run, assert_one_line_error, crisis, run_cli
+from tests.cli.test_cli import Run, assert_one_line_error, assert_usage_error, crisis, run_cli
 from tests.conftest import postgres_schema
 from tests.helpers import serve_app
 
@@ -130,8 +130,8 @@ def test_revoke_by_id_and_by_principal(env: dict[str, str], database_url: str) -
 
 
 def test_mistakes_are_one_line_errors(sqlite_env: dict[str, str]) -> None:
-    """A bad role or name, an unknown or already revoked id, neither or both of id and
-    --principal: one `error:` line and exit 1."""
+    """A bad role or name, an unknown or already revoked id: one `error:` line and exit 1;
+    neither or both of id and --principal: a usage error (exit 2)."""
     env = sqlite_env
     assert_one_line_error(
         run_cli(env, "tokens", "create", "alice", "--role", "Commander"),
@@ -146,9 +146,9 @@ def test_mistakes_are_one_line_errors(sqlite_env: dict[str, str]) -> None:
         run_cli(env, "tokens", "revoke", "--principal", "nobody"),
         "no active token for principal nobody",
     )
-    assert_one_line_error(run_cli(env, "tokens", "revoke"), "TOKEN_ID or --principal")
+    assert_usage_error(run_cli(env, "tokens", "revoke"), "TOKEN_ID or --principal")
     made = ok(run_cli(env, "tokens", "create", "alice", "--role", "commander", "--json")).json()
-    assert_one_line_error(
+    assert_usage_error(
         run_cli(env, "tokens", "revoke", made["id"], "--principal", "alice"),
         "TOKEN_ID or --principal",
     )
