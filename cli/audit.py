@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 from rich.markup import escape
 
-from cli.common import JsonFlag, console, existing_store_url, settings_or_fail
+from cli.common import API, JsonFlag, console, existing_store_url, settings_or_fail
 from cli.output import fail, hard_exit, misuse, print_json, run_async, user_errors, write_output
 from engine.errors import BundleError, HistoryError
 from store.errors import SealError
@@ -25,6 +25,24 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Prove what happened: verify, export, report.", no_args_is_help=True)
 history_app = typer.Typer(help="Temporal histories of incidents.", no_args_is_help=True)
+
+
+@app.callback()
+@history_app.callback()
+def _not_through_the_api(ctx: typer.Context) -> None:
+    local_only(ctx)
+
+
+def local_only(ctx: typer.Context) -> None:
+    """An auditor's check reads the audit store and Temporal itself rather than take an API's
+    word for them: `--api` does not apply (the API serves its own /verify and /report)."""
+    if "url" in API:
+        misuse(
+            ctx,
+            "audit, history and replay do not go through --api: they read the audit store and "
+            "Temporal themselves (run them without --api where those are, or verify an export "
+            "bundle with `crisis audit verify --bundle`)",
+        )
 
 
 def _engine_key(settings: Settings, *, or_else: str = "") -> Ed25519PublicKey:
@@ -133,7 +151,7 @@ def verify(
                 integrity = await check_with_replay(integrity, loaded.events, loaded.history)
             return integrity
         assert incident_id is not None
-        store = AuditStore(existing_store_url(settings))
+        store = AuditStore(existing_store_url(settings, through_api=False))
         key = trusted or _engine_key(settings, or_else=", or pass --public-key ENGINE.pem")
         client = await connect(settings) if replay else None
         return await verify_incident(
@@ -162,7 +180,7 @@ def export(
         fail(f"cannot write {output}: it is a file (give a directory or FILE.tar.gz)")
 
     async def go() -> Path:
-        store = AuditStore(existing_store_url(settings))
+        store = AuditStore(existing_store_url(settings, through_api=False))
         public_key = _engine_key(settings)
         events = store.events(incident_id)
         if not events:
@@ -203,7 +221,7 @@ def report(
     settings = settings_or_fail()
 
     async def go():
-        store = AuditStore(existing_store_url(settings))
+        store = AuditStore(existing_store_url(settings, through_api=False))
         key = _engine_key(settings)
         return await incident_report(
             await connect(settings), store, key, incident_id, settings=settings
@@ -253,6 +271,7 @@ def history_export(
 
 
 def replay(
+    ctx: typer.Context,
     incident_id: Annotated[str | None, typer.Argument(help="Incident to fetch and replay.")] = None,
     history: Annotated[
         Path | None,
@@ -261,6 +280,7 @@ def replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Replay through today's code: deterministic? do its audit events equal the audit table?"""
+    local_only(ctx)
     from rich.progress import Progress
 
     from engine.temporal import connect
@@ -272,7 +292,7 @@ def replay(
         fail("give an incident id or --history FILE|DIR")
 
     async def go() -> list[ReplayReport]:
-        store = AuditStore(existing_store_url(settings))
+        store = AuditStore(existing_store_url(settings, through_api=False))
         if incident_id is not None:
             exported = await export_history(await connect(settings), incident_id)
             return [await replay_incident(exported, store.events(incident_id))]

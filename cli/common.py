@@ -75,14 +75,16 @@ def remote_incidents(actor: str | None = None) -> RemoteIncidents | None:
         return RemoteIncidents(API["url"], os.environ.get("CRISIS_TOKEN", ""))
 
 
-def existing_store_url(settings: Settings) -> str:
+def existing_store_url(settings: Settings, *, through_api: bool = True) -> str:
     """The audit store's URL for a command that only reads it: a SQLite file that is not there
-    is the wrong data directory, not an empty store to create."""
+    is the wrong data directory, not an empty store to create. `through_api`: the command can
+    also go through `--api` instead."""
     url = settings.resolved_database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        instead = ", or use --api" if through_api else ""
         fail(
             f"no audit store in {settings.data_dir.resolve()} (set CRISIS_DATA_DIR or "
-            "CRISIS_DATABASE_URL, run from the directory `crisis up` ran in, or use --api)"
+            f"CRISIS_DATABASE_URL, run from the directory `crisis up` ran in{instead})"
         )
     return url
 
