@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 from rich.markup import escape
 
-from cli.common import API, JsonFlag, console, existing_store_url, settings_or_fail
+from cli.common import JsonFlag, console, existing_store_url, settings_or_fail
 from cli.output import fail, hard_exit, misuse, print_json, run_async, user_errors, write_output
 from engine.errors import BundleError, HistoryError
 from store.errors import SealError
@@ -25,24 +25,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Prove what happened: verify, export, report.", no_args_is_help=True)
 history_app = typer.Typer(help="Temporal histories of incidents.", no_args_is_help=True)
-
-
-@app.callback()
-@history_app.callback()
-def _not_through_the_api(ctx: typer.Context) -> None:
-    local_only(ctx)
-
-
-def local_only(ctx: typer.Context) -> None:
-    """An auditor's check reads the audit store and Temporal itself rather than take an API's
-    word for them: `--api` does not apply (the API serves its own /verify and /report)."""
-    if "url" in API:
-        misuse(
-            ctx,
-            "audit, history and replay do not go through --api: they read the audit store and "
-            "Temporal themselves (run them without --api where those are, or verify an export "
-            "bundle with `crisis audit verify --bundle`)",
-        )
 
 
 def _engine_key(settings: Settings, *, or_else: str = "") -> Ed25519PublicKey:
@@ -271,7 +253,6 @@ def history_export(
 
 
 def replay(
-    ctx: typer.Context,
     incident_id: Annotated[str | None, typer.Argument(help="Incident to fetch and replay.")] = None,
     history: Annotated[
         Path | None,
@@ -280,7 +261,6 @@ def replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Replay through today's code: deterministic? do its audit events equal the audit table?"""
-    local_only(ctx)
     from rich.progress import Progress
 
     from engine.temporal import connect

@@ -84,7 +84,10 @@ async def _direct_incidents(settings: Settings) -> Incidents:
 # --- incidents --------------------------------------------------------------------------------
 @app.command()
 def trigger(
-    playbook: Annotated[str, typer.Argument(help="Playbook name or path to a playbook file.")],
+    playbook: Annotated[
+        str,
+        typer.Argument(help="Playbook name, or a path to a playbook file (not with --api)."),
+    ],
     inputs: Annotated[list[str], typer.Option("--input", "-i", help="key=value (repeatable)")] = [],  # noqa: B006
     actor: Annotated[str | None, typer.Option(help="Who declares the incident.")] = None,
     incident_id: Annotated[

@@ -164,7 +164,11 @@ def library_playbook(name: str, playbooks_dir: Path) -> Path:
     a path is refused, so no request makes the engine read a file outside the library."""
     if "/" in name or "\\" in name or name.endswith(SUFFIXES):
         raise PlaybookNotFound(f"playbooks are named, not paths: {name!r}")
-    return find_playbook(name, playbooks_dir)
+    try:
+        return find_playbook(name, playbooks_dir)
+    except PlaybookNotFound:  # said without the server's directory, which is not the client's
+        known = ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
+        raise PlaybookNotFound(f"no playbook named {name!r} (known: {known})") from None
 
 
 def playbook_files(directory: Path) -> list[Path]:

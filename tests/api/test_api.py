@@ -171,10 +171,12 @@ async def test_incident_lifecycle_over_http(
     assert incident_id in message and "closed" in message, message
 
 
-async def test_trigger_errors(api: httpx.AsyncClient) -> None:
+async def test_trigger_errors(api: httpx.AsyncClient, settings: Settings) -> None:
     """A bad trigger is refused with a stable error code and nothing is started."""
     unknown = await api.post("/v1/incidents", json={"playbook": "no-such-playbook"})
-    assert "no-such-playbook" in assert_error(unknown, 404, "playbook_not_found")
+    message = assert_error(unknown, 404, "playbook_not_found")
+    assert message.startswith("no playbook named 'no-such-playbook' (known: "), message
+    assert str(settings.playbooks_dir) not in message  # the server's files are not the client's
     path = await api.post("/v1/incidents", json={"playbook": "../playbooks/violent-disorder.yaml"})
     assert_error(path, 404, "playbook_not_found")
     out_of_range = await api.post(

@@ -636,8 +636,5 @@ def test_arguments_that_cannot_go_together_are_usage_errors(cli_env: dict[str, s
         (["audit", "verify", "INC-X", "--bundle", "b.tar.gz"], "--bundle PATH, not both"),
         (["tokens", "revoke"], "give a TOKEN_ID or --principal NAME"),
         (["tokens", "revoke", "tok", "--principal", "bob"], "give a TOKEN_ID or --principal NAME"),
-        (["--api", "http://127.0.0.1:9", "audit", "verify", "X"], "do not go through --api"),
-        (["--api", "http://127.0.0.1:9", "history", "export", "X"], "do not go through --api"),
-        (["--api", "http://127.0.0.1:9", "replay", "X"], "do not go through --api"),
     ):
         assert_usage_error(run_cli(cli_env, *args), fragment)

@@ -66,7 +66,12 @@ async def test_board_mistakes_are_one_line_each(cli_env: dict[str, str], tmp_pat
     # A data directory with no store is a mistake to report, not an empty store to create.
     elsewhere = {k: v for k, v in cli_env.items() if k != "CRISIS_DATABASE_URL"}
     elsewhere["CRISIS_DATA_DIR"] = str(tmp_path / "nothing-here")
-    assert_one_line_error(await crisis(elsewhere, "incidents"), "no audit store", "nothing-here")
+    board = await crisis(elsewhere, "incidents")
+    assert_one_line_error(board, "no audit store", "nothing-here", "or use --api")
+    # An auditor's check never goes through the API: it is not offered as a way out there.
+    audit = await crisis(elsewhere, "audit", "verify", "INC-ANY", "--no-replay")
+    assert_one_line_error(audit, "no audit store", "nothing-here")
+    assert "--api" not in audit.stderr
     assert not (tmp_path / "nothing-here").exists()
 
 
