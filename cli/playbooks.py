@@ -125,6 +125,8 @@ def playbook_list(as_json: JsonFlag = False) -> None:
     from engine.protocol import levers_used
 
     settings = settings_or_fail()
+    if not settings.playbooks_dir.is_dir():
+        fail(f"no playbooks directory at {settings.playbooks_dir} (CRISIS_PLAYBOOKS_DIR)")
     rows = []
     for path in playbook_files(settings.playbooks_dir):
         with user_errors():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from api.auth import Author, Reader
 from api.bodies import RequestBody
 from api.deps import SettingsDep
 from api.errors import ErrorOut
-from engine.errors import FileProblem
+from engine.errors import FileProblem, LibraryError, PlaybookInvalid
 from engine.incidents import prepare_incident
 from engine.plan import make_plan
 from engine.playbook_files import (
@@ -104,13 +105,23 @@ def _problems(found: list[FileProblem], submitted: Path) -> list[Problem]:
     ]
 
 
-@router.get("", response_model=list[PlaybookSummary])
+@router.get(
+    "",
+    response_model=list[PlaybookSummary],
+    responses={503: {"model": ErrorOut, "description": "A library file is invalid"}},
+)
 async def list_playbooks(_: Reader, settings: SettingsDep) -> list[PlaybookSummary]:
     """Every playbook in the library, with its content hash."""
-    return [
-        PlaybookSummary(**_summary(load_playbook(path, settings.playbooks_dir)))
-        for path in playbook_files(settings.playbooks_dir)
-    ]
+    summaries = []
+    for path in playbook_files(settings.playbooks_dir):
+        try:
+            summaries.append(
+                PlaybookSummary(**_summary(load_playbook(path, settings.playbooks_dir)))
+            )
+        except PlaybookInvalid as error:  # the deployment's to fix, not the client's: a 503
+            first = error.problems[0]
+            raise LibraryError(replace(first, file=Path(first.file.name))) from None
+    return summaries
 
 
 @router.get("/{name}", response_model=PlaybookOut, responses=_NAMED)

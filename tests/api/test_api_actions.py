@@ -384,3 +384,20 @@ async def test_an_action_no_worker_answers_is_504_incident_busy(
     message = assert_error(response, 504, "incident_busy")
     assert f"incident {incident_id} did not answer within 1s (no worker has polled" in message
     assert repr(settings.task_queue) in message, message
+
+
+async def test_a_broken_library_file_is_the_deployments_error_not_the_clients(
+    settings: Settings, tmp_path: Path, tokens: Tokens
+) -> None:
+    """The library list with one invalid file is a 503 `library_invalid` naming the file by its
+    name and place (not the server's path), as a broken template or directory is."""
+    broken = "playbook: draft\nversion: 1\n"
+    async with api_with(
+        settings, tmp_path, tokens, {"plain": PLAIN_PLAYBOOK, "draft": broken}
+    ) as http:
+        response = await http.get("/v1/playbooks")
+        message = assert_error(response, 503, "library_invalid")
+        assert message.startswith("draft.yaml:"), message
+        assert str(tmp_path) not in message
+        plain = await http.get("/v1/playbooks/plain")  # the rest of the library still serves
+        assert 200 == plain.status_code, plain.text

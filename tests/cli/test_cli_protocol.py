@@ -201,3 +201,13 @@ def test_list_json_has_owner_levels_levers_and_hash(
     row = next(line for line in table.stdout.splitlines() if "levelled" in line)
     for cell in ("safety-ops", "elevated, severe", levelled.content_hash[:19]):
         assert cell in row
+
+
+def test_list_names_a_playbooks_directory_that_is_not_there(
+    library: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    """An empty list would say the library has no playbooks; the directory is missing."""
+    env, _ = library
+    missing = tmp_path / "no-library"
+    run = run_cli({**env, "CRISIS_PLAYBOOKS_DIR": str(missing)}, "playbook", "list")
+    assert_one_line_error(run, f"no playbooks directory at {missing}")
