@@ -243,7 +243,9 @@ def stand_down(
                 await refuse_if_later_overlaps(store, incident_id)
             finally:
                 store.dispose()
-        return await incidents.stand_down(incident_id, actor=actor_name(actor), reason=reason)
+        return await incidents.stand_down(
+            incident_id, actor=actor_name(actor), reason=reason, force=force
+        )
 
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else _print_status(result)

@@ -264,10 +264,13 @@ class Incidents:
             if step.approval is not None
         }
 
-    async def stand_down(self, incident_id: str, *, actor: str, reason: str) -> IncidentStatus:
-        return await self.act(
-            incident_id, CrisisWorkflow.stand_down, StandDownRequest(actor=actor, reason=reason)
-        )
+    async def stand_down(
+        self, incident_id: str, *, actor: str, reason: str, force: bool = False
+    ) -> IncidentStatus:
+        """`force`: the caller insists although a later incident holds measures on the same
+        settings (engine.overlap); the incident hands those settings to it."""
+        request = StandDownRequest(actor=actor, reason=reason, force=force)
+        return await self.act(incident_id, CrisisWorkflow.stand_down, request)
 
     async def act(self, incident_id: str, update: Any, request: BaseModel) -> Any:
         """Run a commander action (a workflow Update) and answer its result; a refused request

@@ -41,7 +41,10 @@ class CommanderActions(IncidentRun):
     async def stand_down(self, request: StandDownRequest) -> IncidentStatus:
         """Undo every applied measure in reverse order, close the incident, answer its status."""
         self._stand_down = request
-        self._record("stand_down.requested", actor=request.actor, data={"reason": request.reason})
+        forced = {"forced": True} if request.force else {}  # unforced events hash as before
+        self._record(
+            "stand_down.requested", actor=request.actor, data={"reason": request.reason, **forced}
+        )
         if self._since_v3("stand-down-answers-after-audit"):
             # Answer once the audit trail is complete, so what the commander sees is on record.
             await self._wait(lambda: self._audit_flushed)

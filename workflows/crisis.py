@@ -51,7 +51,7 @@ from workflows.incident_run import (
     parse_iso,
 )
 from workflows.lever_calls import LeverCalls
-from workflows.overlap_handoff import REASSERT_PATCH, OverlapHandoff
+from workflows.overlap_handoff import FORCED_HAND_BACK_PATCH, REASSERT_PATCH, OverlapHandoff
 from workflows.supervision import Supervision
 
 AUDIT_RETRY = RetryPolicy(
@@ -114,9 +114,16 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
                 record.state = "skipped"
                 record.outcome = record.outcome or "not run: incident stood down"
         undoing = list(reversed(self._applied_order))
+        forced = self._stand_down is not None and self._stand_down.force
         for number, step_id in enumerate(undoing, start=1):
-            closes = number == len(undoing) and not self._pb.on_stand_down
-            await self._undo(self._records[step_id], final_state="undone", closes=closes)
+            # A forced stand-down's hand-backs are recorded after its undos: nothing carries
+            # the close.
+            closes = number == len(undoing) and not self._pb.on_stand_down and not forced
+            await self._undo(
+                self._records[step_id], final_state="undone", closes=closes, hand_back=forced
+            )
+        if forced and self._busy:
+            await self._wait(lambda: self._busy == 0)  # the hand-backs, before the close
         for step in self._pb.on_stand_down:
             if self._eligible(step):
                 await self._apply_step(step)
@@ -337,10 +344,18 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         return True
 
     async def _undo(
-        self, record: StepRecord, *, final_state: str, reason: str = "", closes: bool = False
+        self,
+        record: StepRecord,
+        *,
+        final_state: str,
+        reason: str = "",
+        closes: bool = False,
+        hand_back: bool = False,
     ) -> None:
         """Take a measure back. `closes`: the incident closes once it is (the call then writes
-        the stand-down's trail, the close included, if nothing else is under way)."""
+        the stand-down's trail, the close included, if nothing else is under way). `hand_back`:
+        as a lapse does, tell a later incident whose measure on the same settings this restore
+        lifted (a forced stand-down)."""
         if record.id in self._putting_back:  # put back for an earlier incident: let it land
             await self._wait(lambda: record.id not in self._putting_back)
             LEVER_TIME.set(self._handoff_time)  # woken by that lever call, not the history
@@ -418,14 +433,17 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         if (earlier := self._restore_after.pop(record.id, None)) is not None:
             await self._restore_for(step, earlier)  # before ours stacked on it go back
         await self._restack(held)
-        if (
-            restore is not None
-            and applied_at is not None
-            and final_state in ("expired", "dormant")
-            and workflow.patched(REASSERT_PATCH)
-        ):
+        if restore is None or applied_at is None:
+            return
+        if final_state in ("expired", "dormant") and workflow.patched(REASSERT_PATCH):
             self._background(
                 self._reassert_later(record, applied_at, reason, restore, restacked=bool(held))
+            )
+        elif hand_back and workflow.patched(FORCED_HAND_BACK_PATCH):
+            self._background(
+                self._reassert_later(
+                    record, applied_at, "stood down (forced)", restore, restacked=bool(held)
+                )
             )
 
     # --- continue-as-new ----------------------------------------------------------------------

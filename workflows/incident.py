@@ -165,6 +165,9 @@ class IncidentInput(BaseModel):
 class StandDownRequest(BaseModel):
     actor: str = Field(min_length=1)
     reason: str = Field(min_length=1)
+    # Insisted on although a later open incident holds measures on the same settings: each
+    # measure taken back hands those settings to it, as a lapse does (`overlap_handoff`).
+    force: bool = False
 
 
 class ApproveRequest(BaseModel):

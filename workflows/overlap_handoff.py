@@ -1,8 +1,9 @@
-"""Two incidents on the same setting: when a measure lapses or is withdrawn, its restore also lifts
-what a later incident put in force over it. The earlier incident tells the later one
-(`_reassert_later`), which puts its own measures back over that restore (the `reassert`
-Update); within one incident, a measure taken back lifts and re-applies the newer ones stacked
-on it (`_stacked_on`, `_restack`). README: "Two incidents on the same setting"."""
+"""Two incidents on the same setting: when a measure lapses, is withdrawn or is taken back by a
+forced stand-down, its restore also lifts what a later incident put in force over it. The earlier
+incident tells the later one (`_reassert_later`), which puts its own measures back over that
+restore (the `reassert` Update); within one incident, a measure taken back lifts and re-applies
+the newer ones stacked on it (`_stacked_on`, `_restack`). README: "Two incidents on the same
+setting"."""
 
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ REASSERT_ROUNDS = 3
 # settings to put its own back. Its own patch, recorded at a lapse or withdrawal only: the
 # trigger-to-stand-down path of an incident never records it.
 REASSERT_PATCH = "hand-back-to-later-incidents"
+# The same at a forced stand-down, recorded only there.
+FORCED_HAND_BACK_PATCH = "hand-back-at-forced-stand-down"
 
 
 class OverlapHandoff(LeverCalls):
@@ -74,8 +77,9 @@ class OverlapHandoff(LeverCalls):
         *,
         restacked: bool,
     ) -> None:
-        """A measure this incident applied first has lapsed or been withdrawn: its restore also
-        lifted what a later incident put in force on the same settings. That incident is told,
+        """A measure this incident applied first has lapsed, been withdrawn or been taken back
+        by a forced stand-down: its restore also lifted what a later incident put in force on
+        the same settings. That incident is told,
         and puts its own back over this restore (`reassert`). One standing down or closed has
         put this measure's state back with its own restore: once it has closed, this incident
         restores again and looks again. More than one, or this incident's own measures among
@@ -123,7 +127,7 @@ class OverlapHandoff(LeverCalls):
                         )
                     finally:
                         LEVER_TIME.set(None)  # its outcome arrives with the history
-                if record.state not in ("expired", "dormant") or record.undos != undos:
+                if record.state not in ("expired", "dormant", "undone") or record.undos != undos:
                     return  # renewed or applied again meanwhile: nothing to restore
                 await self._restore_for(
                     step, request.model_copy(update={"operation": f"{request.operation}-{again}"})

@@ -106,7 +106,9 @@ async def stand_down(
 ) -> IncidentStatus:
     if not body.force:
         await refuse_if_later_overlaps(store, incident_id)
-    return await incidents.stand_down(incident_id, actor=principal.name, reason=body.reason)
+    return await incidents.stand_down(
+        incident_id, actor=principal.name, reason=body.reason, force=body.force
+    )
 
 
 @router.get("/{incident_id}/audit", response_model=AuditOut)

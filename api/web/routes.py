@@ -291,8 +291,10 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             )
         if action == "stand-down" and form.get("confirm") != "yes":
             raise ActionRefused("stand-down: tick the box to confirm that every measure is undone")
-        if action == "stand-down" and form.get("force") != "yes":
-            await refuse_if_later_overlaps(get_store(request), incident_id)
+        if action == "stand-down":
+            fields["force"] = form.get("force") == "yes"
+            if not fields["force"]:
+                await refuse_if_later_overlaps(get_store(request), incident_id)
         update, model = ACTIONS[action]
         result = await get_incidents(request).act(
             incident_id, update, build_request(model, fields, actor=principal.name)

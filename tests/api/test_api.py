@@ -142,7 +142,7 @@ async def test_incident_lifecycle_over_http(
     assert 200 == response.status_code, response.text
     closed = response.json()
     assert "closed" == closed["state"]
-    assert {"actor": "admin", "reason": "disorder over"} == closed["stand_down"]
+    assert {"actor": "admin", "reason": "disorder over", "force": False} == closed["stand_down"]
     assert ["undone"] * 5 == [s["state"] for s in closed["steps"]]
     after = await sandbox.state()
     for part in ("recommender", "detection", "moderation"):

@@ -77,15 +77,35 @@ async def test_the_older_incident_cannot_lift_the_newers_measures(
 
 
 async def test_a_commander_may_force_the_older_down(
-    api: httpx.AsyncClient, sandbox: Sandbox
+    api: httpx.AsyncClient, sandbox: Sandbox, tokens: Tokens
 ) -> None:
+    """Forced, the older incident hands the settings to the newer, as a lapse of its measure
+    would: the newer puts its measure back over the older's restore, and its own stand-down
+    then leaves the setting as it was before both (not as the older had set it)."""
     region = f"Z{uuid.uuid4().hex[:3].upper()}"
     older = await applied(api, region, 0.5)
     newer = await applied(api, region, 0.25)
-    forced = await act(api, older, "stand-down", reason="calm", force=True)
-    assert "closed" == answer(forced)["state"]
-    # What the warning said: the newer incident's measure was lifted with the older's.
-    assert None is await policy(sandbox, region)
-    # And the newer then puts back what it replaced, the older's: why the refusal exists.
+    forced = answer(await act(api, older, "stand-down", reason="calm", force=True))
+    assert ("closed", True) == (forced["state"], forced["stand_down"]["force"])
+    # The hand-back is done before the forced stand-down answers.
+    assert 0.25 == (await policy(sandbox, region))["reach_multiplier"]
+    newer_status = answer(await api.get(f"/v1/incidents/{newer}"))
+    (step,) = [s for s in newer_status["steps"] if s["id"] == "throttle"]
+    assert (2, None) == (step["applications"], step["lifted_by"])  # put back, not left lifted
+
     assert "closed" == answer(await act(api, newer, "stand-down", reason="calm"))["state"]
-    assert 0.5 == (await policy(sandbox, region))["reach_multiplier"]
+    assert None is await policy(sandbox, region)
+
+    audited = {
+        incident: (
+            await api.get(f"/v1/incidents/{incident}/audit", headers=tokens.headers("carol"))
+        ).json()["events"]
+        for incident in (older, newer)
+    }
+    requested = next(e for e in audited[older] if e["kind"] == "stand_down.requested")
+    assert {"reason": "calm", "forced": True} == requested["data"]
+    assert [newer] == [
+        e["data"]["incident"] for e in audited[older] if e["kind"] == "overlap.reasserting"
+    ]
+    lifted = next(e for e in audited[newer] if e["kind"] == "overlap.lifted")
+    assert (older, "stood down (forced)") == (lifted["data"]["by"], lifted["data"]["reason"])

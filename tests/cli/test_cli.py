@@ -396,7 +396,7 @@ async def test_trigger_status_stand_down_and_verify(
     assert 0 == run.code, run
     closed = run.json()
     assert "closed" == closed["state"]
-    assert {"actor": "cli-tester", "reason": "calm again"} == closed["stand_down"]
+    assert {"actor": "cli-tester", "reason": "calm again", "force": False} == closed["stand_down"]
     assert ["undone"] * 5 == [s["state"] for s in closed["steps"]]
     after = await sandbox.state()
     assert before["recommender"] == after["recommender"]

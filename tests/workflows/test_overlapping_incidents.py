@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from core.settings import Settings
 from engine.incidents import Incidents
+from engine.verification import IncidentHistory, replay_incident
 from store.audit_store import AuditStore
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
@@ -121,6 +122,44 @@ async def test_a_withdrawn_measure_tells_the_later_incident_too(lab: Lab) -> Non
     await lab.incidents.stand_down(later, actor="alice", reason="over")
     await lab.audit(later, until="incident.closed")
     assert before == settings_of(await lab.platform())
+
+
+async def test_a_forced_stand_down_hands_the_settings_to_the_later_incident(lab: Lab) -> None:
+    """Forced although a later incident holds a measure on the same settings, the earlier one
+    hands them over as a lapse does: the later measure is put back over the restore, the later
+    stand-down leaves the platform as before both, and both histories replay to their trails."""
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(EARLIER)
+    await lab.settle(earlier, {"cut-reach": "applied"})
+    later = await lab.trigger(LATER)
+    await lab.settle(later, {"limit-one": "applied", "elsewhere": "applied"})
+
+    closed = await lab.incidents.stand_down(earlier, actor="alice", reason="calm", force=True)
+    assert ("closed", True) == (closed.state, closed.stand_down and closed.stand_down.force)
+    assert LIMIT_ONE == (await lab.platform())["recommender"]["GB"]["incitement_to_violence"]
+    events = lab.store.events(earlier)
+    assert {"reason": "calm", "forced": True} == next(
+        e.data for e in events if e.kind == "stand_down.requested"
+    )
+    assert [{"incident": later, "steps": ["limit-one"]}] == [
+        e.data for e in events if e.kind == "overlap.reasserting"
+    ]
+    assert "incident.closed" == events[-1].kind  # the hand-back is on record before the close
+    status = await lab.sync(later)
+    assert (2, None) == (
+        step(status, "limit-one").applications,
+        step(status, "limit-one").lifted_by,
+    )
+
+    await lab.incidents.stand_down(later, actor="alice", reason="calm")
+    await lab.audit(later, until="incident.closed")
+    assert before == settings_of(await lab.platform())
+    for incident in (earlier, later):  # one run each (the test server lists no workflows)
+        history = await lab.env.client.get_workflow_handle(incident).fetch_history()
+        report = await replay_incident(
+            IncidentHistory(incident, [history]), lab.store.events(incident)
+        )
+        assert report.ok, report.as_dict()
 
 
 async def test_a_lapse_with_no_later_incident_tells_nobody(lab: Lab) -> None:
