@@ -76,6 +76,27 @@ async def test_the_older_incident_cannot_lift_the_newers_measures(
     assert "closed" == answer(await act(api, elsewhere, "stand-down", reason="calm"))["state"]
 
 
+async def test_the_refusal_names_each_later_incident_newest_first(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    """Two later incidents: the refusal says what each holds and the order that restores every
+    setting exactly, newest first; in that order all three go down and the setting is back."""
+    region = f"Z{uuid.uuid4().hex[:3].upper()}"
+    oldest = await applied(api, region, 0.5)
+    middle = await applied(api, region, 0.25)
+    newest = await applied(api, region, 0.1)
+    refused = await act(api, oldest, "stand-down", reason="calm")
+    held = f"recommender.throttle {region}/scams over throttle"
+    conflict(
+        refused,
+        f"({newest}: {held}; {middle}: {held})",
+        f"stand {newest} then {middle} down first (newest first)",
+    )
+    for incident in (newest, middle, oldest):
+        assert "closed" == answer(await act(api, incident, "stand-down", reason="calm"))["state"]
+    assert None is await policy(sandbox, region)
+
+
 async def test_a_commander_may_force_the_older_down(
     api: httpx.AsyncClient, sandbox: Sandbox, tokens: Tokens
 ) -> None:
