@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -67,6 +68,26 @@ class PlatformRejected(Exception):
     """The platform refused the request (4xx): retrying cannot help."""
 
 
+class PlatformUnavailable(Exception):
+    """The platform did not answer, or failed (5xx): the call is retried per the step's policy."""
+
+
+def _failed(
+    message: str, kind: type[Exception], *, non_retryable: bool = False
+) -> ApplicationError:
+    """The call's failure, with how long it has been trying since the workflow first scheduled it
+    and which attempt this was: the incident stamps a failure when it happened, not when the
+    call began (FAILURE_FACTS in workflows.incident_run)."""
+    info = activity.info()
+    tried = (datetime.now(UTC) - info.scheduled_time).total_seconds()
+    return ApplicationError(
+        message,
+        {"tried_s": round(max(tried, 0.0), 6), "attempt": info.attempt},
+        type=kind.__name__,
+        non_retryable=non_retryable,
+    )
+
+
 class PlatformLevers:
     """Activities that pull levers; holds the worker's one shared HTTP client."""
 
@@ -104,18 +125,20 @@ class PlatformLevers:
             response = await self._send(url, content, headers, self._early(request), bound)
         except httpx.HTTPError as error:
             bound.warning("lever.unreachable", url=url, error=str(error))
-            raise RuntimeError(
-                f"{request.lever}: platform unreachable at {url}: {error}"
+            raise _failed(
+                f"{request.lever}: platform unreachable at {url}: {error}", PlatformUnavailable
             ) from error
         if response.status_code >= 500:
             bound.warning("lever.platform_error", status=response.status_code)
-            raise RuntimeError(f"{request.lever}: platform error HTTP {response.status_code}")
+            raise _failed(
+                f"{request.lever}: platform error HTTP {response.status_code}", PlatformUnavailable
+            )
         if response.status_code >= 400:
             bound.error("lever.rejected", status=response.status_code, body=response.text[:500])
-            raise ApplicationError(
+            raise _failed(
                 f"{request.lever}: platform rejected the request (HTTP {response.status_code}): "
                 f"{response.text[:300]}",
-                type=PlatformRejected.__name__,
+                PlatformRejected,
                 non_retryable=True,
             )
         answer = response.json()

@@ -47,6 +47,7 @@ from workflows.incident_run import (
     UNDO_RETRY,
     AnyStep,
     cause_of,
+    failure_facts,
     iso,
     parse_iso,
 )
@@ -315,8 +316,13 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
                 iso(self._clock()),
                 cause_of(error),
             )
+            # How many attempts, when the failure says (earlier histories' do not: same hash).
+            attempts = failure_facts(error).get("attempt")
+            counted = {} if attempts is None else {"attempts": attempts}
             self._record(
-                "step.failed", step_id=step.id, data={"lever": step.do, "error": record.error}
+                "step.failed",
+                step_id=step.id,
+                data={"lever": step.do, "error": record.error, **counted},
             )
             if step.on_failure == "undo":
                 for step_id in reversed(list(self._applied_order)):

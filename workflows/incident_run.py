@@ -380,8 +380,22 @@ class IncidentRun:
         )
 
 
+def failure_facts(error: BaseException) -> dict[str, Any]:
+    """What a failed lever call said of itself (activities.platform `_failed`): `tried_s`, how
+    long it had been trying, and `attempt`; empty for failures recorded before it said so."""
+    while error is not None:
+        if isinstance(error, ApplicationError) and error.details:
+            facts = error.details[0]
+            if isinstance(facts, dict) and "tried_s" in facts:
+                return facts
+        error = error.__cause__  # type: ignore[assignment]
+    return {}
+
+
 def cause_of(error: BaseException) -> str:
     # The useful message is the innermost cause (the platform's answer), not "activity failed".
     while error.__cause__ is not None:
         error = error.__cause__
+    if isinstance(error, ApplicationError) and failure_facts(error):
+        return error.message  # without "PlatformUnavailable: " (earlier histories keep theirs)
     return str(error)

@@ -11,7 +11,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from workflows.audit import AuditBatch, CarriedOutcome
@@ -27,7 +27,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.notifications import DELIVER_NOTIFICATION, DeliveryReceipt, DeliveryRequest
     from workflows.playbook import Step, retry_timings
 
-from workflows.incident_run import LEVER_TIME, NON_RETRYABLE, IncidentRun, cause_of, iso
+from workflows.incident_run import (
+    LEVER_TIME,
+    NON_RETRYABLE,
+    IncidentRun,
+    cause_of,
+    failure_facts,
+    iso,
+)
 
 
 class LeverCalls(IncidentRun):
@@ -90,6 +97,11 @@ class LeverCalls(IncidentRun):
                 start_to_close_timeout=parse_duration(step.timeout),
                 retry_policy=retry,
             )
+        except FailureError as error:
+            # Stamped when it failed (its retries took time), from what the failure recorded.
+            if (tried := failure_facts(error).get("tried_s")) is not None:
+                LEVER_TIME.set(began + timedelta(seconds=float(tried)))
+            raise
         finally:
             self._inflight -= 1
             if request.audit is not None:

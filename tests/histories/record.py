@@ -3,6 +3,8 @@
 Run against a fresh dev server with today's interpreter before changing it:
     python -m tests.histories.record v1   # (v2, ...: the tag of the version being kept)
     python -m tests.histories.record v5 overlap   # two incidents: a lapse under a later measure
+    python -m tests.histories.record v5 forced    # a forced stand-down hands a setting over,
+                                                  # and a lever that fails after its retries
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -108,6 +110,63 @@ async def record_overlap(tag: str, incidents: Incidents, client: Client, work: P
         print(f"recorded {incident_id}: {len(history.events)} events")
 
 
+RETRIED = """
+playbook: record-retried
+version: 1
+title: A lever that fails after its retries
+description: For the recorded history of a failure stamped when it happened.
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+    retry: {max_attempts: 3, initial_interval: 100ms, max_interval: 200ms}
+"""
+
+
+async def record_forced(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """Earlier and later incidents on one setting, the earlier stood down by force (it hands the
+    setting to the later one); and a lever whose failures say when and after how many attempts."""
+    ids = {name: f"REC-{tag}-forced-{name}" for name in ("earlier", "later")}
+    for name, body in (("earlier", LATER.replace("0.25", "0.5")), ("later", LATER)):
+        path = work / f"record-forced-{name}.yaml"
+        path.write_text(body.replace("record-later", f"record-forced-{name}"))
+        await incidents.trigger(str(path), {}, actor="recorder", incident_id=ids[name])
+        await _settled(incidents, ids[name])
+    await incidents.stand_down(ids["earlier"], actor="recorder", reason="recorded", force=True)
+    await incidents.stand_down(ids["later"], actor="recorder", reason="recorded")
+    kept = {f"{tag}-forced-{name}": incident_id for name, incident_id in ids.items()}
+
+    async with httpx.AsyncClient() as http:
+        fault = {"path_prefix": "/detection", "status": 503}
+        (await http.post(f"{sandbox_url}/faults", json=fault)).raise_for_status()
+        retried = work / "record-retried.yaml"
+        retried.write_text(RETRIED)
+        incident_id = f"REC-{tag}-retried-failure"
+        await incidents.trigger(str(retried), {}, actor="recorder", incident_id=incident_id)
+        await _settled(incidents, incident_id)
+        (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
+    await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    kept[f"{tag}-retried-failure"] = incident_id
+    for name, kept_id in kept.items():
+        history = await client.get_workflow_handle(kept_id).fetch_history()
+        (HERE / f"{name}.json").write_text(_without_local_paths(history.to_json()))
+        print(f"recorded {kept_id}: {len(history.events)} events")
+
+
+async def _settled(incidents: Incidents, incident_id: str) -> None:
+    for _ in range(200):
+        status = await incidents.status(incident_id)
+        if all(s.state not in ("pending", "running") for s in status.steps):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{incident_id} did not settle")
+
+
 async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario: str) -> None:
     settings = Settings(
         temporal_address=address,
@@ -125,6 +184,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         incidents = Incidents(client, settings)
         if scenario == "overlap":
             await record_overlap(tag, incidents, client, work)
+            return
+        if scenario == "forced":
+            await record_forced(tag, incidents, client, work, sandbox_url)
             return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
@@ -154,7 +216,7 @@ def _without_local_paths(text: str) -> str:
 
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
-    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or "overlap"
+    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or "overlap", "forced"
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -146,8 +147,13 @@ async def test_a_lever_that_keeps_failing_fails_the_incident_and_stand_down_stil
     )
     status = await wait_for_state(incidents, triggered.incident_id, "failed")
     assert [s.state for s in status.steps] == ["applied", "failed", "pending"]
-    assert "503" in (status.steps[1].error or "")
+    failed = status.steps[1]
+    assert "detection.set_threshold: platform error HTTP 503" == failed.error
     assert (await sandbox.state())["stats"]["faults_injected"] == 3
+    # Stamped when it failed, after three attempts 100 ms and 200 ms apart, not when it began.
+    assert failed.started_at is not None and failed.finished_at is not None
+    took = datetime.fromisoformat(failed.finished_at) - datetime.fromisoformat(failed.started_at)
+    assert took >= timedelta(milliseconds=300), (failed.started_at, failed.finished_at)
     await sandbox.clear_faults()
 
     closed = await incidents.stand_down(triggered.incident_id, actor="bob", reason="give up")
@@ -163,6 +169,11 @@ async def test_a_lever_that_keeps_failing_fails_the_incident_and_stand_down_stil
 
     kinds = await assert_eventually(audited)
     assert "step.failed" in kinds and "incident.failed" in kinds
+    events = sqlite_store.events(triggered.incident_id)
+    step_failed = next(e for e in events if e.kind == "step.failed")
+    assert (3, failed.finished_at) == (step_failed.data["attempts"], step_failed.at)
+    ats = [datetime.fromisoformat(e.at) for e in events]
+    assert ats == sorted(ats), [(e.seq, e.kind, e.at) for e in events]  # never back in time
 
 
 async def test_a_rejected_lever_is_not_retried(

@@ -40,12 +40,15 @@ def test_histories_are_kept() -> None:
     """Each version's histories are committed (a stand-down and a failure): v1, v2 with audit
     writes as local activities and a patch marker per change, v3 with one version marker (and a
     timer restarted for each measure applied with an expiry), v4 keeping that timer, and v5,
-    whose last lever call of each phase writes the trail (and a third: every step applied; and
-    two incidents whose measures overlap: the earlier lapses, the later puts its own back)."""
+    whose last lever call of each phase writes the trail (and a third: every step applied; two
+    incidents whose measures overlap: the earlier lapses, the later puts its own back; two more:
+    the earlier is stood down by force and hands the setting over; and a lever whose failure
+    after its retries says when it failed and after how many attempts)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
     assert {"v5-applied", "v5-overlap-earlier", "v5-overlap-later"} <= kept
+    assert {"v5-forced-earlier", "v5-forced-later", "v5-retried-failure"} <= kept
 
 
 async def test_an_edited_history_file_is_caught(tmp_path: Path) -> None:
