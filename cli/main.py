@@ -336,7 +336,7 @@ def _print_command_state(status: IncidentStatus) -> None:
     for step in status.steps:
         if step.state == "awaiting_approval":
             console.print(
-                f"awaiting approval: {step.id} — {len(step.approvals)} approval(s): "
+                f"awaiting approval: {step.id} — {len(step.approvals)} of {step.quorum or 1}: "
                 f"{escape(_approvers(step))}; deadline {_moment(step.approval_deadline)} UTC"
             )
     for step in status.steps:

@@ -104,7 +104,9 @@ class RemoteIncidents(RemoteApi):
         level: str | None = None,
     ) -> dict[str, Any]:
         body = {"playbook": playbook, "inputs": inputs, "incident_id": incident_id, "level": level}
-        return await self._call("POST", "/incidents", {k: v for k, v in body.items() if v})
+        # An empty id is sent as given: the API refuses it, as direct mode does.
+        given = {k: v for k, v in body.items() if v is not None and v != {}}
+        return await self._call("POST", "/incidents", given)
 
     async def status(self, incident_id: str) -> IncidentStatus:
         return IncidentStatus.model_validate(await self._call("GET", f"/incidents/{incident_id}"))

@@ -125,7 +125,7 @@ async def test_approve_and_reject(
 
     text = ok(await crisis({**cli_env, "COLUMNS": "200"}, "status", i)).stdout
     assert "level: elevated (levels: elevated, severe, critical)" in text, text
-    assert "awaiting approval: throttle — 1 approval(s): cli-tester (commander); deadline " in text
+    assert "awaiting approval: throttle — 1 of 2: cli-tester (commander); deadline " in text
     assert "next review due " in text and "notes: 0" in text, text
 
     run = ok(

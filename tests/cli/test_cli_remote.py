@@ -92,6 +92,15 @@ async def test_remote_mistakes_are_one_line_each(
     assert_one_line_error(
         await crisis(alice, "--api", remote, "status", "INC-NO-SUCH-ONE"), "INC-NO-SUCH-ONE"
     )
+    # An empty id or level is refused as in direct mode, not dropped for a default.
+    assert_one_line_error(
+        await crisis(alice, "--api", remote, "trigger", "violent-disorder", "--id", ""),
+        "incident_id",
+    )
+    assert_one_line_error(
+        await crisis(alice, "--api", remote, "trigger", "violent-disorder", "--level", ""),
+        "unknown level ''",
+    )
     nowhere = f"http://127.0.0.1:{free_port()}"
     assert_one_line_error(
         await crisis(alice, "--api", nowhere, "status", "INC-X"), "cannot reach the API"
