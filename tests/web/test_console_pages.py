@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html as html_text
 import re
+import uuid
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from temporalio.client import Client
 
 from api.main import create_app
 from core.settings import Settings
+from engine.incidents import Incidents
 from tests.api.conftest import Tokens
 from tests.helpers import assert_eventually, serve_app
 from tests.web.conftest import Console, ConsoleSession, write_library
@@ -544,3 +546,19 @@ async def test_a_trigger_no_worker_will_run_yet_warns_the_commander(
     message = flash(html)
     assert message.startswith("triggered console-drill v1 as INC-"), message
     assert repr(settings.task_queue) in message and "starts once one polls" in message
+
+
+async def test_the_second_box_forces_the_stand_down_and_says_so(
+    console: Console, client: Client
+) -> None:
+    """Ticked, the force box reaches the incident: its stand-down is recorded as forced."""
+    async with console.session("alice") as alice:
+        incident_id = await trigger(alice, region=f"Z{uuid.uuid4().hex[:3].upper()}")
+        await alice.incident(incident_id)
+        response = await alice.post(
+            f"/console/incidents/{incident_id}/stand-down",
+            {"reason": "test over", "confirm": "yes", "force": "yes"},
+        )
+        assert 303 == response.status_code, response.text
+    status = await Incidents(client, console.settings).status(incident_id)
+    assert status.stand_down is not None and status.stand_down.force
