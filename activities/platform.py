@@ -77,7 +77,7 @@ def _failed(
 ) -> ApplicationError:
     """The call's failure, with how long it has been trying since the workflow first scheduled it
     and which attempt this was: the incident stamps a failure when it happened, not when the
-    call began (FAILURE_FACTS in workflows.incident_run)."""
+    call began (`failure_facts` in workflows.incident_run)."""
     info = activity.info()
     tried = (datetime.now(UTC) - info.scheduled_time).total_seconds()
     return ApplicationError(

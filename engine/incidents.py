@@ -229,12 +229,10 @@ class Incidents:
         handle = self._client.get_workflow_handle(incident_id)
         query = asyncio.ensure_future(handle.query(CrisisWorkflow.status))
         try:
-            try:
-                return await asyncio.wait_for(asyncio.shield(query), SLOW_QUERY_S)
-            except TimeoutError:
-                if (missing := await self._no_worker()) is not None:
-                    raise IncidentBusy(f"incident {incident_id} cannot answer: {missing}") from None
-                return await query
+            answered, _ = await asyncio.wait({query}, timeout=SLOW_QUERY_S)
+            if not answered and (missing := await self._no_worker()) is not None:
+                raise IncidentBusy(f"incident {incident_id} cannot answer: {missing}")
+            return await query
         except RPCError as error:
             if _timed_out(error):
                 raise IncidentBusy(

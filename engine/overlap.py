@@ -35,17 +35,15 @@ async def refuse_if_later_overlaps(store: AuditStore, incident_id: str) -> None:
     overlaps = await asyncio.to_thread(later_overlaps, store, incident_id)
     if not overlaps:
         return
-    # Each later incident with what it holds over ours, newest first: the order that restores
-    # every setting exactly.
-    newest: dict[str, str] = {}
+    # Each later incident with what it holds over ours, newest first (the order that restores
+    # every setting exactly): a dict keeps the order incidents are first met in.
     held: dict[str, list[str]] = {}
     for overlap in sorted(overlaps, key=lambda o: o.theirs.applied_at, reverse=True):
-        newest.setdefault(overlap.incident_id, overlap.theirs.applied_at)
         held.setdefault(overlap.incident_id, []).append(
             f"{overlap.theirs.lever} {', '.join(sorted(overlap.settings))} over "
             f"{overlap.ours.step_id}"
         )
-    later = list(newest)
+    later = list(held)
     what = "; ".join(f"{other}: {' and '.join(held[other])}" for other in later)
     raise IncidentConflict(
         f"standing {incident_id} down now would lift what later incidents put in force on the "

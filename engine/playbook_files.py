@@ -153,10 +153,13 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
         path = playbooks_dir / (name_or_path + suffix)
         if is_playbook(path) and path.is_file():
             return path
-    known = ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
     raise PlaybookNotFound(
-        f"no playbook named {name_or_path!r} in {playbooks_dir} (known: {known})"
+        f"no playbook named {name_or_path!r} in {playbooks_dir} (known: {_known(playbooks_dir)})"
     )
+
+
+def _known(playbooks_dir: Path) -> str:
+    return ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
 
 
 def library_playbook(name: str, playbooks_dir: Path) -> Path:
@@ -167,8 +170,9 @@ def library_playbook(name: str, playbooks_dir: Path) -> Path:
     try:
         return find_playbook(name, playbooks_dir)
     except PlaybookNotFound:  # said without the server's directory, which is not the client's
-        known = ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
-        raise PlaybookNotFound(f"no playbook named {name!r} (known: {known})") from None
+        raise PlaybookNotFound(
+            f"no playbook named {name!r} (known: {_known(playbooks_dir)})"
+        ) from None
 
 
 def playbook_files(directory: Path) -> list[Path]:

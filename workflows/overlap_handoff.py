@@ -79,8 +79,8 @@ class OverlapHandoff(LeverCalls):
     ) -> None:
         """A measure this incident applied first has lapsed, been withdrawn or been taken back
         by a forced stand-down: its restore also lifted what a later incident put in force on
-        the same settings. That incident is told,
-        and puts its own back over this restore (`reassert`). One standing down or closed has
+        the same settings. That incident is told, and puts its own back over this restore
+        (`reassert`). One standing down or closed has
         put this measure's state back with its own restore: once it has closed, this incident
         restores again and looks again. More than one, or this incident's own measures among
         them: named for commanders (`overlap.unresolved`). Runs beside the supervisor; a
