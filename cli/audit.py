@@ -253,6 +253,7 @@ def history_export(
 
 
 def replay(
+    ctx: typer.Context,
     incident_id: Annotated[str | None, typer.Argument(help="Incident to fetch and replay.")] = None,
     history: Annotated[
         Path | None,
@@ -268,8 +269,10 @@ def replay(
     from store.audit_store import AuditStore
 
     settings = settings_or_fail()
-    if (incident_id is None) == (history is None):
-        fail("give an incident id or --history FILE|DIR")
+    if incident_id is not None and history is not None:
+        misuse(ctx, "give an incident id or --history FILE|DIR, not both")
+    if incident_id is None and history is None:
+        misuse(ctx, "give an incident id or --history FILE|DIR")
 
     async def go() -> list[ReplayReport]:
         store = AuditStore(existing_store_url(settings, through_api=False))

@@ -42,7 +42,7 @@ def incidents(
     if state not in (states := get_args(StateFilter)):
         misuse(ctx, f"--state {state!r}: expected one of {', '.join(states)}")
     settings = settings_or_fail()
-    remote = remote_incidents()
+    remote = remote_incidents(ctx)
     filters = {"state": state, "playbook": playbook, "level": level, "limit": limit}
 
     async def go() -> BoardPage:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
-from cli.output import fail, user_errors
+from cli.output import fail, misuse, user_errors
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 
@@ -63,12 +63,13 @@ def remote_api() -> RemoteApi | None:
         return RemoteApi(API["url"], os.environ.get("CRISIS_TOKEN", ""))
 
 
-def remote_incidents(actor: str | None = None) -> RemoteIncidents | None:
-    """The remote API client when `--api` was given; None for direct mode."""
+def remote_incidents(ctx: typer.Context, actor: str | None = None) -> RemoteIncidents | None:
+    """The remote API client when `--api` was given; None for direct mode. `actor`: the
+    command's --actor, which the API cannot take (a usage error of `ctx`'s command)."""
     if "url" not in API:
         return None
     if actor:
-        fail("--actor cannot be used with --api: the API acts as the token's principal")
+        misuse(ctx, "--actor cannot be used with --api: the API acts as the token's principal")
     from cli.remote import RemoteIncidents
 
     with user_errors():

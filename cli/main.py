@@ -84,6 +84,7 @@ async def _direct_incidents(settings: Settings) -> Incidents:
 # --- incidents --------------------------------------------------------------------------------
 @app.command()
 def trigger(
+    ctx: typer.Context,
     playbook: Annotated[
         str,
         typer.Argument(help="Playbook name, or a path to a playbook file (not with --api)."),
@@ -101,7 +102,7 @@ def trigger(
     """Declare an incident: start the playbook's workflow."""
     settings = settings_or_fail()
     given = parse_inputs(inputs)
-    remote = _remote_incidents(actor)
+    remote = _remote_incidents(ctx, actor)
     if remote is not None:  # the server's library and checks, the token's principal
         answer = run_async(
             lambda: remote.trigger(playbook, given, incident_id=incident_id, level=level)
@@ -188,10 +189,10 @@ def _print_status(status: IncidentStatus) -> None:
 
 
 @app.command()
-def status(incident_id: str, as_json: JsonFlag = False) -> None:
+def status(ctx: typer.Context, incident_id: str, as_json: JsonFlag = False) -> None:
     """Show an incident's state and each step's state and times."""
     settings = settings_or_fail()
-    remote = _remote_incidents()
+    remote = _remote_incidents(ctx)
 
     async def go() -> IncidentStatus:
         if remote is not None:
@@ -228,7 +229,7 @@ def stand_down(
     settings = settings_or_fail()
     if not reason.strip():
         misuse(ctx, "--reason must not be empty")
-    remote = _remote_incidents(actor)
+    remote = _remote_incidents(ctx, actor)
 
     async def go() -> Any:
         if remote is not None:
@@ -295,7 +296,7 @@ def _act(
 
     settings = settings_or_fail()
     update, request_model = ACTIONS[action]
-    remote = _remote_incidents(actor)
+    remote = _remote_incidents(ctx, actor)
     fields["actor"] = actor_name(actor)  # checked here; a remote API uses its principal instead
     for name, value in fields.items():
         required = request_model.model_fields[name].is_required()

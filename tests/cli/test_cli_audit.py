@@ -23,7 +23,7 @@ from engine.devserver import free_port
 from engine.incidents import Incidents
 from store.audit_store import AuditStore
 from store.seals import Seal, Signer, key_id, public_key_pem
-from tests.cli.test_cli import Run, assert_one_line_error, crisis, refusals
+from tests.cli.test_cli import USAGE, Run, assert_one_line_error, crisis, refusals
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.helpers import assert_eventually
 from workflows.audit import AuditEvent, chain_hash
@@ -552,6 +552,11 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
             [f"--public-key {garbage}", "not a PEM public key"],
         ),
         "unreadable history": (["replay", "--history", str(garbage)], ["not a readable history"]),
+        "replay of nothing": (["replay"], [USAGE, "give an incident id or --history"]),
+        "replay of both": (
+            ["replay", none, "--history", str(garbage)],
+            [USAGE, "give an incident id or --history FILE|DIR, not both"],
+        ),
     }
     await refusals(env, cases)
 

@@ -14,7 +14,7 @@ from core.net import free_port
 from core.settings import Settings
 from store.audit_store import AuditStore
 from store.tokens import TokenStore
-from tests.cli.test_cli import assert_one_line_error, crisis
+from tests.cli.test_cli import assert_one_line_error, assert_usage_error, crisis
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.helpers import assert_eventually, serve_app
 
@@ -85,7 +85,7 @@ async def test_remote_mistakes_are_one_line_each(
     assert_one_line_error(
         await crisis(as_(cli_env, "crt_nope_nope"), "--api", remote, "status", "INC-X"), "401"
     )
-    assert_one_line_error(
+    assert_usage_error(
         await crisis(alice, "--api", remote, "note", "INC-X", "hi", "--actor", "bob"),
         "--actor cannot be used with --api",
     )
