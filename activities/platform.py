@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.audit import AuditWriter
 from activities.messages import MessageError, render_message
@@ -85,6 +85,9 @@ def _failed(
         {"tried_s": round(max(tried, 0.0), 6), "attempt": info.attempt},
         type=kind.__name__,
         non_retryable=non_retryable,
+        # The lever's own log line has said what failed; benign keeps the SDK from logging a
+        # traceback of this raise for every attempt (it logs at debug instead).
+        category=ApplicationErrorCategory.BENIGN,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -118,9 +119,15 @@ steps:
 
 
 async def test_a_flaky_lever_is_retried_until_it_applies_once(
-    client: Client, settings: Settings, sandbox: Sandbox, tmp_path: Path
+    client: Client,
+    settings: Settings,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Two platform errors are retried; the lever is applied exactly once."""
+    """Two platform errors are retried; the lever is applied exactly once. Each failed attempt
+    is the lever's own log line, not also a traceback from the SDK."""
+    caplog.set_level(logging.WARNING, logger="temporalio.activity")
     await sandbox.fault(path_prefix="/detection", status=500, times=2)
     incidents = Incidents(client, settings)
     path = write_playbook(tmp_path, THREE_STEPS)
@@ -132,6 +139,10 @@ async def test_a_flaky_lever_is_retried_until_it_applies_once(
     assert state["detection"]["fraud"] == 0.3
     applied_steps = [a["step"] for a in state["applications"]]
     assert applied_steps == ["throttle", "threshold", "surge"]
+    sdk_failures = [
+        r for r in caplog.records if r.getMessage().startswith("Completing activity as failed")
+    ]
+    assert [] == sdk_failures
     await incidents.stand_down(triggered.incident_id, actor="bob", reason="done")
 
 
