@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.channels.base import DeliveryError, Outgoing, Sender
 from activities.channels.email import EmailSender
@@ -62,6 +62,7 @@ class NotificationDelivery:
                 f"template {request.template_name!r}: {error}",
                 type=MessageError.__name__,
                 non_retryable=True,
+                category=ApplicationErrorCategory.BENIGN,  # logged above: no SDK traceback too
             ) from None
         outgoing = Outgoing(request=request, subject=subject, body=body)
         try:
@@ -77,6 +78,7 @@ class NotificationDelivery:
                 type=kind,
                 non_retryable=not error.retryable,
                 next_retry_delay=error.retry_after,
+                category=ApplicationErrorCategory.BENIGN,
             ) from None
         elapsed = time.monotonic() - started
         bound.info("notification.sent", message_id=message_id, elapsed_s=round(elapsed, 3))

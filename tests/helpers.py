@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+import pytest
 
 from sandbox.server import serving_in_thread
 
@@ -16,6 +19,18 @@ T = TypeVar("T")
 
 # Serving an app on loopback is product code too (the simulator uses it).
 serve_app = serving_in_thread
+
+
+def sdk_failure_tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The SDK's warnings (with a traceback) for activity attempts that failed: none for the
+    failures our activities log themselves (they raise benign errors)."""
+    return [
+        record
+        for record in caplog.records
+        if record.name == "temporalio.activity"
+        and record.levelno >= logging.WARNING
+        and record.getMessage().startswith("Completing activity as failed")
+    ]
 
 
 async def assert_eventually(

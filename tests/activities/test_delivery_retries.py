@@ -4,6 +4,7 @@ last attempt, loudly; a refused message is not retried at all."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from store.audit_store import AuditStore
 from tests.activities.delivery_workflow import DeliverOnce, DeliveryJob
 from tests.activities.receivers import WebhookReceiver, serving_on
 from tests.activities.test_channels import delivery_request
-from tests.helpers import assert_eventually, serve_app
+from tests.helpers import assert_eventually, sdk_failure_tracebacks, serve_app
 from workflows.notifications import DeliveryReceipt, WebhookChannel
 
 
@@ -104,8 +105,12 @@ async def test_a_receiver_down_at_first_gets_the_message_after_retries(
 
 
 async def test_a_receiver_that_stays_down_fails_the_delivery_after_the_last_attempt(
-    client: Client, settings: Settings, sqlite_store: AuditStore
+    client: Client,
+    settings: Settings,
+    sqlite_store: AuditStore,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="temporalio.activity")
     receiver = WebhookReceiver(secret=settings.webhook_secret, status=503)
     with serve_app(receiver.app()) as url:
         async with delivering(client, settings, sqlite_store) as queues:
@@ -121,6 +126,7 @@ async def test_a_receiver_that_stays_down_fails_the_delivery_after_the_last_atte
     assert "HTTP 503" in cause.message
     assert [503, 503, 503] == receiver.answered
     assert 3 == await attempts(handle)
+    assert [] == sdk_failure_tracebacks(caplog)  # each attempt's own warning says it
 
 
 async def test_a_refused_message_is_not_retried(

@@ -14,7 +14,7 @@ from engine.errors import IncidentConflict
 from engine.incidents import Incidents
 from store.audit_store import AuditStore
 from tests.conftest import Sandbox
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, sdk_failure_tracebacks
 from workflows.incident import IncidentStatus
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -139,10 +139,7 @@ async def test_a_flaky_lever_is_retried_until_it_applies_once(
     assert state["detection"]["fraud"] == 0.3
     applied_steps = [a["step"] for a in state["applications"]]
     assert applied_steps == ["throttle", "threshold", "surge"]
-    sdk_failures = [
-        r for r in caplog.records if r.getMessage().startswith("Completing activity as failed")
-    ]
-    assert [] == sdk_failures
+    assert [] == sdk_failure_tracebacks(caplog)
     await incidents.stand_down(triggered.incident_id, actor="bob", reason="done")
 
 
