@@ -39,6 +39,11 @@ DEADLINE_MARGIN_S = 1.0
 # its outcome) at once, and so does a call that fails: the incident board shows them while it
 # retries, instead of once it is done.
 EARLY_WRITE_AFTER_S = 1.0
+# The workflow lends a batch of events once; one the call did not need to write (the platform
+# answered at once) is kept for the incident's next calls, which write it if they are slow or
+# fail. At most this many incidents' (one whose later calls run on another worker would
+# otherwise be kept for ever).
+LENT_KEPT = 2_000
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class PlatformLevers:
         self._settings = settings
         self._client = client
         self._audit = audit
+        self._lent: dict[str, AuditBatch] = {}  # by incident: see LENT_KEPT
 
     @activity.defn(name=APPLY_LEVER)
     async def apply_lever(self, request: LeverRequest) -> LeverOutcome:
@@ -125,7 +131,9 @@ class PlatformLevers:
         content = json.dumps(body, sort_keys=True).encode()
         headers = self._headers(request, content)
         try:
-            response = await self._send(url, content, headers, self._early(request), bound)
+            response = await self._send(
+                url, content, headers, self._early(request), bound, keep=request.lent is not None
+            )
         except httpx.HTTPError as error:
             bound.warning("lever.unreachable", url=url, error=str(error))
             raise _failed(
@@ -158,9 +166,12 @@ class PlatformLevers:
         headers: dict[str, str],
         early: AuditBatch | None,
         bound: structlog.typing.FilteringBoundLogger,
+        *,
+        keep: bool = False,
     ) -> httpx.Response:
         """POST; with `early` events, write them once the platform has taken EARLY_WRITE_AFTER_S
-        without answering, or before answering a failure (the events hold whatever the outcome)."""
+        without answering, or before answering a failure (the events hold whatever the outcome).
+        `keep`: `early` was lent to this call; unwritten, it is kept for the next calls."""
         if early is None:
             return await post(self._client, url, content=content, headers=headers)
         started = time.monotonic()
@@ -183,19 +194,29 @@ class PlatformLevers:
             timer.cancel()  # the early write starts only while the POST is in flight
         if writing or failure is not None or response.status_code >= 400:
             await (writing[0] if writing else self._write(early, started, "early", bound))
+        elif keep:
+            self._keep_lent(early)
         if failure is not None:
             raise failure
         return response
 
     def _early(self, request: LeverRequest) -> AuditBatch | None:
-        """The events this call writes early, if slow or failing: those it was lent, or those
-        it carries (before its outcome)."""
+        """The events this call writes early, if slow or failing: those it carries (before its
+        outcome), or those it was lent, or else those an earlier call of the incident was lent
+        and did not write (the workflow lends them once)."""
         if self._audit is None:
             return None
         if request.audit is not None and request.audit.events:
             carry = request.audit
             return AuditBatch(events=carry.events, task=carry.task, task_time=carry.task_time)
-        return request.lent
+        return request.lent or self._lent.get(request.incident_id)
+
+    def _keep_lent(self, batch: AuditBatch) -> None:
+        incident_id = batch.events[0].incident_id
+        self._lent.pop(incident_id, None)
+        self._lent[incident_id] = batch
+        if len(self._lent) > LENT_KEPT:
+            del self._lent[next(iter(self._lent))]
 
     async def _write_carried(
         self,
@@ -232,10 +253,14 @@ class PlatformLevers:
             bound.warning(f"audit.{what}_write_skipped", reason="too close to the call's deadline")
             return None
         try:
-            return await asyncio.wait_for(self._audit.write(batch), budget)
+            written = await asyncio.wait_for(self._audit.write(batch), budget)
         except Exception as error:  # the lever is applied either way; its trail is not lost
             bound.warning(f"audit.{what}_write_failed", error=str(error) or type(error).__name__)
             return None
+        kept = self._lent.get(batch.events[0].incident_id) if self._lent else None
+        if kept is not None and kept.events[-1].seq <= written.last_seq:
+            del self._lent[batch.events[0].incident_id]  # done: no later call need write it
+        return written
 
     @staticmethod
     def _message(request: LeverRequest) -> dict[str, Any]:

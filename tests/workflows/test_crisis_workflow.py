@@ -143,6 +143,34 @@ async def test_a_flaky_lever_is_retried_until_it_applies_once(
     await incidents.stand_down(triggered.incident_id, actor="bob", reason="done")
 
 
+async def test_the_board_shows_an_incident_while_a_later_lever_call_retries(
+    client: Client,
+    settings: Settings,
+    sandbox: Sandbox,
+    sqlite_store: AuditStore,
+    tmp_path: Path,
+) -> None:
+    """The first lever answers at once, the second keeps failing for a while: the incident is on
+    the board (its trigger in the store) while the second still retries, not once it applies."""
+    await sandbox.fault(path_prefix="/detection", status=500)
+    incidents = Incidents(client, settings)
+    path = write_playbook(tmp_path, THREE_STEPS.replace("max_attempts: 3", "max_attempts: 100"))
+    triggered = await incidents.trigger(str(path), {}, actor="alice", eager=True)
+
+    async def on_the_board() -> None:
+        row = sqlite_store.incident(triggered.incident_id)
+        assert row is not None and "running" == row.state
+
+    await assert_eventually(on_the_board, timeout=10)
+    state = await sandbox.state()
+    assert ["throttle"] == [a["step"] for a in state["applications"]]  # still retrying
+    await sandbox.clear_faults()
+    status = await wait_for_state(incidents, triggered.incident_id, "running")
+    assert [s.state for s in status.steps] == ["applied"] * 3
+    await incidents.stand_down(triggered.incident_id, actor="bob", reason="done")
+    assert sqlite_store.verify(triggered.incident_id).ok
+
+
 async def test_a_lever_that_keeps_failing_fails_the_incident_and_stand_down_still_undoes(
     client: Client, settings: Settings, sandbox: Sandbox, tmp_path: Path, sqlite_store: AuditStore
 ) -> None:
