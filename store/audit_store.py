@@ -388,13 +388,14 @@ def _append_in(conn: Connection, sql: _WritePath, write: Write) -> AppendResult:
     return AppendResult(inserted, superseded)
 
 
-def _log_superseded(events: list[AuditEvent], task: int, result: AppendResult) -> None:
+def _log_superseded(write: Write, result: AppendResult) -> None:
     if result.superseded:
         log.warning(
             "audit.superseded",
-            incident_id=events[0].incident_id,
+            incident_id=write.events[0].incident_id,
             rows=result.superseded,
-            task=task,
+            task=write.task,
+            task_time=write.task_time,  # tells attempts of one task apart (AuditBatch)
         )
 
 
@@ -512,13 +513,13 @@ class AuditStore:
                     outcomes.append(error)
             return outcomes
         for w, result in zip(writes, results, strict=True):
-            _log_superseded(w.events, w.task, result)
+            _log_superseded(w, result)
         return list(results)
 
     def _append_once(self, write: Write) -> AppendResult:
         with self.engine.begin() as conn:
             result = _append_in(conn, self._sql, write)
-        _log_superseded(write.events, write.task, result)
+        _log_superseded(write, result)
         return result
 
     def events(self, incident_id: str) -> list[AuditEvent]:
