@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -37,6 +38,8 @@ ItemType = Literal["string", "number", "integer", "boolean"]
 INCIDENT_FIELDS = ("id", "playbook", "triggered_by")
 
 _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# A role as tokens hold it (store.tokens): an approval naming any other could never be given.
+ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 
 
 class _Strict(BaseModel):
@@ -253,6 +256,7 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
     problems: list[Problem] = []
     problems += _check_input_defaults(playbook)
     problems += _check_levels(playbook)
+    problems += _check_durations(playbook)
     seen: dict[str, Path] = {}
     for at, step in walk_steps(playbook):
         if step.id in seen:
@@ -268,6 +272,18 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
             problems += [
                 Problem((*at, "when"), message) for message in _check_when(playbook, step.when)
             ]
+        if isinstance(step, Step) and at[0] == "on_stand_down":
+            problems += _check_closing(step, at)
+        if isinstance(step, Step) and step.approval is not None:
+            problems += [
+                Problem(
+                    (*at, "approval", "roles", index),
+                    f"invalid role {role!r}: roles are lowercase letters, digits and '-', "
+                    "starting with a letter, as tokens hold them (e.g. commander, policy-lead)",
+                )
+                for index, role in enumerate(step.approval.roles)
+                if not ROLE_PATTERN.fullmatch(role)
+            ]
         if isinstance(step, Step):
             problems += _check_call(playbook, step.do, step.with_, at)
             if step.undo is not None:
@@ -279,6 +295,65 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
                         "on_timeout: escalate needs `levels:` to escalate through",
                     )
                 )
+    return problems
+
+
+def _check_durations(playbook: Playbook) -> list[Problem]:
+    """A zero length is a mistake wherever a playbook gives one: a measure that lapses as it is
+    applied, a call or an approval that times out at once, a wait for nothing, a review due
+    every instant. (Only a review's `grace` may be zero.)"""
+    given: list[tuple[Path, str | None]] = []
+    if playbook.reviews is not None:
+        given.append((("reviews", "every"), playbook.reviews.every))
+    if playbook.post_incident_review is not None:
+        given.append(
+            (("post_incident_review", "due_within"), playbook.post_incident_review.due_within)
+        )
+    for at, step in walk_steps(playbook):
+        if isinstance(step, WaitStep):
+            given.append(((*at, "wait"), step.wait))
+        elif isinstance(step, Step):
+            given += [
+                ((*at, "timeout"), step.timeout),
+                ((*at, "expires_after"), step.expires_after),
+                ((*at, "retry", "initial_interval"), step.retry.initial_interval),
+                ((*at, "retry", "max_interval"), step.retry.max_interval),
+            ]
+            if step.approval is not None:
+                given.append(((*at, "approval", "timeout"), step.approval.timeout))
+    return [
+        Problem(where, f"{where[-1]} must be longer than zero, not {value!r}")
+        for where, value in given
+        if value is not None and parse_duration(value) <= timedelta(0)
+    ]
+
+
+def _check_closing(step: Step, at: Path) -> list[Problem]:
+    """on_stand_down steps run once every measure is undone, as the incident closes: nothing is
+    undone, lapses or is approved after that, so a measure there would stay on the platform."""
+    lever = LEVERS.get(step.do)
+    problems = []
+    if lever is not None and lever.reversible:
+        problems.append(
+            Problem(
+                (*at, "do"),
+                f"{step.do} in on_stand_down would stay in force after the incident closes "
+                "(nothing undoes it then): put the measure in `steps`, or send a notification",
+            )
+        )
+    for field, value in (
+        ("undo", step.undo),
+        ("approval", step.approval),
+        ("expires_after", step.expires_after),
+    ):
+        if value is not None:
+            problems.append(
+                Problem(
+                    (*at, field),
+                    f"on_stand_down steps run as the incident closes: `{field}` cannot apply "
+                    "there (nothing is undone, approved or lapses after the close)",
+                )
+            )
     return problems
 
 
@@ -396,9 +471,10 @@ def _check_call(
 
 
 def lever_arg_problems(lever_name: str, args: dict[str, Any]) -> list[tuple[Path, str]]:
-    """Validate resolved arguments against the lever's model; paths are inside `with`."""
+    """Validate resolved arguments against the lever's model; paths are inside `with`. Strictly:
+    a boolean or a text is no number here (`false` would be a threshold of 0)."""
     try:
-        LEVERS[lever_name].args.model_validate(args)
+        LEVERS[lever_name].args.model_validate(args, strict=True)
     except ValidationError as error:
         return [(tuple(e["loc"]), _pydantic_message(e)) for e in error.errors()]
     return []
@@ -409,6 +485,8 @@ def _pydantic_message(error: Any) -> str:
         return f"unknown argument {error['loc'][-1]!r}"
     if error["type"] == "missing":
         return f"missing argument {error['loc'][-1]!r}"
+    if error["type"].endswith("_type"):  # say what was given: `false` is no number
+        return f"{error['msg']}, not {json.dumps(error['input'], default=str)}"
     return str(error["msg"])
 
 

@@ -270,6 +270,49 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
             5,
             "'string', 'number', 'integer', 'boolean' or 'list'",
         ),
+        (
+            "a measure that lapses as it is applied",
+            "    do: moderation.surge\n",
+            "    do: moderation.surge\n    expires_after: 0s\n",
+            20,
+            5,
+            "expires_after must be longer than zero, not '0s'",
+        ),
+        (
+            "an approval role no token can hold",
+            "    do: moderation.surge\n",
+            "    do: moderation.surge\n    approval: {roles: [Commander], on_timeout: skip}\n",
+            20,
+            24,
+            "invalid role 'Commander'",
+        ),
+        (
+            "a boolean where a number goes",
+            "extra_reviewers: 3",
+            "extra_reviewers: true",
+            20,
+            26,
+            "valid integer, not true",
+        ),
+        (
+            "a measure in on_stand_down",
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\non_stand_down:\n  - id: close\n"
+            "    do: moderation.surge\n    with: {queue: fraud, extra_reviewers: 1}\n",
+            23,
+            5,
+            "would stay in force after the incident closes",
+        ),
+        (
+            "an approval in on_stand_down",
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\non_stand_down:\n  - id: close\n"
+            "    do: notify.webhook\n    with: {to: regulator, message: over}\n"
+            "    approval: {roles: [legal], on_timeout: skip}\n",
+            25,
+            5,
+            "`approval` cannot apply there",
+        ),
     ],
 )
 def test_each_problem_is_reported_at_its_line_and_column(
