@@ -33,6 +33,10 @@ from workflows.incident_run import (
     parse_iso,
 )
 
+# A lapsed measure renewed is applied again holding until the renewal's end, and its step.applied
+# says so (it said the playbook's expiry from then). Recorded only where that happens.
+RENEWED_REAPPLY_PATCH = "renewed-measure-applied-until-renewal"
+
 
 class CommanderActions(IncidentRun):
     """The Updates a commander sends, each with its validator."""
@@ -198,6 +202,11 @@ class CommanderActions(IncidentRun):
         return record
 
     async def _reapply(self, step: Step, until: str) -> None:
+        if workflow.patched(RENEWED_REAPPLY_PATCH):
+            await self._apply_step(step, hold_until=until)
+            return
+        # Recorded before the patch: step.applied named the playbook's expiry, then the record
+        # took the renewal's.
         if await self._apply_step(step):
             record = self._records[step.id]
             if record.state == "applied":

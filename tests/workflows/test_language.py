@@ -439,6 +439,35 @@ async def test_renewing_before_expiry_pushes_the_expiry_out(lab: Lab) -> None:
     assert renewed <= at(expired.at) < renewed + timedelta(minutes=5)
 
 
+async def test_renewing_a_lapsed_measure_applies_it_again_until_the_renewal_ends(lab: Lab) -> None:
+    """Lapsed at 48h and renewed for 6h at 50h: applied again, and its step.applied (what the
+    board and the timeline read) says it lapses 6h later, not the playbook's 48h; it does."""
+    incident = await lab.trigger(EXPIRING)
+    await lab.settle(incident, {"throttle": "applied"})
+    await lab.advance(timedelta(hours=50))
+    await lab.sync(incident)
+    await lab.settle(incident, {"throttle": "expired"})
+    renewal = RenewRequest(step_id="throttle", actor="bob", reason="flared up", duration="6h")
+    await lab.act(incident, CrisisWorkflow.renew, renewal)
+    status = await lab.settle(incident, {"throttle": "applied"})
+    events = await lab.audit(incident, until="step.applied", count=3)
+    renewed = next(e for e in events if e.kind == "measure.renewed")
+    applied = [e for e in events if e.kind == "step.applied" and e.step_id == "throttle"][-1]
+    assert (
+        renewed.data["until"] == applied.data["expires_at"] == step(status, "throttle").expires_at
+    )
+    assert (
+        0.25
+        == (await lab.platform())["recommender"]["GB"]["incitement_to_violence"]["reach_multiplier"]
+    )
+
+    await lab.advance(timedelta(hours=7))
+    await lab.sync(incident)
+    await lab.settle(incident, {"throttle": "expired"})
+    assert {} == (await lab.platform())["recommender"]
+    assert lab.store.verify(incident).ok
+
+
 async def test_a_measure_that_is_not_applied_cannot_be_renewed(lab: Lab) -> None:
     """Renewing a measure without an expiry, or an unknown step, is refused."""
     incident = await lab.trigger(LEVELLED)
