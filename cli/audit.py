@@ -58,18 +58,12 @@ def _print_integrity(integrity: Integrity) -> None:
             f"  replay  {verdict['replay']}  ({replay.runs} run(s), {replay.history_events} "
             f"history events; {replay.replay_vs_store.events} audit events match the table)"
         )
+    else:
+        console.print(f"  replay  {escape(verdict['replay'])}")
     if integrity.ok:
-        console.print("ok: record complete and unaltered", highlight=False)
+        typer.echo(integrity.summary())
         return
-    failed = next(
-        (
-            f"{k}: {v.removeprefix('FAILED: ')}"
-            for k, v in verdict.items()
-            if v.startswith("FAILED")
-        ),
-        "failed",
-    )
-    typer.echo(f"error: {integrity.incident_id}: {failed}", err=True)
+    typer.echo(f"error: {integrity.incident_id}: {integrity.failure()}", err=True)
 
 
 @app.command("verify")
@@ -129,7 +123,9 @@ def verify(
                 fail(str(error))
             assert trusted is not None
             integrity = check_bundle(loaded, trusted, trusted_key=trusted_key)
-            if replay and loaded.history is not None:
+            if not replay:
+                integrity.replay_skipped = "--no-replay"
+            elif loaded.history is not None:
                 integrity = await check_with_replay(integrity, loaded.events, loaded.history)
             return integrity
         assert incident_id is not None
@@ -137,7 +133,13 @@ def verify(
         key = trusted or _engine_key(settings, or_else=", or pass --public-key ENGINE.pem")
         client = await connect(settings) if replay else None
         return await verify_incident(
-            client, store, key, incident_id, replay=replay, trusted_key=trusted_key
+            client,
+            store,
+            key,
+            incident_id,
+            replay=replay,
+            trusted_key=trusted_key,
+            skipped_because="--no-replay",
         )
 
     integrity = run_async(go)
@@ -156,6 +158,7 @@ def export(
     from engine.temporal import connect
     from engine.verification import export_history
     from store.audit_store import AuditStore
+    from store.seals import Signer
 
     settings = settings_or_fail()
     if output.exists() and not output.is_dir() and not output.name.endswith(".tar.gz"):
@@ -163,7 +166,8 @@ def export(
 
     async def go() -> Path:
         store = AuditStore(existing_store_url(settings, through_api=False))
-        public_key = _engine_key(settings)
+        _engine_key(settings)  # never made here: Signer would create a missing key
+        signer = Signer(settings.signing_key_path)
         events = store.events(incident_id)
         if not events:
             fail(f"no audit trail for incident {incident_id}")
@@ -176,8 +180,9 @@ def export(
                 incident_id=incident_id,
                 events=events,
                 seals=store.seals(incident_id),
-                public_key=public_key,
+                public_key=signer.public_key,
                 history=history,
+                signer=signer,
             )
         except OSError as error:
             fail(f"cannot write {output}: {error.strerror or error}")

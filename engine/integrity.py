@@ -1,8 +1,14 @@
 """An incident's integrity, checked from the live store or from an export bundle offline: the
-hash chain, the seals, and (when a history is at hand) the replay."""
+hash chain, the seals, and (when a history is at hand) the replay.
+
+Chain and seals show rows altered; they cannot show rows cut off after a checkpoint seal. That
+takes the replay, a seal over the closing row, the engine's signature over the head at export,
+or a record of where the trail ends that the cut did not touch (the store's incident row, a
+bundle's manifest)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import tarfile
@@ -12,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from temporalio.client import Client
 
@@ -22,6 +29,7 @@ from store.errors import SealError
 from store.seals import (
     Seal,
     SealVerification,
+    Signer,
     key_id,
     load_public_key,
     public_key_pem,
@@ -33,6 +41,21 @@ BUNDLE_FORMAT = "crisis-audit-bundle/1"
 FILES = ("events.json", "seals.json", "public-key.pem")
 
 
+EXPORT_SEAL_REASON = "export"  # what a bundle's export seal signs: the head when it was written
+
+
+@dataclass(frozen=True)
+class KnownEnd:
+    """Where a record beside the trail says it ends: the store's incident row (updated with each
+    write), a bundle's manifest (not signed: a mismatch shows a careless cut, agreement proves
+    nothing)."""
+
+    source: str
+    last_seq: int | None = None
+    closed: bool = False
+    exact: bool = False  # the trail must end at last_seq (else: at least there)
+
+
 @dataclass
 class Integrity:
     incident_id: str
@@ -42,6 +65,10 @@ class Integrity:
     key_id: str = ""  # of the trusted key the seals were checked with
     trusted_key: str = ""  # where that key came from, for the auditor
     bundle_key_id: str | None = None  # of the key a bundle carries; None for the live store
+    replay_skipped: str = "not asked for"  # why the replay did not run, said when it did not
+    # What showed the trail whole without the replay (a seal over its closing row, the engine's
+    # signature over the head at export); empty: nothing did.
+    complete_by: str = ""
 
     @property
     def key_ok(self) -> bool:
@@ -56,9 +83,17 @@ class Integrity:
             and (self.replay is None or self.replay.ok)
         )
 
+    @property
+    def complete(self) -> bool | None:
+        """True: every check passed and something showed no row is missing; None: they passed
+        but nothing could show that (no replay, a trail that does not end in a closing seal)."""
+        if not self.ok:
+            return False
+        return True if self.replay is not None or self.complete_by else None
+
     def verdict(self) -> dict[str, str]:
-        """One word per check, for reports: ok / FAILED: reason / not checked."""
-        replay = "not checked"
+        """One word per check, for reports: ok / FAILED: reason / not checked (why)."""
+        replay = f"not checked ({self.replay_skipped})"
         if self.replay is not None:
             reason = self.replay.divergence or self.replay.replay_vs_store.first_difference
             replay = "ok" if self.replay.ok else f"FAILED: {reason}"
@@ -77,10 +112,44 @@ class Integrity:
             "replay": replay,
         }
 
+    def failure(self) -> str:
+        """The first failed check and why, as `check: reason`."""
+        return next(
+            (
+                f"{check}: {said.removeprefix('FAILED: ')}"
+                for check, said in self.verdict().items()
+                if said.startswith("FAILED")
+            ),
+            "failed",
+        )
+
+    def summary(self) -> str:
+        """One line: what was shown. "Complete" only when the replay, the closing seal or the
+        export seal showed it."""
+        if not self.ok:
+            return f"FAILED: {self.failure()}"
+        if self.replay is not None:
+            return "ok: record complete and unaltered"
+        if self.complete_by:
+            return (
+                f"ok: record complete and unaltered ({self.complete_by}); "
+                f"replay not checked ({self.replay_skipped})"
+            )
+        rows, sealed = self.chain.events, self.seals.sealed_through
+        if sealed == rows:
+            shown = f"chain and seals unaltered through row {rows}"
+        elif sealed:
+            shown = f"chain unaltered through row {rows}, sealed through row {sealed}"
+        else:
+            shown = f"chain unaltered through row {rows}, no row sealed yet"
+        return f"ok: {shown}; completeness not checked ({self.replay_skipped})"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "incident_id": self.incident_id,
             "ok": self.ok,
+            "complete": self.complete,
+            "summary": self.summary(),
             "key_id": self.key_id,
             "trusted_key": self.trusted_key,
             "bundle_key_id": self.bundle_key_id,
@@ -96,14 +165,82 @@ def check(
     events: list[AuditEvent],
     seals: list[Seal],
     public_key: Ed25519PublicKey,
+    *,
+    known_ends: list[KnownEnd] | None = None,
+    export_seal: Seal | None = None,
 ) -> Integrity:
-    closed = bool(events) and events[-1].kind == "incident.closed"
+    """Chain and seals; a trail that ends short of what `known_ends` or the export seal say
+    fails the seals (its closing seal, or the signed head, is what went missing)."""
+    last = events[-1].seq if events else 0
+    ends_closed = bool(events) and events[-1].kind == "incident.closed"
+    sealed = verify_seals(events, seals, public_key, closed=ends_closed)
+    complete_by = ""
+    if sealed.ok:
+        problem = _cut_short(last, ends_closed, known_ends or [])
+        if problem is None and export_seal is not None:
+            problem = _export_seal_problem(incident_id, events, export_seal, public_key)
+            complete_by = (
+                f"the engine signed row {export_seal.seq} as the last at export, "
+                f"{export_seal.sealed_at}"
+            )
+        if problem is not None:
+            sealed = SealVerification(False, sealed.seals, sealed.sealed_through, problem)
+        elif ends_closed:  # the closing row is sealed (verify_seals): nothing can follow it
+            complete_by = f"sealed at close, row {last}"
     return Integrity(
         incident_id=incident_id,
         chain=verify_chain(incident_id, events),
-        seals=verify_seals(events, seals, public_key, closed=closed),
+        seals=sealed,
         key_id=key_id(public_key),
+        complete_by=complete_by if sealed.ok else "",
     )
+
+
+def _cut_short(last: int, ends_closed: bool, known_ends: list[KnownEnd]) -> str | None:
+    for known in known_ends:
+        if known.closed and not ends_closed:
+            return (
+                f"the trail ends at row {last} but {known.source} says the incident is closed: "
+                f"the rows after {last} and the closing seal are missing"
+            )
+        if known.last_seq is None or known.last_seq == last:
+            continue
+        if known.last_seq > last:
+            return (
+                f"the trail ends at row {last} but {known.source} records rows through "
+                f"{known.last_seq}: the rows after {last} are missing"
+            )
+        if known.exact:
+            return f"the trail runs to row {last} but {known.source} records {known.last_seq} rows"
+    return None
+
+
+def _export_seal_problem(
+    incident_id: str, events: list[AuditEvent], seal: Seal, public_key: Ed25519PublicKey
+) -> str | None:
+    """The engine's signature over the head a bundle was written with must name its last row."""
+    if seal.key_id != key_id(public_key):
+        return f"the export seal was made with another key ({seal.key_id})"
+    try:
+        public_key.verify(base64.b64decode(seal.signature), seal.message())
+    except (InvalidSignature, ValueError):
+        return "the export seal has a forged signature"
+    if seal.incident_id != incident_id or seal.reason != EXPORT_SEAL_REASON:
+        return f"the export seal is not this bundle's ({seal.incident_id}, {seal.reason})"
+    last = events[-1].seq if events else 0
+    if seal.seq > last:
+        return (
+            f"the trail ends at row {last} but the engine signed row {seal.seq} as the last at "
+            f"export: the rows after {last} are missing"
+        )
+    if seal.seq < last:
+        return (
+            f"rows {seal.seq + 1}..{last} were added after export "
+            f"(the engine signed row {seal.seq} as the last)"
+        )
+    if events[-1].hash != seal.head_hash:
+        return f"row {last} is not the row the engine signed as the last at export"
+    return None
 
 
 async def check_with_replay(
@@ -113,8 +250,24 @@ async def check_with_replay(
     return integrity
 
 
+def store_end(store: AuditStore, incident_id: str) -> list[KnownEnd]:
+    """Where the store's incident row says the trail ends. Read it before the events: a live
+    incident's row can then only be behind them, never ahead."""
+    row = store.incident(incident_id)
+    if row is None:
+        return []
+    return [KnownEnd("the store's incident row", row.last_seq, row.state == "closed")]
+
+
 def check_store(store: AuditStore, incident_id: str, public_key: Ed25519PublicKey) -> Integrity:
-    return check(incident_id, store.events(incident_id), store.seals(incident_id), public_key)
+    ends = store_end(store, incident_id)
+    return check(
+        incident_id,
+        store.events(incident_id),
+        store.seals(incident_id),
+        public_key,
+        known_ends=ends,
+    )
 
 
 # --- export bundles ---------------------------------------------------------------------------
@@ -125,14 +278,24 @@ class Bundle:
     seals: list[Seal]
     public_key: Ed25519PublicKey  # a copy of the engine's key, never trusted by itself
     history: IncidentHistory | None
+    manifest_events: int | None = None  # how many rows the manifest says were written
+    export_seal: Seal | None = None  # the engine's signature over the head; older bundles: None
 
 
 def check_bundle(bundle: Bundle, trusted: Ed25519PublicKey, *, trusted_key: str) -> Integrity:
     """Chain and seals of a bundle against a key the auditor trusts: whoever rewrites a bundle
     can re-sign it and ship their own key, so the bundle's key is only compared, never used."""
-    integrity = check(bundle.incident_id, bundle.events, bundle.seals, trusted)
+    integrity = check(
+        bundle.incident_id,
+        bundle.events,
+        bundle.seals,
+        trusted,
+        known_ends=[KnownEnd("the bundle's manifest", bundle.manifest_events, exact=True)],
+        export_seal=bundle.export_seal,
+    )
     integrity.trusted_key = trusted_key
     integrity.bundle_key_id = key_id(bundle.public_key)
+    integrity.replay_skipped = "the bundle has no history.json"
     return integrity
 
 
@@ -144,8 +307,11 @@ def write_bundle(
     seals: list[Seal],
     public_key: Ed25519PublicKey,
     history: IncidentHistory | None,
+    signer: Signer | None = None,
 ) -> Path:
-    """Write a directory (or a .tar.gz when `out` ends so) an outside auditor can verify alone."""
+    """Write a directory (or a .tar.gz when `out` ends so) an outside auditor can verify alone.
+    With the engine's `signer`, the manifest carries its signature over the last row, so a
+    bundle cut short shows even without its history."""
     archive = out.name.endswith(".tar.gz")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / incident_id if archive else out
@@ -170,6 +336,9 @@ def write_bundle(
                 name: hashlib.sha256(text.encode()).hexdigest() for name, text in contents.items()
             },
         }
+        if signer is not None and events:
+            export_seal = signer.seal(events[-1], reason=EXPORT_SEAL_REASON)
+            manifest["export_seal"] = export_seal.model_dump()
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         if archive:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -213,9 +382,23 @@ def read_bundle(path: Path) -> Bundle:
         public_key = load_public_key((path / "public-key.pem").read_text())
     except (OSError, ValueError, SealError) as error:
         raise BundleError(f"{path}: {error}") from None
+    try:
+        signed = manifest.get("export_seal")
+        export_seal = Seal.model_validate(signed) if signed is not None else None
+    except ValueError as error:
+        raise BundleError(f"{path}: manifest.json has an unreadable export_seal: {error}") from None
+    counted = manifest.get("events")
     history_file = path / "history.json"
     history = IncidentHistory.from_file(history_file) if history_file.is_file() else None
-    return Bundle(str(manifest["incident_id"]), events, seals, public_key, history)
+    return Bundle(
+        str(manifest["incident_id"]),
+        events,
+        seals,
+        public_key,
+        history,
+        manifest_events=counted if isinstance(counted, int) else None,
+        export_seal=export_seal,
+    )
 
 
 async def verify_incident(
@@ -226,13 +409,16 @@ async def verify_incident(
     *,
     replay: bool = True,
     trusted_key: str = "the engine's signing key",
+    skipped_because: str = "not asked for",
 ) -> Integrity:
     """Chain and seals from the store; with a Temporal client, the replay comparison too."""
+    ends = store_end(store, incident_id)
     events = store.events(incident_id)
     if not events:
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
-    integrity = check(incident_id, events, store.seals(incident_id), public_key)
+    integrity = check(incident_id, events, store.seals(incident_id), public_key, known_ends=ends)
     integrity.trusted_key = trusted_key
+    integrity.replay_skipped = skipped_because if not replay else "no Temporal client"
     if replay and client is not None:
         history = await export_history(client, incident_id)
         integrity = await check_with_replay(integrity, events, history)

@@ -14,7 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.settings import Settings
 from engine.errors import IncidentNotFound
-from engine.integrity import check, check_with_replay
+from engine.integrity import check, check_with_replay, store_end
 from engine.report import (
     TimelineEntry,
     build_report,
@@ -67,10 +67,12 @@ async def incident_report(
 ) -> BuiltReport:
     """Build every rendering; Markdown links its chart as `chart_link` (default: the SVG file
     name the CLI writes beside it)."""
+    ends = store_end(store, incident_id)
     events = store.events(incident_id)
     if not events:
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
-    integrity = check(incident_id, events, store.seals(incident_id), public_key)
+    integrity = check(incident_id, events, store.seals(incident_id), public_key, known_ends=ends)
+    integrity.replay_skipped = "no Temporal client"
     playbook = None
     if client is not None:
         history = await export_history(client, incident_id)

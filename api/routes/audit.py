@@ -53,7 +53,12 @@ async def verify(
     replay: bool = Query(True, description="Also replay the history and compare audit events"),
 ) -> JSONResponse:
     integrity = await verify_incident(
-        request.app.state.client, store, public_key(request), incident_id, replay=replay
+        request.app.state.client,
+        store,
+        public_key(request),
+        incident_id,
+        replay=replay,
+        skipped_because="replay=false",
     )
     return JSONResponse(integrity.as_dict())
 

@@ -100,8 +100,12 @@ async def test_history_verify_and_report_of_a_closed_incident(
 
     unreplayed = await api.get(f"{base}/verify", params={"replay": "false"})
     assert 200 == unreplayed.status_code, unreplayed.text
-    assert (True, None) == (unreplayed.json()["ok"], unreplayed.json()["replay"])
-    assert "not checked" == unreplayed.json()["verdict"]["replay"]
+    assert (True, True, None) == (
+        unreplayed.json()["ok"],
+        unreplayed.json()["complete"],  # the closing row is sealed
+        unreplayed.json()["replay"],
+    )
+    assert "not checked (replay=false)" == unreplayed.json()["verdict"]["replay"]
 
     md = await api.get(f"{base}/report", params={"format": "md"})
     assert 200 == md.status_code, md.text

@@ -27,6 +27,8 @@ from tests.cli.test_cli import USAGE, Run, assert_one_line_error, crisis, refusa
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.helpers import assert_eventually
 from workflows.audit import AuditEvent, chain_hash
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import NoteRequest
 
 pytestmark = pytest.mark.usefixtures("worker", "sandbox")
 
@@ -43,8 +45,11 @@ def offline(env: dict[str, str]) -> dict[str, str]:
     return {**env, "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
 
 
-async def close_an_incident(client: Client, settings: Settings, store: AuditStore) -> str:
-    """Trigger the shipped playbook, let every step apply, stand down; wait for the sealed end."""
+async def close_an_incident(
+    client: Client, settings: Settings, store: AuditStore, *, notes: int = 0
+) -> str:
+    """Trigger the shipped playbook, let every step apply, add `notes` (enough to make the trail
+    cross a checkpoint seal), stand down; wait for the sealed end."""
     incidents = Incidents(client, settings)
     incident_id = (
         await incidents.trigger("violent-disorder", {"region": "GB"}, actor="auditor-test")
@@ -57,6 +62,9 @@ async def close_an_incident(client: Client, settings: Settings, store: AuditStor
         assert 5 == kinds.count("step.applied"), kinds
 
     await assert_eventually(applied, timeout=30)
+    for number in range(notes):
+        note = NoteRequest(actor="auditor-test", text=f"note {number}")
+        await incidents.act(incident_id, CrisisWorkflow.add_note, note)
     closed = await incidents.stand_down(incident_id, actor="auditor-test", reason="test over")
     assert "closed" == closed.state
 
@@ -72,6 +80,14 @@ async def close_an_incident(client: Client, settings: Settings, store: AuditStor
 @pytest.fixture
 async def incident(client: Client, settings: Settings, sqlite_store: AuditStore) -> str:
     return await close_an_incident(client, settings, sqlite_store)
+
+
+@pytest.fixture
+async def checkpointed(client: Client, settings: Settings, sqlite_store: AuditStore) -> str:
+    """A closed incident whose trail has a checkpoint seal before the closing one."""
+    incident_id = await close_an_incident(client, settings, sqlite_store, notes=8)
+    assert "checkpoint" == sqlite_store.seals(incident_id)[0].reason
+    return incident_id
 
 
 def ok(run: Run) -> Run:
@@ -116,10 +132,11 @@ async def test_verify_a_closed_incident(
     """A closed incident verifies: chain, seals and replay ok, in text and in --json; exit 0."""
     events = sqlite_store.events(incident)
     seals = sqlite_store.seals(incident)
-    text, as_json, no_replay = await asyncio.gather(
+    text, as_json, no_replay, no_replay_text = await asyncio.gather(
         crisis(env, "audit", "verify", incident),
         crisis(env, "audit", "verify", incident, "--json"),
         crisis(env, "audit", "verify", incident, "--no-replay", "--json"),
+        crisis(env, "audit", "verify", incident, "--no-replay"),
     )
 
     ok(text)
@@ -137,6 +154,8 @@ async def test_verify_a_closed_incident(
     assert {
         "incident_id",
         "ok",
+        "complete",
+        "summary",
         "key_id",
         "trusted_key",
         "bundle_key_id",
@@ -145,9 +164,10 @@ async def test_verify_a_closed_incident(
         "replay",
         "verdict",
     } == set(report)
-    assert (incident, True, signer_key, engine_key, None) == (
+    assert (incident, True, True, signer_key, engine_key, None) == (
         report["incident_id"],
         report["ok"],
+        report["complete"],
         report["key_id"],
         report["trusted_key"],
         report["bundle_key_id"],
@@ -170,9 +190,24 @@ async def test_verify_a_closed_incident(
         replay["replay_vs_store"]["events"],
     )
 
+    # Without the replay, the seal over the closing row still shows nothing was cut off.
     unreplayed = ok(no_replay).json()
-    assert (True, None) == (unreplayed["ok"], unreplayed["replay"])
-    assert {"chain": "ok", "seals": "ok", "replay": "not checked"} == unreplayed["verdict"]
+    assert (True, True, None) == (
+        unreplayed["ok"],
+        unreplayed["complete"],
+        unreplayed["replay"],
+    )
+    assert {"chain": "ok", "seals": "ok", "replay": "not checked (--no-replay)"} == unreplayed[
+        "verdict"
+    ]
+    said = (
+        f"ok: record complete and unaltered (sealed at close, row {len(events)}); "
+        "replay not checked (--no-replay)"
+    )
+    assert said == unreplayed["summary"]
+    replay_line = lines_starting(ok(no_replay_text).stdout, "replay")
+    assert ["replay  not checked (--no-replay)"] == replay_line
+    assert said == no_replay_text.stdout.splitlines()[-1]
 
 
 async def test_an_altered_row_fails_the_chain_and_the_replay(
@@ -282,6 +317,51 @@ async def test_a_deleted_closing_row_and_its_seal_are_caught_by_the_replay(
     )
 
 
+async def test_a_trail_cut_at_a_checkpoint_seal_is_never_called_complete(
+    env: dict[str, str], checkpointed: str, sqlite_url: str, sqlite_store: AuditStore
+) -> None:
+    """Rows and seals cut after the first checkpoint seal keep chain and seals whole. Without
+    the replay, verify fails where the store's incident row says more (closed, or later rows);
+    with that row made to agree as well it passes, saying completeness was not checked."""
+    last = sqlite_store.events(checkpointed)[-1].seq
+    cut = min(s.seq for s in sqlite_store.seals(checkpointed))
+    for table in ("audit_events", "audit_seals"):
+        deleted = execute(
+            sqlite_url, f"DELETE FROM {table} WHERE incident_id = ? AND seq > ?", checkpointed, cut
+        )
+        assert 0 < deleted
+    closed = await crisis(env, "audit", "verify", checkpointed, "--no-replay")
+    assert_one_line_error(
+        closed,
+        f"{checkpointed}: seals: the trail ends at row {cut} but the store's incident row says "
+        f"the incident is closed: the rows after {cut} and the closing seal are missing",
+    )
+    assert not lines_starting(closed.stdout, "ok:"), closed.stdout
+
+    reopened = "UPDATE incidents SET state = 'running', closed_at = NULL WHERE incident_id = ?"
+    assert 1 == execute(sqlite_url, reopened, checkpointed)
+    longer = await crisis(env, "audit", "verify", checkpointed, "--no-replay")
+    assert_one_line_error(
+        longer,
+        f"the trail ends at row {cut} but the store's incident row records rows through {last}",
+    )
+
+    rewound = "UPDATE incidents SET last_seq = ? WHERE incident_id = ?"
+    assert 1 == execute(sqlite_url, rewound, cut, checkpointed)
+    text, as_json = await asyncio.gather(
+        crisis(env, "audit", "verify", checkpointed, "--no-replay"),
+        crisis(env, "audit", "verify", checkpointed, "--no-replay", "--json"),
+    )
+    said = (
+        f"ok: chain and seals unaltered through row {cut}; completeness not checked (--no-replay)"
+    )
+    assert ["replay  not checked (--no-replay)"] == lines_starting(ok(text).stdout, "replay")
+    assert said == text.stdout.splitlines()[-1]
+    assert "complete" not in said.removeprefix("ok: ").split(";")[0]
+    report = ok(as_json).json()
+    assert (True, None, said) == (report["ok"], report["complete"], report["summary"])
+
+
 # --- export bundles ---------------------------------------------------------------------------
 async def test_export_bundles_verify_offline(
     env: dict[str, str],
@@ -327,7 +407,13 @@ async def test_export_bundles_verify_offline(
         assert {"key": "ok", "chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
         assert events == report["replay"]["replay_vs_store"]["events"]
     report = ok(without_history).json()
-    assert {"key": "ok", "chain": "ok", "seals": "ok", "replay": "not checked"} == report["verdict"]
+    assert {
+        "key": "ok",
+        "chain": "ok",
+        "seals": "ok",
+        "replay": "not checked (the bundle has no history.json)",
+    } == report["verdict"]
+    assert True is report["complete"]  # its last row is the sealed closing row
 
 
 async def test_an_edited_bundle_fails(
@@ -382,6 +468,76 @@ async def test_an_edited_bundle_fails(
     assert wrong_key["verdict"]["key"].startswith("FAILED: the bundle's public-key.pem is ")
 
 
+def cut_bundle(bundle: Path, *, through: int, recount: bool, unsign: bool = False) -> None:
+    """Cut a bundle's rows and seals after row `through` and drop its history, refreshing the
+    manifest's digests (and its row count, and dropping its export seal, when asked): what a
+    careful forger does."""
+    events = read_json(bundle / "events.json")
+    (bundle / "events.json").write_text(json.dumps(events[:through]))
+    seals = [s for s in read_json(bundle / "seals.json") if s["seq"] <= through]
+    (bundle / "seals.json").write_text(json.dumps(seals))
+    (bundle / "history.json").unlink(missing_ok=True)
+    manifest = read_json(bundle / "manifest.json")
+    manifest["sha256"].pop("history.json", None)
+    for name in manifest["sha256"]:
+        manifest["sha256"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    if recount:
+        manifest["events"], manifest["seals"] = through, len(seals)
+    if unsign:
+        manifest.pop("export_seal")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+async def test_a_bundle_cut_at_a_checkpoint_seal_is_never_called_complete(
+    env: dict[str, str],
+    offline: dict[str, str],
+    checkpointed: str,
+    sqlite_store: AuditStore,
+    tmp_path: Path,
+) -> None:
+    """A bundle cut after its first checkpoint seal, with no history left to replay: the
+    engine's signature over the head at export names the rows missing, and so does a manifest
+    whose row count was left; a bundle with neither (as written before export seals) passes
+    but says completeness was not checked."""
+    last = sqlite_store.events(checkpointed)[-1].seq
+    cut = min(s.seq for s in sqlite_store.seals(checkpointed))
+    exported = tmp_path / "exported"
+    ok(await crisis(env, "audit", "export", checkpointed, "-o", str(exported)))
+    assert "export" == read_json(exported / "manifest.json")["export_seal"]["reason"]
+    signed, counted, unsigned = (tmp_path / n for n in ("signed", "counted", "unsigned"))
+    for bundle in (signed, counted, unsigned):
+        shutil.copytree(exported, bundle)
+    cut_bundle(signed, through=cut, recount=True)
+    cut_bundle(counted, through=cut, recount=False, unsign=True)
+    cut_bundle(unsigned, through=cut, recount=True, unsign=True)
+
+    by_signature, by_count, text, as_json = await asyncio.gather(
+        *(crisis(offline, "audit", "verify", "--bundle", str(b)) for b in (signed, counted)),
+        crisis(offline, "audit", "verify", "--bundle", str(unsigned)),
+        crisis(offline, "audit", "verify", "--bundle", str(unsigned), "--json"),
+    )
+    assert_one_line_error(
+        by_signature,
+        f"seals: the trail ends at row {cut} but the engine signed row {last} as the last at "
+        f"export: the rows after {cut} are missing",
+    )
+    assert_one_line_error(
+        by_count,
+        f"seals: the trail ends at row {cut} but the bundle's manifest records rows through "
+        f"{last}: the rows after {cut} are missing",
+    )
+    said = (
+        f"ok: chain and seals unaltered through row {cut}; "
+        "completeness not checked (the bundle has no history.json)"
+    )
+    assert ["replay  not checked (the bundle has no history.json)"] == lines_starting(
+        ok(text).stdout, "replay"
+    )
+    assert said == text.stdout.splitlines()[-1]
+    report = ok(as_json).json()
+    assert (True, None, said) == (report["ok"], report["complete"], report["summary"])
+
+
 async def test_a_re_signed_bundle_is_not_trusted_for_its_own_key(
     env: dict[str, str],
     offline: dict[str, str],
@@ -402,6 +558,8 @@ async def test_a_re_signed_bundle_is_not_trusted_for_its_own_key(
     )
     (bundle / "public-key.pem").write_text(public_key_pem(forger.public_key))
     manifest = read_json(bundle / "manifest.json")
+    last = events[max(events)]
+    manifest["export_seal"] = forger.seal(last, reason="export").model_dump()
     for name in ("seals.json", "public-key.pem"):
         manifest["sha256"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -438,7 +596,11 @@ async def test_a_re_signed_bundle_is_not_trusted_for_its_own_key(
         "--public-key",
         str(tmp_path / "forger.pub.pem"),
     )
-    assert "ok: record complete and unaltered" == ok(trusting_the_forger).stdout.splitlines()[-1]
+    assert (
+        ok(trusting_the_forger)
+        .stdout.splitlines()[-1]
+        .startswith("ok: record complete and unaltered")
+    )
 
 
 def read_json(path: Path) -> Any:
