@@ -14,6 +14,7 @@ from datetime import timedelta
 import pytest
 
 from engine.errors import ActionInvalid, IncidentConflict, IncidentError
+from engine.verification import IncidentHistory, replay_incident
 from tests.workflows.lab import (
     Lab,
     at,
@@ -465,7 +466,12 @@ async def test_renewing_a_lapsed_measure_applies_it_again_until_the_renewal_ends
     await lab.sync(incident)
     await lab.settle(incident, {"throttle": "expired"})
     assert {} == (await lab.platform())["recommender"]
+    await lab.audit(incident, until="step.expired", count=2)
     assert lab.store.verify(incident).ok
+    # The path's own patch replays: the auditors' check reproduces every stored row.
+    history = await lab.env.client.get_workflow_handle(incident).fetch_history()
+    report = await replay_incident(IncidentHistory(incident, [history]), lab.store.events(incident))
+    assert report.ok, report.as_dict()
 
 
 async def test_a_measure_that_is_not_applied_cannot_be_renewed(lab: Lab) -> None:
