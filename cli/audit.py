@@ -86,7 +86,13 @@ def verify(
     as_json: JsonFlag = False,
 ) -> None:
     """Check the hash chain, the seals and (by default) the replay; non-zero exit on any failure."""
-    from engine.integrity import check_bundle, check_with_replay, read_bundle, verify_incident
+    from engine.integrity import (
+        BUNDLE_EVENTS,
+        check_bundle,
+        check_with_replay,
+        read_bundle,
+        verify_incident,
+    )
     from engine.temporal import connect
     from store.audit_store import AuditStore
     from store.seals import load_public_key
@@ -126,7 +132,9 @@ def verify(
             if not replay:
                 integrity.replay_skipped = "--no-replay"
             elif loaded.history is not None:
-                integrity = await check_with_replay(integrity, loaded.events, loaded.history)
+                integrity = await check_with_replay(
+                    integrity, loaded.events, loaded.history, stored_in=BUNDLE_EVENTS
+                )
             return integrity
         assert incident_id is not None
         store = AuditStore(existing_store_url(settings, through_api=False))
@@ -262,13 +270,18 @@ def replay(
     incident_id: Annotated[str | None, typer.Argument(help="Incident to fetch and replay.")] = None,
     history: Annotated[
         Path | None,
-        typer.Option("--history", help="An exported history file, or a directory of them."),
+        typer.Option(
+            "--history",
+            help="An exported history file, a directory of them, or an export bundle (its "
+            "history.json is replayed against its events.json, with no store needed).",
+        ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Replay through today's code: deterministic? do its audit events equal the audit table?"""
     from rich.progress import Progress
 
+    from engine.integrity import BUNDLE_EVENTS, is_bundle, read_bundle
     from engine.temporal import connect
     from engine.verification import IncidentHistory, export_history, replay_incident
     from store.audit_store import AuditStore
@@ -280,6 +293,14 @@ def replay(
         misuse(ctx, "give an incident id or --history FILE|DIR")
 
     async def go() -> list[ReplayReport]:
+        if history is not None and is_bundle(history):
+            try:
+                bundle = read_bundle(history)
+            except (BundleError, HistoryError) as error:
+                fail(str(error))
+            if bundle.history is None:
+                fail(f"{history}: the bundle has no history.json (exported with --no-history)")
+            return [await replay_incident(bundle.history, bundle.events, stored_in=BUNDLE_EVENTS)]
         store = AuditStore(existing_store_url(settings, through_api=False))
         if incident_id is not None:
             exported = await export_history(await connect(settings), incident_id)

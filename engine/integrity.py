@@ -243,10 +243,17 @@ def _export_seal_problem(
     return None
 
 
+BUNDLE_EVENTS = "bundle's events.json"  # where a bundle's rows are, in replay differences
+
+
 async def check_with_replay(
-    integrity: Integrity, events: list[AuditEvent], history: IncidentHistory
+    integrity: Integrity,
+    events: list[AuditEvent],
+    history: IncidentHistory,
+    *,
+    stored_in: str = "audit table",
 ) -> Integrity:
-    integrity.replay = await replay_incident(history, events)
+    integrity.replay = await replay_incident(history, events, stored_in=stored_in)
     return integrity
 
 
@@ -345,6 +352,13 @@ def write_bundle(
             with tarfile.open(out, "w:gz") as tar:
                 tar.add(directory, arcname=incident_id)
     return out
+
+
+def is_bundle(path: Path) -> bool:
+    """An export bundle: a directory with a manifest, or a .tar.gz (never a history export)."""
+    if path.is_dir():
+        return (path / "manifest.json").is_file()
+    return path.name.endswith((".tar.gz", ".tgz"))
 
 
 def read_bundle(path: Path) -> Bundle:

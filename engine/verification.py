@@ -172,8 +172,10 @@ async def replay_incident(
     stored: list[AuditEvent],
     *,
     progress: Callable[[int], None] | None = None,
+    stored_in: str = "audit table",
 ) -> ReplayReport:
-    """Replay every run through today's code and compare the audit events three ways."""
+    """Replay every run through today's code and compare the audit events three ways;
+    `stored_in` names where `stored` came from (a bundle's events.json is no table)."""
     replayer = Replayer(
         workflows=WORKFLOWS,
         workflow_runner=SANDBOX,
@@ -204,7 +206,7 @@ async def replay_incident(
         deterministic=divergence is None,
         divergence=divergence,
         replay_vs_store=compare_events(
-            with_early_writes(produced, lent, stored), stored, "audit table"
+            with_early_writes(produced, lent, stored), stored, stored_in
         ),
         replay_vs_history=compare_with_history(produced, recorded, heads),
     )

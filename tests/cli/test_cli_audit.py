@@ -659,6 +659,46 @@ async def test_history_export_and_replay(
     )
 
 
+async def test_replay_of_an_export_bundle(
+    env: dict[str, str],
+    offline: dict[str, str],
+    incident: str,
+    sqlite_store: AuditStore,
+    tmp_path: Path,
+) -> None:
+    """`replay --history` given a bundle (directory or .tar.gz) replays its history.json against
+    its events.json, with no store or Temporal at hand; a bundle without history is one line."""
+    directory, archive = tmp_path / "bundle", tmp_path / "bundle.tar.gz"
+    no_history = tmp_path / "no-history"
+    await asyncio.gather(
+        crisis(env, "audit", "export", incident, "-o", str(directory)),
+        crisis(env, "audit", "export", incident, "-o", str(archive)),
+        crisis(env, "audit", "export", incident, "-o", str(no_history), "--no-history"),
+    )
+    nowhere = {**offline, "CRISIS_DATA_DIR": str(tmp_path / "no-store-here")}
+    from_dir, from_archive, without = await asyncio.gather(
+        crisis(nowhere, "replay", "--history", str(directory)),
+        crisis(nowhere, "replay", "--history", str(archive)),
+        crisis(nowhere, "replay", "--history", str(no_history)),
+    )
+    expected = f"ok: {incident}: deterministic, {len(sqlite_store.events(incident))} events match"
+    assert expected == ok(from_dir).stdout.strip()
+    assert expected == ok(from_archive).stdout.strip()
+    assert_one_line_error(without, f"{no_history}: the bundle has no history.json")
+
+    events = read_json(directory / "events.json")
+    events[2]["data"] = {"forged": True}
+    (directory / "events.json").write_text(json.dumps(events))
+    manifest = read_json(directory / "manifest.json")
+    digest = hashlib.sha256((directory / "events.json").read_bytes()).hexdigest()
+    manifest["sha256"]["events.json"] = digest
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    edited = failed(await crisis(nowhere, "replay", "--history", str(directory)))
+    assert (
+        f"FAILED: {incident}: seq 3: the bundle's events.json row differs from the replay in data"
+    ) == edited.stdout.strip()
+
+
 # --- reports ----------------------------------------------------------------------------------
 async def test_report_in_every_format(env: dict[str, str], incident: str, tmp_path: Path) -> None:
     """Markdown is written with its SVG chart beside it; HTML embeds the chart; JSON has figures."""
