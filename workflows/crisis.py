@@ -111,7 +111,16 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         for record in self._records.values():
             if record.id in closing:
                 continue
-            if record.state in ("pending", "dormant", "awaiting_approval", "waiting"):
+            step = self._steps_by_id[record.id]
+            ran = record.applications > 0 or (
+                isinstance(step, ParallelStep)
+                and any(self._records[b.id].applications for b in step.parallel)
+            )
+            if record.state == "dormant" and ran:
+                # Ran at a higher level, withdrawn when the level dropped: not "not run".
+                kept = "kept" if record.undone_at is None else "undone"
+                record.state = "done" if isinstance(step, ParallelStep) else kept
+            elif record.state in ("pending", "dormant", "awaiting_approval", "waiting"):
                 record.state = "skipped"
                 record.outcome = record.outcome or "not run: incident stood down"
         undoing = list(reversed(self._applied_order))

@@ -132,6 +132,44 @@ async def test_levels_escalate_in_order_de_escalate_newest_first_and_re_escalate
     assert lab.store.verify(incident).ok
 
 
+WITHDRAWN = """
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: tell
+    when: "level >= 'severe'"
+    parallel:
+      - id: tell-police
+        do: notify.webhook
+        with: {to: law-enforcement, message: escalated}
+  - id: surge
+    level: severe
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+"""
+
+
+async def test_steps_withdrawn_on_de_escalation_are_not_called_unrun_at_stand_down(
+    lab: Lab,
+) -> None:
+    """A notification sent (in a parallel step) and a measure applied at severe, then
+    de-escalated: at stand-down the measure shows undone, the message kept (it was sent) and
+    the parallel step done, not "not run"."""
+    incident = await lab.trigger(WITHDRAWN)
+    await lab.settle(incident, {"base": "applied"}, level="elevated")
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+    await lab.settle(incident, {"tell-police": "applied", "surge": "applied"}, level="severe")
+    await lab.act(incident, CrisisWorkflow.de_escalate, level())
+    await lab.settle(incident, {"surge": "dormant"}, level="elevated")
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="calm")
+    states = {s.id: (s.state, s.outcome) for s in closed.steps}
+    assert "undone" == states["base"][0]
+    assert "undone" == states["surge"][0]
+    assert ("kept", "done") == (states["tell-police"][0], states["tell"][0])
+    assert all(outcome != "not run: incident stood down" for _, outcome in states.values())
+
+
 async def test_an_incident_triggered_at_a_level_applies_the_steps_of_that_level(lab: Lab) -> None:
     """Triggered at severe, the severe steps run in the sequence and only critical ones wait."""
     incident = await lab.trigger(LEVELLED, level="severe")
