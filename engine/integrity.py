@@ -187,12 +187,38 @@ def check(
             sealed = SealVerification(False, sealed.seals, sealed.sealed_through, problem)
         elif ends_closed:  # the closing row is sealed (verify_seals): nothing can follow it
             complete_by = f"sealed at close, row {last}"
+    elif (rewritten := _rewritten(events, seals, public_key, sealed.sealed_through)) is not None:
+        sealed = SealVerification(False, sealed.seals, sealed.sealed_through, rewritten)
     return Integrity(
         incident_id=incident_id,
         chain=verify_chain(incident_id, events),
         seals=sealed,
         key_id=key_id(public_key),
         complete_by=complete_by if sealed.ok else "",
+    )
+
+
+def _rewritten(
+    events: list[AuditEvent], seals: list[Seal], public_key: Ed25519PublicKey, through: int
+) -> str | None:
+    """Where a chain altered and re-hashed from some row on was changed, as far as the seals
+    tell: after the last seal that still holds, up to the first genuine seal that no longer
+    does (which row in between, only the replay can say)."""
+    later = sorted((s for s in seals if s.seq > through), key=lambda s: s.seq)
+    by_seq = {event.seq: event for event in events}
+    if not later or (row := by_seq.get(later[0].seq)) is None:
+        return None
+    seal = later[0]
+    try:
+        public_key.verify(base64.b64decode(seal.signature), seal.message())
+    except (InvalidSignature, ValueError):
+        return None
+    if row.hash == seal.head_hash:
+        return None
+    kept = f"row {through} (the last good seal) still matches, " if through else ""
+    return (
+        f"a row in {through + 1}..{seal.seq} was altered and the chain re-hashed from it: "
+        f"{kept}row {seal.seq} is not the row that was sealed"
     )
 
 

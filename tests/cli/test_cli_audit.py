@@ -241,18 +241,16 @@ async def test_an_altered_row_fails_the_chain_and_the_replay(
     )
 
 
-async def test_a_consistently_rewritten_chain_fails_the_seals(
-    env: dict[str, str], incident: str, sqlite_url: str, sqlite_store: AuditStore
-) -> None:
-    """Recomputing every hash after changing an actor passes the chain but not the seals."""
+def rehash_from(sqlite_url: str, store: AuditStore, incident_id: str, seq: int) -> None:
+    """Change row `seq`'s actor and recompute every hash from it on: the chain links again."""
     rewritten, prev = [], None
-    for event in sqlite_store.events(incident):
+    for event in store.events(incident_id):
         prev = prev or event.prev_hash
         body = {**event.body(), "prev_hash": prev}
-        if event.seq == 1:
+        if event.seq == seq:
             body["actor"] = "mallory"
         prev = chain_hash(prev, body)
-        rewritten.append((body["actor"], body["prev_hash"], prev, incident, event.seq))
+        rewritten.append((body["actor"], body["prev_hash"], prev, incident_id, event.seq))
     changed = execute(
         sqlite_url,
         "UPDATE audit_events SET actor = ?, prev_hash = ?, hash = ? "
@@ -260,19 +258,28 @@ async def test_a_consistently_rewritten_chain_fails_the_seals(
         many=rewritten,
     )
     assert len(rewritten) == changed
+
+
+async def test_a_consistently_rewritten_chain_fails_the_seals(
+    env: dict[str, str], incident: str, sqlite_url: str, sqlite_store: AuditStore
+) -> None:
+    """Recomputing every hash after changing an actor passes the chain but not the seals."""
+    rehash_from(sqlite_url, sqlite_store, incident, 1)
     first_seal = min(s.seq for s in sqlite_store.seals(incident))
 
     text, as_json = await asyncio.gather(
         crisis(env, "audit", "verify", incident, "--no-replay"),
         crisis(env, "audit", "verify", incident, "--json"),
     )
-    assert_one_line_error(
-        text, f"{incident}: seals: row {first_seal} is not the row that was sealed"
+    said = (
+        f"a row in 1..{first_seal} was altered and the chain re-hashed from it: "
+        f"row {first_seal} is not the row that was sealed"
     )
+    assert_one_line_error(text, f"{incident}: seals: {said}")
     assert 1 == len(lines_starting(text.stdout, "chain   ok  (")), text.stdout
-    assert [
-        f"seals   FAILED: row {first_seal} is not the row that was sealed (chain rewritten)"
-    ] == [line.split("  (")[0] for line in lines_starting(text.stdout, "seals")]
+    assert [f"seals   FAILED: {said}"] == [
+        line.split("  (")[0] for line in lines_starting(text.stdout, "seals")
+    ]
 
     report = failed(as_json).json()
     assert (True, False) == (report["chain"]["ok"], report["seals"]["ok"])
@@ -280,6 +287,30 @@ async def test_a_consistently_rewritten_chain_fails_the_seals(
         "FAILED: seq 1: the audit table row differs from the replay in actor, hash"
         == (report["verdict"]["replay"])
     )
+
+
+async def test_a_chain_rewritten_after_a_good_seal_names_where_the_damage_starts(
+    env: dict[str, str], checkpointed: str, sqlite_url: str, sqlite_store: AuditStore
+) -> None:
+    """A row after the checkpoint seal altered and every hash after it recomputed: the error
+    says the damage lies after that seal and before the closing one, no more."""
+    checkpoint, closing = (s.seq for s in sqlite_store.seals(checkpointed))
+    altered = checkpoint + 2
+    rehash_from(sqlite_url, sqlite_store, checkpointed, altered)
+
+    text, as_json = await asyncio.gather(
+        crisis(env, "audit", "verify", checkpointed, "--no-replay"),
+        crisis(env, "audit", "verify", checkpointed, "--json"),
+    )
+    assert_one_line_error(
+        text,
+        f"{checkpointed}: seals: a row in {checkpoint + 1}..{closing} was altered and the chain "
+        f"re-hashed from it: row {checkpoint} (the last good seal) still matches, "
+        f"row {closing} is not the row that was sealed",
+    )
+    report = failed(as_json).json()
+    assert checkpoint == report["seals"]["sealed_through"]
+    assert report["verdict"]["replay"].startswith(f"FAILED: seq {altered}: "), report["verdict"]
 
 
 async def test_a_deleted_last_row_fails_the_seals(
