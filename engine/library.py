@@ -22,11 +22,10 @@ from workflows.incident import MessageTemplate, StandDownRequest, message_contex
 from workflows.levers import is_notification
 from workflows.notifications import CHANNEL_TYPES, Channel, WebhookChannel
 from workflows.playbook import (
-    InputError,
     LeverCall,
     Playbook,
     Step,
-    coerce_input,
+    sample_inputs,
     walk_steps,
 )
 from workflows.substitution import ReferenceError_, substitute
@@ -140,26 +139,6 @@ def _send_calls(playbook: Playbook) -> list[tuple[Step, Step | LeverCall]]:
     return calls
 
 
-def _sample_inputs(playbook: Playbook) -> dict[str, Any]:
-    """The inputs as a trigger resolves them: defaults, and for a required input a stand-in of
-    its type (its first choice, when it has choices)."""
-    inputs: dict[str, Any] = {}
-    for name, spec in playbook.inputs.items():
-        if spec.default is not None:
-            try:
-                inputs[name] = coerce_input(name, spec, spec.default)
-            except InputError:  # reported against the playbook's default
-                inputs[name] = spec.default
-            continue
-        kind = spec.items if spec.type == "list" else spec.type
-        value = spec.choices[0] if spec.choices else _STAND_INS[kind or "string"]
-        inputs[name] = [value] if spec.type == "list" and not spec.choices else value
-    return inputs
-
-
-_STAND_INS: dict[str, Any] = {"string": "example", "number": 1.5, "integer": 1, "boolean": True}
-
-
 def _sample_context(playbook: Playbook, step: Step, *, standing_down: bool) -> dict[str, Any]:
     level = step.level or (playbook.levels[0] if playbook.levels else None)
     return message_context(
@@ -171,7 +150,7 @@ def _sample_context(playbook: Playbook, step: Step, *, standing_down: bool) -> d
             "triggered_at": "2000-01-01T00:00:00+00:00",
         },
         playbook=playbook,
-        inputs=_sample_inputs(playbook),
+        inputs=sample_inputs(playbook),
         step=step,
         measures=[
             {"id": other.id, "lever": other.do, "expires_at": "2000-01-02T00:00:00+00:00"}

@@ -44,10 +44,11 @@ INPUTS = "inputs"
 
 
 class ExpressionError(ValueError):
-    """A malformed expression (at parse time) or a failed evaluation, at a 0-based column."""
+    """A malformed expression (at parse time) or a failed evaluation, at a 0-based `position`
+    (said 1-based, as editors and `file:line:column` count)."""
 
     def __init__(self, reason: str, position: int) -> None:
-        super().__init__(f"{reason} at column {position}")
+        super().__init__(f"{reason} at column {position + 1}")
         self.reason = reason
         self.position = position
 

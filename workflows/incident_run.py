@@ -63,6 +63,9 @@ INTERPRETER_V3 = "interpreter-v3"
 INTERPRETER_V4 = "interpreter-v4"
 # v5: the last lever call of a phase writes the phase's audit events itself (AuditCarry).
 INTERPRETER_V5 = "interpreter-v5"
+# A step held back by its `when:` says so in its step.dormant (`condition`), which read as held
+# back by the level. Its own patch, recorded only where a condition holds a step back.
+DORMANT_CONDITION_PATCH = "dormant-names-condition"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -244,7 +247,15 @@ class IncidentRun:
     def _make_dormant(self, record: StepRecord) -> None:
         if record.state != "dormant":
             record.state, record.approval_deadline, record.approvals = "dormant", None, []
-            self._record("step.dormant", step_id=record.id, data={"level": self._level})
+            data: dict[str, Any] = {"level": self._level}
+            step = self._steps_by_id[record.id]
+            if (
+                step.when is not None
+                and self._pb.level_rank(step.level) <= self._pb.level_rank(self._level)
+                and workflow.patched(DORMANT_CONDITION_PATCH)
+            ):
+                data["condition"] = step.when  # held back by its condition, not by the level
+            self._record("step.dormant", step_id=record.id, data=data)
 
     def _parent_of(self, step: AnyStep) -> AnyStep:
         parent = self._records[step.id].parent

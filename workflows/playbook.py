@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from workflows.durations import parse_duration
-from workflows.expressions import ExpressionError, level_literals
+from workflows.expressions import ExpressionError, evaluate, level_literals
 from workflows.expressions import names as expression_names
 from workflows.expressions import parse as parse_expression
 from workflows.levers import LEVERS, is_notification
@@ -393,6 +393,16 @@ def _check_when(playbook: Playbook, text: str) -> list[str]:
     for literal in level_literals(expression):
         if literal not in playbook.levels:
             problems.append(f"condition compares level with {_unknown_level(playbook, literal)}")
+    if problems:
+        return problems
+    # Evaluated as a trigger would, at every level: a comparison of an input with a value of
+    # another type fails every time, and the step would never run.
+    inputs = sample_inputs(playbook)
+    for level in playbook.levels or [None]:
+        try:
+            evaluate(expression, inputs=inputs, level=level, levels=playbook.levels)
+        except ExpressionError as error:
+            return [f"condition cannot be evaluated: {error}"]
     return problems
 
 
@@ -528,6 +538,26 @@ def default_context(playbook: Playbook) -> dict[str, dict[str, Any]]:
         "inputs": inputs,
         "incident": {"id": "INC-CHECK", "playbook": playbook.playbook, "triggered_by": "check"},
     }
+
+
+def sample_inputs(playbook: Playbook) -> dict[str, Any]:
+    """The inputs as a trigger resolves them: defaults, and for a required input a stand-in of
+    its type (its first choice, when it has choices)."""
+    inputs: dict[str, Any] = {}
+    for name, spec in playbook.inputs.items():
+        if spec.default is not None:
+            try:
+                inputs[name] = coerce_input(name, spec, spec.default)
+            except InputError:  # reported against the playbook's default
+                inputs[name] = spec.default
+            continue
+        kind = spec.items if spec.type == "list" else spec.type
+        value = spec.choices[0] if spec.choices else _STAND_INS[kind or "string"]
+        inputs[name] = [value] if spec.type == "list" and not spec.choices else value
+    return inputs
+
+
+_STAND_INS: dict[str, Any] = {"string": "example", "number": 1.5, "integer": 1, "boolean": True}
 
 
 def resolve_inputs(playbook: Playbook, given: dict[str, Any]) -> dict[str, Any]:

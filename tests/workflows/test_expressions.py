@@ -262,7 +262,7 @@ def test_level_against_something_that_cannot_be_a_level_is_a_parse_error(
 def test_an_undeclared_level_name_is_an_evaluation_error() -> None:
     """A string compared with `level` that is not in `levels:` fails loudly, never silently."""
     error = evaluation_error("level >= 'severest'", level="severe")
-    assert "'severest' is not a declared level (elevated, severe, critical) at column 6" == str(
+    assert "'severest' is not a declared level (elevated, severe, critical) at column 7" == str(
         error
     )
     assert 6 == evaluation_error("level in ['severe', 'bogus']").position
@@ -271,7 +271,7 @@ def test_an_undeclared_level_name_is_an_evaluation_error() -> None:
 
 def test_an_unset_or_undeclared_current_level_is_an_evaluation_error() -> None:
     """Conditions on `level` need the incident to have a declared level."""
-    assert "level is not set at column 0" == str(evaluation_error("level > 'severe'", level=None))
+    assert "level is not set at column 1" == str(evaluation_error("level > 'severe'", level=None))
     assert 6 == evaluation_error("level > 'severe'", level="apocalyptic").position
 
 
@@ -334,10 +334,11 @@ def test_level_literals_lists_strings_compared_with_level() -> None:
     ],
 )
 def test_malformed_input_reports_the_column(text: str, position: int, message: str) -> None:
-    """A malformed expression raises ExpressionError at the 0-based column of the problem."""
+    """A malformed expression raises ExpressionError at the 0-based position of the problem,
+    said as a 1-based column."""
     error = parse_error(text)
     assert (position, message) == (error.position, error.reason)
-    assert f"{message} at column {position}" == str(error)
+    assert f"{message} at column {position + 1}" == str(error)
 
 
 def test_expression_error_is_a_value_error_that_pickles() -> None:
@@ -362,7 +363,7 @@ def test_deep_nesting_is_rejected_rather_than_exhausting_the_stack() -> None:
 def test_a_missing_input_is_named() -> None:
     """Evaluating a name the inputs lack raises ExpressionError naming it, at its column."""
     error = evaluation_error("inputs.region == 'GB' and inputs.regoin == 'GB'")
-    assert "inputs.regoin is not defined at column 26" == str(error)
+    assert "inputs.regoin is not defined at column 27" == str(error)
 
 
 @pytest.mark.parametrize(

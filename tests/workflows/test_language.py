@@ -670,6 +670,11 @@ async def test_a_conditional_branch_runs_only_where_its_condition_holds(
     assert all(region in n["body"]["message"] for n in state["notifications"])
     assert 22 == state["moderation"]["hate"]["reviewers"]
 
+    if region == "FR":  # the trail says it was its condition that held it back, not the level
+        events = await lab.audit(incident, until="step.dormant")
+        dormant = next(e for e in events if e.kind == "step.dormant")
+        assert ("police", "inputs.region == 'GB'") == (dormant.step_id, dormant.data["condition"])
+
     closed = await lab.incidents.stand_down(incident, actor="bob", reason="calm")
     assert {
         "regulator": "kept",
