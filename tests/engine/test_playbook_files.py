@@ -295,6 +295,14 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
             "valid integer, not true",
         ),
         (
+            "a condition that can never be evaluated",
+            "    do: moderation.surge\n",
+            "    do: moderation.surge\n    when: \"inputs.flag > 'abc'\"\n",
+            20,
+            5,
+            "condition cannot be evaluated: cannot compare number with string using > at column 13",
+        ),
+        (
             "a measure in on_stand_down",
             "    with: {queue: fraud, extra_reviewers: 3}\n",
             "    with: {queue: fraud, extra_reviewers: 3}\non_stand_down:\n  - id: close\n"
