@@ -18,7 +18,8 @@ Definitions used throughout (offsets are seconds from the `incident.triggered` e
   first level change, stand-down request, failure or close — the moment the playbook's sequence at
   the starting level was entirely in force. Measures added by a later escalation do not move it.
 - *regulator notified*: the first `step.applied` of a `notify.*` lever whose arguments (in the
-  step's preceding `step.started`) have `to == "regulator"`.
+  step's preceding `step.started`) have `to == "regulator"`, before the stand-down request (a
+  closing notice is not the regulator being told of the incident).
 - *review on time*: a `review.confirmed` (the supervisor records `review.missed` once the due
   time plus grace has passed, so a confirmation is by construction on time).
 - *retry*: a step started again after its previous attempt failed; lever-call retries inside one
@@ -61,12 +62,10 @@ SYSTEM = "system"
 DEFAULT_REVIEW_WITHIN = "14d"
 NOT_CHECKED = "not checked"
 
-# Events a person (the commander, an approver) causes; their actors are the commanders.
+# Events a commander causes; their actors are the commanders.
 COMMANDER_KINDS = frozenset(
     {
         "incident.triggered",
-        "approval.given",
-        "approval.rejected",
         "level.escalated",
         "level.de_escalated",
         "measure.renewed",
@@ -75,6 +74,8 @@ COMMANDER_KINDS = frozenset(
         "stand_down.requested",
     }
 )
+# Events an approver causes: someone who only approved did not lead the incident.
+APPROVER_KINDS = frozenset({"approval.given", "approval.rejected"})
 # Events that end the playbook's initial sequence for the "full mitigation" figure.
 SEQUENCE_ENDS = frozenset(
     {
@@ -86,7 +87,8 @@ SEQUENCE_ENDS = frozenset(
     }
 )
 
-IncidentStateName = Literal["open", "failed", "closed"]
+# As `crisis status` and the board name them.
+IncidentStateName = Literal["running", "failed", "standing_down", "closed"]
 EndKind = Literal[
     "undone_at_stand_down", "undone", "expired", "withdrawn", "still_active", "undo_failed"
 ]
@@ -134,7 +136,8 @@ class Facts(BaseModel):
     level_at_start: str | None
     levels: list[str]  # least to most severe (the playbook's, else inferred from the events)
     level_history: list[LevelChange]  # starts with the level at trigger
-    commanders: list[str]  # distinct people who acted, in order of first action
+    commanders: list[str]  # distinct people who commanded (triggered, escalated, noted, …)
+    approvers: list[str] = Field(default_factory=list)  # who approved or rejected a step
     state: IncidentStateName
     stand_down_requested_at: str | None = None
     stand_down_by: str | None = None
@@ -414,6 +417,8 @@ class _Builder:
                 self._settle(step, "timed_out", event)
                 if on_timeout != "proceed":
                     self.last_failure[step] = f"approval timed out ({on_timeout})"
+                if on_timeout == "fail":  # the step fails (and the incident), with no step.failed
+                    self.figures.step_failures += 1
         elif kind in ("level.escalated", "level.de_escalated"):
             self._level_change(kind, data.get("level"))
         elif kind == "measure.renewed" and step:
@@ -452,7 +457,8 @@ class _Builder:
             self.figures.to_first_lever = offset
         if is_notification(lever):
             to = self.args.get(step, {}).get("to")
-            if to == "regulator" and self.figures.to_regulator_notified is None:
+            told = to == "regulator" and self.stand_down_at is None
+            if told and self.figures.to_regulator_notified is None:
                 self.figures.to_regulator_notified = offset
             self.notifications.setdefault(
                 step,
@@ -617,6 +623,7 @@ def build_report(
     notes: list[NoteEntry] = []
     history: list[LevelChange] = []
     commanders: list[str] = []
+    approvers: list[str] = []
     runs = 1
     trigger = ordered[0]
     for event in ordered:
@@ -633,13 +640,16 @@ def build_report(
             )
         )
         builder.absorb(event)
-        if (
-            event.kind in COMMANDER_KINDS
-            and event.actor
-            and event.actor != SYSTEM
-            and event.actor not in commanders
-        ):
-            commanders.append(event.actor)
+        people = (
+            commanders
+            if event.kind in COMMANDER_KINDS
+            else approvers
+            if event.kind in APPROVER_KINDS
+            else None
+        )
+        actor = event.actor
+        if people is not None and actor and actor != SYSTEM and actor not in people:
+            people.append(actor)
         data = event.data
         if event.kind == "incident.triggered":
             history.append(
@@ -695,7 +705,13 @@ def build_report(
     stand_down = next((e for e in ordered if e.kind == "stand_down.requested"), None)
     closed = next((e for e in ordered if e.kind == "incident.closed"), None)
     state: IncidentStateName = (
-        "closed" if closed else "failed" if builder.figures.incident_failed else "open"
+        "closed"
+        if closed
+        else "standing_down"
+        if stand_down
+        else "failed"
+        if builder.figures.incident_failed
+        else "running"
     )
     end_of_report = builder.end_of_report()
     levels = list(playbook.levels) if playbook and playbook.levels else builder.levels
@@ -711,6 +727,7 @@ def build_report(
         levels=levels,
         level_history=history,
         commanders=commanders,
+        approvers=approvers,
         state=state,
         stand_down_requested_at=stand_down.at if stand_down else None,
         stand_down_by=stand_down.actor if stand_down else None,
@@ -1068,6 +1085,7 @@ def render_markdown(report: IncidentReport, chart_path: str | None = None) -> st
             ["Level at start", facts.level_at_start or "—"],
             ["Levels over time", _level_history_text(report)],
             ["Commanders", ", ".join(facts.commanders) or "—"],
+            ["Approvers", ", ".join(facts.approvers) or "—"],
             ["State", facts.state],
             ["Stand-down", stand_down],
             ["Closed", _time(facts.closed_at) if facts.closed_at else "not closed"],
@@ -1221,7 +1239,7 @@ _HTML = """\
   .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600;
            font-size: 12px; border: 1px solid currentColor; }
   .closed, .ok, .due { color: #2e7d32; }
-  .open, .pending { color: #8a6d00; }
+  .open, .running, .standing_down, .pending { color: #8a6d00; }
   .failed, .overdue, .bad { color: #b3261e; }
   .chart { overflow-x: auto; margin: 8px 0; }
   .chart svg { max-width: 100%; height: auto; }
@@ -1259,6 +1277,7 @@ _HTML = """\
   <tr><th>Level at start</th><td>{{ f.level_at_start or "—" }}</td></tr>
   <tr><th>Levels over time</th><td>{{ levels }}</td></tr>
   <tr><th>Commanders</th><td>{{ f.commanders | join(", ") or "—" }}</td></tr>
+  <tr><th>Approvers</th><td>{{ f.approvers | join(", ") or "—" }}</td></tr>
   <tr><th>Stand-down</th><td>{% if f.stand_down_requested_at -%}
     {{ time(f.stand_down_requested_at) }} by {{ f.stand_down_by }}: {{ f.stand_down_reason }}
     {%- else %}not requested{% endif %}</td></tr>

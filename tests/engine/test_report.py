@@ -270,7 +270,8 @@ def test_facts_come_from_the_trigger_and_the_level_changes(report: IncidentRepor
         (at(30 * HOUR), "elevated", "alice", "disorder subsiding"),
         (at(40 * HOUR), "critical", "bob", "fresh unrest"),
     ] == [(c.at, c.level, c.actor, c.reason) for c in facts.level_history]
-    assert ["alice", "bob", "carol"] == facts.commanders
+    assert ["alice", "carol", "bob"] == facts.commanders  # bob first commanded at +40h
+    assert ["alice", "bob"] == facts.approvers
     assert ("closed", at(CLOSED_AT), CLOSED_AT) == (
         facts.state,
         facts.closed_at,
@@ -393,7 +394,7 @@ def test_review_defaults_to_fourteen_days_without_a_playbook() -> None:
 def test_an_open_incident_runs_its_measures_up_to_now() -> None:
     """Open intervals end at `now`; a dormant step counts when the playbook names its lever."""
     report = build_report(crisis(until=HOUR), playbook=PLAYBOOK, now=T0 + timedelta(hours=3))
-    assert ("open", 3 * HOUR, None) == (
+    assert ("running", 3 * HOUR, None) == (
         report.facts.state,
         report.facts.duration_seconds,
         report.key_figures.to_stand_down,
@@ -445,6 +446,58 @@ def test_failed_undo_and_rejection_are_findings() -> None:
     assert 1 == svg.count('<rect class="bar bar-undo_failed"')
     assert 'class="level-line"' not in svg
     assert "undo failed: timeout" in render_html(report)
+
+
+def test_people_who_only_approved_are_approvers_not_commanders() -> None:
+    """Commanders are those who triggered, escalated, noted, stood down; approvers are listed
+    apart, in the facts of every rendering."""
+    t = Trail("INC-3")
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={}, level=None)
+    t.add(1, "approval.requested", step="cut", roles=["commander", "legal"], quorum=2)
+    t.add(2, "approval.given", actor="root", step="cut", role="commander", comment="")
+    t.add(3, "approval.given", actor="lena", step="cut", role="legal", comment="")
+    t.add(4, "approval.rejected", actor="bob", step="other", role="policy-lead", reason="no")
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    assert (["root"], ["root", "lena", "bob"]) == (
+        report.facts.commanders,
+        report.facts.approvers,
+    )
+    markdown = render_markdown(report)
+    assert "| Commanders | root |" in markdown
+    assert "| Approvers | root, lena, bob |" in markdown
+    assert "<tr><th>Approvers</th><td>root, lena, bob</td></tr>" in render_html(report)
+
+
+def test_a_closing_notice_is_not_the_regulator_being_notified() -> None:
+    """A regulator told only by the on_stand_down notice was not notified of the incident:
+    the figure stays empty; the notice is still listed."""
+    t = Trail("INC-4")
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={}, level=None)
+    t.add(60, "stand_down.requested", actor="root", reason="over")
+    t.add(61, "step.started", step="closing", lever="notify.webhook", args={"to": "regulator"})
+    t.add(62, "step.applied", step="closing", lever="notify.webhook")
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    assert None is report.key_figures.to_regulator_notified
+    assert ["closing"] == [n.step_id for n in report.notifications]
+    assert "standing_down" == report.facts.state  # not closed yet, as status says
+
+
+def test_an_approval_timeout_that_fails_the_step_is_a_step_failure() -> None:
+    """`on_timeout: fail` fails the step (and the incident) with no step.failed event."""
+    t = Trail("INC-5")
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={}, level=None)
+    t.add(1, "approval.requested", step="t-fail", roles=["legal"], quorum=1, deadline=at(61))
+    t.add(61, "approval.timed_out", step="t-fail", on_timeout="fail")
+    t.add(61, "incident.failed", step="t-fail", error="approval timed out")
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    figures = report.key_figures
+    assert (1, 1, True) == (
+        figures.step_failures,
+        figures.approvals_timed_out,
+        figures.incident_failed,
+    )
+    assert "failed" == report.facts.state
+    assert "| Step failures / undo failures / retries | 1 / 0 / 0 |" in render_markdown(report)
 
 
 def test_json_round_trips(report: IncidentReport) -> None:
