@@ -69,7 +69,9 @@ def _print_board(page: BoardPage) -> None:
     if not page.items:
         console.print("no incidents")
         return
-    table = Table("incident", "playbook", "state", "level", "triggered", "waiting", "in force")
+    table = Table(
+        "incident", "playbook", "state", "level", "triggered", "waiting", "in force", "attention"
+    )
     for entry in page.items:
         table.add_row(
             *literal_row(
@@ -80,6 +82,7 @@ def _print_board(page: BoardPage) -> None:
                 _when(entry.triggered_at),
                 _waiting(entry),
                 _in_force(entry),
+                _attention(entry),
             )
         )
     console.print(table)
@@ -101,3 +104,15 @@ def _in_force(entry: BoardEntry) -> str:
     soonest = f", next lapse {_when(entry.next_expiry)}" if entry.next_expiry else ""
     lifted = sum(1 for m in entry.measures if m.lifted_by)
     return f"{len(entry.measures)}{soonest}" + (f", {lifted} LIFTED" if lifted else "")
+
+
+def _attention(entry: BoardEntry) -> str:
+    """What the console board flags beside the measures: the review, failed deliveries."""
+    said = []
+    if entry.review_due is not None:
+        due = _when(entry.review_due)
+        said.append(f"review OVERDUE since {due}" if entry.review_overdue else f"review due {due}")
+    if entry.failed_deliveries:
+        failed = len(entry.failed_deliveries)
+        said.append(f"{failed} deliver{'y' if failed == 1 else 'ies'} FAILED")
+    return ", ".join(said)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cli.board import _in_force
-from engine.board import BoardEntry, MeasureInForce
+from cli.board import _attention, _in_force
+from engine.board import BoardEntry, FailedDelivery, MeasureInForce
 from tests.cli.test_cli import assert_one_line_error, assert_usage_error, crisis
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
 from tests.cli.test_cli_remote import as_
@@ -119,9 +119,10 @@ async def test_reading_the_trail_in_the_wrong_directory_says_so(
     assert not (tmp_path / "empty" / "audit.db").exists()
 
 
-def test_the_in_force_column_counts_measures_another_incident_lifted() -> None:
+def test_the_in_force_and_attention_columns() -> None:
     """A measure an earlier incident's restore lifted (left to commanders) is still listed, and
-    the column says how many are lifted."""
+    the column says how many are lifted; the review and failed deliveries are flagged as the
+    console board flags them."""
     lapse = datetime(2026, 8, 3, 14, 0, tzinfo=UTC)
     measures = [
         MeasureInForce(step_id="surge", lever="moderation.surge", expires_at=lapse),
@@ -151,3 +152,13 @@ def test_the_in_force_column_counts_measures_another_incident_lifted() -> None:
     assert "1, next lapse 2026-08-03 14:00:00" == _in_force(
         entry.model_copy(update={"measures": measures[:1]})
     )
+    assert "" == _attention(entry)
+    failed = FailedDelivery(
+        step_id="tell", stakeholder="regulator", target="webhook", error="HTTP 500", at=lapse
+    )
+    flagged = entry.model_copy(
+        update={"review_due": lapse, "review_overdue": True, "failed_deliveries": [failed] * 2}
+    )
+    assert "review OVERDUE since 2026-08-03 14:00:00, 2 deliveries FAILED" == _attention(flagged)
+    due = flagged.model_copy(update={"review_overdue": False, "failed_deliveries": [failed]})
+    assert "review due 2026-08-03 14:00:00, 1 delivery FAILED" == _attention(due)
