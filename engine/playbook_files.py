@@ -131,7 +131,7 @@ def _document_message(error: Any) -> str:
         return f"unknown key {error['loc'][-1]!r}"
     if error["type"] == "missing":
         return f"missing required key {error['loc'][-1]!r}"
-    return str(error["msg"])
+    return str(error["msg"]).removeprefix("Value error, ")  # our validators' own words
 
 
 def _locate(path: Path, document: CommentedMap, problem: Problem) -> FileProblem:

@@ -332,6 +332,15 @@ def test_each_problem_is_reported_at_its_line_and_column(
     assert fragment in problem.message, f"{case}: {problem}"
 
 
+def test_a_check_of_ours_speaks_in_its_own_words(tmp_path: Path) -> None:
+    """A duration our validator refuses reads as our message, not pydantic's "Value error, ..."."""
+    problem = only_problem(
+        tmp_path,
+        edit("    do: moderation.surge\n", "    do: moderation.surge\n    timeout: soon\n"),
+    )
+    assert problem.message.startswith("invalid duration 'soon'"), problem
+
+
 def test_a_misspelt_lever_argument_is_unknown_and_the_real_one_missing(tmp_path: Path) -> None:
     """A wrong argument name is reported where it is written, and the missing one at `with:`."""
     problems = problems_in(tmp_path, edit("reach_multiplier: 0.5", "reach_multipler: 0.5"))
