@@ -248,7 +248,11 @@ async def test_a_quorum_of_two_distinct_approvers_with_listed_roles_releases_the
         await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "carol", "intern"))
     assert [] == operations(await lab.platform())
 
-    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "bob", "policy-lead"))
+    assert "awaiting_approval" == record.state
+    second = await lab.act(
+        incident, CrisisWorkflow.approve, approve("throttle", "bob", "policy-lead")
+    )
+    assert ("running", 2) == (second.state, len(second.approvals))  # its quorum is met
     status = await lab.settle(incident, {"throttle": "applied", "surge": "applied"})
     assert [("alice", "commander"), ("bob", "policy-lead")] == [
         (a.actor, a.role) for a in step(status, "throttle").approvals
