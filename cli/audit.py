@@ -38,6 +38,16 @@ def _engine_key(settings: Settings, *, or_else: str = "") -> Ed25519PublicKey:
         fail(f"{error}: set CRISIS_SIGNING_KEY to the engine's key file{or_else}")
 
 
+def _write(path: Path, text: str) -> None:
+    """Write a file the user named, making its directory as `audit export` does."""
+    try:
+        if not path.parent.exists():  # a file in the way is said by the write itself
+            path.parent.mkdir(parents=True)
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}")
+    write_output(path, text)
+
+
 def _print_integrity(integrity: Integrity) -> None:
     verdict = integrity.verdict()
     console.print(
@@ -205,10 +215,17 @@ def report(
     incident_id: str,
     format: Annotated[Literal["md", "html", "json"], typer.Option("--format", "-f")] = "md",
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="File to write (default: stdout).")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="File to write (default: stdout); Markdown writes its SVG chart beside it "
+            "(on stdout it has no chart).",
+        ),
     ] = None,
 ) -> None:
     """The post-incident report: facts, timeline, chart, key figures, review due, integrity."""
+    from engine.report import render_markdown
     from engine.reporting import incident_report
     from engine.temporal import connect
     from store.audit_store import AuditStore
@@ -227,9 +244,10 @@ def report(
         format
     ]
     if output is None:
-        typer.echo(text)
+        # No chart file is written beside stdout: a link to one would point at nothing.
+        typer.echo(render_markdown(built.report) if format == "md" else text)
     else:
-        write_output(output, text)
+        _write(output, text)
         if format == "md":
             write_output(output.parent / built.chart_name, built.svg)
             typer.echo(f"wrote {output} and {output.parent / built.chart_name}")
@@ -259,7 +277,7 @@ def history_export(
     if output is None:
         typer.echo(text)
     else:
-        write_output(output, text)
+        _write(output, text)
         events = sum(len(run.events) for run in history.runs)
         typer.echo(f"exported {len(history.runs)} run(s), {events} events to {output}")
     hard_exit(0)

@@ -16,6 +16,7 @@ from core.settings import Settings
 from engine.errors import IncidentNotFound
 from engine.integrity import check, check_with_replay, store_end
 from engine.report import (
+    IncidentReport,
     TimelineEntry,
     build_report,
     render_chart_svg,
@@ -37,6 +38,7 @@ class BuiltReport:
     json: dict[str, Any]
     svg: str
     chart_name: str
+    report: IncidentReport  # to render again (Markdown without its chart, for stdout)
 
 
 async def timeline_entries(store: AuditStore, incident_id: str) -> list[TimelineEntry]:
@@ -89,4 +91,5 @@ async def incident_report(
         json=render_json(report),
         svg=render_chart_svg(report),
         chart_name=chart_name,
+        report=report,
     )

@@ -651,8 +651,7 @@ async def test_history_export_and_replay(
     """Exported histories replay to the audit table, one file or a directory of them; a replay
     of an incident whose row was altered fails naming the audit table."""
     second = await close_an_incident(client, settings, sqlite_store)
-    histories = tmp_path / "histories"
-    histories.mkdir()
+    histories = tmp_path / "histories"  # made by the export
     first_file, second_file = histories / "first.json", histories / "second.json"
     exported = await asyncio.gather(
         crisis(env, "history", "export", incident, "-o", str(first_file)),
@@ -732,13 +731,14 @@ async def test_replay_of_an_export_bundle(
 
 # --- reports ----------------------------------------------------------------------------------
 async def test_report_in_every_format(env: dict[str, str], incident: str, tmp_path: Path) -> None:
-    """Markdown is written with its SVG chart beside it; HTML embeds the chart; JSON has figures."""
-    markdown, page = tmp_path / "out" / "report.md", tmp_path / "report.html"
-    markdown.parent.mkdir()
-    md, html, as_json = await asyncio.gather(
+    """Markdown is written with its SVG chart beside it (into a directory made for it, as
+    bundles are); on stdout it links no chart; HTML embeds the chart; JSON has figures."""
+    markdown, page = tmp_path / "new" / "out" / "report.md", tmp_path / "report.html"
+    md, html, as_json, on_stdout = await asyncio.gather(
         crisis(env, "audit", "report", incident, "--format", "md", "-o", str(markdown)),
         crisis(env, "audit", "report", incident, "--format", "html", "-o", str(page)),
         crisis(env, "audit", "report", incident, "-f", "json"),
+        crisis(env, "audit", "report", incident),
     )
 
     chart = markdown.parent / f"report-{incident}.svg"
@@ -746,6 +746,8 @@ async def test_report_in_every_format(env: dict[str, str], incident: str, tmp_pa
     assert f"report-{incident}.svg" in markdown.read_text()
     assert incident in markdown.read_text()
     assert "<svg" in chart.read_text()
+    assert f"# Post-incident report: {incident}" in ok(on_stdout).stdout
+    assert ".svg" not in on_stdout.stdout
 
     assert f"wrote {page}" == ok(html).stdout.strip()
     assert "<svg" in page.read_text()
@@ -797,17 +799,16 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
 async def test_output_paths_that_cannot_be_written_are_one_error_line(
     env: dict[str, str], incident: str, tmp_path: Path
 ) -> None:
-    """Reports, histories and bundles to a missing directory, onto a directory or onto a file,
-    and a bundle that is no archive: one `error:` line naming the path, exit 1."""
-    missing = tmp_path / "missing" / "report.md"
+    """Reports, histories and bundles under a file, onto a directory or onto a file, and a
+    bundle that is no archive: one `error:` line naming the path, exit 1."""
     a_file = tmp_path / "a-file"
     a_file.write_text("keep me")
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_text("not an archive")
     cases = {
-        "report to a missing directory": (
-            ["audit", "report", incident, "-o", str(missing)],
-            [f"cannot write {missing}: No such file or directory"],
+        "report under a file": (
+            ["audit", "report", incident, "-o", str(a_file / "report.md")],
+            [f"cannot write {a_file / 'report.md'}: Not a directory"],
         ),
         "report onto a directory": (
             ["audit", "report", incident, "-o", str(tmp_path)],
