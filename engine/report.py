@@ -372,7 +372,7 @@ class _Builder:
                 if draft["end"] is None:
                     draft["undo_failed"] = data.get("error") or "unknown error"
         elif kind == "step.dormant" and step:
-            self.last_failure[step] = f"dormant: not called for at level {data.get('level')}"
+            self.last_failure[step] = f"dormant: {_held_back(data)}"
             self._settle(step, "withdrawn", event)
         elif kind == "approval.requested" and step:
             self.quorum[step] = int(data.get("quorum") or 1)
@@ -841,7 +841,7 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
             " — it may still be in force"
         )
     if kind == "step.dormant":
-        return f"{step} held back: not called for at level {data.get('level')}"
+        return f"{step} held back: {_held_back(data)}"
     if kind == "approval.requested":
         roles = ", ".join(data.get("roles") or []) or "?"
         return (
@@ -1432,3 +1432,10 @@ def render_html(report: IncidentReport) -> str:
         verdict_class=_verdict_class,
         flagged=_flagged,
     )
+
+
+def _held_back(data: dict[str, Any]) -> str:
+    """Why a step went dormant: its condition (recorded since it says so), else the level."""
+    if data.get("condition"):
+        return f"its condition is false ({data['condition']})"
+    return f"not called for at level {data.get('level')}"

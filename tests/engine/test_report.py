@@ -648,3 +648,15 @@ def test_overlap_events_read_as_what_happened_between_incidents() -> None:
         "INC-0's restore of cut FAILED: 503",
         "looking for later incidents on limit's settings failed: store away",
     ] == text
+
+
+def test_a_step_held_back_by_its_condition_says_so() -> None:
+    """A step.dormant that names its condition reads as the condition, not the level (earlier
+    trails, which never name it, read as before)."""
+    t = Trail().add(0, "incident.triggered", actor="alice", playbook="p", version=1)
+    t.add(1, "step.dormant", step="police", level="elevated", condition="inputs.region == 'GB'")
+    t.add(2, "step.dormant", step="surge", level="elevated")
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    text = {e.seq: e.text for e in report.timeline}
+    assert "police held back: its condition is false (inputs.region == 'GB')" == text[2]
+    assert "surge held back: not called for at level elevated" == text[3]
