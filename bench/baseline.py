@@ -3,7 +3,8 @@
 Same platform calls as `CrisisWorkflow` (same URLs, bodies, Idempotency-Key, X-Incident-Id,
 X-Step-Id, X-Operation and X-Crisis-Signature headers, same retry policies and timeouts), each a
 local activity through one shared `httpx.AsyncClient`, started with `request_eager_start=True`,
-and a `stand_down` update that restores in reverse and completes the workflow. Measures with a
+and a `stand_down` update that restores in reverse (measures, then closing notices) and completes
+the workflow. Measures with a
 lapse (`expires_after:`) are undone when it passes, with one timer, as the interpreter does. No
 audit trail: the interpreter's audit cost is measured separately by the bench.
 
@@ -162,7 +163,11 @@ class BaselineWorkflow:
                     await self._take_back(incident.incident_id, item[0], item[1])
                     applied.remove(item)
 
-        for step, previous, _ in reversed(applied):
+        # Measures first, newest first, then the closing notices (as the interpreter since v6).
+        notices_last = sorted(
+            reversed(applied), key=lambda a: a[0].undo is not None and not a[0].reversible
+        )
+        for step, previous, _ in notices_last:
             await self._take_back(incident.incident_id, step, previous)
         self._closed = True
         await workflow.wait_condition(workflow.all_handlers_finished)

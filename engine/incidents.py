@@ -278,7 +278,9 @@ class Incidents:
         try:
             return await send_update(handle, update, request, timeout_s=timeout)
         except UpdateTimedOut:
-            why = await self._no_worker() or "is its worker overloaded?"
+            why = await self._no_worker() or (
+                "a lever call or a delivery may be retrying, or its worker is overloaded"
+            )
             raise IncidentBusy(
                 f"incident {incident_id} did not answer within {timeout:g}s ({why}); the request "
                 "may still take effect: check its status"

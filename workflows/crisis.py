@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
         IncidentOutcome,
         StepRecord,
     )
-    from workflows.levers import LEVERS
+    from workflows.levers import LEVERS, is_notification
     from workflows.playbook import ParallelStep, Step, WaitStep
     from workflows.substitution import substitute
 
@@ -124,6 +124,10 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
                 record.state = "skipped"
                 record.outcome = record.outcome or "not run: incident stood down"
         undoing = list(reversed(self._applied_order))
+        if self._version() >= 6:
+            # Measures first (newest first, as before), then closing notices: a notice that
+            # retries on a dead channel must not keep a measure on the platform meanwhile.
+            undoing.sort(key=self._sends_notice)  # stable: each group keeps its order
         forced = self._stand_down is not None and self._stand_down.force
         for number, step_id in enumerate(undoing, start=1):
             # A forced stand-down's hand-backs are recorded after its undos: nothing carries
@@ -357,6 +361,11 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
             at=now,
         )
         return True
+
+    def _sends_notice(self, step_id: str) -> bool:
+        """Whether taking this step back is sending a message (an `undo:` notification)."""
+        step = self._steps_by_id[step_id]
+        return isinstance(step, Step) and step.undo is not None and is_notification(step.undo.do)
 
     async def _undo(
         self,

@@ -63,6 +63,9 @@ INTERPRETER_V3 = "interpreter-v3"
 INTERPRETER_V4 = "interpreter-v4"
 # v5: the last lever call of a phase writes the phase's audit events itself (AuditCarry).
 INTERPRETER_V5 = "interpreter-v5"
+# v6: a stand-down takes every measure back before it sends closing notices (a notice retrying
+# on a dead channel held the measures on the platform for minutes).
+INTERPRETER_V6 = "interpreter-v6"
 # A step held back by its `when:` says so in its step.dormant (`condition`), which read as held
 # back by the level. Its own patch, recorded only where a condition holds a step back.
 DORMANT_CONDITION_PATCH = "dormant-names-condition"
@@ -357,7 +360,9 @@ class IncidentRun:
         run records today's); 2 for histories from before the version markers."""
         if self._version_seen is None:
             self._version_seen = (
-                5
+                6
+                if workflow.patched(INTERPRETER_V6)
+                else 5
                 if workflow.patched(INTERPRETER_V5)
                 else 4
                 if workflow.patched(INTERPRETER_V4)

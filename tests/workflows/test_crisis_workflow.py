@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -210,6 +211,52 @@ async def test_a_lever_that_keeps_failing_fails_the_incident_and_stand_down_stil
     assert (3, failed.finished_at) == (step_failed.data["attempts"], step_failed.at)
     ats = [datetime.fromisoformat(e.at) for e in events]
     assert ats == sorted(ats), [(e.seq, e.kind, e.at) for e in events]  # never back in time
+
+
+NOTICE_AFTER_A_MEASURE = """
+playbook: test-playbook
+version: 1
+title: A measure, then a notice with a closing notice
+description: For tests.
+steps:
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: tell
+    do: notify.webhook
+    with: {to: regulator, message: opened}
+    undo:
+      do: notify.webhook
+      with: {to: regulator, message: closed}
+"""
+
+
+async def test_a_closing_notice_that_keeps_failing_does_not_hold_the_measures(
+    client: Client, settings: Settings, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """At stand-down the measures are taken back first: the platform is restored while the
+    closing notice is still retrying on a failing channel, and the notice goes once it can."""
+    before = (await sandbox.state())["detection"]
+    incidents = Incidents(client, settings)
+    path = write_playbook(tmp_path, NOTICE_AFTER_A_MEASURE)
+    triggered = await incidents.trigger(str(path), {}, actor="alice", eager=True)
+    await wait_for_state(incidents, triggered.incident_id, "running")
+    await sandbox.fault(path_prefix="/notify", status=500)
+    standing_down = asyncio.create_task(
+        incidents.stand_down(triggered.incident_id, actor="bob", reason="over")
+    )
+
+    async def measure_restored() -> None:
+        state = await sandbox.state()
+        assert before == state["detection"]
+        assert state["stats"]["faults_injected"] >= 1  # the notice is still failing
+
+    await assert_eventually(measure_restored)
+    assert not standing_down.done()
+    await sandbox.clear_faults()
+    closed = await standing_down
+    assert {"threshold": "undone", "tell": "undone"} == {s.id: s.state for s in closed.steps}
+    assert "closed" == (await sandbox.state())["notifications"][-1]["body"]["message"]
 
 
 async def test_a_rejected_lever_is_not_retried(

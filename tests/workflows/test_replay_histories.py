@@ -45,7 +45,7 @@ def test_histories_are_kept() -> None:
     the earlier is stood down by force and hands the setting over; and a lever whose failure
     after its retries says when it failed and after how many attempts)."""
     kept = {p.stem for p in HISTORIES}
-    versions = ("v1", "v2", "v3", "v4", "v5")
+    versions = ("v1", "v2", "v3", "v4", "v5", "v6")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
     assert {"v5-applied", "v5-overlap-earlier", "v5-overlap-later"} <= kept
     assert {"v5-forced-earlier", "v5-forced-later", "v5-retried-failure"} <= kept
