@@ -578,6 +578,9 @@ def resolve_inputs(playbook: Playbook, given: dict[str, Any]) -> dict[str, Any]:
                     f"(at most {MAX_INPUT_CHARS})"
                 )
             resolved[name] = coerce_input(name, spec, given[name])
+            if resolved[name] == [] and spec.default is None:
+                # An empty list would widen a measure it narrows ("empty = every post").
+                raise InputError(f"input {name!r} is required: give at least one item")
         elif spec.default is not None:
             resolved[name] = coerce_input(name, spec, spec.default)
         else:

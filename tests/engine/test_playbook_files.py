@@ -555,6 +555,19 @@ def test_resolve_inputs_requires_inputs_without_default(inputs_playbook: Playboo
         resolve_inputs(inputs_playbook, {"tags": "a"})
 
 
+@pytest.mark.parametrize("empty", [[], "", " , ", "[]"])
+def test_a_required_list_input_given_empty_is_refused(
+    inputs_playbook: Playbook, empty: object
+) -> None:
+    """An empty list for a list input without a default is not "given" (it would widen a
+    measure it narrows, e.g. keywords: empty = every post); one with a default may be empty."""
+    with pytest.raises(InputError, match="input 'tags' is required: give at least one item"):
+        resolve_inputs(inputs_playbook, {"tags": empty, "region": "GB"})
+    assert (
+        [] == resolve_inputs(inputs_playbook, {"tags": "a", "counts": [], "region": "GB"})["counts"]
+    )
+
+
 def test_prepare_incident_rejects_an_input_that_breaks_a_lever_argument() -> None:
     """An input of the right type but out of the lever's range is refused before anything runs."""
     playbook = load_playbook(SHIPPED)
