@@ -1042,8 +1042,17 @@ def _level_history_text(report: IncidentReport) -> str:
 
 # --- Markdown ---------------------------------------------------------------------------------
 def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
+    """Text for a Markdown table cell: its own pipes and backslashes escaped, and HTML too
+    (renderers pass raw HTML through: a note holding a <script> must stay text)."""
+    text = _md_text("" if value is None else str(value))
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or " "
+
+
+def _md_text(text: str) -> str:
+    """People's words in Markdown: HTML in them stays text (a code span already is)."""
+    if len(text) > 1 and text[0] == text[-1] == "`" and "`" not in text[1:-1]:
+        return text
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

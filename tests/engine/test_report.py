@@ -542,14 +542,20 @@ def test_html_is_one_page_with_the_chart_and_every_step(report: IncidentReport) 
     assert "@media print" in html
 
 
-def test_html_escapes_what_people_typed() -> None:
-    """A note's markup shows as text, never as markup."""
+def test_html_and_markdown_escape_what_people_typed() -> None:
+    """A note's markup shows as text, never as markup, in HTML and in Markdown (which renderers
+    pass raw HTML through); inputs shown as code stay as typed (code is text already)."""
     t = Trail()
-    t.add(0, "incident.triggered", actor="a", playbook="p", version=1, inputs={}, level=None)
-    t.add(1, "note.added", actor="a", text="<script>alert(1)</script>")
-    html = render_html(build_report(t.events, now=T0))
+    t.add(0, "incident.triggered", actor="a", playbook="p", version=1, inputs={"x": "<b>"})
+    t.add(1, "note.added", actor="a", text="<script>alert(1)</script> & more")
+    report = build_report(t.events, now=T0)
+    html = render_html(report)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script>" not in html
+    markdown = render_markdown(report)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in markdown
+    assert "<script>" not in markdown
+    assert '`{"x": "<b>"}`' in markdown
 
 
 def test_markdown_links_the_chart_file_and_lists_the_figures(report: IncidentReport) -> None:
