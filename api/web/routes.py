@@ -165,7 +165,8 @@ async def board(
 ) -> Response:
     """Every incident at a glance; the page refreshes itself (console.js) every few seconds."""
     state = state if state in BOARD_STATES else "open"
-    start = min(int(offset), MAX_OFFSET) if offset.isdigit() else 0
+    # isdecimal alone takes other scripts' digits, which int() refuses ("²" isdigit, too).
+    start = min(int(offset), MAX_OFFSET) if offset.isascii() and offset.isdecimal() else 0
     playbook = playbook[:64]  # playbook names are at most 64 characters
     settings, store = get_settings(request), get_store(request)
     page = await asyncio.to_thread(

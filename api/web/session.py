@@ -143,8 +143,18 @@ def clear_session(response: Response, request: Request) -> None:
     )
 
 
+# A cookie holds about 4 KB; the flash is base64 of its JSON.
+FLASH_BYTES = 2800
+
+
 def set_flash(response: Response, request: Request, kind: FlashKind, text: str) -> None:
-    payload = json.dumps({"kind": kind, "text": text[:500]}).encode()
+    payload = json.dumps({"kind": kind, "text": text}).encode()
+    keep = len(text)
+    while len(payload) > FLASH_BYTES:
+        # Too long for the cookie: keep its start and its end, where refusals say what to do.
+        keep = keep * 3 // 4
+        shortened = f"{text[: keep // 2]} … {text[-(keep // 2) :]}"
+        payload = json.dumps({"kind": kind, "text": shortened}).encode()
     response.set_cookie(
         FLASH_COOKIE,
         base64.urlsafe_b64encode(payload).decode(),

@@ -326,6 +326,8 @@ async def test_trigger_form_from_the_playbook_inputs(console: Console) -> None:
         assert re.search(r'name="input.reach" type="number" step="any"[^>]*value="0.5"', form)
         assert "Region code where the crisis is" in form
         assert '<option value="elevated" selected>' in form
+        # The hash as the CLI and the protocol document show it: twelve hex digits.
+        assert re.search(r'class="hash">sha256:[0-9a-f]{12}…</code>', form)
         bad = await alice.post(
             "/console/trigger/console-drill",
             {"input.region": "DE", "input.reach": "lots", "level": "severe"},
@@ -428,6 +430,7 @@ async def test_board_filters_by_state_and_playbook_and_pages(console: Console) -
         assert not await listed("state=open")
         assert await listed("state=all&playbook=console-drill")
         assert await listed("state=bogus&offset=x") is False  # unknown filters: the open list
+        assert await listed("state=bogus&offset=%C2%B2") is False  # "²": a digit int() refuses
         far = (await alice.get("/console?state=all&playbook=console-drill&offset=50")).html
         assert "No all incidents of console-drill." in far
         assert 'href="/console?state=all&amp;playbook=console-drill&amp;offset=25">Newer' in far
