@@ -70,10 +70,29 @@ def secret_from_env(name: str, channel: Channel) -> str:
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
     """`text` with every secret replaced, for error messages that quote libraries or receivers."""
-    for secret in secrets:
+    for secret in sorted(secrets, key=len, reverse=True):  # a whole before its parts
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+# A URL part shorter than this is no credential (`/hook`), and redacting it would mangle text.
+_SECRET_PART_CHARS = 8
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The URL and the parts of it a receiver may echo (`Cannot POST /services/T0/B0/XYZ`): its
+    path and query, raw and decoded, and each long path segment (a webhook's token). A chat
+    webhook's URL is its credential."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return (url,)
+    raw = parsed.raw_path.decode("ascii", "replace")
+    parts = {url, raw, parsed.path, parsed.query.decode("ascii", "replace")}
+    parts |= {segment for segment in parsed.path.split("/")}
+    parts |= {segment for segment in raw.split("?")[0].split("/")}
+    return tuple(part for part in parts if len(part) >= _SECRET_PART_CHARS or part == url)
 
 
 async def post(
@@ -94,12 +113,12 @@ async def post(
     except httpx.TimeoutException as error:
         raise DeliveryUnavailable(f"{target}: timed out ({type(error).__name__})") from None
     except httpx.TransportError as error:
-        reason = redact(str(error), (url, *secrets)) or type(error).__name__
+        reason = redact(str(error), (*url_secrets(url), *secrets)) or type(error).__name__
         raise DeliveryUnavailable(f"{target}: unreachable: {reason}") from None
     status = response.status_code
     if 200 <= status < 300:
         return response
-    answer = redact(response.text[:300], (url, *secrets)).strip()
+    answer = redact(response.text[:300], (*url_secrets(url), *secrets)).strip()
     message = f"{target}: HTTP {status}" + (f": {answer}" if answer else "")
     if status in (408, 429) or status >= 500:
         raise DeliveryUnavailable(message, retry_after=retry_after(response))

@@ -104,7 +104,7 @@ class SlackReceiver:
                 Received(request.url.path, dict(request.headers), await request.body())
             )
             # A careless receiver quoting the request URL, which holds the secret token.
-            text = self.text.replace("{url}", str(request.url))
+            text = self.text.replace("{url}", str(request.url)).replace("{path}", request.url.path)
             return PlainTextResponse(text, status_code=self.status)
 
         return app
