@@ -13,7 +13,7 @@ Measures on the same settings as another incident's are handed back between them
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -207,10 +207,28 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
             self._make_dormant(record)
             return True
         record.state, record.started_at = "running", record.started_at or iso(self._clock())
-        results = await asyncio.gather(*(self._lever_step(branch) for branch in step.parallel))
+        if self._version() >= 6:
+            results = await self._branches(step)
+        else:  # the sequence went on with its own clock (an earlier lever's end, stamped later)
+            results = await asyncio.gather(*(self._lever_step(branch) for branch in step.parallel))
         record.finished_at = iso(self._clock())
         record.state = "done" if all(results) else "failed"
         return all(results)
+
+    async def _branches(self, step: ParallelStep) -> list[bool]:
+        """Run the branches at once; the sequence then goes on from when the last one ended
+        (each ran in a task of its own, with its own lever clock)."""
+        ended: list[datetime] = []
+
+        async def branch(one: Step) -> bool:
+            carried_on = await self._lever_step(one)
+            ended.append(self._clock())
+            return carried_on
+
+        results = await asyncio.gather(*(branch(one) for one in step.parallel))
+        last = max(ended)
+        LEVER_TIME.set(last if last > workflow.now() else None)
+        return list(results)
 
     async def _lever_step(self, step: Step) -> bool:
         record = self._records[step.id]

@@ -142,22 +142,29 @@ class LeverCalls(IncidentRun):
             )
             for index, channel in enumerate(channels)
         ]
-        outcomes = await asyncio.gather(
-            *(
-                workflow.execute_activity(
+
+        async def deliver(request: DeliveryRequest) -> tuple[DeliveryReceipt | BaseException, str]:
+            try:
+                outcome: DeliveryReceipt | BaseException = await workflow.execute_activity(
                     DELIVER_NOTIFICATION,
                     request,
                     result_type=DeliveryReceipt,
                     start_to_close_timeout=parse_duration(step.timeout),
                     retry_policy=retry,
                 )
-                for request in requests
-            ),
-            return_exceptions=True,
-        )
+            except Exception as error:  # recorded below, as gather(return_exceptions) would
+                outcome = error
+            return outcome, iso(workflow.now())  # its result came with the history: its time
+
+        done = await asyncio.gather(*(deliver(request) for request in requests))
         LEVER_TIME.set(None)  # activity results arrive with the history: workflow time is right
+        when = [iso(self._clock()) for _ in requests]
+        if self._version() >= 6:  # each when it was delivered, not when the last one was
+            when = [at for _, at in done]
         failures = []
-        for request, outcome in zip(requests, outcomes, strict=True):
+        for request, (outcome, _), at in sorted(
+            zip(requests, done, when, strict=True), key=lambda each: each[2]
+        ):
             if isinstance(outcome, CancelledError):
                 raise outcome
             delivery = DeliveryRecord(
@@ -165,7 +172,7 @@ class LeverCalls(IncidentRun):
                 stakeholder=to,
                 channel=request.channel.type,
                 target=request.channel.describe(),
-                at=iso(self._clock()),
+                at=at,
             )
             if isinstance(outcome, BaseException):
                 delivery.state, delivery.error = "failed", cause_of(outcome)
@@ -177,6 +184,7 @@ class LeverCalls(IncidentRun):
                 f"notification.{delivery.state}",
                 step_id=step.id,
                 data=delivery.model_dump(exclude={"at", "state"}, exclude_none=True),
+                at=at,
             )
         if len(failures) == len(requests):
             raise ApplicationError(f"no channel reached {to}: " + "; ".join(failures))

@@ -16,6 +16,7 @@ from engine.incidents import Incidents
 from store.audit_store import AuditStore
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually, sdk_failure_tracebacks
+from workflows.audit import AuditEvent
 from workflows.incident import IncidentStatus
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -257,6 +258,62 @@ async def test_a_closing_notice_that_keeps_failing_does_not_hold_the_measures(
     closed = await standing_down
     assert {"threshold": "undone", "tell": "undone"} == {s.id: s.state for s in closed.steps}
     assert "closed" == (await sandbox.state())["notifications"][-1]["body"]["message"]
+
+
+AFTER_A_PARALLEL_STEP = """
+playbook: test-playbook
+version: 1
+title: A measure, two messages at once, then a measure awaiting approval
+description: For tests.
+steps:
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: tell
+    parallel:
+      - id: tell-regulator
+        do: notify.webhook
+        with: {to: regulator, message: opened}
+      - id: tell-police
+        do: notify.webhook
+        with: {to: law-enforcement, message: opened}
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+    approval: {roles: [commander], timeout: 10m, on_timeout: skip}
+"""
+
+
+async def test_what_follows_a_parallel_step_is_stamped_after_it(
+    client: Client,
+    settings: Settings,
+    sandbox: Sandbox,
+    sqlite_store: AuditStore,
+    tmp_path: Path,
+) -> None:
+    """Slow branches: the approval requested after them is stamped after them, and its deadline
+    counts from then (it was stamped with the lever before the parallel step, in the past)."""
+    await sandbox.fault(path_prefix="/notify", status=0, latency_ms=400, times=2)
+    incidents = Incidents(client, settings)
+    path = write_playbook(tmp_path, AFTER_A_PARALLEL_STEP)
+    triggered = await incidents.trigger(str(path), {}, actor="alice", eager=True)
+
+    async def requested() -> list[AuditEvent]:
+        events = sqlite_store.events(triggered.incident_id)
+        assert "approval.requested" in [e.kind for e in events]
+        return events
+
+    events = await assert_eventually(requested)
+    asked = next(e for e in events if e.kind == "approval.requested")
+    told = [e.at for e in events if e.kind == "step.applied" and e.step_id.startswith("tell-")]
+    assert 2 == len(told)
+    assert max(e.at for e in events if e.seq < asked.seq) <= asked.at  # never back in time
+    status = await incidents.status(triggered.incident_id)
+    surge = next(s for s in status.steps if s.id == "surge")
+    assert surge.approval_deadline is not None
+    deadline = datetime.fromisoformat(surge.approval_deadline)
+    assert timedelta(minutes=10) == deadline - datetime.fromisoformat(asked.at)
+    await incidents.stand_down(triggered.incident_id, actor="bob", reason="done")
 
 
 async def test_a_rejected_lever_is_not_retried(

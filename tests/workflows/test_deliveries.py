@@ -129,6 +129,9 @@ async def test_every_channel_gets_its_own_delivery_and_a_dead_one_is_shown(
     assert ("delivered", "reg-7") == (webhook.state, webhook.message_id)
     assert "delivered" == mail.state and mail.message_id
     assert "failed" == failed.state and failed.error and failed.message_id is None
+    # Each is stamped when it was delivered (or given up on after its retries), not all of them
+    # when the last one ended.
+    assert max(webhook.at, mail.at) < failed.at
 
     # What arrived is the rendered message, signed with the stakeholder's own secret.
     (arrived,) = receiver.accepted
@@ -145,6 +148,8 @@ async def test_every_channel_gets_its_own_delivery_and_a_dead_one_is_shown(
         return kinds
 
     await assert_eventually(audited)
+    stamps = [e.at for e in sqlite_store.events(triggered.incident_id)]
+    assert sorted(stamps) == stamps  # the trail never goes back in time
     entry = next(
         i
         for i in board_page(sqlite_store, limit=200).items
