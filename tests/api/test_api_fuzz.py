@@ -157,13 +157,15 @@ def seeded(api_url: str, tokens: Tokens) -> Seeded:
             trigger("plain"),
             trigger("plain"),
         )
-        # The one stood down comes last: an older incident on the same settings as a newer one
-        # still open is refused a stand-down (it would lift the newer's measures).
+        for incident_id in (running, doomed):
+            _until(lambda i=incident_id: "applied" == step_state(i, "surge"), f"{incident_id}")
+        # The one stood down is applied last (triggered last is not enough: their lever calls
+        # race): an older incident on the same settings as a newer one still open is refused a
+        # stand-down (it would lift the newer's measures).
         closed = trigger("plain")
         seeded = Seeded(awaiting=awaiting, running=running, closed=closed, doomed=doomed)
         _until(lambda: "awaiting_approval" == step_state(seeded.awaiting, "throttle"), "approval")
-        for incident_id in (seeded.running, seeded.closed, seeded.doomed):
-            _until(lambda i=incident_id: "applied" == step_state(i, "surge"), f"{incident_id}")
+        _until(lambda: "applied" == step_state(closed, "surge"), f"{closed}")
         response = http.post(f"/v1/incidents/{seeded.closed}/stand-down", json={"reason": "seed"})
         assert 200 == response.status_code, response.text
         _until(
