@@ -25,11 +25,11 @@ from core.timestamps import as_utc
 from store.audit_store import make_engine
 from store.errors import RevokedToken, TokenError, UnknownToken
 from store.migrate import upgrade
+from workflows.playbook import ROLE_PATTERN  # the roles playbooks may ask approvals of
 
 log = structlog.get_logger(__name__)
 
 TOKEN_PREFIX = "crt_"
-ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,199}$")
 _TOKEN_PATTERN = re.compile(r"^crt_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 # Recording every use would make each API read a database write; a minute's precision will do.

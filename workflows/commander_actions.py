@@ -79,9 +79,7 @@ class CommanderActions(IncidentRun):
             step_id=request.step_id,
             data={"role": request.role, "comment": request.comment, "count": len(record.approvals)},
         )
-        step = self._steps_by_id[request.step_id]
-        assert isinstance(step, Step) and step.approval is not None
-        if len(record.approvals) >= step.approval.quorum:
+        if record.quorum is not None and len(record.approvals) >= record.quorum:
             # The sequence runs the step as soon as this handler returns, in the same task: say
             # so, rather than answer "awaiting_approval" with its quorum met.
             return record.model_copy(update={"state": "running"})

@@ -111,15 +111,12 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         for record in self._records.values():
             if record.id in closing:
                 continue
-            step = self._steps_by_id[record.id]
-            ran = record.applications > 0 or (
-                isinstance(step, ParallelStep)
-                and any(self._records[b.id].applications for b in step.parallel)
-            )
-            if record.state == "dormant" and ran:
+            if record.state == "dormant" and self._ran(record):
                 # Ran at a higher level, withdrawn when the level dropped: not "not run".
-                kept = "kept" if record.undone_at is None else "undone"
-                record.state = "done" if isinstance(step, ParallelStep) else kept
+                if record.kind == "parallel":
+                    record.state = "done"
+                else:
+                    record.state = "kept" if record.undone_at is None else "undone"
             elif record.state in ("pending", "dormant", "awaiting_approval", "waiting"):
                 record.state = "skipped"
                 record.outcome = record.outcome or "not run: incident stood down"
@@ -379,6 +376,12 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
             at=now,
         )
         return True
+
+    def _ran(self, record: StepRecord) -> bool:
+        """Whether the step (or, for a parallel step, one of its branches) was ever applied."""
+        step = self._steps_by_id[record.id]
+        branches = step.parallel if isinstance(step, ParallelStep) else []
+        return record.applications > 0 or any(self._records[b.id].applications for b in branches)
 
     def _sends_notice(self, step_id: str) -> bool:
         """Whether taking this step back is sending a message (an `undo:` notification)."""

@@ -158,9 +158,10 @@ class LeverCalls(IncidentRun):
 
         done = await asyncio.gather(*(deliver(request) for request in requests))
         LEVER_TIME.set(None)  # activity results arrive with the history: workflow time is right
-        when = [iso(self._clock()) for _ in requests]
         if self._version() >= 6:  # each when it was delivered, not when the last one was
             when = [at for _, at in done]
+        else:
+            when = [iso(self._clock())] * len(requests)
         failures = []
         for request, (outcome, _), at in sorted(
             zip(requests, done, when, strict=True), key=lambda each: each[2]

@@ -38,7 +38,8 @@ ItemType = Literal["string", "number", "integer", "boolean"]
 INCIDENT_FIELDS = ("id", "playbook", "triggered_by")
 
 _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-# A role as tokens hold it (store.tokens): an approval naming any other could never be given.
+# A role, in playbooks and in the tokens that hold it (store.tokens): one pattern for both, so
+# an approval never names a role no token could hold.
 ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 
 
@@ -257,6 +258,7 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
     problems += _check_input_defaults(playbook)
     problems += _check_levels(playbook)
     problems += _check_durations(playbook)
+    inputs = sample_inputs(playbook)  # what each condition is evaluated with
     seen: dict[str, Path] = {}
     for at, step in walk_steps(playbook):
         if step.id in seen:
@@ -270,7 +272,8 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
             problems.append(Problem((*at, "level"), _unknown_level(playbook, step.level)))
         if step.when is not None:
             problems += [
-                Problem((*at, "when"), message) for message in _check_when(playbook, step.when)
+                Problem((*at, "when"), message)
+                for message in _check_when(playbook, step.when, inputs)
             ]
         if isinstance(step, Step) and at[0] == "on_stand_down":
             problems += _check_closing(step, at)
@@ -379,7 +382,7 @@ def _check_levels(playbook: Playbook) -> list[Problem]:
     return problems
 
 
-def _check_when(playbook: Playbook, text: str) -> list[str]:
+def _check_when(playbook: Playbook, text: str, inputs: dict[str, Any]) -> list[str]:
     try:
         expression = parse_expression(text)
     except ExpressionError as error:
@@ -397,7 +400,6 @@ def _check_when(playbook: Playbook, text: str) -> list[str]:
         return problems
     # Evaluated as a trigger would, at every level: a comparison of an input with a value of
     # another type fails every time, and the step would never run.
-    inputs = sample_inputs(playbook)
     for level in playbook.levels or [None]:
         try:
             evaluate(expression, inputs=inputs, level=level, levels=playbook.levels)

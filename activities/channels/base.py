@@ -88,10 +88,9 @@ def url_secrets(url: str) -> tuple[str, ...]:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
         return (url,)
-    raw = parsed.raw_path.decode("ascii", "replace")
+    raw = parsed.raw_path.decode("ascii", "replace")  # path and query, as sent
     parts = {url, raw, parsed.path, parsed.query.decode("ascii", "replace")}
-    parts |= {segment for segment in parsed.path.split("/")}
-    parts |= {segment for segment in raw.split("?")[0].split("/")}
+    parts |= set(parsed.path.split("/")) | set(raw.split("?")[0].split("/"))
     return tuple(part for part in parts if len(part) >= _SECRET_PART_CHARS or part == url)
 
 
