@@ -173,11 +173,12 @@ def _print_status(status: IncidentStatus) -> None:
     _print_command_state(status)
     table = Table("step", "lever", "state", "started", "finished", "undone", "expires", "error")
     for step in status.steps:
+        state = f"{step.state}, LIFTED by {step.lifted_by}" if step.lifted_by else step.state
         table.add_row(
             *literal_row(
                 step.id,
                 step.lever,
-                f"{step.state}, LIFTED by {step.lifted_by}" if step.lifted_by else step.state,
+                f"{state} ({step.outcome})" if step.outcome else state,
                 _clock(step.started_at),
                 _clock(step.finished_at),
                 _clock(step.undone_at),

@@ -241,6 +241,8 @@ def plan(
     table = Table("#", "step", "runs", "lever / kind", "approval", "lapses after", "undo")
     for item in made.steps:
         runs = "yes" if item.runs else f"no: {item.why_not}"
+        if item.after:
+            runs += f", once {item.after} is settled (same settings)"
         what = item.lever or (f"wait {item.wait}" if item.wait else item.kind)
         table.add_row(
             *literal_row(
@@ -263,9 +265,7 @@ def simulate(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the playbook for real on the time-skipping server against an in-process sandbox, with
-    scripted commander actions and checks; print the timeline and each check's verdict. Days
-    pass in seconds. Exits 1 if a check fails."""
+    """Run a playbook for real, days passing in seconds, with scripted actions and checks."""
     from engine.simulate import Scenario, format_offset, load_scenario
     from engine.simulate import simulate as run_simulation
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from workflows.durations import format_duration, parse_duration
 from workflows.expressions import ExpressionError, evaluate
 from workflows.expressions import parse as parse_expression
-from workflows.levers import LEVERS
+from workflows.levers import LEVERS, is_notification, shared_settings
 from workflows.playbook import ParallelStep, Playbook, Step, WaitStep
 from workflows.substitution import substitute
 
@@ -28,6 +30,10 @@ class PlannedStep:
     lapses_after: str | None = None
     undo: str = ""
     wait: str | None = None
+    # An earlier step that asks for approval and changes some of the same settings: this one
+    # waits until it is applied or given up (the interpreter never lets the looser earlier
+    # measure land on top of this one).
+    after: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +71,7 @@ def make_plan(playbook: Playbook, inputs: dict[str, Any], level: str | None) -> 
                 if not parent.runs and item.runs:  # a branch runs only when its parallel step does
                     item.runs, item.why_not = False, f"its parallel step {step.id} does not run"
                 planned.append(item)
+    _mark_held_back(planned)
     for index, step in enumerate(playbook.on_stand_down, start=1):
         planned.append(_plan_step(playbook, step, f"close.{index}", inputs, level, context))
     reviews = playbook.reviews
@@ -91,6 +98,35 @@ def make_plan(playbook: Playbook, inputs: dict[str, Any], level: str | None) -> 
             else None
         ),
     )
+
+
+def _mark_held_back(planned: list[PlannedStep]) -> None:
+    """Set `after` as the interpreter holds steps back: a step of the sequence that asks for an
+    approval (in any branch), or waits itself, holds back the later lever steps that change
+    some of the same settings with the same lever."""
+    tops = {p.order: p.id for p in planned if "." not in p.order}
+    running = [p for p in planned if p.runs and p.lever]
+    held: set[str] = set()  # the orders of the top steps held back
+    for number, item in enumerate(running):
+        top = item.order.split(".")[0]
+        mine = None if is_notification(item.lever) else _settings(item)
+        if mine is not None:
+            for earlier in running[:number]:
+                other = earlier.order.split(".")[0]
+                theirs = _settings(earlier) if earlier.lever == item.lever else None
+                if other in held and other != top and theirs and shared_settings(theirs, mine):
+                    item.after = tops[other]
+                    break
+        if item.approval or item.after:
+            held.add(top)
+
+
+def _settings(item: PlannedStep) -> frozenset[str] | None:
+    """None where the arguments are not known here (an input without a default)."""
+    try:
+        return LEVERS[str(item.lever)].args.model_validate(item.args).targets()
+    except ValidationError:
+        return None
 
 
 def _plan_step(

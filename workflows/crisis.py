@@ -37,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
         IncidentOutcome,
         StepRecord,
     )
-    from workflows.levers import LEVERS, is_notification
+    from workflows.levers import LEVERS, is_notification, shared_settings
     from workflows.playbook import ParallelStep, Step, WaitStep
     from workflows.substitution import substitute
 
@@ -93,8 +93,9 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         sequence = asyncio.create_task(self._run_sequence())
         pump = asyncio.create_task(self._pump_audit())
         supervisor = asyncio.create_task(self._supervise())
-        if incident.carried is not None and self._pb.levels:
-            # A continued run picks up what an escalation had started off the main sequence.
+        if incident.carried is not None and (self._pb.levels or self._version() >= 7):
+            # A continued run picks up what had been started off the main sequence (by an
+            # escalation, or in v7 a step waiting for its approval).
             self._background(self._catch_up())
 
         while self._stand_down is None:
@@ -160,15 +161,78 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
                 await self._wait(lambda: not self._draining or self._stand_down is not None)
             if self._stand_down is not None:
                 return
-            keep_going = await self._run_top_step(self._top[self._cursor])
-            if not keep_going:
-                if self._state == "running":
-                    self._state = "failed"
-                    self._publish()
-                    failed = self._records[self._top[self._cursor].id]
-                    self._record("incident.failed", step_id=failed.id, data={"error": failed.error})
+            step = self._top[self._cursor]
+            if not await self._run_or_hold(step):
+                self._fail(step.id)
                 return
             self._cursor += 1
+            if self._state == "failed" and self._version() >= 7:
+                return  # a step run off the sequence failed: the playbook stops there too
+
+    async def _run_or_hold(self, step: AnyStep) -> bool:
+        """Run a step of the sequence, or (v7) start it off the sequence when it must wait: for
+        its approval, or for an earlier step on the same settings that is waiting. False = it
+        failed and the playbook must stop."""
+        if self._version() >= 7 and self._must_hold(step):
+            self._hold(step)
+            return True
+        return await self._run_top_step(step)
+
+    def _must_hold(self, step: AnyStep) -> bool:
+        levers = self._levers_of(step)
+        if not self._holding and all(one.approval is None for one in levers):
+            return False  # the common case, decided without evaluating conditions
+        return self._eligible(step) and any(
+            one.approval is not None or self._behind(one) for one in levers
+        )
+
+    def _hold(self, step: AnyStep) -> None:
+        self._holding.add(step.id)
+        record = self._records[step.id]
+        if (
+            isinstance(step, Step)
+            and step.approval
+            and record.state != "awaiting_approval"
+            and not self._behind(step)
+        ):
+            self._ask_approval(step, record)  # now: the trail shows it before the next steps
+
+        async def held() -> None:
+            try:
+                if not await self._run_top_step(step):
+                    self._fail(step.id)
+            finally:
+                self._holding.discard(step.id)
+
+        self._background(held())
+
+    def _behind(self, step: Step) -> str | None:
+        """The earlier step held off the sequence that changes some of the same settings as
+        this one, if any: this one must not go on first (the later of two measures on the same
+        settings is the one in force)."""
+        if not self._holding or is_notification(step.do):
+            return None
+        mine = self._settings(step)
+        for earlier in self._top[: self._top.index(self._parent_of(step))]:
+            if earlier.id in self._holding and any(
+                other.do == step.do and shared_settings(mine, self._settings(other))
+                for other in self._levers_of(earlier)
+            ):
+                return earlier.id
+        return None
+
+    def _settings(self, step: Step) -> frozenset[str]:
+        found = self._targets.get(step.id)
+        if found is None:
+            args = LEVERS[step.do].args.model_validate(substitute(step.with_, self._context))
+            found = self._targets[step.id] = args.targets()
+        return found
+
+    def _levers_of(self, step: AnyStep) -> list[Step]:
+        kind = self._records[step.id].kind
+        if kind == "parallel":
+            return list(step.parallel)  # type: ignore[union-attr]
+        return [step] if kind == "lever" else []  # type: ignore[list-item]
 
     async def _run_top_step(self, step: AnyStep) -> bool:
         """Run one step of the sequence; False = the playbook must stop (a failure)."""
@@ -234,6 +298,15 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         if not self._eligible(step):
             self._make_dormant(record)
             return True
+        if self._holding and (earlier := self._behind(step)) is not None:
+            record.outcome = f"waits for {earlier}, which changes the same settings"
+            await self._wait(lambda: self._stand_down is not None or self._behind(step) is None)
+            record.outcome = None
+            if self._stand_down is not None:
+                return True
+            if not self._eligible(step):
+                self._make_dormant(record)
+                return True
         if step.approval is not None and not await self._approved(step, record):
             return record.state != "failed"
         if record.state not in ("pending", "dormant", "awaiting_approval"):
@@ -245,17 +318,7 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         approval = step.approval
         assert approval is not None
         if record.state != "awaiting_approval":
-            record.state, record.approvals = "awaiting_approval", []
-            record.approval_deadline = iso(self._clock() + parse_duration(approval.timeout))
-            self._record(
-                "approval.requested",
-                step_id=step.id,
-                data={
-                    "roles": approval.roles,
-                    "quorum": approval.quorum,
-                    "deadline": record.approval_deadline,
-                },
-            )
+            self._ask_approval(step, record)
         while True:
             assert record.approval_deadline is not None
 
@@ -296,6 +359,21 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
             # escalate: raise the level one step and keep waiting for a new period
             self._escalate_by_system(f"approval of {step.id} timed out")
             record.approval_deadline = iso(self._clock() + parse_duration(approval.timeout))
+
+    def _ask_approval(self, step: Step, record: StepRecord) -> None:
+        approval = step.approval
+        assert approval is not None
+        record.state, record.approvals = "awaiting_approval", []
+        record.approval_deadline = iso(self._clock() + parse_duration(approval.timeout))
+        self._record(
+            "approval.requested",
+            step_id=step.id,
+            data={
+                "roles": approval.roles,
+                "quorum": approval.quorum,
+                "deadline": record.approval_deadline,
+            },
+        )
 
     async def _apply_step(
         self, step: Step, *, hold_until: str | None = None, put_back: str | None = None

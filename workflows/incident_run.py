@@ -66,6 +66,9 @@ INTERPRETER_V5 = "interpreter-v5"
 # v6: a stand-down takes every measure back before it sends closing notices (a notice retrying
 # on a dead channel held the measures on the platform for minutes).
 INTERPRETER_V6 = "interpreter-v6"
+# v7: a step waiting for its approval holds back only itself and the later steps on the same
+# settings; the rest of the playbook goes on (escalation notices waited behind an approval).
+INTERPRETER_V7 = "interpreter-v7"
 # A step held back by its `when:` says so in its step.dormant (`condition`), which read as held
 # back by the level. Its own patch, recorded only where a condition holds a step back.
 DORMANT_CONDITION_PATCH = "dormant-names-condition"
@@ -191,6 +194,10 @@ class IncidentRun:
         # The lever time of the overlap work that last let another task go on (see _clock).
         self._handoff_time: datetime | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # v7: top steps run off the sequence (waiting for an approval, or for an earlier step
+        # of those on the same settings), and the settings each lever step changes.
+        self._holding: set[str] = set()
+        self._targets: dict[str, frozenset[str]] = {}
         self._version_seen: int | None = None
         self._info = workflow.info()  # its history length and suggestion are read live
 
@@ -219,6 +226,8 @@ class IncidentRun:
     if TYPE_CHECKING:  # the run's step operations (workflows.crisis), which the parts call
 
         async def _run_top_step(self, step: AnyStep) -> bool: ...
+
+        async def _run_or_hold(self, step: AnyStep) -> bool: ...
 
         async def _apply_step(
             self, step: Step, *, hold_until: str | None = None, put_back: str | None = None
@@ -259,6 +268,17 @@ class IncidentRun:
             ):
                 data["condition"] = step.when  # held back by its condition, not by the level
             self._record("step.dormant", step_id=record.id, data=data)
+
+    def _fail(self, step_id: str) -> bool:
+        """Mark the incident failed by this step's failure; False if it was not running."""
+        if self._state != "running":
+            return False
+        self._state = "failed"
+        self._publish()
+        self._record(
+            "incident.failed", step_id=step_id, data={"error": self._records[step_id].error}
+        )
+        return True
 
     def _parent_of(self, step: AnyStep) -> AnyStep:
         parent = self._records[step.id].parent
@@ -360,7 +380,9 @@ class IncidentRun:
         run records today's); 2 for histories from before the version markers."""
         if self._version_seen is None:
             self._version_seen = (
-                6
+                7
+                if workflow.patched(INTERPRETER_V7)
+                else 6
                 if workflow.patched(INTERPRETER_V6)
                 else 5
                 if workflow.patched(INTERPRETER_V5)

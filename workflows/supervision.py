@@ -19,6 +19,9 @@ from workflows.incident_run import IncidentRun, iso, parse_iso
 
 # The actor of what an incident does by itself (escalating, or standing down, on a missed review).
 SYSTEM = "system"
+# What catch-up (v7) picks up among the steps the sequence has passed: held back by the level or
+# a condition, waiting for an approval, or waiting for an earlier step on the same settings.
+WAITING_V7 = ("pending", "dormant", "awaiting_approval")
 
 
 class Supervision(IncidentRun):
@@ -143,25 +146,21 @@ class Supervision(IncidentRun):
 
     async def _catch_up(self) -> None:
         """After escalation: run the steps already passed that the new level makes eligible."""
+        # v7: also what a continued run must resume, steps waiting their turn included.
+        waiting = WAITING_V7 if self._version() >= 7 else ("dormant", "awaiting_approval")
         for step in self._top[: self._cursor]:
             if self._stand_down is not None or self._draining:
                 return
+            if step.id in self._holding:
+                continue  # already under way off the sequence
             record = self._records[step.id]
-            waiting = ("dormant", "awaiting_approval")
             if record.state in waiting or (
                 isinstance(step, ParallelStep)
                 and any(self._records[b.id].state in waiting for b in step.parallel)
             ):
                 if isinstance(step, ParallelStep) and record.state not in waiting:
                     record.state = "running"
-                if not await self._run_top_step(step) and self._state == "running":
-                    self._state = "failed"
-                    self._publish()
-                    self._record(
-                        "incident.failed",
-                        step_id=step.id,
-                        data={"error": self._records[step.id].error},
-                    )
+                if not await self._run_or_hold(step) and self._fail(step.id):
                     return
 
     async def _withdraw_above_level(self) -> None:

@@ -120,7 +120,8 @@ async def test_the_board_lists_open_incidents_with_what_needs_acting_on(
         page = await board(api, playbook="commander-actions", limit=200)
         (entry,) = [i for i in page["items"] if i["incident_id"] == incident] or [None]
         assert entry is not None, page
-        assert ["throttle"] == [p["step_id"] for p in entry["pending_approvals"]]
+        pending = [p["step_id"] for p in entry["pending_approvals"]]
+        assert ["throttle", "surge-hate"] == pending
         return entry
 
     entry = await assert_eventually(waiting)

@@ -156,6 +156,8 @@ async def test_approve_and_reject(
         cli_env, "reject", i, "surge-hate", "--role", "commander", "--reason", "x", "--json"
     )
     assert_one_line_error(again, "step surge-hate is not awaiting approval (it is skipped)")
+    text = ok(await crisis({**cli_env, "COLUMNS": "200"}, "status", i)).stdout
+    assert "skipped (rejected by cli-tester: not needed)" in text, text
 
 
 async def test_levels_renew_review_and_notes(

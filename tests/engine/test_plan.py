@@ -19,3 +19,15 @@ def test_lapses_after_spells_out_a_duration_that_reads_differently() -> None:
     assert "24h (1d)" == steps["restrict-new-livestreams"].lapses_after
     assert "12h" == steps["forward-limit-one"].lapses_after
     assert None is steps["tell-regulator"].lapses_after
+
+
+def test_a_step_held_back_by_an_earlier_approval_on_its_settings_says_so() -> None:
+    """At `critical`, the strictest reshare cut waits for the elevated cut's approval (same lever,
+    region and categories); the livestream restriction and the notices do not; below `critical`
+    nothing is held back (the strictest cut does not run)."""
+    playbook = load_playbook(PLAYBOOKS / "violent-disorder.yaml")
+    inputs = {name: spec.default for name, spec in playbook.inputs.items()}
+    critical = make_plan(playbook, inputs, "critical").steps
+    assert {"forward-limit-one": "cut-reshares"} == {s.id: s.after for s in critical if s.after}
+    severe = make_plan(playbook, inputs, "severe").steps
+    assert [] == [s.id for s in severe if s.after]

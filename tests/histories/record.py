@@ -5,6 +5,8 @@ Run against a fresh dev server with today's interpreter before changing it:
     python -m tests.histories.record v5 overlap   # two incidents: a lapse under a later measure
     python -m tests.histories.record v5 forced    # a forced stand-down hands a setting over,
                                                   # and a lever that fails after its retries
+    python -m tests.histories.record v7 held      # a step waiting for its approval while the
+                                                  # rest go on but one on the same settings
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -27,6 +29,8 @@ from engine.temporal import connect, running_worker
 from sandbox.app import create_app
 from store.audit_store import AuditStore
 from tests.helpers import serve_app
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import ApproveRequest
 
 HERE = Path(__file__).resolve().parent
 FAILING = """
@@ -158,6 +162,47 @@ async def record_forced(
         print(f"recorded {kept_id}: {len(history.events)} events")
 
 
+# From v7: the steps after one waiting for its approval go on, but not one on its settings.
+HELD = """
+playbook: record-held
+version: 1
+title: A step waiting for its approval
+description: For the recorded history of the steps after it going on meanwhile.
+steps:
+  - id: cut
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5, reshare_limit: 5}
+    approval: {roles: [commander], timeout: 1h, on_timeout: skip}
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: stricter-cut
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5, reshare_limit: 1}
+"""
+
+
+async def record_held(tag: str, incidents: Incidents, client: Client, work: Path) -> None:
+    incident_id = f"REC-{tag}-held"
+    path = work / "record-held.yaml"
+    path.write_text(HELD)
+    await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+    for _ in range(200):
+        states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
+        if states["threshold"] == "applied":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("the step after the one waiting for approval did not go on")
+    approval = ApproveRequest(step_id="cut", actor="recorder", role="commander", comment="ok")
+    await incidents.act(incident_id, CrisisWorkflow.approve, approval)
+    await _settled(incidents, incident_id)
+    await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    history = await client.get_workflow_handle(incident_id).fetch_history()
+    (HERE / f"{tag}-held.json").write_text(_without_local_paths(history.to_json()))
+    print(f"recorded {incident_id}: {len(history.events)} events")
+
+
 async def _settled(incidents: Incidents, incident_id: str) -> None:
     for _ in range(200):
         status = await incidents.status(incident_id)
@@ -188,6 +233,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "forced":
             await record_forced(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "held":
+            await record_held(tag, incidents, client, work)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -216,7 +264,7 @@ def _without_local_paths(text: str) -> str:
 
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
-    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or "overlap", "forced"
+    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or "overlap", "forced", "held"
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -98,6 +98,56 @@ async def test_the_scenario_of_every_playbook_passes_its_checks(
     assert [] == unexpected
 
 
+# Escalated before anyone has answered the approval the playbook asks for at `elevated`.
+ESCALATED_UNANSWERED = """\
+inputs: %(inputs)s
+actor: alice
+actions:
+  - {at: 2m, do: escalate, actor: alice, with: {reason: "organised online"}}
+  - {at: 10m, do: stand-down, actor: alice, with: {reason: test over}}
+checks:
+  - at: 3m
+    name: the escalation is told while the approval waits
+    steps: {%(waiting)s: awaiting_approval}
+    notified: [%(told)s]
+"""
+
+
+@pytest.mark.parametrize(
+    ("playbook", "inputs", "waiting", "told"),
+    [
+        (
+            "violent-disorder",
+            "{region: GB}",
+            "cut-reshares",
+            ["regulator", "law-enforcement", "trusted-flaggers"],
+        ),
+        (
+            "self-harm-challenge",
+            "{challenge_terms: [blackout challenge]}",
+            "keep-out-of-recommendations",
+            ["child-safety-partners", "regulator"],
+        ),
+    ],
+)
+async def test_an_escalation_is_told_while_an_earlier_approval_waits(
+    tmp_path: Path, playbook: str, inputs: str, waiting: str, told: list[str]
+) -> None:
+    """A step waiting for its approval holds back only itself (and later steps on its settings):
+    escalated meanwhile, the playbook tells the escalation at once."""
+    script = tmp_path / "escalated.scenario.yaml"
+    notices = ", ".join(f"{{to: {to}, template: crisis-escalated}}" for to in told)
+    script.write_text(
+        ESCALATED_UNANSWERED % {"inputs": inputs, "waiting": waiting, "told": notices}
+    )
+    run = await asyncio.to_thread(
+        cli, tmp_path, "playbook", "simulate", playbook, "--script", str(script), "--json"
+    )
+    result = run.json()
+    assert (0, True) == (run.code, result["ok"]), result["checks"]
+    assert "closed" == result["final_state"]
+
+
 # --- the command line -----------------------------------------------------------------------
 async def test_simulate_a_library_playbook_from_the_command_line(tmp_path: Path) -> None:
     """`crisis playbook simulate NAME --script SCENARIO` prints every check's verdict and exits 0;

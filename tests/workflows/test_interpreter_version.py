@@ -16,7 +16,7 @@ from tests.helpers import assert_eventually
 from tests.workflows.lab import Lab, kinds
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import ApproveRequest, StandDownRequest
-from workflows.incident_run import INTERPRETER_V6
+from workflows.incident_run import INTERPRETER_V7
 
 TWO_LEVERS = """
 steps:
@@ -42,7 +42,7 @@ async def test_a_run_records_one_version_marker(lab: Lab) -> None:
         and e.marker_recorded_event_attributes.marker_name == "core_patch"
     ]
     assert len(patches) == 1
-    assert INTERPRETER_V6.encode() in patches[0]
+    assert INTERPRETER_V7.encode() in patches[0]
 
 
 async def test_a_stand_down_is_written_with_its_undos(

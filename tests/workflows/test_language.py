@@ -231,22 +231,22 @@ def approve(step_id: str, actor: str, role: str) -> ApproveRequest:
 async def test_a_quorum_of_two_distinct_approvers_with_listed_roles_releases_the_step(
     lab: Lab,
 ) -> None:
-    """One approval leaves the step waiting; a repeat approver and an unlisted role are refused;
-    a second distinct approver applies it and the sequence goes on."""
+    """One approval leaves the step waiting (the steps after it go on); a repeat approver and an
+    unlisted role are refused; a second distinct approver applies it."""
     incident = await lab.trigger(QUORUM)
-    await lab.settle(incident, {"throttle": "awaiting_approval", "surge": "pending"})
+    await lab.settle(incident, {"throttle": "awaiting_approval", "surge": "applied"})
 
     record = await lab.act(
         incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander")
     )
     assert ["alice"] == [a.actor for a in record.approvals]
-    status = await lab.settle(incident, {"throttle": "awaiting_approval", "surge": "pending"})
+    status = await lab.settle(incident, {"throttle": "awaiting_approval", "surge": "applied"})
     assert 1 == len(step(status, "throttle").approvals)
     with pytest.raises(IncidentConflict, match="alice has already approved throttle"):
         await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "policy-lead"))
     with pytest.raises(IncidentConflict, match="role 'intern' cannot approve throttle"):
         await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "carol", "intern"))
-    assert [] == operations(await lab.platform())
+    assert [("surge", "apply-1")] == operations(await lab.platform())
 
     assert "awaiting_approval" == record.state
     second = await lab.act(
@@ -261,7 +261,7 @@ async def test_a_quorum_of_two_distinct_approvers_with_listed_roles_releases_the
     assert {"reach_multiplier": 0.25, "reshare_limit": None} == state["recommender"]["GB"][
         "racial_hatred"
     ]
-    assert ["throttle", "surge"] == [name for name, _ in operations(state)]
+    assert ["surge", "throttle"] == [name for name, _ in operations(state)]
 
     events = await lab.audit(incident, until="step.applied", count=2)
     approval_kinds = [k for k in kinds(events) if k.startswith("approval.")]
@@ -307,6 +307,112 @@ async def test_a_rejected_step_is_skipped_with_the_reason_and_the_sequence_goes_
     )
 
 
+HELD = """
+steps:
+  - id: cut
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.5, reshare_limit: 5}
+    approval: {roles: [commander], timeout: 1h, on_timeout: escalate}
+  - id: severe-surge
+    level: severe
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 10}
+  - id: fr-cut
+    do: recommender.throttle
+    with: {region: FR, categories: [racial_hatred], reach_multiplier: 0.5}
+  - id: stricter-cut
+    do: recommender.throttle
+    with:
+      region: GB
+      categories: [racial_hatred, threats]
+      reach_multiplier: 0.5
+      reshare_limit: 1
+"""
+
+
+async def test_a_step_awaiting_approval_holds_back_only_the_steps_on_its_settings(
+    lab: Lab,
+) -> None:
+    """The steps after a waiting approval go on, and an escalation meanwhile runs its steps; a
+    later step on the same settings waits for it (applied first, it would be overridden by the
+    looser earlier one), through a continue-as-new, and goes on once the earlier is applied."""
+    incident = await lab.trigger(HELD, history_limit=60)
+    status = await lab.settle(
+        incident,
+        {
+            "cut": "awaiting_approval",
+            "severe-surge": "dormant",
+            "fr-cut": "applied",
+            "stricter-cut": "pending",
+        },
+    )
+    assert "waits for cut, which changes the same settings" == step(status, "stricter-cut").outcome
+
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+    await lab.settle(
+        incident, {"severe-surge": "applied", "stricter-cut": "pending"}, level="severe"
+    )
+    for number in range(40):
+        status = await lab.act(
+            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
+        )
+        if status.runs > 1:
+            break
+    await lab.settle(
+        incident,
+        {"cut": "awaiting_approval", "stricter-cut": "pending"},
+        also=lambda s: _assert_more_runs(s, 1),
+    )
+    assert ["fr-cut", "severe-surge"] == [name for name, _ in operations(await lab.platform())]
+
+    await lab.act(incident, CrisisWorkflow.approve, approve("cut", "alice", "commander"))
+    status = await lab.settle(incident, {"cut": "applied", "stricter-cut": "applied"})
+    assert step(status, "stricter-cut").outcome is None
+    state = await lab.platform()
+    assert ["fr-cut", "severe-surge", "cut", "stricter-cut"] == [
+        name for name, _ in operations(state)
+    ]
+    assert 1 == state["recommender"]["GB"]["racial_hatred"]["reshare_limit"]
+    events = await lab.audit(incident, until="step.applied", count=4)
+    assert 1 == kinds(events).count("approval.requested")
+    # Asked for before the steps after it started.
+    assert kinds(events).index("approval.requested") < kinds(events).index("step.started")
+    assert lab.store.verify(incident).ok
+
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="calm")
+    assert {"undone"} == {s.state for s in closed.steps}
+    assert {} == (await lab.platform())["recommender"]
+
+
+async def test_a_held_step_that_fails_stops_the_playbook(lab: Lab) -> None:
+    """A step run off the sequence that fails (its approval timed out with on_timeout: fail)
+    marks the incident failed, and the sequence starts nothing after it."""
+    incident = await lab.trigger(
+        """
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.25}
+    approval: {roles: [commander], timeout: 30m, on_timeout: fail}
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 10}
+  - id: hold
+    wait: 1h
+  - id: after
+    do: detection.set_threshold
+    with: {classifier: threats, threshold: 0.4}
+"""
+    )
+    await lab.settle(incident, {"throttle": "awaiting_approval", "hold": "waiting"})
+    await lab.advance(timedelta(minutes=31))
+    await lab.settle(incident, {"throttle": "failed", "surge": "applied"}, state="failed")
+    await lab.advance(timedelta(minutes=40))
+    status = await lab.settle(incident, {"hold": "done", "after": "pending"}, state="failed")
+    assert "approval timed out" == step(status, "throttle").error
+    assert [("surge", "apply-1")] == operations(await lab.platform())
+
+
 # --- 3. approval timeouts ---------------------------------------------------------------------
 TIMEOUT = """
 steps:
@@ -330,7 +436,9 @@ async def test_an_approval_timeout_with_escalate_raises_the_level_and_keeps_wait
     """At the deadline the level rises one step (its steps apply) and the step waits again with a
     new deadline."""
     incident = await lab.trigger(TIMEOUT.replace("ON_TIMEOUT", "escalate"))
-    status = await lab.settle(incident, {"extra": "dormant", "throttle": "awaiting_approval"})
+    status = await lab.settle(
+        incident, {"extra": "dormant", "throttle": "awaiting_approval", "surge": "applied"}
+    )
     first_deadline = at(step(status, "throttle").approval_deadline)
 
     await lab.advance(timedelta(minutes=29))
@@ -340,7 +448,7 @@ async def test_an_approval_timeout_with_escalate_raises_the_level_and_keeps_wait
     await lab.advance(timedelta(minutes=2))
     status = await lab.settle(
         incident,
-        {"extra": "applied", "throttle": "awaiting_approval", "surge": "pending"},
+        {"extra": "applied", "throttle": "awaiting_approval", "surge": "applied"},
         level="severe",
     )
     second_deadline = at(step(status, "throttle").approval_deadline)
@@ -366,15 +474,15 @@ async def test_an_approval_timeout_with_escalate_raises_the_level_and_keeps_wait
     ("on_timeout", "expected"),
     [
         ("skip", {"throttle": "skipped", "surge": "applied", "state": "running"}),
-        ("fail", {"throttle": "failed", "surge": "pending", "state": "failed"}),
+        ("fail", {"throttle": "failed", "surge": "applied", "state": "failed"}),
         ("proceed", {"throttle": "applied", "surge": "applied", "state": "running"}),
     ],
 )
 async def test_an_approval_timeout_skips_fails_or_proceeds(
     lab: Lab, on_timeout: str, expected: dict[str, str]
 ) -> None:
-    """skip: the step is skipped and the next runs; fail: the incident fails; proceed: the step
-    is applied without approvals."""
+    """skip: the step is skipped; fail: the incident fails; proceed: the step is applied without
+    approvals. (The step after it went on meanwhile.)"""
     incident = await lab.trigger(TIMEOUT.replace("ON_TIMEOUT", on_timeout))
     await lab.settle(incident, {"throttle": "awaiting_approval"})
     await lab.advance(timedelta(minutes=31))
@@ -396,12 +504,12 @@ async def test_an_approval_timeout_skips_fails_or_proceeds(
         assert [("surge", "apply-1")] == operations(state)
     elif on_timeout == "fail":
         assert "approval timed out" == throttle.error
-        assert [] == operations(state)
+        assert [("surge", "apply-1")] == operations(state)
         await lab.audit(incident, until="incident.failed")
     else:
         assert [] == throttle.approvals
         assert 0.25 == state["recommender"]["GB"]["racial_hatred"]["reach_multiplier"]
-        assert [("throttle", "apply-1"), ("surge", "apply-1")] == operations(state)
+        assert [("surge", "apply-1"), ("throttle", "apply-1")] == operations(state)
 
 
 # --- 4. expiry and renewal --------------------------------------------------------------------
@@ -915,7 +1023,7 @@ async def test_an_approval_timing_out_as_a_stand_down_arrives_leaves_nothing_app
     )
     assert "closed" == closed.state
     states = step_states(closed)
-    assert ("skipped", "skipped") == (states["throttle"], states["surge"])
+    assert ("skipped", "undone") == (states["throttle"], states["surge"])
     assert states["extra"] in ("skipped", "undone")
     state = await lab.platform()
     assert settings_of(before) == settings_of(state)
@@ -1141,7 +1249,7 @@ async def test_continue_as_new_while_a_step_awaits_approval_carries_its_approval
 
     await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "bob", "policy-lead"))
     await lab.settle(incident, {"throttle": "applied", "surge": "applied"})
-    assert ["throttle", "surge"] == [name for name, _ in operations(await lab.platform())]
+    assert ["surge", "throttle"] == [name for name, _ in operations(await lab.platform())]
     events = await lab.audit(incident, until="step.applied", count=2)
     assert 1 == kinds(events).count("approval.requested")
     assert list(range(1, len(events) + 1)) == [e.seq for e in events]
