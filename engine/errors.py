@@ -39,11 +39,14 @@ class PlaybookInvalid(PlaybookError):
 
 
 class LibraryError(ValueError):
-    """A library file is unreadable or invalid; `problem` says where, in that file."""
+    """Library files unreadable or invalid; `problems` says where, each in its file (`problem`:
+    the first, which is the error's one line)."""
 
-    def __init__(self, problem: FileProblem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
+    def __init__(self, problems: FileProblem | list[FileProblem]) -> None:
+        self.problems = problems if isinstance(problems, list) else [problems]
+        self.problem = self.problems[0]
+        more = len(self.problems) - 1
+        super().__init__(str(self.problem) + (f" (and {more} more)" if more else ""))
 
 
 class IncidentError(Exception):

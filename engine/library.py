@@ -229,10 +229,11 @@ def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
     if cached and cached[0] == stamp:
         return cached[1]
     files = [directory / TEMPLATES_FILE, directory / STAKEHOLDERS_FILE]
-    templates, positions = _read(files[0], MessageTemplate)
+    problems: list[FileProblem] = []  # every one at once: an author fixes them in one go
+    templates, positions = _read(files[0], MessageTemplate, problems)
     library = Library(
         templates=templates,
-        stakeholders=_read(files[1], Stakeholder)[0],
+        stakeholders=_read(files[1], Stakeholder, problems)[0],
         templates_file=files[0],
         positions=positions,
     )
@@ -240,7 +241,9 @@ def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
         try:
             check_template(name, template)
         except MessageError as error:
-            raise LibraryError(library.template_problem(name, error.part, str(error))) from None
+            problems.append(library.template_problem(name, error.part, str(error)))
+    if problems:
+        raise LibraryError(problems)
     _cache[key] = (stamp, library)
     return library
 
@@ -248,28 +251,33 @@ def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
 _Positions = dict[tuple[str, ...], tuple[int, int]]
 
 
-def _read(path: Path, model: type[M]) -> tuple[dict[str, M], _Positions]:
-    """The file's entries by name, and where each entry and its keys are written."""
+def _read(
+    path: Path, model: type[M], problems: list[FileProblem]
+) -> tuple[dict[str, M], _Positions]:
+    """The file's entries by name, and where each entry and its keys are written; what is wrong
+    with it goes to `problems`."""
     if not path.is_file():
         return {}, {}
     try:
         _, document = load_yaml(path)
     except YamlFileError as error:
-        raise LibraryError(error.problem) from None
+        problems.append(error.problem)
+        return {}, {}
     if document is None:
         return {}, {}
     if not isinstance(document, CommentedMap):
-        raise LibraryError(FileProblem(path, 1, 1, "expected a mapping of names to entries"))
+        problems.append(FileProblem(path, 1, 1, "expected a mapping of names to entries"))
+        return {}, {}
     found: dict[str, M] = {}
     for name, value in document.items():
         try:
             found[str(name)] = model.model_validate(plain(value))
         except ValidationError as error:
-            first = error.errors()[0]
-            loc = (name, *first["loc"])
-            line, column = locate(document, loc, skip=CHANNEL_TYPES)
-            message = f"{_location(loc)}: {first['msg'].removeprefix('Value error, ')}"
-            raise LibraryError(FileProblem(path, line, column, message)) from None
+            for each in error.errors():
+                loc = (name, *each["loc"])
+                line, column = locate(document, loc, skip=CHANNEL_TYPES)
+                message = f"{_location(loc)}: {each['msg'].removeprefix('Value error, ')}"
+                problems.append(FileProblem(path, line, column, message))
     positions: _Positions = {}
     for name, value in document.items():
         positions[(str(name),)] = locate(document, (name,))

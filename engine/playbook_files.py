@@ -100,7 +100,7 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
     try:
         library = library_for(path, library_dir or path.parent)
     except LibraryError as error:
-        return playbook, [*problems, error.problem], document
+        return playbook, [*problems, *error.problems], document
     problems += [
         _locate(path, document, Problem(where, message))
         for where, message in library.problems(playbook)

@@ -203,6 +203,34 @@ def test_a_broken_library_file_is_one_line_at_its_own_place(
     assert str(problem).startswith(f"{tmp_path / name}:{where}"), str(problem)
 
 
+def test_every_problem_of_the_library_files_is_reported_at_once(tmp_path: Path) -> None:
+    """Several broken entries, and several faults in one entry, in both files: each is its own
+    line at its own place, in one run (the first alone made authors fix them one run at a time)."""
+    copy_library(tmp_path)
+    (tmp_path / "stakeholders.yaml").write_text(
+        "regulator:\n"
+        "  name: Regulator\n"
+        "  kind: outer\n"
+        "  channels: [{type: carrier-pigeon}]\n"
+        "law-enforcement:\n"
+        "  kind: external\n"
+    )
+    with (tmp_path / "templates.yaml").open("a") as templates:
+        templates.write("broken:\n  subject: x\n")
+    path = tmp_path / "tell.yaml"
+    path.write_text(PLAYBOOK)
+    problems = [str(p).removeprefix(f"{tmp_path}/") for p in validate_file(path)]
+    stakeholders = [p for p in problems if p.startswith("stakeholders.yaml:")]
+    assert [
+        "stakeholders.yaml:3:3: regulator.kind",
+        "stakeholders.yaml:4:14: regulator.channels[0]",
+        "stakeholders.yaml:5:1: law-enforcement.name",
+    ] == [p.split(": Input")[0].split(": Field")[0] for p in stakeholders]
+    assert any(p.startswith("templates.yaml:") and "broken" in p for p in problems), problems
+    with pytest.raises(LibraryError, match=r"broken\.body: Field required \(and 3 more\)$"):
+        load_library(tmp_path)
+
+
 def test_a_playbook_uses_the_library_beside_it_as_soon_as_there_is_one(tmp_path: Path) -> None:
     """Without files of its own a playbook's directory uses the default library; a templates
     file written beside it later is used from then on, and edits to it are read again."""
