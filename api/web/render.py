@@ -14,7 +14,14 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from api.auth import Permission, Principal
-from api.web.session import CSRF_FIELD, FLASH_COOKIE, forget_flash, read_flash, session_csrf
+from api.web.session import (
+    CSRF_FIELD,
+    FLASH_COOKIE,
+    Flash,
+    forget_flash,
+    read_flash,
+    session_csrf,
+)
 from core.timestamps import as_utc, parse_utc
 
 HERE = Path(__file__).resolve().parent
@@ -100,12 +107,19 @@ def environment() -> Environment:
 
 
 def render(
-    request: Request, template: str, *, status_code: int = 200, **context: Any
+    request: Request,
+    template: str,
+    *,
+    status_code: int = 200,
+    flash: Flash | None = None,
+    **context: Any,
 ) -> HTMLResponse:
-    """A page, with the signed-in principal (if any), the session's CSRF token and the flash."""
+    """A page, with the signed-in principal (if any), the session's CSRF token and the flash (the
+    one the last redirect left, unless the page says its own)."""
     principal: Principal | None = getattr(request.state, "principal", None)
     refreshing = REFRESH_HEADER in request.headers
-    flash = None if refreshing else read_flash(request)
+    if flash is None and not refreshing:
+        flash = read_flash(request)
     html = (
         environment()
         .get_template(template)

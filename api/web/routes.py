@@ -1,8 +1,9 @@
 """The web console for incident commanders: server-rendered pages under /console, served by the
 API process and calling the engine directly as the signed-in principal.
 
-Every POST is a form that redirects back (POST/redirect/GET) with a one-line flash; the actor is
-always the principal, never a form field. Cross-site POSTs are refused three times over: the
+Every POST is a form that redirects back (POST/redirect/GET) with a one-line flash, or, refused,
+shows its page again with the reason and what was typed; the actor is always the principal,
+never a form field. Cross-site POSTs are refused three times over: the
 cookie is SameSite=Strict, `authenticate` checks the Origin, and each form carries a CSRF token
 derived from the session.
 """
@@ -33,6 +34,8 @@ from api.web.forms import (
 from api.web.render import STATIC_DIR, STATIC_FILES, moment_text, render
 from api.web.session import (
     CONSOLE,
+    CSRF_FIELD,
+    Flash,
     check_csrf,
     clear_session,
     read_form,
@@ -41,7 +44,7 @@ from api.web.session import (
     set_session,
     signed_in,
 )
-from api.web.views import incident_view
+from api.web.views import Typed, incident_view
 from core.settings import Settings
 from engine.board import board_page
 from engine.errors import IncidentConflict, LibraryError, PlaybookError
@@ -260,13 +263,32 @@ async def trigger(name: str, request: Request, principal: SignedIn) -> Response:
 
 @router.get("/console/incidents/{incident_id}")
 async def incident_page(incident_id: str, request: Request, principal: SignedIn) -> Response:
+    return await _incident_page(request, incident_id, principal)
+
+
+async def _incident_page(
+    request: Request,
+    incident_id: str,
+    principal: Principal,
+    *,
+    refused: tuple[int, str, Typed] | None = None,
+) -> Response:
+    """The incident page; `refused`: an action was refused (its status code, why, and what was
+    typed into its form, shown again)."""
     status, roles, timeline = await asyncio.gather(
         get_incidents(request).status(incident_id),
         get_incidents(request).approval_roles(incident_id),
         timeline_entries(get_store(request), incident_id),
     )
-    view = incident_view(status, principal, approval_roles=roles or {}, timeline=timeline)
-    return render(request, "incident.html.j2", view=view, s=status)
+    code, flash, typed = (
+        (refused[0], Flash(kind="error", text=refused[1]), refused[2])
+        if refused
+        else (200, None, None)
+    )
+    view = incident_view(
+        status, principal, approval_roles=roles or {}, timeline=timeline, typed=typed
+    )
+    return render(request, "incident.html.j2", status_code=code, flash=flash, view=view, s=status)
 
 
 @router.post("/console/incidents/{incident_id}/{action}")
@@ -308,8 +330,13 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             principal=principal.name,
             reason=str(error),
         )
-        set_flash(response, request, "error", str(error))
-        return response
+        # The page again, not a redirect: the form keeps what was typed into it.
+        typed = Typed(action, {k: v for k, v in form.items() if k != CSRF_FIELD})
+        # As the API answers: 409 for what the incident cannot take now, 422 for the form.
+        code = 409 if type(error) is IncidentConflict else 422
+        return await _incident_page(
+            request, incident_id, principal, refused=(code, str(error), typed)
+        )
     log.info("console.action", incident_id=incident_id, action=action, principal=principal.name)
     set_flash(response, request, "ok", _done(action, fields, result))
     return response

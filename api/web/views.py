@@ -38,6 +38,20 @@ class StepDeliveries:
 
 
 @dataclass(frozen=True)
+class Typed:
+    """What a commander typed into an action's form that was refused: shown again in that form,
+    so a refusal never loses a reason or a note."""
+
+    action: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def value(self, action: str, name: str, step_id: str | None = None) -> str:
+        if action != self.action or (step_id is not None and self.fields.get("step_id") != step_id):
+            return ""
+        return self.fields.get(name, "")
+
+
+@dataclass(frozen=True)
 class IncidentView:
     status: IncidentStatus
     principal: Principal
@@ -52,6 +66,7 @@ class IncidentView:
     can_review: bool = False
     can_note: bool = False
     can_stand_down: bool = False
+    typed: Typed = field(default_factory=Typed)
 
     @property
     def commands(self) -> bool:
@@ -84,6 +99,7 @@ def incident_view(
     *,
     approval_roles: dict[str, list[str]],
     timeline: list[TimelineEntry],
+    typed: Typed | None = None,
 ) -> IncidentView:
     commands = principal.can(Permission.COMMAND)
     # As the workflow's `_check_open`: nothing but a note once stand-down has begun.
@@ -120,4 +136,5 @@ def incident_view(
         can_review=in_play and commands and status.next_review_due is not None,
         can_note=commands and status.state != "closed",
         can_stand_down=commands and status.stand_down is None and status.state != "closed",
+        typed=typed or Typed(),
     )

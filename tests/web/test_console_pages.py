@@ -216,10 +216,11 @@ async def test_each_role_sees_exactly_its_actions(console: Console) -> None:
         assert "approved throttle: 1 of 2" == flash(done)
         assert set() == actions_offered(done)
         assert "You approved this step." in done
-        again = await bob.post(f"/console/incidents/{incident_id}/approve", {"step_id": "throttle"})
-        assert f"incident {incident_id}: bob has already approved throttle" == flash(
-            await followed(bob, again)
+        again = await bob.post(
+            f"/console/incidents/{incident_id}/approve", {"step_id": "throttle", "comment": "sure"}
         )
+        assert 409 == again.status_code, again.text
+        assert f"incident {incident_id}: bob has already approved throttle" == flash(again.text)
         await _stand_down(alice, incident_id)
 
 
@@ -345,7 +346,8 @@ async def test_trigger_form_from_the_playbook_inputs(console: Console) -> None:
 
 async def test_commander_actions_redirect_back_with_what_happened(console: Console) -> None:
     """Approvals from two distinct approvers apply the measure; renew, escalate, review and stand
-    down each say in one line what they did, and a refusal says why."""
+    down each say in one line what they did, and a refusal says why on the page again (422),
+    its form still holding what was typed."""
     lena = console.tokens.issue("lena", "legal")
     async with (
         console.session("alice") as alice,
@@ -366,28 +368,54 @@ async def test_commander_actions_redirect_back_with_what_happened(console: Conso
 
         page = (await alice.incident(incident_id)).html
         assert 'data-measure="throttle"' in page
-        for action, form, expected in (
+        refused = True
+        for action, form, expected, was_refused in (
             (
                 "renew",
-                {"step_id": "throttle", "duration": "a while", "reason": "x"},
+                {"step_id": "throttle", "duration": "a while", "reason": "hot spot"},
                 "invalid duration 'a while'",
+                refused,
             ),
             (
                 "renew",
                 {"step_id": "throttle", "duration": "3h", "reason": ""},
                 "renew: a reason to renew is required",
+                refused,
             ),
             (
                 "renew",
                 {"step_id": "throttle", "duration": "3h", "reason": "hot"},
                 "renewed throttle for 3h from now",
+                not refused,
             ),
-            ("escalate", {"reason": "spreading", "to_level": "severe"}, "escalated to severe"),
-            ("confirm-review", {"note": "still needed"}, "review confirmed: the next is due"),
-            ("stand-down", {"reason": "calm"}, "stand-down: tick the box to confirm"),
+            (
+                "escalate",
+                {"reason": "spreading", "to_level": "severe"},
+                "escalated to severe",
+                not refused,
+            ),
+            (
+                "confirm-review",
+                {"note": "still needed"},
+                "review confirmed: the next is due",
+                not refused,
+            ),
+            (
+                "stand-down",
+                {"reason": "calm & <quiet>"},
+                "stand-down: tick the box to confirm",
+                refused,
+            ),
         ):
             await alice.incident(incident_id)
-            shown = flash(await followed(alice, await alice.post(f"{base}/{action}", form)))
+            response = await alice.post(f"{base}/{action}", form)
+            if not was_refused:
+                shown = flash(await followed(alice, response))
+            else:
+                assert 422 == response.status_code, response.text
+                shown = flash(response.text)
+                for value in (v for k, v in form.items() if v and k != "step_id"):
+                    assert f'value="{html_text.escape(value)}" data-typed' in response.text
             assert expected in shown, (action, shown)
         status = await _stand_down(alice, incident_id)
         assert {"surge": "undone", "throttle": "undone"} == {

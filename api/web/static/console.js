@@ -37,8 +37,10 @@
   }
 
   // --- refreshing parts of a page in place ---------------------------------------------------
-  // A region the user is filling in is left alone (and refreshed next time).
+  // A region the user is filling in is left alone (and refreshed next time), as is one whose
+  // form was refused and given back what had been typed (data-typed).
   function busy(region) {
+    if (region.querySelector("[data-typed]")) return true;
     const active = document.activeElement;
     if (active && active !== document.body && region.contains(active) && active.matches("input, textarea, select")) {
       return true;
