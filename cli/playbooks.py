@@ -266,6 +266,8 @@ def simulate(
     as_json: JsonFlag = False,
 ) -> None:
     """Run a playbook for real, days passing in seconds, with scripted actions and checks."""
+    from temporalio.service import RPCError
+
     from engine.simulate import Scenario, format_offset, load_scenario
     from engine.simulate import simulate as run_simulation
 
@@ -289,6 +291,11 @@ def simulate(
             )
         except ScenarioError as error:
             fail(str(error))
+        except RPCError as error:  # the test server gave up (a skip it could not make, ...)
+            fail(
+                f"simulation stopped: the time-skipping test server answered "
+                f"{error.status.name}: {error.message}"
+            )
 
     result = run_async(go)
     if as_json:
