@@ -88,6 +88,8 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
             )
         else:
             self._record("incident.continued", data={"run": self._runs})
+        if incident.carried is not None and self._version() >= 7:
+            self._rehold()  # before the sequence goes on: nothing may pass what was held
         # Creation order is command order: the first lever is scheduled before the first audit
         # write (histories recorded by earlier versions depend on it).
         sequence = asyncio.create_task(self._run_sequence())
@@ -112,7 +114,7 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         for record in self._records.values():
             if record.id in closing:
                 continue
-            if record.state == "dormant" and self._ran(record):
+            if record.state in ("dormant", "pending", "awaiting_approval") and self._ran(record):
                 # Ran at a higher level, withdrawn when the level dropped: not "not run".
                 if record.kind == "parallel":
                     record.state = "done"
@@ -185,6 +187,13 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         return self._eligible(step) and any(
             one.approval is not None or self._behind(one) for one in levers
         )
+
+    def _rehold(self) -> None:
+        """A continued run: hold again what the run before held (the rest of what it had started
+        off the sequence, `_catch_up` resumes)."""
+        for step in self._top[: self._cursor]:
+            if self._waiting_again(step) and self._must_hold(step):
+                self._hold(step)
 
     def _hold(self, step: AnyStep) -> None:
         self._holding.add(step.id)
@@ -298,9 +307,13 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
         if not self._eligible(step):
             self._make_dormant(record)
             return True
-        if self._holding and (earlier := self._behind(step)) is not None:
-            record.outcome = f"waits for {earlier}, which changes the same settings"
-            await self._wait(lambda: self._stand_down is not None or self._behind(step) is None)
+        if self._holding and self._behind(step) is not None:
+            record.state = "pending"  # called for at this level (it may have been dormant)
+            while (earlier := self._behind(step)) is not None and self._stand_down is None:
+                record.outcome = f"waits for {earlier}, which changes the same settings"
+                await self._wait(
+                    lambda: self._stand_down is not None or self._behind(step) != earlier
+                )
             record.outcome = None
             if self._stand_down is not None:
                 return True
@@ -311,7 +324,16 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
             return record.state != "failed"
         if record.state not in ("pending", "dormant", "awaiting_approval"):
             return True
+        if self._stopped_by_failure(step):  # left pending, as the steps the sequence never ran
+            if record.state == "awaiting_approval":  # approved as the incident failed
+                record.state, record.outcome = "skipped", "not run: the incident failed"
+            return True
         return await self._apply_step(step)
+
+    def _stopped_by_failure(self, step: Step) -> bool:
+        """v7: a step held off the sequence starts nothing once the incident has failed, as the
+        sequence does not."""
+        return self._state == "failed" and self._parent_of(step).id in self._holding
 
     async def _approved(self, step: Step, record: StepRecord) -> bool:
         """Wait for the quorum; True = go ahead. On False the record says why not."""
@@ -328,11 +350,16 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
                     or record.state != "awaiting_approval"
                     or self._stand_down is not None
                     or not self._eligible(step)
+                    or self._stopped_by_failure(step)
                 )
 
             timed_out = not await self._sleep_until(parse_iso(record.approval_deadline), settled)
             if self._stand_down is not None or record.state != "awaiting_approval":
                 return False  # stood down, or rejected (the handler set the record)
+            if self._stopped_by_failure(step):
+                record.state, record.approval_deadline = "skipped", None
+                record.outcome = "not run: the incident failed"
+                return False
             if not self._eligible(step):
                 self._make_dormant(record)
                 return False

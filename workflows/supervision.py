@@ -15,7 +15,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.incident import LevelChangeRecord, StandDownRequest
     from workflows.playbook import ParallelStep
 
-from workflows.incident_run import IncidentRun, iso, parse_iso
+from workflows.incident_run import AnyStep, IncidentRun, iso, parse_iso
 
 # The actor of what an incident does by itself (escalating, or standing down, on a missed review).
 SYSTEM = "system"
@@ -146,22 +146,29 @@ class Supervision(IncidentRun):
 
     async def _catch_up(self) -> None:
         """After escalation: run the steps already passed that the new level makes eligible."""
-        # v7: also what a continued run must resume, steps waiting their turn included.
-        waiting = WAITING_V7 if self._version() >= 7 else ("dormant", "awaiting_approval")
         for step in self._top[: self._cursor]:
             if self._stand_down is not None or self._draining:
                 return
             if step.id in self._holding:
                 continue  # already under way off the sequence
-            record = self._records[step.id]
-            if record.state in waiting or (
-                isinstance(step, ParallelStep)
-                and any(self._records[b.id].state in waiting for b in step.parallel)
-            ):
-                if isinstance(step, ParallelStep) and record.state not in waiting:
-                    record.state = "running"
-                if not await self._run_or_hold(step) and self._fail(step.id):
-                    return
+            failed = self._waiting_again(step) and not await self._run_or_hold(step)
+            if failed and self._fail(step.id):
+                return
+
+    def _waiting_again(self, step: AnyStep) -> bool:
+        """Whether a step the sequence has passed is to be run again, or resumed: held back by
+        the level or a condition, or waiting for an approval (v7: or for an earlier step on the
+        same settings). A parallel step with such a branch is marked running."""
+        waiting = WAITING_V7 if self._version() >= 7 else ("dormant", "awaiting_approval")
+        record = self._records[step.id]
+        if record.state in waiting:
+            return True
+        if isinstance(step, ParallelStep) and any(
+            self._records[b.id].state in waiting for b in step.parallel
+        ):
+            record.state = "running"
+            return True
+        return False
 
     async def _withdraw_above_level(self) -> None:
         """After de-escalation: undo, newest first, the measures the level no longer calls for."""

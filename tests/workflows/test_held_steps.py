@@ -285,8 +285,9 @@ async def test_de_escalation_while_a_step_waits_behind_a_held_one_then_re_escala
     assert {} == (await lab.platform())["recommender"]
 
     await lab.act(incident, CrisisWorkflow.escalate, level())
-    status = await lab.settle(incident, {"cut": "awaiting_approval"}, level="severe")
-    # (its state reads "dormant" meanwhile: see the xfail test below)
+    status = await lab.settle(
+        incident, {"cut": "awaiting_approval", "stricter": "pending"}, level="severe"
+    )
     assert waits_for("cut") == step(status, "stricter").outcome
     assert 0 == step(status, "stricter").applications
     await lab.act(incident, CrisisWorkflow.approve, approve("cut"))
@@ -316,11 +317,6 @@ async def test_a_step_behind_a_held_one_that_the_level_withdraws_goes_on_at_once
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="re-escalated, a step waiting behind a re-held one reads 'dormant' (held back by the "
-    "level) at a level that calls for it, where it read 'pending' before",
-)
 async def test_a_step_waiting_behind_a_re_held_one_after_re_escalation_reads_pending(
     lab: Lab,
 ) -> None:
@@ -525,11 +521,6 @@ steps:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run continued between two steps starts the next one before its catch-up holds "
-    "again what was held: a step on a held step's settings is applied without waiting for it",
-)
 async def test_a_continue_as_new_between_steps_keeps_the_later_step_behind_the_held_one(
     lab: Lab,
 ) -> None:
@@ -594,11 +585,6 @@ async def test_three_steps_on_one_setting_are_applied_in_playbook_order(lab: Lab
     assert ["cut", "stricter", "strictest"] == [name for name, _ in operations(state)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a step waiting behind a held one keeps naming the first step it waited for after "
-    "that one is applied and it waits for another",
-)
 async def test_a_waiting_step_names_the_step_it_now_waits_for(lab: Lab) -> None:
     """Once the first of three steps on one setting is applied, the third waits for the second
     (now asking for its approval), and says so."""
@@ -678,11 +664,6 @@ steps:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a step waiting behind a held step goes on (is applied) after that step failed and "
-    "failed the incident",
-)
 @pytest.mark.parametrize("how", ["lever", "timeout"])
 async def test_a_step_waiting_behind_a_held_step_that_fails_is_not_started(
     lab: Lab, how: str
@@ -757,8 +738,9 @@ async def test_renewals_and_an_escalation_while_a_step_waits_behind_a_held_one(
     await lab.act(incident, CrisisWorkflow.renew, renewal)
 
     await lab.act(incident, CrisisWorkflow.escalate, level())
-    status = await lab.settle(incident, {"cut": "awaiting_approval"}, level="severe")
-    # (severe-cut reads "dormant" while it waits: see the xfail test in section 3)
+    status = await lab.settle(
+        incident, {"cut": "awaiting_approval", "severe-cut": "pending"}, level="severe"
+    )
     assert waits_for("cut") == step(status, "severe-cut").outcome
     assert waits_for("cut") == step(status, "stricter").outcome
     assert (0, 0) == (
