@@ -37,11 +37,12 @@ with workflow.unsafe.imports_passed_through():
         IncidentOutcome,
         StepRecord,
     )
-    from workflows.levers import LEVERS, is_notification, shared_settings
+    from workflows.levers import LEVERS, is_notification
     from workflows.playbook import ParallelStep, Step, WaitStep
     from workflows.substitution import substitute
 
 from workflows.commander_actions import CommanderActions
+from workflows.held_steps import HeldSteps
 from workflows.incident_run import (
     LEVER_TIME,
     UNDO_RETRY,
@@ -61,7 +62,7 @@ AUDIT_RETRY = RetryPolicy(
 
 
 @workflow.defn(name=WORKFLOW_NAME)
-class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
+class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, LeverCalls):
     @workflow.init
     def __init__(self, incident: IncidentInput) -> None:
         super().__init__(incident)
@@ -171,78 +172,6 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
             if self._state == "failed" and self._version() >= 7:
                 return  # a step run off the sequence failed: the playbook stops there too
 
-    async def _run_or_hold(self, step: AnyStep) -> bool:
-        """Run a step of the sequence, or (v7) start it off the sequence when it must wait: for
-        its approval, or for an earlier step on the same settings that is waiting. False = it
-        failed and the playbook must stop."""
-        if self._version() >= 7 and self._must_hold(step):
-            self._hold(step)
-            return True
-        return await self._run_top_step(step)
-
-    def _must_hold(self, step: AnyStep) -> bool:
-        levers = self._levers_of(step)
-        if not self._holding and all(one.approval is None for one in levers):
-            return False  # the common case, decided without evaluating conditions
-        return self._eligible(step) and any(
-            one.approval is not None or self._behind(one) for one in levers
-        )
-
-    def _rehold(self) -> None:
-        """A continued run: hold again what the run before held (the rest of what it had started
-        off the sequence, `_catch_up` resumes)."""
-        for step in self._top[: self._cursor]:
-            if self._waiting_again(step) and self._must_hold(step):
-                self._hold(step)
-
-    def _hold(self, step: AnyStep) -> None:
-        self._holding.add(step.id)
-        record = self._records[step.id]
-        if (
-            isinstance(step, Step)
-            and step.approval
-            and record.state != "awaiting_approval"
-            and not self._behind(step)
-        ):
-            self._ask_approval(step, record)  # now: the trail shows it before the next steps
-
-        async def held() -> None:
-            try:
-                if not await self._run_top_step(step):
-                    self._fail(step.id)
-            finally:
-                self._holding.discard(step.id)
-
-        self._background(held())
-
-    def _behind(self, step: Step) -> str | None:
-        """The earlier step held off the sequence that changes some of the same settings as
-        this one, if any: this one must not go on first (the later of two measures on the same
-        settings is the one in force)."""
-        if not self._holding or is_notification(step.do):
-            return None
-        mine = self._settings(step)
-        for earlier in self._top[: self._top.index(self._parent_of(step))]:
-            if earlier.id in self._holding and any(
-                other.do == step.do and shared_settings(mine, self._settings(other))
-                for other in self._levers_of(earlier)
-            ):
-                return earlier.id
-        return None
-
-    def _settings(self, step: Step) -> frozenset[str]:
-        found = self._targets.get(step.id)
-        if found is None:
-            args = LEVERS[step.do].args.model_validate(substitute(step.with_, self._context))
-            found = self._targets[step.id] = args.targets()
-        return found
-
-    def _levers_of(self, step: AnyStep) -> list[Step]:
-        kind = self._records[step.id].kind
-        if kind == "parallel":
-            return list(step.parallel)  # type: ignore[union-attr]
-        return [step] if kind == "lever" else []  # type: ignore[list-item]
-
     async def _run_top_step(self, step: AnyStep) -> bool:
         """Run one step of the sequence; False = the playbook must stop (a failure)."""
         kind = self._records[step.id].kind
@@ -329,11 +258,6 @@ class CrisisWorkflow(CommanderActions, OverlapHandoff, Supervision, LeverCalls):
                 record.state, record.outcome = "skipped", "not run: the incident failed"
             return True
         return await self._apply_step(step)
-
-    def _stopped_by_failure(self, step: Step) -> bool:
-        """v7: a step held off the sequence starts nothing once the incident has failed, as the
-        sequence does not."""
-        return self._state == "failed" and self._parent_of(step).id in self._holding
 
     async def _approved(self, step: Step, record: StepRecord) -> bool:
         """Wait for the quorum; True = go ahead. On False the record says why not."""

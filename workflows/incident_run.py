@@ -3,8 +3,9 @@ the small operations the parts are built from (recording an audit event, waiting
 starting background work, the run's interpreter version, the status a commander sees).
 
 `workflows.crisis.CrisisWorkflow` is this plus its parts, each a class of its own module: the
-commanders' actions (`commander_actions`), expiries, reviews and levels (`supervision`) and the
-hand-back between overlapping incidents (`overlap_handoff`). The parts call the run's own step
+commanders' actions (`commander_actions`), expiries, reviews and levels (`supervision`), the
+steps run off the sequence while they wait (`held_steps`) and the hand-back between overlapping
+incidents (`overlap_handoff`). The parts call the run's own step
 operations (`_apply_step`, `_undo`, `_run_top_step`), declared here for them; a lever call
 (`_call`) is `lever_calls.LeverCalls`.
 """
@@ -228,6 +229,10 @@ class IncidentRun:
         async def _run_top_step(self, step: AnyStep) -> bool: ...
 
         async def _run_or_hold(self, step: AnyStep) -> bool: ...
+
+        def _ask_approval(self, step: Step, record: StepRecord) -> None: ...
+
+        def _waiting_again(self, step: AnyStep) -> bool: ...
 
         async def _apply_step(
             self, step: Step, *, hold_until: str | None = None, put_back: str | None = None
