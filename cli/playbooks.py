@@ -50,17 +50,22 @@ def playbook_validate(
 ) -> None:
     """Check playbook files; print each problem as file:line:column: message."""
     settings = settings_or_fail()
-    files = []
+    files, skipped = [], 0
     for path in paths:
         if path.is_dir():
             files.extend(playbook_files(path))
         elif reason := not_a_playbook(path):
             # `validate playbooks/*.yaml` names these too: say so, rather than fail them.
             typer.echo(f"{path}: skipped: {reason}", err=True)
+            skipped += 1
         else:
             files.append(path)
     if not files:
-        fail("no playbook files given")
+        fail(
+            f"no playbook to check ({skipped} file(s) skipped)"
+            if skipped
+            else "no playbook files given"
+        )
     checks = {str(f): check_file(f, settings.playbooks_dir) for f in files}
     problems = {name: check.problems for name, check in checks.items()}
     warnings = {name: check.warnings for name, check in checks.items()}
@@ -84,9 +89,14 @@ def playbook_validate(
             }
         )
     else:
+        shown: set[str] = set()  # a library file's problem, once for all the playbooks using it
         for name, found in problems.items():
             for problem in found:
-                typer.echo(str(problem), err=True)
+                line = str(problem)
+                if str(problem.file) != name and line in shown:
+                    continue
+                shown.add(line)
+                typer.echo(line, err=True)
             for warning in warnings[name]:
                 typer.echo(
                     f"{warning.file}:{warning.line}:{warning.column}: warning: {warning.message}",

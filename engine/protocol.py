@@ -64,7 +64,10 @@ YES, NO, DEPENDS = "yes", "no", "depends"
 NO_LEVELS = "every incident"  # the one column of a playbook without levels
 
 _ON_TIMEOUT = {
-    "escalate": "the incident is escalated one level and a new approval period starts",
+    "escalate": (
+        "the incident is escalated one level (at the highest it stays there) and a new approval "
+        "period starts"
+    ),
     "skip": "the step is skipped",
     "fail": "the step fails and the playbook stops",
     "proceed": "the step runs without the approvals",
@@ -150,6 +153,9 @@ class StepDoc:
     reversible: bool = False
     parameters: list[ParameterDoc] = field(default_factory=list)
     approval: ApprovalDoc | None = None
+    # The earlier step that asks for approval and changes the same settings: this one waits for
+    # it (computed at the highest level, with the inputs' defaults, as `crisis playbook plan`).
+    after: str | None = None
     expires_after: str | None = None
     time_limit: str = ""
     undo_kind: UndoKind | None = None
@@ -306,8 +312,10 @@ def _playbook_doc(source: ProtocolSource) -> PlaybookDoc:
         if isinstance(step, ParallelStep)
         for branch in step.parallel
     }
+    waits = _waits_at_the_highest_level(playbook)
     for doc in steps:
         doc.parent = parents.get(doc.id)
+        doc.after = waits.get(doc.id)
     return PlaybookDoc(
         name=playbook.playbook,
         title=playbook.title,
@@ -366,6 +374,12 @@ def _applicability(playbook: Playbook) -> tuple[dict[str, str], dict[str, list[s
             cells[item.id] = _cell(playbook, item, by_id[item.id].when, parent_of, cells)
             table[item.id].append(cells[item.id])
     return orders, table
+
+
+def _waits_at_the_highest_level(playbook: Playbook) -> dict[str, str]:
+    level = playbook.levels[-1] if playbook.levels else None
+    planned = make_plan(playbook, _plan_inputs(playbook), level).steps
+    return {item.id: item.after for item in planned if item.after}
 
 
 def _cell(
@@ -466,7 +480,7 @@ def _lever_details(playbook: Playbook, step: Step, doc: StepDoc) -> None:
         doc.time_limit = "None: a message is sent once."
     else:
         doc.time_limit = "None: in force until stand-down (or until its level no longer applies)."
-    doc.undo_kind, doc.undo = _undo(step)
+    doc.undo_kind, doc.undo = _undo(step, gated=_gated(playbook, step))
     doc.on_failure = f"If it fails: {_ON_FAILURE[step.on_failure]}."
     retry = step.retry
     doc.attempts = (
@@ -475,11 +489,29 @@ def _lever_details(playbook: Playbook, step: Step, doc: StepDoc) -> None:
     )
 
 
-def _undo(step: Step) -> tuple[UndoKind, str]:
+def _closes_with_a_message(step: Step | WaitStep | ParallelStep) -> bool:
+    """A step whose undo is a message (`undo:` a notification), sent after the measures."""
+    undo = getattr(step, "undo", None)
+    return undo is not None and is_notification(undo.do)
+
+
+def _gated(playbook: Playbook, step: Step) -> bool:
+    """Whether the step (or the parallel step it is a branch of) has a level or a condition."""
+    if step.level is not None or step.when is not None:
+        return True
+    return any(
+        isinstance(top, ParallelStep)
+        and step in top.parallel
+        and (top.level is not None or top.when is not None)
+        for top in playbook.steps
+    )
+
+
+def _undo(step: Step, *, gated: bool) -> tuple[UndoKind, str]:
     earlier = []
     if step.expires_after is not None:
         earlier.append("when it lapses")
-    if step.level is not None or step.when is not None:
+    if gated:
         earlier.append("when its level or condition no longer holds")
     also = f" (and earlier, {' or '.join(earlier)})" if earlier else ""
     if step.undo is not None:
@@ -576,7 +608,9 @@ def _level_docs(playbook: Playbook, steps: list[StepDoc]) -> list[LevelDoc]:
         adds = [
             s.id
             for s in steps
-            if s.applies[rank] != NO and all(cell == NO for cell in s.applies[:rank])
+            if not s.closing  # stand-down steps run at the close, whatever the level
+            and s.applies[rank] != NO
+            and all(cell == NO for cell in s.applies[:rank])
         ]
         docs.append(LevelDoc(name=name, rank=rank + 1, adds=adds))
     return docs
@@ -701,8 +735,13 @@ def _reviews(playbook: Playbook) -> str | None:
 
 def _conclusion(playbook: Playbook, steps: list[StepDoc]) -> list[str]:
     in_sequence = [s for s in steps if s.is_lever and not s.closing]
-    restored = [f"`{s.id}`" for s in in_sequence if s.undo_kind == "restore"]
-    explicit = [f"`{s.id}`" for s in in_sequence if s.undo_kind == "explicit"]
+    newest_first = list(reversed(in_sequence))  # applied in the playbook's order, as a rule
+    notices = {step.id for _, step in walk_steps(playbook) if _closes_with_a_message(step)}
+    restored = [f"`{s.id}`" for s in newest_first if s.undo_kind == "restore"]
+    explicit = [
+        f"`{s.id}`" for s in newest_first if s.undo_kind == "explicit" and s.id not in notices
+    ]
+    messages = [f"`{s.id}`" for s in newest_first if s.id in notices]
     kept = [f"`{s.id}`" for s in in_sequence if s.undo_kind == "none"]
     lines = [
         "The incident commander stands the incident down (`crisis stand-down INCIDENT "
@@ -714,6 +753,9 @@ def _conclusion(playbook: Playbook, steps: list[StepDoc]) -> list[str]:
     if explicit:
         undo += f"; {', '.join(explicit)} by their explicit undo call"
     lines.append(undo + ".")
+    if messages:
+        # After every measure (a message retrying on a dead channel must not hold one).
+        lines.append(f"Then the closing messages are sent, newest first: {', '.join(messages)}.")
     if kept:
         lines.append(f"Sent messages stay sent: {', '.join(kept)}.")
     closing = [f"`{s.id}`" for s in steps if s.closing]

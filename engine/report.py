@@ -253,6 +253,9 @@ class KeyFigures(BaseModel):
     to_first_measure: float | None = None  # first non-notification lever
     to_regulator_notified: float | None = None
     to_full_mitigation: float | None = None
+    # Steps of the initial sequence still awaiting approval when it ended (or now): full
+    # mitigation was not reached, whatever else was in force.
+    full_mitigation_awaiting: list[str] = Field(default_factory=list)
     to_stand_down: float | None = None
     measures_active_seconds: float = 0.0
     longest_approval_wait_seconds: float | None = None
@@ -332,7 +335,10 @@ class _Builder:
         self.rounds: list[ApprovalRound] = []
         self.last_failure: dict[str, str] = {}  # step -> why it did not run / failed
         self.renewals: dict[str, list[Renewal]] = {}
-        self.notifications: dict[str, Notification] = {}
+        # Every send, in order (a notification re-sent at a level reached again is a row again),
+        # and by step the one whose closing message is still to come.
+        self.notifications: list[Notification] = []
+        self.open_notifications: dict[str, Notification] = {}
         self.figures = KeyFigures()
         self.ever_applied: set[str] = set()
         self.sequence_open = True
@@ -350,8 +356,9 @@ class _Builder:
         kind, step, data = event.kind, event.step_id, event.data
         if step is not None and step not in self.step_order:
             self.step_order.append(step)
-        if kind in SEQUENCE_ENDS:
+        if kind in SEQUENCE_ENDS and self.sequence_open:
             self.sequence_open = False
+            self.figures.full_mitigation_awaiting = sorted(self.open_rounds)
         if kind == "step.started" and step:
             if self.last_failure.get(step, "").startswith("failed"):
                 self.figures.retries += 1
@@ -374,6 +381,8 @@ class _Builder:
         elif kind == "step.dormant" and step:
             self.last_failure[step] = f"dormant: {_held_back(data)}"
             self._settle(step, "withdrawn", event)
+        elif kind == "step.waiting" and step:
+            self.last_failure[step] = _waiting(data)
         elif kind == "approval.requested" and step:
             self.quorum[step] = int(data.get("quorum") or 1)
             round_ = ApprovalRound(
@@ -460,12 +469,11 @@ class _Builder:
             told = to == "regulator" and self.stand_down_at is None
             if told and self.figures.to_regulator_notified is None:
                 self.figures.to_regulator_notified = offset
-            self.notifications.setdefault(
-                step,
-                Notification(
-                    step_id=step, lever=lever or "", to=to, sent_at=event.at, offset_seconds=offset
-                ),
+            note = Notification(
+                step_id=step, lever=lever or "", to=to, sent_at=event.at, offset_seconds=offset
             )
+            self.notifications.append(note)
+            self.open_notifications[step] = note
         else:
             if self.figures.to_first_measure is None:
                 self.figures.to_first_measure = offset
@@ -481,8 +489,8 @@ class _Builder:
             ended = "undone_at_stand_down" if self.stand_down_at else "undone"
         else:
             ended = "expired" if event.kind == "step.expired" else "withdrawn"
-        note = self.notifications.get(step)
-        if note is not None and note.closing_sent_at is None:
+        note = self.open_notifications.pop(step, None)
+        if note is not None:
             note.closing_sent_at = event.at
         for draft in self.applied.get(step, []):
             if draft["end"] is None:
@@ -742,7 +750,11 @@ def build_report(
 
     measures = builder.measures()
     figures = builder.figures
-    figures.to_full_mitigation = builder.full_mitigation
+    if builder.sequence_open:  # still running its first level: what is awaited now
+        figures.full_mitigation_awaiting = sorted(builder.open_rounds)
+    figures.to_full_mitigation = (
+        None if figures.full_mitigation_awaiting else builder.full_mitigation
+    )
     figures.measures_active_seconds = sum(m.active_seconds for m in measures)
     settled = [r.wait_seconds for r in builder.rounds if r.outcome != "pending"]
     figures.longest_approval_wait_seconds = max(settled) if settled else None
@@ -752,7 +764,7 @@ def build_report(
         facts=facts,
         key_figures=figures,
         measures=measures,
-        notifications=list(builder.notifications.values()),
+        notifications=builder.notifications,
         approvals=builder.rounds,
         reviews=reviews,
         notes=notes,
@@ -842,6 +854,8 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
         )
     if kind == "step.dormant":
         return f"{step} held back: {_held_back(data)}"
+    if kind == "step.waiting":
+        return f"{step} {_waiting(data)}"
     if kind == "approval.requested":
         roles = ", ".join(data.get("roles") or []) or "?"
         return (
@@ -862,6 +876,14 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
             f"{data.get('reason') or 'no reason given'}"
         )
     if kind == "approval.timed_out":
+        if "deadline" in data:  # on_timeout: escalate, since interpreter v7
+            again = f"approval asked again until {_clock(data['deadline'], ref)}"
+            escalates_to = data.get("escalates_to")
+            if escalates_to:
+                return f"approval of {step} timed out: escalating to {escalates_to}; {again}"
+            return (
+                f"approval of {step} timed out: already at the highest level, which stays; {again}"
+            )
         return f"approval of {step} timed out (on timeout: {data.get('on_timeout', '?')})"
     if kind in ("level.escalated", "level.de_escalated"):
         verb = "escalated" if kind == "level.escalated" else "de-escalated"
@@ -982,7 +1004,14 @@ def _key_figure_rows(report: IncidentReport) -> list[tuple[str, str]]:
         ("Trigger → first lever applied", _figure(f.to_first_lever)),
         ("Trigger → first measure in force", _figure(f.to_first_measure)),
         ("Trigger → regulator notified", _figure(f.to_regulator_notified)),
-        ("Trigger → full mitigation (initial sequence in force)", _figure(f.to_full_mitigation)),
+        (
+            "Trigger → full mitigation (initial sequence in force)",
+            (
+                f"not reached: {', '.join(f.full_mitigation_awaiting)} awaiting approval"
+                if f.full_mitigation_awaiting
+                else _figure(f.to_full_mitigation)
+            ),
+        ),
         ("Trigger → stand-down requested", _figure(f.to_stand_down)),
         (
             "Measures' total active time (sum over measures)",
@@ -1441,6 +1470,11 @@ def render_html(report: IncidentReport) -> str:
         verdict_class=_verdict_class,
         flagged=_flagged,
     )
+
+
+def _waiting(data: dict[str, Any]) -> str:
+    """A step waiting for an earlier one held off the sequence (interpreter v7)."""
+    return f"waits for {data.get('for', '?')}, which changes the same settings"
 
 
 def _held_back(data: dict[str, Any]) -> str:

@@ -134,7 +134,8 @@ class CommanderActions(IncidentRun):
             raise bad_argument(f"step {step_id!r} does not exist or needs no approval")
         record = self._records[step_id]
         if record.state != "awaiting_approval":
-            raise invalid_request(f"step {step_id} is not awaiting approval (it is {record.state})")
+            now = f"{record.state}: {record.outcome}" if record.outcome else record.state
+            raise invalid_request(f"step {step_id} is not awaiting approval (it is {now})")
         return step, record
 
     @workflow.update

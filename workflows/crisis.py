@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -240,6 +241,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             record.state = "pending"  # called for at this level (it may have been dormant)
             while (earlier := self._behind(step)) is not None and self._stand_down is None:
                 record.outcome = f"waits for {earlier}, which changes the same settings"
+                self._record("step.waiting", step_id=step.id, data={"for": earlier})
                 await self._wait(
                     lambda: self._stand_down is not None or self._behind(step) != earlier
                 )
@@ -296,9 +298,15 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 return True
             if not timed_out:
                 continue
-            self._record(
-                "approval.timed_out", step_id=step.id, data={"on_timeout": approval.on_timeout}
-            )
+            timed_out_data: dict[str, Any] = {"on_timeout": approval.on_timeout}
+            if approval.on_timeout == "escalate" and self._version() >= 7:
+                # What happens next, in the trail: at the highest level there is no escalation.
+                rank = self._pb.level_rank(self._level) + 1
+                timed_out_data["escalates_to"] = (
+                    self._pb.levels[rank] if rank < len(self._pb.levels) else None
+                )
+                timed_out_data["deadline"] = iso(self._clock() + parse_duration(approval.timeout))
+            self._record("approval.timed_out", step_id=step.id, data=timed_out_data)
             if approval.on_timeout == "proceed":
                 return True
             if approval.on_timeout == "skip":
@@ -388,7 +396,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         moment = self._clock()
         now = iso(moment)
         record.state, record.finished_at, record.previous = "applied", now, outcome.previous
-        record.lifted_by = None
+        record.lifted_by, record.undone_at = None, None  # applied again: not undone now
         if put_back is None:
             record.in_force_since = now
         self._applied_order.append(step.id)

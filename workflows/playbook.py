@@ -497,9 +497,11 @@ def _pydantic_message(error: Any) -> str:
         return f"unknown argument {error['loc'][-1]!r}"
     if error["type"] == "missing":
         return f"missing argument {error['loc'][-1]!r}"
+    # Named: the line and column point at the value, and a reader should not have to count.
+    name = ".".join(str(part) for part in error["loc"])
     if error["type"].endswith("_type"):  # say what was given: `false` is no number
-        return f"{error['msg']}, not {json.dumps(error['input'], default=str)}"
-    return str(error["msg"])
+        return f"{name}: {error['msg']}, not {json.dumps(error['input'], default=str)}"
+    return f"{name}: {error['msg']}" if name else str(error["msg"])
 
 
 def _reference_problems(playbook: Playbook, args: dict[str, Any]) -> list[tuple[Path, str]]:

@@ -165,7 +165,7 @@ async def test_approve_and_reject(api: httpx.AsyncClient, sandbox: Sandbox, toke
     assert ("skipped", "rejected by ivan: too broad") == (rejected["state"], rejected["outcome"])
     conflict(
         await act(api, i, "reject", step_id="surge-hate", role="commander", reason="again"),
-        "step surge-hate is not awaiting approval (it is skipped)",
+        "step surge-hate is not awaiting approval (it is skipped: rejected by ivan: too broad)",
     )
     answer(await act(api, i, "stand-down", reason="test over"))
 

@@ -162,7 +162,25 @@ def test_validate_skips_library_files_and_scenarios_it_is_given(
         f"{scenario}: skipped: a scenario, checked by `crisis playbook simulate PLAYBOOK --script`",
     ] == run.error_lines
     alone = run_cli(cli_env, "playbook", "validate", str(templates))
-    assert 1 == alone.code and "error: no playbook files given" == alone.error_lines[-1], alone
+    assert 1 == alone.code, alone
+    assert "error: no playbook to check (1 file(s) skipped)" == alone.error_lines[-1], alone
+
+
+def test_validate_names_a_library_problem_once_for_all_its_playbooks(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two playbooks beside a broken stakeholder directory: each of its problems is one line,
+    not one per playbook using it; both playbooks are invalid (exit 1)."""
+    for name in ("one", "two"):
+        write(tmp_path / f"{name}.yaml", GOOD.replace("playbook: ", f"playbook: {name}-", 1))
+    write(tmp_path / "stakeholders.yaml", "regulator:\n  kind: outer\n")
+    run = run_cli(cli_env, "playbook", "validate", str(tmp_path))
+    assert 1 == run.code, run
+    assert [
+        f"{tmp_path / 'stakeholders.yaml'}:1:1: regulator.name: Field required",
+        f"{tmp_path / 'stakeholders.yaml'}:2:3: regulator.kind: Input should be 'external' or "
+        "'internal'",
+    ] == run.error_lines
 
 
 def test_validate_bad_files_prints_each_problem_as_file_line_column(
@@ -197,7 +215,11 @@ def test_validate_json_reports_every_file(cli_env: dict[str, str], tmp_path: Pat
             "file": str(bad),
             "valid": False,
             "problems": [
-                {"line": 8, "column": 26, "message": "Input should be greater than or equal to 1"}
+                {
+                    "line": 8,
+                    "column": 26,
+                    "message": "extra_reviewers: Input should be greater than or equal to 1",
+                }
             ],
             "warnings": [],
         },

@@ -155,7 +155,9 @@ async def test_approve_and_reject(
     again = await crisis(
         cli_env, "reject", i, "surge-hate", "--role", "commander", "--reason", "x", "--json"
     )
-    assert_one_line_error(again, "step surge-hate is not awaiting approval (it is skipped)")
+    assert_one_line_error(
+        again, "step surge-hate is not awaiting approval (it is skipped: rejected by cli-tester"
+    )
     text = ok(await crisis({**cli_env, "COLUMNS": "200"}, "status", i)).stdout
     assert "skipped (rejected by cli-tester: not needed)" in text, text
 

@@ -147,7 +147,7 @@ def test_steps_in_order_with_levels_and_conditions(document: ProtocolDocument) -
     ] == [(s.order, s.id, s.kind, s.applies) for s in pb.steps]
     elevated = ["block-footage", "let-it-settle", "together", "cut-reach", "tell-regulator"]
     assert [
-        ("elevated", [*elevated, "tell-town", "all-clear"]),
+        ("elevated", [*elevated, "tell-town"]),  # a stand-down step starts at no level
         ("severe", ["tighten"]),
         ("critical", ["tell-police"]),
     ] == [(lv.name, lv.adds) for lv in pb.levels]
@@ -250,8 +250,9 @@ def test_reviews_conclusion_and_post_incident_review(document: ProtocolDocument)
     assert "within 30m of its due time is missed: the incident is stood down." in pb.reviews
     conclusion = " ".join(pb.conclusion)
     assert "`crisis stand-down" in conclusion
-    assert "`block-footage`, `cut-reach`, `tighten` restored to the prior state" in conclusion
-    assert "`tell-regulator` by their explicit undo call" in conclusion
+    # Newest first, as the stand-down runs; closing messages after every measure.
+    assert "`tighten`, `cut-reach`, `block-footage` restored to the prior state." in conclusion
+    assert "Then the closing messages are sent, newest first: `tell-regulator`." in conclusion
     assert "Then the stand-down steps run: `all-clear`." in conclusion
     assert "`block-footage` after 2d, `cut-reach` after 12h, `tighten` after 6h" in conclusion
     assert "A missed review stands the incident down without a person." in conclusion
@@ -409,3 +410,32 @@ def test_the_shipped_library_renders(tmp_path: Path) -> None:
         for _, step in walk_steps(source.playbook):
             assert f"`{step.id}`" in md
             assert f'id="pb-{source.playbook.playbook}-step-{step.id}"' in html
+
+
+def test_levels_leave_out_stand_down_steps_and_a_gated_branch_is_withdrawn(tmp_path: Path) -> None:
+    """`on_stand_down` steps start at no level; a branch of a level-gated parallel step says it
+    is taken back when the level drops; a measure held back by an earlier approval on its
+    settings says so."""
+    extra = """\
+  - id: gated
+    level: severe
+    parallel:
+      - id: gated-notice
+        do: notify.webhook
+        with: {to: regulator, message: escalated}
+        undo:
+          do: notify.webhook
+          with: {to: regulator, message: de-escalated}
+  - id: cut-reach-more
+    do: recommender.throttle
+    with: {region: "${inputs.region}", categories: [terrorism], reach_multiplier: 0.05}
+on_stand_down:
+"""
+    pb = only(protocol_for(tmp_path, PLAYBOOK.replace("on_stand_down:\n", extra)))
+    assert all("all-clear" not in level.adds for level in pb.levels)
+    steps = {s.id: s for s in pb.steps}
+    assert "when its level or condition no longer holds" in steps["gated-notice"].undo
+    assert "together" == steps["cut-reach-more"].after
+    assert "**Order:** while `together` waits for its approval" in render_markdown(
+        protocol_for(tmp_path, PLAYBOOK.replace("on_stand_down:\n", extra))
+    )

@@ -482,6 +482,58 @@ def test_a_closing_notice_is_not_the_regulator_being_notified() -> None:
     assert "standing_down" == report.facts.state  # not closed yet, as status says
 
 
+def test_a_notification_sent_again_at_a_level_reached_again_is_listed_each_time() -> None:
+    """Told at critical, told it is over on de-escalation, told again at critical and at the
+    close: two rows, each with its own closing message."""
+    t = Trail("INC-6")
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={}, level="c")
+    for start, end, kind in ((60, 120, "step.withdrawn"), (180, 240, "step.undone")):
+        t.add(start, "step.started", step="tell-exec", lever="notify.send", args={"to": "execs"})
+        t.add(start, "step.applied", step="tell-exec", lever="notify.send")
+        if kind == "step.undone":
+            t.add(end - 1, "stand_down.requested", actor="root", reason="over")
+        t.add(end, kind, step="tell-exec", lever="notify.send")
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    assert [(at(60), at(120)), (at(180), at(240))] == [
+        (n.sent_at, n.closing_sent_at) for n in report.notifications
+    ]
+    assert 2 == render_markdown(report).count("| `tell-exec` | execs |")
+
+
+def test_full_mitigation_is_not_reached_while_a_first_level_approval_is_awaited() -> None:
+    """Escalated while a step of the first level still waits for its approval: the first level
+    was never fully in force, and the figure says which step it waited for; approved first, the
+    figure is when that step came into force."""
+
+    def trail(approved_at: float | None) -> Trail:
+        t = Trail("INC-7")
+        t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={}, level="e")
+        t.add(1, "step.started", step="surge", lever="moderation.surge", args={})
+        t.add(2, "step.applied", step="surge", lever="moderation.surge")
+        t.add(2, "approval.requested", step="cut", roles=["commander"], quorum=1, deadline=at(900))
+        if approved_at is not None:
+            t.add(approved_at, "approval.granted", step="cut", approvers=["alice"])
+            t.add(approved_at, "step.started", step="cut", lever="recommender.throttle", args={})
+            t.add(approved_at + 1, "step.applied", step="cut", lever="recommender.throttle")
+        t.add(120, "level.escalated", actor="alice", level="s", reason="spreading")
+        return t
+
+    waited = build_report(trail(None).events, now=T0 + timedelta(hours=1))
+    assert (None, ["cut"]) == (
+        waited.key_figures.to_full_mitigation,
+        waited.key_figures.full_mitigation_awaiting,
+    )
+    assert (
+        "| Trigger → full mitigation (initial sequence in force) | not reached: cut awaiting "
+        in (render_markdown(waited))
+    )
+    approved = build_report(trail(60).events, now=T0 + timedelta(hours=1))
+    assert (61.0, []) == (
+        approved.key_figures.to_full_mitigation,
+        approved.key_figures.full_mitigation_awaiting,
+    )
+
+
 def test_an_approval_timeout_that_fails_the_step_is_a_step_failure() -> None:
     """`on_timeout: fail` fails the step (and the incident) with no step.failed event."""
     t = Trail("INC-5")

@@ -210,9 +210,11 @@ async def test_the_later_of_two_approvals_on_the_same_settings_waits_and_ends_in
     )
     assert waits_for("cut") == step(status, "stricter").outcome
     assert step(status, "stricter").approval_deadline is None
-    with pytest.raises(IncidentConflict, match="stricter is not awaiting approval"):
+    # The refusal says what it waits for.
+    waiting = r"stricter is not awaiting approval \(it is pending: waits for cut, which changes"
+    with pytest.raises(IncidentConflict, match=waiting):
         await lab.act(incident, CrisisWorkflow.approve, approve("stricter", "bob", "policy-lead"))
-    with pytest.raises(IncidentConflict, match="stricter is not awaiting approval"):
+    with pytest.raises(IncidentConflict, match=waiting):
         await lab.act(incident, CrisisWorkflow.reject, reject("stricter"))
 
     await lab.act(incident, CrisisWorkflow.approve, approve("cut"))

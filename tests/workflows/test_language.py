@@ -14,8 +14,11 @@ from datetime import timedelta
 import pytest
 
 from engine.errors import ActionInvalid, IncidentConflict, IncidentError
+from engine.playbook_files import load_playbook
+from engine.report import build_report
 from engine.verification import IncidentHistory, replay_incident
 from tests.workflows.lab import (
+    HEADER,
     Lab,
     at,
     kinds,
@@ -114,6 +117,7 @@ async def test_levels_escalate_in_order_de_escalate_newest_first_and_re_escalate
     status = await lab.settle(
         incident, {"surge": "applied", "terror": "applied", "throttle": "dormant"}
     )
+    assert (None, None) == (step(status, "surge").undone_at, step(status, "terror").undone_at)
     state = await lab.platform()
     assert [("surge", "apply-2"), ("terror", "apply-2")] == operations(state)[-2:]
     assert 15 == state["moderation"]["fraud"]["reviewers"]
@@ -347,6 +351,16 @@ async def test_a_step_awaiting_approval_holds_back_only_the_steps_on_its_setting
         },
     )
     assert "waits for cut, which changes the same settings" == step(status, "stricter-cut").outcome
+    # The trail says so too: the report reads the wait, not the step's state at the start.
+    events = await lab.audit(incident, until="step.waiting")
+    waiting = next(e for e in events if e.kind == "step.waiting")
+    assert ("stricter-cut", {"for": "cut"}) == (waiting.step_id, waiting.data)
+    path = lab.directory / "held.yaml"
+    path.write_text(HEADER + HELD)
+    report = build_report(events, playbook=load_playbook(path, lab.directory))
+    measures = {m.step_id: m for m in report.measures}
+    expected = "not applied: waits for cut, which changes the same settings"
+    assert expected == measures["stricter-cut"].outcome_text
 
     await lab.act(incident, CrisisWorkflow.escalate, level())
     await lab.settle(
@@ -463,11 +477,28 @@ async def test_an_approval_timeout_with_escalate_raises_the_level_and_keeps_wait
     third_deadline = at(step(status, "throttle").approval_deadline)
     assert timedelta(minutes=30) <= third_deadline - second_deadline < timedelta(minutes=31)
 
+    # At the highest level the level stays: the trail says so, and when it asks again until.
+    await lab.advance(timedelta(minutes=31))
+    status = await lab.settle(incident, {"throttle": "awaiting_approval"}, level="critical")
+    fourth_deadline = at(step(status, "throttle").approval_deadline)
+    assert timedelta(minutes=30) <= fourth_deadline - third_deadline < timedelta(minutes=31)
+
     await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "bob", "commander"))
     await lab.settle(incident, {"throttle": "applied", "surge": "applied"})
     events = await lab.audit(incident, until="approval.granted")
-    assert 2 == kinds(events).count("approval.timed_out")
     assert 2 == kinds(events).count("level.escalated")
+    timeouts = [e for e in events if e.kind == "approval.timed_out"]
+    assert [
+        ("severe", second_deadline),
+        ("critical", third_deadline),
+        (None, fourth_deadline),
+    ] == [(e.data["escalates_to"], at(e.data["deadline"])) for e in timeouts]
+    told = [t.text for t in build_report(events).timeline if t.kind == "approval.timed_out"]
+    assert told[0].startswith("approval of throttle timed out: escalating to severe; ")
+    assert told[2].startswith(
+        "approval of throttle timed out: already at the highest level, which stays; approval "
+        "asked again until "
+    )
 
 
 @pytest.mark.parametrize(
