@@ -292,10 +292,12 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
             if step.undo is not None:
                 problems += _check_call(playbook, step.undo.do, step.undo.with_, (*at, "undo"))
             if step.approval and step.approval.on_timeout == "escalate" and not playbook.levels:
+                written = "on_timeout" in step.approval.model_fields_set
                 problems.append(
                     Problem(
                         (*at, "approval", "on_timeout"),
-                        "on_timeout: escalate needs `levels:` to escalate through",
+                        "on_timeout: escalate needs `levels:` to escalate through"
+                        + ("" if written else " (it is the default: set skip, fail or proceed)"),
                     )
                 )
     return problems

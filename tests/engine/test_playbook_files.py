@@ -271,6 +271,14 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
             "'string', 'number', 'integer', 'boolean' or 'list'",
         ),
         (
+            "an approval escalating by default in a playbook without levels",
+            "    do: moderation.surge\n",
+            "    do: moderation.surge\n    approval: {roles: [commander]}\n",
+            20,
+            5,  # at `approval:`: the default is written nowhere
+            "needs `levels:` to escalate through (it is the default: set skip, fail or proceed)",
+        ),
+        (
             "a measure that lapses as it is applied",
             "    do: moderation.surge\n",
             "    do: moderation.surge\n    expires_after: 0s\n",
