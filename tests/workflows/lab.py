@@ -24,7 +24,13 @@ from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
 from workflows.audit import AuditEvent
 from workflows.crisis import CrisisWorkflow
-from workflows.incident import IncidentStatus, NoteRequest, StepRecord
+from workflows.incident import (
+    ApproveRequest,
+    IncidentStatus,
+    LevelRequest,
+    NoteRequest,
+    StepRecord,
+)
 
 HEADER = """\
 playbook: lang
@@ -183,3 +189,34 @@ def operations(state: dict[str, Any]) -> list[tuple[str, str]]:
 def at(text: str | None) -> datetime:
     assert text is not None
     return datetime.fromisoformat(text)
+
+
+# --- commander requests and continue-as-new, as the language tests make them ------------------
+def level(actor: str = "carol", to: str | None = None) -> LevelRequest:
+    return LevelRequest(actor=actor, reason="situation changed", to_level=to)
+
+
+def approve(step_id: str, actor: str = "alice", role: str = "commander") -> ApproveRequest:
+    return ApproveRequest(step_id=step_id, actor=actor, role=role, comment=f"{actor} agrees")
+
+
+def more_runs(status: IncidentStatus, runs: int) -> None:
+    assert status.runs > runs, status.runs
+
+
+async def history_length(lab: Lab, incident_id: str) -> int:
+    description = await lab.env.client.get_workflow_handle(incident_id).describe()
+    return description.raw_description.workflow_execution_info.history_length
+
+
+async def continue_as_new(lab: Lab, incident: str) -> int:
+    """Add notes until the incident continues as new (a small `history_limit`); the number of
+    notes added."""
+    runs = (await lab.status(incident)).runs
+    for number in range(60):
+        status = await lab.act(
+            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
+        )
+        if status.runs > runs:
+            return number + 1
+    raise AssertionError("the incident never continued as new")

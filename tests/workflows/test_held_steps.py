@@ -19,7 +19,12 @@ from engine.errors import IncidentConflict
 from tests.helpers import assert_eventually
 from tests.workflows.lab import (
     Lab,
+    approve,
+    continue_as_new,
+    history_length,
     kinds,
+    level,
+    more_runs,
     operations,
     settings_of,
     step,
@@ -28,21 +33,11 @@ from tests.workflows.lab import (
 from workflows.audit import AuditEvent
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import (
-    ApproveRequest,
     IncidentStatus,
-    LevelRequest,
     NoteRequest,
     RejectRequest,
     RenewRequest,
 )
-
-
-def level(actor: str = "carol", to: str | None = None) -> LevelRequest:
-    return LevelRequest(actor=actor, reason="situation changed", to_level=to)
-
-
-def approve(step_id: str, actor: str = "alice", role: str = "commander") -> ApproveRequest:
-    return ApproveRequest(step_id=step_id, actor=actor, role=role, comment=f"{actor} agrees")
 
 
 def reject(step_id: str, actor: str = "bob") -> RejectRequest:
@@ -73,32 +68,11 @@ async def until_steps(lab: Lab, incident: str, steps: dict[str, str]) -> Inciden
     return await assert_eventually(check, timeout=15, interval=0.05)
 
 
-async def history_length(lab: Lab, incident_id: str) -> int:
-    description = await lab.env.client.get_workflow_handle(incident_id).describe()
-    return description.raw_description.workflow_execution_info.history_length
-
-
-async def continue_as_new(lab: Lab, incident: str) -> int:
-    """Add notes until the incident continues as new; the number of notes added."""
-    runs = (await lab.status(incident)).runs
-    for number in range(60):
-        status = await lab.act(
-            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
-        )
-        if status.runs > runs:
-            return number + 1
-    raise AssertionError("the incident never continued as new")
-
-
 def started(events: list[AuditEvent], step_id: str) -> int:
     """The position in the trail of the step's first step.started."""
     return next(
         n for n, e in enumerate(events) if e.kind == "step.started" and e.step_id == step_id
     )
-
-
-def _assert_more_runs(status: IncidentStatus, runs: int) -> None:
-    assert status.runs > runs, status.runs
 
 
 # --- 1. the earlier approval refused, or never given -------------------------------------------
@@ -483,7 +457,7 @@ async def test_continue_as_new_with_one_step_held_and_another_waiting_behind_it(
     status = await lab.settle(
         incident,
         {"cut": "awaiting_approval", "stricter": "pending", "surge": "applied"},
-        also=lambda s: _assert_more_runs(s, 1),
+        also=lambda s: more_runs(s, 1),
     )
     assert waits_for("cut") == step(status, "stricter").outcome
     with pytest.raises(IncidentConflict, match="stricter is not awaiting approval"):
@@ -543,7 +517,7 @@ async def test_a_continue_as_new_between_steps_keeps_the_later_step_behind_the_h
     status = await lab.settle(
         incident,
         {"cut": "awaiting_approval", "pause": "done", "surge": "applied"},
-        also=lambda s: _assert_more_runs(s, 1),
+        also=lambda s: more_runs(s, 1),
     )
     assert {} == (await lab.platform())["recommender"]
     assert ("pending", waits_for("cut")) == (

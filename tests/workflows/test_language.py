@@ -20,8 +20,12 @@ from engine.verification import IncidentHistory, replay_incident
 from tests.workflows.lab import (
     HEADER,
     Lab,
+    approve,
     at,
+    continue_as_new,
     kinds,
+    level,
+    more_runs,
     operations,
     settings_of,
     step,
@@ -30,7 +34,6 @@ from tests.workflows.lab import (
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import (
     ApproveRequest,
-    IncidentStatus,
     LevelRequest,
     NoteRequest,
     RejectRequest,
@@ -39,11 +42,6 @@ from workflows.incident import (
     StandDownRequest,
 )
 from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
-
-
-def level(actor: str = "carol", to: str | None = None) -> LevelRequest:
-    return LevelRequest(actor=actor, reason="situation changed", to_level=to)
-
 
 # --- 1. levels --------------------------------------------------------------------------------
 LEVELLED = """
@@ -228,10 +226,6 @@ steps:
 """
 
 
-def approve(step_id: str, actor: str, role: str) -> ApproveRequest:
-    return ApproveRequest(step_id=step_id, actor=actor, role=role, comment=f"{actor} agrees")
-
-
 async def test_a_quorum_of_two_distinct_approvers_with_listed_roles_releases_the_step(
     lab: Lab,
 ) -> None:
@@ -366,16 +360,11 @@ async def test_a_step_awaiting_approval_holds_back_only_the_steps_on_its_setting
     await lab.settle(
         incident, {"severe-surge": "applied", "stricter-cut": "pending"}, level="severe"
     )
-    for number in range(40):
-        status = await lab.act(
-            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
-        )
-        if status.runs > 1:
-            break
+    await continue_as_new(lab, incident)
     await lab.settle(
         incident,
         {"cut": "awaiting_approval", "stricter-cut": "pending"},
-        also=lambda s: _assert_more_runs(s, 1),
+        also=lambda s: more_runs(s, 1),
     )
     assert ["fr-cut", "severe-surge"] == [name for name, _ in operations(await lab.platform())]
 
@@ -1216,19 +1205,14 @@ steps:
     status = await lab.settle(incident, {"first": "applied", "hold": "waiting"})
     until = at(step(status, "hold").wait_until)
     runs = status.runs
-    for number in range(30):
-        status = await lab.act(
-            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
-        )
-        if status.runs > runs:
-            break
+    notes = await continue_as_new(lab, incident)
     status = await lab.settle(
         incident,
         {"first": "applied", "hold": "waiting", "second": "pending"},
-        also=lambda s: _assert_more_runs(s, runs),
+        also=lambda s: more_runs(s, runs),
     )
     assert until == at(step(status, "hold").wait_until)
-    assert number + 1 == len(status.notes)
+    assert notes == len(status.notes)
 
     await lab.advance(until - await lab.now() - timedelta(minutes=1))
     status = await lab.sync(incident)
@@ -1248,15 +1232,6 @@ steps:
     assert lab.store.verify(incident).ok
 
 
-def _assert_more_runs(status: IncidentStatus, runs: int) -> None:
-    assert status.runs > runs, status.runs
-
-
-async def history_length(lab: Lab, incident_id: str) -> int:
-    description = await lab.env.client.get_workflow_handle(incident_id).describe()
-    return description.raw_description.workflow_execution_info.history_length
-
-
 async def test_continue_as_new_while_a_step_awaits_approval_carries_its_approvals(
     lab: Lab,
 ) -> None:
@@ -1265,14 +1240,9 @@ async def test_continue_as_new_while_a_step_awaits_approval_carries_its_approval
     incident = await lab.trigger(QUORUM, history_limit=40)
     await lab.settle(incident, {"throttle": "awaiting_approval"})
     await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander"))
-    for number in range(30):
-        status = await lab.act(
-            incident, CrisisWorkflow.add_note, NoteRequest(actor="bob", text=f"note {number}")
-        )
-        if status.runs > 1:
-            break
+    await continue_as_new(lab, incident)
     status = await lab.settle(
-        incident, {"throttle": "awaiting_approval"}, also=lambda s: _assert_more_runs(s, 1)
+        incident, {"throttle": "awaiting_approval"}, also=lambda s: more_runs(s, 1)
     )
     assert ["alice"] == [a.actor for a in step(status, "throttle").approvals]
     with pytest.raises(IncidentConflict, match="alice has already approved"):
