@@ -467,20 +467,21 @@ def _check_call(
     if lever is None:
         known = ", ".join(sorted(LEVERS))
         return [Problem((*at, "do"), f"unknown lever {lever_name!r} (known: {known})")]
-    problems = [
-        Problem((*at, "with", *path), message)
-        for path, message in _reference_problems(playbook, args)
-    ]
-    if problems:
-        return problems
+    references = _reference_problems(playbook, args)
+    problems = [Problem((*at, "with", *path), message) for path, message in references]
+    # The other arguments are checked too: a typo in one reference must not hide them.
+    broken = {path[0] for path, _ in references if path}
     try:
-        resolved = substitute(args, default_context(playbook))
+        resolved = substitute(
+            {k: v for k, v in args.items() if k not in broken}, default_context(playbook)
+        )
     except ReferenceError_:
         # An input without a default: its type is checked when the incident is triggered.
-        return []
-    return [
+        return problems
+    return problems + [
         Problem((*at, "with", *path), message)
         for path, message in lever_arg_problems(lever_name, resolved)
+        if not (path and path[0] in broken)
     ]
 
 

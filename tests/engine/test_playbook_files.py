@@ -377,6 +377,19 @@ def test_an_undefined_input_deep_inside_an_argument_is_located(tmp_path: Path) -
     )
 
 
+def test_an_undefined_input_does_not_hide_the_other_arguments_problems(tmp_path: Path) -> None:
+    """A typo in one reference, an out-of-range value in another argument of the same step: both
+    are reported, each at its own place and naming its argument."""
+    text = VALID.replace("region: ${inputs.region}", "region: ${inputs.regoin}").replace(
+        "reach_multiplier: 0.5", "reach_multiplier: 1.5"
+    )
+    problems = problems_in(tmp_path, text)
+    assert [
+        (15, 7, "undefined input 'regoin' in ${inputs.regoin}"),
+        (17, 7, "reach_multiplier: Input should be less than or equal to 1"),
+    ] == [(p.line, p.column, p.message) for p in problems]
+
+
 def test_problems_in_several_steps_are_all_reported(tmp_path: Path) -> None:
     """Problems in different steps are each reported, in document order."""
     text = edit(
