@@ -343,6 +343,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         record = self._records[step.id]
         now = iso(self._clock())
         record.state, record.started_at, record.error = "running", now, None
+        record.outcome = None
         record.args = substitute(step.with_, self._context)
         record.applications += 1
         self._record(
@@ -511,6 +512,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         now = iso(self._clock())
         record.state, record.undone_at = final_state, now  # type: ignore[assignment]
         record.lifted_by = None
+        if final_state == "dormant":  # taken back, not held back: status says which
+            record.outcome = f"withdrawn: {reason}" if reason else "withdrawn"
         self._record(kind, step_id=step.id, data=undone_data(lever, restore, reason), at=now)
         if (earlier := self._restore_after.pop(record.id, None)) is not None:
             await self._restore_for(step, earlier)  # before ours stacked on it go back

@@ -110,12 +110,15 @@ async def test_levels_escalate_in_order_de_escalate_newest_first_and_re_escalate
     expected["detection"]["fraud"] = 0.3  # the base measure stays
     assert expected == settings_of(state)
     assert all(step(status, s).undone_at for s in ("surge", "terror", "throttle"))
+    # Taken back, not held back: status says which.
+    assert "withdrawn: level is now elevated" == step(status, "surge").outcome
 
     await lab.act(incident, CrisisWorkflow.escalate, level())
     status = await lab.settle(
         incident, {"surge": "applied", "terror": "applied", "throttle": "dormant"}
     )
     assert (None, None) == (step(status, "surge").undone_at, step(status, "terror").undone_at)
+    assert step(status, "surge").outcome is None
     state = await lab.platform()
     assert [("surge", "apply-2"), ("terror", "apply-2")] == operations(state)[-2:]
     assert 15 == state["moderation"]["fraud"]["reviewers"]
