@@ -301,7 +301,7 @@ def build_protocol(
 def _playbook_doc(source: ProtocolSource) -> PlaybookDoc:
     playbook, library = source.playbook, source.library
     columns = list(playbook.levels) or [NO_LEVELS]
-    orders, applies = _applicability(playbook)
+    orders, applies, waits = _applicability(playbook)
     steps = [
         _step_doc(playbook, step, orders[step.id], applies[step.id], at[0] == "on_stand_down")
         for at, step in walk_steps(playbook)
@@ -312,7 +312,6 @@ def _playbook_doc(source: ProtocolSource) -> PlaybookDoc:
         if isinstance(step, ParallelStep)
         for branch in step.parallel
     }
-    waits = _waits_at_the_highest_level(playbook)
     for doc in steps:
         doc.parent = parents.get(doc.id)
         doc.after = waits.get(doc.id)
@@ -354,9 +353,11 @@ def _reads_required_input(playbook: Playbook, when: str | None) -> bool:
     return bool(needed & expression_names(parse_expression(when)))
 
 
-def _applicability(playbook: Playbook) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Every step's place in the plan ("3.2") and whether it runs at each level: yes / no /
-    depends (with the inputs' defaults)."""
+def _applicability(
+    playbook: Playbook,
+) -> tuple[dict[str, str], dict[str, list[str]], dict[str, str]]:
+    """Every step's place in the plan ("3.2"), whether it runs at each level (yes / no / depends,
+    with the inputs' defaults), and at the highest level the earlier step each one waits for."""
     levels: list[str | None] = list(playbook.levels) or [None]
     parent_of = {
         branch.id: step
@@ -367,19 +368,16 @@ def _applicability(playbook: Playbook) -> tuple[dict[str, str], dict[str, list[s
     by_id = {step.id: step for _, step in walk_steps(playbook)}
     table: dict[str, list[str]] = {step_id: [] for step_id in by_id}
     orders: dict[str, str] = {}
-    for level in levels:
+    waits: dict[str, str] = {}
+    for level in levels:  # lowest first: the last plan is the highest level's
         cells: dict[str, str] = {}
-        for item in make_plan(playbook, _plan_inputs(playbook), level).steps:
+        planned = make_plan(playbook, _plan_inputs(playbook), level).steps
+        for item in planned:
             orders[item.id] = item.order
             cells[item.id] = _cell(playbook, item, by_id[item.id].when, parent_of, cells)
             table[item.id].append(cells[item.id])
-    return orders, table
-
-
-def _waits_at_the_highest_level(playbook: Playbook) -> dict[str, str]:
-    level = playbook.levels[-1] if playbook.levels else None
-    planned = make_plan(playbook, _plan_inputs(playbook), level).steps
-    return {item.id: item.after for item in planned if item.after}
+        waits = {item.id: item.after for item in planned if item.after}
+    return orders, table, waits
 
 
 def _cell(

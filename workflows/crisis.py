@@ -237,20 +237,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         if not self._eligible(step):
             self._make_dormant(record)
             return True
-        if self._holding and self._behind(step) is not None:
-            record.state = "pending"  # called for at this level (it may have been dormant)
-            while (earlier := self._behind(step)) is not None and self._stand_down is None:
-                record.outcome = f"waits for {earlier}, which changes the same settings"
-                self._record("step.waiting", step_id=step.id, data={"for": earlier})
-                await self._wait(
-                    lambda: self._stand_down is not None or self._behind(step) != earlier
-                )
-            record.outcome = None
-            if self._stand_down is not None:
-                return True
-            if not self._eligible(step):
-                self._make_dormant(record)
-                return True
+        if self._holding and not await self._waited_turn(step, record):
+            return True
         if step.approval is not None and not await self._approved(step, record):
             return record.state != "failed"
         if record.state not in ("pending", "dormant", "awaiting_approval"):
@@ -298,14 +286,11 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 return True
             if not timed_out:
                 continue
+            next_deadline = iso(self._clock() + parse_duration(approval.timeout))
             timed_out_data: dict[str, Any] = {"on_timeout": approval.on_timeout}
             if approval.on_timeout == "escalate" and self._version() >= 7:
                 # What happens next, in the trail: at the highest level there is no escalation.
-                rank = self._pb.level_rank(self._level) + 1
-                timed_out_data["escalates_to"] = (
-                    self._pb.levels[rank] if rank < len(self._pb.levels) else None
-                )
-                timed_out_data["deadline"] = iso(self._clock() + parse_duration(approval.timeout))
+                timed_out_data |= {"escalates_to": self._level_above(), "deadline": next_deadline}
             self._record("approval.timed_out", step_id=step.id, data=timed_out_data)
             if approval.on_timeout == "proceed":
                 return True
@@ -317,7 +302,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 return False
             # escalate: raise the level one step and keep waiting for a new period
             self._escalate_by_system(f"approval of {step.id} timed out")
-            record.approval_deadline = iso(self._clock() + parse_duration(approval.timeout))
+            record.approval_deadline = next_deadline
 
     def _ask_approval(self, step: Step, record: StepRecord) -> None:
         approval = step.approval

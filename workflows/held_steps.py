@@ -10,6 +10,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from workflows.incident import StepRecord
     from workflows.levers import LEVERS, is_notification, shared_settings
     from workflows.playbook import Step
     from workflows.substitution import substitute
@@ -42,6 +43,7 @@ class HeldSteps(IncidentRun):
         off the sequence, `_catch_up` resumes)."""
         for step in self._top[: self._cursor]:
             if self._waiting_again(step) and self._must_hold(step):
+                self._reopen(step)
                 self._hold(step)
 
     def _hold(self, step: AnyStep) -> None:
@@ -96,3 +98,22 @@ class HeldSteps(IncidentRun):
         """v7: a step held off the sequence starts nothing once the incident has failed, as the
         sequence does not."""
         return self._state == "failed" and self._parent_of(step).id in self._holding
+
+    async def _waited_turn(self, step: Step, record: StepRecord) -> bool:
+        """Wait while an earlier held step on the same settings is unsettled (each one in turn,
+        in the trail as `step.waiting`); False = the step must not go on (stood down, or no
+        longer called for: then dormant)."""
+        if self._behind(step) is None:
+            return True
+        record.state = "pending"  # called for at this level (it may have been dormant)
+        while (earlier := self._behind(step)) is not None and self._stand_down is None:
+            record.outcome = f"waits for {earlier}, which changes the same settings"
+            self._record("step.waiting", step_id=step.id, data={"for": earlier})
+            await self._wait(lambda: self._stand_down is not None or self._behind(step) != earlier)
+        record.outcome = None
+        if self._stand_down is not None:
+            return False
+        if not self._eligible(step):
+            self._make_dormant(record)
+            return False
+        return True

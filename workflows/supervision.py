@@ -139,10 +139,14 @@ class Supervision(IncidentRun):
         else:
             self._background(self._withdraw_above_level())
 
+    def _level_above(self) -> str | None:
+        """The next level up; None at the highest (or without levels)."""
+        rank = self._pb.level_rank(self._level) + 1
+        return self._pb.levels[rank] if rank < len(self._pb.levels) else None
+
     def _escalate_by_system(self, reason: str) -> None:
-        rank = self._pb.level_rank(self._level)
-        if rank + 1 < len(self._pb.levels):
-            self._set_level(self._pb.levels[rank + 1], actor=SYSTEM, reason=reason)
+        if (above := self._level_above()) is not None:
+            self._set_level(above, actor=SYSTEM, reason=reason)
 
     async def _catch_up(self) -> None:
         """After escalation: run the steps already passed that the new level makes eligible."""
@@ -151,24 +155,31 @@ class Supervision(IncidentRun):
                 return
             if step.id in self._holding:
                 continue  # already under way off the sequence
-            failed = self._waiting_again(step) and not await self._run_or_hold(step)
-            if failed and self._fail(step.id):
+            if not self._waiting_again(step):
+                continue
+            self._reopen(step)
+            if not await self._run_or_hold(step) and self._fail(step.id):
                 return
+
+    def _waiting(self) -> tuple[str, ...]:
+        return WAITING_V7 if self._version() >= 7 else ("dormant", "awaiting_approval")
 
     def _waiting_again(self, step: AnyStep) -> bool:
         """Whether a step the sequence has passed is to be run again, or resumed: held back by
         the level or a condition, or waiting for an approval (v7: or for an earlier step on the
-        same settings). A parallel step with such a branch is marked running."""
-        waiting = WAITING_V7 if self._version() >= 7 else ("dormant", "awaiting_approval")
-        record = self._records[step.id]
-        if record.state in waiting:
+        same settings), itself or in a branch."""
+        waiting = self._waiting()
+        if self._records[step.id].state in waiting:
             return True
-        if isinstance(step, ParallelStep) and any(
+        return isinstance(step, ParallelStep) and any(
             self._records[b.id].state in waiting for b in step.parallel
-        ):
+        )
+
+    def _reopen(self, step: AnyStep) -> None:
+        """A parallel step run again for a branch of it: running again, whatever it was."""
+        record = self._records[step.id]
+        if isinstance(step, ParallelStep) and record.state not in self._waiting():
             record.state = "running"
-            return True
-        return False
 
     async def _withdraw_above_level(self) -> None:
         """After de-escalation: undo, newest first, the measures the level no longer calls for."""
