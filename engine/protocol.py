@@ -75,7 +75,10 @@ _ON_TIMEOUT = {
 _ON_FAILURE = {
     "stop": "the playbook stops; measures already in force stay until stand-down",
     "continue": "the failure is recorded and the playbook carries on",
-    "undo": "every measure in force is undone, newest first, and the playbook stops",
+    "undo": (
+        "every measure in force is undone, newest first, and the playbook stops; one still "
+        "being applied is undone as soon as it lands"
+    ),
 }
 _ON_MISSED = {
     "escalate": "the incident is escalated one level",

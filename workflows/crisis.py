@@ -46,6 +46,7 @@ from workflows.commander_actions import CommanderActions
 from workflows.held_steps import HeldSteps
 from workflows.incident_run import (
     LEVER_TIME,
+    UNDO_ON_LANDING_PATCH,
     UNDO_RETRY,
     AnyStep,
     cause_of,
@@ -376,9 +377,11 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 data={"lever": step.do, "error": record.error, **counted},
             )
             if step.on_failure == "undo":
+                self._take_back_on_landing(step.id)
                 for step_id in reversed(list(self._applied_order)):
                     await self._undo(self._records[step_id], final_state="undone")
             return step.on_failure == "continue"
+        failed = self._undo_on_landing.pop(record.id, None)
         moment = self._clock()
         now = iso(moment)
         record.state, record.finished_at, record.previous = "applied", now, outcome.previous
@@ -398,7 +401,20 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             data=applied_data(step.do, outcome.previous, record.expires_at, put_back),
             at=now,
         )
+        if failed is not None and workflow.patched(UNDO_ON_LANDING_PATCH):
+            why = f"{failed} failed (on_failure: undo)"
+            await self._undo(record, final_state="undone", reason=why)
+            if record.state == "undone":
+                record.outcome = f"taken back: {why}"
         return True
+
+    def _take_back_on_landing(self, failed: str) -> None:
+        """A step failed with on_failure undo: the lever calls applying other steps at this
+        moment (a parallel branch, or the sequence's step while a held one failed) land after
+        the measures applied so far are taken back; each is taken back as soon as it lands."""
+        for other in self._records.values():
+            if other.state == "running" and other.kind == "lever" and other.id != failed:
+                self._undo_on_landing[other.id] = failed
 
     def _ran(self, record: StepRecord) -> bool:
         """Whether the step (or, for a parallel step, one of its branches) was ever applied."""

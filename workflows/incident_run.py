@@ -73,6 +73,9 @@ INTERPRETER_V7 = "interpreter-v7"
 # A step held back by its `when:` says so in its step.dormant (`condition`), which read as held
 # back by the level. Its own patch, recorded only where a condition holds a step back.
 DORMANT_CONDITION_PATCH = "dormant-names-condition"
+# A lever call under way when another step failed with on_failure undo is taken back once it
+# lands (it stayed in force on the failed incident). Recorded only where that happens.
+UNDO_ON_LANDING_PATCH = "undo-on-landing-after-failure"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -198,6 +201,8 @@ class IncidentRun:
         # v7: top steps run off the sequence (waiting for an approval, or for an earlier step
         # of those on the same settings), and the settings each lever step changes.
         self._holding: set[str] = set()
+        # Steps being applied when another failed with on_failure undo: by id, the failed step.
+        self._undo_on_landing: dict[str, str] = {}
         self._targets: dict[str, frozenset[str]] = {}
         self._version_seen: int | None = None
         self._info = workflow.info()  # its history length and suggestion are read live

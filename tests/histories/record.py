@@ -7,6 +7,10 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # and a lever that fails after its retries
     python -m tests.histories.record v7 held      # a step waiting for its approval while the
                                                   # rest go on but one on the same settings
+    python -m tests.histories.record v7 landed    # a parallel branch lands after its sibling
+                                                  # failed with on_failure undo (v7-landed;
+                                                  # v7-landed-unpatched was recorded so by the
+                                                  # code before it was taken back on landing)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -203,6 +207,55 @@ async def record_held(tag: str, incidents: Incidents, client: Client, work: Path
     print(f"recorded {incident_id}: {len(history.events)} events")
 
 
+# A step fails with on_failure undo while a parallel branch's call is still under way: from the
+# patch `undo-on-landing-after-failure`, that branch is taken back once it lands.
+LANDED = """
+playbook: record-landed
+version: 1
+title: A branch landing after its sibling failed
+description: For the recorded history of a measure taken back as it lands.
+steps:
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: both
+    parallel:
+      - id: surge
+        do: moderation.surge
+        with: {queue: fraud, extra_reviewers: 5}
+        on_failure: undo
+      - id: throttle
+        do: recommender.throttle
+        with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+"""
+
+
+async def record_landed(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    incident_id = f"REC-{tag}-landed"
+    path = work / "record-landed.yaml"
+    path.write_text(LANDED)
+    async with httpx.AsyncClient() as http:
+        for fault in (
+            {"path_prefix": "/moderation", "status": 400, "times": 1},
+            {"path_prefix": "/recommender", "status": 0, "latency_ms": 1500, "times": 1},
+        ):
+            (await http.post(f"{sandbox_url}/faults", json=fault)).raise_for_status()
+        await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+        for _ in range(200):
+            status = await incidents.status(incident_id)
+            if status.state == "failed" and all(s.state != "running" for s in status.steps):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError("the incident did not fail and settle")
+    await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    history = await client.get_workflow_handle(incident_id).fetch_history()
+    (HERE / f"{tag}-landed.json").write_text(_without_local_paths(history.to_json()))
+    print(f"recorded {incident_id}: {len(history.events)} events")
+
+
 async def _settled(incidents: Incidents, incident_id: str) -> None:
     for _ in range(200):
         status = await incidents.status(incident_id)
@@ -236,6 +289,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "held":
             await record_held(tag, incidents, client, work)
             return
+        if scenario == "landed":
+            await record_landed(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -264,7 +320,7 @@ def _without_local_paths(text: str) -> str:
 
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
-    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or "overlap", "forced", "held"
+    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -1,0 +1,112 @@
+"""`on_failure: undo` while another lever call is still under way, end to end on a time-skipping
+Temporal server.
+
+A step that fails with `on_failure: undo` takes back every measure applied. A lever call already
+under way when it fails (a parallel branch, or the sequence's step while a held step fails) lands
+afterwards: what it applies is taken back as soon as it lands, so nothing the playbook applied
+stays in force on a failed incident. Each test checks the step states, the platform sandbox's
+real settings and the audit trail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from tests.helpers import assert_eventually
+from tests.workflows.lab import Lab, approve, kinds, operations, settings_of, step, step_states
+from workflows.crisis import CrisisWorkflow
+
+PARALLEL = """
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: racial_hatred, threshold: 0.4}
+  - id: both
+    parallel:
+      - id: surge
+        do: moderation.surge
+        with: {queue: hate, extra_reviewers: 5}
+        on_failure: undo
+      - id: cut
+        do: recommender.throttle
+        with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.5}
+"""
+
+
+async def test_a_branch_landing_after_its_sibling_failed_with_undo_is_taken_back(
+    lab: Lab,
+) -> None:
+    """One branch is refused by the platform at once (on_failure: undo); the other is still
+    under way when the earlier measures are taken back. It is taken back as soon as it lands."""
+    before = await lab.platform()
+    await lab.sandbox.fault(path_prefix="/moderation", status=400, times=1)
+    await lab.sandbox.fault(path_prefix="/recommender", status=0, latency_ms=1500, times=1)
+    incident = await lab.trigger(PARALLEL)
+    status = await lab.settle(
+        incident, {"base": "undone", "surge": "failed", "cut": "undone"}, state="failed"
+    )
+    assert "taken back: surge failed (on_failure: undo)" == step(status, "cut").outcome
+    assert settings_of(before) == settings_of(await lab.platform())
+    assert [
+        ("base", "apply-1"),
+        ("base", "undo-1"),
+        ("cut", "apply-1"),
+        ("cut", "undo-1"),
+    ] == operations(await lab.platform())
+    events = await lab.audit(incident, until="step.undone", count=2)
+    undone = [e for e in events if e.kind == "step.undone"]
+    assert ["base", "cut"] == [e.step_id for e in undone]
+    assert "surge failed (on_failure: undo)" == undone[1].data["reason"]
+    assert lab.store.verify(incident).ok
+
+
+HELD = """
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: racial_hatred, threshold: 0.4}
+  - id: cut
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.5}
+    approval: {roles: [commander], timeout: 1h, on_timeout: skip}
+    retry: {max_attempts: 1}
+    on_failure: undo
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+    retry: {max_attempts: 2, initial_interval: 2m, max_interval: 2m}
+"""
+
+
+async def test_the_sequences_step_landing_after_a_held_step_failed_with_undo_is_taken_back(
+    lab: Lab,
+) -> None:
+    """The held step is approved and fails (on_failure: undo) while the sequence's next step
+    waits two minutes to retry its lever: once that call lands, its measure is taken back."""
+    before = await lab.platform()
+    await lab.sandbox.fault(path_prefix="/moderation", status=503, times=1)
+    incident = await lab.trigger(HELD)
+
+    def states(*expected: str) -> Callable[[], Awaitable[None]]:
+        async def check() -> None:
+            status = await lab.status(incident)
+            now = step_states(status)
+            assert expected == (status.state, now["base"], now["cut"], now["surge"]), now
+
+        return check
+
+    # surge's call waits out its retry interval: a timer, so the workflow takes the approval
+    await assert_eventually(states("running", "applied", "awaiting_approval", "running"))
+    await lab.sandbox.fault(path_prefix="/recommender", status=503, times=1)
+    await lab.act(incident, CrisisWorkflow.approve, approve("cut"))
+    await assert_eventually(states("failed", "undone", "failed", "running"))
+    await lab.advance(timedelta(minutes=3))
+    status = await lab.settle(
+        incident, {"base": "undone", "cut": "failed", "surge": "undone"}, state="failed"
+    )
+    assert "taken back: cut failed (on_failure: undo)" == step(status, "surge").outcome
+    assert settings_of(before) == settings_of(await lab.platform())
+    events = await lab.audit(incident, until="step.undone", count=2)
+    assert "incident.failed" in kinds(events)
+    assert lab.store.verify(incident).ok
