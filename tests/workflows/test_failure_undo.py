@@ -10,6 +10,7 @@ real settings and the audit trail.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -109,4 +110,37 @@ async def test_the_sequences_step_landing_after_a_held_step_failed_with_undo_is_
     assert settings_of(before) == settings_of(await lab.platform())
     events = await lab.audit(incident, until="step.undone", count=2)
     assert "incident.failed" in kinds(events)
+    assert lab.store.verify(incident).ok
+
+
+async def test_a_stand_down_before_the_call_lands_closes_with_its_measure_taken_back(
+    lab: Lab,
+) -> None:
+    """As above, but a commander stands the failed incident down while the sequence's call
+    still waits to retry: the stand-down waits for it, and the incident closes with nothing of
+    its measures left on the platform."""
+    before = await lab.platform()
+    await lab.sandbox.fault(path_prefix="/moderation", status=503, times=1)
+    incident = await lab.trigger(HELD)
+
+    async def held() -> None:
+        now = step_states(await lab.status(incident))
+        assert ("awaiting_approval", "running") == (now["cut"], now["surge"]), now
+
+    await assert_eventually(held, timeout=15, interval=0.05)
+    await lab.sandbox.fault(path_prefix="/recommender", status=503, times=1)
+    await lab.act(incident, CrisisWorkflow.approve, approve("cut"))
+
+    async def failed() -> None:
+        assert "failed" == (await lab.status(incident)).state
+
+    await assert_eventually(failed, timeout=15, interval=0.05)
+    standing_down = asyncio.create_task(
+        lab.incidents.stand_down(incident, actor="bob", reason="give up")
+    )
+    await lab.advance(timedelta(minutes=3))
+    closed = await standing_down
+    assert {"base": "undone", "cut": "failed", "surge": "undone"} == step_states(closed)
+    assert "closed" == closed.state
+    assert settings_of(before) == settings_of(await lab.platform())
     assert lab.store.verify(incident).ok
