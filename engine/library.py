@@ -148,6 +148,7 @@ def _sample_context(playbook: Playbook, step: Step, *, standing_down: bool) -> d
             "state": "standing_down" if standing_down else "running",
             "triggered_by": "check",
             "triggered_at": "2000-01-01T00:00:00+00:00",
+            "triggered_level": playbook.levels[0] if playbook.levels else None,
         },
         playbook=playbook,
         inputs=sample_inputs(playbook),

@@ -333,8 +333,9 @@ def message_context(
     """What a message template may refer to (besides `data`): built here for the workflow and for
     validation's test render alike, so that a template valid at validation renders when sent.
 
-    `incident` has id, level, state, triggered_by, triggered_at; each measure id, lever,
-    expires_at. templates.yaml documents these names for authors.
+    `incident` has id, level, state, triggered_by, triggered_at, triggered_level (the level it
+    was declared at); each measure id, lever, expires_at. templates.yaml documents these names
+    for authors.
     """
     return {
         "incident": incident,

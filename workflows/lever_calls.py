@@ -200,6 +200,9 @@ class LeverCalls(IncidentRun):
                 "state": self._state,
                 "triggered_by": self._incident.triggered_by,
                 "triggered_at": self._triggered_at,
+                # Escalation notices read "escalated" only above the level it was declared at.
+                "triggered_level": self._incident.level
+                or (self._pb.levels[0] if self._pb.levels else None),
             },
             playbook=self._pb,
             inputs=self._incident.inputs,

@@ -148,6 +148,42 @@ async def test_an_escalation_is_told_while_an_earlier_approval_waits(
     assert "closed" == result["final_state"]
 
 
+DECLARED_SEVERE = """\
+inputs: {region: GB}
+level: severe
+actor: alice
+actions:
+  - {at: 1h, do: escalate, actor: alice, with: {reason: "disorder in three towns"}}
+  - {at: 2h, do: stand-down, actor: alice, with: {reason: test over}}
+checks:
+  - at: 1m
+    name: declared at severe, the escalation notices say so, not that it escalated
+    notified:
+      - {to: trusted-flaggers, template: crisis-escalated, contains: "Crisis declared at severe"}
+      - {to: regulator, template: crisis-escalated, contains: "declared at level severe by alice"}
+    not_notified: [{to: trusted-flaggers, contains: "escalated to"}]
+  - at: 1h1m
+    name: escalated later, the executives are told it escalated
+    notified:
+      - {to: executives, template: crisis-escalated, contains: "Crisis escalated to critical"}
+    status: {level: critical}
+"""
+
+
+async def test_a_crisis_declared_above_the_first_level_is_not_told_as_escalated(
+    tmp_path: Path,
+) -> None:
+    """Declared at severe, the severe steps run at once with the escalation template: the
+    stakeholders read that it was declared at severe; an escalation after that reads as one."""
+    script = tmp_path / "declared.scenario.yaml"
+    script.write_text(DECLARED_SEVERE)
+    run = await asyncio.to_thread(
+        cli, tmp_path, "playbook", "simulate", "violent-disorder", "--script", str(script), "--json"
+    )
+    result = run.json()
+    assert (0, True) == (run.code, result["ok"]), result["checks"]
+
+
 # --- the command line -----------------------------------------------------------------------
 async def test_simulate_a_library_playbook_from_the_command_line(tmp_path: Path) -> None:
     """`crisis playbook simulate NAME --script SCENARIO` prints every check's verdict and exits 0;
