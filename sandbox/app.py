@@ -176,7 +176,8 @@ def _install_fault_middleware(app: FastAPI, sandbox: Sandbox) -> None:
         async with sandbox.lock:
             admitted = sandbox.state
             admitted.stats.requests += 1
-            decision = admitted.match_faults(path, time.monotonic())
+            operation = request.headers.get("x-operation", "")
+            decision = admitted.match_faults(path, time.monotonic(), operation)
         request.state.platform = admitted
         if decision.fired:
             log.info(

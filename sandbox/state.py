@@ -273,6 +273,8 @@ class FaultSpec(_Strict):
     """Body of `POST /faults`."""
 
     path_prefix: str = "/"
+    # Only requests whose X-Operation starts with this ("apply-", "undo-"); None = any.
+    operation_prefix: str | None = None
     # 0 = no failure, only latency.
     status: int = Field(default=500, ge=0, le=599)
     # None = every matching request until cleared (or until the outage window ends).
@@ -324,6 +326,7 @@ class FaultRule:
     latency_ms: int
     # Monotonic deadline of an outage window; None = no window.
     expires_at: float | None
+    operation_prefix: str | None = None
 
     def active(self, now: float) -> bool:
         """Whether the rule can still fire at monotonic time `now`."""
@@ -335,6 +338,7 @@ class FaultRule:
         left = None if self.expires_at is None else round(max(0.0, self.expires_at - now), 3)
         return {
             "path_prefix": self.path_prefix,
+            "operation_prefix": self.operation_prefix,
             "status": self.status,
             "remaining": self.remaining,
             "latency_ms": self.latency_ms,
@@ -982,7 +986,14 @@ class PlatformState:
     def add_fault(self, spec: FaultSpec, now: float) -> FaultRule:
         """Install a fault rule at monotonic time `now`."""
         expires = None if spec.outage_seconds is None else now + spec.outage_seconds
-        rule = FaultRule(spec.path_prefix, spec.status, spec.times, spec.latency_ms, expires)
+        rule = FaultRule(
+            spec.path_prefix,
+            spec.status,
+            spec.times,
+            spec.latency_ms,
+            expires,
+            spec.operation_prefix,
+        )
         self.faults.append(rule)
         return rule
 
@@ -992,8 +1003,9 @@ class PlatformState:
         self.faults.clear()
         return count
 
-    def match_faults(self, path: str, now: float) -> FaultDecision:
-        """Consume one firing of every active rule matching `path`.
+    def match_faults(self, path: str, now: float, operation: str = "") -> FaultDecision:
+        """Consume one firing of every active rule matching `path` (and `operation`, the
+        request's X-Operation, for a rule that names one).
 
         Latencies add up; the first failing rule (status != 0) decides the status.
         """
@@ -1001,6 +1013,10 @@ class PlatformState:
         latency, status = 0, 0
         for rule in self.faults:
             if not path.startswith(rule.path_prefix):
+                continue
+            if rule.operation_prefix is not None and not operation.startswith(
+                rule.operation_prefix
+            ):
                 continue
             if rule.remaining is not None:
                 rule.remaining -= 1

@@ -38,13 +38,14 @@ with workflow.unsafe.imports_passed_through():
         IncidentOutcome,
         StepRecord,
     )
-    from workflows.levers import LEVERS, is_notification
+    from workflows.levers import LEVERS, is_notification, shared_settings
     from workflows.playbook import ParallelStep, Step, WaitStep
     from workflows.substitution import substitute
 
 from workflows.commander_actions import CommanderActions
 from workflows.held_steps import HeldSteps
 from workflows.incident_run import (
+    APPLY_UNDER_PATCH,
     LEVER_TIME,
     UNDO_ON_LANDING_PATCH,
     UNDO_RETRY,
@@ -248,7 +249,42 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             if record.state == "awaiting_approval":  # approved as the incident failed
                 record.state, record.outcome = "skipped", "not run: the incident failed"
             return True
-        return await self._apply_step(step)
+        lifted = self._in_force_after(step)
+        if not lifted or not workflow.patched(APPLY_UNDER_PATCH):
+            return await self._apply_step(step)
+        # A step the sequence passed (run after an escalation): the later steps on its settings
+        # stay the ones in force, as they are when the steps run in order.
+        held = [(other, other.expires_at) for other in lifted]
+        for other, _ in reversed(held):
+            await self._undo(
+                other, final_state="undone", reason=f"lifted while {step.id} is applied under it"
+            )
+        carried_on = await self._apply_step(step)
+        if carried_on or step.on_failure != "undo":
+            await self._restack(held)
+        return carried_on
+
+    def _in_force_after(self, step: Step) -> list[StepRecord]:
+        """The measures in force from steps after this one in the playbook, of its lever on some
+        of its settings (the ones in force if the steps ran in order), oldest first."""
+        position = self._top.index(self._parent_of(step))
+        if position >= self._cursor or not self._applied_order or is_notification(step.do):
+            return []  # the sequence's own step: nothing after it has run
+        mine = self._settings(step)
+        found = []
+        for step_id in self._applied_order:
+            other = self._steps_by_id[step_id]
+            parent = self._parent_of(other)
+            if (
+                isinstance(other, Step)
+                and other.do == step.do
+                and other.undo is None
+                and parent in self._top
+                and self._top.index(parent) > position
+                and shared_settings(mine, self._settings(other))
+            ):
+                found.append(self._records[step_id])
+        return found
 
     async def _approved(self, step: Step, record: StepRecord) -> bool:
         """Wait for the quorum; True = go ahead. On False the record says why not."""

@@ -76,6 +76,10 @@ DORMANT_CONDITION_PATCH = "dormant-names-condition"
 # A lever call under way when another step failed with on_failure undo is taken back once it
 # lands (it stayed in force on the failed incident). Recorded only where that happens.
 UNDO_ON_LANDING_PATCH = "undo-on-landing-after-failure"
+# A step run after later steps on its settings (an escalation's catch-up) is applied under
+# them: they are lifted, it is applied, they are put back (it overrode them, loosening what the
+# playbook's order put in force). Recorded only where that happens.
+APPLY_UNDER_PATCH = "apply-under-later-measures"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}

@@ -11,6 +11,9 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # failed with on_failure undo (v7-landed;
                                                   # v7-landed-unpatched was recorded so by the
                                                   # code before it was taken back on landing)
+    python -m tests.histories.record v7 under     # an escalation runs an earlier step under a
+                                                  # later one on its settings (v7-under;
+                                                  # v7-under-unpatched: before it was)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -34,7 +37,7 @@ from sandbox.app import create_app
 from store.audit_store import AuditStore
 from tests.helpers import serve_app
 from workflows.crisis import CrisisWorkflow
-from workflows.incident import ApproveRequest
+from workflows.incident import ApproveRequest, LevelRequest
 
 HERE = Path(__file__).resolve().parent
 FAILING = """
@@ -256,6 +259,46 @@ async def record_landed(
     print(f"recorded {incident_id}: {len(history.events)} events")
 
 
+# An escalation runs a step the sequence passed, on the settings of a later step already in
+# force: from the patch `apply-under-later-measures`, it is applied under that one.
+UNDER = """
+playbook: record-under
+version: 1
+title: An earlier step applied under a later one
+description: For the recorded history of an escalation keeping the later measure in force.
+levels: [elevated, severe]
+steps:
+  - id: severe-cut
+    level: severe
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+  - id: stricter
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.25, reshare_limit: 1}
+"""
+
+
+async def record_under(tag: str, incidents: Incidents, client: Client, work: Path) -> None:
+    incident_id = f"REC-{tag}-under"
+    path = work / "record-under.yaml"
+    path.write_text(UNDER)
+    await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+    await _settled(incidents, incident_id)
+    escalation = LevelRequest(actor="recorder", reason="recorded")
+    await incidents.act(incident_id, CrisisWorkflow.escalate, escalation)
+    for _ in range(200):
+        states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
+        if states == {"severe-cut": "applied", "stricter": "applied"}:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("the escalation did not apply the earlier step")
+    await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    history = await client.get_workflow_handle(incident_id).fetch_history()
+    (HERE / f"{tag}-under.json").write_text(_without_local_paths(history.to_json()))
+    print(f"recorded {incident_id}: {len(history.events)} events")
+
+
 async def _settled(incidents: Incidents, incident_id: str) -> None:
     for _ in range(200):
         status = await incidents.status(incident_id)
@@ -292,6 +335,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "landed":
             await record_landed(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "under":
+            await record_under(tag, incidents, client, work)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -320,7 +366,8 @@ def _without_local_paths(text: str) -> str:
 
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
-    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed
+    scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
+    # under
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

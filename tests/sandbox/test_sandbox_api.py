@@ -553,6 +553,17 @@ def test_fault_only_hits_matching_paths(http: httpx.Client) -> None:
     assert http.get("/state").status_code == 200
 
 
+def test_a_fault_can_hit_only_one_kind_of_operation(http: httpx.Client) -> None:
+    """`operation_prefix: apply-` fails the applies on the path and lets its undos through."""
+    rule = {"path_prefix": "/recommender", "status": 503, "operation_prefix": "apply-"}
+    assert http.post("/faults", json=rule).status_code == 200
+    undo = post(http, "/recommender/throttle", THROTTLE, "k1", ("INC-1", "cut", "undo-1"))
+    apply = post(http, "/recommender/throttle", THROTTLE, "k2", ("INC-1", "cut", "apply-2"))
+    untraced = post(http, "/recommender/throttle", THROTTLE, "k3")
+    assert (200, 503, 200) == (undo.status_code, apply.status_code, untraced.status_code)
+    assert "apply-" == state(http)["faults"][0]["operation_prefix"]
+
+
 def test_fault_latency_delays_the_response(http: httpx.Client) -> None:
     """`status: 0` with `latency_ms` only delays the request, which then succeeds."""
     http.post("/faults", json={"path_prefix": "/moderation", "status": 0, "latency_ms": 300})

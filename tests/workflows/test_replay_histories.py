@@ -44,15 +44,17 @@ def test_histories_are_kept() -> None:
     incidents whose measures overlap: the earlier lapses, the later puts its own back; two more:
     the earlier is stood down by force and hands the setting over; and a lever whose failure
     after its retries says when it failed and after how many attempts); v6 and v7, whose step
-    waiting for its approval holds back only the later steps on its settings (and three more: the
+    waiting for its approval holds back only the later steps on its settings (and five more: the
     steps after it went on while it waited; a parallel branch that landed after its sibling
-    failed with on_failure undo, taken back as it landed, and the same recorded before it was)."""
+    failed with on_failure undo, taken back as it landed, and the same recorded before it was;
+    an escalation running an earlier step under a later one on its settings, and the same
+    recorded before it did)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
     assert {"v5-applied", "v5-overlap-earlier", "v5-overlap-later"} <= kept
     assert {"v5-forced-earlier", "v5-forced-later", "v5-retried-failure"} <= kept
-    assert {"v7-held", "v7-landed", "v7-landed-unpatched"} <= kept
+    assert {"v7-held", "v7-landed", "v7-landed-unpatched", "v7-under", "v7-under-unpatched"} <= kept
 
 
 async def test_an_edited_history_file_is_caught(tmp_path: Path) -> None:
