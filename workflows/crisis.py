@@ -46,6 +46,8 @@ from workflows.commander_actions import CommanderActions
 from workflows.held_steps import HeldSteps
 from workflows.incident_run import (
     APPLY_UNDER_PATCH,
+    DELIVERIES_LAND_PATCH,
+    FAILURE_SETTLES_PATCH,
     LEVER_TIME,
     UNDO_ON_LANDING_PATCH,
     UNDO_RETRY,
@@ -412,7 +414,9 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 step_id=step.id,
                 data={"lever": step.do, "error": record.error, **counted},
             )
-            if step.on_failure == "undo":
+            if step.on_failure != "continue" and workflow.patched(FAILURE_SETTLES_PATCH):
+                await self._stop_at_failure(step)
+            elif step.on_failure == "undo":  # recorded before: calls under way undone on landing
                 self._take_back_on_landing(step.id)
                 for step_id in reversed(list(self._applied_order)):
                     await self._undo(self._records[step_id], final_state="undone")
@@ -443,6 +447,27 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             if record.state == "undone":
                 record.outcome = f"taken back: {why}"
         return True
+
+    async def _stop_at_failure(self, step: Step) -> None:
+        """A lever step failed for good (on_failure stop or undo): the incident fails now, so
+        nothing new starts. An undo first lets the lever calls under way land, then takes back
+        every measure in force, newest first (taken back as it landed, a measure applied over an
+        older one on the same settings was restored after that one's undo, bringing it back)."""
+        self._fail(step.id)
+        if step.on_failure != "undo":
+            return
+        self._failure_undos += 1  # no continue-as-new until it is done
+        try:
+            if self._inflight:
+                await self._wait(lambda: self._inflight == 0)
+            why = f"{step.id} failed (on_failure: undo)"
+            for step_id in reversed(list(self._applied_order)):
+                taken = self._records[step_id]
+                await self._undo(taken, final_state="undone", reason=why)
+                if taken.state == "undone":
+                    taken.outcome = f"taken back: {why}"
+        finally:
+            self._failure_undos -= 1
 
     def _take_back_on_landing(self, failed: str) -> None:
         """A step failed with on_failure undo: the lever calls applying other steps at this
@@ -581,11 +606,16 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
     async def _continue_as_new(self) -> None:
         """Carry the incident into a fresh run once nothing is in flight; a stand-down wins."""
         self._draining = True
+        # A notification's deliveries under way were dropped by the new run (and the step stayed
+        # `running` for ever); recorded only where one is.
+        deliveries = bool(self._delivering) and workflow.patched(DELIVERIES_LAND_PATCH)
         await self._wait(
             lambda: (
                 self._stand_down is not None
                 or (
                     self._inflight == 0
+                    and not (deliveries and self._delivering)
+                    and self._failure_undos == 0
                     and self._overlap_work == 0
                     and workflow.all_handlers_finished()
                     and not self._audit.pending

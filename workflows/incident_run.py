@@ -80,6 +80,12 @@ UNDO_ON_LANDING_PATCH = "undo-on-landing-after-failure"
 # them: they are lifted, it is applied, they are put back (it overrode them, loosening what the
 # playbook's order put in force). Recorded only where that happens.
 APPLY_UNDER_PATCH = "apply-under-later-measures"
+# A lever step failing for good (on_failure stop or undo) fails the incident at once, not once its
+# parallel or held step ends (a step approved meanwhile was applied); an undo first lets the calls
+# under way land (see CrisisWorkflow._stop_at_failure). Recorded at such a failure only.
+FAILURE_SETTLES_PATCH = "failure-stops-at-once-and-settles-calls"
+# A continue-as-new waits for notification deliveries under way. Recorded only where one is.
+DELIVERIES_LAND_PATCH = "continue-as-new-waits-for-deliveries"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -207,6 +213,8 @@ class IncidentRun:
         self._holding: set[str] = set()
         # Steps being applied when another failed with on_failure undo: by id, the failed step.
         self._undo_on_landing: dict[str, str] = {}
+        self._failure_undos = 0  # on_failure undo under way (waiting for calls, undoing)
+        self._delivering = 0  # notify.send steps delivering (regular activities)
         self._targets: dict[str, frozenset[str]] = {}
         self._version_seen: int | None = None
         self._info = workflow.info()  # its history length and suggestion are read live

@@ -156,7 +156,11 @@ class LeverCalls(IncidentRun):
                 outcome = error
             return outcome, iso(workflow.now())  # its result came with the history: its time
 
-        done = await asyncio.gather(*(deliver(request) for request in requests))
+        self._delivering += 1
+        try:
+            done = await asyncio.gather(*(deliver(request) for request in requests))
+        finally:
+            self._delivering -= 1
         LEVER_TIME.set(None)  # activity results arrive with the history: workflow time is right
         if self._version() >= 6:  # each when it was delivered, not when the last one was
             when = [at for _, at in done]

@@ -8,9 +8,10 @@ Run against a fresh dev server with today's interpreter before changing it:
     python -m tests.histories.record v7 held      # a step waiting for its approval while the
                                                   # rest go on but one on the same settings
     python -m tests.histories.record v7 landed    # a parallel branch lands after its sibling
-                                                  # failed with on_failure undo (v7-landed;
-                                                  # v7-landed-unpatched was recorded so by the
-                                                  # code before it was taken back on landing)
+                                                  # failed with on_failure undo (kept renamed:
+                                                  # v7-landed-unpatched, before any patch on it;
+                                                  # v7-landed, taken back on landing;
+                                                  # v7-landed-settled, landed before the undos)
     python -m tests.histories.record v7 under     # an escalation runs an earlier step under a
                                                   # later one on its settings (v7-under;
                                                   # v7-under-unpatched: before it was)
@@ -210,8 +211,9 @@ async def record_held(tag: str, incidents: Incidents, client: Client, work: Path
     print(f"recorded {incident_id}: {len(history.events)} events")
 
 
-# A step fails with on_failure undo while a parallel branch's call is still under way: from the
-# patch `undo-on-landing-after-failure`, that branch is taken back once it lands.
+# A step fails with on_failure undo while a parallel branch's call is still under way: with the
+# patch `undo-on-landing-after-failure` that branch was taken back once it landed; from the patch
+# `failure-stops-at-once-and-settles-calls`, it lands before every measure is taken back.
 LANDED = """
 playbook: record-landed
 version: 1

@@ -1,11 +1,12 @@
 """`on_failure: undo` while another lever call is still under way, end to end on a time-skipping
 Temporal server.
 
-A step that fails with `on_failure: undo` takes back every measure applied. A lever call already
-under way when it fails (a parallel branch, or the sequence's step while a held step fails) lands
-afterwards: what it applies is taken back as soon as it lands, so nothing the playbook applied
-stays in force on a failed incident. Each test checks the step states, the platform sandbox's
-real settings and the audit trail.
+A step that fails with `on_failure: undo` fails the incident at once (nothing new starts) and
+takes back every measure applied, newest first. A lever call already under way when it fails (a
+parallel branch, or the sequence's step while a held step fails) lands first and is taken back
+with the rest, so nothing the playbook applied stays in force on a failed incident. Each test
+checks the step states, the platform sandbox's real settings and the audit trail. More cases:
+test_failure_undo_edges.py.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ steps:
 async def test_a_branch_landing_after_its_sibling_failed_with_undo_is_taken_back(
     lab: Lab,
 ) -> None:
-    """One branch is refused by the platform at once (on_failure: undo); the other is still
-    under way when the earlier measures are taken back. It is taken back as soon as it lands."""
+    """One branch is refused by the platform at once (on_failure: undo) while the other is still
+    under way: it lands, then both measures are taken back, newest first."""
     before = await lab.platform()
     await lab.sandbox.fault(path_prefix="/moderation", status=400, times=1)
     await lab.sandbox.fault(path_prefix="/recommender", status=0, latency_ms=1500, times=1)
@@ -47,18 +48,22 @@ async def test_a_branch_landing_after_its_sibling_failed_with_undo_is_taken_back
     status = await lab.settle(
         incident, {"base": "undone", "surge": "failed", "cut": "undone"}, state="failed"
     )
-    assert "taken back: surge failed (on_failure: undo)" == step(status, "cut").outcome
+    for taken in ("cut", "base"):
+        assert "taken back: surge failed (on_failure: undo)" == step(status, taken).outcome
     assert settings_of(before) == settings_of(await lab.platform())
     assert [
         ("base", "apply-1"),
-        ("base", "undo-1"),
         ("cut", "apply-1"),
         ("cut", "undo-1"),
+        ("base", "undo-1"),
     ] == operations(await lab.platform())
     events = await lab.audit(incident, until="step.undone", count=2)
+    assert ["step.failed", "incident.failed", "step.applied", "step.undone", "step.undone"] == [
+        k for k in kinds(events) if k not in ("step.started",)
+    ][-5:]
     undone = [e for e in events if e.kind == "step.undone"]
-    assert ["base", "cut"] == [e.step_id for e in undone]
-    assert "surge failed (on_failure: undo)" == undone[1].data["reason"]
+    assert ["cut", "base"] == [e.step_id for e in undone]
+    assert {"surge failed (on_failure: undo)"} == {e.data["reason"] for e in undone}
     assert lab.store.verify(incident).ok
 
 
@@ -84,7 +89,8 @@ async def test_the_sequences_step_landing_after_a_held_step_failed_with_undo_is_
     lab: Lab,
 ) -> None:
     """The held step is approved and fails (on_failure: undo) while the sequence's next step
-    waits two minutes to retry its lever: once that call lands, its measure is taken back."""
+    waits two minutes to retry its lever: the incident fails at once, and once that call lands
+    every measure is taken back, newest first."""
     before = await lab.platform()
     await lab.sandbox.fault(path_prefix="/moderation", status=503, times=1)
     incident = await lab.trigger(HELD)
@@ -101,13 +107,14 @@ async def test_the_sequences_step_landing_after_a_held_step_failed_with_undo_is_
     await assert_eventually(states("running", "applied", "awaiting_approval", "running"))
     await lab.sandbox.fault(path_prefix="/recommender", status=503, times=1)
     await lab.act(incident, CrisisWorkflow.approve, approve("cut"))
-    await assert_eventually(states("failed", "undone", "failed", "running"))
+    await assert_eventually(states("failed", "applied", "failed", "running"))
     await lab.advance(timedelta(minutes=3))
     status = await lab.settle(
         incident, {"base": "undone", "cut": "failed", "surge": "undone"}, state="failed"
     )
     assert "taken back: cut failed (on_failure: undo)" == step(status, "surge").outcome
     assert settings_of(before) == settings_of(await lab.platform())
+    assert [("surge", "undo-1"), ("base", "undo-1")] == operations(await lab.platform())[-2:]
     events = await lab.audit(incident, until="step.undone", count=2)
     assert "incident.failed" in kinds(events)
     assert lab.store.verify(incident).ok

@@ -850,7 +850,9 @@ steps:
     assert "404" in (step(status, "bad").error or "")
     assert 22 == (await lab.platform())["moderation"]["hate"]["reviewers"]
     events = await lab.audit(incident, until="incident.failed")
-    assert "both" == next(e for e in events if e.kind == "incident.failed").step_id
+    # The branch whose failure stopped the playbook (its parallel step, in histories recorded
+    # before the patch failure-stops-at-once-and-settles-calls).
+    assert "bad" == next(e for e in events if e.kind == "incident.failed").step_id
 
     closed = await lab.incidents.stand_down(incident, actor="bob", reason="fix the playbook")
     assert {"both": "failed", "surge": "undone", "bad": "failed", "after": "skipped"} == (
@@ -975,7 +977,7 @@ steps:
         ("surge", "undo-1"),
     ] == operations(state)
     events = await lab.audit(incident, until="incident.failed")
-    assert ["step.failed", "step.undone", "step.undone", "incident.failed"] == [
+    assert ["step.failed", "incident.failed", "step.undone", "step.undone"] == [
         k for k in kinds(events) if k in ("step.failed", "step.undone", "incident.failed")
     ]
 

@@ -46,7 +46,8 @@ def test_histories_are_kept() -> None:
     after its retries says when it failed and after how many attempts); v6 and v7, whose step
     waiting for its approval holds back only the later steps on its settings (and five more: the
     steps after it went on while it waited; a parallel branch that landed after its sibling
-    failed with on_failure undo, taken back as it landed, and the same recorded before it was;
+    failed with on_failure undo, recorded before anything took it back, taken back as it landed,
+    and landed before the undos;
     an escalation running an earlier step under a later one on its settings, and the same
     recorded before it did)."""
     kept = {p.stem for p in HISTORIES}
@@ -54,7 +55,14 @@ def test_histories_are_kept() -> None:
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
     assert {"v5-applied", "v5-overlap-earlier", "v5-overlap-later"} <= kept
     assert {"v5-forced-earlier", "v5-forced-later", "v5-retried-failure"} <= kept
-    assert {"v7-held", "v7-landed", "v7-landed-unpatched", "v7-under", "v7-under-unpatched"} <= kept
+    assert {
+        "v7-held",
+        "v7-landed",
+        "v7-landed-unpatched",
+        "v7-landed-settled",
+        "v7-under",
+        "v7-under-unpatched",
+    } <= kept
 
 
 async def test_an_edited_history_file_is_caught(tmp_path: Path) -> None:
