@@ -76,8 +76,8 @@ _ON_FAILURE = {
     "stop": "the playbook stops; measures already in force stay until stand-down",
     "continue": "the failure is recorded and the playbook carries on",
     "undo": (
-        "every measure in force is undone, newest first, and the playbook stops; one still "
-        "being applied is undone as soon as it lands"
+        "the playbook stops; once the lever calls under way have landed, every measure in "
+        "force is undone, newest first"
     ),
 }
 _ON_MISSED = {
