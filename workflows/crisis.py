@@ -269,20 +269,22 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
     def _in_force_after(self, step: Step) -> list[StepRecord]:
         """The measures in force from steps after this one in the playbook, of its lever on some
         of its settings (the ones in force if the steps ran in order), oldest first."""
-        position = self._top.index(self._parent_of(step))
-        if position >= self._cursor or not self._applied_order or is_notification(step.do):
+        if self._cursor < len(self._top) and self._top[self._cursor] is step:
             return []  # the sequence's own step: nothing after it has run
+        if not self._applied_order:
+            return []
+        position = self._place[self._parent_of(step).id]
+        if position >= self._cursor or is_notification(step.do):
+            return []
         mine = self._settings(step)
         found = []
         for step_id in self._applied_order:
             other = self._steps_by_id[step_id]
-            parent = self._parent_of(other)
             if (
                 isinstance(other, Step)
                 and other.do == step.do
                 and other.undo is None
-                and parent in self._top
-                and self._top.index(parent) > position
+                and self._place.get(self._parent_of(other).id, -1) > position
                 and shared_settings(mine, self._settings(other))
             ):
                 found.append(self._records[step_id])
@@ -458,8 +460,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             return
         self._failure_undos += 1  # no continue-as-new until it is done
         try:
-            if self._inflight:
-                await self._wait(lambda: self._inflight == 0)
+            if self._inflight or self._delivering:  # lever calls, and notify.send deliveries
+                await self._wait(lambda: self._inflight == 0 and self._delivering == 0)
             why = f"{step.id} failed (on_failure: undo)"
             for step_id in reversed(list(self._applied_order)):
                 taken = self._records[step_id]

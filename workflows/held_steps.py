@@ -73,7 +73,7 @@ class HeldSteps(IncidentRun):
         if not self._holding or is_notification(step.do):
             return None
         mine = self._settings(step)
-        for earlier in self._top[: self._top.index(self._parent_of(step))]:
+        for earlier in self._top[: self._place[self._parent_of(step).id]]:
             if earlier.id in self._holding and any(
                 other.do == step.do and shared_settings(mine, self._settings(other))
                 for other in self._levers_of(earlier)

@@ -131,6 +131,8 @@ class IncidentRun:
         self._pb = incident.playbook
         self._steps_by_id: dict[str, AnyStep] = {}
         self._top: list[AnyStep] = list(self._pb.steps)
+        # Each top step's place in the sequence, by id (list.index compares whole models).
+        self._place = {step.id: n for n, step in enumerate(self._top)}
         for step in [*self._pb.steps, *self._pb.on_stand_down]:
             self._steps_by_id[step.id] = step
             if isinstance(step, ParallelStep):
