@@ -121,6 +121,7 @@ def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_
         assert 4 == len(children)
     finally:
         output = stop_stack(stack)
+        print(output)  # shown when the test fails: what the stack and its children said
     assert 0 == stack.returncode, output
     assert "Temporal UI" in output and "/docs" in output
     # (A start retried for a taken port has issued the token already: no "new" to check here.)
@@ -153,6 +154,7 @@ def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_
         assert audit["verified"] and "incident.closed" == audit["events"][-1]["kind"]
     finally:
         output = stop_stack(stack)
+        print(output)  # shown when the test fails: what the stack and its children said
     assert f"API token    {token_file.resolve()}\n" in output, output
     assert token not in output
 
