@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         IncidentOutcome,
         StepRecord,
     )
-    from workflows.levers import LEVERS, is_notification, shared_settings
+    from workflows.levers import LEVERS, is_notification
     from workflows.playbook import ParallelStep, Step, WaitStep
     from workflows.substitution import substitute
 
@@ -276,16 +276,14 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         position = self._place[self._parent_of(step).id]
         if position >= self._cursor or is_notification(step.do):
             return []
-        mine = self._settings(step)
         found = []
         for step_id in self._applied_order:
             other = self._steps_by_id[step_id]
             if (
                 isinstance(other, Step)
-                and other.do == step.do
                 and other.undo is None
                 and self._place.get(self._parent_of(other).id, -1) > position
-                and shared_settings(mine, self._settings(other))
+                and self._same_settings(step, other)
             ):
                 found.append(self._records[step_id])
         return found

@@ -72,14 +72,16 @@ class HeldSteps(IncidentRun):
         settings is the one in force)."""
         if not self._holding or is_notification(step.do):
             return None
-        mine = self._settings(step)
         for earlier in self._top[: self._place[self._parent_of(step).id]]:
             if earlier.id in self._holding and any(
-                other.do == step.do and shared_settings(mine, self._settings(other))
-                for other in self._levers_of(earlier)
+                self._same_settings(step, other) for other in self._levers_of(earlier)
             ):
                 return earlier.id
         return None
+
+    def _same_settings(self, step: Step, other: Step) -> bool:
+        """Whether two lever steps change some of the same settings (the same lever)."""
+        return other.do == step.do and shared_settings(self._settings(step), self._settings(other))
 
     def _settings(self, step: Step) -> frozenset[str]:
         found = self._targets.get(step.id)

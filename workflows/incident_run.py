@@ -146,10 +146,12 @@ class IncidentRun:
                 "triggered_by": incident.triggered_by,
             },
         }
+        # The level the incident was declared at (the first, if none was given).
+        self._declared_level = incident.level or (self._pb.levels[0] if self._pb.levels else None)
         carried = incident.carried
         if carried is None:
             self._state: IncidentState = "running"
-            self._level = incident.level or (self._pb.levels[0] if self._pb.levels else None)
+            self._level = self._declared_level
             parents = {
                 branch.id: step.id
                 for step in self._pb.steps

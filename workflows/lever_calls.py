@@ -205,8 +205,7 @@ class LeverCalls(IncidentRun):
                 "triggered_by": self._incident.triggered_by,
                 "triggered_at": self._triggered_at,
                 # Escalation notices read "escalated" only above the level it was declared at.
-                "triggered_level": self._incident.level
-                or (self._pb.levels[0] if self._pb.levels else None),
+                "triggered_level": self._declared_level,
             },
             playbook=self._pb,
             inputs=self._incident.inputs,
