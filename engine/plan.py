@@ -165,9 +165,7 @@ def _plan_step(
         item.lever, item.args = step.do, substitute(step.with_, context)
         if step.approval:
             a = step.approval
-            item.approval = (
-                f"{a.quorum} of {', '.join(a.roles)} within {a.timeout} (then {a.on_timeout})"
-            )
+            item.approval = f"{a.describe()} within {a.timeout} (then {a.on_timeout})"
         if step.expires_after:
             item.lapses_after = _spelled_out(step.expires_after)
         if step.undo is not None:

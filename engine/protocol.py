@@ -134,6 +134,7 @@ class ApprovalDoc:
     timeout: str
     on_timeout: str
     rule: str  # the whole rule in one sentence
+    who: str  # e.g. "2 of commander, policy-lead" or "a commander and a policy-lead"
 
 
 @dataclass
@@ -459,15 +460,18 @@ def _lever_details(playbook: Playbook, step: Step, doc: StepDoc) -> None:
     doc.summary = step.description or doc.lever_summary
     if step.approval is not None:
         a = step.approval
-        who = " or ".join(a.roles)
         people = "1 approval" if a.quorum == 1 else f"{a.quorum} approvals from distinct people"
+        needs = f"{people} holding {' or '.join(a.roles)}"
+        if a.every_role:  # "a commander and a policy-lead": two people, one of each role
+            needs = f"approval by {a.describe()} (distinct people)"
         doc.approval = ApprovalDoc(
             roles=list(a.roles),
             quorum=a.quorum,
             timeout=a.timeout,
             on_timeout=a.on_timeout,
+            who=a.describe(),
             rule=(
-                f"Needs {people} holding {who} within {a.timeout}; one rejection skips it; "
+                f"Needs {needs} within {a.timeout}; one rejection skips it; "
                 f"if the approvals do not come in time, {_ON_TIMEOUT[a.on_timeout]}."
             ),
         )
@@ -638,10 +642,10 @@ def _roles(playbook: Playbook) -> list[RoleDoc]:
         if isinstance(step, Step) and step.approval is not None:
             a = step.approval
             needed = "1 approval" if a.quorum == 1 else f"{a.quorum} approvals"
+            source = a.describe() if a.every_role else f"{needed} from {', '.join(a.roles)}"
             for role in a.roles:
                 duties.setdefault(role, []).append(
-                    f"approves `{step.id}` (needs {needed} from {', '.join(a.roles)} "
-                    f"within {a.timeout})"
+                    f"approves `{step.id}` (needs {source} within {a.timeout})"
                 )
     return [RoleDoc(role, items) for role, items in duties.items()]
 

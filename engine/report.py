@@ -46,7 +46,7 @@ from engine.report_chart import chart_filename, human_duration, offset_label, re
 from workflows.audit import AuditEvent
 from workflows.durations import parse_duration
 from workflows.levers import is_notification
-from workflows.playbook import Playbook
+from workflows.playbook import Playbook, describe_approval
 
 __all__ = [
     "IncidentReport",
@@ -217,6 +217,7 @@ class ApprovalRound(BaseModel):
     requested_offset_seconds: float
     roles: list[str] = Field(default_factory=list)
     quorum: int = 1
+    every_role: bool = False  # a holder of each role among the approvers
     deadline: str | None = None
     votes: list[ApprovalVote] = Field(default_factory=list)
     outcome: ApprovalOutcome = "pending"
@@ -391,6 +392,7 @@ class _Builder:
                 requested_offset_seconds=self.offset(event.at),
                 roles=list(data.get("roles") or []),
                 quorum=self.quorum[step],
+                every_role=bool(data.get("every_role")),
                 deadline=data.get("deadline"),
             )
             self.rounds.append(round_)
@@ -857,11 +859,10 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
     if kind == "step.waiting":
         return f"{step} {_waiting(data)}"
     if kind == "approval.requested":
-        roles = ", ".join(data.get("roles") or []) or "?"
-        return (
-            f"{step} needs approval by {data.get('quorum', 1)} of {roles}"
-            f" (deadline {_clock(data.get('deadline'), ref)})"
+        who = describe_approval(
+            data.get("roles") or ["?"], data.get("quorum", 1), bool(data.get("every_role"))
         )
+        return f"{step} needs approval by {who} (deadline {_clock(data.get('deadline'), ref)})"
     if kind == "approval.given":
         quorum = ctx.quorum.get(step)
         count = data.get("count")
@@ -1237,7 +1238,7 @@ def _approval_row(r: ApprovalRound) -> list[Any]:
     return [
         r.step_id,
         offset_label(r.requested_offset_seconds),
-        f"{r.quorum} of {', '.join(r.roles)}",
+        describe_approval(r.roles, r.quorum, r.every_role),
         given,
         outcome,
         human_duration(r.wait_seconds),

@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.incident_run import (
     IncidentRun,
     bad_argument,
-    check_lengths,
+    check_texts,
     invalid_request,
     iso,
     parse_iso,
@@ -58,7 +58,7 @@ class CommanderActions(IncidentRun):
 
     @stand_down.validator
     def _check_stand_down(self, request: StandDownRequest) -> None:
-        check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
+        check_texts(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         if self._stand_down is not None:
             raise invalid_request(f"incident is already {self._state.replace('_', ' ')}")
 
@@ -87,7 +87,7 @@ class CommanderActions(IncidentRun):
 
     @approve.validator
     def _check_approve(self, request: ApproveRequest) -> None:
-        check_lengths(
+        check_texts(
             request.actor,
             ("role", request.role, MAX_NAME_CHARS),
             ("comment", request.comment, MAX_TEXT_CHARS),
@@ -101,6 +101,20 @@ class CommanderActions(IncidentRun):
             )
         if any(a.actor == request.actor for a in record.approvals):
             raise invalid_request(f"{request.actor} has already approved {step.id}")
+        # Approvals sent at once reach the workflow together: each one after the quorum would
+        # be recorded, though the step runs on the quorum (validators see the earlier handlers').
+        if len(record.approvals) >= step.approval.quorum:
+            raise invalid_request(f"{step.id} has its {step.approval.quorum} approvals already")
+        if step.approval.every_role:
+            held = {a.role for a in record.approvals}
+            missing = [role for role in dict.fromkeys(step.approval.roles) if role not in held]
+            left = step.approval.quorum - len(record.approvals)
+            if request.role not in missing and left <= len(missing):
+                raise invalid_request(
+                    f"{step.id} still needs approval by "
+                    + " and ".join(f"a {role}" for role in missing)
+                    + f": another {request.role} does not count"
+                )
 
     @workflow.update
     def reject(self, request: RejectRequest) -> StepRecord:
@@ -117,7 +131,7 @@ class CommanderActions(IncidentRun):
 
     @reject.validator
     def _check_reject(self, request: RejectRequest) -> None:
-        check_lengths(
+        check_texts(
             request.actor,
             ("role", request.role, MAX_NAME_CHARS),
             ("reason", request.reason, MAX_TEXT_CHARS),
@@ -159,7 +173,7 @@ class CommanderActions(IncidentRun):
         self._check_level_change(request, up=False)
 
     def _check_level_change(self, request: LevelRequest, *, up: bool) -> None:
-        check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
+        check_texts(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         self._check_open()
         levels, rank = self._pb.levels, self._pb.level_rank(self._level)
         if not levels:
@@ -220,7 +234,7 @@ class CommanderActions(IncidentRun):
 
     @renew.validator
     def _check_renew(self, request: RenewRequest) -> None:
-        check_lengths(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
+        check_texts(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         self._check_open()
         record = self._records.get(request.step_id)
         if record is None or record.kind != "lever":
@@ -272,7 +286,7 @@ class CommanderActions(IncidentRun):
 
     @confirm_review.validator
     def _check_confirm_review(self, request: ReviewRequest) -> None:
-        check_lengths(request.actor, ("note", request.note, MAX_TEXT_CHARS))
+        check_texts(request.actor, ("note", request.note, MAX_TEXT_CHARS))
         self._check_open()
         if self._pb.reviews is None:
             raise bad_argument(f"playbook {self._pb.playbook} has no reviews")
@@ -285,6 +299,6 @@ class CommanderActions(IncidentRun):
 
     @add_note.validator
     def _check_add_note(self, request: NoteRequest) -> None:
-        check_lengths(request.actor, ("text", request.text, MAX_NOTE_CHARS))
+        check_texts(request.actor, ("text", request.text, MAX_NOTE_CHARS))
         if self._state == "closed":
             raise invalid_request("incident is closed")

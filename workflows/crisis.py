@@ -355,6 +355,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 "roles": approval.roles,
                 "quorum": approval.quorum,
                 "deadline": record.approval_deadline,
+                **({"every_role": True} if approval.every_role else {}),  # hashes as before
             },
         )
 

@@ -115,12 +115,15 @@ def bad_argument(message: str) -> ApplicationError:
     return ApplicationError(message, type=REFUSED_AS_ASKED, non_retryable=True)
 
 
-def check_lengths(actor: str, *texts: tuple[str, str | None, int]) -> None:
-    """Refuse text too long to keep in the history, the audit trail and every status answer
-    (the API refuses it first; this is for callers that reach the workflow directly)."""
+def check_texts(actor: str, *texts: tuple[str, str | None, int]) -> None:
+    """Refuse text too long to keep in the history, the audit trail and every status answer, and
+    text that is only blanks (a reason of spaces says nothing to an auditor); the API refuses
+    both first; this is for callers that reach the workflow directly."""
     for what, text, limit in (("actor", actor, MAX_NAME_CHARS), *texts):
         if text is not None and len(text) > limit:
             raise bad_argument(f"{what} is too long: {len(text)} characters (at most {limit})")
+        if text and not text.strip():
+            raise bad_argument(f"{what} is blank")
 
 
 class IncidentRun:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,9 +20,11 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
 )
 
 from workflows.durations import parse_duration
@@ -83,14 +86,38 @@ OnMissedReview = Literal["escalate", "stand_down", "record"]
 
 
 class Approval(_Strict):
-    """People who must approve a step before it runs: `quorum` distinct holders of `roles`."""
+    """People who must approve a step before it runs: `quorum` distinct holders of `roles`;
+    with `every_role`, a holder of each of the roles among them (two people, two roles)."""
 
     roles: list[str] = Field(min_length=1)
     quorum: int = Field(1, ge=1, le=10)
+    every_role: bool = False
     timeout: str = "15m"
     on_timeout: OnTimeout = "escalate"
 
     _check = field_validator("timeout")(_duration)
+
+    @model_serializer(mode="wrap")
+    def _without_default_rule(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out unless set: playbooks written before the field existed keep their content
+        # hash, and incidents started with them their workflow input.
+        data: dict[str, Any] = handler(self)
+        if not self.every_role:
+            data.pop("every_role", None)
+        return data
+
+    def describe(self) -> str:
+        return describe_approval(self.roles, self.quorum, self.every_role)
+
+
+def describe_approval(roles: list[str], quorum: int, every_role: bool = False) -> str:
+    """Who must approve, in words: "2 of commander, policy-lead", "a commander and a policy-lead"
+    (for the playbook's readers, and for the trail's, from its approval.requested event)."""
+    if not every_role:
+        return f"{quorum} of {', '.join(roles)}"
+    each = " and ".join(f"a {role}" for role in dict.fromkeys(roles))
+    extra = quorum - len(set(roles))
+    return each + (f", {extra} more of them" if extra else "")
 
 
 class Reviews(_Strict):
@@ -287,6 +314,14 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
                 for index, role in enumerate(step.approval.roles)
                 if not ROLE_PATTERN.fullmatch(role)
             ]
+            roles = len(set(step.approval.roles))
+            if step.approval.every_role and step.approval.quorum < roles:
+                problems.append(
+                    Problem(
+                        (*at, "approval", "quorum"),
+                        f"every_role needs a quorum of at least {roles}, one person per role",
+                    )
+                )
         if isinstance(step, Step):
             problems += _check_call(playbook, step.do, step.with_, at)
             if step.undo is not None:
@@ -584,6 +619,8 @@ def resolve_inputs(playbook: Playbook, given: dict[str, Any]) -> dict[str, Any]:
                     f"input {name!r} is too long: {size} characters as JSON "
                     f"(at most {MAX_INPUT_CHARS})"
                 )
+            if spec.type != "list" and isinstance(given[name], str) and not given[name].strip():
+                raise InputError(f"input {name!r} is blank")
             resolved[name] = coerce_input(name, spec, given[name])
             if resolved[name] == [] and spec.default is None:
                 # An empty list would widen a measure it narrows ("empty = every post").
@@ -613,6 +650,9 @@ def coerce_input(name: str, spec: InputSpec, value: Any) -> Any:
 def _split_list(name: str, value: Any) -> list[Any]:
     """A list from a JSON list, `a,b` or `[a, b]` (a CLI string); a lone value is a list of one."""
     if isinstance(value, list):
+        for number, item in enumerate(value, start=1):
+            if isinstance(item, str) and not item.strip():  # no measure names a blank category
+                raise InputError(f"input {name!r}: item {number} is blank")
         return value
     if isinstance(value, str):
         text = value.strip()
@@ -660,6 +700,8 @@ def _coerce_scalar(name: str, kind: str, value: Any) -> Any:
         number = float(value)
     except (TypeError, ValueError):
         raise bad() from None
+    if not math.isfinite(number):  # "nan", "inf", a JSON 1e999: no threshold or multiplier
+        raise bad()
     if kind == "integer":
         if not number.is_integer():
             raise bad()

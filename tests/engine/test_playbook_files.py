@@ -552,6 +552,14 @@ def test_resolve_inputs_coerces_strings_to_the_declared_type(
         ("region", 44, "input 'region': expected string, got 44"),
         ("region", True, "input 'region': expected string, got true"),
         ("tags", [1, "b"], "input 'tags': expected string, got 1"),
+        # Blank text names nothing: the API's JSON can carry it where a CLI list drops it.
+        ("region", "  ", "input 'region' is blank"),
+        ("tags", ["a", " "], "input 'tags': item 2 is blank"),
+        # Not finite: no threshold or multiplier is.
+        ("ratio", "nan", "input 'ratio': expected number, got 'nan'"),
+        ("ratio", "-inf", "input 'ratio': expected number, got '-inf'"),
+        ("ratio", float("inf"), "input 'ratio': expected number, got Infinity"),
+        ("counts", "[1, NaN]", "input 'counts': expected integer, got NaN"),
     ],
 )
 def test_resolve_inputs_rejects_a_value_of_the_wrong_type(
