@@ -46,6 +46,11 @@ ERROR_CODES: dict[type[Exception], tuple[int, str]] = {
 }
 
 
+# What routing answers by itself, before any route runs.
+HTTP_CODES: dict[int, str] = {404: "not_found", 405: "method_not_allowed"}
+NOT_JSON = "body: not valid JSON"
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -89,17 +94,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return JSONResponse(
-            error_body("invalid_request", f"{where}: {first['msg']}"), status_code=422
-        )
+        if first["type"] == "json_invalid":  # FastAPI's JSONDecodeError, at a character offset
+            message = f"{NOT_JSON} ({first['ctx']['error']} at character {first['loc'][-1]})"
+        else:
+            where = ".".join(str(p) for p in first["loc"])
+            message = f"{where}: {first['msg']}"
+        return JSONResponse(error_body("invalid_request", message), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            error_body(f"http_{error.status_code}", str(error.detail)),
-            status_code=error.status_code,
-        )
+        if error.status_code == 400:
+            # FastAPI's one 400 here: json.loads failed other than by JSONDecodeError (nesting
+            # too deep for it, bytes that are no text), so the body is as invalid as bad JSON.
+            return JSONResponse(error_body("invalid_request", NOT_JSON), status_code=422)
+        code = HTTP_CODES.get(error.status_code, f"http_{error.status_code}")
+        return JSONResponse(error_body(code, str(error.detail)), status_code=error.status_code)
 
 
 def _route_template(request: Request) -> str:

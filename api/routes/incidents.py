@@ -6,11 +6,11 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator
 
 from api.approvers import approver_role
 from api.auth import Commander, Principal, Reader
-from api.bodies import RequestBody
+from api.bodies import RequestBody, WrittenText
 from api.deps import IncidentsDep, SettingsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
 from engine.incidents import ACTIONS, INCIDENT_ID_PATTERN, Incidents, verify_audit
@@ -54,8 +54,9 @@ class TriggeredOut(BaseModel):
 
 
 class StandDownBody(RequestBody):
-    reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    force: bool = Field(
+    reason: WrittenText = Field(max_length=MAX_TEXT_CHARS)
+    # Strict: lifting another incident's measures takes a JSON `true`, never "yes" or 1.
+    force: StrictBool = Field(
         False,
         description="Stand down even though a later open incident holds measures on the same "
         "settings (they would be lifted too); otherwise that is a 409 naming it",
@@ -151,11 +152,11 @@ class RejectBody(ActionBody):
         min_length=1, max_length=MAX_NAME_CHARS, description="The step awaiting approval"
     )
     role: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS, description=_ROLE_HELP)
-    reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    reason: WrittenText = Field(max_length=MAX_TEXT_CHARS)
 
 
 class LevelBody(ActionBody):
-    reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    reason: WrittenText = Field(max_length=MAX_TEXT_CHARS)
     to_level: str | None = Field(
         None, max_length=MAX_NAME_CHARS, description="Target level (default: the next one)"
     )
@@ -170,7 +171,7 @@ class RenewBody(ActionBody):
         max_length=MAX_NAME_CHARS,
         description="How long from now it holds, past its current expiry, e.g. 24h",
     )
-    reason: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    reason: WrittenText = Field(max_length=MAX_TEXT_CHARS)
 
     @field_validator("duration")
     @classmethod
@@ -184,7 +185,7 @@ class ReviewBody(ActionBody):
 
 
 class NoteBody(ActionBody):
-    text: str = Field(min_length=1, max_length=MAX_NOTE_CHARS)
+    text: WrittenText = Field(max_length=MAX_NOTE_CHARS)
 
 
 ACTION_ERRORS: dict[int | str, dict[str, Any]] = {

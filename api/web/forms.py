@@ -73,11 +73,15 @@ def input_fields(playbook: Playbook, posted: dict[str, str] | None = None) -> li
 
 def inputs_from_form(playbook: Playbook, form: dict[str, str]) -> dict[str, Any]:
     """The given inputs as `resolve_inputs` takes them (strings it coerces; a list as
-    comma-separated text). An empty field is not given, so its default applies."""
+    comma-separated text). An empty field is not given, so its default applies. A field the
+    playbook has no input for is passed on, so it is refused as the JSON API refuses it."""
     given: dict[str, Any] = {}
-    for name in playbook.inputs:
-        text = form.get(f"{INPUT_PREFIX}{name}", "").strip()
-        if text:
+    for key, value in form.items():
+        name = key.removeprefix(INPUT_PREFIX)
+        if name == key:
+            continue  # not an input: the CSRF token, the level
+        text = value.strip()
+        if text or name not in playbook.inputs:
             given[name] = text
     return given
 

@@ -69,7 +69,7 @@ MAX_OFFSET = 1_000_000
 
 
 def refuse_cross_site(request: Request) -> None:
-    """For the forms posted before there is a session (sign-in) or to end one."""
+    """For the form posted before there is a session (sign-in); the others have `signed_in`."""
     if not same_site(request):
         raise Forbidden(
             "cross-site request refused: sign in from this site's own page",
@@ -150,8 +150,10 @@ async def sign_in(request: Request) -> Response:
 
 
 @router.post("/console/sign-out")
-async def sign_out(request: Request) -> Response:
-    refuse_cross_site(request)
+async def sign_out(request: Request, principal: SignedIn) -> Response:
+    # A forged sign-out would be only a nuisance, but it is refused as every other form is.
+    form = await read_form(request)
+    check_csrf(request, form, principal)
     response = redirect("/console/sign-in")
     clear_session(response, request)
     set_flash(response, request, "ok", "signed out")

@@ -261,8 +261,23 @@ async def test_a_duplicate_incident_id_is_a_conflict(
 
 
 async def test_unknown_route_is_a_json_error(api: httpx.AsyncClient) -> None:
-    """A path the API does not serve is a 404 in the same error shape."""
-    assert_error(await api.get("/v1/nothing-here"), 404, "http_404")
+    """A path the API does not serve is a 404, and a method a path does not take a 405, in the
+    same error shape with a stable code."""
+    assert_error(await api.get("/v1/nothing-here"), 404, "not_found")
+    assert_error(await api.delete("/v1/incidents"), 405, "method_not_allowed")
+
+
+async def test_a_body_that_is_not_json_is_an_invalid_request(api: httpx.AsyncClient) -> None:
+    """A body JSON cannot read (a syntax error, bytes that are no text, nesting deeper than the
+    parser goes) is 422 `invalid_request` saying so, as any other bad body is."""
+    path = "/v1/incidents/INC-NO-SUCH-INCIDENT/stand-down"
+    json_header = {"Content-Type": "application/json"}
+    for body in (b"[" * 100_000, b'"\xff\xfe"'):
+        response = await api.post(path, content=body, headers=json_header)
+        assert "body: not valid JSON" == assert_error(response, 422, "invalid_request")
+    syntax = await api.post(path, content=b"{reason: x}", headers=json_header)
+    message = assert_error(syntax, 422, "invalid_request")
+    assert message.startswith("body: not valid JSON (Expecting property name"), message
 
 
 async def test_openapi_lists_the_v1_paths(api: httpx.AsyncClient) -> None:

@@ -330,6 +330,41 @@ async def test_over_long_text_and_inputs_are_refused_up_front(
     await trigger(api, "with-input", inputs={"region": "r" * (MAX_INPUT_CHARS - 2)})
 
 
+async def test_blank_reasons_and_notes_are_refused_as_empty_ones(api: httpx.AsyncClient) -> None:
+    """A reason or note of whitespace only is a 422 saying it is blank (as an empty one says it
+    is too short): nothing reaches the incident, which carries on."""
+    i = await trigger(api, "commander-actions")
+    bodies = {
+        "notes": {"text": "   "},
+        "reject": {"step_id": "throttle", "role": "commander", "reason": " \t "},
+        "escalate": {"reason": "\n"},
+        "de-escalate": {"reason": "   "},
+        "renew": {"step_id": "surge", "duration": "1h", "reason": "   "},
+        "stand-down": {"reason": "\u2003 "},  # an em space is whitespace too
+    }
+    for path, body in bodies.items():
+        message = assert_error(await act(api, i, path, **body), 422, "invalid_request")
+        (field,) = body.keys() - {"step_id", "role", "duration"}
+        assert f"body.{field}: String must not be blank" == message, path
+    status = answer(await api.get(f"/v1/incidents/{i}"))
+    assert ("running", "elevated", []) == (status["state"], status["level"], status["notes"])
+    answer(await act(api, i, "notes", text=" spaced, not blank "))
+    answer(await act(api, i, "stand-down", reason="test over"))
+
+
+async def test_force_is_a_json_true_not_text_that_reads_as_one(api: httpx.AsyncClient) -> None:
+    """Forcing a stand-down takes `"force": true`: "yes", "true", 1 and "on" are a 422 naming
+    the field, not read as true, and the incident keeps running."""
+    i = await trigger(api, "plain")
+    for force in ("yes", "true", 1, "on"):
+        refused = await act(api, i, "stand-down", reason="over", force=force)
+        message = assert_error(refused, 422, "invalid_request")
+        assert "body.force: Input should be a valid boolean" == message, force
+    assert "running" == answer(await api.get(f"/v1/incidents/{i}"))["state"]
+    done = answer(await act(api, i, "stand-down", reason="over", force=True))
+    assert {"actor": "alice", "reason": "over", "force": True} == done["stand_down"]
+
+
 async def test_openapi_describes_each_action(api: httpx.AsyncClient) -> None:
     """Each action route is a POST with a summary, its own request body schema (naming no actor:
     that is the principal) and the 401/403/404/409 error shape; trigger takes an optional

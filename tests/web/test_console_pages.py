@@ -116,6 +116,25 @@ async def test_sign_in_with_a_good_or_bad_token_and_sign_out(console: Console) -
         assert after.headers["location"].startswith("/console/sign-in")
 
 
+async def test_sign_out_needs_the_forms_csrf_token(console: Console) -> None:
+    """Signing out is a form like the others: without the session's CSRF token it is 403 and the
+    session stays; the header's Sign out button sends the token."""
+    async with console.session("alice") as alice:
+        board = (await alice.get("/console")).html
+        button = re.search(r'<form method="post" action="/console/sign-out".*?</form>', board, re.S)
+        assert button is not None
+        assert f'name="csrf" value="{alice.csrf}"' in button.group(0)
+        for forged in ({"csrf": ""}, {"csrf": "0" * 64}):
+            refused = await alice.post("/console/sign-out", forged, csrf=False)
+            assert 403 == refused.status_code
+            assert "the form is out of date" in one_line_error(refused.text)
+            assert "crisis_token" not in refused.headers.get("set-cookie", "")
+        assert 200 == (await alice.get("/console")).response.status_code  # still signed in
+        out = await alice.post("/console/sign-out", {})
+        assert (303, "/console/sign-in") == (out.status_code, out.headers["location"])
+        assert 303 == (await alice.get("/console")).response.status_code
+
+
 async def test_pages_send_the_signed_out_to_sign_in(console: Console) -> None:
     """Every page but sign-in and the static files redirects to sign-in, remembering where to go;
     an unknown cookie is dropped and the sign-in page says why."""
@@ -342,6 +361,35 @@ async def test_trigger_form_from_the_playbook_inputs(console: Console) -> None:
         assert "unknown level 'apocalyptic'" in one_line_error(unknown_level.text)
         missing = await alice.get("/console/trigger/no-such-playbook")
         assert 404 == missing.response.status_code
+
+
+async def test_trigger_form_refuses_an_unknown_input_and_defaults_a_cleared_one(
+    console: Console,
+) -> None:
+    """A field the playbook has no input for is refused as the JSON API refuses it (422, the form
+    again with what was typed), not dropped; a cleared field takes the input's default."""
+    async with console.session("alice") as alice:
+        await alice.get("/console/trigger/console-drill")
+        unknown = await alice.post(
+            "/console/trigger/console-drill",
+            {"level": "elevated", "input.region": "DE", "input.zzz": "1"},
+        )
+        assert 422 == unknown.status_code, unknown.text
+        expected = (
+            "unknown input 'zzz' for playbook console-drill (inputs: categories, reach, region)"
+        )
+        assert expected == one_line_error(unknown.text)
+        assert 'name="input.region" type="text" value="DE"' in unknown.text
+        async with console.api() as api:
+            body = {"playbook": "console-drill", "inputs": {"zzz": "1"}}
+            refused = await api.post("/v1/incidents", json=body)
+            assert (422, expected) == (refused.status_code, refused.json()["error"]["message"])
+
+        incident_id = await trigger(alice, region="")
+        async with console.api() as api:
+            status = (await api.get(f"/v1/incidents/{incident_id}")).json()
+        assert "GB" == status["inputs"]["region"]
+        await _stand_down(alice, incident_id)
 
 
 async def test_commander_actions_redirect_back_with_what_happened(console: Console) -> None:
