@@ -118,7 +118,6 @@ class PlatformLevers:
             operation=request.operation,
             attempt=info.attempt,
         )
-        started = time.monotonic()
         route = ROUTES[request.lever]
         url = self._settings.connector_url(route.connector) + route.path.format(**request.args)
         if request.restore is not None:
@@ -154,7 +153,9 @@ class PlatformLevers:
             )
         answer = response.json()
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None
-        elapsed = time.monotonic() - started
+        # Since the workflow first scheduled the call, earlier attempts and their backoff
+        # included: the incident stamps the outcome when the platform confirmed it.
+        elapsed = max((datetime.now(UTC) - info.scheduled_time).total_seconds(), 0.0)
         bound.info("lever.restored" if request.restore is not None else "lever.applied")
         written = await self._write_carried(request, elapsed, previous, bound)
         return LeverOutcome(previous=previous, elapsed_s=elapsed, audit=written)

@@ -103,7 +103,12 @@ def _in_force(entry: BoardEntry) -> str:
         return ""
     soonest = f", next lapse {_when(entry.next_expiry)}" if entry.next_expiry else ""
     lifted = sum(1 for m in entry.measures if m.lifted_by)
-    return f"{len(entry.measures)}{soonest}" + (f", {lifted} LIFTED" if lifted else "")
+    stuck = sum(1 for m in entry.measures if m.not_restored)
+    return (
+        f"{len(entry.measures)}{soonest}"
+        + (f", {lifted} LIFTED" if lifted else "")
+        + (f", {stuck} NOT RESTORED" if stuck else "")
+    )
 
 
 def _attention(entry: BoardEntry) -> str:

@@ -16,6 +16,7 @@ from rich.text import Text
 from cli.output import fail, misuse, user_errors
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+from workflows.limits import PRINCIPAL_PATTERN, PRINCIPAL_RULE
 
 if TYPE_CHECKING:
     from cli.remote import RemoteApi, RemoteIncidents
@@ -36,8 +37,19 @@ def literal_row(*cells: str | None) -> list[Text]:
     return [Text(cell or "") for cell in cells]
 
 
-def actor_name(actor: str | None) -> str:
-    return actor or os.environ.get("CRISIS_ACTOR") or getpass.getuser()
+def actor_name(actor: str | None, ctx: typer.Context | None = None) -> str:
+    """Who acts: --actor, else CRISIS_ACTOR (empty: unset), else the login name; named as token
+    principals are, so that "alice" and "alice " never count as two approvers."""
+    if actor is not None:
+        name, source = actor, "--actor"
+    elif os.environ.get("CRISIS_ACTOR"):
+        name, source = os.environ["CRISIS_ACTOR"], "CRISIS_ACTOR"
+    else:
+        name, source = getpass.getuser(), "the login name (set CRISIS_ACTOR)"
+    if not PRINCIPAL_PATTERN.fullmatch(name):
+        message = f"{source}: {name!r} cannot name who acts: {PRINCIPAL_RULE}"
+        misuse(ctx, message) if ctx is not None else fail(message, status=2)
+    return name
 
 
 def settings_or_fail() -> Settings:
@@ -90,13 +102,14 @@ def existing_store_url(settings: Settings, *, through_api: bool = True) -> str:
     return url
 
 
-def parse_inputs(pairs: list[str]) -> dict[str, Any]:
+def parse_inputs(ctx: typer.Context, pairs: list[str]) -> dict[str, Any]:
+    """`--input key=value` pairs; a malformed or repeated one is a usage error."""
     inputs: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            fail(f"--input {pair!r}: expected key=value")
+            misuse(ctx, f"--input {pair!r}: expected key=value")
         if key.strip() in inputs:
-            fail(f"--input {key.strip()!r} is given twice")
+            misuse(ctx, f"--input {key.strip()!r} is given twice")
         inputs[key.strip()] = value
     return inputs

@@ -101,7 +101,7 @@ def trigger(
 ) -> None:
     """Declare an incident: start the playbook's workflow."""
     settings = settings_or_fail()
-    given = parse_inputs(inputs)
+    given = parse_inputs(ctx, inputs)
     remote = _remote_incidents(ctx, actor)
     if remote is not None:  # the server's library and checks, the token's principal
         answer = run_async(
@@ -117,12 +117,16 @@ def trigger(
         # With the library, as validate, plan and the worker's own trigger read it.
         loaded = load_playbook(playbook_path, settings.playbooks_dir)
         prepare_incident(
-            loaded, given, actor=actor_name(actor), incident_id=incident_id, level=level
+            loaded, given, actor=actor_name(actor, ctx), incident_id=incident_id, level=level
         )
 
     async def go() -> Any:
         return await (await _direct_incidents(settings)).trigger(
-            str(playbook_path), given, actor=actor_name(actor), incident_id=incident_id, level=level
+            str(playbook_path),
+            given,
+            actor=actor_name(actor, ctx),
+            incident_id=incident_id,
+            level=level,
         )
 
     triggered = run_async(go)
@@ -217,8 +221,8 @@ def stand_down(
         bool,
         typer.Option(
             "--force",
-            help="Even if a later open incident holds measures on the same settings (they are "
-            "lifted too).",
+            help="Even if a later open incident holds measures on the same settings: each "
+            "measure taken back hands those settings to it, and it puts its own back at once.",
         ),
     ] = False,
     as_json: JsonFlag = False,
@@ -246,11 +250,15 @@ def stand_down(
             finally:
                 store.dispose()
         return await incidents.stand_down(
-            incident_id, actor=actor_name(actor), reason=reason, force=force
+            incident_id, actor=actor_name(actor, ctx), reason=reason, force=force
         )
 
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else _print_status(result)
+    from engine.incidents import not_restored
+
+    if (left := not_restored(result)) is not None:  # closed, but not all put back
+        fail(f"incident {incident_id} is {result.state.replace('_', ' ')}, but {left}")
     hard_exit(0)
 
 
@@ -298,7 +306,8 @@ def _act(
     settings = settings_or_fail()
     update, request_model = ACTIONS[action]
     remote = _remote_incidents(ctx, actor)
-    fields["actor"] = actor_name(actor)  # checked here; a remote API uses its principal instead
+    # Checked here; a remote API uses its principal instead.
+    fields["actor"] = actor_name(actor, ctx)
     for name, value in fields.items():
         required = request_model.model_fields[name].is_required()
         if required and isinstance(value, str) and not value.strip():

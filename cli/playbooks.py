@@ -226,6 +226,7 @@ def _load(file: Path) -> Playbook:
 
 @app.command("plan")
 def plan(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="Playbook file (or a name from the library).")],
     inputs: Annotated[list[str], typer.Option("--input", "-i", help="key=value (repeatable)")] = [],  # noqa: B006
     level: Annotated[str | None, typer.Option(help="The level to plan for.")] = None,
@@ -237,7 +238,7 @@ def plan(
     playbook = _load(file)
     with user_errors():  # the inputs and level exactly as `crisis trigger` checks them
         prepared = prepare_incident(
-            playbook, parse_inputs(inputs), actor=actor_name(None), level=level
+            playbook, parse_inputs(ctx, inputs), actor=actor_name(None, ctx), level=level
         )
     made = make_plan(playbook, prepared.inputs, level)
     if as_json:

@@ -36,6 +36,11 @@ class MeasureInForce(BaseModel):
         description="Another incident's restore lifted it on the settings they share, and "
         "putting it back was left to commanders",
     )
+    not_restored: str | None = Field(
+        None,
+        description="Its undo failed for good (why): it may still be in force on the platform, "
+        "even after the incident closed; restore it there by hand",
+    )
 
 
 class FailedDelivery(BaseModel):
@@ -96,6 +101,7 @@ def board_page(
         until=until,
         limit=limit + 1,  # one more tells whether there is a next page
         offset=offset,
+        or_not_restored=state == "open",  # closed, yet something may still be in force
     )
     moment = now or datetime.now(UTC)
     items = [board_entry(row, moment) for row in rows[:limit]]

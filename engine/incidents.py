@@ -307,6 +307,20 @@ def _timed_out(error: RPCError) -> bool:
     return error.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
 
+def not_restored(status: IncidentStatus) -> str | None:
+    """What a commander must hear after a stand-down whose undo failed for good (None: nothing
+    was left): the measures that may still be in force, for them to restore by hand."""
+    left = [s for s in status.steps if s.state == "undo_failed"]
+    if not left:
+        return None
+    named = "; ".join(f"{s.id} ({s.lever}: {s.error or 'no reason given'})" for s in left)
+    measures = "1 measure was" if len(left) == 1 else f"{len(left)} measures were"
+    return (
+        f"{measures} NOT RESTORED (the undo failed for good, so it may still be in force on the "
+        f"platform): {named}; restore the setting there by hand"
+    )
+
+
 def verify_audit(store: AuditStore, incident_id: str) -> Verification:
     result = store.verify(incident_id)
     if result.events == 0:

@@ -100,13 +100,18 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
     try:
         library = library_for(path, library_dir or path.parent)
     except LibraryError as error:
-        return playbook, [*problems, *error.problems], document
+        return playbook, _in_order(path, [*problems, *error.problems]), document
     problems += [
         _locate(path, document, Problem(where, message))
         for where, message in library.problems(playbook)
     ]
     problems += library.render_problems(playbook)
-    return playbook, problems, document
+    return playbook, _in_order(path, problems), document
+
+
+def _in_order(path: Path, problems: list[FileProblem]) -> list[FileProblem]:
+    """As an editor walks the file (each kind of check found its own), then the library's."""
+    return sorted(problems, key=lambda p: (p.file != path, str(p.file), p.line, p.column))
 
 
 def _without_unknown_keys(data: Any, error: ValidationError) -> Playbook | None:
@@ -146,6 +151,8 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
     if candidate.suffix in SUFFIXES or "/" in name_or_path:
         if candidate.is_file():
             return candidate
+        if candidate.is_dir():
+            raise PlaybookNotFound(f"{name_or_path} is a directory: name one playbook file in it")
         raise PlaybookNotFound(f"playbook file not found: {name_or_path}")
     # A name is a file beside the others: look at it directly rather than list the directory
     # (a trigger's path), in the order `playbook_files` sorts them.
@@ -159,6 +166,8 @@ def find_playbook(name_or_path: str, playbooks_dir: Path) -> Path:
 
 
 def _known(playbooks_dir: Path) -> str:
+    if not playbooks_dir.is_dir():
+        return "none: the directory does not exist"
     return ", ".join(p.stem for p in playbook_files(playbooks_dir)) or "none"
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -556,16 +557,22 @@ class AuditStore:
         triggered_by: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        or_not_restored: bool = False,
     ) -> list[IncidentRow]:
         """Incidents, newest first, filtered by playbook, state(s), level, who triggered them and
-        trigger time."""
+        trigger time. `or_not_restored`: also those, in any state, with a measure whose undo
+        failed for good (store.board: it may still be in force)."""
         query = select(IncidentRow)
         if playbook:
             query = query.where(IncidentRow.playbook == playbook)
         if isinstance(state, str):
-            query = query.where(IncidentRow.state == state)
-        elif state:
-            query = query.where(IncidentRow.state.in_(state))  # type: ignore[attr-defined]
+            state = [state]
+        if state:
+            wanted = IncidentRow.state.in_(state)  # type: ignore[attr-defined]
+            if or_not_restored:
+                left = IncidentRow.summary["not_restored"].as_integer() > 0  # type: ignore[index]
+                wanted = or_(wanted, left)
+            query = query.where(wanted)
         if triggered_by:
             query = query.where(IncidentRow.triggered_by == triggered_by)
         if level:

@@ -55,6 +55,12 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
             measures[step]["expires_at"] = data.get("until")
         case "step.expired" | "step.undone" | "step.withdrawn":
             measures.pop(step, None)
+        case "step.undo_failed" if step in measures:
+            # Its undo failed for good: it may still be in force on the platform, closed or not.
+            measures[step]["not_restored"] = data.get("error") or "undo failed"
+            facts["not_restored"] = _not_restored(measures)
+        case "step.dormant":
+            pending.pop(step, None)  # a de-escalation withdrew the request
         case "review.confirmed":
             facts["review_due"] = data.get("next_due")
         case "review.missed":
@@ -74,7 +80,18 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
         case "stand_down.requested":
             pending.clear()
             facts["review_due"] = None
+        case "incident.failed":
+            pending.clear()  # an approval still awaited is withdrawn: nothing new starts
         case "incident.closed":
             pending.clear()
-            measures.clear()
+            for left in [s for s, m in measures.items() if not m.get("not_restored")]:
+                del measures[left]
             facts["review_due"] = None
+    settled = ("step.applied", "step.undone", "step.expired", "step.withdrawn")
+    if event.kind in settled and facts.get("not_restored"):  # applied again, or taken back
+        facts["not_restored"] = _not_restored(measures)
+
+
+def _not_restored(measures: dict[str, Any]) -> int:
+    """How many measures' undo failed for good: the board shows such an incident as open."""
+    return sum(1 for m in measures.values() if m.get("not_restored"))

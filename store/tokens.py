@@ -25,12 +25,12 @@ from core.timestamps import as_utc
 from store.audit_store import make_engine
 from store.errors import RevokedToken, TokenError, UnknownToken
 from store.migrate import upgrade
+from workflows.limits import PRINCIPAL_PATTERN, PRINCIPAL_RULE
 from workflows.playbook import ROLE_PATTERN  # the roles playbooks may ask approvals of
 
 log = structlog.get_logger(__name__)
 
 TOKEN_PREFIX = "crt_"
-PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,199}$")
 _TOKEN_PATTERN = re.compile(r"^crt_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 # Recording every use would make each API read a database write; a minute's precision will do.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -151,9 +151,7 @@ def check_roles(roles: list[str]) -> list[str]:
 
 def check_principal(name: str) -> str:
     if not PRINCIPAL_PATTERN.fullmatch(name):
-        raise TokenError(
-            f"invalid principal name {name!r}: letters, digits and '_.@-', up to 200 characters"
-        )
+        raise TokenError(f"invalid principal name {name!r}: {PRINCIPAL_RULE}")
     return name
 
 

@@ -60,7 +60,9 @@ class CommanderActions(IncidentRun):
     def _check_stand_down(self, request: StandDownRequest) -> None:
         check_texts(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         if self._stand_down is not None:
-            raise invalid_request(f"incident is already {self._state.replace('_', ' ')}")
+            # Asked for but not yet under way (two stand-downs at once): it is standing down.
+            now = "standing down" if self._state == "running" else self._state.replace("_", " ")
+            raise invalid_request(f"incident is already {now}")
 
     @workflow.update
     def approve(self, request: ApproveRequest) -> StepRecord:

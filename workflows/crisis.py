@@ -347,6 +347,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         approval = step.approval
         assert approval is not None
         record.state, record.approvals = "awaiting_approval", []
+        record.outcome = None  # asked again after a withdrawal: that is no longer its story
         record.approval_deadline = iso(self._clock() + parse_duration(approval.timeout))
         self._record(
             "approval.requested",

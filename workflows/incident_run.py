@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
         StandDownRequest,
         StepRecord,
     )
-    from workflows.limits import MAX_NAME_CHARS
+    from workflows.limits import MAX_NAME_CHARS, PRINCIPAL_PATTERN, PRINCIPAL_RULE
     from workflows.playbook import ParallelStep, Step, WaitStep
 
 
@@ -119,6 +119,8 @@ def check_texts(actor: str, *texts: tuple[str, str | None, int]) -> None:
     """Refuse text too long to keep in the history, the audit trail and every status answer, and
     text that is only blanks (a reason of spaces says nothing to an auditor); the API refuses
     both first; this is for callers that reach the workflow directly."""
+    if len(actor) <= MAX_NAME_CHARS and not PRINCIPAL_PATTERN.fullmatch(actor):
+        raise bad_argument(f"invalid actor {actor!r}: {PRINCIPAL_RULE}")
     for what, text, limit in (("actor", actor, MAX_NAME_CHARS), *texts):
         if text is not None and len(text) > limit:
             raise bad_argument(f"{what} is too long: {len(text)} characters (at most {limit})")

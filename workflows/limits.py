@@ -9,7 +9,14 @@ mode).
 
 from __future__ import annotations
 
+import re
+
 MAX_NOTE_CHARS = 10_000  # an incident note
 MAX_TEXT_CHARS = 2_000  # a reason (stand-down, reject, escalate, renew), a comment, a review note
 MAX_NAME_CHARS = 200  # a name: who acts, a role, a step id, a level, a duration
 MAX_INPUT_CHARS = 4_000  # one trigger input, as JSON (a list input with all its items)
+
+# Who acts: a token's principal, or the CLI's --actor. One pattern for both, so that "alice" and
+# "alice " can never count as two distinct approvers.
+PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,199}$")
+PRINCIPAL_RULE = "letters, digits and '_.@-', up to 200 characters"

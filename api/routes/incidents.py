@@ -59,7 +59,8 @@ class StandDownBody(RequestBody):
     force: StrictBool = Field(
         False,
         description="Stand down even though a later open incident holds measures on the same "
-        "settings (they would be lifted too); otherwise that is a 409 naming it",
+        "settings: each measure taken back hands those settings to it, and it puts its own back "
+        "at once; otherwise that is a 409 naming it",
     )
 
 

@@ -48,7 +48,7 @@ from api.web.views import Typed, incident_view
 from core.settings import Settings
 from engine.board import board_page
 from engine.errors import IncidentConflict, LibraryError, PlaybookError
-from engine.incidents import ACTIONS
+from engine.incidents import ACTIONS, not_restored
 from engine.integrity import verify_incident
 from engine.overlap import refuse_if_later_overlaps
 from engine.playbook_files import library_playbook, load_playbook, playbook_files
@@ -340,7 +340,11 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             request, incident_id, principal, refused=(code, str(error), typed)
         )
     log.info("console.action", incident_id=incident_id, action=action, principal=principal.name)
-    set_flash(response, request, "ok", _done(action, fields, result))
+    left = not_restored(result) if isinstance(result, IncidentStatus) else None
+    if left is not None:  # a stand-down that could not put everything back
+        set_flash(response, request, "warning", f"stood down, but {left}")
+    else:
+        set_flash(response, request, "ok", _done(action, fields, result))
     return response
 
 

@@ -57,6 +57,7 @@ class IncidentView:
     principal: Principal
     measures: list[StepRecord]  # applied and in force
     lapsed: list[StepRecord]  # undone because their expiry passed
+    not_restored: list[StepRecord]  # their undo failed for good: may still be in force
     pending: list[PendingApprovalView]
     deliveries: list[StepDeliveries]
     timeline: list[TimelineEntry]
@@ -127,6 +128,7 @@ def incident_view(
         principal=principal,
         measures=[s for s in status.steps if is_measure(s) and s.state == "applied"],
         lapsed=[s for s in status.steps if is_measure(s) and s.state == "expired"],
+        not_restored=[s for s in status.steps if s.state == "undo_failed"],
         pending=pending,
         deliveries=[StepDeliveries(s, s.deliveries) for s in status.steps if s.deliveries],
         timeline=timeline,

@@ -455,6 +455,27 @@ async def test_trigger_status_stand_down_and_verify(
 
 
 @pytest.mark.usefixtures("worker")
+async def test_a_stand_down_that_leaves_a_measure_in_force_exits_non_zero_naming_it(
+    cli_env: dict[str, str], sandbox: Sandbox
+) -> None:
+    """The platform refuses the detection threshold's undo for good: the incident closes, the
+    JSON answer still comes, and one error line names what may still be in force."""
+    incident_id = await trigger(cli_env)
+    await wait_until_applied(cli_env, incident_id)
+    await sandbox.fault(path_prefix="/detection", operation_prefix="undo-", status=400)
+    try:
+        run = await crisis(cli_env, "stand-down", incident_id, "--reason", "calm", "--json")
+    finally:
+        await sandbox.clear_faults()
+    assert_one_line_error(
+        run, f"incident {incident_id} is closed, but 1 measure was NOT RESTORED", "raise-detection"
+    )
+    assert ["undo_failed"] == [
+        s["state"] for s in run.json()["steps"] if s["id"] == "raise-detection"
+    ]
+
+
+@pytest.mark.usefixtures("worker")
 async def test_status_exits_zero_every_time(cli_env: dict[str, str], sandbox: Sandbox) -> None:
     """Status runs in a row all exit 0: the CLI leaves before the SDK can crash at exit (every
     other CLI test of the suite exits the same way)."""
@@ -531,14 +552,6 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             ["input 'reach_multiplier': expected number"],
         ),
         "unknown input": (["trigger", vd, "-i", "colour=red"], ["unknown input 'colour'"]),
-        "bad --input syntax": (
-            ["trigger", vd, "-i", "region"],
-            ["--input 'region': expected key=value"],
-        ),
-        "the same input twice": (
-            ["trigger", vd, "-i", "region=GB", "-i", "region=IE"],
-            ["--input 'region' is given twice"],
-        ),
         "an unclosed list": (
             ["trigger", vd, "-i", "categories=[a, b"],
             ["input 'categories'", "never closes it"],
@@ -596,6 +609,19 @@ def test_usage_errors_are_one_line_with_exit_status_2(cli_env: dict[str, str]) -
             ["audit", "report", "INC-X", "--format", "pdf"],
             "error: invalid value for '--format' / '-f': 'pdf' is not one of 'md', 'html', "
             "'json' (see crisis audit report --help)",
+        ),
+        "bad --input syntax": (
+            ["trigger", "violent-disorder", "-i", "region"],
+            "error: --input 'region': expected key=value (see crisis trigger --help)",
+        ),
+        "the same input twice": (
+            ["playbook", "plan", "violent-disorder", "-i", "region=GB", "-i", "region=IE"],
+            "error: --input 'region' is given twice (see crisis playbook plan --help)",
+        ),
+        "a name that is no principal's": (
+            ["note", "INC-X", "hello", "--actor", "alice "],
+            "error: --actor: 'alice ' cannot name who acts: letters, digits and '_.@-', up to "
+            "200 characters (see crisis note --help)",
         ),
     }
     for case, (args, line) in cases.items():

@@ -263,13 +263,17 @@ async def test_actions_refused_without_levels_reviews_or_an_open_incident(
 async def test_text_that_looks_like_markup_is_printed_as_it_is(
     cli_env: dict[str, str], playbooks: dict[str, Path]
 ) -> None:
-    """A reason or a name with `[bold]` or `[/x]` in it is shown verbatim: the terminal's markup
-    never eats it, and a stray closing tag never fails the print."""
-    i = await trigger(cli_env, playbooks["plain"], "--actor", "[b]ann")
+    """A reason with `[bold]` or `[/x]` in it is shown verbatim: the terminal's markup never eats
+    it, and a stray closing tag never fails the print. A name cannot carry markup at all: it is
+    named as token principals are."""
+    refused = await crisis(cli_env, "trigger", str(playbooks["plain"]), "--actor", "[b]ann")
+    assert 2 == refused.code, refused
+    assert refused.stderr.startswith("error: --actor: '[b]ann' cannot name who acts"), refused
+    i = await trigger(cli_env, playbooks["plain"], "--actor", "ann.b@example.org")
     reason = "calm [/bold] again [red]"
-    ok(await crisis(cli_env, "stand-down", i, "--reason", reason, "--actor", "[/x]bob"))
+    ok(await crisis(cli_env, "stand-down", i, "--reason", reason, "--actor", "bob"))
     text = ok(await crisis(cli_env, "status", i)).stdout
-    assert "triggered by [b]ann at " in text, text
-    assert f"stand-down by [/x]bob: {reason}" in text, text
+    assert "triggered by ann.b@example.org at " in text, text
+    assert f"stand-down by bob: {reason}" in text, text
     board = ok(await crisis(cli_env, "incidents", "--state", "all", "--playbook", "plain")).stdout
     assert i in board, board

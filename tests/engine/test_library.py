@@ -61,11 +61,11 @@ def test_unknown_template_and_stakeholder_are_reported_where_they_are_written(
     )
     problems = [str(p).removeprefix(f"{path}:") for p in validate_file(path)]
     assert [
-        "10:26: unknown template 'crisis-opend' "
-        f"(known: {', '.join(sorted(load_library(LIBRARY).templates))})",
         "10:12: unknown stakeholder 'regulatr' (directory: "
         + ", ".join(sorted(load_library(LIBRARY).stakeholders))
         + ")",
+        "10:26: unknown template 'crisis-opend' "
+        f"(known: {', '.join(sorted(load_library(LIBRARY).templates))})",
     ] == problems
 
 

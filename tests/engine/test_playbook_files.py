@@ -95,10 +95,10 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
     text = edit("- id: surge", "- id: throttle", text)
     text = edit("${inputs.region}", "${inputs.nope}", text)
     messages = [p.message for p in problems_in(tmp_path, text)]
-    assert [
-        "unknown key 'colour'",
+    assert [  # in the order of the file, whichever check found each
         "undefined input 'nope' in ${inputs.nope}",
         "duplicate step id 'throttle' (first at step 1)",
+        "unknown key 'colour'",
     ] == messages
     wrong_type = edit("version: 1\n", "version: one\n", text)
     messages = [p.message for p in problems_in(tmp_path, wrong_type)]

@@ -17,6 +17,7 @@ from api.main import create_app
 from core.settings import Settings
 from engine.incidents import Incidents
 from tests.api.conftest import Tokens
+from tests.conftest import Sandbox
 from tests.helpers import assert_eventually, serve_app
 from tests.web.conftest import Console, ConsoleSession, write_library
 from workflows.incident import LIFTED_UPDATE, LiftedNotice
@@ -510,6 +511,38 @@ async def test_board_filters_by_state_and_playbook_and_pages(console: Console) -
         far = (await alice.get("/console?state=all&playbook=console-drill&offset=50")).html
         assert "No all incidents of console-drill." in far
         assert 'href="/console?state=all&amp;playbook=console-drill&amp;offset=25">Newer' in far
+
+
+async def test_a_stand_down_that_could_not_undo_a_measure_says_so_everywhere(
+    console: Console, sandbox: Sandbox
+) -> None:
+    """The platform refuses the surge's undo for good: the flash names it NOT RESTORED instead of
+    "every measure is undone", the incident page flags it, and the open board still lists the
+    closed incident with it."""
+    async with console.session("alice") as alice:
+        incident_id = await trigger(alice)
+        await console.status_when(incident_id, lambda s: s["surge"] == "applied")
+        await sandbox.fault(path_prefix="/moderation", operation_prefix="undo-", status=400)
+        try:
+            await alice.incident(incident_id)
+            response = await alice.post(
+                f"/console/incidents/{incident_id}/stand-down",
+                {"reason": "test over", "confirm": "yes"},
+            )
+            shown = flash(await followed(alice, response))
+        finally:
+            await sandbox.clear_faults()
+        assert shown.startswith("stood down, but 1 measure was NOT RESTORED"), shown
+        assert "surge (moderation.surge: " in shown, shown
+        page = await alice.incident(incident_id)
+        assert "data-state>closed<" in page.html
+        assert 'data-not-restored="surge"' in page.html
+
+        async def still_on_the_open_board() -> None:  # the board reads the store, a moment behind
+            board = (await alice.get("/console")).html
+            assert incident_id in board and "NOT RESTORED: <b>surge</b>" in board
+
+        await assert_eventually(still_on_the_open_board)
 
 
 async def test_audit_page_shows_the_verdict_and_the_report(console: Console) -> None:

@@ -1,5 +1,6 @@
 """Who may release a step awaiting approval: one holder of each role with `every_role` (two
-people, two roles), never more approvals than the quorum, and never a blank reason."""
+people, two roles), never more approvals than the quorum, never a blank reason, and never a name
+that passes for another's."""
 
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ async def test_every_role_needs_a_holder_of_each_role_among_the_approvers(lab: L
 
 
 async def test_approvals_sent_at_once_stop_at_the_quorum(lab: Lab) -> None:
-    """Three approvals of a quorum of two, sent at the same moment, reach the workflow together:
-    two are taken, the third is refused, and the trail records two."""
+    """Three approvals of a quorum of two, sent at the same moment, usually reach the workflow
+    in one task: two are taken, the third is refused, and the trail records two."""
     incident = await lab.trigger(TWO_ROLES.replace("every_role: true, ", ""))
     await lab.settle(incident, {"throttle": "awaiting_approval"})
     people = [("alice", "commander"), ("bob", "policy-lead"), ("carol", "commander")]
@@ -66,7 +67,9 @@ async def test_approvals_sent_at_once_stop_at_the_quorum(lab: Lab) -> None:
     refused = [a for a in answers if isinstance(a, BaseException)]
     assert 1 == len(refused), answers
     assert isinstance(refused[0], IncidentConflict)
-    assert "has its 2 approvals already" in str(refused[0])
+    # Together in one workflow task, or the third after the step ran (a busy machine).
+    said = str(refused[0])
+    assert "has its 2 approvals already" in said or "is not awaiting approval" in said, said
 
     status = await lab.settle(incident, {"throttle": "applied"})
     assert 2 == len(step(status, "throttle").approvals)
@@ -92,5 +95,37 @@ async def test_a_blank_reason_is_refused_before_it_is_recorded(lab: Lab) -> None
     for update, request in refused:
         with pytest.raises(IncidentConflict, match="reason is blank"):
             await lab.act(incident, update, request)
+    # Nor can a name with a blank in it pass for another person's.
+    await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "commander"))
+    with pytest.raises(IncidentConflict, match="invalid actor 'alice '"):
+        spaced = approve("throttle", "alice ", "policy-lead")
+        await lab.act(incident, CrisisWorkflow.approve, spaced)
     status = await lab.settle(incident, {"throttle": "awaiting_approval"})
     assert "running" == status.state
+
+
+LEVELLED = """
+steps:
+  - id: cut
+    level: severe
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.25}
+    approval: {roles: [commander], timeout: 1h, on_timeout: skip}
+"""
+
+
+async def test_a_step_asked_again_after_its_withdrawal_no_longer_says_withdrawn(
+    lab: Lab,
+) -> None:
+    """Applied at severe, withdrawn by a de-escalation, asked for again by the next escalation:
+    its status shows the new request, not the old withdrawal."""
+    incident = await lab.trigger(LEVELLED, level="severe")
+    await lab.settle(incident, {"cut": "awaiting_approval"}, level="severe")
+    await lab.act(incident, CrisisWorkflow.approve, approve("cut", "alice", "commander"))
+    await lab.settle(incident, {"cut": "applied"}, level="severe")
+    await lab.act(incident, CrisisWorkflow.de_escalate, LevelRequest(actor="alice", reason="calm"))
+    status = await lab.settle(incident, {"cut": "dormant"}, level="elevated")
+    assert (step(status, "cut").outcome or "").startswith("withdrawn")
+    await lab.act(incident, CrisisWorkflow.escalate, LevelRequest(actor="alice", reason="again"))
+    status = await lab.settle(incident, {"cut": "awaiting_approval"}, level="severe")
+    assert None is step(status, "cut").outcome

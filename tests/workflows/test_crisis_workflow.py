@@ -142,6 +142,13 @@ async def test_a_flaky_lever_is_retried_until_it_applies_once(
     applied_steps = [a["step"] for a in state["applications"]]
     assert applied_steps == ["throttle", "threshold", "surge"]
     assert [] == sdk_failure_tracebacks(caplog)
+    # Stamped when the platform took it, after two failed attempts and 300 ms of backoff, not
+    # when the last attempt began.
+    threshold = status.steps[1]
+    started, finished = (
+        datetime.fromisoformat(str(t)) for t in (threshold.started_at, threshold.finished_at)
+    )
+    assert finished - started >= timedelta(milliseconds=300), (started, finished)
     await incidents.stand_down(triggered.incident_id, actor="bob", reason="done")
 
 

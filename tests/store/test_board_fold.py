@@ -1,0 +1,49 @@
+"""The board's summary of an incident, folded from its audit events alone: what it must stop
+showing once the trail says so, and what it must keep showing after the close."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from store.board import empty_summary, fold
+from workflows.audit import AuditTrail
+
+AT = "2026-12-01T06:00:00+00:00"
+
+
+def summary(*events: tuple[str, str | None, dict[str, Any]]) -> dict[str, Any]:
+    trail = AuditTrail("INC-FOLD")
+    for kind, step_id, data in events:
+        trail.record(kind, at=AT, step_id=step_id, data=data)
+    facts = empty_summary()
+    for event in trail.take():
+        fold(facts, event)
+    return facts
+
+
+ASKED = ("approval.requested", "cut", {"roles": ["commander"], "quorum": 1, "deadline": AT})
+APPLIED = ("step.applied", "surge", {"lever": "moderation.surge", "previous": {}})
+
+
+def test_an_approval_withdrawn_by_a_failure_or_a_de_escalation_is_no_longer_waiting() -> None:
+    assert {"cut"} == set(summary(ASKED)["pending_approvals"])
+    assert {} == summary(ASKED, ("incident.failed", "surge", {"error": "x"}))["pending_approvals"]
+    assert {} == summary(ASKED, ("step.dormant", "cut", {"level": "elevated"}))["pending_approvals"]
+    # An escalation of the failed incident that asks again is waiting again.
+    failed_then_asked = summary(ASKED, ("incident.failed", "surge", {}), ASKED)
+    assert {"cut"} == set(failed_then_asked["pending_approvals"])
+
+
+def test_a_measure_whose_undo_failed_stays_after_the_close_until_it_is_settled() -> None:
+    undo_failed = ("step.undo_failed", "surge", {"lever": "moderation.surge", "error": "HTTP 400"})
+    closed = ("incident.closed", None, {})
+    left = summary(APPLIED, undo_failed, closed)
+    assert "HTTP 400" == left["measures"]["surge"]["not_restored"]
+    assert 1 == left["not_restored"]
+    # Taken back at last (or applied again): nothing is left to flag.
+    undone = ("step.undone", "surge", {"lever": "moderation.surge", "restored": {}})
+    assert (0, {}) == (
+        summary(APPLIED, undo_failed, undone)["not_restored"],
+        summary(APPLIED, undo_failed, undone)["measures"],
+    )
+    assert {} == summary(APPLIED, closed)["measures"]
