@@ -234,6 +234,7 @@ def stand_down(
     settings = settings_or_fail()
     if not reason.strip():
         misuse(ctx, "--reason must not be empty")
+    _check_length(ctx, "reason", reason)
     remote = _remote_incidents(ctx, actor)
 
     async def go() -> Any:
@@ -312,6 +313,7 @@ def _act(
         required = request_model.model_fields[name].is_required()
         if required and isinstance(value, str) and not value.strip():
             misuse(ctx, f"{_FLAGS.get(name, name)} must not be empty")
+        _check_length(ctx, name, value)
     try:
         request = request_model(**fields)
     except ValidationError as error:
@@ -326,6 +328,19 @@ def _act(
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else typer.echo(say(result))
     hard_exit(0)
+
+
+def _check_length(ctx: typer.Context, name: str, value: Any) -> None:
+    """Refuse text over the limits the workflow keeps (workflows.limits) before sending it,
+    naming the option, as a usage error."""
+    from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
+
+    texts = {"text": MAX_NOTE_CHARS} | dict.fromkeys(("reason", "comment", "note"), MAX_TEXT_CHARS)
+    limit = texts.get(name, MAX_NAME_CHARS)  # the rest are names: actor, role, step, level
+    if isinstance(value, str) and len(value) > limit:
+        misuse(
+            ctx, f"{_FLAGS.get(name, name)} is too long: {len(value)} characters (at most {limit})"
+        )
 
 
 def _approvers(record: StepRecord) -> str:

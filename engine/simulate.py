@@ -32,8 +32,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -46,7 +44,7 @@ from engine.library import Library, library_for
 from engine.playbook_files import load_playbook
 from engine.temporal import installed_binary, quiet_runtime, running_worker
 from engine.verification import IncidentHistory, export_history
-from engine.yaml_files import YamlFileError, read_text
+from engine.yaml_files import YamlFileError, load_yaml, locate, plain
 from sandbox.app import create_app
 from sandbox.server import serving_in_thread
 from store.audit_store import AuditStore
@@ -219,20 +217,25 @@ class Scenario(BaseModel):
 
 def load_scenario(path: Path) -> Scenario:
     try:
-        data = YAML(typ="safe").load(read_text(path)) or {}
-        scenario = Scenario.model_validate(data)
+        _, document = load_yaml(path)
     except YamlFileError as error:
         raise ScenarioError(str(error)) from None
-    except YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ScenarioError(f"{path}{where}: YAML: {problem}") from None
+    data = plain(document) or {}
+    if isinstance(data, dict) and "steps" in data and "actions" not in data:
+        raise ScenarioError(
+            f"{path}:1:1: this is a playbook, not a scenario (a scenario has actions: and "
+            "checks:; see playbooks/*.scenario.yaml)"
+        )
+    try:
+        scenario = Scenario.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
+        line, column = locate(document, first["loc"]) if document else (1, 1)
         where = ".".join(str(p) for p in first["loc"])
         message = str(first["msg"]).removeprefix("Value error, ")
-        raise ScenarioError(f"{path}: {where}: {message}") from None
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ScenarioError(f"{path}:{line}:{column}: {where}: {message}") from None
     scenario._source = str(path)
     for index, action in enumerate(scenario.actions):
         try:

@@ -618,6 +618,11 @@ def test_usage_errors_are_one_line_with_exit_status_2(cli_env: dict[str, str]) -
             ["playbook", "plan", "violent-disorder", "-i", "region=GB", "-i", "region=IE"],
             "error: --input 'region' is given twice (see crisis playbook plan --help)",
         ),
+        "text over its limit": (
+            ["stand-down", "INC-X", "--reason", "r" * 2001],
+            "error: --reason is too long: 2001 characters (at most 2000) "
+            "(see crisis stand-down --help)",
+        ),
         "a name that is no principal's": (
             ["note", "INC-X", "hello", "--actor", "alice "],
             "error: --actor: 'alice ' cannot name who acts: letters, digits and '_.@-', up to "

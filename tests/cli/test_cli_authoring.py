@@ -345,7 +345,11 @@ async def test_simulate_refuses_bad_scenarios(
             "actions:\n  - {at: soon, do: escalate, with: {reason: x}}\n",
             ["actions.0.at:", "invalid duration 'soon'"],
         ),
-        "unknown key": ("colour: red\n", ["colour: Extra inputs are not permitted"]),
+        "unknown key": ("colour: red\n", [":1:1: colour: unknown key"]),
+        "a playbook given as the scenario": (
+            "playbook: x\nsteps: []\n",
+            [":1:1: this is a playbook, not a scenario"],
+        ),
         "an action without a required field": (
             "actions:\n  - {at: 5m, do: approve, with: {step_id: throttle}}\n",
             ["actions.0: approve at 5m: role: Field required"],
