@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
 from temporalio.client import Client
 
 from engine.errors import BundleError, IncidentNotFound
@@ -136,12 +137,20 @@ class Integrity:
                 f"replay not checked ({self.replay_skipped})"
             )
         rows, sealed = self.chain.events, self.seals.sealed_through
+        # Unsealed rows only agree with one another: a chain rewritten after the last seal
+        # would too, so only the replay could show them unaltered.
         if sealed == rows:
             shown = f"chain and seals unaltered through row {rows}"
         elif sealed:
-            shown = f"chain unaltered through row {rows}, sealed through row {sealed}"
+            shown = (
+                f"chain and seals unaltered through row {sealed}; rows {sealed + 1}..{rows} "
+                "are not sealed yet: consistent, unaltered only as far as the replay shows"
+            )
         else:
-            shown = f"chain unaltered through row {rows}, no row sealed yet"
+            shown = (
+                f"no row sealed yet: rows 1..{rows} are consistent, unaltered only as far as "
+                "the replay shows"
+            )
         return f"ok: {shown}; completeness not checked ({self.replay_skipped})"
 
     def as_dict(self) -> dict[str, Any]:
@@ -346,6 +355,10 @@ def write_bundle(
     With the engine's `signer`, the manifest carries its signature over the last row, so a
     bundle cut short shows even without its history."""
     archive = out.name.endswith(".tar.gz")
+    # Never into another export: a file it left (another incident's history) would be read
+    # with this one's rows and look like tampering.
+    if (archive and out.exists()) or (out.is_dir() and any(out.iterdir())):
+        raise BundleError(f"{out} exists and is not empty: export into a new path")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / incident_id if archive else out
         directory.mkdir(parents=True, exist_ok=True)
@@ -414,14 +427,31 @@ def read_bundle(path: Path) -> Bundle:
             raise BundleError(f"{path}: {name} listed in the manifest is missing") from None
         if actual != digest:
             raise BundleError(f"{path}: {name} does not match the manifest (altered after export)")
+    listed = manifest.get("sha256", {})
+    for name in ("events.json", "seals.json", "public-key.pem"):
+        if name not in listed:
+            raise BundleError(f"{path}: {name} is not listed in the manifest")
     try:
         events = [
             AuditEvent.model_validate(e) for e in json.loads((path / "events.json").read_text())
         ]
         seals = [Seal.model_validate(s) for s in json.loads((path / "seals.json").read_text())]
         public_key = load_public_key((path / "public-key.pem").read_text())
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{path}: {error.title} {where or 'row'}: {first['msg']}") from None
     except (OSError, ValueError, SealError) as error:
         raise BundleError(f"{path}: {error}") from None
+    incident_id = str(manifest.get("incident_id"))
+    # The manifest is not signed; the rows and seals are (the seals sign the incident's id).
+    for what, items in (("row", events), ("seal", seals)):
+        for item in items:
+            if item.incident_id != incident_id:
+                raise BundleError(
+                    f"{path}: {what} {item.seq} is incident {item.incident_id}'s, not "
+                    f"{incident_id}'s as the manifest says"
+                )
     try:
         signed = manifest.get("export_seal")
         export_seal = Seal.model_validate(signed) if signed is not None else None
@@ -429,9 +459,11 @@ def read_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path}: manifest.json has an unreadable export_seal: {error}") from None
     counted = manifest.get("events")
     history_file = path / "history.json"
+    if history_file.is_file() and "history.json" not in listed:
+        raise BundleError(f"{path}: history.json is not listed in the manifest (not this export's)")
     history = IncidentHistory.from_file(history_file) if history_file.is_file() else None
     return Bundle(
-        str(manifest["incident_id"]),
+        incident_id,
         events,
         seals,
         public_key,

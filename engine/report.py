@@ -257,6 +257,8 @@ class KeyFigures(BaseModel):
     # Steps of the initial sequence still awaiting approval when it ended (or now): full
     # mitigation was not reached, whatever else was in force.
     full_mitigation_awaiting: list[str] = Field(default_factory=list)
+    # The step whose failure ended the initial sequence: the rest of it never ran.
+    full_mitigation_failed: str | None = None
     to_stand_down: float | None = None
     measures_active_seconds: float = 0.0
     longest_approval_wait_seconds: float | None = None
@@ -358,6 +360,8 @@ class _Builder:
         if step is not None and step not in self.step_order:
             self.step_order.append(step)
         if kind in SEQUENCE_ENDS and self.sequence_open:
+            if kind == "incident.failed":
+                self.figures.full_mitigation_failed = step or "a step"
             self.sequence_open = False
             self.figures.full_mitigation_awaiting = sorted(self.open_rounds)
         if kind == "step.started" and step:
@@ -540,9 +544,10 @@ class _Builder:
             start = draft["start"]
             if draft["end"] is None:
                 end, ended, still_open = (
-                    end_of_report,
-                    ("undo_failed" if draft["undo_failed"] else "still_active"),
-                    True,
+                    # Its undo failed: it may be in force still, after the close too.
+                    (_iso(max(self.now, self.t0)), "undo_failed", True)
+                    if draft["undo_failed"]
+                    else (end_of_report, "still_active", True)
                 )
                 if parse_utc(end) < parse_utc(start):
                     end = start
@@ -754,9 +759,8 @@ def build_report(
     figures = builder.figures
     if builder.sequence_open:  # still running its first level: what is awaited now
         figures.full_mitigation_awaiting = sorted(builder.open_rounds)
-    figures.to_full_mitigation = (
-        None if figures.full_mitigation_awaiting else builder.full_mitigation
-    )
+    reached = not figures.full_mitigation_awaiting and not figures.full_mitigation_failed
+    figures.to_full_mitigation = builder.full_mitigation if reached else None
     figures.measures_active_seconds = sum(m.active_seconds for m in measures)
     settled = [r.wait_seconds for r in builder.rounds if r.outcome != "pending"]
     figures.longest_approval_wait_seconds = max(settled) if settled else None
@@ -1010,6 +1014,8 @@ def _key_figure_rows(report: IncidentReport) -> list[tuple[str, str]]:
             (
                 f"not reached: {', '.join(f.full_mitigation_awaiting)} awaiting approval"
                 if f.full_mitigation_awaiting
+                else f"not reached: {f.full_mitigation_failed} failed"
+                if f.full_mitigation_failed
                 else _figure(f.to_full_mitigation)
             ),
         ),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -36,7 +37,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from store.board import empty_summary, fold
-from store.errors import AuditConflict, AuditGap, AuditStoreError
+from store.errors import AuditConflict, AuditGap, AuditRowUnreadable, AuditStoreError
 from store.migrate import upgrade
 from store.prepared import Prepared
 from store.seals import Seal
@@ -98,17 +99,25 @@ _STATE_BY_KIND = {
 
 def _to_event(row: Any) -> AuditEvent:
     """An event from a stored row of `audit_events`."""
-    return AuditEvent(
-        incident_id=row.incident_id,
-        seq=row.seq,
-        kind=row.kind,
-        at=row.at,
-        actor=row.actor,
-        step_id=row.step_id,
-        data=json.loads(row.data),
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-    )
+    try:
+        return AuditEvent(
+            incident_id=row.incident_id,
+            seq=row.seq,
+            kind=row.kind,
+            at=row.at,
+            actor=row.actor,
+            step_id=row.step_id,
+            data=json.loads(row.data),
+            prev_hash=row.prev_hash,
+            hash=row.hash,
+        )
+    except (ValueError, TypeError) as error:  # pydantic's ValidationError is a ValueError
+        what = error.errors()[0] if isinstance(error, ValidationError) else None
+        why = f"{'.'.join(map(str, what['loc']))}: {what['msg']}" if what else str(error)
+        raise AuditRowUnreadable(
+            f"{row.incident_id} row {row.seq} cannot be read as an audit event ({why}): the "
+            "store was edited by hand or damaged"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
             pending.clear()
             for left in [s for s, m in measures.items() if not m.get("not_restored")]:
                 del measures[left]
+            for kept in measures.values():
+                kept["expires_at"] = None  # nothing lapses after the close: it stays as it is
             facts["review_due"] = None
     settled = ("step.applied", "step.undone", "step.expired", "step.withdrawn")
     if event.kind in settled and facts.get("not_restored"):  # applied again, or taken back

@@ -15,6 +15,11 @@ class AuditGap(AuditStoreError):
     """An event arrived before the one it chains to."""
 
 
+class AuditRowUnreadable(AuditStoreError):
+    """A stored row is no event at all (its data is not JSON, its number not a number): the
+    store was edited by hand or damaged."""
+
+
 class SealError(RuntimeError):
     """A key that cannot be read or a seal that cannot be made."""
 

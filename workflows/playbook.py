@@ -326,6 +326,29 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
             problems += _check_call(playbook, step.do, step.with_, at)
             if step.undo is not None:
                 problems += _check_call(playbook, step.undo.do, step.undo.with_, (*at, "undo"))
+                if _undo_leaves_a_measure(step, inputs):
+                    problems.append(
+                        Problem(
+                            (*at, "undo", "do"),
+                            f"undo: {step.undo.do} would change settings the step did not, and "
+                            "nothing takes them back at stand-down: an undo sends a notice or "
+                            "sets the step's own settings (or leave `undo:` out: they are "
+                            "restored)",
+                        )
+                    )
+            if step.retry is not None:
+                first, most = (
+                    parse_duration(step.retry.initial_interval),
+                    parse_duration(step.retry.max_interval),
+                )
+                if most < first:
+                    problems.append(
+                        Problem(
+                            (*at, "retry", "max_interval"),
+                            f"max_interval {step.retry.max_interval} is shorter than "
+                            f"initial_interval {step.retry.initial_interval}",
+                        )
+                    )
             if step.approval and step.approval.on_timeout == "escalate" and not playbook.levels:
                 written = "on_timeout" in step.approval.model_fields_set
                 problems.append(
@@ -366,6 +389,24 @@ def _check_durations(playbook: Playbook) -> list[Problem]:
         for where, value in given
         if value is not None and parse_duration(value) <= timedelta(0)
     ]
+
+
+def _undo_leaves_a_measure(step: Step, inputs: dict[str, Any]) -> bool:
+    """An undo that is a measure on other settings than the step's (another lever, or the same
+    lever elsewhere) stays in force after the incident closes."""
+    assert step.undo is not None
+    lever = LEVERS.get(step.undo.do)
+    if lever is None or not lever.reversible:
+        return False  # a notice, or an unknown lever (reported as such)
+    if step.undo.do != step.do:
+        return True
+    context = {"inputs": inputs, "incident": dict.fromkeys(INCIDENT_FIELDS, "x")}
+    try:
+        mine = lever.args.model_validate(substitute(step.with_, context)).targets()
+        undone = lever.args.model_validate(substitute(step.undo.with_, context)).targets()
+    except (ValidationError, ReferenceError_, ValueError):
+        return False  # the arguments' own problems are reported by _check_call
+    return not undone <= mine
 
 
 def _check_closing(step: Step, at: Path) -> list[Problem]:
@@ -563,6 +604,15 @@ def _check_input_defaults(playbook: Playbook) -> list[Problem]:
     for name, spec in playbook.inputs.items():
         if spec.type == "list" and spec.items is None:
             problems.append(Problem(("inputs", name, "type"), "a list input needs `items:`"))
+        if spec.choices is not None and not spec.choices:
+            empty = "no choices: nothing could be given"
+            problems.append(Problem(("inputs", name, "choices"), empty))
+        kind = (spec.items if spec.type == "list" else spec.type) or "string"
+        for index, choice in enumerate(spec.choices or []):
+            try:  # each choice must be a value of the input's type (of its items, for a list)
+                _coerce_scalar(name, kind, choice)
+            except InputError as error:
+                problems.append(Problem(("inputs", name, "choices", index), str(error)))
         if spec.default is not None:
             try:
                 coerce_input(name, spec, spec.default)
@@ -595,7 +645,7 @@ def sample_inputs(playbook: Playbook) -> dict[str, Any]:
             continue
         kind = spec.items if spec.type == "list" else spec.type
         value = spec.choices[0] if spec.choices else _STAND_INS[kind or "string"]
-        inputs[name] = [value] if spec.type == "list" and not spec.choices else value
+        inputs[name] = [value] if spec.type == "list" else value  # choices are its items
     return inputs
 
 
@@ -622,9 +672,11 @@ def resolve_inputs(playbook: Playbook, given: dict[str, Any]) -> dict[str, Any]:
             if spec.type != "list" and isinstance(given[name], str) and not given[name].strip():
                 raise InputError(f"input {name!r} is blank")
             resolved[name] = coerce_input(name, spec, given[name])
-            if resolved[name] == [] and spec.default is None:
-                # An empty list would widen a measure it narrows ("empty = every post").
-                raise InputError(f"input {name!r} is required: give at least one item")
+            if resolved[name] == [] and spec.default != []:
+                # An empty list would widen a measure it narrows ("empty = every post"), whether
+                # or not the input has a default (the default is what was meant by "none").
+                leave = "" if spec.default is None else " (or leave it out for its default)"
+                raise InputError(f"input {name!r} is required: give at least one item{leave}")
         elif spec.default is not None:
             resolved[name] = coerce_input(name, spec, spec.default)
         else:

@@ -66,7 +66,11 @@ class StandDownBody(RequestBody):
 
 class AuditOut(BaseModel):
     incident_id: str
-    verified: bool
+    verified: bool = Field(
+        description="The hash chain alone: its rows link and hash as recorded. A chain "
+        "rewritten whole passes this; only GET /v1/incidents/{id}/verify (seals and the replay "
+        "of the Temporal history) shows the record unaltered and complete"
+    )
     problem: str | None
     events: list[AuditEvent]
 

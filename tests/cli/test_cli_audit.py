@@ -499,6 +499,39 @@ async def test_an_edited_bundle_fails(
     assert wrong_key["verdict"]["key"].startswith("FAILED: the bundle's public-key.pem is ")
 
 
+async def test_a_bundle_relabelled_or_mixed_with_another_export_fails(
+    client: Client,
+    settings: Settings,
+    sqlite_store: AuditStore,
+    env: dict[str, str],
+    offline: dict[str, str],
+    incident: str,
+    tmp_path: Path,
+) -> None:
+    """The manifest is not signed: a bundle whose manifest names another incident than its rows
+    and seals fails, as does a history.json the manifest does not list; and no export writes
+    over another (its files would be read with the new rows)."""
+    other = await close_an_incident(client, settings, sqlite_store)
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    ok(await crisis(env, "audit", "export", incident, "-o", str(mine)))
+    ok(await crisis(env, "audit", "export", other, "-o", str(theirs), "--no-history"))
+
+    manifest = read_json(theirs / "manifest.json")
+    manifest["incident_id"] = incident
+    manifest.pop("export_seal")
+    (theirs / "manifest.json").write_text(json.dumps(manifest))
+    relabelled = await crisis(offline, "audit", "verify", "--bundle", str(theirs))
+    assert_one_line_error(relabelled, f"row 1 is incident {other}'s, not {incident}'s")
+
+    again = await crisis(env, "audit", "export", other, "-o", str(mine), "--no-history")
+    assert_one_line_error(again, f"{mine} exists and is not empty")
+    mixed = tmp_path / "mixed"
+    ok(await crisis(env, "audit", "export", other, "-o", str(mixed), "--no-history"))
+    shutil.copy(mine / "history.json", mixed / "history.json")
+    stale = await crisis(offline, "audit", "verify", "--bundle", str(mixed))
+    assert_one_line_error(stale, "history.json is not listed in the manifest")
+
+
 def cut_bundle(bundle: Path, *, through: int, recount: bool, unsign: bool = False) -> None:
     """Cut a bundle's rows and seals after row `through` and drop its history, refreshing the
     manifest's digests (and its row count, and dropping its export seal, when asked): what a

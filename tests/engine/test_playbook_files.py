@@ -588,13 +588,12 @@ def test_resolve_inputs_requires_inputs_without_default(inputs_playbook: Playboo
 def test_a_required_list_input_given_empty_is_refused(
     inputs_playbook: Playbook, empty: object
 ) -> None:
-    """An empty list for a list input without a default is not "given" (it would widen a
-    measure it narrows, e.g. keywords: empty = every post); one with a default may be empty."""
+    """An empty list for a list input is not "given" (it would widen a measure it narrows, e.g.
+    keywords: empty = every post), with a default or without."""
     with pytest.raises(InputError, match="input 'tags' is required: give at least one item"):
         resolve_inputs(inputs_playbook, {"tags": empty, "region": "GB"})
-    assert (
-        [] == resolve_inputs(inputs_playbook, {"tags": "a", "counts": [], "region": "GB"})["counts"]
-    )
+    with pytest.raises(InputError, match="input 'counts' is required: give at least one item"):
+        resolve_inputs(inputs_playbook, {"tags": "a", "counts": empty, "region": "GB"})
 
 
 def test_prepare_incident_rejects_an_input_that_breaks_a_lever_argument() -> None:
@@ -785,3 +784,69 @@ def test_aliases_are_refused_where_first_used(tmp_path: Path) -> None:
     assert [f"{path}:9:9: YAML: aliases (*region) are not allowed"] == [
         str(p) for p in validate_file(path)
     ]
+
+
+@pytest.mark.parametrize(
+    ("case", "old", "new", "line", "column", "fragment"),
+    [
+        (
+            # It passed once, then failed every workflow task of every incident at its call.
+            "a retry that backs off to less than it started with",
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\n"
+            "    retry: {initial_interval: 2s, max_interval: 1s}\n",
+            21,
+            35,
+            "max_interval 1s is shorter than initial_interval 2s",
+        ),
+        (
+            "an undo that pulls a measure nothing takes back",
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\n    undo:\n"
+            "      do: moderation.surge\n      with: {queue: general, extra_reviewers: 7}\n",
+            22,
+            7,
+            "undo: moderation.surge would change settings the step did not",
+        ),
+        (
+            "choices of another type than the input's",
+            "    default: GB\n",
+            "    default: GB\n    choices: [GB, 44]\n",
+            9,
+            19,
+            "input 'region': expected string, got 44",
+        ),
+        (
+            "no choices at all",
+            "    type: number\n",
+            "    type: number\n    choices: []\n",
+            11,
+            5,
+            "no choices",
+        ),
+    ],
+)
+def test_settings_that_could_never_work_are_refused(
+    tmp_path: Path, case: str, old: str, new: str, line: int, column: int, fragment: str
+) -> None:
+    """Each of these validated once and then broke every incident, or left a measure behind."""
+    problem = only_problem(tmp_path, edit(old, new))
+    assert (line, column) == (problem.line, problem.column), (case, str(problem))
+    assert fragment in problem.message, (case, problem.message)
+
+
+def test_a_list_input_given_empty_is_refused_even_with_a_default(tmp_path: Path) -> None:
+    """An empty list widens a measure it narrows ("no keywords" = every post): refused whether
+    or not the input has a default, which is what leaving it out gives."""
+    text = edit(
+        "    type: number\n",
+        "    type: number\n  tags:\n    type: list\n    items: string\n    default: [a]\n",
+    )
+    path = tmp_path / "test-playbook.yaml"
+    path.write_text(text)
+    playbook = load_playbook(path)
+    with pytest.raises(
+        InputError, match=r"give at least one item \(or leave it out for its default\)"
+    ):
+        resolve_inputs(playbook, {"flag": 1, "tags": []})
+    assert ["a"] == resolve_inputs(playbook, {"flag": 1})["tags"]

@@ -426,7 +426,8 @@ def test_failed_undo_and_rejection_are_findings() -> None:
     t.add(HOUR + 2, "incident.closed", actor="dan")
     report = build_report(t.events, now=T0 + timedelta(hours=2))
     measures = {m.step_id: m for m in report.measures}
-    assert [(5, HOUR + 2, "undo_failed", True)] == [
+    # Its undo failed: it may still be in force when the report is made, after the close.
+    assert [(5, 2 * HOUR, "undo_failed", True)] == [
         (i.start_offset_seconds, i.end_offset_seconds, i.ended, i.open)
         for i in measures["surge"].intervals
     ]
@@ -441,6 +442,9 @@ def test_failed_undo_and_rejection_are_findings() -> None:
         figures.incident_failed,
         figures.to_regulator_notified,
     )
+    # The sequence stopped at the failure: what ran before it is no full mitigation.
+    assert (None, "hashes") == (figures.to_full_mitigation, figures.full_mitigation_failed)
+    assert "| not reached: hashes failed |" in render_markdown(report)
     assert "closed" == report.facts.state
     svg = render_chart_svg(report)
     assert 1 == svg.count('<rect class="bar bar-undo_failed"')

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
 from store.audit_store import AppendResult, AuditStore, Write
-from store.errors import AuditConflict, AuditGap
-from workflows.audit import GENESIS_HASH, AuditEvent, make_event
+from store.errors import AuditConflict, AuditGap, AuditRowUnreadable
+from workflows.audit import GENESIS_HASH, AuditEvent, AuditTrail, make_event
 
 
 def chain(incident_id: str, count: int) -> list[AuditEvent]:
@@ -249,3 +250,17 @@ def test_a_group_of_writes_lands_together_and_a_bad_one_fails_alone(
     assert [] == audit_store.events(gap[0].incident_id)
     again = audit_store.append_many(writes)  # a retried group inserts nothing
     assert [0, 0, 0] == [o.inserted for o in again if isinstance(o, AppendResult)]
+
+
+def test_a_row_that_is_no_event_is_one_named_error(tmp_path: Path) -> None:
+    """A row edited by hand into something no event is (its data not JSON) is refused by name,
+    with the incident and the row, never a traceback from deep inside."""
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}")
+    trail = AuditTrail("INC-BAD")
+    trail.record("incident.triggered", at="2026-12-01T06:00:00+00:00", data={"playbook": "p"})
+    store.append(trail.take())
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE audit_events SET data = '{not json' WHERE seq = 1")
+    with pytest.raises(AuditRowUnreadable, match="INC-BAD row 1 cannot be read as an audit event"):
+        store.events("INC-BAD")
+    store.dispose()

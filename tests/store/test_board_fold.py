@@ -22,7 +22,11 @@ def summary(*events: tuple[str, str | None, dict[str, Any]]) -> dict[str, Any]:
 
 
 ASKED = ("approval.requested", "cut", {"roles": ["commander"], "quorum": 1, "deadline": AT})
-APPLIED = ("step.applied", "surge", {"lever": "moderation.surge", "previous": {}})
+APPLIED = (
+    "step.applied",
+    "surge",
+    {"lever": "moderation.surge", "previous": {}, "expires_at": "2026-12-02T06:00:00+00:00"},
+)
 
 
 def test_an_approval_withdrawn_by_a_failure_or_a_de_escalation_is_no_longer_waiting() -> None:
@@ -39,6 +43,7 @@ def test_a_measure_whose_undo_failed_stays_after_the_close_until_it_is_settled()
     closed = ("incident.closed", None, {})
     left = summary(APPLIED, undo_failed, closed)
     assert "HTTP 400" == left["measures"]["surge"]["not_restored"]
+    assert None is left["measures"]["surge"]["expires_at"]  # no lapse will take it back
     assert 1 == left["not_restored"]
     # Taken back at last (or applied again): nothing is left to flag.
     undone = ("step.undone", "surge", {"lever": "moderation.surge", "restored": {}})
