@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -497,10 +497,17 @@ def level_literals(expr: Expression) -> list[str]:
 
 # --- evaluation ---------------------------------------------------------------------------------
 def evaluate(
-    expr: Expression, *, inputs: Mapping[str, Any], level: str | None, levels: Sequence[str]
+    expr: Expression,
+    *,
+    inputs: Mapping[str, Any],
+    level: str | None,
+    levels: Sequence[str],
+    every_operand: bool = False,
 ) -> bool:
-    """The condition's truth for these inputs and this level; only ever raises ExpressionError."""
-    return _truth(_Evaluator(inputs, level, levels).value(expr))
+    """The condition's truth for these inputs and this level; only ever raises ExpressionError.
+    `every_operand` (validation): and/or evaluate all their operands, so that an error in one a
+    trigger's inputs would reach is not hidden by the example inputs' short-circuit."""
+    return _truth(_Evaluator(inputs, level, levels, every_operand).value(expr))
 
 
 def _truth(value: Any) -> bool:
@@ -511,10 +518,17 @@ def _truth(value: Any) -> bool:
 
 
 class _Evaluator:
-    def __init__(self, inputs: Mapping[str, Any], level: str | None, levels: Sequence[str]) -> None:
+    def __init__(
+        self,
+        inputs: Mapping[str, Any],
+        level: str | None,
+        levels: Sequence[str],
+        every_operand: bool = False,
+    ) -> None:
         self.inputs = inputs
         self.level = level
         self.levels = list(levels)
+        self.every_operand = every_operand
 
     def value(self, expr: Expression) -> Any:
         if isinstance(expr, String | Number | Boolean):
@@ -526,10 +540,11 @@ class _Evaluator:
         if isinstance(expr, Not):
             return not _truth(self.value(expr.operand))
         # and/or short-circuit, left to right, and yield plain booleans (not Python's operand).
-        if isinstance(expr, And):
-            return all(_truth(self.value(operand)) for operand in expr.operands)
-        if isinstance(expr, Or):
-            return any(_truth(self.value(operand)) for operand in expr.operands)
+        if isinstance(expr, And | Or):
+            truths: Iterable[bool] = (_truth(self.value(each)) for each in expr.operands)
+            if self.every_operand:
+                truths = list(truths)  # every operand evaluated, errors and all
+            return all(truths) if isinstance(expr, And) else any(truths)
         if isinstance(expr, Compare):
             return self.compare(expr)
         raise ExpressionError(f"not an expression node: {type(expr).__name__}", 0)

@@ -480,7 +480,9 @@ def _check_when(playbook: Playbook, text: str, inputs: dict[str, Any]) -> list[s
     # another type fails every time, and the step would never run.
     for level in playbook.levels or [None]:
         try:
-            evaluate(expression, inputs=inputs, level=level, levels=playbook.levels)
+            evaluate(
+                expression, inputs=inputs, level=level, levels=playbook.levels, every_operand=True
+            )
         except ExpressionError as error:
             return [f"condition cannot be evaluated: {error}"]
     return problems

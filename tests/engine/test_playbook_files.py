@@ -311,6 +311,16 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
             "condition cannot be evaluated: cannot compare number with string using > at column 13",
         ),
         (
+            # The example inputs make the left side false: `and` alone would never look right.
+            "a condition whose error hides behind and",
+            "    do: moderation.surge\n",
+            "    do: moderation.surge\n"
+            "    when: \"inputs.region == 'XX' and inputs.flag > 'abc'\"\n",
+            20,
+            5,
+            "condition cannot be evaluated: cannot compare number with string using > at column 39",
+        ),
+        (
             "a measure in on_stand_down",
             "    with: {queue: fraud, extra_reviewers: 3}\n",
             "    with: {queue: fraud, extra_reviewers: 3}\non_stand_down:\n  - id: close\n"
