@@ -253,6 +253,8 @@ def report(
             typer.echo(f"wrote {output} and {output.parent / built.chart_name}")
         else:
             typer.echo(f"wrote {output}")
+    if (failed := built.report.integrity_failed()) is not None:  # written, for forensics
+        fail(f"{incident_id}: the report is of a record that does not verify: {failed}")
     hard_exit(0)
 
 

@@ -296,6 +296,24 @@ class IncidentReport(BaseModel):
     post_incident_review: PostIncidentReview
     integrity: dict[str, Any] | Literal["not checked"] = NOT_CHECKED
 
+    def integrity_failed(self) -> str | None:
+        """The checks the record failed, in one line (None: none failed, or none was made):
+        every rendering says it first, since the facts then come from a record that lies."""
+        if not isinstance(self.integrity, dict):
+            return None
+        failed = [
+            f"{check}: {verdict}"
+            for check, verdict in self.integrity.items()
+            if isinstance(verdict, str) and verdict.startswith("FAILED")
+        ]
+        return "; ".join(failed) or None
+
+
+INTEGRITY_BANNER = (
+    "INTEGRITY FAILED: this audit record does not verify ({failed}); the facts below come from "
+    "it and may be false"
+)
+
 
 # --- building it ------------------------------------------------------------------------------
 def _iso(moment: datetime) -> str:
@@ -1110,6 +1128,8 @@ def render_markdown(report: IncidentReport, chart_path: str | None = None) -> st
         f" · as of {_time(report.as_of)}*",
         "",
     ]
+    if (failed := report.integrity_failed()) is not None:
+        out += [f"> **{INTEGRITY_BANNER.format(failed=failed)}**", ""]
     if chart_path:
         out += [f"![Measures and level over time for {facts.incident_id}]({chart_path})", ""]
     out += ["## Facts", ""]
@@ -1300,6 +1320,7 @@ _HTML = """\
     .chart, .badge { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
     a { color: inherit; text-decoration: none; }
   }
+  .integrity-failed { border: 2px solid #c0392b; padding: .5em; color: #c0392b; }
 </style>
 </head>
 <body>
@@ -1308,6 +1329,9 @@ _HTML = """\
   <p class="sub">{{ f.playbook }} v{{ f.version }} ·
     <span class="badge {{ f.state }}">{{ f.state }}</span> ·
     from {{ f.events }} audit events · as of {{ time(r.as_of) }}</p>
+  {% if integrity_banner %}
+  <p class="integrity-failed" role="alert"><strong>{{ integrity_banner }}</strong></p>
+  {% endif %}
 </header>
 
 <section class="grid">
@@ -1476,6 +1500,11 @@ def render_html(report: IncidentReport) -> str:
         review_details=_review_details,
         verdict_class=_verdict_class,
         flagged=_flagged,
+        integrity_banner=(
+            INTEGRITY_BANNER.format(failed=failed)
+            if (failed := report.integrity_failed()) is not None
+            else None
+        ),
     )
 
 

@@ -215,11 +215,15 @@ async def test_an_altered_row_fails_the_chain_and_the_replay(
 ) -> None:
     """Editing row 3 fails the chain check naming row 3, and the replay names the audit table."""
     tamper(sqlite_url, incident, 3)
-    text, as_json, replayed = await asyncio.gather(
+    text, as_json, replayed, reported = await asyncio.gather(
         crisis(env, "audit", "verify", incident, "--no-replay"),
         crisis(env, "audit", "verify", incident, "--json"),
         crisis(env, "replay", incident),
+        crisis(env, "audit", "report", incident),
     )
+    # A report of the altered record is still made, but says so first, and fails.
+    assert reported.stdout.splitlines()[4].startswith("> **INTEGRITY FAILED"), reported.stdout
+    assert_one_line_error(reported, "the report is of a record that does not verify: chain:")
 
     assert_one_line_error(text, f"{incident}: chain: row 3 (", "was altered")
     (chain,) = lines_starting(text.stdout, "chain")
