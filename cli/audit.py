@@ -48,6 +48,11 @@ def _write(path: Path, text: str) -> None:
     write_output(path, text)
 
 
+def _sealed(seals: int, through: int) -> str:
+    counted = f"{seals} seal" + ("" if seals == 1 else "s")
+    return f"{counted}, through row {through}" if through else f"{counted}, none verified"
+
+
 def _print_integrity(integrity: Integrity) -> None:
     verdict = integrity.verdict()
     console.print(
@@ -59,9 +64,7 @@ def _print_integrity(integrity: Integrity) -> None:
     chain = integrity.chain
     console.print(f"  chain   {verdict['chain']}  ({chain.events} events)")
     seals = integrity.seals
-    console.print(
-        f"  seals   {verdict['seals']}  ({seals.seals} seals, through row {seals.sealed_through})"
-    )
+    console.print(f"  seals   {verdict['seals']}  ({_sealed(seals.seals, seals.sealed_through)})")
     if integrity.replay is not None:
         replay = integrity.replay
         console.print(
@@ -299,6 +302,7 @@ def replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Replay through today's code: deterministic? do its audit events equal the audit table?"""
+    from rich.console import Console
     from rich.progress import Progress
 
     from engine.integrity import BUNDLE_EVENTS, is_bundle, read_bundle
@@ -330,7 +334,9 @@ def replay(
         if not files:
             fail(f"no history files in {history}")
         reports = []
-        with Progress(console=console, transient=True, disable=as_json) as progress:
+        # Progress goes to stderr: stdout carries the verdict alone (a blank line was left there).
+        progress_to = Console(stderr=True)
+        with Progress(console=progress_to, transient=True, disable=as_json) as progress:
             task = progress.add_task("replaying", total=len(files))
             for path in files:
                 try:
