@@ -477,15 +477,42 @@ def _check_when(playbook: Playbook, text: str, inputs: dict[str, Any]) -> list[s
     if problems:
         return problems
     # Evaluated as a trigger would, at every level: a comparison of an input with a value of
-    # another type fails every time, and the step would never run.
+    # another type fails every time, and the step would never run. A required text input's
+    # stand-in may be compared with `level`: a level then stands in for it.
+    as_levels = _levels_for_required_text(playbook, inputs)
     for level in playbook.levels or [None]:
         try:
             evaluate(
                 expression, inputs=inputs, level=level, levels=playbook.levels, every_operand=True
             )
         except ExpressionError as error:
-            return [f"condition cannot be evaluated: {error}"]
+            try:
+                evaluate(
+                    expression,
+                    inputs=as_levels,
+                    level=level,
+                    levels=playbook.levels,
+                    every_operand=True,
+                )
+            except ExpressionError:
+                return [f"condition cannot be evaluated: {error}"]
     return problems
+
+
+def _levels_for_required_text(playbook: Playbook, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The example inputs with the first level for each required text input (or list of text)
+    that has no choices: what a trigger gives when a condition compares it with `level`."""
+    if not playbook.levels:
+        return inputs
+    first = playbook.levels[0]
+    swapped = dict(inputs)
+    for name, spec in playbook.inputs.items():
+        if spec.default is None and not spec.choices:
+            if spec.type == "string":
+                swapped[name] = first
+            elif spec.type == "list" and spec.items in (None, "string"):
+                swapped[name] = [first]
+    return swapped
 
 
 def playbook_warnings(playbook: Playbook) -> list[Problem]:

@@ -860,3 +860,28 @@ def test_a_list_input_given_empty_is_refused_even_with_a_default(tmp_path: Path)
     ):
         resolve_inputs(playbook, {"flag": 1, "tags": []})
     assert ["a"] == resolve_inputs(playbook, {"flag": 1})["tags"]
+
+
+def test_a_required_text_input_may_be_compared_with_the_level(tmp_path: Path) -> None:
+    """`level >= inputs.floor` with `floor` required: a trigger gives a level there, so the check
+    must not refuse it for its own example text; a real type error is still found."""
+    text = edit("steps:\n", "levels: [low, mid, high]\nsteps:\n")
+    text = edit(
+        "  flag:\n    type: number\n",
+        "  flag:\n    type: number\n  floor:\n    type: string\n",
+        text,
+    )
+    fine = edit(
+        "    do: moderation.surge\n",
+        '    do: moderation.surge\n    when: "level >= inputs.floor"\n',
+        text,
+    )
+    assert [] == problems_in(tmp_path, fine)
+    wrong = edit(
+        "    do: moderation.surge\n",
+        '    do: moderation.surge\n    when: "inputs.floor > 3"\n',
+        text,
+    )
+    assert ["condition cannot be evaluated"] == [
+        p.message.split(":")[0] for p in problems_in(tmp_path, wrong)
+    ]
