@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import AuthError
+from core.validation import first_problem
 from engine.errors import (
     ActionInvalid,
     IncidentBusy,
@@ -97,8 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if first["type"] == "json_invalid":  # FastAPI's JSONDecodeError, at a character offset
             message = f"{NOT_JSON} ({first['ctx']['error']} at character {first['loc'][-1]})"
         else:
-            where = ".".join(str(p) for p in first["loc"])
-            message = f"{where}: {first['msg']}"
+            message = first_problem(error.errors())
         return JSONResponse(error_body("invalid_request", message), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

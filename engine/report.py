@@ -308,11 +308,14 @@ class IncidentReport(BaseModel):
         ]
         return "; ".join(failed) or None
 
-
-INTEGRITY_BANNER = (
-    "INTEGRITY FAILED: this audit record does not verify ({failed}); the facts below come from "
-    "it and may be false"
-)
+    def integrity_banner(self) -> str | None:
+        """What every rendering opens with when the record does not verify."""
+        if (failed := self.integrity_failed()) is None:
+            return None
+        return (
+            f"INTEGRITY FAILED: this audit record does not verify ({failed}); the facts below "
+            "come from it and may be false"
+        )
 
 
 # --- building it ------------------------------------------------------------------------------
@@ -1128,8 +1131,8 @@ def render_markdown(report: IncidentReport, chart_path: str | None = None) -> st
         f" · as of {_time(report.as_of)}*",
         "",
     ]
-    if (failed := report.integrity_failed()) is not None:
-        out += [f"> **{INTEGRITY_BANNER.format(failed=failed)}**", ""]
+    if (banner := report.integrity_banner()) is not None:
+        out += [f"> **{banner}**", ""]
     if chart_path:
         out += [f"![Measures and level over time for {facts.incident_id}]({chart_path})", ""]
     out += ["## Facts", ""]
@@ -1500,11 +1503,7 @@ def render_html(report: IncidentReport) -> str:
         review_details=_review_details,
         verdict_class=_verdict_class,
         flagged=_flagged,
-        integrity_banner=(
-            INTEGRITY_BANNER.format(failed=failed)
-            if (failed := report.integrity_failed()) is not None
-            else None
-        ),
+        integrity_banner=report.integrity_banner(),
     )
 
 

@@ -37,6 +37,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from core.settings import Settings
+from core.validation import first_problem
 from engine.errors import HistoryError, IncidentError, ScenarioError
 from engine.incidents import ACTIONS, Incidents
 from engine.integrity import check_store, check_with_replay
@@ -102,9 +103,8 @@ class ScriptedAction(BaseModel):
         try:
             return ACTIONS[self.do][1].model_validate({"actor": self.actor, **self.with_})
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(map(str, first["loc"]))
-            raise ScenarioError(f"{self.do} at {self.at}: {where}: {first['msg']}") from None
+            problem = first_problem(error.errors())
+            raise ScenarioError(f"{self.do} at {self.at}: {problem}") from None
 
 
 class Notified(BaseModel):

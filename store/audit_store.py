@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from core.validation import first_problem
 from store.board import empty_summary, fold
 from store.errors import AuditConflict, AuditGap, AuditRowUnreadable, AuditStoreError
 from store.migrate import upgrade
@@ -112,8 +113,7 @@ def _to_event(row: Any) -> AuditEvent:
             hash=row.hash,
         )
     except (ValueError, TypeError) as error:  # pydantic's ValidationError is a ValueError
-        what = error.errors()[0] if isinstance(error, ValidationError) else None
-        why = f"{'.'.join(map(str, what['loc']))}: {what['msg']}" if what else str(error)
+        why = first_problem(error.errors()) if isinstance(error, ValidationError) else str(error)
         raise AuditRowUnreadable(
             f"{row.incident_id} row {row.seq} cannot be read as an audit event ({why}): the "
             "store was edited by hand or damaged"

@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
     )
     from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
-    from workflows.playbook import Step
+    from workflows.playbook import Step, describe_approval
 
 from workflows.incident_run import (
     IncidentRun,
@@ -112,10 +112,10 @@ class CommanderActions(IncidentRun):
             missing = [role for role in dict.fromkeys(step.approval.roles) if role not in held]
             left = step.approval.quorum - len(record.approvals)
             if request.role not in missing and left <= len(missing):
+                needs = describe_approval(missing, len(missing), every_role=True)
                 raise invalid_request(
-                    f"{step.id} still needs approval by "
-                    + " and ".join(f"a {role}" for role in missing)
-                    + f": another {request.role} does not count"
+                    f"{step.id} still needs approval by {needs}: another {request.role} does "
+                    "not count"
                 )
 
     @workflow.update

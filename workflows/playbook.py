@@ -326,7 +326,7 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
             problems += _check_call(playbook, step.do, step.with_, at)
             if step.undo is not None:
                 problems += _check_call(playbook, step.undo.do, step.undo.with_, (*at, "undo"))
-                if _undo_leaves_a_measure(step, inputs):
+                if _undo_leaves_a_measure(playbook, step, inputs):
                     problems.append(
                         Problem(
                             (*at, "undo", "do"),
@@ -391,7 +391,7 @@ def _check_durations(playbook: Playbook) -> list[Problem]:
     ]
 
 
-def _undo_leaves_a_measure(step: Step, inputs: dict[str, Any]) -> bool:
+def _undo_leaves_a_measure(playbook: Playbook, step: Step, inputs: dict[str, Any]) -> bool:
     """An undo that is a measure on other settings than the step's (another lever, or the same
     lever elsewhere) stays in force after the incident closes."""
     assert step.undo is not None
@@ -400,7 +400,7 @@ def _undo_leaves_a_measure(step: Step, inputs: dict[str, Any]) -> bool:
         return False  # a notice, or an unknown lever (reported as such)
     if step.undo.do != step.do:
         return True
-    context = {"inputs": inputs, "incident": dict.fromkeys(INCIDENT_FIELDS, "x")}
+    context = {**default_context(playbook), "inputs": inputs}
     try:
         mine = lever.args.model_validate(substitute(step.with_, context)).targets()
         undone = lever.args.model_validate(substitute(step.undo.with_, context)).targets()
