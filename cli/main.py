@@ -174,6 +174,14 @@ def _print_status(status: IncidentStatus) -> None:
     if status.stand_down:
         down = status.stand_down
         console.print(f"stand-down by {escape(down.actor)}: {escape(down.reason)}")
+    left = [s.id for s in status.steps if s.state == "undo_failed"]
+    if left and status.state != "closed":
+        waiting = status.state == "standing_down"
+        closes = ": the incident closes once none is left" if waiting else ""
+        console.print(
+            f"[bold red]NOT RESTORED[/bold red] (undo failed for good): {escape(', '.join(left))}"
+            f"{closes} (crisis restore {status.incident_id} STEP --reason TEXT [--by-hand])"
+        )
     _print_command_state(status)
     table = Table("step", "lever", "state", "started", "finished", "undone", "expires", "error")
     for step in status.steps:
@@ -258,8 +266,10 @@ def stand_down(
     print_json(result.model_dump(mode="json")) if as_json else _print_status(result)
     from engine.incidents import not_restored
 
-    if (left := not_restored(result)) is not None:  # closed, but not all put back
-        fail(f"incident {incident_id} is {result.state.replace('_', ' ')}, but {left}")
+    if (left := not_restored(result)) is not None:  # not all put back
+        how = "" if result.state == "closed" else f" (crisis restore {incident_id} STEP --reason"
+        how += " TEXT [--by-hand])" if how else ""
+        fail(f"incident {incident_id} is {result.state.replace('_', ' ')}, but {left}{how}")
     hard_exit(0)
 
 
@@ -299,9 +309,12 @@ def _act(
     as_json: bool,
     say: Callable[[Any], str],
     actor: str | None,
+    failed: Callable[[Any], str | None] | None = None,
     **fields: Any,
 ) -> None:
-    """Run the commander action `action` (a key of ACTIONS) and print its answer or one error."""
+    """Run the commander action `action` (a key of ACTIONS) and print its answer or one error.
+    `failed`: what went wrong, if the answer says the action was taken but did not succeed (the
+    answer is printed, then that line, and the exit is non-zero)."""
     from engine.incidents import ACTIONS
 
     settings = settings_or_fail()
@@ -327,6 +340,8 @@ def _act(
 
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else typer.echo(say(result))
+    if failed is not None and (problem := failed(result)) is not None:
+        fail(problem)
     hard_exit(0)
 
 
@@ -506,6 +521,54 @@ def renew(
         step_id=step,
         duration=duration,
         reason=reason,
+    )
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    incident_id: str,
+    step: Annotated[str, typer.Argument(help="The measure whose undo failed for good.")],
+    reason: ReasonOption,
+    by_hand: Annotated[
+        bool,
+        typer.Option(
+            "--by-hand",
+            help="Record that the setting was restored on the platform by hand; the undo is "
+            "not retried.",
+        ),
+    ] = False,
+    actor: ActorOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Restore a measure whose undo failed for good: retry its undo on the platform, or record
+    a restore by hand. A stand-down waiting for it closes once none is left."""
+
+    def say(record: StepRecord) -> str:
+        if record.state == "undo_failed":
+            return f"retried the undo of {record.id}"
+        how = "recorded as restored by hand" if by_hand else "undone on the platform"
+        return f"{record.id} {how}"
+
+    def failed(record: StepRecord) -> str | None:
+        if record.state != "undo_failed":
+            return None
+        return (
+            f"the undo of {record.id} failed again ({record.error or 'no reason given'}): it may "
+            "still be in force; retry later, or restore it by hand and record that with --by-hand"
+        )
+
+    _act(
+        ctx,
+        "restore",
+        incident_id,
+        as_json=as_json,
+        say=say,
+        actor=actor,
+        failed=failed,
+        step_id=step,
+        reason=reason,
+        by_hand=by_hand,
     )
 
 

@@ -23,6 +23,7 @@ ROUTES: dict[str, tuple[str, type[BaseModel]]] = {
     "escalate": ("escalate", IncidentStatus),
     "de-escalate": ("de-escalate", IncidentStatus),
     "renew": ("renew", StepRecord),
+    "restore": ("restore", StepRecord),
     "confirm-review": ("confirm-review", IncidentStatus),
     "note": ("notes", IncidentStatus),
     "stand-down": ("stand-down", IncidentStatus),

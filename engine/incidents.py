@@ -47,6 +47,7 @@ from workflows.incident import (
     NoteRequest,
     RejectRequest,
     RenewRequest,
+    RestoreRequest,
     ReviewRequest,
     StandDownRequest,
 )
@@ -309,15 +310,21 @@ def _timed_out(error: RPCError) -> bool:
 
 def not_restored(status: IncidentStatus) -> str | None:
     """What a commander must hear after a stand-down whose undo failed for good (None: nothing
-    was left): the measures that may still be in force, for them to restore by hand."""
+    was left): the measures that may still be in force, and what to do about them."""
     left = [s for s in status.steps if s.state == "undo_failed"]
     if not left:
         return None
     named = "; ".join(f"{s.id} ({s.lever}: {s.error or 'no reason given'})" for s in left)
     measures = "1 measure was" if len(left) == 1 else f"{len(left)} measures were"
-    return (
+    facts = (
         f"{measures} NOT RESTORED (the undo failed for good, so it may still be in force on the "
-        f"platform): {named}; restore the setting there by hand"
+        f"platform): {named}"
+    )
+    if status.state == "closed":  # closed before a stand-down waited for restores
+        return f"{facts}; restore the setting there by hand"
+    return (
+        f"{facts}; retry the undo (restore), or restore the setting there by hand and record "
+        "that (restore, by hand): the incident closes once none is left"
     )
 
 
@@ -335,6 +342,7 @@ ACTIONS: dict[str, tuple[Any, type[BaseModel]]] = {
     "escalate": (CrisisWorkflow.escalate, LevelRequest),
     "de-escalate": (CrisisWorkflow.de_escalate, LevelRequest),
     "renew": (CrisisWorkflow.renew, RenewRequest),
+    "restore": (CrisisWorkflow.restore, RestoreRequest),
     "confirm-review": (CrisisWorkflow.confirm_review, ReviewRequest),
     "note": (CrisisWorkflow.add_note, NoteRequest),
     "stand-down": (CrisisWorkflow.stand_down, StandDownRequest),

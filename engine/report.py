@@ -88,9 +88,17 @@ SEQUENCE_ENDS = frozenset(
 )
 
 # As `crisis status` and the board name them.
+# Events that end a measure's time in force.
+TAKEN_OFF = ("step.undone", "step.expired", "step.withdrawn", "step.restored_by_hand")
 IncidentStateName = Literal["running", "failed", "standing_down", "closed"]
 EndKind = Literal[
-    "undone_at_stand_down", "undone", "expired", "withdrawn", "still_active", "undo_failed"
+    "undone_at_stand_down",
+    "undone",
+    "expired",
+    "withdrawn",
+    "still_active",
+    "undo_failed",
+    "restored_by_hand",
 ]
 Outcome = Literal[
     "undone_at_stand_down",
@@ -99,6 +107,7 @@ Outcome = Literal[
     "withdrawn",
     "still_active",
     "undo_failed",
+    "restored_by_hand",
     "not_applied",
 ]
 ApprovalOutcome = Literal["granted", "rejected", "timed_out", "withdrawn", "stood_down", "pending"]
@@ -110,6 +119,7 @@ END_LABELS: dict[str, str] = {
     "withdrawn": "withdrawn on de-escalation",
     "still_active": "still active",
     "undo_failed": "undo failed",
+    "restored_by_hand": "restored by hand",
     "not_applied": "not applied",
 }
 
@@ -397,7 +407,7 @@ class _Builder:
             self.levers.setdefault(step, data.get("lever") or "")
             self.figures.step_failures += 1
             self.last_failure[step] = f"failed: {data.get('error') or 'unknown error'}"
-        elif kind in ("step.undone", "step.expired", "step.withdrawn") and step:
+        elif kind in TAKEN_OFF and step:
             self._taken_off(event, step)
         elif kind == "step.undo_failed" and step:
             self.figures.undo_failures += 1
@@ -512,7 +522,9 @@ class _Builder:
         self.last_failure.pop(step, None)
 
     def _taken_off(self, event: AuditEvent, step: str) -> None:
-        if event.kind == "step.undone":
+        if event.kind == "step.restored_by_hand":
+            ended = "restored_by_hand"
+        elif event.kind == "step.undone":
             ended = "undone_at_stand_down" if self.stand_down_at else "undone"
         else:
             ended = "expired" if event.kind == "step.expired" else "withdrawn"
@@ -523,6 +535,7 @@ class _Builder:
             if draft["end"] is None:
                 draft["end"], draft["ended"], draft["undo_failed"] = event.at, ended, None
                 draft["reason"] = event.data.get("reason") or ""
+                draft["by"] = event.actor
 
     def _settle(self, step: str, outcome: str, event: AuditEvent) -> ApprovalRound | None:
         round_ = self.open_rounds.pop(step, None)
@@ -608,6 +621,9 @@ class _Builder:
                 text = f"expired at {_clock(last.end, self.trigger.at)}"
             elif last.ended == "withdrawn" and drafts[-1].get("reason"):
                 text += f" ({drafts[-1]['reason']})"
+            elif last.ended == "restored_by_hand":
+                by = drafts[-1].get("by") or "someone"
+                text = f"undo failed; restored by hand ({by}): {drafts[-1].get('reason') or ''}"
             elif last.ended == "undo_failed":
                 text = f"undo failed: {drafts[-1]['undo_failed']} — may still be in force"
             elif last.ended == "still_active" and self.closed_at:
@@ -878,6 +894,13 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
         return (
             f"undo of {step} failed: {data.get('error') or 'unknown error'}"
             " — it may still be in force"
+        )
+    if kind == "undo.retried":
+        return f"{_who(actor)} retried the undo of {step}: {data.get('reason') or ''}"
+    if kind == "step.restored_by_hand":
+        return (
+            f"{_who(actor)} recorded {step} restored by hand on the platform: "
+            f"{data.get('reason') or ''}"
         )
     if kind == "step.dormant":
         return f"{step} held back: {_held_back(data)}"

@@ -33,6 +33,7 @@ COLOURS = {
     "withdrawn": "#b07aa1",
     "still_active": "#59a14f",
     "undo_failed": "#e15759",
+    "restored_by_hand": "#9c755f",
 }
 LEGEND = {
     "undone_at_stand_down": "in force, undone at stand-down",
@@ -41,6 +42,7 @@ LEGEND = {
     "withdrawn": "in force, withdrawn on de-escalation",
     "still_active": "still in force",
     "undo_failed": "undo failed (may still be in force)",
+    "restored_by_hand": "in force, undo failed, then restored by hand",
 }
 INK, MUTED, RULE, BAND = "#1d2430", "#5b6473", "#d5dae1", "#f4f6f8"
 NOTICE = "#edc948"

@@ -53,7 +53,7 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
                     measures[lifted]["lifted_by"] = data.get("by")
         case "measure.renewed" if step in measures:
             measures[step]["expires_at"] = data.get("until")
-        case "step.expired" | "step.undone" | "step.withdrawn":
+        case "step.expired" | "step.undone" | "step.withdrawn" | "step.restored_by_hand":
             measures.pop(step, None)
         case "step.undo_failed" if step in measures:
             # Its undo failed for good: it may still be in force on the platform, closed or not.
@@ -89,7 +89,13 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
             for kept in measures.values():
                 kept["expires_at"] = None  # nothing lapses after the close: it stays as it is
             facts["review_due"] = None
-    settled = ("step.applied", "step.undone", "step.expired", "step.withdrawn")
+    settled = (
+        "step.applied",
+        "step.undone",
+        "step.expired",
+        "step.withdrawn",
+        "step.restored_by_hand",
+    )
     if event.kind in settled and facts.get("not_restored"):  # applied again, or taken back
         facts["not_restored"] = _not_restored(measures)
 

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
         NoteRequest,
         RejectRequest,
         RenewRequest,
+        RestoreRequest,
         ReviewRequest,
         StandDownRequest,
         StepRecord,
@@ -25,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.playbook import Step, describe_approval
 
 from workflows.incident_run import (
+    RESTORE_RETRY,
     IncidentRun,
     bad_argument,
     check_texts,
@@ -51,7 +53,8 @@ class CommanderActions(IncidentRun):
         )
         if self._since_v3("stand-down-answers-after-audit"):
             # Answer once the audit trail is complete, so what the commander sees is on record.
-            await self._wait(lambda: self._audit_flushed)
+            # A close held for a failed undo's restore answers once that is on record.
+            await self._wait(lambda: self._audit_flushed or self._held_on_record())
         else:  # incidents started before this change answered at close
             await self._wait(lambda: self._state == "closed")
         return self._status()
@@ -273,6 +276,69 @@ class CommanderActions(IncidentRun):
                     f"{held_until:%Y-%m-%d %H:%M:%S} UTC, later than {request.duration} from now: "
                     "a renewal only pushes the expiry out"
                 )
+
+    def _held_on_record(self) -> bool:
+        return self._holding_close and not self._audit.pending and not self._pump_busy
+
+    @workflow.update
+    async def restore(self, request: RestoreRequest) -> StepRecord:
+        """A measure whose undo failed for good: retry the undo on the platform, or record that
+        a person restored the setting there by hand. A stand-down waiting for it closes once
+        nothing is left unrestored."""
+        record = self._records[request.step_id]
+        if request.by_hand:
+            now = iso(self._clock())
+            record.state, record.undone_at, record.expires_at = "undone", now, None
+            record.outcome = f"restored by hand ({request.actor}): {request.reason}"
+            self._record(
+                "step.restored_by_hand",
+                actor=request.actor,
+                step_id=record.id,
+                data={"lever": record.lever, "reason": request.reason, "error": record.error},
+                at=now,
+            )
+            return record
+        self._record(
+            "undo.retried",
+            actor=request.actor,
+            step_id=record.id,
+            data={"reason": request.reason, "error": record.error},
+        )
+        self._reinstate(record)
+        await self._undo(
+            record, final_state="undone", reason=f"retried: {request.reason}", retry=RESTORE_RETRY
+        )
+        return record
+
+    def _reinstate(self, record: StepRecord) -> None:
+        """Put a measure whose undo failed back among those in force, in the order they were
+        applied, so that taking it back again first lifts what was applied over it."""
+        since = record.in_force_since or record.finished_at or ""
+        order = self._applied_order
+        after = [
+            at
+            for at, other in enumerate(order)
+            if (self._records[other].in_force_since or self._records[other].finished_at or "")
+            > since
+        ]
+        order.insert(after[0] if after else len(order), record.id)
+        record.state, record.error = "applied", None
+
+    @restore.validator
+    def _check_restore(self, request: RestoreRequest) -> None:
+        check_texts(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
+        if self._state == "closed":
+            raise invalid_request("incident is closed")
+        record = self._records.get(request.step_id)
+        if record is None or record.kind != "lever":
+            raise bad_argument(f"no measure {request.step_id!r} in this incident")
+        if record.state == "undoing":
+            raise invalid_request(f"measure {request.step_id} is being taken back already")
+        if record.state != "undo_failed":
+            raise invalid_request(
+                f"measure {request.step_id} is {record.state}: only a measure whose undo failed "
+                "can be restored"
+            )
 
     @workflow.update
     def confirm_review(self, request: ReviewRequest) -> IncidentStatus:

@@ -139,11 +139,19 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             # A forced stand-down's hand-backs are recorded after its undos: nothing carries
             # the close.
             closes = number == len(undoing) and not self._pb.on_stand_down and not forced
+            if closes and self._holds_close():
+                closes = False  # an earlier undo failed: the close waits for its restore
             await self._undo(
                 self._records[step_id], final_state="undone", closes=closes, hand_back=forced
             )
         if forced and self._busy:
             await self._wait(lambda: self._busy == 0)  # the hand-backs, before the close
+        if self._holds_close():
+            # Closing notices and the close wait until every measure is restored: a commander
+            # retries its undo or records a restore by hand (`restore`).
+            self._holding_close = True
+            await self._wait(lambda: not self._unrestored())
+            self._holding_close = False
         for step in self._pb.on_stand_down:
             if self._eligible(step):
                 await self._apply_step(step)
@@ -498,6 +506,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         reason: str = "",
         closes: bool = False,
         hand_back: bool = False,
+        retry: RetryPolicy = UNDO_RETRY,
     ) -> None:
         """Take a measure back. `closes`: the incident closes once it is (the call then writes
         the stand-down's trail, the close included, if nothing else is under way). `hand_back`:
@@ -550,7 +559,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 args,
                 f"undo-{record.undos}",
                 restore=restore,
-                retry=UNDO_RETRY,
+                retry=retry,
                 carry=carry,
                 close_actor=self._stand_down.actor if closes and self._stand_down else None,
             )

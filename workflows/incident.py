@@ -197,6 +197,16 @@ class RenewRequest(BaseModel):
     duration: str  # e.g. 24h: the measure now lapses this long from now
 
 
+class RestoreRequest(BaseModel):
+    """A measure whose undo failed for good: take it back again (`by_hand` False: the undo is
+    retried on the platform), or record that a person restored the setting there by hand."""
+
+    step_id: str
+    actor: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    by_hand: bool = False
+
+
 class ReviewRequest(BaseModel):
     actor: str = Field(min_length=1)
     note: str = ""

@@ -56,6 +56,13 @@ UNDO_RETRY = RetryPolicy(
     maximum_attempts=20,
     non_retryable_error_types=NON_RETRYABLE,
 )
+# An undo a commander retries: they wait for the answer, so it gives up within seconds.
+RESTORE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    maximum_interval=timedelta(seconds=2),
+    maximum_attempts=4,
+    non_retryable_error_types=NON_RETRYABLE,
+)
 # A run records one marker naming the interpreter version it follows: each patch marker also
 # costs a search-attribute update on the server, so changes share one per version. Histories
 # recorded before v3 replay through the per-change patches they hold (see `_version`).
@@ -86,6 +93,9 @@ APPLY_UNDER_PATCH = "apply-under-later-measures"
 FAILURE_SETTLES_PATCH = "failure-stops-at-once-and-settles-calls"
 # A continue-as-new waits for notification deliveries under way. Recorded only where one is.
 DELIVERIES_LAND_PATCH = "continue-as-new-waits-for-deliveries"
+# A stand-down whose undo failed for good waits, standing down, until a commander restores the
+# measure (`restore`), instead of closing with it maybe still in force. Recorded only there.
+UNDO_FAILURE_HOLDS_CLOSE_PATCH = "failed-undo-holds-the-close"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -205,6 +215,8 @@ class IncidentRun:
         self._audit_done = False
         self._audit_flushed = False
         self._pump_busy = False
+        # A stand-down waiting for failed undos to be restored before it closes.
+        self._holding_close = False
         self._conditions: dict[str, Any] = {}
         self._retry_policies: dict[str, RetryPolicy] = {}  # by step id: built once, not per call
         # Overlapping incidents (`reassert`): one earlier incident's restore at a time; an
@@ -267,7 +279,13 @@ class IncidentRun:
         ) -> bool: ...
 
         async def _undo(
-            self, record: StepRecord, *, final_state: str, reason: str = "", closes: bool = False
+            self,
+            record: StepRecord,
+            *,
+            final_state: str,
+            reason: str = "",
+            closes: bool = False,
+            retry: RetryPolicy = UNDO_RETRY,
         ) -> None: ...
 
     # --- levels, conditions -------------------------------------------------------------------
@@ -312,6 +330,15 @@ class IncidentRun:
             "incident.failed", step_id=step_id, data={"error": self._records[step_id].error}
         )
         return True
+
+    def _unrestored(self) -> bool:
+        """A measure's undo failed for good (or is being retried): it may still be in force."""
+        return any(r.state in ("undo_failed", "undoing") for r in self._records.values())
+
+    def _holds_close(self) -> bool:
+        """Whether a stand-down must wait for a restore before it closes (histories recorded
+        before the patch closed at once)."""
+        return self._unrestored() and workflow.patched(UNDO_FAILURE_HOLDS_CLOSE_PATCH)
 
     def _parent_of(self, step: AnyStep) -> AnyStep:
         parent = self._records[step.id].parent

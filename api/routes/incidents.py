@@ -185,6 +185,18 @@ class RenewBody(ActionBody):
         return duration
 
 
+class RestoreBody(ActionBody):
+    step_id: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="The measure whose undo failed"
+    )
+    reason: WrittenText = Field(max_length=MAX_TEXT_CHARS)
+    by_hand: StrictBool = Field(
+        False,
+        description="Record that the setting was restored on the platform by hand, instead of "
+        "retrying the undo",
+    )
+
+
 class ReviewBody(ActionBody):
     note: str = Field("", max_length=MAX_TEXT_CHARS)
 
@@ -308,6 +320,21 @@ async def renew(
 ) -> StepRecord:
     """The measure now lapses `duration` from now; a lapsed one is applied again."""
     return await _act(incidents, "renew", incident_id, body, actor=principal)
+
+
+@router.post(
+    "/{incident_id}/restore",
+    response_model=StepRecord,
+    summary="Restore a measure whose undo failed",
+    responses=ACTION_ERRORS,
+)
+async def restore(
+    incident_id: str, body: RestoreBody, incidents: IncidentsDep, principal: Commander
+) -> StepRecord:
+    """Retry the undo on the platform (its answer says `undone` or `undo_failed` again), or with
+    `by_hand` record that a person restored the setting there. A stand-down waiting for it
+    closes once no measure is left unrestored."""
+    return await _act(incidents, "restore", incident_id, body, actor=principal)
 
 
 @router.post(

@@ -120,6 +120,10 @@ ACTION_FORMS: dict[str, ActionForm] = {
             "reason": "a reason to renew",
         },
     ),
+    "restore": ActionForm(
+        ("step_id", "reason"),
+        {"step_id": "which measure to restore", "reason": "a reason to restore"},
+    ),
     "confirm-review": ActionForm(("note",), {}),
     "note": ActionForm(("text",), {"text": "the note's text"}),
     "stand-down": ActionForm(("reason",), {"reason": "a reason to stand down"}),

@@ -316,6 +316,8 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             )
         if action == "stand-down" and form.get("confirm") != "yes":
             raise ActionRefused("stand-down: tick the box to confirm that every measure is undone")
+        if action == "restore":  # which button: retry the undo, or record a restore by hand
+            fields["by_hand"] = form.get("by_hand") == "yes"
         if action == "stand-down":
             fields["force"] = form.get("force") == "yes"
             if not fields["force"]:
@@ -343,6 +345,9 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
     left = not_restored(result) if isinstance(result, IncidentStatus) else None
     if left is not None:  # a stand-down that could not put everything back
         set_flash(response, request, "warning", f"stood down, but {left}")
+    elif isinstance(result, StepRecord) and result.state == "undo_failed":  # a retried undo
+        why = result.error or "no reason given"
+        set_flash(response, request, "warning", f"the undo of {result.id} failed again: {why}")
     else:
         set_flash(response, request, "ok", _done(action, fields, result))
     return response
@@ -357,6 +362,9 @@ def _done(action: str, fields: dict[str, Any], result: Any) -> str:
             return f"approved {result.id}: {given} of {quorum}{reached}"
         if action == "reject":
             return f"rejected {result.id}: it is skipped"
+        if action == "restore":
+            how = "recorded as restored by hand" if fields["by_hand"] else "undone on the platform"
+            return f"{result.id} {how}"
         return f"renewed {result.id} for {fields['duration']} from now"
     status: IncidentStatus = result
     match action:

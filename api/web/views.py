@@ -64,6 +64,7 @@ class IncidentView:
     escalate_to: list[str] = field(default_factory=list)
     de_escalate_to: list[str] = field(default_factory=list)
     can_renew: bool = False
+    can_restore: bool = False
     can_review: bool = False
     can_note: bool = False
     can_stand_down: bool = False
@@ -135,6 +136,7 @@ def incident_view(
         escalate_to=status.levels[rank + 1 :] if levels_open else [],
         de_escalate_to=list(reversed(status.levels[:rank])) if levels_open and rank > 0 else [],
         can_renew=in_play and commands,
+        can_restore=commands and status.state != "closed",
         can_review=in_play and commands and status.next_review_due is not None,
         can_note=commands and status.state != "closed",
         can_stand_down=commands and status.stand_down is None and status.state != "closed",

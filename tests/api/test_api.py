@@ -310,6 +310,7 @@ async def test_openapi_lists_the_v1_paths(api: httpx.AsyncClient) -> None:
                 "escalate",
                 "de-escalate",
                 "renew",
+                "restore",
                 "confirm-review",
                 "notes",
             )

@@ -1,5 +1,6 @@
-"""Commander actions over HTTP: approve, reject, escalate, de-escalate, renew, confirm-review and
-notes under /v1/incidents/{id}/, against the real dev server, sandbox and embedded worker."""
+"""Commander actions over HTTP: approve, reject, escalate, de-escalate, renew, restore,
+confirm-review and notes under /v1/incidents/{id}/, against the real dev server, sandbox and
+embedded worker."""
 
 # The house style puts the expected value first in asserts.
 
@@ -28,6 +29,7 @@ ACTION_PATHS = (
     "escalate",
     "de-escalate",
     "renew",
+    "restore",
     "confirm-review",
     "notes",
 )
@@ -252,6 +254,43 @@ async def test_levels_renew_review_and_notes(
     answer(await act(api, i, "stand-down", reason="test over"))
 
 
+async def test_restore_a_measure_whose_undo_failed(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    """A stand-down whose surge undo the platform refuses answers standing down, the surge
+    undo_failed; a retry while it still refuses answers undo_failed again; `by_hand` must be a
+    JSON boolean; a restore recorded by hand closes the incident; then restore is refused."""
+    i = await trigger(api, "plain")
+    await status_when(api, i, lambda s: s["surge"] == "applied")
+    conflict(await act(api, i, "restore", step_id="surge", reason="x"), "surge is applied")
+    await sandbox.fault(path_prefix="/moderation", operation_prefix="undo-", status=400)
+    try:
+        down = answer(await act(api, i, "stand-down", reason="over"))
+        assert ("standing_down", "undo_failed") == (down["state"], step(down, "surge")["state"])
+        again = answer(await act(api, i, "restore", step_id="surge", reason="back?"))
+        assert ("undo_failed", 2) == (again["state"], again["undos"])
+        refused = await act(api, i, "restore", step_id="surge", reason="x", by_hand="yes")
+        assert "body.by_hand: Input should be a valid boolean" == assert_error(
+            refused, 422, "invalid_request"
+        )
+        invalid(await act(api, i, "restore", step_id="nope", reason="x"), "no measure 'nope'")
+        done = answer(
+            await act(api, i, "restore", step_id="surge", reason="in the admin", by_hand=True)
+        )
+        assert ("undone", "restored by hand (alice): in the admin") == (
+            done["state"],
+            done["outcome"],
+        )
+    finally:
+        await sandbox.clear_faults()
+
+    async def closed() -> None:
+        assert "closed" == answer(await api.get(f"/v1/incidents/{i}"))["state"]
+
+    await assert_eventually(closed)
+    conflict(await act(api, i, "restore", step_id="surge", reason="x"), i, "closed")
+
+
 async def test_refusals_and_errors(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
     """Actions the playbook cannot take are 422, as a trigger at an undeclared level is; unknown
     incidents 404; bad bodies 422; a closed incident refuses notes (409)."""
@@ -268,6 +307,7 @@ async def test_refusals_and_errors(api: httpx.AsyncClient, sandbox: Sandbox) -> 
         "escalate": {"reason": "x"},
         "de-escalate": {"reason": "x"},
         "renew": {"step_id": "s", "duration": "1h", "reason": "x"},
+        "restore": {"step_id": "s", "reason": "x"},
         "confirm-review": {},
         "notes": {"text": "x"},
     }
@@ -305,6 +345,7 @@ async def test_over_long_text_and_inputs_are_refused_up_front(
         "escalate": {"reason": text},
         "de-escalate": {"reason": text},
         "renew": {"step_id": "surge", "duration": "1h", "reason": text},
+        "restore": {"step_id": "surge", "reason": text},
         "confirm-review": {"note": text},
         "stand-down": {"reason": text},
     }
@@ -385,6 +426,7 @@ async def test_openapi_describes_each_action(api: httpx.AsyncClient) -> None:
         "escalate": "LevelBody",
         "de-escalate": "LevelBody",
         "renew": "RenewBody",
+        "restore": "RestoreBody",
         "confirm-review": "ReviewBody",
         "notes": "NoteBody",
     } == bodies

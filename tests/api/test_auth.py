@@ -251,6 +251,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, frozenset[str]]] = [
         {"step_id": "s", "duration": "1h", "reason": "x"},
         COMMANDERS,
     ),
+    ("POST", f"/v1/incidents/{NONE}/restore", {"step_id": "s", "reason": "x"}, COMMANDERS),
     ("POST", f"/v1/incidents/{NONE}/confirm-review", {}, COMMANDERS),
     ("POST", f"/v1/incidents/{NONE}/notes", {"text": "x"}, COMMANDERS),
 ]

@@ -455,24 +455,42 @@ async def test_trigger_status_stand_down_and_verify(
 
 
 @pytest.mark.usefixtures("worker")
-async def test_a_stand_down_that_leaves_a_measure_in_force_exits_non_zero_naming_it(
+async def test_a_stand_down_that_leaves_a_measure_in_force_exits_non_zero_until_restored(
     cli_env: dict[str, str], sandbox: Sandbox
 ) -> None:
-    """The platform refuses the detection threshold's undo for good: the incident closes, the
-    JSON answer still comes, and one error line names what may still be in force."""
+    """The platform refuses the detection threshold's undo for good: the JSON answer still
+    comes, one error line names what may still be in force and how to restore it, and the
+    incident waits standing down; `crisis restore` retries the undo (failing again: exit 1),
+    then, once the platform takes it, restores it and the incident closes."""
     incident_id = await trigger(cli_env)
     await wait_until_applied(cli_env, incident_id)
     await sandbox.fault(path_prefix="/detection", operation_prefix="undo-", status=400)
     try:
         run = await crisis(cli_env, "stand-down", incident_id, "--reason", "calm", "--json")
+        assert_one_line_error(
+            run,
+            f"incident {incident_id} is standing down, but 1 measure was NOT RESTORED",
+            "raise-detection",
+            f"crisis restore {incident_id} STEP",
+        )
+        assert ["undo_failed"] == [
+            s["state"] for s in run.json()["steps"] if s["id"] == "raise-detection"
+        ]
+        again = await crisis(cli_env, "restore", incident_id, "raise-detection", "--reason", "x")
+        assert_one_line_error(again, "the undo of raise-detection failed again", "--by-hand")
+        assert again.stdout.startswith("retried the undo of raise-detection")
+        waiting = await crisis(cli_env, "status", incident_id)
+        assert "NOT RESTORED (undo failed for good): raise-detection: the incident closes" in (
+            " ".join(waiting.stdout.split())
+        ), waiting
     finally:
         await sandbox.clear_faults()
-    assert_one_line_error(
-        run, f"incident {incident_id} is closed, but 1 measure was NOT RESTORED", "raise-detection"
-    )
-    assert ["undo_failed"] == [
-        s["state"] for s in run.json()["steps"] if s["id"] == "raise-detection"
-    ]
+    done = await crisis(cli_env, "restore", incident_id, "raise-detection", "--reason", "back")
+    assert (0, "raise-detection undone on the platform\n") == (done.code, done.stdout), done
+    closed = await crisis(cli_env, "status", incident_id, "--json")
+    assert "closed" == closed.json()["state"]
+    refused = await crisis(cli_env, "restore", incident_id, "raise-detection", "--reason", "x")
+    assert_one_line_error(refused, f"incident {incident_id} is closed")
 
 
 @pytest.mark.usefixtures("worker")

@@ -452,6 +452,40 @@ def test_failed_undo_and_rejection_are_findings() -> None:
     assert "undo failed: timeout" in render_html(report)
 
 
+def test_a_measure_restored_by_hand_is_in_force_until_the_restore_was_recorded() -> None:
+    """The undo failed at stand-down; a retry failed too; then a commander recorded the setting
+    restored by hand: the measure's time in force ends there, and the timeline says who did
+    what."""
+    t = Trail("INC-3")
+    t.add(0, "incident.triggered", actor="dan", playbook="p", version=1, inputs={}, level=None)
+    t.add(0, "step.started", step="surge", lever="moderation.surge", args=SURGE)
+    t.add(5, "step.applied", step="surge", lever="moderation.surge")
+    t.add(HOUR, "stand_down.requested", actor="dan", reason="over")
+    t.add(HOUR + 1, "step.undo_failed", step="surge", lever="moderation.surge", error="HTTP 400")
+    t.add(HOUR + 60, "undo.retried", actor="erin", step="surge", reason="back?", error="HTTP 400")
+    t.add(HOUR + 61, "step.undo_failed", step="surge", lever="moderation.surge", error="HTTP 400")
+    t.add(
+        HOUR + 600,
+        "step.restored_by_hand",
+        actor="erin",
+        step="surge",
+        lever="moderation.surge",
+        reason="set in the admin tool",
+    )
+    t.add(HOUR + 600, "incident.closed", actor="dan")
+    report = build_report(t.events, now=T0 + timedelta(hours=3))
+    surge = next(m for m in report.measures if m.step_id == "surge")
+    assert [(5, HOUR + 600, "restored_by_hand", False)] == [
+        (i.start_offset_seconds, i.end_offset_seconds, i.ended, i.open) for i in surge.intervals
+    ]
+    assert "undo failed; restored by hand (erin): set in the admin tool" == surge.outcome_text
+    assert 2 == report.key_figures.undo_failures
+    timeline = render_markdown(report)
+    assert "erin retried the undo of surge: back?" in timeline
+    assert "erin recorded surge restored by hand on the platform: set in the admin tool" in timeline
+    assert 1 == render_chart_svg(report).count('<rect class="bar bar-restored_by_hand"')
+
+
 def test_people_who_only_approved_are_approvers_not_commanders() -> None:
     """Commanders are those who triggered, escalated, noted, stood down; approvers are listed
     apart, in the facts of every rendering."""

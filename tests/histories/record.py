@@ -15,6 +15,11 @@ Run against a fresh dev server with today's interpreter before changing it:
     python -m tests.histories.record v7 under     # an escalation runs an earlier step under a
                                                   # later one on its settings (v7-under;
                                                   # v7-under-unpatched: before it was)
+    python -m tests.histories.record v7 restore   # a stand-down whose undo fails for good (kept
+                                                  # as v7-undo-failed-unpatched, closed at once,
+                                                  # before the close waited for a restore;
+                                                  # v7-restored: the undo retried, failing again,
+                                                  # then undone; v7-restored-by-hand)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -301,6 +306,54 @@ async def record_under(tag: str, incidents: Incidents, client: Client, work: Pat
     print(f"recorded {incident_id}: {len(history.events)} events")
 
 
+async def record_restore(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """The platform refuses the threshold's undo at stand-down. Before the close waited for a
+    restore, the incident closed at once; since, a commander retries the undo (refused again,
+    then done) or records a restore by hand, and only then does it close."""
+    kept = {}
+    async with httpx.AsyncClient() as http:
+        for name in ("restored", "restored-by-hand"):
+            incident_id = f"REC-{tag}-{name}"
+            await incidents.trigger(
+                str(work / "record-applied.yaml"), {}, actor="recorder", incident_id=incident_id
+            )
+            await _settled(incidents, incident_id)
+            fault = {"path_prefix": "/detection", "operation_prefix": "undo-", "status": 400}
+            (await http.post(f"{sandbox_url}/faults", json=fault)).raise_for_status()
+            status = await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+            if status.state == "closed":
+                kept[f"{tag}-undo-failed-unpatched"] = incident_id
+                (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
+                break
+            from workflows.incident import RestoreRequest  # absent before the close waited
+
+            retry = RestoreRequest(step_id="threshold", actor="recorder", reason="recorded")
+            if name == "restored":
+                await incidents.act(incident_id, CrisisWorkflow.restore, retry)  # fails again
+                (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
+                await incidents.act(incident_id, CrisisWorkflow.restore, retry)
+            else:
+                by_hand = retry.model_copy(update={"by_hand": True})
+                await incidents.act(incident_id, CrisisWorkflow.restore, by_hand)
+                (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
+            await _closed(incidents, incident_id)
+            kept[f"{tag}-{name}"] = incident_id
+    for name, kept_id in kept.items():
+        history = await client.get_workflow_handle(kept_id).fetch_history()
+        (HERE / f"{name}.json").write_text(_without_local_paths(history.to_json()))
+        print(f"recorded {kept_id}: {len(history.events)} events")
+
+
+async def _closed(incidents: Incidents, incident_id: str) -> None:
+    for _ in range(200):
+        if (await incidents.status(incident_id)).state == "closed":
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{incident_id} did not close")
+
+
 async def _settled(incidents: Incidents, incident_id: str) -> None:
     for _ in range(200):
         status = await incidents.status(incident_id)
@@ -340,6 +393,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "under":
             await record_under(tag, incidents, client, work)
             return
+        if scenario == "restore":
+            await record_restore(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -369,7 +425,7 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under
+    # under, restore
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

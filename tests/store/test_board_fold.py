@@ -52,3 +52,8 @@ def test_a_measure_whose_undo_failed_stays_after_the_close_until_it_is_settled()
         summary(APPLIED, undo_failed, undone)["measures"],
     )
     assert {} == summary(APPLIED, closed)["measures"]
+    by_hand = ("step.restored_by_hand", "surge", {"lever": "moderation.surge", "reason": "done"})
+    assert (0, {}) == (
+        summary(APPLIED, undo_failed, by_hand)["not_restored"],
+        summary(APPLIED, undo_failed, by_hand)["measures"],
+    )

@@ -517,8 +517,9 @@ async def test_a_stand_down_that_could_not_undo_a_measure_says_so_everywhere(
     console: Console, sandbox: Sandbox
 ) -> None:
     """The platform refuses the surge's undo for good: the flash names it NOT RESTORED instead of
-    "every measure is undone", the incident page flags it, and the open board still lists the
-    closed incident with it."""
+    "every measure is undone", the incident page flags it with a way to restore it, the open
+    board lists the incident with it; a retried undo that fails again says so, and a restore
+    recorded by hand closes the incident."""
     async with console.session("alice") as alice:
         incident_id = await trigger(alice)
         await console.status_when(incident_id, lambda s: s["surge"] == "applied")
@@ -530,19 +531,33 @@ async def test_a_stand_down_that_could_not_undo_a_measure_says_so_everywhere(
                 {"reason": "test over", "confirm": "yes"},
             )
             shown = flash(await followed(alice, response))
+            assert shown.startswith("stood down, but 1 measure was NOT RESTORED"), shown
+            assert "surge (moderation.surge: " in shown, shown
+            page = await alice.incident(incident_id)
+            assert "data-state>standing down<" in page.html
+            assert 'data-not-restored="surge"' in page.html and 'data-action="restore"' in page.html
+
+            async def on_the_open_board() -> None:  # the board reads the store, a moment behind
+                board = (await alice.get("/console")).html
+                assert incident_id in board and "NOT RESTORED: <b>surge</b>" in board
+
+            await assert_eventually(on_the_open_board)
+            retried = await alice.post(
+                f"/console/incidents/{incident_id}/restore",
+                {"step_id": "surge", "reason": "platform is back?", "by_hand": "no"},
+            )
+            shown = flash(await followed(alice, retried))
+            assert shown.startswith("the undo of surge failed again: "), shown
         finally:
             await sandbox.clear_faults()
-        assert shown.startswith("stood down, but 1 measure was NOT RESTORED"), shown
-        assert "surge (moderation.surge: " in shown, shown
+        by_hand = await alice.post(
+            f"/console/incidents/{incident_id}/restore",
+            {"step_id": "surge", "reason": "restored in the admin tool", "by_hand": "yes"},
+        )
+        assert "surge recorded as restored by hand" == flash(await followed(alice, by_hand))
+        await console.status_when(incident_id, lambda s: s["surge"] == "undone")
         page = await alice.incident(incident_id)
-        assert "data-state>closed<" in page.html
-        assert 'data-not-restored="surge"' in page.html
-
-        async def still_on_the_open_board() -> None:  # the board reads the store, a moment behind
-            board = (await alice.get("/console")).html
-            assert incident_id in board and "NOT RESTORED: <b>surge</b>" in board
-
-        await assert_eventually(still_on_the_open_board)
+        assert 'data-not-restored="surge"' not in page.html
 
 
 async def test_audit_page_shows_the_verdict_and_the_report(console: Console) -> None:

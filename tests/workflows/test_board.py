@@ -12,7 +12,7 @@ from engine.incidents import not_restored
 from store.audit_store import IncidentRow
 from tests.workflows.lab import Lab, at
 from workflows.crisis import CrisisWorkflow
-from workflows.incident import ApproveRequest, NoteRequest, ReviewRequest
+from workflows.incident import ApproveRequest, NoteRequest, RestoreRequest, ReviewRequest
 
 BOARD_PLAYBOOK = """
 reviews: {every: 4h, grace: 30m, on_missed: escalate}
@@ -134,28 +134,31 @@ async def _all_open(lab: Lab) -> list[str]:
     return [i.incident_id for i in board_page(lab.store, limit=200).items]
 
 
-async def test_a_measure_whose_undo_failed_keeps_the_closed_incident_on_the_open_board(
+async def test_a_measure_whose_undo_failed_keeps_the_incident_on_the_open_board(
     lab: Lab,
 ) -> None:
     """Stand-down could not take the surge back (the platform refuses its undo for good): the
-    incident closes, yet the board still lists it as open, the surge NOT RESTORED with the
-    reason, and the commander's stand-down answer names it."""
+    incident waits standing down, the board lists the surge NOT RESTORED with the reason, and
+    the commander's stand-down answer names it; a restore by hand clears it."""
     incident_id = await lab.trigger(BOARD_PLAYBOOK)
     await lab.audit(incident_id, until="approval.requested")
     await lab.sandbox.fault(path_prefix="/moderation", operation_prefix="undo-", status=400)
     status = await lab.incidents.stand_down(incident_id, actor="alice", reason="calm")
-    await lab.audit(incident_id, until="incident.closed")
+    await lab.audit(incident_id, until="step.undo_failed")
 
-    assert "closed" == status.state
+    assert "standing_down" == status.state
     told = not_restored(status)
     assert told is not None and told.startswith("1 measure was NOT RESTORED")
     assert "surge (moderation.surge: " in told
-    left = entry(lab, incident_id)  # the open board, though it is closed
-    assert ("closed", [], ["surge"]) == (
+    left = entry(lab, incident_id)
+    assert ("standing_down", [], ["surge"]) == (
         left.state,
         left.pending_approvals,
         [m.step_id for m in left.measures],
     )
     assert left.measures[0].not_restored and "400" in left.measures[0].not_restored
-    assert incident_id in [i.incident_id for i in board_page(lab.store, state="closed").items]
+    by_hand = RestoreRequest(step_id="surge", actor="alice", reason="done in admin", by_hand=True)
+    await lab.act(incident_id, CrisisWorkflow.restore, by_hand)
+    await lab.audit(incident_id, until="incident.closed")
+    assert incident_id not in await _all_open(lab)
     await lab.sandbox.clear_faults()

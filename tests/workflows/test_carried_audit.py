@@ -26,7 +26,8 @@ from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
 from tests.workflows.lab import kinds
 from workflows.audit import AuditBatch, AuditWritten
-from workflows.incident import APPLY_LEVER, WRITE_AUDIT
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import APPLY_LEVER, WRITE_AUDIT, RestoreRequest
 
 TWO_LEVERS = """
 playbook: carried
@@ -72,10 +73,11 @@ async def stood_down_once_ready(
     audit: AuditWriter | None = None,
     ready: Ready | None = None,
     standing_down: Ready | None = None,
+    then: Ready | None = None,
 ) -> str:
     """Trigger the playbook on a worker of its own, wait for `ready` (by default: everything
     applied is on record), stand it down (waiting for `standing_down`, if given, before the
-    stand-down has finished); answer the incident id."""
+    stand-down has finished), then run `then`, if given; answer the incident id."""
     incidents = Incidents(client, settings)
 
     async def applied(_: Incidents, incident_id: str) -> None:
@@ -92,6 +94,8 @@ async def stood_down_once_ready(
             await assert_eventually(lambda: standing_down(incidents, incident), timeout=30)
             assert not stand_down.done()
         await stand_down
+        if then is not None:
+            await then(incidents, incident)
     return incident
 
 
@@ -181,11 +185,24 @@ async def test_a_carried_write_that_fails_is_written_by_the_workflow(
 async def test_a_closing_undo_that_fails_leaves_the_close_to_the_workflow(
     client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """The events the failed call carried are written with its failure and the close."""
+    """The events the failed call carried are written with its failure; the close waits for the
+    measure to be restored (its undo retried), and is written by the workflow."""
     await sandbox.fault(path_prefix="/recommender/throttle/restore", status=400, times=1)
-    incident = await stood_down_once_ready(client, settings, sqlite_store, two_levers(tmp_path))
-    undo_failed = ["stand_down.requested", "step.undone", "step.undo_failed", "incident.closed"]
-    assert kinds(sqlite_store.events(incident)) == APPLIED + undo_failed
+
+    async def retried(incidents: Incidents, incident: str) -> None:
+        retry = RestoreRequest(step_id="throttle", actor="bob", reason="platform is back")
+        assert "undone" == (await incidents.act(incident, CrisisWorkflow.restore, retry)).state
+
+    incident = await stood_down_once_ready(
+        client, settings, sqlite_store, two_levers(tmp_path), then=retried
+    )
+    undo_failed = ["stand_down.requested", "step.undone", "step.undo_failed"]
+    restored = ["undo.retried", "step.undone", "incident.closed"]
+
+    async def written() -> None:
+        assert kinds(sqlite_store.events(incident)) == APPLIED + undo_failed + restored
+
+    await assert_eventually(written)
     assert (await local_activities(client, incident))[-1] == WRITE_AUDIT
     await assert_audited(client, sqlite_store, incident)
 

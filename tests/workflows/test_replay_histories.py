@@ -49,7 +49,8 @@ def test_histories_are_kept() -> None:
     failed with on_failure undo, recorded before anything took it back, taken back as it landed,
     and landed before the undos;
     an escalation running an earlier step under a later one on its settings, and the same
-    recorded before it did)."""
+    recorded before it did; a stand-down whose undo failed for good, closed at once as before
+    the close waited for a restore, and since: the undo retried, or restored by hand)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
@@ -62,6 +63,9 @@ def test_histories_are_kept() -> None:
         "v7-landed-settled",
         "v7-under",
         "v7-under-unpatched",
+        "v7-undo-failed-unpatched",
+        "v7-restored",
+        "v7-restored-by-hand",
     } <= kept
 
 

@@ -1,0 +1,163 @@
+"""A measure whose undo failed for good: a stand-down waits, standing down, until a commander
+retries the undo or records a restore by hand; only then do closing steps run and the incident
+close. The platform is the real sandbox, refusing the undo until told otherwise."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from engine.board import board_page
+from engine.errors import ActionInvalid, IncidentConflict
+from engine.incidents import not_restored
+from tests.workflows.lab import Lab, kinds, settings_of, step, step_states
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import RestoreRequest
+
+TWO_MEASURES = """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+    expires_after: 1h
+  - id: throttle
+    do: recommender.throttle
+    with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.5}
+on_stand_down:
+  - id: all-clear
+    do: notify.webhook
+    with: {to: internal, message: stood down}
+"""
+REFUSE_SURGE_UNDO = {"path_prefix": "/moderation", "operation_prefix": "undo-", "status": 400}
+
+
+def restore(actor: str = "bob", *, by_hand: bool = False) -> RestoreRequest:
+    reason = "restored in the admin tool" if by_hand else "platform is back"
+    return RestoreRequest(step_id="surge", actor=actor, reason=reason, by_hand=by_hand)
+
+
+async def stood_down_with_surge_left(lab: Lab) -> tuple[str, dict[str, object]]:
+    """An incident stood down while the platform refuses the surge's undo; the platform's
+    settings before it was triggered."""
+    before = settings_of(await lab.platform())
+    incident_id = await lab.trigger(TWO_MEASURES)
+    await lab.settle(incident_id, {"surge": "applied", "throttle": "applied"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO)
+    status = await lab.incidents.stand_down(incident_id, actor="alice", reason="calm")
+    assert ("standing_down", "undo_failed", "undone", "pending") == (
+        status.state,
+        *(step_states(status)[s] for s in ("surge", "throttle", "all-clear")),
+    )
+    return incident_id, before
+
+
+async def test_a_stand_down_waits_until_the_retried_undo_restores_the_measure(lab: Lab) -> None:
+    incident_id, before = await stood_down_with_surge_left(lab)
+    status = await lab.status(incident_id)
+    told = not_restored(status)
+    assert told is not None and "retry the undo" in told and "surge (moderation.surge" in told
+    left = next(i for i in board_page(lab.store).items if i.incident_id == incident_id)
+    assert ("standing_down", ["surge"]) == (left.state, [m.step_id for m in left.measures])
+
+    again = await lab.act(incident_id, CrisisWorkflow.restore, restore())
+    assert ("undo_failed", 2) == (again.state, again.undos)
+    assert "standing_down" == (await lab.status(incident_id)).state
+
+    await lab.sandbox.clear_faults()
+    done = await lab.act(incident_id, CrisisWorkflow.restore, restore())
+    assert "undone" == done.state
+    events = await lab.audit(incident_id, until="incident.closed")
+    closed = await lab.status(incident_id)
+    assert ("closed", "applied") == (closed.state, step(closed, "all-clear").state)
+    assert before == settings_of(await lab.platform())  # every setting back as it was
+    assert 0 == (await lab.platform())["stats"]["duplicates"]
+    assert [
+        "step.undo_failed",
+        "undo.retried",
+        "step.undo_failed",
+        "undo.retried",
+        "step.undone",
+    ] == [k for k in kinds(events) if k in ("undo.retried", "step.undone", "step.undo_failed")][1:]
+    retried = [e for e in events if e.kind == "undo.retried"]
+    assert {("bob", "surge", "platform is back")} == {
+        (e.actor, e.step_id, e.data["reason"]) for e in retried
+    }
+    # The closing notice went out once the surge was restored, not before.
+    order = kinds(events)
+    restored = order.index("step.undone", order.index("undo.retried"))
+    assert restored < order.index("step.applied", order.index("stand_down.requested"))
+    assert lab.store.verify(incident_id).ok
+    assert incident_id not in [i.incident_id for i in board_page(lab.store).items]
+
+
+async def test_a_restore_by_hand_is_recorded_and_closes_without_touching_the_platform(
+    lab: Lab,
+) -> None:
+    incident_id, before = await stood_down_with_surge_left(lab)
+    applied = (await lab.platform())["moderation"]
+    record = await lab.act(incident_id, CrisisWorkflow.restore, restore("carol", by_hand=True))
+    assert "undone" == record.state
+    assert record.outcome == "restored by hand (carol): restored in the admin tool"
+    events = await lab.audit(incident_id, until="incident.closed")
+    by_hand = next(e for e in events if e.kind == "step.restored_by_hand")
+    assert ("carol", "surge", "moderation.surge") == (
+        by_hand.actor,
+        by_hand.step_id,
+        by_hand.data["lever"],
+    )
+    assert "400" in by_hand.data["error"]  # what the failed undo said, on record beside it
+    # The engine took the commander's word: the platform was not called again.
+    assert applied == (await lab.platform())["moderation"] != before["moderation"]
+    assert "closed" == (await lab.status(incident_id)).state
+    assert lab.store.verify(incident_id).ok
+    await lab.sandbox.clear_faults()
+
+
+async def test_restore_is_refused_for_a_measure_whose_undo_did_not_fail(lab: Lab) -> None:
+    incident_id = await lab.trigger(TWO_MEASURES)
+    await lab.settle(incident_id, {"surge": "applied", "throttle": "applied"})
+    with pytest.raises(IncidentConflict, match="surge is applied: only a measure whose undo"):
+        await lab.act(incident_id, CrisisWorkflow.restore, restore())
+    with pytest.raises(ActionInvalid, match="no measure 'nope'"):
+        await lab.act(
+            incident_id,
+            CrisisWorkflow.restore,
+            restore().model_copy(update={"step_id": "nope"}),
+        )
+
+
+async def test_a_lapse_whose_undo_failed_is_retried_while_the_incident_runs(lab: Lab) -> None:
+    """The surge lapses but the platform refuses its undo: the incident runs on with it NOT
+    RESTORED until a retry takes it back; the throttle stays in force meanwhile."""
+    before = settings_of(await lab.platform())
+    incident_id = await lab.trigger(TWO_MEASURES)
+    await lab.settle(incident_id, {"surge": "applied", "throttle": "applied"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO)
+    await lab.advance(timedelta(hours=1, minutes=1))
+    await lab.sync(incident_id)
+    await lab.settle(incident_id, {"surge": "undo_failed", "throttle": "applied"})
+    await lab.sandbox.clear_faults()
+    record = await lab.act(incident_id, CrisisWorkflow.restore, restore())
+    assert "undone" == record.state
+    now = settings_of(await lab.platform())
+    assert before["moderation"] == now["moderation"]
+    assert before["recommender"] != now["recommender"]  # still throttled
+    status = await lab.incidents.stand_down(incident_id, actor="alice", reason="calm")
+    assert "closed" == status.state
+    assert before == settings_of(await lab.platform())
+
+
+async def test_a_measure_left_by_an_earlier_lapse_holds_the_stand_down_too(lab: Lab) -> None:
+    incident_id = await lab.trigger(TWO_MEASURES)
+    await lab.settle(incident_id, {"surge": "applied", "throttle": "applied"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO)
+    await lab.advance(timedelta(hours=1, minutes=1))
+    await lab.sync(incident_id)
+    await lab.settle(incident_id, {"surge": "undo_failed"})
+    status = await lab.incidents.stand_down(incident_id, actor="alice", reason="calm")
+    assert ("standing_down", "undone") == (status.state, step(status, "throttle").state)
+    await lab.act(incident_id, CrisisWorkflow.restore, restore(by_hand=True))
+    await lab.audit(incident_id, until="incident.closed")
+    assert "closed" == (await lab.status(incident_id)).state
+    await lab.sandbox.clear_faults()
