@@ -644,8 +644,17 @@ def api(
     import uvicorn
 
     from api.main import create_app
+    from engine.temporal import connect
+    from store.audit_store import AuditStore
 
     settings = settings_or_fail()
+
+    async def reachable() -> None:
+        # Checked first, for one error line: a failed app start prints the server's traceback.
+        AuditStore(settings.resolved_database_url).dispose()
+        await connect(settings)
+
+    run_async(reachable)
     uvicorn.run(
         create_app(settings, freeze_heap=True),
         host=host or settings.api_host,

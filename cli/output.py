@@ -95,6 +95,8 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
     with user_errors():
         try:
             return asyncio.run(make())  # type: ignore[arg-type]
+        except KNOWN_ERRORS:
+            raise  # their own line (an audit store's refused connection is not Temporal's)
         except RuntimeError as error:
             if "connect" in str(error).lower():
                 fail(f"cannot reach Temporal: {error} (is `crisis up` running?)")

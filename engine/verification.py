@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
@@ -52,16 +53,32 @@ class IncidentHistory:
     def from_file(path: Path) -> IncidentHistory:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not JSON
             raise HistoryError(f"{path}: not a readable history export: {error}") from None
         if isinstance(data, dict) and "events" in data:  # a plain single-run Temporal export
-            return IncidentHistory(path.stem, [WorkflowHistory.from_json(path.stem, data)])
+            return IncidentHistory(path.stem, [_run(path, path.stem, data)])
         if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
             raise HistoryError(f"{path}: not a history export (format {EXPORT_FORMAT} expected)")
+        runs = data.get("runs")
+        if not isinstance(runs, list) or not runs or not data.get("incident_id"):
+            raise HistoryError(f"{path}: a history export names its incident and holds its runs")
         incident_id = str(data["incident_id"])
-        return IncidentHistory(
-            incident_id, [WorkflowHistory.from_json(incident_id, run) for run in data["runs"]]
+        return IncidentHistory(incident_id, [_run(path, incident_id, run) for run in runs])
+
+
+def _run(path: Path, workflow_id: str, data: Any) -> WorkflowHistory:
+    """One run's history, refused unless it starts as a workflow does (the SDK's replayer waits
+    forever on a history whose first event is anything else)."""
+    try:
+        run = WorkflowHistory.from_json(workflow_id, data)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise HistoryError(f"{path}: not a Temporal workflow history: {error}") from None
+    started = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED
+    if not run.events or run.events[0].event_type != started:
+        raise HistoryError(
+            f"{path}: not a Temporal workflow history: its first event is not the workflow's start"
         )
+    return run
 
 
 async def export_history(client: Client, incident_id: str) -> IncidentHistory:

@@ -32,13 +32,19 @@ from sqlalchemy import (
     or_,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from core.validation import first_problem
 from store.board import empty_summary, fold
-from store.errors import AuditConflict, AuditGap, AuditRowUnreadable, AuditStoreError
+from store.errors import (
+    AuditConflict,
+    AuditGap,
+    AuditRowUnreadable,
+    AuditStoreError,
+    AuditStoreUnavailable,
+)
 from store.migrate import upgrade
 from store.prepared import Prepared
 from store.seals import Seal
@@ -471,7 +477,13 @@ class AuditStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        upgrade(self.engine)
+        try:
+            upgrade(self.engine)
+        except SQLAlchemyError as error:
+            self.engine.dispose()
+            shown = make_url(url).render_as_string(hide_password=True)
+            why = " ".join(str(getattr(error, "orig", None) or error).split())
+            raise AuditStoreUnavailable(f"cannot open the audit store {shown}: {why}") from None
         self._sql = _WritePath.for_engine(self.engine)
 
     def append(

@@ -7,6 +7,10 @@ class AuditStoreError(RuntimeError):
     """Base of the audit store's errors."""
 
 
+class AuditStoreUnavailable(AuditStoreError):
+    """The database cannot be opened as an audit store: unreachable, refused, or no database."""
+
+
 class AuditConflict(AuditStoreError):
     """A different event already holds this incident's sequence number."""
 

@@ -809,6 +809,16 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
     none = "INC-NO-SUCH-INCIDENT"
     garbage = tmp_path / "garbage.json"
     garbage.write_text("not json")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(bytes(range(128, 256)))
+    # The SDK's replayer waited forever on a history that does not start as a workflow does.
+    not_started = tmp_path / "not-started.json"
+    scheduled = {"eventId": "1", "eventType": "EVENT_TYPE_WORKFLOW_TASK_SCHEDULED"}
+    not_started.write_text(json.dumps({"events": [scheduled]}))
+    no_runs = tmp_path / "no-runs.json"
+    no_runs.write_text(json.dumps({"format": "crisis-history/1", "incident_id": none}))
+    not_a_store = tmp_path / "not-a-store.db"
+    not_a_store.write_text("not a database")
     cases = {
         "verify": (["audit", "verify", none], [f"no audit trail for incident {none}"]),
         "export": (
@@ -825,6 +835,15 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
             [f"--public-key {garbage}", "not a PEM public key"],
         ),
         "unreadable history": (["replay", "--history", str(garbage)], ["not a readable history"]),
+        "binary history": (["replay", "--history", str(binary)], ["not a readable history"]),
+        "history not started": (
+            ["replay", "--history", str(not_started)],
+            ["not a Temporal workflow history: its first event is not the workflow's start"],
+        ),
+        "export without runs": (
+            ["replay", "--history", str(no_runs)],
+            ["a history export names its incident and holds its runs"],
+        ),
         "replay of nothing": (["replay"], [USAGE, "give an incident id or --history"]),
         "replay of both": (
             ["replay", none, "--history", str(garbage)],
@@ -832,6 +851,17 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
         ),
     }
     await refusals(env, cases)
+    elsewhere = {**env, "CRISIS_DATABASE_URL": f"sqlite:///{not_a_store}"}
+    no_store = {
+        "store that is no database": (
+            ["audit", "verify", none],
+            [f"cannot open the audit store sqlite:///{not_a_store}: file is not a database"],
+        ),
+        "board from no database": (["incidents"], ["cannot open the audit store"]),
+        # Before the server starts: a failed app start printed its traceback.
+        "api on no database": (["api", "--port", "1"], ["cannot open the audit store"]),
+    }
+    await refusals(elsewhere, no_store)
 
 
 async def test_output_paths_that_cannot_be_written_are_one_error_line(
