@@ -185,7 +185,7 @@ def check(
     sealed = verify_seals(events, seals, public_key, closed=ends_closed)
     complete_by = ""
     if sealed.ok:
-        problem = _cut_short(last, ends_closed, known_ends or [])
+        problem = _after_close(events) or _cut_short(last, ends_closed, known_ends or [])
         if problem is None and export_seal is not None:
             problem = _export_seal_problem(incident_id, events, export_seal, public_key)
             complete_by = (
@@ -229,6 +229,16 @@ def _rewritten(
         f"a row in {through + 1}..{seal.seq} was altered and the chain re-hashed from it: "
         f"{kept}row {seal.seq} is not the row that was sealed"
     )
+
+
+def _after_close(events: list[AuditEvent]) -> str | None:
+    """Nothing is recorded after an incident closes: rows that follow its close were added."""
+    closing = next((e.seq for e in events if e.kind == "incident.closed"), None)
+    last = events[-1].seq if events else 0
+    if closing is None or closing >= last:
+        return None
+    added = f"row {last} follows" if last == closing + 1 else f"rows {closing + 1}..{last} follow"
+    return f"{added} the incident's close (row {closing}): nothing is recorded after it"
 
 
 def _cut_short(last: int, ends_closed: bool, known_ends: list[KnownEnd]) -> str | None:

@@ -440,7 +440,7 @@ def verify_chain(incident_id: str, events: list[AuditEvent]) -> Verification:
     expected_prev = GENESIS_HASH
     for position, item in enumerate(events, start=1):
         if item.seq != position:
-            problem = f"row {position} is missing (next row is {item.seq})"
+            problem = _out_of_place(events, position)
             return Verification(incident_id, False, len(events), position, problem)
         if item.prev_hash != expected_prev:
             problem = f"row {item.seq} does not link to row {item.seq - 1}"
@@ -450,6 +450,19 @@ def verify_chain(incident_id: str, events: list[AuditEvent]) -> Verification:
             return Verification(incident_id, False, len(events), item.seq, problem)
         expected_prev = item.hash
     return Verification(incident_id, True, len(events))
+
+
+def _out_of_place(events: list[AuditEvent], position: int) -> str:
+    """Why the row at `position` (1-based) is not row `position`: rows are numbered from 1, in
+    order, each once (a bundle's events.json can be edited into any order)."""
+    found = events[position - 1].seq
+    if found < 1:
+        return f"a row numbered {found} where row {position} belongs: rows are numbered from 1"
+    if found < position:
+        return f"row {found} appears again where row {position} belongs"
+    if any(e.seq == position for e in events[position:]):
+        return f"rows out of order: row {found} comes before row {position}"
+    return f"row {position} is missing (next row is {found})"
 
 
 def make_engine(url: str) -> Engine:

@@ -11,7 +11,7 @@ import pytest
 
 from engine.errors import BundleError
 from engine.integrity import check, read_bundle, write_bundle
-from store.audit_store import AuditStore
+from store.audit_store import AuditStore, verify_chain
 from store.errors import AuditStoreError
 from store.seals import Signer, verify_seals
 from tests.store.test_audit_store import chain, new_id
@@ -147,3 +147,48 @@ def test_an_export_bundle_verifies_offline_and_detects_tampering(tmp_path: Path)
     (tmp_path / "bundle" / "events.json").write_text(json.dumps(rows))
     with pytest.raises(BundleError, match=r"events\.json does not match the manifest"):
         read_bundle(tmp_path / "bundle")
+
+
+def test_rows_after_the_close_are_named_as_added_not_as_missing(tmp_path: Path) -> None:
+    """A row chained onto a closed, sealed trail passes the chain; the seals hold; but nothing
+    is recorded after a close, so the check names the rows that follow it."""
+    signer = Signer(tmp_path / "key.pem")
+    incident = new_id()
+    events = closed_chain(incident, 4)
+    seals = [signer.seal(events[-1], reason="closed")]
+    extra = make_event(
+        incident_id=incident,
+        seq=5,
+        kind="note.added",
+        at="2026-11-28T12:00:00+00:00",
+        prev_hash=events[-1].hash,
+        actor="mallory",
+        data={"text": "all fine"},
+    )
+    result = check(incident, [*events, extra], seals, signer.public_key)
+    assert (True, False) == (result.chain.ok, result.seals.ok)
+    assert (
+        "row 5 follows the incident's close (row 4): nothing is recorded after it"
+        == result.seals.problem
+    )
+
+
+@pytest.mark.parametrize(
+    ("order", "problem"),
+    [
+        ([1, 3, 2, 4], "rows out of order: row 3 comes before row 2"),
+        ([1, 2, 2, 3, 4], "row 2 appears again where row 3 belongs"),
+        ([1, 2, 4], "row 3 is missing (next row is 4)"),
+    ],
+)
+def test_the_chain_says_how_rows_are_out_of_place(order: list[int], problem: str) -> None:
+    events = {e.seq: e for e in closed_chain(new_id(), 4)}
+    result = verify_chain("INC-X", [events[seq] for seq in order])
+    assert (False, problem) == (result.ok, result.problem)
+
+
+def test_a_row_numbered_zero_is_named_as_such() -> None:
+    events = closed_chain(new_id(), 3)
+    zero = events[0].model_copy(update={"seq": 0})
+    result = verify_chain("INC-X", [zero, *events[1:]])
+    assert "a row numbered 0 where row 1 belongs: rows are numbered from 1" == result.problem
