@@ -95,6 +95,8 @@ def existing_store_url(settings: Settings, *, through_api: bool = True) -> str:
     url = settings.resolved_database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         instead = ", or use --api" if through_api else ""
+        if settings.database_url:  # named by CRISIS_DATABASE_URL, not found in the data directory
+            fail(f"no audit store at {url} (CRISIS_DATABASE_URL names no file{instead})")
         fail(
             f"no audit store in {settings.data_dir.resolve()} (set CRISIS_DATA_DIR or "
             f"CRISIS_DATABASE_URL, run from the directory `crisis up` ran in{instead})"

@@ -862,6 +862,9 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
         "api on no database": (["api", "--port", "1"], ["cannot open the audit store"]),
     }
     await refusals(elsewhere, no_store)
+    no_file = {**env, "CRISIS_DATABASE_URL": f"sqlite:///{tmp_path / 'none.db'}"}
+    named = [f"no audit store at sqlite:///{tmp_path / 'none.db'} (CRISIS_DATABASE_URL names no"]
+    await refusals(no_file, {"store URL naming no file": (["audit", "verify", none], named)})
 
 
 async def test_output_paths_that_cannot_be_written_are_one_error_line(
