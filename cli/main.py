@@ -541,8 +541,10 @@ def restore(
     actor: ActorOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Restore a measure whose undo failed for good: retry its undo on the platform, or record
-    a restore by hand. A stand-down waiting for it closes once none is left."""
+    """Restore a measure whose undo failed: retry the undo, or record a restore by hand.
+
+    A stand-down waiting for it closes once none is left. A retry is refused while a later open
+    incident holds measures on its settings (it would lift them)."""
 
     def say(record: StepRecord) -> str:
         if record.state == "undo_failed":
@@ -558,6 +560,8 @@ def restore(
             "still be in force; retry later, or restore it by hand and record that with --by-hand"
         )
 
+    if not by_hand and _remote_incidents(ctx, actor) is None:  # the API checks it itself
+        _refuse_restore_over_later(incident_id, step)
     _act(
         ctx,
         "restore",
@@ -570,6 +574,21 @@ def restore(
         reason=reason,
         by_hand=by_hand,
     )
+
+
+def _refuse_restore_over_later(incident_id: str, step: str) -> None:
+    from engine.overlap import refuse_restore_if_later_overlaps
+    from store.audit_store import AuditStore
+
+    store = AuditStore(existing_store_url(settings_or_fail()))
+
+    async def check() -> None:
+        await refuse_restore_if_later_overlaps(store, incident_id, step)
+
+    try:
+        run_async(check)
+    finally:
+        store.dispose()
 
 
 @app.command()

@@ -50,6 +50,7 @@ from workflows.incident import (
     RestoreRequest,
     ReviewRequest,
     StandDownRequest,
+    StepRecord,
 )
 from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
 from workflows.substitution import references, substitute
@@ -292,7 +293,17 @@ class Incidents:
             refused = ActionInvalid if as_asked else IncidentConflict
             raise refused(f"incident {incident_id}: {cause}") from None
         except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND and await self._completed(incident_id):
+                # An action sent while another closed the incident (a second restore).
+                raise IncidentConflict(f"incident {incident_id} is closed") from None
             raise self._translate(incident_id, error) from None
+
+    async def _completed(self, incident_id: str) -> bool:
+        try:
+            await self._client.get_workflow_handle(incident_id).describe()
+        except RPCError:
+            return False
+        return True
 
     @staticmethod
     def _translate(incident_id: str, error: RPCError) -> IncidentError:
@@ -314,7 +325,7 @@ def not_restored(status: IncidentStatus) -> str | None:
     left = [s for s in status.steps if s.state == "undo_failed"]
     if not left:
         return None
-    named = "; ".join(f"{s.id} ({s.lever}: {s.error or 'no reason given'})" for s in left)
+    named = "; ".join(f"{s.id} ({_failure(s)})" for s in left)
     measures = "1 measure was" if len(left) == 1 else f"{len(left)} measures were"
     facts = (
         f"{measures} NOT RESTORED (the undo failed for good, so it may still be in force on the "
@@ -323,9 +334,15 @@ def not_restored(status: IncidentStatus) -> str | None:
     if status.state == "closed":  # closed before a stand-down waited for restores
         return f"{facts}; restore the setting there by hand"
     return (
-        f"{facts}; retry the undo (restore), or restore the setting there by hand and record "
-        "that (restore, by hand): the incident closes once none is left"
+        f"{facts}; retry its undo, or restore the setting there by hand and record that: the "
+        "incident closes once none is left"
     )
+
+
+def _failure(step: StepRecord) -> str:
+    """Why its undo failed, naming the lever once (the platform's errors start with it)."""
+    error = step.error or "no reason given"
+    return error if step.lever and error.startswith(f"{step.lever}:") else f"{step.lever}: {error}"
 
 
 def verify_audit(store: AuditStore, incident_id: str) -> Verification:

@@ -33,20 +33,40 @@ async def refuse_if_later_overlaps(store: AuditStore, incident_id: str) -> None:
     """IncidentConflict naming the later incidents, if standing this one down would lift their
     measures; the commander stands those down first, or insists (force)."""
     overlaps = await asyncio.to_thread(later_overlaps, store, incident_id)
-    if not overlaps:
-        return
-    # Each later incident with what it holds over ours, newest first (the order that restores
-    # every setting exactly): a dict keeps the order incidents are first met in.
-    held: dict[str, list[str]] = {}
+    if overlaps:
+        later, what = _held_over(overlaps)
+        raise IncidentConflict(
+            f"standing {incident_id} down now would lift what later incidents put in force on "
+            f"the same settings ({what}): stand {' then '.join(later)} down first (newest "
+            "first), or force the stand-down"
+        )
+
+
+async def refuse_restore_if_later_overlaps(
+    store: AuditStore, incident_id: str, step_id: str
+) -> None:
+    """IncidentConflict, if retrying the undo of this measure (whose undo failed) would lift
+    what later incidents have put in force on its settings since: its restore puts back what was
+    there before it. They are stood down first, or the setting is restored by hand."""
+    overlaps = await asyncio.to_thread(later_overlaps, store, incident_id)
+    overlaps = [o for o in overlaps if o.ours.step_id == step_id]
+    if overlaps:
+        later, what = _held_over(overlaps)
+        raise IncidentConflict(
+            f"retrying the undo of {step_id} now would lift what later incidents put in force on "
+            f"the same settings ({what}): stand {' then '.join(later)} down first (newest "
+            "first), or restore the setting by hand and record that"
+        )
+
+
+def _held_over(overlaps: list[Overlap]) -> tuple[list[str], str]:
+    """The later incidents, newest first (the order that restores every setting exactly), and
+    what each holds over ours."""
+    held: dict[str, list[str]] = {}  # a dict keeps the order incidents are first met in
     for overlap in sorted(overlaps, key=lambda o: o.theirs.applied_at, reverse=True):
         held.setdefault(overlap.incident_id, []).append(
             f"{overlap.theirs.lever} {', '.join(sorted(overlap.settings))} over "
             f"{overlap.ours.step_id}"
         )
     later = list(held)
-    what = "; ".join(f"{other}: {' and '.join(held[other])}" for other in later)
-    raise IncidentConflict(
-        f"standing {incident_id} down now would lift what later incidents put in force on the "
-        f"same settings ({what}): stand {' then '.join(later)} down first (newest first), or "
-        "force the stand-down"
-    )
+    return later, "; ".join(f"{other}: {' and '.join(held[other])}" for other in later)

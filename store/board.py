@@ -58,6 +58,7 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
         case "step.undo_failed" if step in measures:
             # Its undo failed for good: it may still be in force on the platform, closed or not.
             measures[step]["not_restored"] = data.get("error") or "undo failed"
+            measures[step]["expires_at"] = None  # no lapse takes it back now: a restore does
             facts["not_restored"] = _not_restored(measures)
         case "step.dormant":
             pending.pop(step, None)  # a de-escalation withdrew the request

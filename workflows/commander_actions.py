@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         StandDownRequest,
         StepRecord,
     )
+    from workflows.levers import is_notification
     from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
     from workflows.playbook import Step, describe_approval
 
@@ -56,7 +57,7 @@ class CommanderActions(IncidentRun):
             # A close held for a failed undo's restore answers once that is on record.
             await self._wait(lambda: self._audit_flushed or self._held_on_record())
         else:  # incidents started before this change answered at close
-            await self._wait(lambda: self._state == "closed")
+            await self._wait(lambda: self._state == "closed" or self._holding_close)
         return self._status()
 
     @stand_down.validator
@@ -286,15 +287,21 @@ class CommanderActions(IncidentRun):
         a person restored the setting there by hand. A stand-down waiting for it closes once
         nothing is left unrestored."""
         record = self._records[request.step_id]
+        failed, error = record.failed_undo, record.error
+        # It ends as its failed undo would have: a lapse or a withdrawal may be renewed or
+        # applied again, and hands the settings back to a later incident, as a forced
+        # stand-down's undo does.
+        final = "undone" if failed is None else failed.final_state
         if request.by_hand:
             now = iso(self._clock())
-            record.state, record.undone_at, record.expires_at = "undone", now, None
+            record.state, record.undone_at, record.expires_at = final, now, None  # type: ignore[assignment]
+            record.error, record.failed_undo = None, None
             record.outcome = f"restored by hand ({request.actor}): {request.reason}"
             self._record(
                 "step.restored_by_hand",
                 actor=request.actor,
                 step_id=record.id,
-                data={"lever": record.lever, "reason": request.reason, "error": record.error},
+                data={"lever": record.lever, "reason": request.reason, "error": error},
                 at=now,
             )
             return record
@@ -302,12 +309,21 @@ class CommanderActions(IncidentRun):
             "undo.retried",
             actor=request.actor,
             step_id=record.id,
-            data={"reason": request.reason, "error": record.error},
+            data={"reason": request.reason, "error": error},
         )
         self._reinstate(record)
         await self._undo(
-            record, final_state="undone", reason=f"retried: {request.reason}", retry=RESTORE_RETRY
+            record,
+            final_state=final,
+            reason=f"retried: {request.reason}",
+            hand_back=failed is not None and failed.hand_back,
+            retry=RESTORE_RETRY,
         )
+        if record.state != "undo_failed":
+            record.failed_undo = None
+            ended = self._clock()
+            if self._restored_time is None or ended > self._restored_time:
+                self._restored_time = ended
         return record
 
     def _reinstate(self, record: StepRecord) -> None:
@@ -324,20 +340,73 @@ class CommanderActions(IncidentRun):
         order.insert(after[0] if after else len(order), record.id)
         record.state, record.error = "applied", None
 
+    def _taken_back_over(self, record: StepRecord) -> str | None:
+        """An older measure on the same settings taken back after this one's undo failed: its
+        restore put back what was there before it, so this one's own restore would now put the
+        older measure's values back on the platform."""
+        failed = record.failed_undo
+        if failed is None:
+            return None
+        since = record.in_force_since or record.finished_at or ""
+        for other in self._records.values():
+            ended = other.undone_at
+            if (
+                other.id == record.id
+                or other.lever != record.lever
+                or other.state not in ("undone", "expired", "dormant")
+                or ended is None
+                or parse_iso(ended) < parse_iso(failed.at)
+                or (other.in_force_since or other.finished_at or "") > since
+            ):
+                continue
+            if self._stacked_on(other, [record.id]):
+                return other.id
+        return None
+
     @restore.validator
     def _check_restore(self, request: RestoreRequest) -> None:
         check_texts(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         if self._state == "closed":
             raise invalid_request("incident is closed")
         record = self._records.get(request.step_id)
-        if record is None or record.kind != "lever":
+        step = self._steps_by_id.get(request.step_id)
+        if record is None or not isinstance(step, Step) or is_notification(step.do):
             raise bad_argument(f"no measure {request.step_id!r} in this incident")
-        if record.state == "undoing":
+        if self._sends_notice(request.step_id):
+            raise bad_argument(
+                f"{request.step_id} is taken back by sending a notice: nothing on the platform to "
+                "restore"
+            )
+        if record.state == "undoing" or (record.state == "applied" and record.failed_undo):
             raise invalid_request(f"measure {request.step_id} is being taken back already")
         if record.state != "undo_failed":
             raise invalid_request(
                 f"measure {request.step_id} is {record.state}: only a measure whose undo failed "
                 "can be restored"
+            )
+        if (self._state == "standing_down" and not self._holding_close) or self._failure_undos:
+            raise invalid_request(
+                f"the incident is still taking its measures back: restore {request.step_id} once "
+                "that is done"
+            )
+        failed = record.failed_undo
+        if (
+            failed is not None
+            and failed.final_state == "dormant"
+            and self._state != "standing_down"
+            and self._eligible(step)
+            and self._eligible(self._parent_of(step))
+        ):
+            raise invalid_request(
+                f"the incident's level calls for {request.step_id} again, and its withdrawal "
+                "failed, so it is still in force: nothing to restore (it is taken back at "
+                "stand-down)"
+            )
+        if not request.by_hand and (over := self._taken_back_over(record)) is not None:
+            raise invalid_request(
+                f"{over}, on the same settings, was taken back after the undo of "
+                f"{request.step_id} failed, so retrying it would put {over}'s values back: check "
+                "the platform, and record the restore by hand"
             )
 
     @workflow.update

@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_NAME,
         WRITE_AUDIT,
         CarriedState,
+        FailedUndo,
         IncidentInput,
         IncidentOutcome,
         StepRecord,
@@ -136,6 +137,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             undoing.sort(key=self._sends_notice)  # stable: each group keeps its order
         forced = self._stand_down is not None and self._stand_down.force
         for number, step_id in enumerate(undoing, start=1):
+            if self._sends_notice(step_id) and self._holds_close():
+                await self._hold_close()  # no closing notice while a measure may be in force
             # A forced stand-down's hand-backs are recorded after its undos: nothing carries
             # the close.
             closes = number == len(undoing) and not self._pb.on_stand_down and not forced
@@ -147,11 +150,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         if forced and self._busy:
             await self._wait(lambda: self._busy == 0)  # the hand-backs, before the close
         if self._holds_close():
-            # Closing notices and the close wait until every measure is restored: a commander
-            # retries its undo or records a restore by hand (`restore`).
-            self._holding_close = True
-            await self._wait(lambda: not self._unrestored())
-            self._holding_close = False
+            await self._hold_close()
         for step in self._pb.on_stand_down:
             if self._eligible(step):
                 await self._apply_step(step)
@@ -493,11 +492,6 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         branches = step.parallel if isinstance(step, ParallelStep) else []
         return record.applications > 0 or any(self._records[b.id].applications for b in branches)
 
-    def _sends_notice(self, step_id: str) -> bool:
-        """Whether taking this step back is sending a message (an `undo:` notification)."""
-        step = self._steps_by_id[step_id]
-        return isinstance(step, Step) and step.undo is not None and is_notification(step.undo.do)
-
     async def _undo(
         self,
         record: StepRecord,
@@ -567,6 +561,9 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             raise
         except FailureError as error:
             record.state, record.error = "undo_failed", cause_of(error)
+            record.failed_undo = FailedUndo(
+                at=iso(self._clock()), final_state=final_state, hand_back=hand_back
+            )
             self._record(
                 "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}
             )
@@ -603,6 +600,25 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                     record, applied_at, "stood down (forced)", restore, restacked=bool(held)
                 )
             )
+
+    async def _hold_close(self) -> None:
+        """Closing notices and the close wait until every measure is restored: a commander
+        retries its undo or records a restore by hand (`restore`); then for what a restore
+        handed back to later incidents. They are stamped no earlier than the last restore.
+        It lets go once the restore's events are written: the pump, woken by them too, would
+        otherwise find them taken by the next undo's carry, and take that for its end."""
+        self._holding_close = True
+        await self._wait(
+            lambda: (
+                not self._unrestored()
+                and self._busy == 0
+                and not self._audit.pending
+                and not self._pump_busy
+            )
+        )
+        self._holding_close = False
+        last = self._restored_time
+        LEVER_TIME.set(last if last is not None and last > workflow.now() else None)
 
     # --- continue-as-new ----------------------------------------------------------------------
     def _should_continue_as_new(self) -> bool:

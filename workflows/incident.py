@@ -104,6 +104,14 @@ class StepRecord(BaseModel):
     # and putting it back was left to commanders (`overlap.left_lifted`); cleared when it is
     # applied again or taken back.
     lifted_by: str | None = None
+    # Its undo failed for good: what that undo was for, so that a restore ends it the same way.
+    failed_undo: FailedUndo | None = None
+
+
+class FailedUndo(BaseModel):
+    at: str
+    final_state: str  # undone, expired (a lapse) or dormant (withdrawn below the level)
+    hand_back: bool = False  # a forced stand-down's: hands the settings to a later incident
 
 
 class Note(BaseModel):

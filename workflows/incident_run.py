@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         StandDownRequest,
         StepRecord,
     )
+    from workflows.levers import is_notification
     from workflows.limits import MAX_NAME_CHARS, PRINCIPAL_PATTERN, PRINCIPAL_RULE
     from workflows.playbook import ParallelStep, Step, WaitStep
 
@@ -215,8 +216,10 @@ class IncidentRun:
         self._audit_done = False
         self._audit_flushed = False
         self._pump_busy = False
-        # A stand-down waiting for failed undos to be restored before it closes.
+        # A stand-down waiting for failed undos to be restored before it closes; when the last
+        # restore's lever call ended (the close is stamped no earlier).
         self._holding_close = False
+        self._restored_time: datetime | None = None
         self._conditions: dict[str, Any] = {}
         self._retry_policies: dict[str, RetryPolicy] = {}  # by step id: built once, not per call
         # Overlapping incidents (`reassert`): one earlier incident's restore at a time; an
@@ -285,8 +288,11 @@ class IncidentRun:
             final_state: str,
             reason: str = "",
             closes: bool = False,
+            hand_back: bool = False,
             retry: RetryPolicy = UNDO_RETRY,
         ) -> None: ...
+
+        def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]: ...
 
     # --- levels, conditions -------------------------------------------------------------------
     def _eligible(self, step: AnyStep) -> bool:
@@ -332,8 +338,17 @@ class IncidentRun:
         return True
 
     def _unrestored(self) -> bool:
-        """A measure's undo failed for good (or is being retried): it may still be in force."""
-        return any(r.state in ("undo_failed", "undoing") for r in self._records.values())
+        """A measure's undo failed for good (or is being retried): it may still be in force. (A
+        closing notice that failed is on record; it holds nothing on the platform.)"""
+        return any(
+            r.state in ("undo_failed", "undoing") and not self._sends_notice(r.id)
+            for r in self._records.values()
+        )
+
+    def _sends_notice(self, step_id: str) -> bool:
+        """Whether taking this step back is sending a message (an `undo:` notification)."""
+        step = self._steps_by_id[step_id]
+        return isinstance(step, Step) and step.undo is not None and is_notification(step.undo.do)
 
     def _holds_close(self) -> bool:
         """Whether a stand-down must wait for a restore before it closes (histories recorded

@@ -14,7 +14,7 @@ from api.bodies import RequestBody, WrittenText
 from api.deps import IncidentsDep, SettingsDep, StoreDep
 from api.errors import AUTH_ERRORS, ErrorOut
 from engine.incidents import ACTIONS, INCIDENT_ID_PATTERN, Incidents, verify_audit
-from engine.overlap import refuse_if_later_overlaps
+from engine.overlap import refuse_if_later_overlaps, refuse_restore_if_later_overlaps
 from engine.playbook_files import library_playbook
 from workflows.audit import AuditEvent
 from workflows.durations import parse_renewal
@@ -329,11 +329,18 @@ async def renew(
     responses=ACTION_ERRORS,
 )
 async def restore(
-    incident_id: str, body: RestoreBody, incidents: IncidentsDep, principal: Commander
+    incident_id: str,
+    body: RestoreBody,
+    incidents: IncidentsDep,
+    store: StoreDep,
+    principal: Commander,
 ) -> StepRecord:
     """Retry the undo on the platform (its answer says `undone` or `undo_failed` again), or with
     `by_hand` record that a person restored the setting there. A stand-down waiting for it
-    closes once no measure is left unrestored."""
+    closes once no measure is left unrestored. A retry is refused (409) while a later open
+    incident holds measures over this one's settings: it would lift them."""
+    if not body.by_hand:
+        await refuse_restore_if_later_overlaps(store, incident_id, body.step_id)
     return await _act(incidents, "restore", incident_id, body, actor=principal)
 
 

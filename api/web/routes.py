@@ -50,7 +50,7 @@ from engine.board import board_page
 from engine.errors import IncidentConflict, LibraryError, PlaybookError
 from engine.incidents import ACTIONS, not_restored
 from engine.integrity import verify_incident
-from engine.overlap import refuse_if_later_overlaps
+from engine.overlap import refuse_if_later_overlaps, refuse_restore_if_later_overlaps
 from engine.playbook_files import library_playbook, load_playbook, playbook_files
 from engine.reporting import timeline_entries
 from store.errors import RevokedToken, TokenError
@@ -318,6 +318,10 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             raise ActionRefused("stand-down: tick the box to confirm that every measure is undone")
         if action == "restore":  # which button: retry the undo, or record a restore by hand
             fields["by_hand"] = form.get("by_hand") == "yes"
+            if not fields["by_hand"]:
+                await refuse_restore_if_later_overlaps(
+                    get_store(request), incident_id, fields["step_id"]
+                )
         if action == "stand-down":
             fields["force"] = form.get("force") == "yes"
             if not fields["force"]:
@@ -342,7 +346,7 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             request, incident_id, principal, refused=(code, str(error), typed)
         )
     log.info("console.action", incident_id=incident_id, action=action, principal=principal.name)
-    left = not_restored(result) if isinstance(result, IncidentStatus) else None
+    left = not_restored(result) if action == "stand-down" else None
     if left is not None:  # a stand-down that could not put everything back
         set_flash(response, request, "warning", f"stood down, but {left}")
     elif isinstance(result, StepRecord) and result.state == "undo_failed":  # a retried undo

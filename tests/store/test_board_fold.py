@@ -41,6 +41,7 @@ def test_an_approval_withdrawn_by_a_failure_or_a_de_escalation_is_no_longer_wait
 def test_a_measure_whose_undo_failed_stays_after_the_close_until_it_is_settled() -> None:
     undo_failed = ("step.undo_failed", "surge", {"lever": "moderation.surge", "error": "HTTP 400"})
     closed = ("incident.closed", None, {})
+    assert None is summary(APPLIED, undo_failed)["measures"]["surge"]["expires_at"]  # no lapse
     left = summary(APPLIED, undo_failed, closed)
     assert "HTTP 400" == left["measures"]["surge"]["not_restored"]
     assert None is left["measures"]["surge"]["expires_at"]  # no lapse will take it back

@@ -11,7 +11,8 @@ import pytest
 from engine.board import board_page
 from engine.errors import ActionInvalid, IncidentConflict
 from engine.incidents import not_restored
-from tests.workflows.lab import Lab, kinds, settings_of, step, step_states
+from engine.overlap import refuse_restore_if_later_overlaps
+from tests.workflows.lab import Lab, at, kinds, settings_of, step, step_states
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import RestoreRequest
 
@@ -56,7 +57,7 @@ async def test_a_stand_down_waits_until_the_retried_undo_restores_the_measure(la
     incident_id, before = await stood_down_with_surge_left(lab)
     status = await lab.status(incident_id)
     told = not_restored(status)
-    assert told is not None and "retry the undo" in told and "surge (moderation.surge" in told
+    assert told is not None and "retry its undo" in told and "surge (moderation.surge" in told
     left = next(i for i in board_page(lab.store).items if i.incident_id == incident_id)
     assert ("standing_down", ["surge"]) == (left.state, [m.step_id for m in left.measures])
 
@@ -89,6 +90,9 @@ async def test_a_stand_down_waits_until_the_retried_undo_restores_the_measure(la
     assert restored < order.index("step.applied", order.index("stand_down.requested"))
     assert lab.store.verify(incident_id).ok
     assert incident_id not in [i.incident_id for i in board_page(lab.store).items]
+    # Stamped in order: the close comes no earlier than the restore it waited for.
+    stamps = [at(e.at) for e in events]
+    assert stamps == sorted(stamps)
 
 
 async def test_a_restore_by_hand_is_recorded_and_closes_without_touching_the_platform(
@@ -139,7 +143,7 @@ async def test_a_lapse_whose_undo_failed_is_retried_while_the_incident_runs(lab:
     await lab.settle(incident_id, {"surge": "undo_failed", "throttle": "applied"})
     await lab.sandbox.clear_faults()
     record = await lab.act(incident_id, CrisisWorkflow.restore, restore())
-    assert "undone" == record.state
+    assert "expired" == record.state  # a lapse, as if its undo had gone through: renewable
     now = settings_of(await lab.platform())
     assert before["moderation"] == now["moderation"]
     assert before["recommender"] != now["recommender"]  # still throttled
@@ -160,4 +164,86 @@ async def test_a_measure_left_by_an_earlier_lapse_holds_the_stand_down_too(lab: 
     await lab.act(incident_id, CrisisWorkflow.restore, restore(by_hand=True))
     await lab.audit(incident_id, until="incident.closed")
     assert "closed" == (await lab.status(incident_id)).state
+    await lab.sandbox.clear_faults()
+
+
+NOTICE_AND_MEASURE = """
+steps:
+  - id: tell
+    do: notify.webhook
+    with: {to: regulator, message: crisis opened}
+    undo: {do: notify.webhook, with: {to: regulator, message: every measure lifted}}
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+"""
+
+
+async def test_closing_notices_wait_for_the_restore_and_a_failed_one_holds_nothing(
+    lab: Lab,
+) -> None:
+    """The notice that every measure is lifted goes out only once the surge is restored; a
+    closing notice whose delivery fails for good is on record but holds no close (it holds
+    nothing on the platform), and it is not a measure to restore."""
+    incident_id = await lab.trigger(NOTICE_AND_MEASURE)
+    await lab.settle(incident_id, {"tell": "applied", "surge": "applied"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO)
+    status = await lab.incidents.stand_down(incident_id, actor="alice", reason="calm")
+    assert ("standing_down", "applied") == (status.state, step(status, "tell").state)
+    notices = (await lab.platform())["notifications"]
+    sent = [n for n in notices if n["idempotency_key"].startswith(f"{incident_id}/")]
+    assert [f"{incident_id}/tell/apply-1"] == [n["idempotency_key"] for n in sent]
+    with pytest.raises(ActionInvalid, match=r"no measure .tell. in this incident"):
+        await lab.act(
+            incident_id, CrisisWorkflow.restore, restore().model_copy(update={"step_id": "tell"})
+        )
+    await lab.sandbox.clear_faults()
+    await lab.sandbox.fault(path_prefix="/notify", operation_prefix="undo-", status=400)
+    await lab.act(incident_id, CrisisWorkflow.restore, restore())
+    events = await lab.audit(incident_id, until="incident.closed")
+    assert ["step.undone", "step.undo_failed", "incident.closed"] == kinds(events)[-3:]
+    assert "tell" == events[-2].step_id
+    await lab.sandbox.clear_faults()
+
+
+STACKED = """
+steps:
+  - id: first
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+  - id: second
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 10}
+"""
+
+
+async def test_a_retry_that_would_put_an_older_measure_back_is_refused(lab: Lab) -> None:
+    """`second` was applied over `first`; its undo fails, then `first`'s undo puts back what was
+    there before both. Retrying `second` would restore what it replaced, `first`'s surge: it is
+    refused, and the setting, already right, can be recorded as restored by hand."""
+    before = settings_of(await lab.platform())
+    incident_id = await lab.trigger(STACKED)
+    await lab.settle(incident_id, {"first": "applied", "second": "applied"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO, times=1)
+    status = await lab.incidents.stand_down(incident_id, actor="alice", reason="calm")
+    assert {"first": "undone", "second": "undo_failed"} == step_states(status)
+    assert before == settings_of(await lab.platform())
+    second = restore().model_copy(update={"step_id": "second"})
+    with pytest.raises(IncidentConflict, match="first, on the same settings, was taken back"):
+        await lab.act(incident_id, CrisisWorkflow.restore, second)
+    by_hand = second.model_copy(update={"by_hand": True})
+    await lab.act(incident_id, CrisisWorkflow.restore, by_hand)
+    await lab.audit(incident_id, until="incident.closed")
+    assert before == settings_of(await lab.platform())
+
+
+async def test_a_retry_that_would_lift_a_later_incidents_measure_is_refused(lab: Lab) -> None:
+    """A later incident applied its surge on the same queue while this one waited: retrying this
+    one's undo would put back the queue from before both, lifting the later surge."""
+    held, _ = await stood_down_with_surge_left(lab)
+    later = await lab.trigger(TWO_MEASURES)
+    await lab.settle(later, {"surge": "applied"})
+    await lab.audit(later, until="step.applied", count=2)
+    with pytest.raises(IncidentConflict, match=f"stand {later} down first"):
+        await refuse_restore_if_later_overlaps(lab.store, held, "surge")
     await lab.sandbox.clear_faults()
