@@ -100,16 +100,7 @@ EndKind = Literal[
     "undo_failed",
     "restored_by_hand",
 ]
-Outcome = Literal[
-    "undone_at_stand_down",
-    "undone",
-    "expired",
-    "withdrawn",
-    "still_active",
-    "undo_failed",
-    "restored_by_hand",
-    "not_applied",
-]
+Outcome = Literal[EndKind, "not_applied"]
 ApprovalOutcome = Literal["granted", "rejected", "timed_out", "withdrawn", "stood_down", "pending"]
 
 END_LABELS: dict[str, str] = {
