@@ -758,6 +758,11 @@ def _conclusion(playbook: Playbook, steps: list[StepDoc]) -> list[str]:
     if explicit:
         undo += f"; {', '.join(explicit)} by their explicit undo call"
     lines.append(undo + ".")
+    lines.append(
+        "If the platform refuses to take a measure back, the incident waits, standing down, "
+        "before any closing message: the commander retries the undo (`crisis restore INCIDENT "
+        "STEP --reason ...`) or restores the setting by hand and records it (`--by-hand`)."
+    )
     if messages:
         # After every measure (a message retrying on a dead channel must not hold one).
         lines.append(f"Then the closing messages are sent, newest first: {', '.join(messages)}.")
