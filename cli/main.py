@@ -580,10 +580,12 @@ def _refuse_restore_over_later(incident_id: str, step: str) -> None:
     from engine.overlap import refuse_restore_if_later_overlaps
     from store.audit_store import AuditStore
 
-    store = AuditStore(existing_store_url(settings_or_fail()))
+    settings = settings_or_fail()
+    store = AuditStore(existing_store_url(settings))
 
     async def check() -> None:
-        await refuse_restore_if_later_overlaps(store, incident_id, step)
+        incidents = await _direct_incidents(settings)
+        await refuse_restore_if_later_overlaps(store, incidents, incident_id, step)
 
     try:
         run_async(check)

@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -300,10 +300,10 @@ class Incidents:
 
     async def _completed(self, incident_id: str) -> bool:
         try:
-            await self._client.get_workflow_handle(incident_id).describe()
+            described = await self._client.get_workflow_handle(incident_id).describe()
         except RPCError:
             return False
-        return True
+        return described.status != WorkflowExecutionStatus.RUNNING
 
     @staticmethod
     def _translate(incident_id: str, error: RPCError) -> IncidentError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from engine.errors import IncidentConflict
+from engine.incidents import Incidents
 from store.audit_store import AuditStore
 from store.board import empty_summary
 from store.overlaps import Overlap, later_measures, measures_in
@@ -43,11 +44,19 @@ async def refuse_if_later_overlaps(store: AuditStore, incident_id: str) -> None:
 
 
 async def refuse_restore_if_later_overlaps(
-    store: AuditStore, incident_id: str, step_id: str
+    store: AuditStore, incidents: Incidents, incident_id: str, step_id: str
 ) -> None:
     """IncidentConflict, if retrying the undo of this measure (whose undo failed) would lift
     what later incidents have put in force on its settings since: its restore puts back what was
-    there before it. They are stood down first, or the setting is restored by hand."""
+    there before it. They are stood down first, or the setting is restored by hand. (A lapse's,
+    a withdrawal's or a forced stand-down's restore hands the settings back to them instead.)"""
+    status = await incidents.status(incident_id)
+    record = next((s for s in status.steps if s.id == step_id), None)
+    if record is None or record.state != "undo_failed":
+        return  # the incident refuses it itself, saying why
+    failed = record.failed_undo
+    if failed is not None and (failed.final_state != "undone" or failed.hand_back):
+        return
     overlaps = await asyncio.to_thread(later_overlaps, store, incident_id)
     overlaps = [o for o in overlaps if o.ours.step_id == step_id]
     if overlaps:
@@ -55,7 +64,8 @@ async def refuse_restore_if_later_overlaps(
         raise IncidentConflict(
             f"retrying the undo of {step_id} now would lift what later incidents put in force on "
             f"the same settings ({what}): stand {' then '.join(later)} down first (newest "
-            "first), or restore the setting by hand and record that"
+            "first; restore its own measures first if it waits for that), or restore the "
+            "setting by hand and record that"
         )
 
 

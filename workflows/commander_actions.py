@@ -292,6 +292,8 @@ class CommanderActions(IncidentRun):
         # applied again, and hands the settings back to a later incident, as a forced
         # stand-down's undo does.
         final = "undone" if failed is None else failed.final_state
+        if final == "dormant" and self._state == "standing_down":
+            final = "undone"  # what the stand-down makes of a withdrawn measure
         if request.by_hand:
             now = iso(self._clock())
             record.state, record.undone_at, record.expires_at = final, now, None  # type: ignore[assignment]
@@ -379,6 +381,15 @@ class CommanderActions(IncidentRun):
             )
         if record.state == "undoing" or (record.state == "applied" and record.failed_undo):
             raise invalid_request(f"measure {request.step_id} is being taken back already")
+        busy = [
+            r.id
+            for r in self._records.values()
+            if r.state == "undoing" or (r.state == "applied" and r.failed_undo is not None)
+        ]
+        if busy:  # one restore at a time: two on shared settings could land in either order
+            raise invalid_request(
+                f"{busy[0]} is being restored: restore {request.step_id} once that is done"
+            )
         if record.state != "undo_failed":
             raise invalid_request(
                 f"measure {request.step_id} is {record.state}: only a measure whose undo failed "
@@ -391,7 +402,8 @@ class CommanderActions(IncidentRun):
             )
         failed = record.failed_undo
         if (
-            failed is not None
+            not request.by_hand
+            and failed is not None
             and failed.final_state == "dormant"
             and self._state != "standing_down"
             and self._eligible(step)
@@ -399,8 +411,15 @@ class CommanderActions(IncidentRun):
         ):
             raise invalid_request(
                 f"the incident's level calls for {request.step_id} again, and its withdrawal "
-                "failed, so it is still in force: nothing to restore (it is taken back at "
-                "stand-down)"
+                "failed, so it may still be in force: a retry would take it off; restore it "
+                "once the incident stands down (or record a restore by hand: the next "
+                "escalation applies it again)"
+            )
+        if not request.by_hand and failed is not None and failed.overwritten_by:
+            raise invalid_request(
+                f"{failed.overwritten_by} restored its own measure over {request.step_id} after "
+                f"this undo failed, so retrying it would put that measure's values back: check "
+                "the platform, and record the restore by hand"
             )
         if not request.by_hand and (over := self._taken_back_over(record)) is not None:
             raise invalid_request(

@@ -50,6 +50,7 @@ from workflows.incident_run import (
     DELIVERIES_LAND_PATCH,
     FAILURE_SETTLES_PATCH,
     LEVER_TIME,
+    PUMP_OUTLIVES_CARRY_PATCH,
     UNDO_ON_LANDING_PATCH,
     UNDO_RETRY,
     AnyStep,
@@ -137,7 +138,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             undoing.sort(key=self._sends_notice)  # stable: each group keeps its order
         forced = self._stand_down is not None and self._stand_down.force
         for number, step_id in enumerate(undoing, start=1):
-            if self._sends_notice(step_id) and self._holds_close():
+            if self._version() >= 6 and self._sends_notice(step_id) and self._holds_close():
                 await self._hold_close()  # no closing notice while a measure may be in force
             # A forced stand-down's hand-backs are recorded after its undos: nothing carries
             # the close.
@@ -435,6 +436,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         now = iso(moment)
         record.state, record.finished_at, record.previous = "applied", now, outcome.previous
         record.lifted_by, record.undone_at = None, None  # applied again: not undone now
+        record.failed_undo = None
         if put_back is None:
             record.in_force_since = now
         self._applied_order.append(step.id)
@@ -561,8 +563,12 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             raise
         except FailureError as error:
             record.state, record.error = "undo_failed", cause_of(error)
+            first = record.failed_undo.at if record.failed_undo else iso(self._clock())
             record.failed_undo = FailedUndo(
-                at=iso(self._clock()), final_state=final_state, hand_back=hand_back
+                at=first,
+                final_state=final_state,  # type: ignore[arg-type]
+                hand_back=hand_back,
+                overwritten_by=record.failed_undo and record.failed_undo.overwritten_by,
             )
             self._record(
                 "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}
@@ -693,7 +699,11 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         while True:
             await self._wait(ready)
             if not self._audit.pending:
-                return
+                # Woken, but a lever call's carry took the events first: unless the run is done,
+                # more will come (a carry that fails hands its events back).
+                if self._audit_done or not workflow.patched(PUMP_OUTLIVES_CARRY_PATCH):
+                    return
+                continue
             self._pump_busy = True
             try:
                 if local:

@@ -109,9 +109,14 @@ class StepRecord(BaseModel):
 
 
 class FailedUndo(BaseModel):
-    at: str
-    final_state: str  # undone, expired (a lapse) or dormant (withdrawn below the level)
+    """How a measure's undo that failed for good was meant to end (a restore ends it so)."""
+
+    at: str  # when it first failed
+    final_state: Literal["undone", "expired", "dormant"]  # taken back, a lapse, a withdrawal
     hand_back: bool = False  # a forced stand-down's: hands the settings to a later incident
+    # An earlier incident's restore was applied over it since (overlap_handoff): a retry of its
+    # own restore would put that incident's measure back.
+    overwritten_by: str | None = None
 
 
 class Note(BaseModel):

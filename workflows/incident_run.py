@@ -97,6 +97,10 @@ DELIVERIES_LAND_PATCH = "continue-as-new-waits-for-deliveries"
 # A stand-down whose undo failed for good waits, standing down, until a commander restores the
 # measure (`restore`), instead of closing with it maybe still in force. Recorded only there.
 UNDO_FAILURE_HOLDS_CLOSE_PATCH = "failed-undo-holds-the-close"
+# The audit pump, woken by events a lever call's carry took before it ran, waits for more
+# instead of ending (the carry failing hands them back, and they went unwritten). Recorded only
+# where that race happens.
+PUMP_OUTLIVES_CARRY_PATCH = "audit-pump-outlives-a-carry"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}

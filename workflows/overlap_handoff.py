@@ -264,6 +264,10 @@ class OverlapHandoff(LeverCalls):
         )
         for record in undoing:
             self._restore_after[record.id] = request
+        for record in gone:
+            if record.state == "undo_failed" and record.failed_undo is not None:
+                # The earlier restore goes over it: its own restore would put that measure back.
+                record.failed_undo.overwritten_by = f"{request.incident_id} ({request.step_id})"
         if lifted:
             await self._put_back(lifted, request)
         elif gone and not undoing:

@@ -340,7 +340,7 @@ async def restore(
     closes once no measure is left unrestored. A retry is refused (409) while a later open
     incident holds measures over this one's settings: it would lift them."""
     if not body.by_hand:
-        await refuse_restore_if_later_overlaps(store, incident_id, body.step_id)
+        await refuse_restore_if_later_overlaps(store, incidents, incident_id, body.step_id)
     return await _act(incidents, "restore", incident_id, body, actor=principal)
 
 

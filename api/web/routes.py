@@ -320,7 +320,7 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             fields["by_hand"] = form.get("by_hand") == "yes"
             if not fields["by_hand"]:
                 await refuse_restore_if_later_overlaps(
-                    get_store(request), incident_id, fields["step_id"]
+                    get_store(request), get_incidents(request), incident_id, fields["step_id"]
                 )
         if action == "stand-down":
             fields["force"] = form.get("force") == "yes"
@@ -348,7 +348,8 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
     log.info("console.action", incident_id=incident_id, action=action, principal=principal.name)
     left = not_restored(result) if action == "stand-down" else None
     if left is not None:  # a stand-down that could not put everything back
-        set_flash(response, request, "warning", f"stood down, but {left}")
+        now = "standing down" if result.state == "standing_down" else "stood down"
+        set_flash(response, request, "warning", f"{now}, but {left}")
     elif isinstance(result, StepRecord) and result.state == "undo_failed":  # a retried undo
         why = result.error or "no reason given"
         set_flash(response, request, "warning", f"the undo of {result.id} failed again: {why}")

@@ -531,7 +531,7 @@ async def test_a_stand_down_that_could_not_undo_a_measure_says_so_everywhere(
                 {"reason": "test over", "confirm": "yes"},
             )
             shown = flash(await followed(alice, response))
-            assert shown.startswith("stood down, but 1 measure was NOT RESTORED"), shown
+            assert shown.startswith("standing down, but 1 measure was NOT RESTORED"), shown
             assert "surge (moderation.surge: " in shown, shown
             page = await alice.incident(incident_id)
             assert "data-state>standing down<" in page.html

@@ -12,7 +12,8 @@ from engine.board import board_page
 from engine.errors import ActionInvalid, IncidentConflict
 from engine.incidents import not_restored
 from engine.overlap import refuse_restore_if_later_overlaps
-from tests.workflows.lab import Lab, at, kinds, settings_of, step, step_states
+from tests.helpers import assert_eventually
+from tests.workflows.lab import Lab, at, kinds, level, settings_of, step, step_states
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import RestoreRequest
 
@@ -245,5 +246,80 @@ async def test_a_retry_that_would_lift_a_later_incidents_measure_is_refused(lab:
     await lab.settle(later, {"surge": "applied"})
     await lab.audit(later, until="step.applied", count=2)
     with pytest.raises(IncidentConflict, match=f"stand {later} down first"):
-        await refuse_restore_if_later_overlaps(lab.store, held, "surge")
+        await refuse_restore_if_later_overlaps(lab.store, lab.incidents, held, "surge")
     await lab.sandbox.clear_faults()
+
+
+RACE = """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+  - id: tell
+    level: severe
+    do: notify.send
+    with: {to: regulator, template: crisis-opened}
+"""
+
+
+async def test_a_stand_down_during_a_delivery_whose_undo_fails_is_written_and_closes(
+    lab: Lab,
+) -> None:
+    """The stand-down comes while an escalation's notice is being delivered: the audit pump,
+    woken when the delivery ends, finds the events taken by the surge's undo, which carries
+    them and then fails. The pump once ended there: the failure, the restore and the close
+    went unwritten, and the incident never closed."""
+    incident_id = await lab.trigger(RACE)
+    await lab.settle(incident_id, {"surge": "applied", "tell": "dormant"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO)
+    await lab.sandbox.fault(path_prefix="/notify", status=0, latency_ms=3000, times=1)
+    await lab.act(incident_id, CrisisWorkflow.escalate, level(to="severe"))
+
+    async def telling() -> None:
+        assert "running" == step(await lab.status(incident_id), "tell").state
+
+    await assert_eventually(telling, timeout=10, interval=0.02)
+    status = await lab.incidents.stand_down(incident_id, actor="alice", reason="calm")
+    assert ("standing_down", "undo_failed") == (status.state, step(status, "surge").state)
+    await lab.audit(incident_id, until="step.undo_failed")
+    await lab.act(incident_id, CrisisWorkflow.restore, restore(by_hand=True))
+    events = await lab.audit(incident_id, until="incident.closed")
+    assert "step.restored_by_hand" in kinds(events)
+    assert lab.store.verify(incident_id).ok
+    await lab.sandbox.clear_faults()
+
+
+EARLIER_SURGE = """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+    expires_after: 2h
+"""
+LATER_SURGE = EARLIER_SURGE.replace("5}", "10}").replace("2h", "1h")
+
+
+async def test_a_retry_over_which_an_earlier_incident_restored_its_own_is_refused(
+    lab: Lab,
+) -> None:
+    """E's surge, then A's over it. A's lapse fails; E's surge lapses and E's restore is
+    applied over A's (overlap handoff). A retry of A's would restore what A replaced, E's
+    surge: it is refused, naming E; recorded by hand, it ends as a lapse would."""
+    before = settings_of(await lab.platform())["moderation"]["hate"]
+    earlier = await lab.trigger(EARLIER_SURGE)
+    await lab.settle(earlier, {"surge": "applied"})
+    later = await lab.trigger(LATER_SURGE)
+    await lab.settle(later, {"surge": "applied"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO, times=1)
+    await lab.advance(timedelta(hours=1, minutes=1))
+    await lab.sync(later)
+    await lab.settle(later, {"surge": "undo_failed"})
+    await lab.advance(timedelta(hours=1))
+    await lab.sync(earlier)
+    await lab.settle(earlier, {"surge": "expired"})
+    await lab.audit(later, until="overlap.lifted")
+    with pytest.raises(IncidentConflict, match=f"{earlier} \\(surge\\) restored its own measure"):
+        await lab.act(later, CrisisWorkflow.restore, restore())
+    record = await lab.act(later, CrisisWorkflow.restore, restore(by_hand=True))
+    assert "expired" == record.state
+    assert before == settings_of(await lab.platform())["moderation"]["hate"]
