@@ -549,8 +549,8 @@ def restore(
     def say(record: StepRecord) -> str:
         if record.state == "undo_failed":
             return f"retried the undo of {record.id}"
-        how = "recorded as restored by hand" if by_hand else "undone on the platform"
-        return f"{record.id} {how}"
+        how = "recorded as restored by hand" if by_hand else "taken back on the platform"
+        return f"{record.id} {how} (now {record.state})"
 
     def failed(record: StepRecord) -> str | None:
         if record.state != "undo_failed":

@@ -64,8 +64,7 @@ async def refuse_restore_if_later_overlaps(
         raise IncidentConflict(
             f"retrying the undo of {step_id} now would lift what later incidents put in force on "
             f"the same settings ({what}): stand {' then '.join(later)} down first (newest "
-            "first; restore its own measures first if it waits for that), or restore the "
-            "setting by hand and record that"
+            "first; restore its own measures first if it waits for that), then retry"
         )
 
 

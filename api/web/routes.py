@@ -368,8 +368,10 @@ def _done(action: str, fields: dict[str, Any], result: Any) -> str:
         if action == "reject":
             return f"rejected {result.id}: it is skipped"
         if action == "restore":
-            how = "recorded as restored by hand" if fields["by_hand"] else "undone on the platform"
-            return f"{result.id} {how}"
+            how = "taken back on the platform"
+            if fields["by_hand"]:
+                how = "recorded as restored by hand"
+            return f"{result.id} {how} (now {result.state})"
         return f"renewed {result.id} for {fields['duration']} from now"
     status: IncidentStatus = result
     match action:

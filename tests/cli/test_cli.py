@@ -486,7 +486,8 @@ async def test_a_stand_down_that_leaves_a_measure_in_force_exits_non_zero_until_
     finally:
         await sandbox.clear_faults()
     done = await crisis(cli_env, "restore", incident_id, "raise-detection", "--reason", "back")
-    assert (0, "raise-detection undone on the platform\n") == (done.code, done.stdout), done
+    said = "raise-detection taken back on the platform (now undone)\n"
+    assert (0, said) == (done.code, done.stdout), done
     closed = await crisis(cli_env, "status", incident_id, "--json")
     assert "closed" == closed.json()["state"]
     refused = await crisis(cli_env, "restore", incident_id, "raise-detection", "--reason", "x")

@@ -554,7 +554,8 @@ async def test_a_stand_down_that_could_not_undo_a_measure_says_so_everywhere(
             f"/console/incidents/{incident_id}/restore",
             {"step_id": "surge", "reason": "restored in the admin tool", "by_hand": "yes"},
         )
-        assert "surge recorded as restored by hand" == flash(await followed(alice, by_hand))
+        shown = flash(await followed(alice, by_hand))
+        assert "surge recorded as restored by hand (now undone)" == shown
         await console.status_when(incident_id, lambda s: s["surge"] == "undone")
         page = await alice.incident(incident_id)
         assert 'data-not-restored="surge"' not in page.html
