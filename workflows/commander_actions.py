@@ -292,11 +292,11 @@ class CommanderActions(IncidentRun):
         # applied again, and hands the settings back to a later incident, as a forced
         # stand-down's undo does.
         final = "undone" if failed is None else failed.final_state
-        if final == "dormant" and self._state == "standing_down":
-            final = "undone"  # what the stand-down makes of a withdrawn measure
+        # What a stand-down makes of a withdrawn measure (once its restore has handed back).
+        settled = "undone" if final == "dormant" and self._state == "standing_down" else final
         if request.by_hand:
             now = iso(self._clock())
-            record.state, record.undone_at, record.expires_at = final, now, None  # type: ignore[assignment]
+            record.state, record.undone_at, record.expires_at = settled, now, None  # type: ignore[assignment]
             record.error, record.failed_undo = None, None
             record.outcome = f"restored by hand ({request.actor}): {request.reason}"
             self._record(
@@ -323,6 +323,8 @@ class CommanderActions(IncidentRun):
         )
         if record.state != "undo_failed":
             record.failed_undo = None
+            if record.state == "dormant":
+                record.state = settled  # type: ignore[assignment]
             ended = self._clock()
             if self._restored_time is None or ended > self._restored_time:
                 self._restored_time = ended
@@ -381,19 +383,19 @@ class CommanderActions(IncidentRun):
             )
         if record.state == "undoing" or (record.state == "applied" and record.failed_undo):
             raise invalid_request(f"measure {request.step_id} is being taken back already")
+        if record.state != "undo_failed":
+            raise invalid_request(
+                f"measure {request.step_id} is {record.state}: only a measure whose undo failed "
+                "can be restored"
+            )
         busy = [
             r.id
             for r in self._records.values()
             if r.state == "undoing" or (r.state == "applied" and r.failed_undo is not None)
         ]
-        if busy:  # one restore at a time: two on shared settings could land in either order
+        if busy:  # one at a time: two restores on shared settings could land in either order
             raise invalid_request(
-                f"{busy[0]} is being restored: restore {request.step_id} once that is done"
-            )
-        if record.state != "undo_failed":
-            raise invalid_request(
-                f"measure {request.step_id} is {record.state}: only a measure whose undo failed "
-                "can be restored"
+                f"{busy[0]} is being taken back: restore {request.step_id} once that is done"
             )
         if (self._state == "standing_down" and not self._holding_close) or self._failure_undos:
             raise invalid_request(
@@ -402,8 +404,7 @@ class CommanderActions(IncidentRun):
             )
         failed = record.failed_undo
         if (
-            not request.by_hand
-            and failed is not None
+            failed is not None
             and failed.final_state == "dormant"
             and self._state != "standing_down"
             and self._eligible(step)
@@ -411,14 +412,13 @@ class CommanderActions(IncidentRun):
         ):
             raise invalid_request(
                 f"the incident's level calls for {request.step_id} again, and its withdrawal "
-                "failed, so it may still be in force: a retry would take it off; restore it "
-                "once the incident stands down (or record a restore by hand: the next "
-                "escalation applies it again)"
+                "failed, so it may still be in force, as the level wants: restore it once the "
+                "incident stands down"
             )
         if not request.by_hand and failed is not None and failed.overwritten_by:
             raise invalid_request(
-                f"{failed.overwritten_by} restored its own measure over {request.step_id} after "
-                f"this undo failed, so retrying it would put that measure's values back: check "
+                f"{failed.overwritten_by} handed its settings back over {request.step_id} while "
+                "this undo failed, so retrying it could put that incident's values back: check "
                 "the platform, and record the restore by hand"
             )
         if not request.by_hand and (over := self._taken_back_over(record)) is not None:

@@ -574,6 +574,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}
             )
             if (earlier := self._restore_after.pop(record.id, None)) is not None:
+                record.failed_undo.overwritten_by = f"{earlier.incident_id} ({earlier.step_id})"
                 self._record(
                     "overlap.restore_failed",
                     step_id=step.id,

@@ -318,8 +318,49 @@ async def test_a_retry_over_which_an_earlier_incident_restored_its_own_is_refuse
     await lab.sync(earlier)
     await lab.settle(earlier, {"surge": "expired"})
     await lab.audit(later, until="overlap.lifted")
-    with pytest.raises(IncidentConflict, match=f"{earlier} \\(surge\\) restored its own measure"):
+    with pytest.raises(IncidentConflict, match=f"{earlier} \\(surge\\) handed its settings back"):
         await lab.act(later, CrisisWorkflow.restore, restore())
     record = await lab.act(later, CrisisWorkflow.restore, restore(by_hand=True))
     assert "expired" == record.state
     assert before == settings_of(await lab.platform())["moderation"]["hate"]
+
+
+A_SEVERE = """
+steps:
+  - id: surge
+    level: severe
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+"""
+B_SURGE = """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 10}
+"""
+
+
+async def test_a_withdrawal_restored_while_standing_down_hands_back_to_a_later_incident(
+    lab: Lab,
+) -> None:
+    """A's surge, then B's over it on the same queue. A's de-escalation fails to withdraw its
+    surge; A is stood down and waits; the retry of the withdrawal restores what A's surge
+    replaced, and, as a withdrawal does, tells B, which puts its own surge back on top."""
+    before = settings_of(await lab.platform())["moderation"]["hate"]["reviewers"]
+    a = await lab.trigger(A_SEVERE, level="severe")
+    await lab.settle(a, {"surge": "applied"})
+    b = await lab.trigger(B_SURGE)
+    await lab.settle(b, {"surge": "applied"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO, times=1)
+    await lab.act(a, CrisisWorkflow.de_escalate, level(to="elevated"))
+    await lab.settle(a, {"surge": "undo_failed"})
+    assert (
+        "standing_down" == (await lab.incidents.stand_down(a, actor="alice", reason="calm")).state
+    )
+    record = await lab.act(a, CrisisWorkflow.restore, restore())
+    assert "undone" == record.state  # what a stand-down makes of a withdrawn measure
+    await lab.audit(a, until="incident.closed")
+    await lab.audit(b, until="overlap.restored")
+    # A's surge is gone and B's is in force again (lifted by A's restore, then put back).
+    assert before + 10 == settings_of(await lab.platform())["moderation"]["hate"]["reviewers"]
+    assert "applied" == step(await lab.status(b), "surge").state
