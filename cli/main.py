@@ -158,6 +158,10 @@ def _print_triggered(triggered: dict[str, Any], level: str | None, as_json: bool
     )
 
 
+def _restore_hint(incident_id: str) -> str:
+    return f" (crisis restore {incident_id} STEP --reason TEXT [--by-hand])"
+
+
 def _clock(iso: str | None) -> str:
     """Time of day to the millisecond (UTC); the full timestamps are in --json."""
     return iso[11:23] if iso else ""
@@ -180,7 +184,7 @@ def _print_status(status: IncidentStatus) -> None:
         closes = ": the incident closes once none is left" if waiting else ""
         console.print(
             f"[bold red]NOT RESTORED[/bold red] (undo failed for good): {escape(', '.join(left))}"
-            f"{closes} (crisis restore {status.incident_id} STEP --reason TEXT [--by-hand])"
+            f"{closes}{_restore_hint(status.incident_id)}"
         )
     _print_command_state(status)
     table = Table("step", "lever", "state", "started", "finished", "undone", "expires", "error")
@@ -267,8 +271,7 @@ def stand_down(
     from engine.incidents import not_restored
 
     if (left := not_restored(result)) is not None:  # not all put back
-        how = "" if result.state == "closed" else f" (crisis restore {incident_id} STEP --reason"
-        how += " TEXT [--by-hand])" if how else ""
+        how = "" if result.state == "closed" else _restore_hint(incident_id)
         fail(f"incident {incident_id} is {result.state.replace('_', ' ')}, but {left}{how}")
     hard_exit(0)
 

@@ -333,15 +333,11 @@ class CommanderActions(IncidentRun):
     def _reinstate(self, record: StepRecord) -> None:
         """Put a measure whose undo failed back among those in force, in the order they were
         applied, so that taking it back again first lifts what was applied over it."""
-        since = record.in_force_since or record.finished_at or ""
-        order = self._applied_order
-        after = [
-            at
-            for at, other in enumerate(order)
-            if (self._records[other].in_force_since or self._records[other].finished_at or "")
-            > since
-        ]
-        order.insert(after[0] if after else len(order), record.id)
+        since, order = record.held_since or "", self._applied_order
+        later = (
+            at for at, other in enumerate(order) if (self._records[other].held_since or "") > since
+        )
+        order.insert(next(later, len(order)), record.id)
         record.state, record.error = "applied", None
 
     def _taken_back_over(self, record: StepRecord) -> str | None:
@@ -351,7 +347,7 @@ class CommanderActions(IncidentRun):
         failed = record.failed_undo
         if failed is None:
             return None
-        since = record.in_force_since or record.finished_at or ""
+        since = record.held_since or ""
         for other in self._records.values():
             ended = other.undone_at
             if (
@@ -360,7 +356,7 @@ class CommanderActions(IncidentRun):
                 or other.state not in ("undone", "expired", "dormant")
                 or ended is None
                 or parse_iso(ended) < parse_iso(failed.at)
-                or (other.in_force_since or other.finished_at or "") > since
+                or (other.held_since or "") > since
             ):
                 continue
             if self._stacked_on(other, [record.id]):
@@ -381,18 +377,19 @@ class CommanderActions(IncidentRun):
                 f"{request.step_id} is taken back by sending a notice: nothing on the platform to "
                 "restore"
             )
-        if record.state == "undoing" or (record.state == "applied" and record.failed_undo):
+        # Being taken back: an undo under way, or a retry lifting what was applied over it.
+        busy = [
+            r.id
+            for r in self._records.values()
+            if r.state == "undoing" or (r.state == "applied" and r.failed_undo is not None)
+        ]
+        if request.step_id in busy:
             raise invalid_request(f"measure {request.step_id} is being taken back already")
         if record.state != "undo_failed":
             raise invalid_request(
                 f"measure {request.step_id} is {record.state}: only a measure whose undo failed "
                 "can be restored"
             )
-        busy = [
-            r.id
-            for r in self._records.values()
-            if r.state == "undoing" or (r.state == "applied" and r.failed_undo is not None)
-        ]
         if busy:  # one at a time: two restores on shared settings could land in either order
             raise invalid_request(
                 f"{busy[0]} is being taken back: restore {request.step_id} once that is done"

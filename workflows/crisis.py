@@ -517,7 +517,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             return
         step = self._steps_by_id[record.id]
         assert isinstance(step, Step)
-        applied_at = record.in_force_since or record.finished_at
+        applied_at = record.held_since
         later = self._applied_order[self._applied_order.index(record.id) + 1 :]
         self._applied_order.remove(record.id)
         if step.undo is not None:
@@ -563,18 +563,22 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             raise
         except FailureError as error:
             record.state, record.error = "undo_failed", cause_of(error)
-            first = record.failed_undo.at if record.failed_undo else iso(self._clock())
+            before = record.failed_undo  # an earlier failure, when this was a retry
+            earlier = self._restore_after.pop(record.id, None)
             record.failed_undo = FailedUndo(
-                at=first,
+                at=before.at if before else iso(self._clock()),
                 final_state=final_state,  # type: ignore[arg-type]
                 hand_back=hand_back,
-                overwritten_by=record.failed_undo and record.failed_undo.overwritten_by,
+                overwritten_by=(
+                    f"{earlier.incident_id} ({earlier.step_id})"
+                    if earlier
+                    else before and before.overwritten_by
+                ),
             )
             self._record(
                 "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}
             )
-            if (earlier := self._restore_after.pop(record.id, None)) is not None:
-                record.failed_undo.overwritten_by = f"{earlier.incident_id} ({earlier.step_id})"
+            if earlier is not None:
                 self._record(
                     "overlap.restore_failed",
                     step_id=step.id,

@@ -107,6 +107,11 @@ class StepRecord(BaseModel):
     # Its undo failed for good: what that undo was for, so that a restore ends it the same way.
     failed_undo: FailedUndo | None = None
 
+    @property
+    def held_since(self) -> str | None:
+        """When this application began to hold (ISO 8601 UTC, comparable as text)."""
+        return self.in_force_since or self.finished_at
+
 
 class FailedUndo(BaseModel):
     """How a measure's undo that failed for good was meant to end (a restore ends it so)."""
