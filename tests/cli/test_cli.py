@@ -553,7 +553,8 @@ async def test_trigger_a_draft_outside_the_library_uses_the_library(
 async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: Sandbox) -> None:
     """Each user mistake is one `error:` line on stderr and exit status 1."""
     incident_id = await trigger(cli_env, "--id", "INC-CLI-CLOSED-" + os.urandom(3).hex())
-    run = await crisis(cli_env, "stand-down", incident_id, "--reason", "done", "--json")
+    # Forced: a test running beside this one may hold a later incident on the same settings.
+    run = await crisis(cli_env, "stand-down", incident_id, "--reason", "done", "--json", "--force")
     assert "closed" == run.json()["state"], run
 
     vd, none = "violent-disorder", "INC-NO-SUCH-INCIDENT"
