@@ -1366,7 +1366,12 @@ async def bench(args: argparse.Namespace, counts: Counts, tmp: Path) -> dict[str
         hook = StartHook()
         product_client = await connect(settings)
         client = Client(**{**product_client.config(), "interceptors": [hook]})
-        async with httpx.AsyncClient(base_url=settings.sandbox_url, timeout=30) as admin:
+        # No kept-alive connection: the sandbox closes an idle one after 5 s, and a burst under
+        # callgrind lasts longer, so the next request could meet it closing mid-send.
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=settings.sandbox_url, timeout=30, limits=no_keepalive
+        ) as admin:
             env = Env(tmp, client, hook, settings, admin, Tracker(), warnings, children)
             if args.count_instructions:
                 env.instructions = InstructionCounter()
