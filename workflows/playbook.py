@@ -33,7 +33,13 @@ from workflows.expressions import names as expression_names
 from workflows.expressions import parse as parse_expression
 from workflows.levers import LEVERS, is_notification
 from workflows.limits import MAX_INPUT_CHARS
-from workflows.substitution import NAMESPACES, ReferenceError_, references, substitute
+from workflows.substitution import (
+    NAMESPACES,
+    ReferenceError_,
+    malformed,
+    references,
+    substitute,
+)
 
 Path = tuple[str | int, ...]
 InputType = Literal["string", "number", "integer", "boolean", "list"]
@@ -613,7 +619,10 @@ def _pydantic_message(error: Any) -> str:
 
 
 def _reference_problems(playbook: Playbook, args: dict[str, Any]) -> list[tuple[Path, str]]:
-    problems = []
+    problems = [
+        (path, f"malformed reference {text!r}: write ${{inputs.NAME}} or ${{incident.FIELD}}")
+        for path, text in malformed(args)
+    ]
     for path, namespace, name in references(args):
         if namespace not in NAMESPACES:
             problems.append(

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+# What an author meant as a reference: `${` up to the next `}`, or to the end of the text.
+_OPENED = re.compile(r"\$\{[^}]*\}?")
 NAMESPACES = ("inputs", "incident")
 # Types decided without isinstance(): substitution runs in the workflow sandbox at every lever
 # call, where each isinstance() is a wrapped call, and arguments are plain JSON types there.
@@ -24,17 +26,33 @@ class ReferenceError_(LookupError):
 
 def references(value: Any) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
     """Yield (path inside value, namespace, name) for every reference in a nested value."""
+    for path, text in _strings(value):
+        for match in REFERENCE.finditer(text):
+            yield path, match.group(1), match.group(2)
+
+
+def malformed(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Yield (path inside value, text) for every `${` that does not begin a well-formed
+    reference (`${inputs.region`, `${inputs}`, `${inputs.a.b}`): substitution would pass it to
+    the platform as it stands."""
+    for path, text in _strings(value):
+        for match in _OPENED.finditer(text):
+            if not REFERENCE.fullmatch(match.group()):
+                yield path, match.group()
+
+
+def _strings(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
     if isinstance(value, str):
-        for match in REFERENCE.finditer(value):
-            yield (), match.group(1), match.group(2)
+        if "${" in value:
+            yield (), value
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            for path, ns, name in references(item):
-                yield (key, *path), ns, name
+            for path, text in _strings(item):
+                yield (key, *path), text
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            for path, ns, name in references(item):
-                yield (index, *path), ns, name
+            for path, text in _strings(item):
+                yield (index, *path), text
 
 
 def substitute(value: Any, context: Mapping[str, Mapping[str, Any]]) -> Any:

@@ -400,6 +400,25 @@ def test_an_undefined_input_does_not_hide_the_other_arguments_problems(tmp_path:
     ] == [(p.line, p.column, p.message) for p in problems]
 
 
+@pytest.mark.parametrize(
+    "written",
+    ["${inputs.region", "${inputs}", "${inputs.region.code}", "${inputs.reg-ion}", "GB-${inputs"],
+)
+def test_a_malformed_reference_is_a_problem_not_a_literal(tmp_path: Path, written: str) -> None:
+    """A `${` that does not make a well-formed reference would reach the platform as it stands
+    (a region literally named `${inputs.region`): it is reported at its argument."""
+    text = VALID.replace("region: ${inputs.region}", f'region: "{written}"')
+    problem = only_problem(tmp_path, text)
+    expected = f"malformed reference {written[written.index('$'):]!r}"
+    assert (15, 7) == (problem.line, problem.column)
+    assert problem.message.startswith(expected), problem.message
+
+
+def test_a_well_formed_reference_with_spaces_inside_braces_is_no_problem(tmp_path: Path) -> None:
+    text = VALID.replace("region: ${inputs.region}", 'region: "${ inputs.region }"')
+    assert [] == problems_in(tmp_path, text)
+
+
 def test_problems_in_several_steps_are_all_reported(tmp_path: Path) -> None:
     """Problems in different steps are each reported, in document order."""
     text = edit(
