@@ -484,6 +484,14 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _utc(moment: datetime) -> datetime:
+    """The instant in UTC (a time without an offset is taken as UTC): SQLite keeps times without
+    their offset, so a bound time is compared by its wall clock as written."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
 class AuditStore:
     """Append and read audit events; verify an incident's chain."""
 
@@ -612,9 +620,9 @@ class AuditStore:
         if level:
             query = query.where(IncidentRow.level == level)
         if since:
-            query = query.where(IncidentRow.triggered_at >= since)
+            query = query.where(IncidentRow.triggered_at >= _utc(since))
         if until:
-            query = query.where(IncidentRow.triggered_at < until)
+            query = query.where(IncidentRow.triggered_at < _utc(until))
         query = query.order_by(IncidentRow.triggered_at.desc()).offset(offset).limit(limit)  # type: ignore[attr-defined]
         with Session(self.engine) as session:
             return list(session.exec(query).all())

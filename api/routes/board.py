@@ -27,8 +27,12 @@ def list_incidents(
     playbook: str | None = Query(None, max_length=64),
     level: str | None = Query(None, max_length=64),
     triggered_by: str | None = Query(None, max_length=200),
-    since: datetime | None = Query(None, description="Triggered at or after (ISO 8601)"),
-    until: datetime | None = Query(None, description="Triggered before (ISO 8601)"),
+    since: datetime | None = Query(
+        None, description="Triggered at or after (ISO 8601; UTC without an offset)"
+    ),
+    until: datetime | None = Query(
+        None, description="Triggered before (ISO 8601; UTC without an offset)"
+    ),
     limit: int = Query(50, ge=1, le=200),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> BoardPage:

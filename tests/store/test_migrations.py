@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -116,6 +116,43 @@ def test_incidents_are_searchable_by_playbook_state_level_and_time(audit_store: 
     assert [] == audit_store.search(
         playbook="search-test", until=datetime(2026, 11, 28, tzinfo=UTC)
     )
+
+
+def test_a_time_searched_by_means_the_same_instant_whatever_its_offset(
+    audit_store: AuditStore,
+) -> None:
+    """10:00 UTC is 11:00+01:00 and 05:00-05:00; a time without an offset is read as UTC (SQLite
+    stores no offset, and compared the wall clock as written)."""
+    incident, playbook = new_id(), f"offsets-{new_id()}"
+    audit_store.append(
+        [
+            make_event(
+                incident_id=incident,
+                seq=1,
+                kind="incident.triggered",
+                at="2026-11-28T10:00:00+00:00",
+                prev_hash="0" * 64,
+                data={"playbook": playbook, "version": 1},
+            )
+        ]
+    )
+
+    def found(**when: datetime) -> bool:
+        return [incident] == [
+            row.incident_id for row in audit_store.search(playbook=playbook, **when)
+        ]
+
+    plus_one, minus_five = timezone(timedelta(hours=1)), timezone(timedelta(hours=-5))
+    for since in (
+        datetime(2026, 11, 28, 10, 0, tzinfo=UTC),
+        datetime(2026, 11, 28, 11, 0, tzinfo=plus_one),
+        datetime(2026, 11, 28, 5, 0, tzinfo=minus_five),
+        datetime(2026, 11, 28, 10, 0),
+    ):
+        assert found(since=since), since
+        assert not found(since=since + timedelta(seconds=1)), since
+        assert found(until=since + timedelta(seconds=1)), since
+        assert not found(until=since), since
 
 
 def test_superseded_rows_are_taken_out_of_the_searchable_incident(audit_store: AuditStore) -> None:
