@@ -61,7 +61,7 @@ from workflows.incident_run import (
 )
 from workflows.lever_calls import LeverCalls
 from workflows.overlap_handoff import FORCED_HAND_BACK_PATCH, REASSERT_PATCH, OverlapHandoff
-from workflows.supervision import Supervision
+from workflows.supervision import SYSTEM, Supervision
 
 AUDIT_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
@@ -136,7 +136,10 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             # Measures first (newest first, as before), then closing notices: a notice that
             # retries on a dead channel must not keep a measure on the platform meanwhile.
             undoing.sort(key=self._sends_notice)  # stable: each group keeps its order
-        forced = self._stand_down is not None and self._stand_down.force
+        forced = self._stand_down is not None and (
+            self._stand_down.force
+            or (self._stand_down.actor == SYSTEM and self._hands_back_unasked())
+        )
         for number, step_id in enumerate(undoing, start=1):
             if self._version() >= 6 and self._sends_notice(step_id) and self._holds_close():
                 await self._hold_close()  # no closing notice while a measure may be in force
@@ -454,7 +457,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         )
         if failed is not None and workflow.patched(UNDO_ON_LANDING_PATCH):
             why = f"{failed} failed (on_failure: undo)"
-            await self._undo(record, final_state="undone", reason=why)
+            hand_back = self._hands_back_unasked()
+            await self._undo(record, final_state="undone", reason=why, hand_back=hand_back)
             if record.state == "undone":
                 record.outcome = f"taken back: {why}"
         return True
@@ -472,9 +476,10 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             if self._inflight or self._delivering:  # lever calls, and notify.send deliveries
                 await self._wait(lambda: self._inflight == 0 and self._delivering == 0)
             why = f"{step.id} failed (on_failure: undo)"
+            hand_back = bool(self._applied_order) and self._hands_back_unasked()
             for step_id in reversed(list(self._applied_order)):
                 taken = self._records[step_id]
-                await self._undo(taken, final_state="undone", reason=why)
+                await self._undo(taken, final_state="undone", reason=why, hand_back=hand_back)
                 if taken.state == "undone":
                     taken.outcome = f"taken back: {why}"
         finally:
@@ -507,7 +512,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         """Take a measure back. `closes`: the incident closes once it is (the call then writes
         the stand-down's trail, the close included, if nothing else is under way). `hand_back`:
         as a lapse does, tell a later incident whose measure on the same settings this restore
-        lifted (a forced stand-down)."""
+        lifted (a forced stand-down, or a take-back no commander asked for)."""
         if record.id in self._putting_back:  # put back for an earlier incident: let it land
             await self._wait(lambda: record.id not in self._putting_back)
             LEVER_TIME.set(self._handoff_time)  # woken by that lever call, not the history
@@ -606,10 +611,10 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 self._reassert_later(record, applied_at, reason, restore, restacked=bool(held))
             )
         elif hand_back and workflow.patched(FORCED_HAND_BACK_PATCH):
+            standing_down = self._state == "standing_down"
+            why = self._hand_back_reason() if standing_down else reason  # on_failure: undo
             self._background(
-                self._reassert_later(
-                    record, applied_at, "stood down (forced)", restore, restacked=bool(held)
-                )
+                self._reassert_later(record, applied_at, why, restore, restacked=bool(held))
             )
 
     async def _hold_close(self) -> None:

@@ -49,6 +49,10 @@ REASSERT_ROUNDS = 3
 REASSERT_PATCH = "hand-back-to-later-incidents"
 # The same at a forced stand-down, recorded only there.
 FORCED_HAND_BACK_PATCH = "hand-back-at-forced-stand-down"
+# The same when the incident takes its measures back on its own, where no commander could be
+# refused or force it (a missed review's stand-down, `on_failure: undo`); recorded only there.
+# Before it, such a take-back lifted a later incident's measures and told no one.
+UNASKED_HAND_BACK_PATCH = "hand-back-when-taken-back-unasked"
 
 
 class OverlapHandoff(LeverCalls):
@@ -67,6 +71,17 @@ class OverlapHandoff(LeverCalls):
             if shared_settings(mine, args.model_validate(other.args).targets()):
                 found.append(other)
         return found
+
+    def _hands_back_unasked(self) -> bool:
+        """Whether measures this incident takes back on its own hand their settings to a later
+        incident, as a forced stand-down does (`UNASKED_HAND_BACK_PATCH`)."""
+        return workflow.patched(UNASKED_HAND_BACK_PATCH)
+
+    def _hand_back_reason(self) -> str:
+        """What a stand-down's hand-back tells the later incident."""
+        if self._stand_down is None or self._stand_down.force:
+            return "stood down (forced)"
+        return f"stood down ({self._stand_down.reason})"
 
     async def _reassert_later(
         self,

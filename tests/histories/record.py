@@ -20,6 +20,10 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # before the close waited for a restore;
                                                   # v7-restored: the undo retried, failing again,
                                                   # then undone; v7-restored-by-hand)
+    python -m tests.histories.record v7 unasked   # an earlier incident's on_failure undo takes
+                                                  # back a measure under a later one's (kept as
+                                                  # v7-unasked-unpatched-*, before it handed the
+                                                  # settings back; v7-unasked-*: handed back)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -346,6 +350,57 @@ async def record_restore(
         print(f"recorded {kept_id}: {len(history.events)} events")
 
 
+# A step failing with on_failure undo takes back a measure a later incident's is applied over:
+# from the patch `hand-back-when-taken-back-unasked`, the settings are handed to that incident.
+UNASKED = """
+playbook: record-unasked
+version: 1
+title: A measure taken back on failure, under a later incident's
+description: For the recorded history of a take-back no commander asked for.
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+  - id: gate
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+    approval: {roles: [commander], timeout: 1h, on_timeout: skip}
+    retry: {max_attempts: 1}
+    on_failure: undo
+"""
+
+
+async def record_unasked(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    ids = {name: f"REC-{tag}-unasked-{name}" for name in ("earlier", "later")}
+    for name, body in (("earlier", UNASKED), ("later", LATER)):
+        path = work / f"record-unasked-{name}.yaml"
+        path.write_text(body.replace("record-later", "record-unasked-later"))
+        await incidents.trigger(str(path), {}, actor="recorder", incident_id=ids[name])
+        await _settled(incidents, ids[name])
+    async with httpx.AsyncClient() as http:
+        fault = {"path_prefix": "/moderation", "status": 400, "times": 1}
+        (await http.post(f"{sandbox_url}/faults", json=fault)).raise_for_status()
+    approval = ApproveRequest(step_id="gate", actor="approver", role="commander")
+    await incidents.act(ids["earlier"], CrisisWorkflow.approve, approval)
+    for _ in range(200):  # failed, taken back (and, once patched, the later one told)
+        status = await incidents.status(ids["earlier"])
+        if status.state == "failed" and status.steps[0].state == "undone":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("the earlier incident did not fail and take its measure back")
+    await asyncio.sleep(1)  # the later incident puts its measure back, when told
+    for name in ("later", "earlier"):
+        await incidents.stand_down(ids[name], actor="recorder", reason="recorded")
+    kept = {f"{tag}-unasked-{name}": incident_id for name, incident_id in ids.items()}
+    for name, kept_id in kept.items():
+        history = await client.get_workflow_handle(kept_id).fetch_history()
+        (HERE / f"{name}.json").write_text(_without_local_paths(history.to_json()))
+        print(f"recorded {kept_id}: {len(history.events)} events")
+
+
 async def _closed(incidents: Incidents, incident_id: str) -> None:
     for _ in range(200):
         if (await incidents.status(incident_id)).state == "closed":
@@ -396,6 +451,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "restore":
             await record_restore(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "unasked":
+            await record_unasked(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -425,7 +483,7 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under, restore
+    # under, restore, unasked
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -17,7 +17,7 @@ from engine.verification import IncidentHistory, replay_incident
 from store.audit_store import AuditStore
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually
-from tests.workflows.lab import HEADER, Lab, at, kinds, settings_of, step
+from tests.workflows.lab import HEADER, Lab, approve, at, kinds, settings_of, step
 from workflows.audit import AuditEvent
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import LevelRequest
@@ -160,6 +160,89 @@ async def test_a_forced_stand_down_hands_the_settings_to_the_later_incident(lab:
             IncidentHistory(incident, [history]), lab.store.events(incident)
         )
         assert report.ok, report.as_dict()
+
+
+REVIEWED = "reviews: {every: 1h, grace: 10m, on_missed: stand_down}\n"
+FAILING = """
+  - id: gate
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+    approval: {roles: [commander], timeout: 1h, on_timeout: skip}
+    retry: {max_attempts: 1}
+    on_failure: undo
+"""
+
+
+async def _handed_over(lab: Lab, earlier: str, later: str, reason: str) -> None:
+    """The later incident was told, by the earlier one, and put its measure back over the
+    restore; its own stand-down then leaves the platform as before both (`before`)."""
+    events = await lab.audit(later, until="step.applied", count=3)
+    lifted = next(e for e in events if e.kind == "overlap.lifted")
+    assert (earlier, "cut-reach", reason) == (
+        lifted.data["by"],
+        lifted.data["step"],
+        lifted.data["reason"],
+    )
+    status = await lab.sync(later)
+    limit_one = step(status, "limit-one")
+    assert ("applied", 2, None) == (limit_one.state, limit_one.applications, limit_one.lifted_by)
+    assert LIMIT_ONE == (await lab.platform())["recommender"]["GB"]["incitement_to_violence"]
+    told = [e.data for e in lab.store.events(earlier) if e.kind == "overlap.reasserting"]
+    assert [{"incident": later, "steps": ["limit-one"]}] == told
+
+
+async def test_a_missed_reviews_stand_down_hands_the_settings_to_the_later_incident(
+    lab: Lab,
+) -> None:
+    """No commander is there to be refused or to force it: the system's stand-down hands the
+    settings over as a forced one does (it lifted the later measure and told no one)."""
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(REVIEWED + EARLIER)
+    await lab.settle(earlier, {"cut-reach": "applied"})
+    later = await lab.trigger(LATER)
+    await lab.settle(later, {"limit-one": "applied", "elsewhere": "applied"})
+
+    await lab.advance(timedelta(hours=1, minutes=11))
+    await lab.settle(earlier, {"cut-reach": "undone"}, state="closed")
+    await _handed_over(lab, earlier, later, "stood down (review missed)")
+    events = lab.store.events(earlier)
+    assert {"reason": "review missed"} == next(
+        e.data for e in events if e.kind == "stand_down.requested"
+    )
+    assert "incident.closed" == events[-1].kind  # the hand-back is on record before the close
+
+    await lab.incidents.stand_down(later, actor="alice", reason="calm")
+    await lab.audit(later, until="incident.closed")
+    assert before == settings_of(await lab.platform())
+    for incident in (earlier, later):
+        history = await lab.env.client.get_workflow_handle(incident).fetch_history()
+        report = await replay_incident(
+            IncidentHistory(incident, [history]), lab.store.events(incident)
+        )
+        assert report.ok, report.as_dict()
+
+
+async def test_a_measure_taken_back_on_failure_hands_the_settings_to_the_later_incident(
+    lab: Lab,
+) -> None:
+    """`on_failure: undo` takes the measures back with no commander asked: as a forced
+    stand-down, it hands the settings to the later incident, which is told why."""
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(EARLIER + FAILING)
+    await lab.settle(earlier, {"cut-reach": "applied", "gate": "awaiting_approval"})
+    later = await lab.trigger(LATER)
+    await lab.settle(later, {"limit-one": "applied", "elsewhere": "applied"})
+
+    await lab.sandbox.fault(path_prefix="/moderation", status=400, times=1)
+    await lab.act(earlier, CrisisWorkflow.approve, approve("gate"))
+    await lab.settle(earlier, {"cut-reach": "undone", "gate": "failed"}, state="failed")
+    await _handed_over(lab, earlier, later, "gate failed (on_failure: undo)")
+
+    await lab.incidents.stand_down(later, actor="alice", reason="calm")
+    await lab.incidents.stand_down(earlier, actor="alice", reason="over")
+    await lab.audit(later, until="incident.closed")
+    assert before == settings_of(await lab.platform())
+    assert lab.store.verify(earlier).ok and lab.store.verify(later).ok
 
 
 async def test_a_lapse_with_no_later_incident_tells_nobody(lab: Lab) -> None:

@@ -50,7 +50,9 @@ def test_histories_are_kept() -> None:
     and landed before the undos;
     an escalation running an earlier step under a later one on its settings, and the same
     recorded before it did; a stand-down whose undo failed for good, closed at once as before
-    the close waited for a restore, and since: the undo retried, or restored by hand)."""
+    the close waited for a restore, and since: the undo retried, or restored by hand; an
+    on_failure undo taking back a measure under a later incident's, before and since it handed
+    the settings back)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
@@ -66,6 +68,10 @@ def test_histories_are_kept() -> None:
         "v7-undo-failed-unpatched",
         "v7-restored",
         "v7-restored-by-hand",
+        "v7-unasked-unpatched-earlier",
+        "v7-unasked-unpatched-later",
+        "v7-unasked-earlier",
+        "v7-unasked-later",
     } <= kept
 
 
