@@ -82,7 +82,7 @@ class IncidentRow(SQLModel, table=True):
 
     incident_id: str = Field(primary_key=True, max_length=200)
     playbook: str = Field(index=True, max_length=64)
-    version: int
+    version: int = Field(sa_column=Column(BigInteger, nullable=False))
     state: str = Field(index=True, max_length=32)
     level: str | None = Field(default=None, index=True, max_length=64)
     triggered_by: str | None = Field(default=None, max_length=200)

@@ -52,6 +52,10 @@ _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 
 
+MAX_NAME = 64  # a level name (the audit store's column)
+MAX_VERSION = 2**63 - 1  # a 64-bit integer, as the audit store holds it
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -458,7 +462,16 @@ def _unknown_level(playbook: Playbook, level: str) -> str:
 
 
 def _check_levels(playbook: Playbook) -> list[Problem]:
-    problems = []
+    # Bounded as the audit store's columns are: a value it cannot hold would fail the incident's
+    # every audit write after its levers were pulled. Checked here, not in the model, which
+    # also reads the playbooks of incidents already running.
+    problems = [
+        Problem(("levels", index), f"a level name is 1 to {MAX_NAME} characters, not {len(name)}")
+        for index, name in enumerate(playbook.levels)
+        if not 0 < len(name) <= MAX_NAME
+    ]
+    if playbook.version > MAX_VERSION:
+        problems.append(Problem(("version",), f"version is at most {MAX_VERSION}"))
     if len(set(playbook.levels)) != len(playbook.levels):
         problems.append(Problem(("levels",), "levels must be distinct"))
     if playbook.reviews and playbook.reviews.on_missed == "escalate" and not playbook.levels:

@@ -419,6 +419,19 @@ def test_a_well_formed_reference_with_spaces_inside_braces_is_no_problem(tmp_pat
     assert [] == problems_in(tmp_path, text)
 
 
+def test_a_version_or_level_the_audit_store_cannot_hold_is_a_problem(tmp_path: Path) -> None:
+    """The store's columns bound them: beyond, the incident's levers would be pulled and its
+    every audit write refused. A date-like version is fine."""
+    text = VALID.replace("version: 1", "version: 99999999999999999999999") + (
+        f"levels: [{'x' * 65}, high]\n"
+    )
+    assert [
+        (2, 1, "version is at most 9223372036854775807"),
+        (21, 10, "a level name is 1 to 64 characters, not 65"),
+    ] == [(p.line, p.column, p.message) for p in problems_in(tmp_path, text)]
+    assert [] == problems_in(tmp_path, VALID.replace("version: 1", "version: 202612011200"))
+
+
 def test_problems_in_several_steps_are_all_reported(tmp_path: Path) -> None:
     """Problems in different steps are each reported, in document order."""
     text = edit(

@@ -155,6 +155,22 @@ def test_a_time_searched_by_means_the_same_instant_whatever_its_offset(
         assert not found(until=since), since
 
 
+def test_a_date_like_playbook_version_is_recorded(audit_store: AuditStore) -> None:
+    """202612011200 is beyond a 32-bit integer: PostgreSQL refused the incident's first write."""
+    incident = new_id()
+    triggered = make_event(
+        incident_id=incident,
+        seq=1,
+        kind="incident.triggered",
+        at="2026-11-28T10:00:00+00:00",
+        prev_hash="0" * 64,
+        data={"playbook": "dated", "version": 202612011200},
+    )
+    audit_store.append([triggered])
+    row = audit_store.incident(incident)
+    assert row is not None and 202612011200 == row.version
+
+
 def test_superseded_rows_are_taken_out_of_the_searchable_incident(audit_store: AuditStore) -> None:
     """A level change that never committed does not linger in the incidents table."""
     incident = new_id()
