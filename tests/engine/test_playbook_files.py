@@ -409,7 +409,7 @@ def test_a_malformed_reference_is_a_problem_not_a_literal(tmp_path: Path, writte
     (a region literally named `${inputs.region`): it is reported at its argument."""
     text = VALID.replace("region: ${inputs.region}", f'region: "{written}"')
     problem = only_problem(tmp_path, text)
-    expected = f"malformed reference {written[written.index('$'):]!r}"
+    expected = f"malformed reference {written[written.index('$') :]!r}"
     assert (15, 7) == (problem.line, problem.column)
     assert problem.message.startswith(expected), problem.message
 
