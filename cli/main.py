@@ -178,7 +178,9 @@ def _print_status(status: IncidentStatus) -> None:
     if status.stand_down:
         down = status.stand_down
         console.print(f"stand-down by {escape(down.actor)}: {escape(down.reason)}")
-    left = [s.id for s in status.steps if s.state == "undo_failed"]
+    from engine.incidents import undelivered_notice
+
+    left = [s.id for s in status.steps if s.state == "undo_failed" and not undelivered_notice(s)]
     if left and status.state != "closed":
         waiting = status.state == "standing_down"
         closes = ": the incident closes once none is left" if waiting else ""
@@ -268,11 +270,13 @@ def stand_down(
 
     result = run_async(go)
     print_json(result.model_dump(mode="json")) if as_json else _print_status(result)
-    from engine.incidents import not_restored
+    from engine.incidents import not_restored, undelivered
 
     if (left := not_restored(result)) is not None:  # not all put back
         how = "" if result.state == "closed" else _restore_hint(incident_id)
         fail(f"incident {incident_id} is {result.state.replace('_', ' ')}, but {left}{how}")
+    if (unsent := undelivered(result)) is not None:  # told no one, but nothing left in force
+        typer.echo(f"warning: incident {incident_id}: {unsent}", err=True)
     hard_exit(0)
 
 

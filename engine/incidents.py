@@ -322,7 +322,7 @@ def _timed_out(error: RPCError) -> bool:
 def not_restored(status: IncidentStatus) -> str | None:
     """What a commander must hear after a stand-down whose undo failed for good (None: nothing
     was left): the measures that may still be in force, and what to do about them."""
-    left = [s for s in status.steps if s.state == "undo_failed"]
+    left = [s for s in status.steps if s.state == "undo_failed" and not undelivered_notice(s)]
     if not left:
         return None
     named = "; ".join(f"{s.id} ({_failure(s)})" for s in left)
@@ -337,6 +337,21 @@ def not_restored(status: IncidentStatus) -> str | None:
         f"{facts}; retry its undo, or restore the setting there by hand and record that: the "
         "incident closes once none is left"
     )
+
+
+def undelivered_notice(step: StepRecord) -> bool:
+    """Its undo was a message that was not delivered: nothing of it is left on the platform."""
+    return step.state == "undo_failed" and step.failed_undo is not None and step.failed_undo.notice
+
+
+def undelivered(status: IncidentStatus) -> str | None:
+    """The closing notices (`undo:` notifications) that were not delivered, or None."""
+    failed = [s for s in status.steps if undelivered_notice(s)]
+    if not failed:
+        return None
+    named = "; ".join(f"{s.id} ({_failure(s)})" for s in failed)
+    notices = "1 closing notice was" if len(failed) == 1 else f"{len(failed)} closing notices were"
+    return f"{notices} NOT delivered (nothing is left in force by it): {named}"
 
 
 def _failure(step: StepRecord) -> str:

@@ -880,12 +880,15 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
         return f"measure {step} lapsed"
     if kind == "step.withdrawn":
         reason = data.get("reason")
-        return f"measure {step} withdrawn" + (f" ({reason})" if reason else "")
+        what = f"measure {step} withdrawn"
+        if notify:
+            what = f"message withdrawing {step} sent ({lever})"
+        return what + (f" ({reason})" if reason else "")
     if kind == "step.undo_failed":
-        return (
-            f"undo of {step} failed: {data.get('error') or 'unknown error'}"
-            " — it may still be in force"
-        )
+        error = data.get("error") or "unknown error"
+        if notify:  # a message not delivered: nothing of it is left in force
+            return f"closing message for {step} NOT delivered ({lever}): {error}"
+        return f"undo of {step} failed: {error} — it may still be in force"
     if kind == "undo.retried":
         return f"{_who(actor)} retried the undo of {step}: {data.get('reason') or ''}"
     if kind == "step.restored_by_hand":

@@ -579,6 +579,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                     if earlier
                     else before and before.overwritten_by
                 ),
+                notice=self._sends_notice(record.id),
             )
             self._record(
                 "step.undo_failed", step_id=step.id, data={"lever": lever, "error": record.error}

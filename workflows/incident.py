@@ -122,6 +122,9 @@ class FailedUndo(BaseModel):
     # An earlier incident's restore was applied over it since (overlap_handoff): a retry of its
     # own restore would put that incident's measure back.
     overwritten_by: str | None = None
+    # The undo was a message (an `undo:` notification) that was not delivered: nothing is left
+    # in force on the platform, and there is nothing to restore.
+    notice: bool = False
 
 
 class Note(BaseModel):

@@ -48,7 +48,7 @@ from api.web.views import Typed, incident_view
 from core.settings import Settings
 from engine.board import board_page
 from engine.errors import IncidentConflict, LibraryError, PlaybookError
-from engine.incidents import ACTIONS, not_restored
+from engine.incidents import ACTIONS, not_restored, undelivered
 from engine.integrity import verify_incident
 from engine.overlap import refuse_if_later_overlaps, refuse_restore_if_later_overlaps
 from engine.playbook_files import library_playbook, load_playbook, playbook_files
@@ -347,9 +347,12 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
         )
     log.info("console.action", incident_id=incident_id, action=action, principal=principal.name)
     left = not_restored(result) if action == "stand-down" else None
+    unsent = undelivered(result) if action == "stand-down" else None
     if left is not None:  # a stand-down that could not put everything back
         now = "standing down" if result.state == "standing_down" else "stood down"
         set_flash(response, request, "warning", f"{now}, but {left}")
+    elif unsent is not None:
+        set_flash(response, request, "warning", f"stood down, but {unsent}")
     elif isinstance(result, StepRecord) and result.state == "undo_failed":  # a retried undo
         why = result.error or "no reason given"
         set_flash(response, request, "warning", f"the undo of {result.id} failed again: {why}")

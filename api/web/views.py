@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from api.auth import Permission, Principal
+from engine.incidents import undelivered_notice
 from engine.report import TimelineEntry
 from workflows.incident import Approver, DeliveryRecord, IncidentStatus, StepRecord
 from workflows.levers import is_notification
@@ -129,7 +130,9 @@ def incident_view(
         principal=principal,
         measures=[s for s in status.steps if is_measure(s) and s.state == "applied"],
         lapsed=[s for s in status.steps if is_measure(s) and s.state == "expired"],
-        not_restored=[s for s in status.steps if s.state == "undo_failed"],
+        not_restored=[
+            s for s in status.steps if s.state == "undo_failed" and not undelivered_notice(s)
+        ],
         pending=pending,
         deliveries=[StepDeliveries(s, s.deliveries) for s in status.steps if s.deliveries],
         timeline=timeline,

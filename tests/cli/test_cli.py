@@ -495,6 +495,32 @@ async def test_a_stand_down_that_leaves_a_measure_in_force_exits_non_zero_until_
 
 
 @pytest.mark.usefixtures("worker")
+async def test_a_closing_notice_not_delivered_is_a_warning_not_a_measure_left(
+    cli_env: dict[str, str], sandbox: Sandbox
+) -> None:
+    """The platform refuses the regulator's closing notice: every measure is taken back, so the
+    stand-down exits 0 and closes; one warning line names the notice not delivered."""
+    incident_id = await trigger(cli_env)
+    await wait_until_applied(cli_env, incident_id)
+    await sandbox.fault(
+        path_prefix="/notify/webhooks/regulator", operation_prefix="undo-", status=400
+    )
+    try:
+        run = await crisis(cli_env, "stand-down", incident_id, "--reason", "calm", "--json")
+    finally:
+        await sandbox.clear_faults()
+    assert (0, "closed") == (run.code, run.json()["state"]), run
+    warning = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
+    assert [
+        f"warning: incident {incident_id}: 1 closing notice was NOT delivered (nothing is left "
+        "in force by it): notify-regulator (notify.webhook: "
+    ] == [line.split("platform rejected")[0] for line in warning], run.stderr
+    assert "NOT RESTORED" not in run.stderr
+    status = await crisis(cli_env, "status", incident_id)
+    assert "NOT RESTORED" not in status.stdout
+
+
+@pytest.mark.usefixtures("worker")
 async def test_status_exits_zero_every_time(cli_env: dict[str, str], sandbox: Sandbox) -> None:
     """Status runs in a row all exit 0: the CLI leaves before the SDK can crash at exit (every
     other CLI test of the suite exits the same way)."""

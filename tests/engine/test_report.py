@@ -520,6 +520,23 @@ def test_a_closing_notice_is_not_the_regulator_being_notified() -> None:
     assert "standing_down" == report.facts.state  # not closed yet, as status says
 
 
+def test_a_message_taking_a_step_back_is_no_measure_in_the_timeline() -> None:
+    """A notification's undo is a message: withdrawn, it was sent; failed, it was not delivered,
+    and nothing of it is left in force."""
+    t = Trail("INC-5")
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={}, level="high")
+    t.add(1, "step.started", step="tell", lever="notify.webhook", args={"to": "regulator"})
+    t.add(2, "step.applied", step="tell", lever="notify.webhook")
+    t.add(60, "step.withdrawn", step="tell", lever="notify.webhook", reason="level is now low")
+    t.add(61, "step.started", step="tell", lever="notify.webhook", args={"to": "regulator"})
+    t.add(62, "step.applied", step="tell", lever="notify.webhook")
+    t.add(90, "stand_down.requested", actor="root", reason="over")
+    t.add(91, "step.undo_failed", step="tell", lever="notify.webhook", error="HTTP 400")
+    text = [e.text for e in build_report(t.events, now=T0 + timedelta(hours=1)).timeline]
+    assert "message withdrawing tell sent (notify.webhook) (level is now low)" == text[3]
+    assert "closing message for tell NOT delivered (notify.webhook): HTTP 400" == text[-1]
+
+
 def test_a_notification_sent_again_at_a_level_reached_again_is_listed_each_time() -> None:
     """Told at critical, told it is over on de-escalation, told again at critical and at the
     close: two rows, each with its own closing message."""

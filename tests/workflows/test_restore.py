@@ -10,7 +10,7 @@ import pytest
 
 from engine.board import board_page
 from engine.errors import ActionInvalid, IncidentConflict
-from engine.incidents import not_restored
+from engine.incidents import not_restored, undelivered
 from engine.overlap import refuse_restore_if_later_overlaps
 from tests.helpers import assert_eventually
 from tests.workflows.lab import Lab, at, kinds, level, settings_of, step, step_states
@@ -205,6 +205,13 @@ async def test_closing_notices_wait_for_the_restore_and_a_failed_one_holds_nothi
     assert ["step.undone", "step.undo_failed", "incident.closed"] == kinds(events)[-3:]
     assert "tell" == events[-2].step_id
     await lab.sandbox.clear_faults()
+    # What a commander is told: no measure left, one notice not delivered.
+    status = await lab.status(incident_id)
+    assert ("closed", "undo_failed") == (status.state, step(status, "tell").state)
+    assert None is not_restored(status)
+    told = undelivered(status)
+    assert told is not None and told.startswith("1 closing notice was NOT delivered"), told
+    assert "tell (notify.webhook: " in told
 
 
 STACKED = """
