@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_WEBHOOK_SECRET = "dev-webhook-secret"
 Port = Annotated[int, Field(ge=1, le=65535)]
+DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
 
 
 class Settings(BaseSettings):
@@ -92,6 +93,15 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", validation_alias="CRISIS_LOG_LEVEL"
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_store_the_engine_can_open(cls, value: str) -> str:
+        if value and not value.startswith(DATABASE_SCHEMES):
+            raise ValueError(
+                "the audit store is SQLite (sqlite:///PATH) or PostgreSQL (postgresql://...)"
+            )
+        return value
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
