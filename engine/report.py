@@ -344,7 +344,7 @@ class _Builder:
         self.events = events
         self.playbook = playbook
         self.now = now
-        first = events[0]
+        first = next(e for e in events if e.kind == "incident.triggered")
         self.t0 = parse_utc(first.at)
         self.trigger = first
         self.levers: dict[str, str] = {}  # step -> the lever it applies
@@ -652,10 +652,11 @@ def build_report(
     incidents = {e.incident_id for e in ordered}
     if len(incidents) > 1:
         raise ValueError(f"events of several incidents: {', '.join(sorted(incidents))}")
-    if ordered[0].kind != "incident.triggered":
+    # Normally the first; an action that reached an incident before its first workflow task
+    # was recorded ahead of it until the patch `actions-recorded-after-the-trigger`.
+    if not any(e.kind == "incident.triggered" for e in ordered):
         raise ValueError(
-            f"the first event of {ordered[0].incident_id} is {ordered[0].kind}, "
-            "not incident.triggered: the trail is incomplete"
+            f"the trail of {ordered[0].incident_id} has no incident.triggered: it is incomplete"
         )
     now = now or datetime.now(UTC)
     now = as_utc(now)

@@ -82,7 +82,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         # marker is recorded here, at the start of every run.)
         self._board_facts = self._since_v3("board-facts")
         if incident.carried is None:
-            self._record(
+            triggered_at = self._dated_at_start()
+            self._begin(
                 "incident.triggered",
                 actor=incident.triggered_by,
                 data=present(
@@ -93,9 +94,10 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                     level=self._level,
                     review_due=self._review_due if self._board_facts else None,
                 ),
+                at=triggered_at,
             )
         else:
-            self._record("incident.continued", data={"run": self._runs})
+            self._begin("incident.continued", actor=None, data={"run": self._runs}, at=None)
         if incident.carried is not None and self._version() >= 7:
             self._rehold()  # before the sequence goes on: nothing may pass what was held
         # Creation order is command order: the first lever is scheduled before the first audit

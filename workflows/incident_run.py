@@ -101,6 +101,14 @@ UNDO_FAILURE_HOLDS_CLOSE_PATCH = "failed-undo-holds-the-close"
 # instead of ending (the carry failing hands them back, and they went unwritten). Recorded only
 # where that race happens.
 PUMP_OUTLIVES_CARRY_PATCH = "audit-pump-outlives-a-carry"
+# A commander's action that reaches a run before its first task (no worker was running, or it
+# was busy) is recorded after the run's first event (incident.triggered or .continued), not
+# ahead of it. Recorded only where an action comes that early.
+EARLY_ACTIONS_PATCH = "actions-recorded-after-the-trigger"
+# An incident whose first task ran well after it was triggered (no worker was running) is
+# dated when it was triggered, not when a worker came. Recorded only for such an incident.
+LATE_START_PATCH = "trigger-dated-at-the-start"
+LATE_START = timedelta(seconds=1)
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -246,6 +254,9 @@ class IncidentRun:
         self._targets: dict[str, frozenset[str]] = {}
         self._version_seen: int | None = None
         self._info = workflow.info()  # its history length and suggestion are read live
+        # Until the run records its first event: actions that came first (EARLY_ACTIONS_PATCH).
+        self._begun = False
+        self._early: list[dict[str, Any]] = []
 
     def _clock(self) -> datetime:
         """The time events are stamped with. Code woken by the history (start, timer, update)
@@ -404,7 +415,31 @@ class IncidentRun:
         at: str | None = None,
     ) -> None:
         at = at or iso(self._clock())
+        if not self._begun and workflow.patched(EARLY_ACTIONS_PATCH):
+            self._early.append({"kind": kind, "actor": actor, "step_id": step_id, "data": data})
+            self._early[-1]["at"] = at
+            return
         self._audit.record(kind, at=at, actor=actor, step_id=step_id, data=data)
+
+    def _begin(self, kind: str, *, actor: str | None, data: dict[str, Any], at: str | None) -> None:
+        """Record the run's first event, then the actions that reached it before (if any)."""
+        self._begun = True
+        self._record(kind, actor=actor, data=data, at=at)
+        for early in self._early:
+            self._audit.record(**early)
+        self._early = []
+
+    def _dated_at_start(self) -> str | None:
+        """If the first task ran well after the incident was triggered (no worker was running),
+        date the trigger (and the first review) when it was triggered, not when a worker came;
+        that time, or None."""
+        start = self._info.workflow_start_time
+        if workflow.now() - start < LATE_START or not workflow.patched(LATE_START_PATCH):
+            return None
+        self._triggered_at = iso(start)
+        if self._pb.reviews:
+            self._review_due = iso(start + parse_duration(self._pb.reviews.every))
+        return self._triggered_at
 
     def _publish(self) -> None:
         """Keep the incident's search attributes current, for the Temporal UI and queries."""

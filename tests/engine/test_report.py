@@ -693,10 +693,24 @@ def test_events_of_another_incident_or_without_a_trigger_are_refused() -> None:
     events = crisis()
     with pytest.raises(ValueError, match="several incidents"):
         build_report([*events, Trail("INC-9").add(0, "note.added", text="x").events[0]])
-    with pytest.raises(ValueError, match=r"not incident\.triggered"):
+    with pytest.raises(ValueError, match=r"has no incident\.triggered"):
         build_report(events[1:])
     with pytest.raises(ValueError, match="no audit events"):
         build_report([])
+
+
+def test_an_action_recorded_ahead_of_its_trigger_still_reports() -> None:
+    """Before the patch `actions-recorded-after-the-trigger`, a stand-down that reached the
+    incident before its first workflow task was recorded first: the report reads it as is."""
+    t = Trail("INC-6")
+    t.add(0, "stand_down.requested", actor="dan", reason="false alarm")
+    t.add(0, "incident.triggered", actor="dan", playbook="p", version=1, inputs={}, level=None)
+    t.add(1, "incident.closed", actor="dan")
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    assert ("dan", "closed") == (report.facts.triggered_by, report.facts.state)
+    assert ["stand_down.requested", "incident.triggered", "incident.closed"] == [
+        e.kind for e in report.timeline
+    ]
 
 
 def test_deliveries_read_as_who_was_told_and_what_failed() -> None:

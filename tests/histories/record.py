@@ -24,6 +24,9 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # back a measure under a later one's (kept as
                                                   # v7-unasked-unpatched-*, before it handed the
                                                   # settings back; v7-unasked-*: handed back)
+    python -m tests.histories.record v7 late      # a stand-down sent before any worker ran the
+                                                  # incident (kept as v7-late-unpatched, recorded
+                                                  # ahead of the trigger; v7-late: after it)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -401,6 +404,28 @@ async def record_unasked(
         print(f"recorded {kept_id}: {len(history.events)} events")
 
 
+async def record_late(
+    tag: str, client: Client, settings: Settings, store: AuditStore, work: Path
+) -> None:
+    """Triggered while no worker runs; a stand-down is sent meanwhile, and a worker comes two
+    seconds later. From the patches `actions-recorded-after-the-trigger` and
+    `trigger-dated-at-the-start`, the trail begins with the trigger, dated when it was sent."""
+    incidents = Incidents(client, settings)
+    incident_id = f"REC-{tag}-late"
+    await incidents.trigger(
+        str(work / "record-applied.yaml"), {}, actor="recorder", incident_id=incident_id
+    )
+    stand_down = asyncio.create_task(
+        incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    )
+    await asyncio.sleep(2)
+    async with running_worker(client, settings=settings, store=store):
+        await stand_down
+    history = await client.get_workflow_handle(incident_id).fetch_history()
+    (HERE / f"{tag}-late.json").write_text(_without_local_paths(history.to_json()))
+    print(f"recorded {incident_id}: {len(history.events)} events")
+
+
 async def _closed(incidents: Incidents, incident_id: str) -> None:
     for _ in range(200):
         if (await incidents.status(incident_id)).state == "closed":
@@ -431,6 +456,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
     failing.write_text(FAILING)
     applied = work / "record-applied.yaml"
     applied.write_text(APPLIED)
+    if scenario == "late":
+        await record_late(tag, client, settings, store, work)
+        return
     async with running_worker(client, settings=settings, store=store):
         incidents = Incidents(client, settings)
         if scenario == "overlap":
@@ -483,7 +511,7 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under, restore, unasked
+    # under, restore, unasked, late
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -52,7 +52,8 @@ def test_histories_are_kept() -> None:
     recorded before it did; a stand-down whose undo failed for good, closed at once as before
     the close waited for a restore, and since: the undo retried, or restored by hand; an
     on_failure undo taking back a measure under a later incident's, before and since it handed
-    the settings back)."""
+    the settings back; a stand-down sent before any worker ran the incident, before and since it
+    followed the trigger)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
@@ -72,6 +73,8 @@ def test_histories_are_kept() -> None:
         "v7-unasked-unpatched-later",
         "v7-unasked-earlier",
         "v7-unasked-later",
+        "v7-late-unpatched",
+        "v7-late",
     } <= kept
 
 
