@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError
 
 from api.auth import AuthError
 from core.validation import first_problem
@@ -91,6 +92,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(error.code, str(error)), status_code=error.status_code, headers=headers
         )
+
+    @app.exception_handler(RPCError)
+    async def _temporal(request: Request, error: RPCError) -> JSONResponse:
+        # A route that reached Temporal without an answer of its own (the engine names most).
+        route = f"{request.method} {_route_template(request)}"
+        log.warning("temporal.error", route=route, status=error.status.name, error=error.message)
+        message = f"Temporal did not answer ({error.message or error.status.name})"
+        return JSONResponse(error_body("temporal_error", message), status_code=502)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -197,6 +197,13 @@ class Incidents:
             )
         except WorkflowAlreadyStartedError:
             raise IncidentConflict(f"incident {incident.incident_id} already exists") from None
+        except RPCError as error:
+            # It may have started all the same (a timeout says nothing either way).
+            raise IncidentError(
+                f"incident {incident.incident_id}: Temporal did not take the trigger "
+                f"({error.message or error.status}); it may have started all the same: check its "
+                "status before triggering again"
+            ) from None
         warnings: tuple[str, ...] = ()
         # Asked after the start, so the first lever never waits for it. An eager start ran its
         # first task in this process: a worker is here.

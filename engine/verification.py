@@ -25,7 +25,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from engine.errors import HistoryError, IncidentNotFound
+from engine.errors import HistoryError, IncidentError, IncidentNotFound
 from engine.temporal import SANDBOX, WORKFLOWS
 from workflows.audit import AuditBatch, AuditCarry, AuditEvent, carried_events
 from workflows.incident import APPLY_LEVER, WRITE_AUDIT, LeverOutcome
@@ -98,7 +98,10 @@ async def export_history(client: Client, incident_id: str) -> IncidentHistory:
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
             raise IncidentNotFound(f"no incident {incident_id} in Temporal") from None
-        raise
+        raise IncidentError(
+            f"incident {incident_id}: Temporal did not answer with its history "
+            f"({error.message or error.status})"
+        ) from None
     return IncidentHistory(incident_id, histories)
 
 

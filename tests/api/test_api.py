@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,9 +14,12 @@ import pytest
 
 from api.main import create_app
 from core.settings import Settings
+from engine.devserver import free_port, start_dev_server
+from store.audit_store import AuditStore
 from tests.api.conftest import Tokens
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually, serve_app
+from workflows.audit import GENESIS_HASH, make_event
 
 
 @pytest.fixture
@@ -207,6 +211,50 @@ async def test_trigger_errors(api: httpx.AsyncClient, settings: Settings) -> Non
     misspelt = await api.post("/v1/incidents", json={"playbook": "violent-disorder", "levle": "x"})
     message = assert_error(misspelt, 422, "invalid_request")
     assert message.startswith("body.levle: "), message
+
+
+async def test_temporal_gone_is_a_json_error_naming_what_may_have_happened(
+    settings: Settings, tokens: Tokens, sqlite_store: AuditStore, tmp_path: Path
+) -> None:
+    """The API's Temporal server stops answering: a trigger is a 502 saying the incident may
+    have started all the same, and a history read is a 502 too: never a bare 500."""
+    port = free_port()
+    server = start_dev_server(db_file=tmp_path / "temporal.db", port=port)
+    gone = settings.model_copy(
+        update={"temporal_address": f"127.0.0.1:{port}", "api_embedded_worker": False}
+    )
+    try:
+        with serve_app(create_app(gone)) as url:
+            async with httpx.AsyncClient(
+                base_url=url, timeout=60, headers=tokens.headers("alice")
+            ) as http:
+                server.kill()
+                server.wait()
+                response = await http.post(
+                    "/v1/incidents", json={"playbook": "violent-disorder", "inputs": {}}
+                )
+                message = assert_error(response, 502, "temporal_error")
+                assert "it may have started all the same: check its status" in message
+                known = f"INC-GONE-{uuid.uuid4().hex[:8]}"  # recorded, so the store knows it
+                sqlite_store.append(
+                    [
+                        make_event(
+                            incident_id=known,
+                            seq=1,
+                            kind="incident.triggered",
+                            at="2026-12-01T10:00:00+00:00",
+                            prev_hash=GENESIS_HASH,
+                            data={"playbook": "violent-disorder", "version": 1},
+                        )
+                    ]
+                )
+                read = await http.get(
+                    f"/v1/incidents/{known}/history", headers=tokens.headers("carol")
+                )
+                assert "did not answer" in assert_error(read, 502, "temporal_error")
+    finally:
+        server.kill()
+        server.wait()
 
 
 async def test_plan_refuses_inputs_as_trigger_does(api: httpx.AsyncClient) -> None:
