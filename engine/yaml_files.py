@@ -13,6 +13,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.composer import Composer, ComposerError
+from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.reader import ReaderError
@@ -41,6 +42,22 @@ class _NoAliases(Composer):
         return super().compose_node(parent, index)
 
 
+class _BoundedInts(RoundTripConstructor):
+    # Python refuses to read an integer of more than 4,300 digits (a ValueError without a
+    # position): said where it is written, as any other YAML problem.
+    def construct_yaml_int(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            digits = len(node.value)
+            raise ConstructorError(
+                None, None, f"a number of {digits} digits is too long", node.start_mark
+            ) from None
+
+
+_BoundedInts.add_constructor("tag:yaml.org,2002:int", _BoundedInts.construct_yaml_int)
+
+
 def read_text(path: Path) -> str:
     """A file's text, or YamlFileError when it cannot be read or is not UTF-8."""
     try:
@@ -64,6 +81,7 @@ def load_yaml(path: Path) -> tuple[str, Any]:
     text = read_text(path)
     yaml = YAML(typ="rt")
     yaml.Composer = _NoAliases
+    yaml.Constructor = _BoundedInts
     try:
         return text, yaml.load(text)
     except MarkedYAMLError as error:

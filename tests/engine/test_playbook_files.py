@@ -777,12 +777,17 @@ def test_content_hash_changes_with_content(tmp_path: Path) -> None:
     [
         ("playbook: x\nversion: \x19\n", "2:10: YAML: unacceptable character '\\x19'"),
         ("[" * 5000, "1:1: YAML: nested too deeply"),
+        (
+            "playbook: x\nversion: 1" + "0" * 5000 + "\n",
+            "2:10: YAML: a number of 5001 digits is too long",
+        ),
     ],
 )
 def test_text_the_yaml_reader_refuses_is_a_located_problem(
     tmp_path: Path, text: str, where: str
 ) -> None:
-    """A control character or absurd nesting is a problem of the file, not a crash."""
+    """A control character, absurd nesting or a number Python will not read is a problem of the
+    file, not a crash."""
     path = tmp_path / "odd.yaml"
     path.write_text(text)
     assert [f"{path}:{where}"] == [str(p) for p in validate_file(path)]
