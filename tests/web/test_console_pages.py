@@ -536,6 +536,7 @@ async def test_a_stand_down_that_could_not_undo_a_measure_says_so_everywhere(
             page = await alice.incident(incident_id)
             assert "data-state>standing down<" in page.html
             assert 'data-not-restored="surge"' in page.html and 'data-action="restore"' in page.html
+            assert "data-no-measures" not in page.html  # it may still be in force
 
             async def on_the_open_board() -> None:  # the board reads the store, a moment behind
                 board = (await alice.get("/console")).html
