@@ -264,6 +264,7 @@ def load_sources(refs: Iterable[str], playbooks_dir: Path) -> list[ProtocolSourc
     )
     if not paths:
         raise NoPlaybooks(f"no playbooks to document in {playbooks_dir}")
+    paths = list(dict.fromkeys(path.resolve() for path in paths))  # named twice: once
     return [
         ProtocolSource(
             path=path,
@@ -316,9 +317,12 @@ def _playbook_doc(source: ProtocolSource) -> PlaybookDoc:
         if isinstance(step, ParallelStep)
         for branch in step.parallel
     }
+    by_id = {doc.id: doc for doc in steps}
     for doc in steps:
         doc.parent = parents.get(doc.id)
         doc.after = waits.get(doc.id)
+        if doc.parent is not None:  # a branch runs only when its parallel step does
+            doc.condition = "; ".join(c for c in (by_id[doc.parent].condition, doc.condition) if c)
     return PlaybookDoc(
         name=playbook.playbook,
         title=playbook.title,

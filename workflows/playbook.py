@@ -125,9 +125,14 @@ def describe_approval(roles: list[str], quorum: int, every_role: bool = False) -
     (for the playbook's readers, and for the trail's, from its approval.requested event)."""
     if not every_role:
         return f"{quorum} of {', '.join(roles)}"
-    each = " and ".join(f"a {role}" for role in dict.fromkeys(roles))
+    each = " and ".join(f"{_article(role)} {role}" for role in dict.fromkeys(roles))
     extra = quorum - len(set(roles))
     return each + (f", {extra} more of them" if extra else "")
+
+
+def _article(word: str) -> str:
+    # By its first letter: "an executive", "an ads-policy-lead"; a "u" mostly sounds "you".
+    return "an" if word[:1].lower() in "aeio" else "a"
 
 
 class Reviews(_Strict):

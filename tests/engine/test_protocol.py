@@ -412,6 +412,24 @@ def test_the_shipped_library_renders(tmp_path: Path) -> None:
             assert f'id="pb-{source.playbook.playbook}-step-{step.id}"' in html
 
 
+def test_a_branch_says_when_its_parallel_step_runs_and_roles_read_as_english(
+    tmp_path: Path,
+) -> None:
+    """A branch of a level-gated parallel step is not "always"; "an executive", not "a"; a
+    playbook named twice is documented once."""
+    shipped = LIBRARY / "violent-disorder.yaml"
+    document = build_protocol(
+        load_sources([str(shipped), "violent-disorder"], LIBRARY), generated_at=GENERATED
+    )
+    pb = only(document)
+    steps = {s.id: s for s in pb.steps}
+    parent = steps["escalation-to-regulator"].parent
+    assert parent is not None and steps[parent].condition
+    assert steps[parent].condition == steps["escalation-to-regulator"].condition
+    assert "a commander and an executive" == steps["forward-limit-one"].approval.who
+    assert " a executive" not in render_markdown(document)
+
+
 def test_levels_leave_out_stand_down_steps_and_a_gated_branch_is_withdrawn(tmp_path: Path) -> None:
     """`on_stand_down` steps start at no level; a branch of a level-gated parallel step says it
     is taken back when the level drops; a measure held back by an earlier approval on its
