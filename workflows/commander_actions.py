@@ -295,6 +295,7 @@ class CommanderActions(IncidentRun):
         # What a stand-down makes of a withdrawn measure (once its restore has handed back).
         settled = "undone" if final == "dormant" and self._state == "standing_down" else final
         if request.by_hand:
+            applied_at = record.held_since
             now = iso(self._clock())
             record.state, record.undone_at, record.expires_at = settled, now, None  # type: ignore[assignment]
             record.error, record.failed_undo = None, None
@@ -306,6 +307,8 @@ class CommanderActions(IncidentRun):
                 data={"lever": record.lever, "reason": request.reason, "error": error},
                 at=now,
             )
+            why = f"restored by hand ({request.actor}): {request.reason}"
+            self._hand_back_restored_by_hand(record, failed, applied_at, why)
             return record
         self._record(
             "undo.retried",

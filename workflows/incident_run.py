@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         REFUSED_NOW,
         SEARCH_LEVEL,
         SEARCH_STATE,
+        FailedUndo,
         IncidentInput,
         IncidentOutcome,
         IncidentState,
@@ -308,6 +309,10 @@ class IncidentRun:
         ) -> None: ...
 
         def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]: ...
+
+        def _hand_back_restored_by_hand(
+            self, record: StepRecord, failed: FailedUndo | None, applied_at: str | None, why: str
+        ) -> None: ...
 
     # --- levels, conditions -------------------------------------------------------------------
     def _eligible(self, step: AnyStep) -> bool:

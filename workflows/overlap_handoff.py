@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         REASSERT_LATER,
         REASSERT_UPDATE,
         WAIT_CLOSED,
+        FailedUndo,
         LiftedNotice,
         ReassertLaterOutcome,
         ReassertLaterRequest,
@@ -53,6 +54,10 @@ FORCED_HAND_BACK_PATCH = "hand-back-at-forced-stand-down"
 # refused or force it (a missed review's stand-down, `on_failure: undo`); recorded only there.
 # Before it, such a take-back lifted a later incident's measures and told no one.
 UNASKED_HAND_BACK_PATCH = "hand-back-when-taken-back-unasked"
+# A lapse's, a withdrawal's or a forced stand-down's failed undo recorded as restored by hand
+# hands the settings back as its retry does; recorded only there. Before it, the later
+# incident's measure was left lifted, and its own stand-down put this one's value back.
+BY_HAND_HAND_BACK_PATCH = "restored-by-hand-hands-back"
 
 
 class OverlapHandoff(LeverCalls):
@@ -76,6 +81,25 @@ class OverlapHandoff(LeverCalls):
         """Whether measures this incident takes back on its own hand their settings to a later
         incident, as a forced stand-down does (`UNASKED_HAND_BACK_PATCH`)."""
         return workflow.patched(UNASKED_HAND_BACK_PATCH)
+
+    def _hand_back_restored_by_hand(
+        self, record: StepRecord, failed: FailedUndo | None, applied_at: str | None, why: str
+    ) -> None:
+        """A person put back on the platform what the measure replaced: where its failed undo
+        would have handed the settings to a later incident, that incident is told, as a retried
+        undo tells it, and puts its own measure back."""
+        if failed is None or applied_at is None or record.lever is None:
+            return
+        if not (failed.final_state in ("expired", "dormant") or failed.hand_back):
+            return
+        step = self._steps_by_id[record.id]
+        if not isinstance(step, Step) or step.undo is not None or not LEVERS[step.do].reversible:
+            return  # no restore of the previous state, so nothing a later incident holds
+        if workflow.patched(BY_HAND_HAND_BACK_PATCH):
+            restore = record.previous or {}
+            self._background(
+                self._reassert_later(record, applied_at, why, restore, restacked=False)
+            )
 
     def _hand_back_reason(self) -> str:
         """What a stand-down's hand-back tells the later incident."""

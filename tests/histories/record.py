@@ -24,6 +24,10 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # back a measure under a later one's (kept as
                                                   # v7-unasked-unpatched-*, before it handed the
                                                   # settings back; v7-unasked-*: handed back)
+    python -m tests.histories.record v7 by-hand   # a withdrawal whose undo failed, under a later
+                                                  # incident's measure, restored by hand (kept as
+                                                  # v7-by-hand-unpatched-*, the later measure left
+                                                  # lifted; v7-by-hand-*: handed back)
     python -m tests.histories.record v7 late      # a stand-down sent before any worker ran the
                                                   # incident (kept as v7-late-unpatched, recorded
                                                   # ahead of the trigger; v7-late: after it)
@@ -404,6 +408,62 @@ async def record_unasked(
         print(f"recorded {kept_id}: {len(history.events)} events")
 
 
+WITHDRAWN = """
+playbook: record-withdrawn
+version: 1
+title: A measure withdrawn by a de-escalation
+description: For the recorded history of a failed withdrawal restored by hand.
+levels: [elevated, severe]
+steps:
+  - id: throttle
+    level: severe
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+"""
+
+
+async def record_by_hand(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    ids = {name: f"REC-{tag}-by-hand-{name}" for name in ("earlier", "later")}
+    earlier, later = work / "record-withdrawn.yaml", work / "record-by-hand-later.yaml"
+    earlier.write_text(WITHDRAWN)
+    later.write_text(LATER.replace("record-later", "record-by-hand-later"))
+    await incidents.trigger(
+        str(earlier), {}, actor="recorder", incident_id=ids["earlier"], level="severe"
+    )
+    await _settled(incidents, ids["earlier"])
+    await incidents.trigger(str(later), {}, actor="recorder", incident_id=ids["later"])
+    await _settled(incidents, ids["later"])
+    async with httpx.AsyncClient() as http:
+        fault = {
+            "path_prefix": "/recommender",
+            "operation_prefix": "undo-",
+            "status": 400,
+            "times": 1,
+        }
+        (await http.post(f"{sandbox_url}/faults", json=fault)).raise_for_status()
+    drop = LevelRequest(actor="recorder", reason="recorded", to_level="elevated")
+    await incidents.act(ids["earlier"], CrisisWorkflow.de_escalate, drop)
+    for _ in range(200):
+        if (await incidents.status(ids["earlier"])).steps[0].state == "undo_failed":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("the withdrawal did not fail")
+    from workflows.incident import RestoreRequest
+
+    by_hand = RestoreRequest(step_id="throttle", actor="recorder", reason="recorded", by_hand=True)
+    await incidents.act(ids["earlier"], CrisisWorkflow.restore, by_hand)
+    await asyncio.sleep(1)  # the later incident puts its measure back, when told
+    for name in ("later", "earlier"):
+        await incidents.stand_down(ids[name], actor="recorder", reason="recorded")
+    for name, incident_id in ids.items():
+        history = await client.get_workflow_handle(incident_id).fetch_history()
+        (HERE / f"{tag}-by-hand-{name}.json").write_text(_without_local_paths(history.to_json()))
+        print(f"recorded {incident_id}: {len(history.events)} events")
+
+
 async def record_late(
     tag: str, client: Client, settings: Settings, store: AuditStore, work: Path
 ) -> None:
@@ -482,6 +542,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "unasked":
             await record_unasked(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "by-hand":
+            await record_by_hand(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -511,7 +574,7 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under, restore, unasked, late
+    # under, restore, unasked, late, by-hand
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -75,6 +75,10 @@ def test_histories_are_kept() -> None:
         "v7-unasked-later",
         "v7-late-unpatched",
         "v7-late",
+        "v7-by-hand-unpatched-earlier",
+        "v7-by-hand-unpatched-later",
+        "v7-by-hand-earlier",
+        "v7-by-hand-later",
     } <= kept
 
 

@@ -371,3 +371,31 @@ async def test_a_withdrawal_restored_while_standing_down_hands_back_to_a_later_i
     # A's surge is gone and B's is in force again (lifted by A's restore, then put back).
     assert before + 10 == settings_of(await lab.platform())["moderation"]["hate"]["reviewers"]
     assert "applied" == step(await lab.status(b), "surge").state
+
+
+async def test_a_withdrawal_restored_by_hand_hands_back_to_a_later_incident(lab: Lab) -> None:
+    """As its retry does: the person put back what A's surge replaced, which lifts B's surge
+    over it too, so B is told and puts its own back; B's stand-down then leaves the queue as it
+    was before both (it put back A's surge, which was no longer there)."""
+    before = settings_of(await lab.platform())["moderation"]["hate"]["reviewers"]
+    a = await lab.trigger(A_SEVERE, level="severe")
+    await lab.settle(a, {"surge": "applied"})
+    b = await lab.trigger(B_SURGE)
+    await lab.settle(b, {"surge": "applied"})
+    await lab.sandbox.fault(**REFUSE_SURGE_UNDO, times=1)
+    await lab.act(a, CrisisWorkflow.de_escalate, level(to="elevated"))
+    await lab.settle(a, {"surge": "undo_failed"})
+    record = await lab.act(a, CrisisWorkflow.restore, restore(by_hand=True))
+    assert "dormant" == record.state
+    events = await lab.audit(b, until="overlap.restored")
+    lifted = next(e for e in events if e.kind == "overlap.lifted")
+    assert (a, "restored by hand (bob): restored in the admin tool") == (
+        lifted.data["by"],
+        lifted.data["reason"],
+    )
+    status = await lab.sync(b)
+    assert ("applied", 2) == (step(status, "surge").state, step(status, "surge").applications)
+    assert before + 10 == settings_of(await lab.platform())["moderation"]["hate"]["reviewers"]
+    await lab.incidents.stand_down(b, actor="alice", reason="calm")
+    await lab.audit(b, until="incident.closed")
+    assert before == settings_of(await lab.platform())["moderation"]["hate"]["reviewers"]
