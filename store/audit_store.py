@@ -44,6 +44,7 @@ from store.errors import (
     AuditRowUnreadable,
     AuditStoreError,
     AuditStoreUnavailable,
+    SchemaTooNew,
 )
 from store.migrate import upgrade
 from store.prepared import Prepared
@@ -500,11 +501,12 @@ class AuditStore:
         self.engine = make_engine(url)
         try:
             upgrade(self.engine)
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, SchemaTooNew) as error:
             self.engine.dispose()
             shown = make_url(url).render_as_string(hide_password=True)
             why = " ".join(str(getattr(error, "orig", None) or error).split())
-            raise AuditStoreUnavailable(f"cannot open the audit store {shown}: {why}") from None
+            kind = SchemaTooNew if isinstance(error, SchemaTooNew) else AuditStoreUnavailable
+            raise kind(f"cannot open the audit store {shown}: {why}") from None
         self._sql = _WritePath.for_engine(self.engine)
 
     def append(

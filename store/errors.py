@@ -11,6 +11,10 @@ class AuditStoreUnavailable(AuditStoreError):
     """The database cannot be opened as an audit store: unreachable, refused, or no database."""
 
 
+class SchemaTooNew(AuditStoreUnavailable):
+    """The database was migrated by a newer version of the engine than this one."""
+
+
 class AuditConflict(AuditStoreError):
     """A different event already holds this incident's sequence number."""
 

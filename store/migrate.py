@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
+from store.errors import SchemaTooNew
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -30,8 +32,14 @@ def _config(connection: object) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade to `revision`. A database made before migrations existed (tables created
     directly) is stamped at the revision its tables match, then upgraded like any other."""
-    if revision in ("head", HEAD) and current_revision(engine) == HEAD:
+    current = current_revision(engine)
+    if revision in ("head", HEAD) and current == HEAD:
         return  # the usual case, on every start and every CLI command: Alembic is not even loaded
+    if current is not None and current > HEAD:  # revisions are numbered
+        raise SchemaTooNew(
+            f"the audit store's schema is at revision {current}, newer than this version of the "
+            f"engine knows (up to {HEAD}): a newer engine migrated it; run that version here too"
+        )
     from alembic import command
 
     with engine.begin() as connection:

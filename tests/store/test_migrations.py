@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import inspect
 
 from store.audit_store import AuditStore, make_engine
+from store.errors import SchemaTooNew
 from store.migrate import HEAD, current_revision, upgrade
 from tests.conftest import postgres_schema
 from tests.store.test_audit_store import chain, new_id
@@ -37,6 +38,20 @@ def test_an_empty_database_upgrades_to_the_current_schema(empty_url: str) -> Non
         )
     finally:
         store.dispose()
+
+
+def test_a_schema_newer_than_the_engine_is_one_clear_error(empty_url: str) -> None:
+    """Migrated by a newer engine (a revision this one does not know): said, not an Alembic
+    traceback, and nothing is changed."""
+    AuditStore(empty_url).dispose()
+    engine = make_engine(empty_url)
+    newer = f"{int(HEAD) + 1:04d}"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"UPDATE alembic_version SET version_num = '{newer}'")
+    engine.dispose()
+    with pytest.raises(SchemaTooNew, match=f"revision {newer}, newer than this version of the"):
+        AuditStore(empty_url)
+    assert newer == current_revision(make_engine(empty_url))
 
 
 def test_the_previous_schema_upgrades_and_keeps_its_rows(empty_url: str) -> None:
