@@ -53,7 +53,10 @@ def playbook_validate(
     files, skipped = [], 0
     for path in paths:
         if path.is_dir():
-            files.extend(playbook_files(path))
+            found = playbook_files(path)
+            if not found:  # a mistyped or emptied drafts directory must not pass as valid
+                fail(f"{path}: no playbook files (*.yaml, *.yml) in this directory")
+            files.extend(found)
         elif reason := not_a_playbook(path):
             # `validate playbooks/*.yaml` names these too: say so, rather than fail them.
             typer.echo(f"{path}: skipped: {reason}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ from ruamel.yaml.comments import CommentedMap
 from engine.errors import FileProblem, LibraryError, PlaybookInvalid, PlaybookNotFound
 from engine.library import STAKEHOLDERS_FILE, TEMPLATES_FILE, Library, library_for
 from engine.yaml_files import YamlFileError, load_yaml, locate, plain
-from workflows.playbook import STEP_TAGS, Playbook, Problem, check_playbook, playbook_warnings
+from workflows.playbook import (
+    ID_PATTERN,
+    STEP_TAGS,
+    Playbook,
+    Problem,
+    check_playbook,
+    playbook_warnings,
+)
 
 SUFFIXES = (".yaml", ".yml")
 LIBRARY_FILES = (TEMPLATES_FILE, STAKEHOLDERS_FILE)  # beside the playbooks, not playbooks
@@ -95,7 +103,7 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
         # one run reports every problem instead of one kind at a time.
         playbook = _without_unknown_keys(data, error)
         if playbook is None:
-            return None, problems, document
+            return None, _in_order(path, problems), document
     problems += [_locate(path, document, problem) for problem in check_playbook(playbook)]
     try:
         library = library_for(path, library_dir or path.parent)
@@ -136,7 +144,14 @@ def _document_message(error: Any) -> str:
         return f"unknown key {error['loc'][-1]!r}"
     if error["type"] == "missing":
         return f"missing required key {error['loc'][-1]!r}"
-    return str(error["msg"]).removeprefix("Value error, ")  # our validators' own words
+    message = str(error["msg"]).removeprefix("Value error, ")  # our validators' own words
+    if error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == ID_PATTERN:
+        message = f"{error['input']!r} is not a name: lowercase letters, digits, '_' and '-'"
+    elif error["type"].endswith("_type") or error["type"].endswith("_parsing"):
+        message += f", not {json.dumps(error['input'], default=str)}"  # `true` is no number
+    # Named, as the lever arguments' problems are: the line points at it, a reader need not look.
+    named = [part for part in error["loc"] if isinstance(part, str) and part not in STEP_TAGS]
+    return f"{named[-1]}: {message}" if named else message
 
 
 def _locate(path: Path, document: CommentedMap, problem: Problem) -> FileProblem:

@@ -21,6 +21,7 @@ from pydantic import (
     Discriminator,
     Field,
     SerializerFunctionWrapHandler,
+    StrictInt,
     Tag,
     ValidationError,
     field_validator,
@@ -46,7 +47,7 @@ InputType = Literal["string", "number", "integer", "boolean", "list"]
 ItemType = Literal["string", "number", "integer", "boolean"]
 INCIDENT_FIELDS = ("id", "playbook", "triggered_by")
 
-_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 # A role, in playbooks and in the tokens that hold it (store.tokens): one pattern for both, so
 # an approval never names a role no token could hold.
 ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
@@ -153,7 +154,7 @@ class PostIncidentReview(_Strict):
 
 
 class _StepBase(_Strict):
-    id: str = Field(pattern=_ID_PATTERN, max_length=64)
+    id: str = Field(pattern=ID_PATTERN, max_length=64)
     description: str = ""
     # Runs only at or above this level; undone when the incident drops below it.
     level: str | None = None
@@ -215,8 +216,8 @@ STEP_TAGS = ("lever-step", "parallel-step", "wait-step")
 class Playbook(_Strict):
     """A crisis playbook: what to do, in order, when an incident of this kind is declared."""
 
-    playbook: str = Field(pattern=_ID_PATTERN, max_length=64, description="The playbook's name")
-    version: int = Field(ge=1)
+    playbook: str = Field(pattern=ID_PATTERN, max_length=64, description="The playbook's name")
+    version: StrictInt = Field(ge=1)  # `true` or "2" is no version
     title: str = Field(min_length=1)
     description: str = Field(min_length=1)
     owner: str = ""
@@ -744,7 +745,14 @@ def coerce_input(name: str, spec: InputSpec, value: Any) -> Any:
     """Coerce a value (possibly a CLI string) to the input's declared type."""
     if spec.type == "list":
         items = _split_list(name, value)
-        result: Any = [_coerce_scalar(name, spec.items or "string", item) for item in items]
+        try:
+            result: Any = [_coerce_scalar(name, spec.items or "string", item) for item in items]
+        except InputError:
+            if isinstance(value, list | str):
+                raise  # the item is named
+            shown = json.dumps(value, default=str)
+            kind = spec.items or "string"
+            raise InputError(f"input {name!r}: expected a list of {kind}, got {shown}") from None
     else:
         result = _coerce_scalar(name, spec.type, value)
     if spec.choices is not None:

@@ -285,11 +285,14 @@ def test_a_broken_library_file_is_reported_in_that_file(
 def test_validate_with_nothing_to_check_is_an_error(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """An empty directory is one `error:` line, not a silent success."""
-    (tmp_path / "empty").mkdir()
-    assert_one_line_error(
-        run_cli(cli_env, "playbook", "validate", str(tmp_path / "empty")), "no playbook files given"
-    )
+    """An empty directory is one `error:` line naming it, not a silent success, also beside a
+    valid playbook (a mistyped drafts directory must not pass)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    said = f"{empty}: no playbook files (*.yaml, *.yml) in this directory"
+    assert_one_line_error(run_cli(cli_env, "playbook", "validate", str(empty)), said)
+    shipped = str(ENGINE_PLAYBOOKS / "violent-disorder.yaml")
+    assert_one_line_error(run_cli(cli_env, "playbook", "validate", shipped, str(empty)), said)
 
 
 def test_schema_is_json_schema_with_steps(cli_env: dict[str, str], tmp_path: Path) -> None:

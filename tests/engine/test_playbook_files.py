@@ -259,9 +259,10 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
             "- id: Surge!",
             18,
             5,
-            "should match pattern",
+            "id: 'Surge!' is not a name: lowercase letters, digits, '_' and '-'",
         ),
         ("version that is not a number", "version: 1", "version: one", 2, 1, "valid integer"),
+        ("version that is a boolean", "version: 1", "version: true", 2, 1, "integer, not true"),
         (
             "unknown input type",
             "    type: number\n",
@@ -350,13 +351,22 @@ def test_each_problem_is_reported_at_its_line_and_column(
     assert fragment in problem.message, f"{case}: {problem}"
 
 
+def test_a_list_inputs_lone_default_is_named_as_a_list(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "    type: string\n    default: GB", "    type: list\n    items: string\n    default: 5"
+    )
+    messages = [p.message for p in problems_in(tmp_path, text)]
+    assert "input 'region': expected a list of string, got 5" in messages, messages
+
+
 def test_a_check_of_ours_speaks_in_its_own_words(tmp_path: Path) -> None:
-    """A duration our validator refuses reads as our message, not pydantic's "Value error, ..."."""
+    """A duration our validator refuses reads as our message, not pydantic's "Value error, ...",
+    after the key it is about (as every problem of the document's shape is)."""
     problem = only_problem(
         tmp_path,
         edit("    do: moderation.surge\n", "    do: moderation.surge\n    timeout: soon\n"),
     )
-    assert problem.message.startswith("invalid duration 'soon'"), problem
+    assert problem.message.startswith("timeout: invalid duration 'soon'"), problem
 
 
 def test_a_misspelt_lever_argument_is_unknown_and_the_real_one_missing(tmp_path: Path) -> None:
