@@ -308,10 +308,36 @@ def compare_with_history(
     return Comparison(True, covered)
 
 
+def _shifted(produced: list[AuditEvent], other: list[AuditEvent]) -> bool:
+    """Whether `other` holds the same events as `produced` by what happened (kind, time, who,
+    step, data), one number apart: one row was removed or added before them."""
+    if not produced or len(produced) != len(other):
+        return False
+    return all(
+        (a.kind, a.at, a.actor, a.step_id, a.data) == (b.kind, b.at, b.actor, b.step_id, b.data)
+        for a, b in zip(produced, other, strict=True)
+    )
+
+
 def compare_events(produced: list[AuditEvent], other: list[AuditEvent], name: str) -> Comparison:
     """Same order, same content, same hashes; else the first missing, extra or altered row."""
     for index, (mine, theirs) in enumerate(zip(produced, other, strict=False)):
         if mine != theirs:
+            if _shifted(produced[index + 1 :], other[index:]):
+                # A row taken out and the rest renumbered and re-hashed: name what is gone.
+                return Comparison(
+                    False,
+                    index,
+                    f"seq {mine.seq} ({mine.kind}) is missing from the {name}; the rows after "
+                    "it are renumbered",
+                )
+            if _shifted(produced[index:], other[index + 1 :]):
+                return Comparison(
+                    False,
+                    index,
+                    f"seq {theirs.seq} ({theirs.kind}) in the {name} was never produced; the "
+                    "rows after it are renumbered",
+                )
             fields = [f for f in type(mine).model_fields if getattr(mine, f) != getattr(theirs, f)]
             return Comparison(
                 False,

@@ -30,3 +30,30 @@ def test_a_row_that_differs_from_what_was_lent_is_reported() -> None:
     compared = compare_events(with_early_writes(events[:2], events, altered), altered, "t")
     assert not compared.matches
     assert (compared.first_difference or "").startswith("seq 3:")
+
+
+def rechained(events: list[AuditEvent]) -> list[AuditEvent]:
+    """The events numbered and chained again from 1, as a forger who removed a row would."""
+    trail = AuditTrail("INC-1")
+    for event in events:
+        trail.record(event.kind, at=event.at, step_id=event.step_id, data=event.data)
+    return trail.take()
+
+
+def test_a_row_removed_and_the_rest_renumbered_is_named_missing_not_altered() -> None:
+    """The chain re-hashed after a deletion verifies on its own; the replay names the row that
+    is gone (and, the other way round, a row slipped in), not every later row as altered."""
+    events = chain(5)
+    removed = rechained([*events[:2], *events[3:]])
+    compared = compare_events(events, removed, "audit table")
+    assert (False, 2) == (compared.matches, compared.events)
+    assert (
+        "seq 3 (step.started) is missing from the audit table; the rows after it are renumbered"
+        == compared.first_difference
+    )
+    added = rechained([*events[:2], events[1], *events[2:]])
+    compared = compare_events(events, added, "audit table")
+    assert (
+        "seq 3 (step.started) in the audit table was never produced; the rows after it are "
+        "renumbered" == compared.first_difference
+    )
