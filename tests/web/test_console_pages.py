@@ -218,6 +218,10 @@ async def test_each_role_sees_exactly_its_actions(console: Console) -> None:
         await assert_eventually(on_the_board)
         for reader in (bob, carol, erin):
             assert "data-trigger-link" not in (await reader.get("/console")).html, reader.name
+        library = await erin.get("/console/trigger")  # readable by all, without its buttons
+        assert 200 == library.response.status_code
+        assert 'data-playbook="console-drill"' in library.html
+        assert 'href="/console/trigger/console-drill"' not in library.html
         refused = await erin.get("/console/trigger/console-drill")
         assert 403 == refused.response.status_code
         assert "erin (roles: engineer) may not command incidents" in one_line_error(refused.html)
