@@ -71,8 +71,42 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def documented(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """Error responses for the OpenAPI document, each an ErrorOut with its description."""
+    return {
+        status: {"model": ErrorOut, "description": description}
+        for status, description in descriptions.items()
+    }
+
+
+# What any route reaching an incident's workflow may answer besides its own errors.
+TEMPORAL_ERRORS = documented(
+    {
+        502: "Temporal did not answer (`temporal_error`)",
+        504: "The incident's worker did not answer in time (`incident_busy`)",
+    }
+)
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
+
+
+def document_error_bodies(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI documents its own 422 body (`{"detail": [...]}`); this API answers every error as
+    ErrorOut: say so, and drop the unused schemas."""
+    error_out = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            invalid = operation.get("responses", {}).get("422")
+            if invalid is not None:
+                invalid["content"] = error_out
+                if invalid.get("description") == "Validation Error":
+                    invalid["description"] = "The request is invalid (`invalid_request`)"
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
 
 
 def install_error_handlers(app: FastAPI) -> None:

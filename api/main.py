@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI
 
-from api.errors import install_error_handlers
+from api.errors import document_error_bodies, install_error_handlers
 from api.routes import audit, board, health, incidents, playbooks, timeline, tokens
 from api.web import routes as console
 from core.heap import freeze_startup_heap
@@ -66,4 +67,12 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
     app.include_router(v1)
     app.include_router(console.router)  # the web console: /console, server-rendered
     install_error_handlers(app)
+    documented_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_error_bodies(documented_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

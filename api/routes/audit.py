@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 
 from api.auth import Permission, require
 from api.deps import SettingsDep, StoreDep
-from api.errors import AUTH_ERRORS
+from api.errors import AUTH_ERRORS, TEMPORAL_ERRORS, documented
 from engine.errors import IncidentNotFound
 from engine.integrity import verify_incident
 from engine.reporting import incident_report
@@ -23,7 +23,11 @@ router = APIRouter(
     prefix="/incidents",
     tags=["audit"],
     dependencies=[require(Permission.READ)],
-    responses=AUTH_ERRORS,
+    responses={
+        **AUTH_ERRORS,
+        **documented({404: "No such incident (`incident_not_found`)"}),
+        **TEMPORAL_ERRORS,
+    },
 )
 
 

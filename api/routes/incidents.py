@@ -12,7 +12,7 @@ from api.approvers import approver_role
 from api.auth import Commander, Principal, Reader
 from api.bodies import RequestBody, WrittenText
 from api.deps import IncidentsDep, SettingsDep, StoreDep
-from api.errors import AUTH_ERRORS, ErrorOut
+from api.errors import AUTH_ERRORS, TEMPORAL_ERRORS, documented
 from engine.incidents import ACTIONS, INCIDENT_ID_PATTERN, Incidents, verify_audit
 from engine.overlap import refuse_if_later_overlaps, refuse_restore_if_later_overlaps
 from engine.playbook_files import library_playbook
@@ -23,6 +23,19 @@ from workflows.limits import MAX_INPUT_CHARS, MAX_NAME_CHARS, MAX_NOTE_CHARS, MA
 
 # Who acts is always the authenticated principal: no body here names an actor.
 router = APIRouter(prefix="/incidents", tags=["incidents"], responses=AUTH_ERRORS)
+
+# What every commander action (and the stand-down) may answer besides the auth errors.
+ACTION_ERRORS = {
+    **documented(
+        {
+            404: "No such incident (`incident_not_found`)",
+            409: "Refused by the incident now, with its reason (`incident_conflict`)",
+            422: "The body is invalid (`invalid_request`), or names a level, step or role the "
+            "incident does not have (`action_invalid`)",
+        }
+    ),
+    **TEMPORAL_ERRORS,
+}
 
 
 class TriggerBody(RequestBody):
@@ -75,7 +88,24 @@ class AuditOut(BaseModel):
     events: list[AuditEvent]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=TriggeredOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TriggeredOut,
+    responses={
+        **documented(
+            {
+                404: "No such playbook (`playbook_not_found`)",
+                409: "An incident with this id exists (`incident_conflict`)",
+                422: "A bad body, input value or playbook (`invalid_request`, `invalid_input`, "
+                "`playbook_invalid`)",
+                502: "Temporal did not take the trigger: it may have started all the same "
+                "(`temporal_error`)",
+                503: "The playbook library is broken (`library_invalid`)",
+            }
+        ),
+    },
+)
 async def trigger(
     body: TriggerBody, incidents: IncidentsDep, settings: SettingsDep, principal: Commander
 ) -> TriggeredOut:
@@ -97,12 +127,20 @@ async def trigger(
     )
 
 
-@router.get("/{incident_id}", response_model=IncidentStatus)
+@router.get(
+    "/{incident_id}",
+    response_model=IncidentStatus,
+    responses={**documented({404: "No such incident (`incident_not_found`)"}), **TEMPORAL_ERRORS},
+)
 async def show(incident_id: str, incidents: IncidentsDep, _: Reader) -> IncidentStatus:
     return await incidents.status(incident_id)
 
 
-@router.post("/{incident_id}/stand-down", response_model=IncidentStatus)
+@router.post(
+    "/{incident_id}/stand-down",
+    response_model=IncidentStatus,
+    responses=ACTION_ERRORS,
+)
 async def stand_down(
     incident_id: str,
     body: StandDownBody,
@@ -117,7 +155,11 @@ async def stand_down(
     )
 
 
-@router.get("/{incident_id}/audit", response_model=AuditOut)
+@router.get(
+    "/{incident_id}/audit",
+    response_model=AuditOut,
+    responses=documented({404: "No audit trail for this incident (`incident_not_found`)"}),
+)
 async def audit(incident_id: str, store: StoreDep, _: Reader) -> AuditOut:
     verification = await asyncio.to_thread(verify_audit, store, incident_id)
     events = await asyncio.to_thread(store.events, incident_id)
@@ -203,20 +245,6 @@ class ReviewBody(ActionBody):
 
 class NoteBody(ActionBody):
     text: WrittenText = Field(max_length=MAX_NOTE_CHARS)
-
-
-ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut, "description": "No such incident (`incident_not_found`)"},
-    409: {
-        "model": ErrorOut,
-        "description": "Refused by the incident now, with its reason (`incident_conflict`)",
-    },
-    422: {
-        "model": ErrorOut,
-        "description": "The body is invalid (`invalid_request`), or names a level, step or role "
-        "the incident does not have (`action_invalid`)",
-    },
-}
 
 
 async def _act(

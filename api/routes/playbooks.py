@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from api.auth import Author, Reader
 from api.bodies import RequestBody
 from api.deps import SettingsDep
-from api.errors import ErrorOut
+from api.errors import AUTH_ERRORS, ErrorOut, documented
 from engine.errors import FileProblem, LibraryError, PlaybookInvalid
 from engine.incidents import prepare_incident
 from engine.plan import make_plan
@@ -26,8 +26,14 @@ from engine.playbook_files import (
 from engine.protocol import levers_used
 from workflows.playbook import Playbook
 
-router = APIRouter(prefix="/playbooks", tags=["playbooks"])
-_NAMED = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+router = APIRouter(prefix="/playbooks", tags=["playbooks"], responses=AUTH_ERRORS)
+_NAMED = documented(
+    {
+        404: "No such playbook (`playbook_not_found`)",
+        422: "The playbook or an input is invalid (`playbook_invalid`, `invalid_input`)",
+        503: "The playbook library is broken (`library_invalid`)",
+    }
+)
 
 
 class PlaybookSummary(BaseModel):

@@ -364,3 +364,32 @@ async def test_openapi_lists_the_v1_paths(api: httpx.AsyncClient) -> None:
             )
         },
     } == {path: set(methods) for path, methods in paths.items()}
+
+
+async def test_openapi_describes_the_error_bodies_and_statuses_answered(
+    api: httpx.AsyncClient,
+) -> None:
+    """Every error is an ErrorOut, FastAPI's own 422 body included (the API never sends it);
+    the trigger and the stand-down list the refusals a client must handle."""
+    document = (await api.get("/openapi.json")).json()
+    assert not {"HTTPValidationError", "ValidationError"} & set(document["components"]["schemas"])
+    error_out = {"$ref": "#/components/schemas/ErrorOut"}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    schema = response["content"]["application/json"]["schema"]
+                    assert error_out == schema, (method, path, status)
+    responses = {
+        (path, method): set(document["paths"][path][method]["responses"])
+        for path, method in (
+            ("/v1/incidents", "post"),
+            ("/v1/incidents/{incident_id}/stand-down", "post"),
+            ("/v1/incidents/{incident_id}/history", "get"),
+        )
+    }
+    assert {"404", "409", "422", "502"} <= responses[("/v1/incidents", "post")]
+    assert {"404", "409", "422", "504"} <= responses[
+        ("/v1/incidents/{incident_id}/stand-down", "post")
+    ]
+    assert {"401", "403", "404", "502"} <= responses[("/v1/incidents/{incident_id}/history", "get")]
