@@ -21,7 +21,8 @@ async def health(request: Request) -> JSONResponse:
         await asyncio.wait_for(request.app.state.client.service_client.check_health(), timeout=3)
         checks["temporal"] = "ok"
     except Exception as error:
-        checks["temporal"] = f"unavailable: {error}"
+        checks["temporal"] = f"unavailable: {_said(error)}"
+        checks["workers"] = "unknown: Temporal did not answer"
     else:
         # Triggers are accepted without a worker, and then nothing happens on the platform.
         try:
@@ -31,7 +32,7 @@ async def health(request: Request) -> JSONResponse:
             )
             checks["workers"] = presence.problem() or "ok"
         except Exception as error:
-            checks["workers"] = f"unknown: {error}"
+            checks["workers"] = f"unknown: {_said(error)}"
 
     def ping_store() -> None:
         with Session(request.app.state.store.engine) as session:
@@ -41,9 +42,16 @@ async def health(request: Request) -> JSONResponse:
         await asyncio.to_thread(ping_store)
         checks["audit_store"] = "ok"
     except Exception as error:
-        checks["audit_store"] = f"unavailable: {error}"
+        checks["audit_store"] = f"unavailable: {_said(error)}"
     healthy = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ok" if healthy else "degraded", "checks": checks},
         status_code=200 if healthy else 503,
+    )
+
+
+def _said(error: Exception) -> str:
+    # A timeout says nothing of itself (its message is empty): name it.
+    return str(error) or (
+        "no answer within 3 s" if isinstance(error, TimeoutError) else type(error).__name__
     )

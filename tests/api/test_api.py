@@ -252,6 +252,13 @@ async def test_temporal_gone_is_a_json_error_naming_what_may_have_happened(
                     f"/v1/incidents/{known}/history", headers=tokens.headers("carol")
                 )
                 assert "did not answer" in assert_error(read, 502, "temporal_error")
+                health = await http.get("/v1/health")
+                assert 503 == health.status_code, health.text
+                checks = health.json()["checks"]
+                assert (
+                    checks["temporal"].startswith("unavailable: ") and len(checks["temporal"]) > 13
+                )
+                assert "unknown: Temporal did not answer" == checks["workers"]
     finally:
         server.kill()
         server.wait()
