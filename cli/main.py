@@ -272,10 +272,12 @@ def stand_down(
     print_json(result.model_dump(mode="json")) if as_json else _print_status(result)
     from engine.incidents import not_restored, undelivered
 
+    unsent = undelivered(result)  # told no one, but nothing left in force by it
     if (left := not_restored(result)) is not None:  # not all put back
         how = "" if result.state == "closed" else _restore_hint(incident_id)
-        fail(f"incident {incident_id} is {result.state.replace('_', ' ')}, but {left}{how}")
-    if (unsent := undelivered(result)) is not None:  # told no one, but nothing left in force
+        also = f"; and {unsent}" if unsent else ""
+        fail(f"incident {incident_id} is {result.state.replace('_', ' ')}, but {left}{how}{also}")
+    if unsent is not None:
         typer.echo(f"warning: incident {incident_id}: {unsent}", err=True)
     hard_exit(0)
 

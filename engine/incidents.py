@@ -198,11 +198,15 @@ class Incidents:
         except WorkflowAlreadyStartedError:
             raise IncidentConflict(f"incident {incident.incident_id} already exists") from None
         except RPCError as error:
-            # It may have started all the same (a timeout says nothing either way).
+            said = error.message or error.status.name
+            if error.status in _NO_ANSWER:  # it may have started all the same
+                raise IncidentError(
+                    f"incident {incident.incident_id}: Temporal did not answer the trigger "
+                    f"({said}); it may have started all the same: check its status before "
+                    "triggering again"
+                ) from None
             raise IncidentError(
-                f"incident {incident.incident_id}: Temporal did not take the trigger "
-                f"({error.message or error.status}); it may have started all the same: check its "
-                "status before triggering again"
+                f"incident {incident.incident_id}: Temporal refused the trigger ({said})"
             ) from None
         warnings: tuple[str, ...] = ()
         # Asked after the start, so the first lever never waits for it. An eager start ran its
@@ -319,6 +323,16 @@ class Incidents:
         if "already completed" in error.message:
             return IncidentConflict(f"incident {incident_id} is closed")
         return IncidentError(f"incident {incident_id}: {error.message}")
+
+
+# The RPC's outcome is unknown: the server may have acted on it.
+_NO_ANSWER = (
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.UNKNOWN,
+    RPCStatusCode.INTERNAL,
+)
 
 
 def _timed_out(error: RPCError) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from workflows.playbook import (
     Problem,
     check_playbook,
     playbook_warnings,
+    shown,
 )
 
 SUFFIXES = (".yaml", ".yml")
@@ -146,9 +146,9 @@ def _document_message(error: Any) -> str:
         return f"missing required key {error['loc'][-1]!r}"
     message = str(error["msg"]).removeprefix("Value error, ")  # our validators' own words
     if error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == ID_PATTERN:
-        message = f"{error['input']!r} is not a name: lowercase letters, digits, '_' and '-'"
+        message = f"{shown(error['input'])} is not a name: lowercase letters, digits, '_' and '-'"
     elif error["type"].endswith("_type") or error["type"].endswith("_parsing"):
-        message += f", not {json.dumps(error['input'], default=str)}"  # `true` is no number
+        message += f", not {shown(error['input'])}"  # `true` is no number
     # Named, as the lever arguments' problems are: the line points at it, a reader need not look.
     named = [part for part in error["loc"] if isinstance(part, str) and part not in STEP_TAGS]
     return f"{named[-1]}: {message}" if named else message

@@ -264,7 +264,11 @@ def load_sources(refs: Iterable[str], playbooks_dir: Path) -> list[ProtocolSourc
     )
     if not paths:
         raise NoPlaybooks(f"no playbooks to document in {playbooks_dir}")
-    paths = list(dict.fromkeys(path.resolve() for path in paths))  # named twice: once
+    # A playbook named twice (by name and by path, say) is documented once, as first named.
+    first: dict[Path, Path] = {}
+    for path in paths:
+        first.setdefault(path.resolve(), path)
+    paths = list(first.values())
     return [
         ProtocolSource(
             path=path,

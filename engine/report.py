@@ -669,7 +669,7 @@ def build_report(
     commanders: list[str] = []
     approvers: list[str] = []
     runs = 1
-    trigger = ordered[0]
+    trigger = builder.trigger
     for event in ordered:
         offset = builder.offset(event.at)
         timeline.append(

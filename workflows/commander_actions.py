@@ -296,6 +296,9 @@ class CommanderActions(IncidentRun):
         settled = "undone" if final == "dormant" and self._state == "standing_down" else final
         if request.by_hand:
             applied_at = record.held_since
+            # What it replaced is no longer what a later incident's measure should go over: the
+            # retry is refused then, and nothing is handed back.
+            stale = (failed is not None and failed.overwritten_by) or self._taken_back_over(record)
             now = iso(self._clock())
             record.state, record.undone_at, record.expires_at = settled, now, None  # type: ignore[assignment]
             record.error, record.failed_undo = None, None
@@ -307,8 +310,9 @@ class CommanderActions(IncidentRun):
                 data={"lever": record.lever, "reason": request.reason, "error": error},
                 at=now,
             )
-            why = f"restored by hand ({request.actor}): {request.reason}"
-            self._hand_back_restored_by_hand(record, failed, applied_at, why)
+            if not stale:
+                why = f"restored by hand ({request.actor}): {request.reason}"
+                self._hand_back_restored_by_hand(record, failed, applied_at, why)
             return record
         self._record(
             "undo.retried",

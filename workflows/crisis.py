@@ -61,7 +61,7 @@ from workflows.incident_run import (
 )
 from workflows.lever_calls import LeverCalls
 from workflows.overlap_handoff import FORCED_HAND_BACK_PATCH, REASSERT_PATCH, OverlapHandoff
-from workflows.supervision import SYSTEM, Supervision
+from workflows.supervision import Supervision
 
 AUDIT_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
@@ -91,7 +91,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                     version=self._pb.version,
                     playbook_hash=incident.playbook_hash,
                     inputs=incident.inputs,
-                    level=self._level,
+                    # As declared: an escalation that came before this first task follows it.
+                    level=self._declared_level if self._early else self._level,
                     review_due=self._review_due if self._board_facts else None,
                 ),
                 at=triggered_at,
@@ -138,22 +139,22 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             # Measures first (newest first, as before), then closing notices: a notice that
             # retries on a dead channel must not keep a measure on the platform meanwhile.
             undoing.sort(key=self._sends_notice)  # stable: each group keeps its order
-        forced = self._stand_down is not None and (
-            self._stand_down.force
-            or (self._stand_down.actor == SYSTEM and self._hands_back_unasked())
+        # Forced, or with no commander to refuse or force it: each take-back hands back.
+        hands_back = self._stand_down is not None and (
+            self._stand_down.force or (self._stood_down_unasked and self._hands_back_unasked())
         )
         for number, step_id in enumerate(undoing, start=1):
             if self._version() >= 6 and self._sends_notice(step_id) and self._holds_close():
                 await self._hold_close()  # no closing notice while a measure may be in force
             # A forced stand-down's hand-backs are recorded after its undos: nothing carries
             # the close.
-            closes = number == len(undoing) and not self._pb.on_stand_down and not forced
+            closes = number == len(undoing) and not self._pb.on_stand_down and not hands_back
             if closes and self._holds_close():
                 closes = False  # an earlier undo failed: the close waits for its restore
             await self._undo(
-                self._records[step_id], final_state="undone", closes=closes, hand_back=forced
+                self._records[step_id], final_state="undone", closes=closes, hand_back=hands_back
             )
-        if forced and self._busy:
+        if hands_back and self._busy:
             await self._wait(lambda: self._busy == 0)  # the hand-backs, before the close
         if self._holds_close():
             await self._hold_close()
@@ -459,7 +460,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         )
         if failed is not None and workflow.patched(UNDO_ON_LANDING_PATCH):
             why = f"{failed} failed (on_failure: undo)"
-            hand_back = self._hands_back_unasked()
+            hand_back = why if self._hands_back_unasked() else False
             await self._undo(record, final_state="undone", reason=why, hand_back=hand_back)
             if record.state == "undone":
                 record.outcome = f"taken back: {why}"
@@ -478,7 +479,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             if self._inflight or self._delivering:  # lever calls, and notify.send deliveries
                 await self._wait(lambda: self._inflight == 0 and self._delivering == 0)
             why = f"{step.id} failed (on_failure: undo)"
-            hand_back = bool(self._applied_order) and self._hands_back_unasked()
+            hand_back = why if self._applied_order and self._hands_back_unasked() else False
             for step_id in reversed(list(self._applied_order)):
                 taken = self._records[step_id]
                 await self._undo(taken, final_state="undone", reason=why, hand_back=hand_back)
@@ -508,7 +509,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         final_state: str,
         reason: str = "",
         closes: bool = False,
-        hand_back: bool = False,
+        hand_back: bool | str = False,
         retry: RetryPolicy = UNDO_RETRY,
     ) -> None:
         """Take a measure back. `closes`: the incident closes once it is (the call then writes
@@ -575,7 +576,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             record.failed_undo = FailedUndo(
                 at=before.at if before else iso(self._clock()),
                 final_state=final_state,  # type: ignore[arg-type]
-                hand_back=hand_back,
+                hand_back=bool(hand_back),
                 overwritten_by=(
                     f"{earlier.incident_id} ({earlier.step_id})"
                     if earlier
@@ -614,8 +615,14 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 self._reassert_later(record, applied_at, reason, restore, restacked=bool(held))
             )
         elif hand_back and workflow.patched(FORCED_HAND_BACK_PATCH):
-            standing_down = self._state == "standing_down"
-            why = self._hand_back_reason() if standing_down else reason  # on_failure: undo
+            # A forced or unasked stand-down's, or a retried undo's (whose failure recorded
+            # only that it handed back): in the stand-down's name while it stands down.
+            if isinstance(hand_back, str):
+                why = hand_back
+            elif self._state == "standing_down":
+                why = self._hand_back_reason()
+            else:
+                why = reason
             self._background(
                 self._reassert_later(record, applied_at, why, restore, restacked=bool(held))
             )

@@ -255,6 +255,8 @@ class IncidentRun:
         self._targets: dict[str, frozenset[str]] = {}
         self._version_seen: int | None = None
         self._info = workflow.info()  # its history length and suggestion are read live
+        # The stand-down is the incident's own (a missed review's), not a commander's.
+        self._stood_down_unasked = False
         # Until the run records its first event: actions that came first (EARLY_ACTIONS_PATCH).
         self._begun = False
         self._early: list[dict[str, Any]] = []
@@ -304,7 +306,7 @@ class IncidentRun:
             final_state: str,
             reason: str = "",
             closes: bool = False,
-            hand_back: bool = False,
+            hand_back: bool | str = False,
             retry: RetryPolicy = UNDO_RETRY,
         ) -> None: ...
 
@@ -421,8 +423,8 @@ class IncidentRun:
     ) -> None:
         at = at or iso(self._clock())
         if not self._begun and workflow.patched(EARLY_ACTIONS_PATCH):
-            self._early.append({"kind": kind, "actor": actor, "step_id": step_id, "data": data})
-            self._early[-1]["at"] = at
+            early = {"kind": kind, "at": at, "actor": actor, "step_id": step_id, "data": data}
+            self._early.append(early)
             return
         self._audit.record(kind, at=at, actor=actor, step_id=step_id, data=data)
 
@@ -436,14 +438,13 @@ class IncidentRun:
 
     def _dated_at_start(self) -> str | None:
         """If the first task ran well after the incident was triggered (no worker was running),
-        date the trigger (and the first review) when it was triggered, not when a worker came;
-        that time, or None."""
+        date the trigger when it was triggered, not when a worker came; that time, or None. The
+        first review stays due `every` after the first task: the measures begin then, and a
+        review already missed by then would stand the incident down or escalate it at once."""
         start = self._info.workflow_start_time
         if workflow.now() - start < LATE_START or not workflow.patched(LATE_START_PATCH):
             return None
         self._triggered_at = iso(start)
-        if self._pb.reviews:
-            self._review_due = iso(start + parse_duration(self._pb.reviews.every))
         return self._triggered_at
 
     def _publish(self) -> None:

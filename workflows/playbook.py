@@ -625,6 +625,15 @@ def lever_arg_problems(lever_name: str, args: dict[str, Any]) -> list[tuple[Path
     return []
 
 
+SHOWN_CHARS = 60
+
+
+def shown(value: Any) -> str:
+    """A value as a problem quotes it: JSON, cut short (a pasted page is no message)."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
+
+
 def _pydantic_message(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown argument {error['loc'][-1]!r}"
@@ -633,7 +642,7 @@ def _pydantic_message(error: Any) -> str:
     # Named: the line and column point at the value, and a reader should not have to count.
     name = ".".join(str(part) for part in error["loc"])
     if error["type"].endswith("_type"):  # say what was given: `false` is no number
-        return f"{name}: {error['msg']}, not {json.dumps(error['input'], default=str)}"
+        return f"{name}: {error['msg']}, not {shown(error['input'])}"
     return f"{name}: {error['msg']}" if name else str(error["msg"])
 
 

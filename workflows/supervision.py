@@ -122,6 +122,7 @@ class Supervision(IncidentRun):
             self._escalate_by_system("review missed")
         elif action == "stand_down" and self._stand_down is None:
             self._stand_down = StandDownRequest(actor=SYSTEM, reason="review missed")
+            self._stood_down_unasked = True
             self._record("stand_down.requested", actor=SYSTEM, data={"reason": "review missed"})
 
     # --- levels -------------------------------------------------------------------------------

@@ -350,7 +350,8 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
     unsent = undelivered(result) if action == "stand-down" else None
     if left is not None:  # a stand-down that could not put everything back
         now = "standing down" if result.state == "standing_down" else "stood down"
-        set_flash(response, request, "warning", f"{now}, but {left}")
+        also = f"; and {unsent}" if unsent else ""
+        set_flash(response, request, "warning", f"{now}, but {left}{also}")
     elif unsent is not None:
         set_flash(response, request, "warning", f"stood down, but {unsent}")
     elif isinstance(result, StepRecord) and result.state == "undo_failed":  # a retried undo

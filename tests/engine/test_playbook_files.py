@@ -259,7 +259,7 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
             "- id: Surge!",
             18,
             5,
-            "id: 'Surge!' is not a name: lowercase letters, digits, '_' and '-'",
+            "id: \"Surge!\" is not a name: lowercase letters, digits, '_' and '-'",
         ),
         ("version that is not a number", "version: 1", "version: one", 2, 1, "valid integer"),
         ("version that is a boolean", "version: 1", "version: true", 2, 1, "integer, not true"),
@@ -349,6 +349,13 @@ def test_each_problem_is_reported_at_its_line_and_column(
     problem = only_problem(tmp_path, edit(old, new))
     assert (line, column) == (problem.line, problem.column), f"{case}: {problem}"
     assert fragment in problem.message, f"{case}: {problem}"
+
+
+def test_a_long_value_is_quoted_cut_short(tmp_path: Path) -> None:
+    """A problem quotes what was given, but not a whole pasted page."""
+    problem = only_problem(tmp_path, VALID.replace("version: 1", f"version: [{'7, ' * 500}7]"))
+    assert problem.message.startswith("version: Input should be a valid integer, not [7, 7, ")
+    assert problem.message.endswith("…") and len(problem.message) < 120, problem.message
 
 
 def test_a_list_inputs_lone_default_is_named_as_a_list(tmp_path: Path) -> None:

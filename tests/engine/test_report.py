@@ -704,10 +704,17 @@ def test_an_action_recorded_ahead_of_its_trigger_still_reports() -> None:
     incident before its first workflow task was recorded first: the report reads it as is."""
     t = Trail("INC-6")
     t.add(0, "stand_down.requested", actor="dan", reason="false alarm")
-    t.add(0, "incident.triggered", actor="dan", playbook="p", version=1, inputs={}, level=None)
+    t.add(0, "incident.triggered", actor="erin", playbook="p", version=2, inputs={}, level="low")
     t.add(1, "incident.closed", actor="dan")
     report = build_report(t.events, now=T0 + timedelta(hours=1))
-    assert ("dan", "closed") == (report.facts.triggered_by, report.facts.state)
+    facts = report.facts
+    assert ("erin", "p", 2, "low", "closed") == (
+        facts.triggered_by,
+        facts.playbook,
+        facts.version,
+        facts.level_at_start,
+        facts.state,
+    )
     assert ["stand_down.requested", "incident.triggered", "incident.closed"] == [
         e.kind for e in report.timeline
     ]

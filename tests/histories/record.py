@@ -24,6 +24,10 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # back a measure under a later one's (kept as
                                                   # v7-unasked-unpatched-*, before it handed the
                                                   # settings back; v7-unasked-*: handed back)
+    python -m tests.histories.record v7 missed    # a missed review stands an incident down under
+                                                  # a later one's measure (kept as
+                                                  # v7-missed-unpatched-*, the later measure
+                                                  # lifted unannounced; v7-missed-*: handed back)
     python -m tests.histories.record v7 by-hand   # a withdrawal whose undo failed, under a later
                                                   # incident's measure, restored by hand (kept as
                                                   # v7-by-hand-unpatched-*, the later measure left
@@ -132,10 +136,7 @@ async def record_overlap(tag: str, incidents: Incidents, client: Client, work: P
         raise RuntimeError("the later incident's measure was not put back")
     for name in ("later", "earlier"):
         await incidents.stand_down(ids[name], actor="recorder", reason="recorded")
-    for name, incident_id in ids.items():
-        history = await client.get_workflow_handle(incident_id).fetch_history()
-        (HERE / f"{tag}-overlap-{name}.json").write_text(_without_local_paths(history.to_json()))
-        print(f"recorded {incident_id}: {len(history.events)} events")
+    await _keep(client, {f"{tag}-overlap-{name}": incident_id for name, incident_id in ids.items()})
 
 
 RETRIED = """
@@ -180,10 +181,7 @@ async def record_forced(
         (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
     await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
     kept[f"{tag}-retried-failure"] = incident_id
-    for name, kept_id in kept.items():
-        history = await client.get_workflow_handle(kept_id).fetch_history()
-        (HERE / f"{name}.json").write_text(_without_local_paths(history.to_json()))
-        print(f"recorded {kept_id}: {len(history.events)} events")
+    await _keep(client, kept)
 
 
 # From v7: the steps after one waiting for its approval go on, but not one on its settings.
@@ -222,9 +220,7 @@ async def record_held(tag: str, incidents: Incidents, client: Client, work: Path
     await incidents.act(incident_id, CrisisWorkflow.approve, approval)
     await _settled(incidents, incident_id)
     await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
-    history = await client.get_workflow_handle(incident_id).fetch_history()
-    (HERE / f"{tag}-held.json").write_text(_without_local_paths(history.to_json()))
-    print(f"recorded {incident_id}: {len(history.events)} events")
+    await _keep(client, {f"{tag}-held": incident_id})
 
 
 # A step fails with on_failure undo while a parallel branch's call is still under way: with the
@@ -272,9 +268,7 @@ async def record_landed(
         else:
             raise RuntimeError("the incident did not fail and settle")
     await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
-    history = await client.get_workflow_handle(incident_id).fetch_history()
-    (HERE / f"{tag}-landed.json").write_text(_without_local_paths(history.to_json()))
-    print(f"recorded {incident_id}: {len(history.events)} events")
+    await _keep(client, {f"{tag}-landed": incident_id})
 
 
 # An escalation runs a step the sequence passed, on the settings of a later step already in
@@ -312,9 +306,7 @@ async def record_under(tag: str, incidents: Incidents, client: Client, work: Pat
     else:
         raise RuntimeError("the escalation did not apply the earlier step")
     await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
-    history = await client.get_workflow_handle(incident_id).fetch_history()
-    (HERE / f"{tag}-under.json").write_text(_without_local_paths(history.to_json()))
-    print(f"recorded {incident_id}: {len(history.events)} events")
+    await _keep(client, {f"{tag}-under": incident_id})
 
 
 async def record_restore(
@@ -351,10 +343,7 @@ async def record_restore(
                 (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
             await _closed(incidents, incident_id)
             kept[f"{tag}-{name}"] = incident_id
-    for name, kept_id in kept.items():
-        history = await client.get_workflow_handle(kept_id).fetch_history()
-        (HERE / f"{name}.json").write_text(_without_local_paths(history.to_json()))
-        print(f"recorded {kept_id}: {len(history.events)} events")
+    await _keep(client, kept)
 
 
 # A step failing with on_failure undo takes back a measure a later incident's is applied over:
@@ -401,11 +390,7 @@ async def record_unasked(
     await asyncio.sleep(1)  # the later incident puts its measure back, when told
     for name in ("later", "earlier"):
         await incidents.stand_down(ids[name], actor="recorder", reason="recorded")
-    kept = {f"{tag}-unasked-{name}": incident_id for name, incident_id in ids.items()}
-    for name, kept_id in kept.items():
-        history = await client.get_workflow_handle(kept_id).fetch_history()
-        (HERE / f"{name}.json").write_text(_without_local_paths(history.to_json()))
-        print(f"recorded {kept_id}: {len(history.events)} events")
+    await _keep(client, {f"{tag}-unasked-{name}": incident_id for name, incident_id in ids.items()})
 
 
 WITHDRAWN = """
@@ -458,10 +443,33 @@ async def record_by_hand(
     await asyncio.sleep(1)  # the later incident puts its measure back, when told
     for name in ("later", "earlier"):
         await incidents.stand_down(ids[name], actor="recorder", reason="recorded")
-    for name, incident_id in ids.items():
-        history = await client.get_workflow_handle(incident_id).fetch_history()
-        (HERE / f"{tag}-by-hand-{name}.json").write_text(_without_local_paths(history.to_json()))
-        print(f"recorded {incident_id}: {len(history.events)} events")
+    await _keep(client, {f"{tag}-by-hand-{name}": incident_id for name, incident_id in ids.items()})
+
+
+REVIEWED = """
+playbook: record-reviewed
+version: 1
+title: A review missed
+description: For the recorded history of a missed review's stand-down under a later measure.
+reviews: {every: 2s, grace: 1s, on_missed: stand_down}
+steps:
+  - id: throttle
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5}
+"""
+
+
+async def record_missed(tag: str, incidents: Incidents, client: Client, work: Path) -> None:
+    ids = {name: f"REC-{tag}-missed-{name}" for name in ("earlier", "later")}
+    for name, body in (("earlier", REVIEWED), ("later", LATER)):
+        path = work / f"record-missed-{name}.yaml"
+        path.write_text(body.replace("record-later", "record-missed-later"))
+        await incidents.trigger(str(path), {}, actor="recorder", incident_id=ids[name])
+        await _settled(incidents, ids[name])
+    await _closed(incidents, ids["earlier"])  # the review missed: the system stood it down
+    await asyncio.sleep(1)  # the later incident puts its measure back, when told
+    await incidents.stand_down(ids["later"], actor="recorder", reason="recorded")
+    await _keep(client, {f"{tag}-missed-{name}": incident_id for name, incident_id in ids.items()})
 
 
 async def record_late(
@@ -481,9 +489,15 @@ async def record_late(
     await asyncio.sleep(2)
     async with running_worker(client, settings=settings, store=store):
         await stand_down
-    history = await client.get_workflow_handle(incident_id).fetch_history()
-    (HERE / f"{tag}-late.json").write_text(_without_local_paths(history.to_json()))
-    print(f"recorded {incident_id}: {len(history.events)} events")
+    await _keep(client, {f"{tag}-late": incident_id})
+
+
+async def _keep(client: Client, kept: dict[str, str]) -> None:
+    """Write each incident's history as tests/histories/NAME.json (`kept`: name -> incident)."""
+    for name, incident_id in kept.items():
+        history = await client.get_workflow_handle(incident_id).fetch_history()
+        (HERE / f"{name}.json").write_text(_without_local_paths(history.to_json()))
+        print(f"recorded {incident_id}: {len(history.events)} events")
 
 
 async def _closed(incidents: Incidents, incident_id: str) -> None:
@@ -542,6 +556,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "unasked":
             await record_unasked(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "missed":
+            await record_missed(tag, incidents, client, work)
+            return
         if scenario == "by-hand":
             await record_by_hand(tag, incidents, client, work, sandbox_url)
             return
@@ -558,9 +575,7 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
                     break
                 await asyncio.sleep(0.05)
             await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
-            history = await client.get_workflow_handle(incident_id).fetch_history()
-            (HERE / f"{tag}-{name}.json").write_text(_without_local_paths(history.to_json()))
-            print(f"recorded {incident_id}: {len(history.events)} events")
+            await _keep(client, {f"{tag}-{name}": incident_id})
 
 
 def _without_local_paths(text: str) -> str:
@@ -574,7 +589,7 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under, restore, unasked, late, by-hand
+    # under, restore, unasked, late, by-hand, missed
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -52,9 +52,10 @@ def test_histories_are_kept() -> None:
     recorded before it did; a stand-down whose undo failed for good, closed at once as before
     the close waited for a restore, and since: the undo retried, or restored by hand; an
     on_failure undo taking back a measure under a later incident's, before and since it handed
-    the settings back; a stand-down sent before any worker ran the incident, before and since it
-    followed the trigger; a failed withdrawal restored by hand under a later incident's measure,
-    before and since that handed the settings back)."""
+    the settings back, and a missed review's stand-down, likewise; a stand-down sent before any
+    worker ran the incident, before and since it followed the trigger; a failed withdrawal
+    restored by hand under a later incident's measure, before and since that handed the
+    settings back)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
@@ -80,6 +81,10 @@ def test_histories_are_kept() -> None:
         "v7-by-hand-unpatched-later",
         "v7-by-hand-earlier",
         "v7-by-hand-later",
+        "v7-missed-unpatched-earlier",
+        "v7-missed-unpatched-later",
+        "v7-missed-earlier",
+        "v7-missed-later",
     } <= kept
 
 
