@@ -101,6 +101,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "the audit store is SQLite (sqlite:///PATH) or PostgreSQL (postgresql://...)"
             )
+        if value:
+            from sqlalchemy.engine import make_url  # only when one is set: most commands read none
+
+            try:
+                make_url(value)
+            except ValueError as error:  # a port that is no number, say
+                raise ValueError(f"not a database URL: {error}") from None
         return value
 
     @field_validator("log_format", "log_level", mode="before")

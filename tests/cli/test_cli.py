@@ -717,6 +717,7 @@ def test_a_bad_setting_or_port_is_one_line_naming_it(
         ("CRISIS_DATABASE_URL", "bogus://x", "SQLite (sqlite:///PATH) or PostgreSQL"),
         ("CRISIS_DATABASE_URL", "mysql://u@127.0.0.1:1/db", "SQLite (sqlite:///PATH)"),
         ("CRISIS_DATABASE_URL", "not a url", "or PostgreSQL (postgresql://...)"),
+        ("CRISIS_DATABASE_URL", "postgresql://u@127.0.0.1:abc/db", "not a database URL"),
     ):
         run = run_cli({**cli_env, variable: value}, "status", "INC-ANY")
         assert_one_line_error(run, f"invalid settings: {variable}={value!r}: ", fragment)
