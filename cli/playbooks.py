@@ -24,6 +24,7 @@ from core.logging import configure_logging
 from engine.errors import FileProblem, ScenarioError
 from engine.plan import make_plan
 from engine.playbook_files import (
+    FileCheck,
     check_file,
     find_playbook,
     load_playbook,
@@ -50,12 +51,12 @@ def playbook_validate(
 ) -> None:
     """Check playbook files; print each problem as file:line:column: message."""
     settings = settings_or_fail()
-    files, skipped = [], 0
+    files, skipped, empty = [], 0, []
     for path in paths:
         if path.is_dir():
             found = playbook_files(path)
             if not found:  # a mistyped or emptied drafts directory must not pass as valid
-                fail(f"{path}: no playbook files (*.yaml, *.yml) in this directory")
+                empty.append(path)
             files.extend(found)
         elif reason := not_a_playbook(path):
             # `validate playbooks/*.yaml` names these too: say so, rather than fail them.
@@ -63,13 +64,15 @@ def playbook_validate(
             skipped += 1
         else:
             files.append(path)
-    if not files:
+    if not files and not empty:
         fail(
             f"no playbook to check ({skipped} file(s) skipped)"
             if skipped
             else "no playbook files given"
         )
     checks = {str(f): check_file(f, settings.playbooks_dir) for f in files}
+    nothing = "no playbook files (*.yaml, *.yml) in this directory"
+    checks |= {str(d): FileCheck([FileProblem(d, 1, 1, nothing)], []) for d in empty}
     problems = {name: check.problems for name, check in checks.items()}
     warnings = {name: check.warnings for name, check in checks.items()}
     bad = sum(1 for found in problems.values() if found)

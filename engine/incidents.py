@@ -248,12 +248,28 @@ class Incidents:
             return await query
         except RPCError as error:
             if _timed_out(error):
+                if not await self._temporal_answers():
+                    raise IncidentError(
+                        f"incident {incident_id}: Temporal did not answer in time"
+                    ) from None
                 raise IncidentBusy(
                     f"incident {incident_id} did not answer in time (is its worker overloaded?)"
+                ) from None
+            if NO_POLLER in error.message:  # on a task queue no worker polls (another one's)
+                raise IncidentBusy(
+                    f"incident {incident_id} cannot answer: no worker polls its task queue "
+                    f"({error.message})"
                 ) from None
             raise self._translate(incident_id, error) from None
         finally:
             query.cancel()  # once answered, nothing; else nobody waits for it any more
+
+    async def _temporal_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self._client.service_client.check_health(), timeout=3)
+        except Exception:  # any failure to answer is the answer
+            return False
+        return True
 
     async def approval_roles(self, incident_id: str) -> dict[str, list[str]] | None:
         """Each step needing approval → the roles that may give it, from the playbook snapshot
@@ -294,9 +310,11 @@ class Incidents:
             why = await self._no_worker() or (
                 "a lever call or a delivery may be retrying, or its worker is overloaded"
             )
+            # It waits at Temporal: the incident takes it when it next runs, or refuses it as
+            # its state then requires (an approval of a step not yet asking), leaving no record.
             raise IncidentBusy(
                 f"incident {incident_id} did not answer within {timeout:g}s ({why}); the request "
-                "may still take effect: check its status"
+                "may still take effect, or be refused once the incident runs: check its status"
             ) from None
         except WorkflowUpdateFailedError as error:
             cause = error.cause.message if hasattr(error.cause, "message") else str(error.cause)
@@ -325,6 +343,8 @@ class Incidents:
         return IncidentError(f"incident {incident_id}: {error.message}")
 
 
+# What Temporal says of a query on a task queue no worker has polled lately.
+NO_POLLER = "no poller seen for task queue"
 # The RPC's outcome is unknown: the server may have acted on it.
 _NO_ANSWER = (
     RPCStatusCode.DEADLINE_EXCEEDED,

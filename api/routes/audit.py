@@ -67,7 +67,21 @@ async def verify(
     return JSONResponse(integrity.as_dict())
 
 
-@router.get("/{incident_id}/report", summary="The post-incident report (md, html or json)")
+@router.get(
+    "/{incident_id}/report",
+    summary="The post-incident report (md, html or json)",
+    responses={
+        200: {
+            "description": "The report in the format asked for (its chart with `format=svg`)",
+            "content": {
+                "text/html": {},
+                "text/markdown": {},
+                "application/json": {},
+                "image/svg+xml": {},
+            },
+        }
+    },
+)
 async def report(
     incident_id: str,
     request: Request,

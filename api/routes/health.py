@@ -14,7 +14,25 @@ from engine.workers import worker_presence
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+_HEALTH = {
+    "content": {
+        "application/json": {
+            "example": {
+                "status": "ok",
+                "checks": {"temporal": "ok", "workers": "ok", "audit_store": "ok"},
+            }
+        }
+    }
+}
+
+
+@router.get(
+    "/health",
+    responses={
+        200: {"description": "Every check is ok", **_HEALTH},
+        503: {"description": "`degraded`: a check is not ok, and says why", **_HEALTH},
+    },
+)
 async def health(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     try:

@@ -285,14 +285,22 @@ def test_a_broken_library_file_is_reported_in_that_file(
 def test_validate_with_nothing_to_check_is_an_error(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """An empty directory is one `error:` line naming it, not a silent success, also beside a
-    valid playbook (a mistyped drafts directory must not pass)."""
+    """An empty directory is a problem of its own, not a silent success, also beside a valid
+    playbook (a mistyped drafts directory must not pass), and an entry in the JSON."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    said = f"{empty}: no playbook files (*.yaml, *.yml) in this directory"
-    assert_one_line_error(run_cli(cli_env, "playbook", "validate", str(empty)), said)
+    said = f"{empty}:1:1: no playbook files (*.yaml, *.yml) in this directory"
     shipped = str(ENGINE_PLAYBOOKS / "violent-disorder.yaml")
-    assert_one_line_error(run_cli(cli_env, "playbook", "validate", shipped, str(empty)), said)
+    for run in (
+        run_cli(cli_env, "playbook", "validate", str(empty)),
+        run_cli(cli_env, "playbook", "validate", shipped, str(empty)),
+    ):
+        assert (1, [said]) == (run.code, run.stderr.splitlines()), run
+    as_json = run_cli(cli_env, "playbook", "validate", "--json", shipped, str(empty))
+    assert 1 == as_json.code, as_json
+    assert [(shipped, True), (str(empty), False)] == [
+        (f["file"], f["valid"]) for f in as_json.json()["files"]
+    ]
 
 
 def test_schema_is_json_schema_with_steps(cli_env: dict[str, str], tmp_path: Path) -> None:
