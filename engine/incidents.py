@@ -223,18 +223,25 @@ class Incidents:
             warnings,
         )
 
-    async def _no_worker(self) -> str | None:
-        """Why no worker will run the incident's tasks now, or None if one is polling (or the
-        server would not say: that is no reason to fail what asked)."""
+    async def _no_worker(self, task_queue: str | None = None) -> str | None:
+        """Why no worker will run the incident's tasks now (on `task_queue`, by default this
+        deployment's), or None if one is polling (or the server would not say: that is no reason
+        to fail what asked)."""
+        queue = task_queue or self._settings.task_queue
         try:
-            presence = await worker_presence(self._client, self._settings.task_queue)
+            presence = await worker_presence(self._client, queue)
         except RPCError as error:
             if error.status != RPCStatusCode.UNIMPLEMENTED:  # the time-skipping test server
-                log.warning(
-                    "workers.unknown", task_queue=self._settings.task_queue, error=str(error)
-                )
+                log.warning("workers.unknown", task_queue=queue, error=str(error))
             return None
         return presence.problem()
+
+    async def _queue_of(self, incident_id: str) -> str | None:
+        """The task queue the incident runs on (it may be another deployment's than ours)."""
+        try:
+            return (await self._client.get_workflow_handle(incident_id).describe()).task_queue
+        except RPCError:
+            return None
 
     async def status(self, incident_id: str) -> IncidentStatus:
         """The incident's status (a query, answered by a worker). A slow answer is waited for
@@ -243,8 +250,10 @@ class Incidents:
         query = asyncio.ensure_future(handle.query(CrisisWorkflow.status))
         try:
             answered, _ = await asyncio.wait({query}, timeout=SLOW_QUERY_S)
-            if not answered and (missing := await self._no_worker()) is not None:
-                raise IncidentBusy(f"incident {incident_id} cannot answer: {missing}")
+            if not answered:
+                queue = await self._queue_of(incident_id)
+                if (missing := await self._no_worker(queue)) is not None:
+                    raise IncidentBusy(f"incident {incident_id} cannot answer: {missing}")
             return await query
         except RPCError as error:
             if _timed_out(error):

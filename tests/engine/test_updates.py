@@ -116,3 +116,16 @@ async def test_an_update_sent_again_after_the_incident_closed_answers_its_outcom
     again = await handle.execute_update(CrisisWorkflow.stand_down, request, id="stand-down-1")
     assert first == again
     assert kinds(sqlite_store.events(incident)).count("stand_down.requested") == 1
+
+
+async def test_a_status_on_a_task_queue_no_worker_polls_says_so(
+    client: Client, settings: Settings, worker: None
+) -> None:
+    """Triggered on a task queue no worker polls (another deployment's, or one stopped), while
+    this one's has a worker: the status names the reason, busy, not a Temporal error."""
+    elsewhere = settings.model_copy(update={"task_queue": f"{settings.task_queue}-elsewhere"})
+    incident = (
+        await Incidents(client, elsewhere).trigger("violent-disorder", {}, actor="alice")
+    ).incident_id
+    with pytest.raises(IncidentBusy, match=f"incident {incident} cannot answer: no worker has"):
+        await asyncio.wait_for(Incidents(client, settings).status(incident), 60)
