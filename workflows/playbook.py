@@ -674,17 +674,39 @@ def _check_input_defaults(playbook: Playbook) -> list[Problem]:
             empty = "no choices: nothing could be given"
             problems.append(Problem(("inputs", name, "choices"), empty))
         kind = (spec.items if spec.type == "list" else spec.type) or "string"
+        # Written in the file, a choice or a default is of the input's type as it stands (a CLI
+        # value is text read as the type; `"0.5"` here is a string, as it is in a lever's args).
         for index, choice in enumerate(spec.choices or []):
-            try:  # each choice must be a value of the input's type (of its items, for a list)
-                _coerce_scalar(name, kind, choice)
-            except InputError as error:
-                problems.append(Problem(("inputs", name, "choices", index), str(error)))
-        if spec.default is not None:
-            try:
-                coerce_input(name, spec, spec.default)
-            except InputError as error:
-                problems.append(Problem(("inputs", name, "default"), str(error)))
+            if (wrong := _not_written_as(kind, choice)) is not None:
+                problems.append(
+                    Problem(("inputs", name, "choices", index), f"input {name!r}: {wrong}")
+                )
+        if spec.default is None:
+            continue
+        if spec.type == "list" and not isinstance(spec.default, list):
+            wrong = f"the default must be a list of {kind}, not {shown(spec.default)}"
+        else:
+            items = spec.default if spec.type == "list" else [spec.default]
+            wrong = next((w for item in items if (w := _not_written_as(kind, item))), None)
+        if wrong is not None:
+            problems.append(Problem(("inputs", name, "default"), f"input {name!r}: {wrong}"))
+            continue
+        try:
+            coerce_input(name, spec, spec.default)  # its choices, and no blank item
+        except InputError as error:
+            problems.append(Problem(("inputs", name, "default"), str(error)))
     return problems
+
+
+def _not_written_as(kind: str, value: Any) -> str | None:
+    """What is wrong with a value written for an input of this kind, or None."""
+    fits = {
+        "string": isinstance(value, str),
+        "boolean": isinstance(value, bool),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+    }.get(kind, True)
+    return None if fits else f"expected {kind}, got {shown(value)}"
 
 
 def default_context(playbook: Playbook) -> dict[str, dict[str, Any]]:

@@ -227,7 +227,7 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
             "    type: number\n    default: many\n",
             11,
             5,
-            "input 'flag': expected number, got 'many'",
+            "input 'flag': expected number, got \"many\"",
         ),
         (
             "default not among the choices",
@@ -351,6 +351,25 @@ def test_each_problem_is_reported_at_its_line_and_column(
     assert fragment in problem.message, f"{case}: {problem}"
 
 
+@pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ('{type: number, default: "0.5"}', 'expected number, got "0.5"'),
+        ("{type: integer, default: 2.0}", "expected integer, got 2.0"),
+        ('{type: boolean, default: "yes"}', 'expected boolean, got "yes"'),
+        ("{type: string, default: 5}", "expected string, got 5"),
+        ('{type: integer, choices: [1, "2"]}', 'expected integer, got "2"'),
+    ],
+)
+def test_a_default_or_choice_is_of_the_inputs_type_as_written(
+    tmp_path: Path, spec: str, said: str
+) -> None:
+    """Strict as a lever's arguments are: text in the file is text (a CLI value is read as the
+    type; a default written as "0.5" was refused later, at a lever, blaming its argument)."""
+    text = VALID.replace("  flag:\n    type: number\n", f"  flag: {spec}\n")
+    assert [f"input 'flag': {said}"] == [p.message for p in problems_in(tmp_path, text)]
+
+
 def test_a_long_value_is_quoted_cut_short(tmp_path: Path) -> None:
     """A problem quotes what was given, but not a whole pasted page."""
     problem = only_problem(tmp_path, VALID.replace("version: 1", f"version: [{'7, ' * 500}7]"))
@@ -363,7 +382,7 @@ def test_a_list_inputs_lone_default_is_named_as_a_list(tmp_path: Path) -> None:
         "    type: string\n    default: GB", "    type: list\n    items: string\n    default: 5"
     )
     messages = [p.message for p in problems_in(tmp_path, text)]
-    assert "input 'region': expected a list of string, got 5" in messages, messages
+    assert "input 'region': the default must be a list of string, not 5" in messages, messages
 
 
 def test_a_check_of_ours_speaks_in_its_own_words(tmp_path: Path) -> None:
