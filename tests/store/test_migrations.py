@@ -15,7 +15,20 @@ from store.errors import SchemaTooNew
 from store.migrate import HEAD, current_revision, upgrade
 from tests.conftest import postgres_schema
 from tests.store.test_audit_store import chain, new_id
-from workflows.audit import make_event
+from workflows.audit import AuditEvent, make_event
+
+
+def triggered(incident: str, *, actor: str | None = None, **data: object) -> AuditEvent:
+    """An incident's first event, at 2026-11-28 10:00 UTC."""
+    return make_event(
+        incident_id=incident,
+        seq=1,
+        kind="incident.triggered",
+        at="2026-11-28T10:00:00+00:00",
+        prev_hash="0" * 64,
+        actor=actor,
+        data=data,
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -94,25 +107,16 @@ def test_the_previous_schema_upgrades_and_keeps_its_rows(empty_url: str) -> None
 def test_incidents_are_searchable_by_playbook_state_level_and_time(audit_store: AuditStore) -> None:
     """The incidents table follows the events: level changes and closing are reflected."""
     incident = new_id()
-    at = "2026-11-28T10:00:00+00:00"
-    triggered = make_event(
-        incident_id=incident,
-        seq=1,
-        kind="incident.triggered",
-        at=at,
-        prev_hash="0" * 64,
-        actor="alice",
-        data={"playbook": "search-test", "version": 3, "level": "elevated"},
-    )
+    first = triggered(incident, actor="alice", playbook="search-test", version=3, level="elevated")
     escalated = make_event(
         incident_id=incident,
         seq=2,
         kind="level.escalated",
         at="2026-11-28T11:00:00+00:00",
-        prev_hash=triggered.hash,
+        prev_hash=first.hash,
         data={"level": "severe"},
     )
-    audit_store.append([triggered, escalated])
+    audit_store.append([first, escalated])
     found = audit_store.search(playbook="search-test", level="severe", state="running")
     assert [incident] == [row.incident_id for row in found]
     closed = make_event(
@@ -139,18 +143,7 @@ def test_a_time_searched_by_means_the_same_instant_whatever_its_offset(
     """10:00 UTC is 11:00+01:00 and 05:00-05:00; a time without an offset is read as UTC (SQLite
     stores no offset, and compared the wall clock as written)."""
     incident, playbook = new_id(), f"offsets-{new_id()}"
-    audit_store.append(
-        [
-            make_event(
-                incident_id=incident,
-                seq=1,
-                kind="incident.triggered",
-                at="2026-11-28T10:00:00+00:00",
-                prev_hash="0" * 64,
-                data={"playbook": playbook, "version": 1},
-            )
-        ]
-    )
+    audit_store.append([triggered(incident, playbook=playbook, version=1)])
 
     def found(**when: datetime) -> bool:
         return [incident] == [
@@ -173,15 +166,7 @@ def test_a_time_searched_by_means_the_same_instant_whatever_its_offset(
 def test_a_date_like_playbook_version_is_recorded(audit_store: AuditStore) -> None:
     """202612011200 is beyond a 32-bit integer: PostgreSQL refused the incident's first write."""
     incident = new_id()
-    triggered = make_event(
-        incident_id=incident,
-        seq=1,
-        kind="incident.triggered",
-        at="2026-11-28T10:00:00+00:00",
-        prev_hash="0" * 64,
-        data={"playbook": "dated", "version": 202612011200},
-    )
-    audit_store.append([triggered])
+    audit_store.append([triggered(incident, playbook="dated", version=202612011200)])
     row = audit_store.incident(incident)
     assert row is not None and 202612011200 == row.version
 
@@ -189,21 +174,14 @@ def test_a_date_like_playbook_version_is_recorded(audit_store: AuditStore) -> No
 def test_superseded_rows_are_taken_out_of_the_searchable_incident(audit_store: AuditStore) -> None:
     """A level change that never committed does not linger in the incidents table."""
     incident = new_id()
-    triggered = make_event(
-        incident_id=incident,
-        seq=1,
-        kind="incident.triggered",
-        at="2026-11-28T10:00:00+00:00",
-        prev_hash="0" * 64,
-        data={"playbook": "supersede-test", "version": 1, "level": "elevated"},
-    )
-    audit_store.append([triggered], task=3)
+    first = triggered(incident, playbook="supersede-test", version=1, level="elevated")
+    audit_store.append([first], task=3)
     lost = make_event(
         incident_id=incident,
         seq=2,
         kind="level.escalated",
         at="2026-11-28T10:05:00+00:00",
-        prev_hash=triggered.hash,
+        prev_hash=first.hash,
         data={"level": "severe"},
     )
     audit_store.append([lost], task=8)
@@ -212,7 +190,7 @@ def test_superseded_rows_are_taken_out_of_the_searchable_incident(audit_store: A
         seq=2,
         kind="note.added",
         at="2026-11-28T10:06:00+00:00",
-        prev_hash=triggered.hash,
+        prev_hash=first.hash,
         data={"text": "x"},
     )
     assert 1 == audit_store.append([retried], task=11).superseded

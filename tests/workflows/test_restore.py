@@ -347,12 +347,9 @@ steps:
 """
 
 
-async def test_a_withdrawal_restored_while_standing_down_hands_back_to_a_later_incident(
-    lab: Lab,
-) -> None:
-    """A's surge, then B's over it on the same queue. A's de-escalation fails to withdraw its
-    surge; A is stood down and waits; the retry of the withdrawal restores what A's surge
-    replaced, and, as a withdrawal does, tells B, which puts its own surge back on top."""
+async def withdrawal_failed_under(lab: Lab) -> tuple[int, str, str]:
+    """A's surge, then B's over it on the same queue; A's de-escalation fails to withdraw its
+    surge. The queue's reviewers before both, A and B."""
     before = settings_of(await lab.platform())["moderation"]["hate"]["reviewers"]
     a = await lab.trigger(A_SEVERE, level="severe")
     await lab.settle(a, {"surge": "applied"})
@@ -361,6 +358,16 @@ async def test_a_withdrawal_restored_while_standing_down_hands_back_to_a_later_i
     await lab.sandbox.fault(**REFUSE_SURGE_UNDO, times=1)
     await lab.act(a, CrisisWorkflow.de_escalate, level(to="elevated"))
     await lab.settle(a, {"surge": "undo_failed"})
+    return before, a, b
+
+
+async def test_a_withdrawal_restored_while_standing_down_hands_back_to_a_later_incident(
+    lab: Lab,
+) -> None:
+    """A's surge, then B's over it on the same queue. A's de-escalation fails to withdraw its
+    surge; A is stood down and waits; the retry of the withdrawal restores what A's surge
+    replaced, and, as a withdrawal does, tells B, which puts its own surge back on top."""
+    before, a, b = await withdrawal_failed_under(lab)
     assert (
         "standing_down" == (await lab.incidents.stand_down(a, actor="alice", reason="calm")).state
     )
@@ -377,14 +384,7 @@ async def test_a_withdrawal_restored_by_hand_hands_back_to_a_later_incident(lab:
     """As its retry does: the person put back what A's surge replaced, which lifts B's surge
     over it too, so B is told and puts its own back; B's stand-down then leaves the queue as it
     was before both (it put back A's surge, which was no longer there)."""
-    before = settings_of(await lab.platform())["moderation"]["hate"]["reviewers"]
-    a = await lab.trigger(A_SEVERE, level="severe")
-    await lab.settle(a, {"surge": "applied"})
-    b = await lab.trigger(B_SURGE)
-    await lab.settle(b, {"surge": "applied"})
-    await lab.sandbox.fault(**REFUSE_SURGE_UNDO, times=1)
-    await lab.act(a, CrisisWorkflow.de_escalate, level(to="elevated"))
-    await lab.settle(a, {"surge": "undo_failed"})
+    before, a, b = await withdrawal_failed_under(lab)
     record = await lab.act(a, CrisisWorkflow.restore, restore(by_hand=True))
     assert "dormant" == record.state
     events = await lab.audit(b, until="overlap.restored")
