@@ -52,6 +52,7 @@ from workflows.incident import (
     StandDownRequest,
     StepRecord,
 )
+from workflows.levers import is_notification
 from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
 from workflows.substitution import references, substitute
 
@@ -390,8 +391,14 @@ def not_restored(status: IncidentStatus) -> str | None:
 
 
 def undelivered_notice(step: StepRecord) -> bool:
-    """Its undo was a message that was not delivered: nothing of it is left on the platform."""
-    return step.state == "undo_failed" and step.failed_undo is not None and step.failed_undo.notice
+    """Its undo was a message that was not delivered: nothing of it is left on the platform. A
+    notification step's undo can only be a message (validation refuses any other), which also
+    covers records from before `FailedUndo.notice`."""
+    if step.state != "undo_failed":
+        return False
+    if step.failed_undo is not None and step.failed_undo.notice:
+        return True
+    return step.lever is not None and is_notification(step.lever)
 
 
 def undelivered(status: IncidentStatus) -> str | None:

@@ -212,6 +212,11 @@ async def test_closing_notices_wait_for_the_restore_and_a_failed_one_holds_nothi
     told = undelivered(status)
     assert told is not None and told.startswith("1 closing notice was NOT delivered"), told
     assert "tell (notify.webhook: " in told
+    # Recorded before failed undos said they were notices: a notification step's undo is one.
+    tell = step(status, "tell")
+    assert tell.failed_undo is not None
+    tell.failed_undo.notice = False
+    assert (None, told) == (not_restored(status), undelivered(status))
 
 
 STACKED = """
