@@ -41,8 +41,10 @@ def _engine_key(settings: Settings, *, or_else: str = "") -> Ed25519PublicKey:
 def _write(path: Path, text: str) -> None:
     """Write a file the user named, making its directory as `audit export` does."""
     try:
-        if not path.parent.exists():  # a file in the way is said by the write itself
+        if not path.parent.is_dir():
             path.parent.mkdir(parents=True)
+    except FileExistsError:
+        pass  # made meanwhile by another export, or a file in the way: the write says which
     except OSError as error:
         fail(f"cannot write {path}: {error.strerror or error}")
     write_output(path, text)
