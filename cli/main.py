@@ -178,9 +178,9 @@ def _print_status(status: IncidentStatus) -> None:
     if status.stand_down:
         down = status.stand_down
         console.print(f"stand-down by {escape(down.actor)}: {escape(down.reason)}")
-    from engine.incidents import undelivered_notice
+    from engine.incidents import unrestored
 
-    left = [s.id for s in status.steps if s.state == "undo_failed" and not undelivered_notice(s)]
+    left = [s.id for s in unrestored(status)]
     if left and status.state != "closed":
         waiting = status.state == "standing_down"
         closes = ": the incident closes once none is left" if waiting else ""

@@ -11,7 +11,12 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -32,7 +37,7 @@ from engine.errors import (
 from engine.library import library_for
 from engine.playbook_files import find_playbook, load_playbook
 from engine.updates import UpdateTimedOut, send_update
-from engine.workers import worker_presence
+from engine.workers import temporal_problem, worker_presence
 from store.audit_store import AuditStore, Verification
 from workflows.crisis import CrisisWorkflow
 from workflows.incident import (
@@ -237,10 +242,9 @@ class Incidents:
             return None
         return presence.problem()
 
-    async def _queue_of(self, incident_id: str) -> str | None:
-        """The task queue the incident runs on (it may be another deployment's than ours)."""
+    async def _described(self, incident_id: str) -> WorkflowExecutionDescription | None:
         try:
-            return (await self._client.get_workflow_handle(incident_id).describe()).task_queue
+            return await self._client.get_workflow_handle(incident_id).describe()
         except RPCError:
             return None
 
@@ -252,13 +256,15 @@ class Incidents:
         try:
             answered, _ = await asyncio.wait({query}, timeout=SLOW_QUERY_S)
             if not answered:
-                queue = await self._queue_of(incident_id)
+                # Its own task queue's workers: it may run on another deployment's than ours.
+                described = await self._described(incident_id)
+                queue = described.task_queue if described else None
                 if (missing := await self._no_worker(queue)) is not None:
                     raise IncidentBusy(f"incident {incident_id} cannot answer: {missing}")
             return await query
         except RPCError as error:
             if _timed_out(error):
-                if not await self._temporal_answers():
+                if await temporal_problem(self._client) is not None:
                     raise IncidentError(
                         f"incident {incident_id}: Temporal did not answer in time"
                     ) from None
@@ -273,13 +279,6 @@ class Incidents:
             raise self._translate(incident_id, error) from None
         finally:
             query.cancel()  # once answered, nothing; else nobody waits for it any more
-
-    async def _temporal_answers(self) -> bool:
-        try:
-            await asyncio.wait_for(self._client.service_client.check_health(), timeout=3)
-        except Exception:  # any failure to answer is the answer
-            return False
-        return True
 
     async def approval_roles(self, incident_id: str) -> dict[str, list[str]] | None:
         """Each step needing approval → the roles that may give it, from the playbook snapshot
@@ -338,11 +337,8 @@ class Incidents:
             raise self._translate(incident_id, error) from None
 
     async def _completed(self, incident_id: str) -> bool:
-        try:
-            described = await self._client.get_workflow_handle(incident_id).describe()
-        except RPCError:
-            return False
-        return described.status != WorkflowExecutionStatus.RUNNING
+        described = await self._described(incident_id)
+        return described is not None and described.status != WorkflowExecutionStatus.RUNNING
 
     @staticmethod
     def _translate(incident_id: str, error: RPCError) -> IncidentError:
@@ -373,7 +369,7 @@ def _timed_out(error: RPCError) -> bool:
 def not_restored(status: IncidentStatus) -> str | None:
     """What a commander must hear after a stand-down whose undo failed for good (None: nothing
     was left): the measures that may still be in force, and what to do about them."""
-    left = [s for s in status.steps if s.state == "undo_failed" and not undelivered_notice(s)]
+    left = unrestored(status)
     if not left:
         return None
     named = "; ".join(f"{s.id} ({_failure(s)})" for s in left)
@@ -388,6 +384,11 @@ def not_restored(status: IncidentStatus) -> str | None:
         f"{facts}; retry its undo, or restore the setting there by hand and record that: the "
         "incident closes once none is left"
     )
+
+
+def unrestored(status: IncidentStatus) -> list[StepRecord]:
+    """The measures whose undo failed for good: they may still be in force."""
+    return [s for s in status.steps if s.state == "undo_failed" and not undelivered_notice(s)]
 
 
 def undelivered_notice(step: StepRecord) -> bool:

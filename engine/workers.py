@@ -1,4 +1,4 @@
-"""Whether any worker is taking the task queue's workflow tasks.
+"""Whether any worker is taking the task queue's workflow tasks, and whether Temporal answers.
 
 Temporal accepts a trigger with no worker running and keeps it until one polls; meanwhile nothing
 happens on the platform. Health reports it, and a trigger made then says so, so nobody waits on a
@@ -7,6 +7,7 @@ crisis measure that no process will apply.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -67,3 +68,14 @@ async def worker_presence(
         pollers=sum(1 for at in polls if at >= since),
         last_poll=max(polls, default=None),
     )
+
+
+async def temporal_problem(client: Client, *, timeout_s: float = 3) -> str | None:
+    """Why Temporal does not answer a health check now, or None if it does."""
+    try:
+        await asyncio.wait_for(client.service_client.check_health(), timeout=timeout_s)
+    except TimeoutError:  # says nothing of itself
+        return f"no answer within {timeout_s:g} s"
+    except Exception as error:  # any failure to answer is the answer
+        return str(error) or type(error).__name__
+    return None

@@ -53,7 +53,7 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 
 
-MAX_NAME = 64  # a level name (the audit store's column)
+MAX_LEVEL_CHARS = 64  # a level name (the audit store's column)
 MAX_VERSION = 2**63 - 1  # a 64-bit integer, as the audit store holds it
 
 
@@ -472,9 +472,11 @@ def _check_levels(playbook: Playbook) -> list[Problem]:
     # every audit write after its levers were pulled. Checked here, not in the model, which
     # also reads the playbooks of incidents already running.
     problems = [
-        Problem(("levels", index), f"a level name is 1 to {MAX_NAME} characters, not {len(name)}")
+        Problem(
+            ("levels", index), f"a level name is 1 to {MAX_LEVEL_CHARS} characters, not {len(name)}"
+        )
         for index, name in enumerate(playbook.levels)
-        if not 0 < len(name) <= MAX_NAME
+        if not 0 < len(name) <= MAX_LEVEL_CHARS
     ]
     if playbook.version > MAX_VERSION:
         problems.append(Problem(("version",), f"version is at most {MAX_VERSION}"))
@@ -781,9 +783,10 @@ def coerce_input(name: str, spec: InputSpec, value: Any) -> Any:
         except InputError:
             if isinstance(value, list | str):
                 raise  # the item is named
-            shown = json.dumps(value, default=str)
             kind = spec.items or "string"
-            raise InputError(f"input {name!r}: expected a list of {kind}, got {shown}") from None
+            raise InputError(
+                f"input {name!r}: expected a list of {kind}, got {shown(value)}"
+            ) from None
     else:
         result = _coerce_scalar(name, spec.type, value)
     if spec.choices is not None:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlmodel import Session
 
-from engine.workers import worker_presence
+from engine.workers import temporal_problem, worker_presence
 
 router = APIRouter(tags=["health"])
 
@@ -35,13 +35,11 @@ _HEALTH = {
 )
 async def health(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(request.app.state.client.service_client.check_health(), timeout=3)
-        checks["temporal"] = "ok"
-    except Exception as error:
-        checks["temporal"] = f"unavailable: {_said(error)}"
+    if (problem := await temporal_problem(request.app.state.client)) is not None:
+        checks["temporal"] = f"unavailable: {problem}"
         checks["workers"] = "unknown: Temporal did not answer"
     else:
+        checks["temporal"] = "ok"
         # Triggers are accepted without a worker, and then nothing happens on the platform.
         try:
             presence = await asyncio.wait_for(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from api.auth import Permission, Principal
-from engine.incidents import undelivered_notice
+from engine.incidents import unrestored
 from engine.report import TimelineEntry
 from workflows.incident import Approver, DeliveryRecord, IncidentStatus, StepRecord
 from workflows.levers import is_notification
@@ -130,9 +130,7 @@ def incident_view(
         principal=principal,
         measures=[s for s in status.steps if is_measure(s) and s.state == "applied"],
         lapsed=[s for s in status.steps if is_measure(s) and s.state == "expired"],
-        not_restored=[
-            s for s in status.steps if s.state == "undo_failed" and not undelivered_notice(s)
-        ],
+        not_restored=unrestored(status),
         pending=pending,
         deliveries=[StepDeliveries(s, s.deliveries) for s in status.steps if s.deliveries],
         timeline=timeline,
