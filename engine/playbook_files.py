@@ -82,6 +82,13 @@ def check_file(path: Path, library_dir: Path | None = None) -> FileCheck:
 _Loaded = tuple[Playbook | None, list[FileProblem], CommentedMap | None]
 
 
+def _from_file(data: Any) -> Playbook:
+    # As the JSON Schema for editors reads a file: keys by their written names only (`with`,
+    # never the model's `with_`) and no coercion (`quorum: "2"` and `every_role: "yes"` are
+    # refused, as `version: "2"` is).
+    return Playbook.model_validate(data, strict=True, by_alias=True, by_name=False)
+
+
 def _load(path: Path, library_dir: Path | None) -> _Loaded:
     try:
         _, document = load_yaml(path)
@@ -92,7 +99,7 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
         return None, [FileProblem(path, 1, 1, mapping)], None
     data = plain(document)
     try:
-        playbook = Playbook.model_validate(data)
+        playbook = _from_file(data)
         problems: list[FileProblem] = []
     except ValidationError as error:
         problems = [
@@ -134,7 +141,7 @@ def _without_unknown_keys(data: Any, error: ValidationError) -> Playbook | None:
             node = node[part]
         node.pop(key, None)
     try:
-        return Playbook.model_validate(stripped)
+        return _from_file(stripped)
     except ValidationError:
         return None
 

@@ -264,6 +264,24 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
         ("version that is not a number", "version: 1", "version: one", 2, 1, "valid integer"),
         ("version that is a boolean", "version: 1", "version: true", 2, 1, "integer, not true"),
         (
+            "a quorum written as text",
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\n"
+            '    approval: {roles: [commander, policy-lead], quorum: "2"}\n',
+            21,
+            49,
+            'quorum: Input should be a valid integer, not "2"',
+        ),
+        (
+            "a yes/no written as text",
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\n"
+            '    approval: {roles: [commander, policy-lead], every_role: "yes"}\n',
+            21,
+            49,
+            'every_role: Input should be a valid boolean, not "yes"',
+        ),
+        (
             "unknown input type",
             "    type: number\n",
             "    type: float\n",
@@ -368,6 +386,15 @@ def test_a_default_or_choice_is_of_the_inputs_type_as_written(
     type; a default written as "0.5" was refused later, at a lever, blaming its argument)."""
     text = VALID.replace("  flag:\n    type: number\n", f"  flag: {spec}\n")
     assert [f"input 'flag': {said}"] == [p.message for p in problems_in(tmp_path, text)]
+
+
+def test_a_key_is_known_only_by_its_written_name(tmp_path: Path) -> None:
+    """`with_` is the models' name for `with`: the JSON Schema for editors refuses it, and so
+    does validation now (it used to accept it)."""
+    problems = problems_in(tmp_path, edit("    with: {queue", "    with_: {queue"))
+    assert [(p.line, p.column, p.message) for p in problems if p.line == 20] == [
+        (20, 5, "unknown key 'with_'")
+    ]
 
 
 def test_a_long_value_is_quoted_cut_short(tmp_path: Path) -> None:
