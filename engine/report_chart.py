@@ -89,8 +89,11 @@ def human_duration(seconds: float | None) -> str:
 
 
 def offset_label(seconds: float) -> str:
-    """An offset from the trigger as `+HH:MM:SS`, or `+Nd HH:MM:SS` from a day on."""
-    total = round(seconds)
+    """An offset from the trigger as `+HH:MM:SS`, or `+Nd HH:MM:SS` from a day on.
+
+    Cut to the second, as a clock shows it: 14:59.6 after the trigger is still +00:14:59, so a
+    notice sent just after a 15-minute deadline never reads as sent within it."""
+    total = int(seconds)  # toward zero
     sign, total = ("-" if total < 0 else "+"), abs(total)
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)

@@ -13,6 +13,7 @@ from engine.report import (
     IncidentReport,
     build_report,
     chart_filename,
+    offset_label,
     render_chart_svg,
     render_html,
     render_json,
@@ -794,3 +795,13 @@ def test_a_step_held_back_by_its_condition_says_so() -> None:
     text = {e.seq: e.text for e in report.timeline}
     assert "police held back: its condition is false (inputs.region == 'GB')" == text[2]
     assert "surge held back: not called for at level elevated" == text[3]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "label"),
+    [(0.4, "+00:00:00"), (899.6, "+00:14:59"), (900.0, "+00:15:00"), (90061.9, "+1d 01:01:01")],
+)
+def test_an_offset_reads_as_a_clock_does_cut_to_the_second(seconds: float, label: str) -> None:
+    """14:59.6 after the trigger reads +00:14:59, as a clock shows it: rounded, it read
+    +00:15:00, the minute a 15-minute deadline passes."""
+    assert label == offset_label(seconds)
