@@ -90,7 +90,13 @@ class Integrity:
         but nothing could show that (no replay, a trail that does not end in a closing seal)."""
         if not self.ok:
             return False
-        return True if self.replay is not None or self.complete_by else None
+        return True if self.replay_shows_complete or self.complete_by else None
+
+    @property
+    def replay_shows_complete(self) -> bool:
+        """A replay of Temporal's own history shows every row there; a bundle's history is as
+        unsigned as its manifest: cut together with the rows, it replays to the rows left."""
+        return self.replay is not None and self.bundle_key_id is None
 
     def verdict(self) -> dict[str, str]:
         """One word per check, for reports: ok / FAILED: reason / not checked (why)."""
@@ -129,7 +135,7 @@ class Integrity:
         export seal showed it."""
         if not self.ok:
             return f"FAILED: {self.failure()}"
-        if self.replay is not None:
+        if self.replay is not None and self.complete:
             return "ok: record complete and unaltered"
         if self.complete_by:
             return (
@@ -150,6 +156,11 @@ class Integrity:
             shown = (
                 f"no row sealed yet: rows 1..{rows} are consistent, unaltered only as far as "
                 "the replay shows"
+            )
+        if self.replay is not None:  # a bundle's own history, with no seal over its last row
+            return (
+                f"ok: {shown}; completeness not shown (the bundle's history agrees with its rows "
+                "but is not signed, and no seal covers its last row)"
             )
         return f"ok: {shown}; completeness not checked ({self.replay_skipped})"
 

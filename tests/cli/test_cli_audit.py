@@ -21,6 +21,7 @@ from temporalio.client import Client
 from core.settings import Settings
 from engine.devserver import free_port
 from engine.incidents import Incidents
+from engine.verification import IncidentHistory, replay_incident
 from store.audit_store import AuditStore
 from store.seals import Seal, Signer, key_id, public_key_pem
 from tests.cli.test_cli import USAGE, Run, assert_one_line_error, crisis, refusals
@@ -537,17 +538,20 @@ async def test_a_bundle_relabelled_or_mixed_with_another_export_fails(
     assert_one_line_error(stale, "history.json is not listed in the manifest")
 
 
-def cut_bundle(bundle: Path, *, through: int, recount: bool, unsign: bool = False) -> None:
-    """Cut a bundle's rows and seals after row `through` and drop its history, refreshing the
-    manifest's digests (and its row count, and dropping its export seal, when asked): what a
-    careful forger does."""
+def cut_bundle(
+    bundle: Path, *, through: int, recount: bool, unsign: bool = False, history: bool = False
+) -> None:
+    """Cut a bundle's rows and seals after row `through` and drop its history (unless `history`:
+    cut already), refreshing the manifest's digests (and its row count, and dropping its export
+    seal, when asked): what a careful forger does."""
     events = read_json(bundle / "events.json")
     (bundle / "events.json").write_text(json.dumps(events[:through]))
     seals = [s for s in read_json(bundle / "seals.json") if s["seq"] <= through]
     (bundle / "seals.json").write_text(json.dumps(seals))
-    (bundle / "history.json").unlink(missing_ok=True)
     manifest = read_json(bundle / "manifest.json")
-    manifest["sha256"].pop("history.json", None)
+    if not history:
+        (bundle / "history.json").unlink(missing_ok=True)
+        manifest["sha256"].pop("history.json", None)
     for name in manifest["sha256"]:
         manifest["sha256"][name] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
     if recount:
@@ -603,6 +607,48 @@ async def test_a_bundle_cut_at_a_checkpoint_seal_is_never_called_complete(
         ok(text).stdout, "replay"
     )
     assert said == text.stdout.splitlines()[-1]
+    report = ok(as_json).json()
+    assert (True, None, said) == (report["ok"], report["complete"], report["summary"])
+
+
+async def test_a_bundle_cut_with_its_history_is_never_called_complete(
+    env: dict[str, str], offline: dict[str, str], checkpointed: str, tmp_path: Path
+) -> None:
+    """A forger cuts the end (the stand-down, the close) from the rows and from the history
+    alike, drops the seals after the cut and the export seal: the cut history replays to the rows
+    left, but it is no more signed than the manifest, so nothing shows the record complete."""
+    bundle = tmp_path / "bundle"
+    ok(await crisis(env, "audit", "export", checkpointed, "-o", str(bundle)))
+    history = read_json(bundle / "history.json")
+    recorded = history["runs"][0]["events"]
+    stand_down = max(
+        at for at, e in enumerate(recorded) if e["eventType"].endswith("UPDATE_ACCEPTED")
+    )
+    task_done = max(
+        at
+        for at, e in enumerate(recorded[:stand_down])
+        if e["eventType"] == "EVENT_TYPE_WORKFLOW_TASK_COMPLETED"
+    )
+    history["runs"][0]["events"] = recorded[: task_done + 1]
+    (bundle / "history.json").write_text(json.dumps(history))
+    events = [AuditEvent.model_validate(e) for e in read_json(bundle / "events.json")]
+    cut = IncidentHistory.from_file(bundle / "history.json")
+    # The rows the cut history replays to: the forger keeps exactly those.
+    kept = max([k for k in range(1, len(events)) if (await replay_incident(cut, events[:k])).ok])
+    assert "incident.closed" not in [e.kind for e in events[:kept]]
+    assert any(s["seq"] <= kept for s in read_json(bundle / "seals.json"))
+    cut_bundle(bundle, through=kept, recount=True, unsign=True, history=True)
+
+    text, as_json = await asyncio.gather(
+        crisis(offline, "audit", "verify", "--bundle", str(bundle)),
+        crisis(offline, "audit", "verify", "--bundle", str(bundle), "--json"),
+    )
+    assert ["replay  ok"] == [line[:10] for line in lines_starting(ok(text).stdout, "replay")]
+    said = text.stdout.splitlines()[-1]
+    assert said.endswith(
+        "completeness not shown (the bundle's history agrees with its rows but is not signed, "
+        "and no seal covers its last row)"
+    ), said
     report = ok(as_json).json()
     assert (True, None, said) == (report["ok"], report["complete"], report["summary"])
 
