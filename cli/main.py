@@ -569,8 +569,8 @@ def restore(
             "still be in force; retry later, or restore it by hand and record that with --by-hand"
         )
 
-    if not by_hand and _remote_incidents(ctx, actor) is None:  # the API checks it itself
-        _refuse_restore_over_later(incident_id, step)
+    if _remote_incidents(ctx, actor) is None:  # the API checks it itself
+        _refuse_restore_over_later(incident_id, step, by_hand=by_hand)
     _act(
         ctx,
         "restore",
@@ -585,7 +585,7 @@ def restore(
     )
 
 
-def _refuse_restore_over_later(incident_id: str, step: str) -> None:
+def _refuse_restore_over_later(incident_id: str, step: str, *, by_hand: bool) -> None:
     from engine.overlap import refuse_restore_if_later_overlaps
     from store.audit_store import AuditStore
 
@@ -594,7 +594,7 @@ def _refuse_restore_over_later(incident_id: str, step: str) -> None:
 
     async def check() -> None:
         incidents = await _direct_incidents(settings)
-        await refuse_restore_if_later_overlaps(store, incidents, incident_id, step)
+        await refuse_restore_if_later_overlaps(store, incidents, incident_id, step, by_hand=by_hand)
 
     try:
         run_async(check)

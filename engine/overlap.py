@@ -44,12 +44,13 @@ async def refuse_if_later_overlaps(store: AuditStore, incident_id: str) -> None:
 
 
 async def refuse_restore_if_later_overlaps(
-    store: AuditStore, incidents: Incidents, incident_id: str, step_id: str
+    store: AuditStore, incidents: Incidents, incident_id: str, step_id: str, *, by_hand: bool
 ) -> None:
-    """IncidentConflict, if retrying the undo of this measure (whose undo failed) would lift
-    what later incidents have put in force on its settings since: its restore puts back what was
-    there before it. They are stood down first, or the setting is restored by hand. (A lapse's,
-    a withdrawal's or a forced stand-down's restore hands the settings back to them instead.)"""
+    """IncidentConflict, if restoring this measure (whose undo failed) would lift what later
+    incidents have put in force on its settings since: its restore puts back what was there
+    before it, on the platform by a retry or by a person's hand alike, and the later incidents
+    are not told. They are stood down first. (A lapse's, a withdrawal's or a forced
+    stand-down's restore hands the settings back to them instead.)"""
     status = await incidents.status(incident_id)
     record = next((s for s in status.steps if s.id == step_id), None)
     if record is None or record.state != "undo_failed":
@@ -61,10 +62,15 @@ async def refuse_restore_if_later_overlaps(
     overlaps = [o for o in overlaps if o.ours.step_id == step_id]
     if overlaps:
         later, what = _held_over(overlaps)
+        doing, then = (
+            (f"restoring {step_id} by hand now", "then put the setting back and record it")
+            if by_hand
+            else (f"retrying the undo of {step_id} now", "then retry")
+        )
         raise IncidentConflict(
-            f"retrying the undo of {step_id} now would lift what later incidents put in force on "
-            f"the same settings ({what}): stand {' then '.join(later)} down first (newest "
-            "first; restore its own measures first if it waits for that), then retry"
+            f"{doing} would lift what later incidents put in force on the same settings "
+            f"({what}): stand {' then '.join(later)} down first (newest first; restore its own "
+            f"measures first if it waits for that), {then}"
         )
 
 

@@ -366,9 +366,11 @@ async def restore(
     """Retry the undo on the platform (its answer says `undone` or `undo_failed` again), or with
     `by_hand` record that a person restored the setting there. A stand-down waiting for it
     closes once no measure is left unrestored. A retry is refused (409) while a later open
-    incident holds measures over this one's settings: it would lift them."""
-    if not body.by_hand:
-        await refuse_restore_if_later_overlaps(store, incidents, incident_id, body.step_id)
+    incident holds measures over this one's settings: it would lift them (a restore by hand
+    too, unless the measure hands the settings back)."""
+    await refuse_restore_if_later_overlaps(
+        store, incidents, incident_id, body.step_id, by_hand=body.by_hand
+    )
     return await _act(incidents, "restore", incident_id, body, actor=principal)
 
 

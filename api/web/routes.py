@@ -318,10 +318,13 @@ async def act(incident_id: str, action: str, request: Request, principal: Signed
             raise ActionRefused("stand-down: tick the box to confirm that every measure is undone")
         if action == "restore":  # which button: retry the undo, or record a restore by hand
             fields["by_hand"] = form.get("by_hand") == "yes"
-            if not fields["by_hand"]:
-                await refuse_restore_if_later_overlaps(
-                    get_store(request), get_incidents(request), incident_id, fields["step_id"]
-                )
+            await refuse_restore_if_later_overlaps(
+                get_store(request),
+                get_incidents(request),
+                incident_id,
+                fields["step_id"],
+                by_hand=fields["by_hand"],
+            )
         if action == "stand-down":
             fields["force"] = form.get("force") == "yes"
             if not fields["force"]:

@@ -250,15 +250,31 @@ async def test_a_retry_that_would_put_an_older_measure_back_is_refused(lab: Lab)
     assert before == settings_of(await lab.platform())
 
 
-async def test_a_retry_that_would_lift_a_later_incidents_measure_is_refused(lab: Lab) -> None:
+@pytest.mark.parametrize(
+    ("by_hand", "doing", "then"),
+    [
+        (False, "retrying the undo of surge now", "then retry"),
+        (True, "restoring surge by hand now", "then put the setting back and record it"),
+    ],
+)
+async def test_a_restore_that_would_lift_a_later_incidents_measure_is_refused(
+    lab: Lab, by_hand: bool, doing: str, then: str
+) -> None:
     """A later incident applied its surge on the same queue while this one waited: retrying this
-    one's undo would put back the queue from before both, lifting the later surge."""
+    one's undo would put back the queue from before both, lifting the later surge, and so would
+    a person putting it back by hand (a stand-down's own undo hands nothing back: the later
+    incident would not be told, and its stand-down would then put this one's surge back)."""
     held, _ = await stood_down_with_surge_left(lab)
     later = await lab.trigger(TWO_MEASURES)
     await lab.settle(later, {"surge": "applied"})
     await lab.audit(later, until="step.applied", count=2)
-    with pytest.raises(IncidentConflict, match=f"stand {later} down first"):
-        await refuse_restore_if_later_overlaps(lab.store, lab.incidents, held, "surge")
+    with pytest.raises(IncidentConflict) as refused:
+        await refuse_restore_if_later_overlaps(
+            lab.store, lab.incidents, held, "surge", by_hand=by_hand
+        )
+    said = str(refused.value)
+    assert said.startswith(doing) and f"stand {later} down first" in said, said
+    assert said.endswith(then), said
     await lab.sandbox.clear_faults()
 
 
