@@ -39,6 +39,10 @@ from workflows.incident_run import (
 # A lapsed measure renewed is applied again holding until the renewal's end, and its step.applied
 # says so (it said the playbook's expiry from then). Recorded only where that happens.
 RENEWED_REAPPLY_PATCH = "renewed-measure-applied-until-renewal"
+# A lapsed measure renewed under later steps' measures on its settings still in force is applied
+# under them, as an escalation's catch-up is (applied over them, its looser values were in force
+# while they said applied). Recorded only where that happens.
+RENEWED_UNDER_PATCH = "renewed-measure-applied-under-later-ones"
 
 
 class CommanderActions(IncidentRun):
@@ -228,7 +232,11 @@ class CommanderActions(IncidentRun):
 
     async def _reapply(self, step: Step, until: str) -> None:
         if workflow.patched(RENEWED_REAPPLY_PATCH):
-            await self._apply_step(step, hold_until=until)
+            lifted = self._in_force_after(step)
+            if lifted and workflow.patched(RENEWED_UNDER_PATCH):
+                await self._apply_under(step, lifted, hold_until=until)
+            else:
+                await self._apply_step(step, hold_until=until)
             return
         # Recorded before the patch: step.applied named the playbook's expiry, then the record
         # took the renewal's.

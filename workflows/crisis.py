@@ -268,14 +268,21 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         lifted = self._in_force_after(step)
         if not lifted or not workflow.patched(APPLY_UNDER_PATCH):
             return await self._apply_step(step)
-        # A step the sequence passed (run after an escalation): the later steps on its settings
-        # stay the ones in force, as they are when the steps run in order.
+        # A step the sequence passed (run after an escalation).
+        return await self._apply_under(step, lifted)
+
+    async def _apply_under(
+        self, step: Step, lifted: list[StepRecord], *, hold_until: str | None = None
+    ) -> bool:
+        """Apply a step under the later steps' measures on its settings (`_in_force_after`):
+        they stay the ones in force, as when the steps run in order. They are lifted, it is
+        applied, they are put back, each until the time it held before."""
         held = [(other, other.expires_at) for other in lifted]
         for other, _ in reversed(held):
             await self._undo(
                 other, final_state="undone", reason=f"lifted while {step.id} is applied under it"
             )
-        carried_on = await self._apply_step(step)
+        carried_on = await self._apply_step(step, hold_until=hold_until)
         if carried_on or step.on_failure != "undo":
             await self._restack(held)
         return carried_on

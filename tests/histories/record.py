@@ -35,6 +35,9 @@ Run against a fresh dev server with today's interpreter before changing it:
     python -m tests.histories.record v7 late      # a stand-down sent before any worker ran the
                                                   # incident (kept as v7-late-unpatched, recorded
                                                   # ahead of the trigger; v7-late: after it)
+    python -m tests.histories.record v7 renewed   # a measure lapsed under a later one, renewed
+                                                  # (kept as v7-renewed-unpatched, applied over
+                                                  # it; v7-renewed: applied under it)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -58,7 +61,7 @@ from sandbox.app import create_app
 from store.audit_store import AuditStore
 from tests.helpers import serve_app
 from workflows.crisis import CrisisWorkflow
-from workflows.incident import ApproveRequest, LevelRequest
+from workflows.incident import ApproveRequest, LevelRequest, RenewRequest
 
 HERE = Path(__file__).resolve().parent
 FAILING = """
@@ -307,6 +310,47 @@ async def record_under(tag: str, incidents: Incidents, client: Client, work: Pat
         raise RuntimeError("the escalation did not apply the earlier step")
     await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
     await _keep(client, {f"{tag}-under": incident_id})
+
+
+# A measure lapses under a later step's on the same settings and is renewed (CrisisWorkflow.renew).
+RENEWED = """
+playbook: record-renewed
+version: 1
+title: A measure renewed under a later one
+description: For the recorded history of a lapsed measure renewed under a later one in force.
+steps:
+  - id: looser
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5, reshare_limit: 5}
+    expires_after: 3s
+  - id: stricter
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.25, reshare_limit: 1}
+    expires_after: 1h
+"""
+
+
+async def record_renewed(tag: str, incidents: Incidents, client: Client, work: Path) -> None:
+    incident_id = f"REC-{tag}-renewed"
+    path = work / "record-renewed.yaml"
+    path.write_text(RENEWED)
+    await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+    await _states(incidents, incident_id, {"looser": "expired", "stricter": "applied"})
+    renewal = RenewRequest(step_id="looser", actor="recorder", reason="recorded", duration="1h")
+    await incidents.act(incident_id, CrisisWorkflow.renew, renewal)
+    await _states(incidents, incident_id, {"looser": "applied", "stricter": "applied"})
+    await asyncio.sleep(1)  # the renewal's calls land (under: the later one is put back)
+    await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    await _keep(client, {f"{tag}-renewed": incident_id})
+
+
+async def _states(incidents: Incidents, incident_id: str, wanted: dict[str, str]) -> None:
+    for _ in range(400):
+        states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
+        if states == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{incident_id} never reached {wanted}")
 
 
 async def record_restore(
@@ -562,6 +606,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "by-hand":
             await record_by_hand(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "renewed":
+            await record_renewed(tag, incidents, client, work)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -589,7 +636,7 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under, restore, unasked, late, by-hand, missed
+    # under, restore, unasked, late, by-hand, missed, renewed
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

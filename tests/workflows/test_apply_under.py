@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from tests.workflows.lab import Lab, at, kinds, level, operations, settings_of, step
 from workflows.crisis import CrisisWorkflow
-from workflows.incident import LevelRequest
+from workflows.incident import LevelRequest, RenewRequest
 
 ORDER = """
 steps:
@@ -115,3 +115,49 @@ async def test_an_earlier_step_failing_under_the_later_one(
         assert expected == policy(await lab.platform()), on_failure
         assert "incident.failed" in kinds(lab.store.events(incident))
         assert step(status, "severe-cut").error
+
+
+STACKED = """
+steps:
+  - id: looser
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.5, reshare_limit: 5}
+    expires_after: 1h
+  - id: stricter
+    do: recommender.throttle
+    with: {region: GB, categories: [racial_hatred], reach_multiplier: 0.25, reshare_limit: 1}
+    expires_after: 48h
+"""
+
+
+async def test_a_lapsed_measure_renewed_comes_back_under_the_later_one(lab: Lab) -> None:
+    """`looser` lapses under `stricter`, then a commander renews it: it is applied again under
+    `stricter`, which stays the one in force with its expiry (applied over it, reshares went
+    back to 5 while `stricter` said applied); the stand-down leaves the platform as it was."""
+    before = await lab.platform()
+    incident = await lab.trigger(STACKED)
+    status = await lab.settle(incident, {"looser": "applied", "stricter": "applied"})
+    expires = step(status, "stricter").expires_at
+    await lab.advance(timedelta(hours=1, minutes=5))
+    await lab.settle(incident, {"looser": "expired", "stricter": "applied"})
+    assert STRICTER == policy(await lab.platform())
+
+    renewal = RenewRequest(step_id="looser", actor="carol", reason="keep a floor", duration="1d")
+    await lab.act(incident, CrisisWorkflow.renew, renewal)
+    status = await lab.settle(incident, {"looser": "applied", "stricter": "applied"})
+    state = await lab.platform()
+    assert STRICTER == policy(state)
+    assert [
+        ("stricter", "undo-2"),  # the first lift was for looser's lapse
+        ("looser", "apply-2"),
+        ("stricter", "apply-3"),
+    ] == operations(state)[-3:]
+    assert expires == step(status, "stricter").expires_at  # put back until the same time
+    events = await lab.audit(incident, until="step.applied", count=4)
+    lifted = [e for e in events if e.kind == "step.undone" and e.step_id == "stricter"][-1]
+    assert "lifted while looser is applied under it" == lifted.data["reason"]
+
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="calm")
+    assert "closed" == closed.state
+    assert settings_of(before) == settings_of(await lab.platform())
+    assert lab.store.verify(incident).ok

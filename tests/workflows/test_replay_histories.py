@@ -55,7 +55,8 @@ def test_histories_are_kept() -> None:
     the settings back, and a missed review's stand-down, likewise; a stand-down sent before any
     worker ran the incident, before and since it followed the trigger; a failed withdrawal
     restored by hand under a later incident's measure, before and since that handed the
-    settings back)."""
+    settings back; a measure lapsed under a later one and renewed, before and since it came back
+    under it)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
@@ -85,6 +86,8 @@ def test_histories_are_kept() -> None:
         "v7-missed-unpatched-later",
         "v7-missed-earlier",
         "v7-missed-later",
+        "v7-renewed-unpatched",
+        "v7-renewed",
     } <= kept
 
 
