@@ -340,6 +340,17 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
                 )
         if isinstance(step, Step):
             problems += _check_call(playbook, step.do, step.with_, at)
+            lever = LEVERS.get(step.do)
+            lapses_to_nothing = lever is not None and not lever.reversible and step.undo is None
+            if step.expires_after is not None and lapses_to_nothing and at[0] != "on_stand_down":
+                problems.append(
+                    Problem(
+                        (*at, "expires_after"),
+                        f"{step.do} cannot be taken back and the step has no `undo:`: "
+                        "`expires_after` would lapse nothing (a message cannot be unsent; give "
+                        "it an `undo:` notice to send at the lapse, or leave expires_after out)",
+                    )
+                )
             if step.undo is not None:
                 problems += _check_call(playbook, step.undo.do, step.undo.with_, (*at, "undo"))
                 if _undo_leaves_a_measure(playbook, step, inputs):

@@ -264,6 +264,18 @@ def test_unknown_keys_do_not_hide_the_other_problems(tmp_path: Path) -> None:
         ("version that is not a number", "version: 1", "version: one", 2, 1, "valid integer"),
         ("version that is a boolean", "version: 1", "version: true", 2, 1, "integer, not true"),
         (
+            "an expiry on a notice that has nothing to lapse",
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\n"
+            "  - id: tell\n"
+            "    do: notify.webhook\n"
+            "    with: {to: internal, message: opened}\n"
+            "    expires_after: 1h\n",
+            24,
+            5,
+            "`expires_after` would lapse nothing",
+        ),
+        (
             "a quorum written as text",
             "    with: {queue: fraud, extra_reviewers: 3}\n",
             "    with: {queue: fraud, extra_reviewers: 3}\n"
