@@ -112,6 +112,19 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
         if playbook is None:
             return None, _in_order(path, problems), document
     problems += [_locate(path, document, problem) for problem in check_playbook(playbook)]
+    if library_dir is not None and path.stem != playbook.playbook and _same_dir(path, library_dir):
+        problems.append(
+            _locate(
+                path,
+                document,
+                Problem(
+                    ("playbook",),
+                    f"playbook {playbook.playbook!r} is in {path.name}: in the library a "
+                    f"playbook's file is named after it ({playbook.playbook}{path.suffix}), "
+                    "which is how a trigger, the API and the console find it by name",
+                ),
+            )
+        )
     try:
         library = library_for(path, library_dir or path.parent)
     except LibraryError as error:
@@ -122,6 +135,13 @@ def _load(path: Path, library_dir: Path | None) -> _Loaded:
     ]
     problems += library.render_problems(playbook)
     return playbook, _in_order(path, problems), document
+
+
+def _same_dir(path: Path, directory: Path) -> bool:
+    try:
+        return path.parent.resolve() == directory.resolve()
+    except OSError:
+        return False
 
 
 def _in_order(path: Path, problems: list[FileProblem]) -> list[FileProblem]:

@@ -409,6 +409,20 @@ def test_a_key_is_known_only_by_its_written_name(tmp_path: Path) -> None:
     ]
 
 
+def test_in_the_library_a_playbook_file_is_named_after_its_playbook(tmp_path: Path) -> None:
+    """The library finds a playbook by its file's name: one named otherwise could be listed and
+    documented under a name no trigger finds (and two files could declare one name). Outside the
+    library a file is triggered by its path, whatever its name."""
+    misnamed = tmp_path / "some-file.yaml"
+    misnamed.write_text(VALID)
+    assert [
+        f"{misnamed}:1:1: playbook 'test-playbook' is in some-file.yaml: in the library a "
+        "playbook's file is named after it (test-playbook.yaml), which is how a trigger, the "
+        "API and the console find it by name"
+    ] == [str(p) for p in validate_file(misnamed, library_dir=tmp_path)]
+    assert [] == validate_file(misnamed, library_dir=tmp_path / "elsewhere")
+
+
 def test_a_long_value_is_quoted_cut_short(tmp_path: Path) -> None:
     """A problem quotes what was given, but not a whole pasted page."""
     problem = only_problem(tmp_path, VALID.replace("version: 1", f"version: [{'7, ' * 500}7]"))
