@@ -19,6 +19,8 @@ import pytest
 from engine.playbook_files import check_file, load_playbook, playbook_files
 from engine.simulate import RESTORED, VERIFIED, load_scenario
 from tests.cli.test_cli import Run, assert_one_line_error, run_cli
+from workflows.levers import is_notification
+from workflows.playbook import Step, walk_steps
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = REPO / "playbooks"
@@ -58,6 +60,22 @@ def test_every_playbook_is_valid(path: Path) -> None:
     assert path.stem == load_playbook(path, LIBRARY).playbook
     for warning in check.warnings:
         warnings.warn(f"{warning}", stacklevel=1)
+
+
+@pytest.mark.parametrize("path", PLAYBOOKS, ids=lambda p: p.stem)
+def test_no_notice_of_the_library_stops_the_measures(path: Path) -> None:
+    """A channel that is down (the regulator's webhook for a few seconds) failed the whole
+    incident, and the measures after the notice never ran: every notice step carries on."""
+    playbook = load_playbook(path, LIBRARY)
+    stopping = [
+        step.id
+        for at, step in walk_steps(playbook)
+        if isinstance(step, Step)
+        and at[0] == "steps"  # the closing ones run after every measure is taken back
+        and is_notification(step.do)
+        and step.on_failure != "continue"
+    ]
+    assert [] == stopping
 
 
 # --- every scenario passes ----------------------------------------------------------------------
