@@ -218,7 +218,12 @@ def export(
 @app.command("report")
 def report(
     incident_id: str,
-    format: Annotated[Literal["md", "html", "json"], typer.Option("--format", "-f")] = "md",
+    format: Annotated[
+        Literal["md", "html", "json"] | None,
+        typer.Option(
+            "--format", "-f", help="md, html or json (default: from -o's suffix, else md)."
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -244,6 +249,9 @@ def report(
             await connect(settings), store, key, incident_id, settings=settings
         )
 
+    if format is None:  # as `crisis playbook doc` does: report.html is HTML
+        suffix = output.suffix.lower() if output is not None else ""
+        format = {".html": "html", ".htm": "html", ".json": "json"}.get(suffix, "md")
     built = run_async(go)
     text = {"md": built.markdown, "html": built.html, "json": json.dumps(built.json, indent=2)}[
         format

@@ -816,14 +816,20 @@ async def test_replay_of_an_export_bundle(
 # --- reports ----------------------------------------------------------------------------------
 async def test_report_in_every_format(env: dict[str, str], incident: str, tmp_path: Path) -> None:
     """Markdown is written with its SVG chart beside it (into a directory made for it, as
-    bundles are); on stdout it links no chart; HTML embeds the chart; JSON has figures."""
+    bundles are); on stdout it links no chart; HTML embeds the chart; JSON has figures. Without
+    --format the format follows -o's suffix (report.html is HTML), else Markdown."""
     markdown, page = tmp_path / "new" / "out" / "report.md", tmp_path / "report.html"
-    md, html, as_json, on_stdout = await asyncio.gather(
+    by_suffix = tmp_path / "by-suffix.json"
+    md, html, as_json, on_stdout, suffixed = await asyncio.gather(
         crisis(env, "audit", "report", incident, "--format", "md", "-o", str(markdown)),
-        crisis(env, "audit", "report", incident, "--format", "html", "-o", str(page)),
+        crisis(env, "audit", "report", incident, "-o", str(page)),  # HTML from the suffix
         crisis(env, "audit", "report", incident, "-f", "json"),
         crisis(env, "audit", "report", incident),
+        crisis(env, "audit", "report", incident, "-o", str(by_suffix)),
     )
+    assert f"wrote {by_suffix}" == ok(suffixed).stdout.strip()
+    written = json.loads(by_suffix.read_text())  # the same report, built a moment apart
+    assert written["facts"] == ok(as_json).json()["facts"]
 
     chart = markdown.parent / f"report-{incident}.svg"
     assert f"wrote {markdown} and {chart}" == ok(md).stdout.strip()
