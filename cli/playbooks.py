@@ -51,7 +51,9 @@ def playbook_validate(
 ) -> None:
     """Check playbook files; print each problem as file:line:column: message."""
     settings = settings_or_fail()
-    files, skipped, empty = [], 0, []
+    files: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    empty: list[Path] = []
     for path in paths:
         if path.is_dir():
             found = playbook_files(path)
@@ -60,13 +62,14 @@ def playbook_validate(
             files.extend(found)
         elif reason := not_a_playbook(path):
             # `validate playbooks/*.yaml` names these too: say so, rather than fail them.
-            typer.echo(f"{path}: skipped: {reason}", err=True)
-            skipped += 1
+            if not as_json:
+                typer.echo(f"{path}: skipped: {reason}", err=True)
+            skipped.append({"file": str(path), "reason": reason})
         else:
             files.append(path)
     if not files and not empty:
         fail(
-            f"no playbook to check ({skipped} file(s) skipped)"
+            f"no playbook to check ({len(skipped)} file(s) skipped)"
             if skipped
             else "no playbook files given"
         )
@@ -91,6 +94,7 @@ def playbook_validate(
                     }
                     for f, found in problems.items()
                 ],
+                "skipped": skipped,
                 "valid": bad == 0,
             }
         )

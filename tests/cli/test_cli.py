@@ -148,7 +148,8 @@ def test_validate_skips_library_files_and_scenarios_it_is_given(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     """`validate playbooks/*.yaml` names the library's files and scenarios too: each is one
-    `skipped:` line on stderr saying how it is checked, not a failed playbook."""
+    `skipped:` line on stderr saying how it is checked, not a failed playbook (with --json, an
+    item of `skipped`)."""
     good = write(tmp_path / "good.yaml", GOOD)
     elsewhere = tmp_path / "elsewhere"  # not good.yaml's library: never read as one here
     elsewhere.mkdir()
@@ -164,6 +165,20 @@ def test_validate_skips_library_files_and_scenarios_it_is_given(
     alone = run_cli(cli_env, "playbook", "validate", str(templates))
     assert 1 == alone.code, alone
     assert "error: no playbook to check (1 file(s) skipped)" == alone.error_lines[-1], alone
+    as_json = run_cli(
+        cli_env, "playbook", "validate", str(good), str(templates), str(scenario), "--json"
+    )
+    assert (0, []) == (as_json.code, as_json.error_lines), as_json
+    assert [
+        {
+            "file": str(templates),
+            "reason": "the library's own file, checked with every playbook that uses it",
+        },
+        {
+            "file": str(scenario),
+            "reason": "a scenario, checked by `crisis playbook simulate PLAYBOOK --script`",
+        },
+    ] == json.loads(as_json.stdout)["skipped"]
 
 
 def test_validate_names_a_library_problem_once_for_all_its_playbooks(
