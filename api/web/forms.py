@@ -73,16 +73,17 @@ def input_fields(playbook: Playbook, posted: dict[str, str] | None = None) -> li
 
 def inputs_from_form(playbook: Playbook, form: dict[str, str]) -> dict[str, Any]:
     """The given inputs as `resolve_inputs` takes them (strings it coerces; a list as
-    comma-separated text). An empty field is not given, so its default applies. A field the
-    playbook has no input for is passed on, so it is refused as the JSON API refuses it."""
+    comma-separated text). An empty field is not given, so its default applies; one of blanks
+    only is given, and refused as blank as the CLI and the JSON API refuse it (a stray space must
+    not start an incident on the default's settings). A field the playbook has no input for is
+    passed on, so it is refused as the JSON API refuses it."""
     given: dict[str, Any] = {}
     for key, value in form.items():
         name = key.removeprefix(INPUT_PREFIX)
         if name == key:
             continue  # not an input: the CSRF token, the level
-        text = value.strip()
-        if text or name not in playbook.inputs:
-            given[name] = text
+        if value or name not in playbook.inputs:
+            given[name] = value.strip() or value
     return given
 
 

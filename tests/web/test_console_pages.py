@@ -372,7 +372,8 @@ async def test_trigger_form_refuses_an_unknown_input_and_defaults_a_cleared_one(
     console: Console,
 ) -> None:
     """A field the playbook has no input for is refused as the JSON API refuses it (422, the form
-    again with what was typed), not dropped; a cleared field takes the input's default."""
+    again with what was typed), not dropped; a cleared field takes the input's default, and a
+    field of blanks is refused as blank, as the CLI and the API refuse it."""
     async with console.session("alice") as alice:
         await alice.get("/console/trigger/console-drill")
         unknown = await alice.post(
@@ -389,6 +390,11 @@ async def test_trigger_form_refuses_an_unknown_input_and_defaults_a_cleared_one(
             body = {"playbook": "console-drill", "inputs": {"zzz": "1"}}
             refused = await api.post("/v1/incidents", json=body)
             assert (422, expected) == (refused.status_code, refused.json()["error"]["message"])
+
+        blank = await alice.post(
+            "/console/trigger/console-drill", {"level": "elevated", "input.region": "  "}
+        )
+        assert (422, "input 'region' is blank") == (blank.status_code, one_line_error(blank.text))
 
         incident_id = await trigger(alice, region="")
         async with console.api() as api:
