@@ -352,7 +352,7 @@ async def test_a_step_awaiting_approval_holds_back_only_the_steps_on_its_setting
     events = await lab.audit(incident, until="step.waiting")
     waiting = next(e for e in events if e.kind == "step.waiting")
     assert ("stricter-cut", {"for": "cut"}) == (waiting.step_id, waiting.data)
-    path = lab.directory / "held.yaml"
+    path = lab.directory / "lang.yaml"  # named after its playbook, as in a library
     path.write_text(HEADER + HELD)
     report = build_report(events, playbook=load_playbook(path, lab.directory))
     measures = {m.step_id: m for m in report.measures}
