@@ -44,6 +44,8 @@ EARLY_WRITE_AFTER_S = 1.0
 # fail. At most this many incidents' (one whose later calls run on another worker would
 # otherwise be kept for ever).
 LENT_KEPT = 2_000
+# See `tried_s`: a call scheduled this long after the workflow made it was scheduled anew.
+RESCHEDULED_AFTER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -77,17 +79,31 @@ class PlatformUnavailable(Exception):
     """The platform did not answer, or failed (5xx): the call is retried per the step's policy."""
 
 
+def tried_s(scheduled: datetime, began: str | None, now: datetime) -> float:
+    """How long the call has been trying: since the worker scheduled it, or since the workflow
+    made it (`began`) when that was more than RESCHEDULED_AFTER_S earlier. Then the call was
+    scheduled anew (its worker restarted meanwhile) and, timed from its new scheduling, its
+    outcome was stamped that much too early. Within the margin the worker's own schedule time is
+    kept: it does not depend on how far the worker's clock is from the server's."""
+    start = scheduled
+    if began is not None:
+        made = datetime.fromisoformat(began)
+        if (scheduled - made).total_seconds() > RESCHEDULED_AFTER_S:
+            start = made
+    return max((now - start).total_seconds(), 0.0)
+
+
 def _failed(
-    message: str, kind: type[Exception], *, non_retryable: bool = False
+    message: str, kind: type[Exception], began: str | None, *, non_retryable: bool = False
 ) -> ApplicationError:
-    """The call's failure, with how long it has been trying since the workflow first scheduled it
-    and which attempt this was: the incident stamps a failure when it happened, not when the
-    call began (`failure_facts` in workflows.incident_run)."""
+    """The call's failure, with how long it has been trying (`tried_s`) and which attempt this
+    was: the incident stamps a failure when it happened, not when the call began
+    (`failure_facts` in workflows.incident_run)."""
     info = activity.info()
-    tried = (datetime.now(UTC) - info.scheduled_time).total_seconds()
+    tried = tried_s(info.scheduled_time, began, datetime.now(UTC))
     return ApplicationError(
         message,
-        {"tried_s": round(max(tried, 0.0), 6), "attempt": info.attempt},
+        {"tried_s": round(tried, 6), "attempt": info.attempt},
         type=kind.__name__,
         non_retryable=non_retryable,
         # The lever's own log line has said what failed; benign keeps the SDK from logging a
@@ -136,12 +152,16 @@ class PlatformLevers:
         except httpx.HTTPError as error:
             bound.warning("lever.unreachable", url=url, error=str(error))
             raise _failed(
-                f"{request.lever}: platform unreachable at {url}: {error}", PlatformUnavailable
+                f"{request.lever}: platform unreachable at {url}: {error}",
+                PlatformUnavailable,
+                request.began,
             ) from error
         if response.status_code >= 500:
             bound.warning("lever.platform_error", status=response.status_code)
             raise _failed(
-                f"{request.lever}: platform error HTTP {response.status_code}", PlatformUnavailable
+                f"{request.lever}: platform error HTTP {response.status_code}",
+                PlatformUnavailable,
+                request.began,
             )
         if response.status_code >= 400:
             bound.error("lever.rejected", status=response.status_code, body=response.text[:500])
@@ -149,13 +169,14 @@ class PlatformLevers:
                 f"{request.lever}: platform rejected the request (HTTP {response.status_code}): "
                 f"{response.text[:300]}",
                 PlatformRejected,
+                request.began,
                 non_retryable=True,
             )
         answer = response.json()
         previous = answer.get("previous") if LEVERS[request.lever].reversible else None
         # Since the workflow first scheduled the call, earlier attempts and their backoff
         # included: the incident stamps the outcome when the platform confirmed it.
-        elapsed = max((datetime.now(UTC) - info.scheduled_time).total_seconds(), 0.0)
+        elapsed = tried_s(info.scheduled_time, request.began, datetime.now(UTC))
         bound.info("lever.restored" if request.restore is not None else "lever.applied")
         written = await self._write_carried(request, elapsed, previous, bound)
         return LeverOutcome(previous=previous, elapsed_s=elapsed, audit=written)

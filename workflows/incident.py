@@ -290,6 +290,8 @@ class LeverRequest(BaseModel):
     # Events the workflow has yet to write, lent so the call writes them if the platform is slow
     # or fails: the incident board then shows them meanwhile. The workflow writes them anyway.
     lent: AuditBatch | None = None
+    # When the workflow made the call (ISO 8601): it is timed from then if it was scheduled anew.
+    began: str | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -78,6 +78,7 @@ class LeverCalls(IncidentRun):
             request.message = self._incident.templates.get(str(args.get("template")))
             request.context = self._message_context(step)
         began = self._clock()
+        request.began = iso(began)
         if carry is not None:
             request.audit = self._audit.carry(
                 **self._task(),
