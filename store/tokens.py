@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import JSON, Column, DateTime
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, func, select
 
 from core.timestamps import as_utc
 from store.audit_store import make_engine
@@ -175,6 +175,7 @@ class TokenStore:
         """Issue a token for `principal` in `roles`; the plaintext is in the answer only."""
         check_principal(principal)
         roles = check_roles(roles)
+        self._refuse_another_spelling(principal)
         for attempt in range(3):
             token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
             row = TokenRow(
@@ -197,6 +198,20 @@ class TokenStore:
             log.info("tokens.created", token_id=token_id, principal=principal, roles=roles)
             return IssuedToken(info=info, token=f"{TOKEN_PREFIX}{token_id}_{secret}")
         raise AssertionError("unreachable")
+
+    def _refuse_another_spelling(self, principal: str) -> None:
+        """A name that differs from a principal's only in case would be a second person to a
+        quorum of distinct approvers (`root` and `ROOT`): one person, one name."""
+        query = select(TokenRow.principal).where(
+            func.lower(TokenRow.principal) == principal.lower(), TokenRow.principal != principal
+        )
+        with Session(self.engine) as session:
+            known = session.exec(query).first()
+        if known is not None:
+            raise TokenError(
+                f"principal {principal!r} differs only in case from {known!r}, who has tokens: "
+                f"approvals count people by name, so issue this one to {known!r}"
+            )
 
     def verify(self, token: str) -> TokenPrincipal:
         """Who `token` speaks for; UnknownToken or RevokedToken says why it speaks for no one."""

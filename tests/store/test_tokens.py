@@ -140,6 +140,15 @@ def test_roles_and_names_are_checked(tokens: TokenStore) -> None:
     assert ("legal", "policy-lead", "t2") == issued.info.roles
 
 
+def test_a_name_differing_only_in_case_is_refused(tokens: TokenStore) -> None:
+    """`Root` beside `root` counted as a second approver of a two-person quorum."""
+    name = someone()
+    tokens.create(name, ["commander"])
+    with pytest.raises(TokenError, match=f"differs only in case from {name!r}"):
+        tokens.create(name.upper(), ["policy-lead"])
+    assert name == tokens.create(name, ["policy-lead"]).info.principal  # the same name: fine
+
+
 def test_listing_shows_every_token_but_no_secret(tokens: TokenStore) -> None:
     """list answers each token of a principal, oldest first, revoked ones marked; as a dict it
     holds no secret or hash."""
