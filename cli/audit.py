@@ -10,7 +10,17 @@ import typer
 from rich.markup import escape
 
 from cli.common import JsonFlag, console, existing_store_url, settings_or_fail
-from cli.output import fail, hard_exit, misuse, print_json, run_async, user_errors, write_output
+from cli.output import (
+    HTML_SUFFIXES,
+    fail,
+    format_from_suffix,
+    hard_exit,
+    misuse,
+    print_json,
+    run_async,
+    user_errors,
+    write_output,
+)
 from engine.errors import BundleError, HistoryError
 from store.errors import SealError
 
@@ -250,8 +260,7 @@ def report(
         )
 
     if format is None:  # as `crisis playbook doc` does: report.html is HTML
-        suffix = output.suffix.lower() if output is not None else ""
-        format = {".html": "html", ".htm": "html", ".json": "json"}.get(suffix, "md")
+        format = format_from_suffix(output, {**HTML_SUFFIXES, ".json": "json"}, "md")  # type: ignore[assignment]
     built = run_async(go)
     text = {"md": built.markdown, "html": built.html, "json": json.dumps(built.json, indent=2)}[
         format

@@ -56,6 +56,15 @@ def write_output(path: Path, text: str) -> None:
         fail(f"cannot write {path}: {error.strerror or error}")
 
 
+HTML_SUFFIXES = {".html": "html", ".htm": "html"}
+
+
+def format_from_suffix(output: Path | None, by_suffix: dict[str, str], default: str) -> str:
+    """The format a file name asks for (`report.html` is HTML), when --format is not given."""
+    suffix = output.suffix.lower() if output is not None else ""
+    return by_suffix.get(suffix, default)
+
+
 def usage_error(error: typer.TyperException) -> NoReturn:
     """A command used wrongly: one line naming the mistake and where its help is."""
     message = " ".join(error.format_message().split()).rstrip(".").replace("Value error, ", "")

@@ -19,7 +19,17 @@ from cli.common import (
     parse_inputs,
     settings_or_fail,
 )
-from cli.output import fail, hard_exit, misuse, print_json, run_async, user_errors, write_output
+from cli.output import (
+    HTML_SUFFIXES,
+    fail,
+    format_from_suffix,
+    hard_exit,
+    misuse,
+    print_json,
+    run_async,
+    user_errors,
+    write_output,
+)
 from core.logging import configure_logging
 from engine.errors import FileProblem, ScenarioError
 from engine.plan import make_plan
@@ -218,8 +228,7 @@ def _doc_format(ctx: typer.Context, fmt: str | None, output: Path | None) -> For
     from engine.protocol import FORMATS
 
     if fmt is None:
-        suffix = output.suffix.lower() if output else ""
-        return "html" if suffix in (".html", ".htm") else "md"
+        return "html" if format_from_suffix(output, HTML_SUFFIXES, "md") == "html" else "md"
     for known in FORMATS:
         if fmt.lower() == known:
             return known

@@ -82,7 +82,7 @@ class LeverCalls(IncidentRun):
         if carry is not None:
             request.audit = self._audit.carry(
                 **self._task(),
-                began=iso(began),
+                began=request.began,
                 outcome=carry,
                 close_actor=close_actor,
             )

@@ -301,13 +301,7 @@ async def record_under(tag: str, incidents: Incidents, client: Client, work: Pat
     await _settled(incidents, incident_id)
     escalation = LevelRequest(actor="recorder", reason="recorded")
     await incidents.act(incident_id, CrisisWorkflow.escalate, escalation)
-    for _ in range(200):
-        states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
-        if states == {"severe-cut": "applied", "stricter": "applied"}:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise RuntimeError("the escalation did not apply the earlier step")
+    await _states(incidents, incident_id, {"severe-cut": "applied", "stricter": "applied"})
     await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
     await _keep(client, {f"{tag}-under": incident_id})
 
