@@ -51,13 +51,16 @@ from workflows.incident_run import (
     FAILURE_SETTLES_PATCH,
     LEVER_TIME,
     PUMP_OUTLIVES_CARRY_PATCH,
+    RESTORE_RETRY,
     UNDO_ON_LANDING_PATCH,
+    UNDO_PUT_OFF_PATCH,
     UNDO_RETRY,
     AnyStep,
     cause_of,
     failure_facts,
     iso,
     parse_iso,
+    refused,
 )
 from workflows.lever_calls import LeverCalls
 from workflows.overlap_handoff import FORCED_HAND_BACK_PATCH, REASSERT_PATCH, OverlapHandoff
@@ -143,17 +146,31 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         hands_back = self._stand_down is not None and (
             self._stand_down.force or (self._stood_down_unasked and self._hands_back_unasked())
         )
+        put_off: list[StepRecord] = []  # measures whose undo erred at first: tried again last
         for number, step_id in enumerate(undoing, start=1):
+            record = self._records[step_id]
+            if put_off and self._sends_notice(step_id):
+                await self._undo_put_off(put_off, hands_back)  # every measure before a notice
+            elif put_off and self._under(record, put_off):
+                put_off.append(record)  # restoring it would wipe the newer one: after it
+                continue
             if self._version() >= 6 and self._sends_notice(step_id) and self._holds_close():
                 await self._hold_close()  # no closing notice while a measure may be in force
             # A forced stand-down's hand-backs are recorded after its undos: nothing carries
             # the close.
             closes = number == len(undoing) and not self._pb.on_stand_down and not hands_back
-            if closes and self._holds_close():
+            if closes and (put_off or self._holds_close()):
                 closes = False  # an earlier undo failed: the close waits for its restore
-            await self._undo(
-                self._records[step_id], final_state="undone", closes=closes, hand_back=hands_back
+            # Only where another measure would wait behind its retries.
+            others = not self._sends_notice(step_id) and not all(
+                map(self._sends_notice, undoing[number:])
             )
+            if await self._undo(
+                record, final_state="undone", closes=closes, hand_back=hands_back, put_off=others
+            ):
+                put_off.append(record)
+        if put_off:
+            await self._undo_put_off(put_off, hands_back)
         if hands_back and self._busy:
             await self._wait(lambda: self._busy == 0)  # the hand-backs, before the close
         if self._holds_close():
@@ -175,6 +192,26 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         self._audit_flushed = True
         await self._wait(workflow.all_handlers_finished)
         return self._outcome()
+
+    def _under(self, record: StepRecord, newer: list[StepRecord]) -> bool:
+        """Whether a measure to take back shares settings with one of `newer`, applied after it."""
+        lever = record.lever
+        if lever is None or not LEVERS[lever].reversible:
+            return False
+        return bool(self._stacked_on(record, [other.id for other in newer]))
+
+    async def _undo_put_off(self, put_off: list[StepRecord], hand_back: bool) -> None:
+        """Take back, newest first and with the full retry policy, the measures whose undo was
+        put off: those whose first tries erred, and those on the same settings under them."""
+        for record in put_off:
+            reason = ""
+            if record.state == "undoing":  # its first tries erred: status shows why until it lands
+                record.state = "applied"
+                reason = f"retried after the other measures ({record.error})"
+            await self._undo(record, final_state="undone", hand_back=hand_back, reason=reason)
+            if record.state == "undone":
+                record.error = None
+        put_off.clear()
 
     # --- the sequence -------------------------------------------------------------------------
     async def _run_sequence(self) -> None:
@@ -518,22 +555,26 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         closes: bool = False,
         hand_back: bool | str = False,
         retry: RetryPolicy = UNDO_RETRY,
-    ) -> None:
+        put_off: bool = False,
+    ) -> bool:
         """Take a measure back. `closes`: the incident closes once it is (the call then writes
         the stand-down's trail, the close included, if nothing else is under way). `hand_back`:
         as a lapse does, tell a later incident whose measure on the same settings this restore
-        lifted (a forced stand-down, or a take-back no commander asked for)."""
+        lifted (a forced stand-down, or a take-back no commander asked for). `put_off`: try only
+        a few times, quickly, and if the platform errs leave the measure `undoing` and answer
+        True: the caller takes the other measures back first and then calls again."""
         if record.id in self._putting_back:  # put back for an earlier incident: let it land
             await self._wait(lambda: record.id not in self._putting_back)
             LEVER_TIME.set(self._handoff_time)  # woken by that lever call, not the history
             if final_state == "expired" and self._state == "standing_down":
-                return  # the stand-down takes it back
+                return False  # the stand-down takes it back
         if record.state != "applied":
-            return
+            return False
         step = self._steps_by_id[record.id]
         assert isinstance(step, Step)
         applied_at = record.held_since
-        later = self._applied_order[self._applied_order.index(record.id) + 1 :]
+        place = self._applied_order.index(record.id)
+        later = self._applied_order[place + 1 :]
         self._applied_order.remove(record.id)
         if step.undo is not None:
             lever, args, restore = step.undo.do, substitute(step.undo.with_, self._context), None
@@ -541,7 +582,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             lever, args, restore = step.do, record.args, record.previous or {}
         else:
             record.state, record.expires_at = "kept", None  # a notification cannot be unsent
-            return
+            return False
         # A newer measure on the same settings was applied over this one: restoring this one's
         # previous state would wipe it. Lift the newer ones first, restore, then put them back.
         stacked = self._stacked_on(record, later) if later and restore is not None else []
@@ -570,13 +611,18 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 args,
                 f"undo-{record.undos}",
                 restore=restore,
-                retry=retry,
+                retry=RESTORE_RETRY if put_off else retry,
                 carry=carry,
                 close_actor=self._stand_down.actor if closes and self._stand_down else None,
             )
         except CancelledError:
             raise
         except FailureError as error:
+            if put_off and not held and not refused(error) and workflow.patched(UNDO_PUT_OFF_PATCH):
+                record.error = cause_of(error)
+                record.undos -= 1  # tried again as the same request: applied once at most
+                self._applied_order.insert(place, record.id)
+                return True
             record.state, record.error = "undo_failed", cause_of(error)
             before = record.failed_undo  # an earlier failure, when this was a retry
             earlier = self._restore_after.pop(record.id, None)
@@ -605,7 +651,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                     },
                 )
             await self._restack(held)
-            return
+            return False
         now = iso(self._clock())
         record.state, record.undone_at = final_state, now  # type: ignore[assignment]
         record.lifted_by = None
@@ -616,7 +662,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             await self._restore_for(step, earlier)  # before ours stacked on it go back
         await self._restack(held)
         if restore is None or applied_at is None:
-            return
+            return False
         if final_state in ("expired", "dormant") and workflow.patched(REASSERT_PATCH):
             self._background(
                 self._reassert_later(record, applied_at, reason, restore, restacked=bool(held))
@@ -633,6 +679,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             self._background(
                 self._reassert_later(record, applied_at, why, restore, restacked=bool(held))
             )
+        return False
 
     async def _hold_close(self) -> None:
         """Closing notices and the close wait until every measure is restored: a commander

@@ -110,6 +110,10 @@ EARLY_ACTIONS_PATCH = "actions-recorded-after-the-trigger"
 # dated when it was triggered, not when a worker came. Recorded only for such an incident.
 LATE_START_PATCH = "trigger-dated-at-the-start"
 LATE_START = timedelta(seconds=1)
+# A stand-down whose undo of a measure fails its first few quick tries (the platform erring, not
+# refusing) undoes the other measures before trying it again: the retries of one setting's undo
+# held every other measure in force for minutes. Recorded only where an undo is put off.
+UNDO_PUT_OFF_PATCH = "undo-retried-after-the-other-measures"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -308,7 +312,8 @@ class IncidentRun:
             closes: bool = False,
             hand_back: bool | str = False,
             retry: RetryPolicy = UNDO_RETRY,
-        ) -> None: ...
+            put_off: bool = False,
+        ) -> bool: ...
 
         def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]: ...
 
@@ -554,6 +559,17 @@ def failure_facts(error: BaseException) -> dict[str, Any]:
                 return facts
         error = error.__cause__  # type: ignore[assignment]
     return {}
+
+
+def refused(error: BaseException) -> bool:
+    """Whether the platform refused the call (a 4xx): trying it again cannot change the answer."""
+    while error is not None:
+        if isinstance(error, ApplicationError) and (
+            error.non_retryable or error.type in NON_RETRYABLE
+        ):
+            return True
+        error = error.__cause__  # type: ignore[assignment]
+    return False
 
 
 def cause_of(error: BaseException) -> str:

@@ -38,6 +38,10 @@ Run against a fresh dev server with today's interpreter before changing it:
     python -m tests.histories.record v7 renewed   # a measure lapsed under a later one, renewed
                                                   # (kept as v7-renewed-unpatched, applied over
                                                   # it; v7-renewed: applied under it)
+    python -m tests.histories.record v7 put-off   # the platform errs on a stand-down's undo for
+                                                  # its first tries (kept as
+                                                  # v7-put-off-unpatched, the others waiting
+                                                  # behind its retries; v7-put-off: undone first)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -338,6 +342,47 @@ async def record_renewed(tag: str, incidents: Incidents, client: Client, work: P
     await _keep(client, {f"{tag}-renewed": incident_id})
 
 
+# Two measures on one setting and one elsewhere; the platform errs on the newest one's undo.
+PUT_OFF = """
+playbook: record-put-off
+version: 1
+title: An undo the platform errs on
+description: For the recorded history of a stand-down whose first undo erred at first.
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 2}
+  - id: looser
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.5, reshare_limit: 5}
+  - id: stricter
+    do: recommender.throttle
+    with: {region: FR, categories: [fraud], reach_multiplier: 0.25, reshare_limit: 1}
+"""
+
+
+async def record_put_off(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    try:
+        from workflows.incident_run import UNDO_PUT_OFF_PATCH  # noqa: F401
+    except ImportError:
+        name = f"{tag}-put-off-unpatched"
+    else:
+        name = f"{tag}-put-off"
+    incident_id = f"REC-{name}"
+    path = work / "record-put-off.yaml"
+    path.write_text(PUT_OFF)
+    await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+    await _states(incidents, incident_id, dict.fromkeys(("surge", "looser", "stricter"), "applied"))
+    async with httpx.AsyncClient() as http:
+        # Four errors: the first tries of a put-off undo, or four of an undo's full retries.
+        fault = {"path_prefix": "/recommender", "operation_prefix": "undo-", "status": 503}
+        (await http.post(f"{sandbox_url}/faults", json={**fault, "times": 4})).raise_for_status()
+        await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    await _keep(client, {name: incident_id})
+
+
 async def _states(incidents: Incidents, incident_id: str, wanted: dict[str, str]) -> None:
     for _ in range(400):
         states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
@@ -603,6 +648,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "renewed":
             await record_renewed(tag, incidents, client, work)
             return
+        if scenario == "put-off":
+            await record_put_off(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -630,7 +678,7 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under, restore, unasked, late, by-hand, missed, renewed
+    # under, restore, unasked, late, by-hand, missed, renewed, put-off
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -56,7 +56,8 @@ def test_histories_are_kept() -> None:
     worker ran the incident, before and since it followed the trigger; a failed withdrawal
     restored by hand under a later incident's measure, before and since that handed the
     settings back; a measure lapsed under a later one and renewed, before and since it came back
-    under it)."""
+    under it; a stand-down's undo the platform erred on at first, before and since it was put
+    off until the other measures were undone)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
@@ -88,6 +89,8 @@ def test_histories_are_kept() -> None:
         "v7-missed-later",
         "v7-renewed-unpatched",
         "v7-renewed",
+        "v7-put-off-unpatched",
+        "v7-put-off",
     } <= kept
 
 

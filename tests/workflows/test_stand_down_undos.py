@@ -1,0 +1,104 @@
+"""A stand-down takes the measures back newest first. When the platform errs on one undo, that
+undo is put off after a few quick tries: the other measures are restored first (its retries held
+them all in force for minutes), then it is retried, and the measures on the same settings under
+it after it, so that restoring them never wipes it. The platform is the real sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.helpers import assert_eventually
+from tests.workflows.lab import Lab, at, kinds, settings_of, step, step_states
+
+FOUR_MEASURES = """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+  - id: cut-reshares
+    do: recommender.throttle
+    with:
+      {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.5, reshare_limit: 5}
+  - id: limit-one
+    do: recommender.throttle
+    with:
+      {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.25, reshare_limit: 1}
+  - id: detection
+    do: detection.set_threshold
+    with: {classifier: incitement_to_violence, threshold: 0.5}
+on_stand_down:
+  - id: all-clear
+    do: notify.webhook
+    with: {to: internal, message: stood down}
+"""
+MEASURES = ("surge", "cut-reshares", "limit-one", "detection")
+RECOMMENDER_UNDO_ERRS = {"path_prefix": "/recommender", "operation_prefix": "undo-", "status": 503}
+
+
+async def test_an_undo_the_platform_errs_on_is_retried_after_the_other_measures(lab: Lab) -> None:
+    before = settings_of(await lab.platform())
+    incident = await lab.trigger(FOUR_MEASURES)
+    await lab.settle(incident, dict.fromkeys(MEASURES, "applied"))
+    await lab.sandbox.fault(**RECOMMENDER_UNDO_ERRS)
+    # Answered once the incident closes.
+    standing_down = asyncio.create_task(
+        lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    )
+
+    # The recommender still errs, and everything else is already back as it was.
+    async def others_restored() -> dict[str, str]:
+        states = step_states(await lab.status(incident))
+        assert ("undone", "undone") == (states["detection"], states["surge"]), states
+        return states
+
+    states = await assert_eventually(others_restored, timeout=30)
+    assert ("undoing", "applied", "pending") == (
+        states["limit-one"],
+        states["cut-reshares"],
+        states["all-clear"],
+    )
+    platform = settings_of(await lab.platform())
+    assert before["moderation"] == platform["moderation"]
+    assert before["detection"] == platform["detection"]
+    gb = platform["recommender"]["GB"]["incitement_to_violence"]
+    assert {"reach_multiplier": 0.25, "reshare_limit": 1} == gb  # the newest still in force
+    erring = step(await lab.status(incident), "limit-one")
+    assert erring.error is not None and "503" in erring.error
+
+    await lab.sandbox.clear_faults()
+    closed = await standing_down
+    events = await lab.audit(incident, until="incident.closed")
+    assert "closed" == closed.state
+    assert before == settings_of(await lab.platform())  # every setting back as it was
+    assert 0 == (await lab.platform())["stats"]["duplicates"]
+    undone = [e for e in events if e.kind == "step.undone"]
+    # Newest first, the erring one and the one under it last, each once: nothing lifted and
+    # put back on the way.
+    assert ["detection", "surge", "limit-one", "cut-reshares"] == [e.step_id for e in undone]
+    assert undone[2].data["reason"].startswith("retried after the other measures (")
+    assert "503" in undone[2].data["reason"]
+    assert not any("lifted" in str(e.data.get("reason")) for e in events)
+    assert "step.undo_failed" not in kinds(events)
+    assert closed.steps[-1].state == "applied"  # the closing notice, once all were restored
+    order = kinds(events)
+    assert order.index("step.applied", order.index("stand_down.requested")) > order.index(
+        "step.undone", order.index("step.undone") + 3
+    )
+    assert lab.store.verify(incident).ok
+    stamps = [at(e.at) for e in events]
+    assert stamps == sorted(stamps)
+
+
+async def test_an_undo_of_the_last_measure_is_not_put_off(lab: Lab) -> None:
+    """With no other measure behind it, an erring undo retries at once, as before."""
+    incident = await lab.trigger(FOUR_MEASURES)
+    await lab.settle(incident, dict.fromkeys(MEASURES, "applied"))
+    await lab.sandbox.fault(
+        path_prefix="/moderation", operation_prefix="undo-", status=503, times=2
+    )
+    await lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    events = await lab.audit(incident, until="incident.closed")
+    undone = [e for e in events if e.kind == "step.undone"]
+    assert ["detection", "limit-one", "cut-reshares", "surge"] == [e.step_id for e in undone]
+    assert not any(e.data.get("reason") for e in undone)
+    assert lab.store.verify(incident).ok
