@@ -85,6 +85,8 @@ def _print_integrity(integrity: Integrity) -> None:
         )
     else:
         console.print(f"  replay  {escape(verdict['replay'])}")
+    if "board" in verdict:
+        console.print(f"  board   {escape(verdict['board'])}  (the incidents table's row)")
     if integrity.ok:
         typer.echo(integrity.summary())
         return

@@ -25,7 +25,7 @@ from temporalio.client import Client
 
 from engine.errors import BundleError, IncidentNotFound
 from engine.verification import IncidentHistory, ReplayReport, export_history, replay_incident
-from store.audit_store import AuditStore, Verification, verify_chain
+from store.audit_store import AuditStore, Verification, projection_problem, verify_chain
 from store.errors import SealError
 from store.seals import (
     Seal,
@@ -70,6 +70,9 @@ class Integrity:
     # What showed the trail whole without the replay (a seal over its closing row, the engine's
     # signature over the head at export); empty: nothing did.
     complete_by: str = ""
+    # The store's incident row (what the board and search show) against its trail: "ok", or
+    # how it differs; None: not checked (a bundle has no such row).
+    board: str | None = None
 
     @property
     def key_ok(self) -> bool:
@@ -82,6 +85,7 @@ class Integrity:
             and self.chain.ok
             and self.seals.ok
             and (self.replay is None or self.replay.ok)
+            and self.board in (None, "ok")
         )
 
     @property
@@ -112,11 +116,13 @@ class Integrity:
                 else f"FAILED: the bundle's public-key.pem is {self.bundle_key_id}, "
                 f"not the trusted key {self.key_id}"
             )
+        board = {} if self.board is None else {"board": _said(self.board)}
         return {
             **key,
             "chain": "ok" if self.chain.ok else f"FAILED: {self.chain.problem}",
             "seals": "ok" if self.seals.ok else f"FAILED: {self.seals.problem}",
             "replay": replay,
+            **board,
         }
 
     def failure(self) -> str:
@@ -313,24 +319,31 @@ async def check_with_replay(
     return integrity
 
 
-def store_end(store: AuditStore, incident_id: str) -> list[KnownEnd]:
-    """Where the store's incident row says the trail ends. Read it before the events: a live
-    incident's row can then only be behind them, never ahead."""
+def _said(problem: str) -> str:
+    return "ok" if problem == "ok" else f"FAILED: {problem}"
+
+
+def check_store(
+    store: AuditStore, incident_id: str, public_key: Ed25519PublicKey
+) -> tuple[Integrity, list[AuditEvent]]:
+    """Chain, seals and the incident's row in the store, and the events checked; raises
+    IncidentNotFound if the store has no trail for it."""
+    # The row before the events: a live incident's row can then only be behind them, never ahead.
     row = store.incident(incident_id)
-    if row is None:
-        return []
-    return [KnownEnd("the store's incident row", row.last_seq, row.state == "closed")]
-
-
-def check_store(store: AuditStore, incident_id: str, public_key: Ed25519PublicKey) -> Integrity:
-    ends = store_end(store, incident_id)
-    return check(
-        incident_id,
-        store.events(incident_id),
-        store.seals(incident_id),
-        public_key,
-        known_ends=ends,
+    events = store.events(incident_id)
+    if not events:
+        raise IncidentNotFound(f"no audit trail for incident {incident_id}")
+    ends = (
+        []
+        if row is None
+        else [KnownEnd("the store's incident row", row.last_seq, row.state == "closed")]
     )
+    integrity = check(incident_id, events, store.seals(incident_id), public_key, known_ends=ends)
+    if row is None:
+        integrity.board = "the incidents table has no row for it: the board and search omit it"
+    else:
+        integrity.board = projection_problem(row, events) or "ok"
+    return integrity, events
 
 
 # --- export bundles ---------------------------------------------------------------------------
@@ -504,12 +517,9 @@ async def verify_incident(
     trusted_key: str = "the engine's signing key",
     skipped_because: str = "not asked for",
 ) -> Integrity:
-    """Chain and seals from the store; with a Temporal client, the replay comparison too."""
-    ends = store_end(store, incident_id)
-    events = store.events(incident_id)
-    if not events:
-        raise IncidentNotFound(f"no audit trail for incident {incident_id}")
-    integrity = check(incident_id, events, store.seals(incident_id), public_key, known_ends=ends)
+    """Chain, seals and the board's row from the store; with a Temporal client, the replay
+    comparison too."""
+    integrity, events = check_store(store, incident_id, public_key)
     integrity.trusted_key = trusted_key
     integrity.replay_skipped = skipped_because if not replay else "no Temporal client"
     if replay and client is not None:

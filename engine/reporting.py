@@ -13,8 +13,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from core.settings import Settings
-from engine.errors import IncidentNotFound
-from engine.integrity import check, check_with_replay, store_end
+from engine.integrity import check_store, check_with_replay
 from engine.report import (
     IncidentReport,
     TimelineEntry,
@@ -69,11 +68,7 @@ async def incident_report(
 ) -> BuiltReport:
     """Build every rendering; Markdown links its chart as `chart_link` (default: the SVG file
     name the CLI writes beside it)."""
-    ends = store_end(store, incident_id)
-    events = store.events(incident_id)
-    if not events:
-        raise IncidentNotFound(f"no audit trail for incident {incident_id}")
-    integrity = check(incident_id, events, store.seals(incident_id), public_key, known_ends=ends)
+    integrity, events = check_store(store, incident_id, public_key)
     integrity.replay_skipped = "no Temporal client"
     playbook = None
     if client is not None:

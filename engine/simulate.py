@@ -679,7 +679,7 @@ async def _integrity(
 ) -> CheckResult:
     """Chain, seals and a replay of the history, as `crisis audit verify` checks them."""
     public_key = Signer(settings.signing_key_path).public_key
-    integrity = check_store(store, incident_id, public_key)
+    integrity, events = check_store(store, incident_id, public_key)
     try:
         history = await export_history(env.client, incident_id)
     except (HistoryError, IncidentError, RPCError):
@@ -687,7 +687,7 @@ async def _integrity(
         history = IncidentHistory(
             incident_id, [await env.client.get_workflow_handle(incident_id).fetch_history()]
         )
-    integrity = await check_with_replay(integrity, store.events(incident_id), history)
+    integrity = await check_with_replay(integrity, events, history)
     found = [
         f"{part}: {verdict}" for part, verdict in integrity.verdict().items() if verdict != "ok"
     ]

@@ -259,53 +259,105 @@ def _project(conn: Connection, sql: _WritePath, events: list[AuditEvent]) -> Non
     current = found[0] if found else None
     # A fresh read hands out a fresh summary: folding into it in place touches nothing stored.
     row = dict(current) if current is not None else None
-    summary = row["summary"] if row is not None else None
     changed = False
     for item in events:
-        at = datetime.fromisoformat(item.at)
         if item.kind == "incident.triggered":
-            if row is not None:
-                continue  # already projected (a retried write)
-            row = {
-                "incident_id": item.incident_id,
-                "playbook": str(item.data.get("playbook", "")),
-                "version": int(item.data.get("version", 0)),
-                "state": "running",
-                "level": item.data.get("level"),
-                "triggered_by": item.actor,
-                "triggered_at": at,
-                "closed_at": None,
-                "updated_at": at,
-                "last_seq": item.seq,
-            }
-            summary = empty_summary()
-            fold(summary, item)
-            changed = True
+            if row is None:  # else already projected (a retried write)
+                row, changed = _triggered_row(item), True
             continue
         if row is None or item.seq <= row["last_seq"]:
             continue
-        if summary is None:  # projected before the board existed: catch up once
+        if row["summary"] is None:  # projected before the board existed: catch up once
             earlier = _events_from(conn, incident_id, 1, before=item.seq)
-            summary = empty_summary()
+            row["summary"] = empty_summary()
             for stored in earlier:
-                fold(summary, _to_event(stored))
-        fold(summary, item)
-        if item.kind in ("level.escalated", "level.de_escalated"):
-            row["level"] = item.data.get("level")
-        if item.kind in _STATE_BY_KIND:
-            row["state"] = _STATE_BY_KIND[item.kind]
-        if item.kind == "incident.closed":
-            row["closed_at"] = at
-        row["updated_at"], row["last_seq"] = at, item.seq
+                fold(row["summary"], _to_event(stored))
+        _advance(row, item)
         changed = True
     if row is None or not changed:
         return
-    row["summary"] = summary
     if current is None:
         sql.insert_incident.run(conn, row)
     else:
         changes = {name: row[name] for name in _INCIDENT_FIELDS}
         sql.update_incident.run(conn, {"key": incident_id, **changes})
+
+
+def _triggered_row(item: AuditEvent) -> dict[str, Any]:
+    """The incident's searchable row as its first event makes it."""
+    at = datetime.fromisoformat(item.at)
+    summary = empty_summary()
+    fold(summary, item)
+    return {
+        "incident_id": item.incident_id,
+        "playbook": str(item.data.get("playbook", "")),
+        "version": int(item.data.get("version", 0)),
+        "state": "running",
+        "level": item.data.get("level"),
+        "triggered_by": item.actor,
+        "triggered_at": at,
+        "closed_at": None,
+        "updated_at": at,
+        "last_seq": item.seq,
+        "summary": summary,
+    }
+
+
+def _advance(row: dict[str, Any], item: AuditEvent) -> None:
+    """Move the row, in place, by one more event after its first."""
+    at = datetime.fromisoformat(item.at)
+    fold(row["summary"], item)
+    if item.kind in ("level.escalated", "level.de_escalated"):
+        row["level"] = item.data.get("level")
+    if item.kind in _STATE_BY_KIND:
+        row["state"] = _STATE_BY_KIND[item.kind]
+    if item.kind == "incident.closed":
+        row["closed_at"] = at
+    row["updated_at"], row["last_seq"] = at, item.seq
+
+
+def projected(events: list[AuditEvent], through: int | None = None) -> dict[str, Any] | None:
+    """The incident's searchable row as its events through row `through` (default: all) make
+    it; None if they hold no incident.triggered."""
+    made: dict[str, Any] | None = None
+    for item in events:
+        if through is not None and item.seq > through:
+            break
+        if item.kind == "incident.triggered" and made is None:
+            made = _triggered_row(item)
+        elif made is not None:
+            _advance(made, item)
+    return made
+
+
+def projection_problem(row: IncidentRow, events: list[AuditEvent]) -> str | None:
+    """How the stored row of the incidents table (the board, search) differs from what its
+    audit trail makes of it, or None. The trail is hash-chained and sealed, the row is not: an
+    edit there would change what the board shows and leave the chain intact."""
+    made = projected(events, through=row.last_seq)  # events written since the row was read: not
+    if made is None:
+        return "the incidents table has a row for it, but its trail has no incident.triggered"
+    if made["last_seq"] < row.last_seq:
+        return (
+            f"the incidents table's row counts {row.last_seq} rows, the trail has "
+            f"{made['last_seq']}: rows are missing, or the row was edited"
+        )
+    for name in ["incident_id", *_INCIDENT_FIELDS]:
+        stored, expected = getattr(row, name), made[name]
+        if name == "summary" and stored is None:
+            continue  # projected before the board existed: caught up at its next write
+        if isinstance(stored, datetime) and isinstance(expected, datetime):
+            stored, expected = _utc(stored).isoformat(), _utc(expected).isoformat()
+        if stored != expected:
+            shown = "its board summary" if name == "summary" else f"{name} {stored!r}"
+            said = "" if name == "summary" else f" where its trail says {expected!r}"
+            return f"the incidents table's row shows {shown}{said}: it was edited"
+    return None
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes for what was stored in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _add_seal(conn: Connection, sql: _WritePath, seal: Seal) -> bool:

@@ -88,7 +88,7 @@ async def test_history_verify_and_report_of_a_closed_incident(
     report = verified.json()
     assert (incident_id, True) == (report["incident_id"], report["ok"])
     assert key_id(Signer(settings.signing_key_path).public_key) == report["key_id"]
-    assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
+    assert {"chain": "ok", "seals": "ok", "replay": "ok", "board": "ok"} == report["verdict"]
     assert (len(events), len(events)) == (
         report["chain"]["events"],
         report["seals"]["sealed_through"],
@@ -131,7 +131,7 @@ async def test_history_verify_and_report_of_a_closed_incident(
     )
     assert (0, False) == (body["key_figures"]["step_failures"], body["key_figures"]["retries"])
     assert body["key_figures"]["to_stand_down"] is not None
-    assert {"chain": "ok", "seals": "ok", "replay": "ok"} == body["integrity"]
+    assert {"chain": "ok", "seals": "ok", "replay": "ok", "board": "ok"} == body["integrity"]
 
     bad_format = await api.get(f"{base}/report", params={"format": "pdf"})
     assert "format" in assert_error(bad_format, 422, "invalid_request")

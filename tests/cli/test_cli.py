@@ -468,7 +468,7 @@ async def test_trigger_status_stand_down_and_verify(
         report["chain"]["events"],
         report["chain"]["first_bad_seq"],
     )
-    assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
+    assert {"chain": "ok", "seals": "ok", "replay": "ok", "board": "ok"} == report["verdict"]
 
     tamper(sqlite_url, incident_id, 3)
     broken = await crisis(cli_env, "audit", "verify", incident_id)

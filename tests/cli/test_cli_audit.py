@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import Session
 from temporalio.client import Client
 
 from core.settings import Settings
 from engine.devserver import free_port
 from engine.incidents import Incidents
 from engine.verification import IncidentHistory, replay_incident
-from store.audit_store import AuditStore
+from store.audit_store import AuditStore, IncidentRow, projected
 from store.seals import Seal, Signer, key_id, public_key_pem
 from tests.cli.test_cli import USAGE, Run, assert_one_line_error, crisis, refusals
 from tests.cli.test_cli import cli_env as cli_env  # the fixture, re-exported for these tests
@@ -150,6 +151,7 @@ async def test_verify_a_closed_incident(
         text.stdout, "seals"
     )
     assert 1 == len(lines_starting(text.stdout, "replay  ok  (1 run(s), ")), text.stdout
+    assert ["board   ok  (the incidents table's row)"] == lines_starting(text.stdout, "board")
     assert "ok: record complete and unaltered" == text.stdout.splitlines()[-1]
 
     report = ok(as_json).json()
@@ -174,7 +176,7 @@ async def test_verify_a_closed_incident(
         report["trusted_key"],
         report["bundle_key_id"],
     )
-    assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["verdict"]
+    assert {"chain": "ok", "seals": "ok", "replay": "ok", "board": "ok"} == report["verdict"]
     assert {
         "incident_id": incident,
         "ok": True,
@@ -199,9 +201,12 @@ async def test_verify_a_closed_incident(
         unreplayed["complete"],
         unreplayed["replay"],
     )
-    assert {"chain": "ok", "seals": "ok", "replay": "not checked (--no-replay)"} == unreplayed[
-        "verdict"
-    ]
+    assert {
+        "chain": "ok",
+        "seals": "ok",
+        "replay": "not checked (--no-replay)",
+        "board": "ok",
+    } == unreplayed["verdict"]
     said = (
         f"ok: record complete and unaltered (sealed at close, row {len(events)}); "
         "replay not checked (--no-replay)"
@@ -244,6 +249,39 @@ async def test_an_altered_row_fails_the_chain_and_the_replay(
     assert (
         f"FAILED: {incident}: seq 3: the audit table row differs from the replay in data"
         == replayed.stdout.rstrip("\n")  # the verdict alone: no line left by the progress
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "shown"),
+    [
+        ("triggered_by", "mallory", "triggered_by 'mallory' where its trail says 'auditor-test'"),
+        ("state", "running", "state 'running' where its trail says 'closed'"),
+        ("summary", '{"pending_approvals": {}, "measures": {"x": {}}}', "its board summary"),
+    ],
+)
+async def test_an_edited_incident_row_fails_the_board_check(
+    env: dict[str, str], incident: str, sqlite_url: str, column: str, value: str, shown: str
+) -> None:
+    """The incidents table (what the board and search show) is not chained: verify projects it
+    again from the trail and names what differs."""
+    changed = execute(
+        sqlite_url, f"UPDATE incidents SET {column} = ? WHERE incident_id = ?", value, incident
+    )
+    assert 1 == changed
+    text, as_json = await asyncio.gather(
+        crisis(env, "audit", "verify", incident, "--no-replay"),
+        crisis(env, "audit", "verify", incident, "--json"),
+    )
+    said = f"the incidents table's row shows {shown}: it was edited"
+    assert_one_line_error(text, f"{incident}: board: {said}")
+    assert [f"board   FAILED: {said}  (the incidents table's row)"] == lines_starting(
+        text.stdout, "board"
+    )
+    report = failed(as_json).json()
+    assert (False, False) == (report["ok"], report["complete"])
+    assert {"chain": "ok", "seals": "ok", "replay": "ok", "board": f"FAILED: {said}"} == (
+        report["verdict"]
     )
 
 
@@ -359,7 +397,7 @@ async def test_a_trail_cut_at_a_checkpoint_seal_is_never_called_complete(
 ) -> None:
     """Rows and seals cut after the first checkpoint seal keep chain and seals whole. Without
     the replay, verify fails where the store's incident row says more (closed, or later rows);
-    with that row made to agree as well it passes, saying completeness was not checked."""
+    with that row rewritten to agree it passes, saying completeness was not checked."""
     last = sqlite_store.events(checkpointed)[-1].seq
     cut = min(s.seq for s in sqlite_store.seals(checkpointed))
     for table in ("audit_events", "audit_seals"):
@@ -383,8 +421,13 @@ async def test_a_trail_cut_at_a_checkpoint_seal_is_never_called_complete(
         f"the trail ends at row {cut} but the store's incident row records rows through {last}",
     )
 
-    rewound = "UPDATE incidents SET last_seq = ? WHERE incident_id = ?"
-    assert 1 == execute(sqlite_url, rewound, cut, checkpointed)
+    # The row rewritten to what the cut trail makes of it: nothing left to tell.
+    with Session(sqlite_store.engine) as session:
+        row = session.get(IncidentRow, checkpointed)
+        for name, value in (projected(sqlite_store.events(checkpointed)) or {}).items():
+            setattr(row, name, value)
+        session.add(row)
+        session.commit()
     text, as_json = await asyncio.gather(
         crisis(env, "audit", "verify", checkpointed, "--no-replay"),
         crisis(env, "audit", "verify", checkpointed, "--no-replay", "--json"),
@@ -852,7 +895,7 @@ async def test_report_in_every_format(env: dict[str, str], incident: str, tmp_pa
     figures = report["key_figures"]
     assert (0, False) == (figures["step_failures"], figures["incident_failed"])
     assert figures["to_first_lever"] is not None and figures["to_stand_down"] is not None
-    assert {"chain": "ok", "seals": "ok", "replay": "ok"} == report["integrity"]
+    assert {"chain": "ok", "seals": "ok", "replay": "ok", "board": "ok"} == report["integrity"]
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -147,11 +147,14 @@ async def test_a_lapsed_measure_renewed_comes_back_under_the_later_one(lab: Lab)
     status = await lab.settle(incident, {"looser": "applied", "stricter": "applied"})
     state = await lab.platform()
     assert STRICTER == policy(state)
-    assert [
-        ("stricter", "undo-2"),  # the first lift was for looser's lapse
-        ("looser", "apply-2"),
-        ("stricter", "apply-3"),
-    ] == operations(state)[-3:]
+    assert (
+        [
+            ("stricter", "undo-2"),  # the first lift was for looser's lapse
+            ("looser", "apply-2"),
+            ("stricter", "apply-3"),
+        ]
+        == operations(state)[-3:]
+    )
     assert expires == step(status, "stricter").expires_at  # put back until the same time
     events = await lab.audit(incident, until="step.applied", count=4)
     lifted = [e for e in events if e.kind == "step.undone" and e.step_id == "stricter"][-1]
