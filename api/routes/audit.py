@@ -49,7 +49,10 @@ async def history(incident_id: str, request: Request, store: StoreDep) -> Respon
     return Response(exported.to_json(), media_type="application/json")
 
 
-@router.get("/{incident_id}/verify", summary="Chain, seals and replay: is the record complete?")
+@router.get(
+    "/{incident_id}/verify",
+    summary="Chain, seals, replay and the board's row: is the record complete?",
+)
 async def verify(
     incident_id: str,
     request: Request,

@@ -396,7 +396,8 @@ def _done(action: str, fields: dict[str, Any], result: Any) -> str:
 
 @router.get("/console/incidents/{incident_id}/audit")
 async def audit_page(incident_id: str, request: Request, principal: SignedIn) -> Response:
-    """The integrity verdict (chain, seals, replay, the board's row) and the way to the post-incident report."""
+    """The integrity verdict (chain, seals, replay, the board's row) and the way to the
+    post-incident report."""
     integrity = await verify_incident(
         request.app.state.client, get_store(request), public_key(request), incident_id
     )

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
-from store.audit_store import AppendResult, AuditStore, Write
+from store.audit_store import AppendResult, AuditStore, Write, projection_problem
 from store.errors import AuditConflict, AuditGap, AuditRowUnreadable
 from workflows.audit import GENESIS_HASH, AuditEvent, AuditTrail, make_event
 
@@ -264,3 +264,50 @@ def test_a_row_that_is_no_event_is_one_named_error(tmp_path: Path) -> None:
     with pytest.raises(AuditRowUnreadable, match="INC-BAD row 1 cannot be read as an audit event"):
         store.events("INC-BAD")
     store.dispose()
+
+
+def test_the_incident_row_is_made_again_from_the_trail_and_an_edit_named(
+    audit_store: AuditStore,
+) -> None:
+    """The incidents row (what the board reads) agrees with its trail on either database, with
+    its datetimes and summary as each hands them back; an edit to it is named."""
+    incident = new_id()
+    trail = AuditTrail(incident)
+    trail.record(
+        "incident.triggered",
+        at="2026-11-28T10:00:00+00:00",
+        actor="alice",
+        data={"playbook": "p", "version": 2, "level": "severe"},
+    )
+    trail.record(
+        "step.applied",
+        at="2026-11-28T10:00:01+00:00",
+        step_id="s",
+        data={"lever": "moderation.surge", "expires_at": "2026-11-28T11:00:01+00:00"},
+    )
+    trail.record(
+        "level.escalated", at="2026-11-28T10:00:02+00:00", actor="bob", data={"level": "critical"}
+    )
+    audit_store.append(trail.take())
+    row = audit_store.incident(incident)
+    assert row is not None and row.summary and row.summary["measures"]
+    assert projection_problem(row, audit_store.events(incident)) is None
+
+    # Events written after the row was read are not held against it.
+    trail.record("incident.closed", at="2026-11-28T10:00:03+00:00", actor="bob")
+    audit_store.append(trail.take())
+    assert projection_problem(row, audit_store.events(incident)) is None
+
+    execute(
+        audit_store, "UPDATE incidents SET level = 'elevated' WHERE incident_id = :i", i=incident
+    )
+    row = audit_store.incident(incident)
+    assert row is not None
+    assert (
+        "the incidents table's row shows level 'elevated' where its trail says 'critical': it was "
+        "edited"
+    ) == projection_problem(row, audit_store.events(incident))
+    execute(audit_store, "DELETE FROM audit_events WHERE incident_id = :i AND seq = 4", i=incident)
+    assert "counts 4 rows, the trail has 3" in (
+        projection_problem(row, audit_store.events(incident)) or ""
+    )
