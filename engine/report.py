@@ -622,7 +622,9 @@ class _Builder:
             measure.outcome_text = text
         else:
             why = self.last_failure.get(step)
-            if why is None and self.stand_down_at:
+            if why is None and self.figures.full_mitigation_failed:
+                why = f"the incident failed at {self.figures.full_mitigation_failed} before it ran"
+            elif why is None and self.stand_down_at:
                 why = "not run before stand-down"
             measure.outcome_text = f"not applied: {why}" if why else "not applied"
         return measure

@@ -119,6 +119,12 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             if self._stand_down is None:
                 await self._continue_as_new()  # returns only if a stand-down came first
 
+        # Steps it never ran were stopped by the failure, not by the stand-down.
+        never_ran = (
+            "not run: the incident failed"
+            if self._state == "failed"
+            else "not run: incident stood down"
+        )
         self._state = "standing_down"
         self._publish()
         await sequence
@@ -136,7 +142,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                     record.state = "kept" if record.undone_at is None else "undone"
             elif record.state in ("pending", "dormant", "awaiting_approval", "waiting"):
                 record.state = "skipped"
-                record.outcome = record.outcome or "not run: incident stood down"
+                record.outcome = record.outcome or never_ran
         undoing = list(reversed(self._applied_order))
         if self._version() >= 6:
             # Measures first (newest first, as before), then closing notices: a notice that

@@ -411,6 +411,22 @@ def test_an_open_incident_runs_its_measures_up_to_now() -> None:
     )
 
 
+def test_a_step_the_failure_stopped_says_so_not_the_stand_down() -> None:
+    t = Trail("INC-3")
+    t.add(0, "incident.triggered", actor="dan", playbook="violent-disorder", version=3, inputs={})
+    # Waiting for its approval when the first step fails: nothing new starts after a failure.
+    t.add(0, "approval.requested", step="raise-detection", roles=["legal"], quorum=1)
+    t.add(1, "step.started", step="throttle-recommender", lever="recommender.throttle", args={})
+    t.add(2, "step.failed", step="throttle-recommender", lever="recommender.throttle", error="x")
+    t.add(3, "incident.failed", step="throttle-recommender")
+    t.add(HOUR, "stand_down.requested", actor="dan", reason="over")
+    t.add(HOUR + 1, "incident.closed", actor="dan")
+    report = build_report(t.events, playbook=PLAYBOOK, now=T0 + timedelta(hours=2))
+    assert "not applied: the incident failed at throttle-recommender before it ran" == next(
+        m.outcome_text for m in report.measures if m.step_id == "raise-detection"
+    )
+
+
 def test_failed_undo_and_rejection_are_findings() -> None:
     """An undo that failed leaves the measure open to close; a rejected step never ran."""
     t = Trail("INC-2")

@@ -203,6 +203,7 @@ async def test_a_lever_that_keeps_failing_fails_the_incident_and_stand_down_stil
 
     closed = await incidents.stand_down(triggered.incident_id, actor="bob", reason="give up")
     assert [s.state for s in closed.steps] == ["undone", "failed", "skipped"]
+    assert "not run: the incident failed" == closed.steps[2].outcome  # not by the stand-down
     after = await sandbox.state()
     assert after["recommender"] == before["recommender"]
     assert after["moderation"] == before["moderation"]
