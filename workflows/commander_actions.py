@@ -182,9 +182,22 @@ class CommanderActions(IncidentRun):
     def _check_de_escalate(self, request: LevelRequest) -> None:
         self._check_level_change(request, up=False)
 
+    def _reached_waiting(self) -> bool:
+        """Whether a step the sequence has passed waits (for a level, a condition, an approval):
+        the steps an escalation's catch-up could run."""
+        return any(self._waiting_again(step) for step in self._top[: self._cursor])
+
     def _check_level_change(self, request: LevelRequest, *, up: bool) -> None:
         check_texts(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         self._check_open()
+        if up and self._state == "failed" and not self._reached_waiting():
+            # Only steps reached before the failure run at a new level: with none waiting,
+            # "escalated" would promise measures that never come.
+            failed = next((r.id for r in self._records.values() if r.state == "failed"), "a step")
+            raise invalid_request(
+                f"incident failed at {failed}: no step after it runs, and none before it waits "
+                "for a level, so escalating would apply nothing; stand it down and trigger again"
+            )
         levels, rank = self._pb.levels, self._pb.level_rank(self._level)
         if not levels:
             raise bad_argument(f"playbook {self._pb.playbook} has no levels")

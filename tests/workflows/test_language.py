@@ -175,6 +175,37 @@ async def test_steps_withdrawn_on_de_escalation_are_not_called_unrun_at_stand_do
     assert all(outcome != "not run: incident stood down" for _, outcome in states.values())
 
 
+FAILS_THEN_SEVERE = """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: severe-throttle
+    level: severe
+    do: recommender.throttle
+    with: {region: GB, categories: [fraud], reach_multiplier: 0.5}
+"""
+
+
+async def test_a_failed_incident_is_not_escalated(lab: Lab) -> None:
+    """No step after a failure runs, at any level: with no step before it waiting for a level,
+    an escalation would be recorded and answered as done while its measures never came. It is
+    refused, leaving no trace; a stand-down still undoes. (With one waiting, it runs it:
+    test_failure_undo_edges.)"""
+    await lab.sandbox.fault(path_prefix="/detection", status=400)
+    incident = await lab.trigger(FAILS_THEN_SEVERE)
+    await lab.settle(incident, {"surge": "applied", "threshold": "failed"}, state="failed")
+    with pytest.raises(IncidentConflict, match="incident failed at threshold: no step after it"):
+        await lab.act(incident, CrisisWorkflow.escalate, level())
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="over")
+    assert ("elevated", "undone") == (closed.level, step(closed, "surge").state)
+    events = await lab.audit(incident, until="incident.closed")
+    assert "level.escalated" not in kinds(events)
+
+
 async def test_an_incident_triggered_at_a_level_applies_the_steps_of_that_level(lab: Lab) -> None:
     """Triggered at severe, the severe steps run in the sequence and only critical ones wait."""
     incident = await lab.trigger(LEVELLED, level="severe")
