@@ -15,6 +15,9 @@ MAX_NOTE_CHARS = 10_000  # an incident note
 MAX_TEXT_CHARS = 2_000  # a reason (stand-down, reject, escalate, renew), a comment, a review note
 MAX_NAME_CHARS = 200  # a name: who acts, a role, a step id, a level, a duration
 MAX_INPUT_CHARS = 4_000  # one trigger input, as JSON (a list input with all its items)
+# A playbook's snapshot, which every incident of it carries in its workflow input (with the
+# templates and channels it uses): Temporal refuses an input over 2 MB at trigger.
+MAX_SNAPSHOT_BYTES = 1_048_576
 
 # Who acts: a token's principal, or the CLI's --actor. One pattern for both, so that "alice" and
 # "alice " can never count as two distinct approvers.

@@ -33,7 +33,7 @@ from workflows.expressions import ExpressionError, evaluate, level_literals
 from workflows.expressions import names as expression_names
 from workflows.expressions import parse as parse_expression
 from workflows.levers import LEVERS, is_notification
-from workflows.limits import MAX_INPUT_CHARS
+from workflows.limits import MAX_INPUT_CHARS, MAX_SNAPSHOT_BYTES
 from workflows.substitution import (
     NAMESPACES,
     ReferenceError_,
@@ -263,11 +263,16 @@ class Playbook(_Strict):
         return self.model_dump(mode="json", by_alias=True, exclude_defaults=False)
 
     @cached_property
+    def canonical_snapshot(self) -> bytes:
+        """The snapshot as compact JSON with sorted keys: what the content hash is taken of, and
+        about the size of what every incident of it carries in its workflow input."""
+        return json.dumps(self.snapshot(), sort_keys=True, separators=(",", ":")).encode()
+
+    @cached_property
     def content_hash(self) -> str:
         """sha256 of the snapshot; worked out once per playbook (it is frozen, and the loader
         keeps one per file version), not on every trigger."""
-        canonical = json.dumps(self.snapshot(), sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+        return "sha256:" + hashlib.sha256(self.canonical_snapshot).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,14 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
     problems: list[Problem] = []
     problems += _check_input_defaults(playbook)
     problems += _check_levels(playbook)
+    if (size := len(playbook.canonical_snapshot)) > MAX_SNAPSHOT_BYTES:
+        problems.append(
+            Problem(
+                ("playbook",),
+                f"the playbook is {size // 1024} KiB as every incident carries it, at most "
+                f"{MAX_SNAPSHOT_BYTES // 1024} KiB: Temporal would refuse its trigger",
+            )
+        )
     problems += _check_durations(playbook)
     inputs = sample_inputs(playbook)  # what each condition is evaluated with
     seen: dict[str, Path] = {}
@@ -491,6 +504,7 @@ def _check_levels(playbook: Playbook) -> list[Problem]:
     ]
     if playbook.version > MAX_VERSION:
         problems.append(Problem(("version",), f"version is at most {MAX_VERSION}"))
+
     if len(set(playbook.levels)) != len(playbook.levels):
         problems.append(Problem(("levels",), "levels must be distinct"))
     if playbook.reviews and playbook.reviews.on_missed == "escalate" and not playbook.levels:

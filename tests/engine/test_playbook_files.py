@@ -1011,3 +1011,28 @@ def test_a_required_text_input_may_be_compared_with_the_level(tmp_path: Path) ->
     assert ["condition cannot be evaluated"] == [
         p.message.split(":")[0] for p in problems_in(tmp_path, wrong)
     ]
+
+
+def test_a_playbook_too_large_to_trigger_is_refused_at_validation(tmp_path: Path) -> None:
+    """Every incident carries its playbook in its workflow input, which Temporal refuses over
+    2 MB: such a file validated and then failed every trigger. At most 1 MiB of snapshot."""
+    message = "x" * 900
+
+    def steps(count: int) -> str:
+        return "".join(
+            f"  - id: tell-{n}\n    do: notify.webhook\n"
+            f"    with: {{to: internal, message: {message}}}\n"
+            for n in range(count)
+        )
+
+    header = "playbook: big\nversion: 1\ntitle: Big\ndescription: Many notices.\nsteps:\n"
+    path = tmp_path / "big.yaml"
+    path.write_text(header + steps(1000))
+    problems = [str(p) for p in validate_file(path)]
+    assert 1 == len(problems), problems
+    assert problems[0].startswith(f"{path}:1:1: the playbook is "), problems
+    assert problems[0].endswith(
+        "KiB as every incident carries it, at most 1024 KiB: Temporal would refuse its trigger"
+    )
+    path.write_text(header + steps(800))  # about 900 KiB: accepted
+    assert 800 == len(load_playbook(path).steps)
