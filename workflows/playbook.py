@@ -35,8 +35,10 @@ from workflows.expressions import parse as parse_expression
 from workflows.levers import LEVERS, is_notification
 from workflows.limits import MAX_INPUT_CHARS, MAX_SNAPSHOT_BYTES
 from workflows.substitution import (
+    NAME,
     NAMESPACES,
     ReferenceError_,
+    in_keys,
     malformed,
     references,
     substitute,
@@ -678,6 +680,10 @@ def _reference_problems(playbook: Playbook, args: dict[str, Any]) -> list[tuple[
         (path, f"malformed reference {text!r}: write ${{inputs.NAME}} or ${{incident.FIELD}}")
         for path, text in malformed(args)
     ]
+    problems += [
+        (path, f"a reference in a key ({key!r}) is never substituted: only values are")
+        for path, key in in_keys(args)
+    ]
     for path, namespace, name in references(args):
         if namespace not in NAMESPACES:
             problems.append(
@@ -695,6 +701,14 @@ def _reference_problems(playbook: Playbook, args: dict[str, Any]) -> list[tuple[
 def _check_input_defaults(playbook: Playbook) -> list[Problem]:
     problems = []
     for name, spec in playbook.inputs.items():
+        if not NAME.fullmatch(name):
+            problems.append(
+                Problem(
+                    ("inputs", name),
+                    f"input name {name!r} could never be referred to as ${{inputs.{name}}}: "
+                    "letters, digits and '_', not starting with a digit",
+                )
+            )
         if spec.type == "list" and spec.items is None:
             problems.append(Problem(("inputs", name, "type"), "a list input needs `items:`"))
         if spec.choices is not None and not spec.choices:

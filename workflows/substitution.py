@@ -11,7 +11,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a reference can name
+REFERENCE = re.compile(rf"\$\{{\s*({NAME.pattern})\.({NAME.pattern})\s*\}}")
 # What an author meant as a reference: `${` up to the next `}`, or to the end of the text.
 _OPENED = re.compile(r"\$\{[^}]*\}?")
 NAMESPACES = ("inputs", "incident")
@@ -39,6 +40,21 @@ def malformed(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
         for match in _OPENED.finditer(text):
             if not REFERENCE.fullmatch(match.group()):
                 yield path, match.group()
+
+
+def in_keys(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """Yield (path of the key, key) for every mapping key holding `${`: keys are passed to the
+    platform as they stand, never substituted."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and "${" in key:
+                yield (key,), key
+            for path, found in in_keys(item):
+                yield (key, *path), found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            for path, found in in_keys(item):
+                yield (index, *path), found
 
 
 def _strings(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:

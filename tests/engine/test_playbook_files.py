@@ -1036,3 +1036,35 @@ def test_a_playbook_too_large_to_trigger_is_refused_at_validation(tmp_path: Path
     )
     path.write_text(header + steps(800))  # about 900 KiB: accepted
     assert 800 == len(load_playbook(path).steps)
+
+
+@pytest.mark.parametrize("name", ["flag-threshold", "2nd", "région"])
+def test_an_input_no_reference_could_name_is_refused(tmp_path: Path, name: str) -> None:
+    """`${inputs.flag-threshold}` is no reference (it stays literal text), so an input of that
+    name could be given at every trigger and used nowhere."""
+    path = tmp_path / "p.yaml"
+    path.write_text(VALID.replace("  flag:\n", f"  {name}:\n"))
+    assert [
+        f"{path}:9:3: input name {name!r} could never be referred to as ${{inputs.{name}}}: "
+        "letters, digits and '_', not starting with a digit"
+    ] == [str(p) for p in validate_file(path)]
+
+
+def test_a_reference_in_a_key_is_refused(tmp_path: Path) -> None:
+    """Only values are substituted: a `${...}` key went to the platform as written."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        VALID.replace(
+            "    with: {queue: fraud, extra_reviewers: 3}\n",
+            "    with: {queue: fraud, extra_reviewers: 3}\n"
+            "  - id: tell\n"
+            "    do: notify.webhook\n"
+            "    with: {to: internal, message: hi, data: {'${inputs.region}': 1}}\n",
+        )
+    )
+    problems = [str(p) for p in validate_file(path)]
+    assert 1 == len(problems), problems
+    assert problems[0].startswith(f"{path}:23:"), problems
+    assert problems[0].endswith(
+        "a reference in a key ('${inputs.region}') is never substituted: only values are"
+    )
