@@ -265,14 +265,19 @@ async def test_an_edited_incident_row_fails_the_board_check(
 ) -> None:
     """The incidents table (what the board and search show) is not chained: verify projects it
     again from the trail and names what differs."""
-    changed = execute(
-        sqlite_url, f"UPDATE incidents SET {column} = ? WHERE incident_id = ?", value, incident
-    )
-    assert 1 == changed
-    text, as_json = await asyncio.gather(
-        crisis(env, "audit", "verify", incident, "--no-replay"),
-        crisis(env, "audit", "verify", incident, "--json"),
-    )
+    path = sqlite_url.removeprefix("sqlite:///")
+    with closing(sqlite3.connect(path)) as connection:
+        query = f"SELECT {column} FROM incidents WHERE incident_id = ?"
+        (original,) = connection.execute(query, (incident,)).fetchone()
+    edit = f"UPDATE incidents SET {column} = ? WHERE incident_id = ?"
+    assert 1 == execute(sqlite_url, edit, value, incident)
+    try:
+        text, as_json = await asyncio.gather(
+            crisis(env, "audit", "verify", incident, "--no-replay"),
+            crisis(env, "audit", "verify", incident, "--json"),
+        )
+    finally:  # the store is shared: the board of other tests must not show the edit
+        assert 1 == execute(sqlite_url, edit, original, incident)
     said = f"the incidents table's row shows {shown}: it was edited"
     assert_one_line_error(text, f"{incident}: board: {said}")
     assert [f"board   FAILED: {said}  (the incidents table's row)"] == lines_starting(
