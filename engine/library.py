@@ -108,14 +108,6 @@ class Library:
             if not isinstance(step, Step):
                 continue
             for where, call in ((at, step), ((*at, "undo"), step.undo)):
-                if call is not None and call.do == "notify.webhook" and self.stakeholders:
-                    # Any name reaches the connector; beside a directory, one outside it is
-                    # a typo far more often than a receiver configured there alone.
-                    to = call.with_.get("to")
-                    if isinstance(to, str) and "${" not in to and to not in self.stakeholders:
-                        known = ", ".join(sorted(self.stakeholders))
-                        message = f"unknown stakeholder {to!r} (directory: {known})"
-                        found.append(((*where, "with", "to"), message))
                 if call is None or call.do != "notify.send":
                     continue
                 template, to = call.with_.get("template"), call.with_.get("to")

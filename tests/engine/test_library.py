@@ -69,27 +69,6 @@ def test_unknown_template_and_stakeholder_are_reported_where_they_are_written(
     ] == problems
 
 
-def test_a_webhook_to_a_stakeholder_outside_the_directory_is_reported(tmp_path: Path) -> None:
-    """notify.webhook reaches any name on the connector; beside a directory, a name outside it
-    is a typo. Without a directory, nothing to check it against."""
-    body = PLAYBOOK.replace(
-        "    do: notify.send\n"
-        "    with: {to: regulator, template: crisis-opened, severity: critical}\n"
-        "    undo: {do: notify.send, with: {to: regulator, template: crisis-closed}}",
-        "    do: notify.webhook\n    with: {to: regulatr, message: opened}",
-    )
-    path = tmp_path / "tell.yaml"
-    path.write_text(body)
-    assert [] == validate_file(path)
-    copy_library(tmp_path)
-    directory = ", ".join(sorted(load_library(LIBRARY).stakeholders))
-    assert [f"10:12: unknown stakeholder 'regulatr' (directory: {directory})"] == [
-        str(p).removeprefix(f"{path}:") for p in validate_file(path)
-    ]
-    path.write_text(body.replace("regulatr", "regulator"))
-    assert [] == validate_file(path)
-
-
 def test_a_broken_template_file_is_one_clear_problem(tmp_path: Path) -> None:
     """A template with a Jinja syntax error makes the library invalid, naming the template, at
     the part of it that is wrong."""
