@@ -495,6 +495,11 @@ def _lever_details(playbook: Playbook, step: Step, doc: StepDoc) -> None:
         doc.time_limit = "None: in force until stand-down (or until its level no longer applies)."
     doc.undo_kind, doc.undo = _undo(step, gated=_gated(playbook, step))
     doc.on_failure = f"If it fails: {_ON_FAILURE[step.on_failure]}."
+    if doc.closing:  # every measure is taken back by then, whatever on_failure says
+        doc.on_failure = (
+            "If it fails: the failure is recorded; the other stand-down steps still run and "
+            "the incident closes."
+        )
     retry = step.retry
     doc.attempts = (
         f"Each attempt times out after {step.timeout}; up to {retry.max_attempts} attempts, "

@@ -211,6 +211,11 @@ def test_measures_in_plain_words(document: ProtocolDocument) -> None:
     assert "If it fails: the playbook stops" in cut.on_failure
     assert "up to 5 attempts" in cut.attempts
     assert steps["all-clear"].closing
+    # It runs after every undo: its failure stops nothing, whatever its on_failure says.
+    assert (
+        "If it fails: the failure is recorded; the other stand-down steps still run and the "
+        "incident closes." == steps["all-clear"].on_failure
+    )
 
 
 def test_roles_and_approvers(document: ProtocolDocument) -> None:

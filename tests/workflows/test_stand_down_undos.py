@@ -102,3 +102,22 @@ async def test_an_undo_of_the_last_measure_is_not_put_off(lab: Lab) -> None:
     assert ["detection", "limit-one", "cut-reshares", "surge"] == [e.step_id for e in undone]
     assert not any(e.data.get("reason") for e in undone)
     assert lab.store.verify(incident).ok
+
+
+async def test_a_failing_stand_down_step_is_recorded_and_the_incident_closes(lab: Lab) -> None:
+    """As the protocol document says: a stand-down step runs after every undo, so its failure
+    (on_failure stop, the default) stops nothing: the next one runs and the incident closes."""
+    incident = await lab.trigger(
+        FOUR_MEASURES
+        + "  - id: tell-regulator\n    do: notify.webhook\n"
+        + "    with: {to: regulator, message: stood down}\n"
+    )
+    await lab.settle(incident, dict.fromkeys(MEASURES, "applied"))
+    await lab.sandbox.fault(path_prefix="/notify/webhooks/internal", status=400)
+    closed = await lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    assert ("closed", "failed", "applied") == (
+        closed.state,
+        step(closed, "all-clear").state,
+        step(closed, "tell-regulator").state,
+    )
+    assert lab.store.verify(incident).ok
