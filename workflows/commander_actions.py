@@ -109,8 +109,14 @@ class CommanderActions(IncidentRun):
                 f"role {request.role!r} cannot approve {step.id} "
                 f"(roles: {', '.join(step.approval.roles)})"
             )
-        if any(a.actor == request.actor for a in record.approvals):
-            raise invalid_request(f"{request.actor} has already approved {step.id}")
+        # Case-blind: a token is never issued to ROOT beside root (store.tokens), and the CLI's
+        # direct --actor must not make one person two approvers either.
+        same = next(
+            (a for a in record.approvals if a.actor.casefold() == request.actor.casefold()), None
+        )
+        if same is not None:
+            spelt = "" if same.actor == request.actor else f" (as {same.actor})"
+            raise invalid_request(f"{request.actor} has already approved {step.id}{spelt}")
         # Approvals sent at once reach the workflow together: each one after the quorum would
         # be recorded, though the step runs on the quorum (validators see the earlier handlers').
         if len(record.approvals) >= step.approval.quorum:

@@ -276,6 +276,9 @@ async def test_a_quorum_of_two_distinct_approvers_with_listed_roles_releases_the
     assert 1 == len(step(status, "throttle").approvals)
     with pytest.raises(IncidentConflict, match="alice has already approved throttle"):
         await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "alice", "policy-lead"))
+    # One person, spelt otherwise (the CLI's direct --actor is not checked against tokens).
+    with pytest.raises(IncidentConflict, match=r"ALICE has already approved throttle \(as alice\)"):
+        await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "ALICE", "policy-lead"))
     with pytest.raises(IncidentConflict, match="role 'intern' cannot approve throttle"):
         await lab.act(incident, CrisisWorkflow.approve, approve("throttle", "carol", "intern"))
     assert [("surge", "apply-1")] == operations(await lab.platform())
