@@ -45,30 +45,26 @@ def malformed(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
 def in_keys(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
     """Yield (path of the key, key) for every mapping key holding `${`: keys are passed to the
     platform as they stand, never substituted."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if isinstance(key, str) and "${" in key:
-                yield (key,), key
-            for path, found in in_keys(item):
-                yield (key, *path), found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            for path, found in in_keys(item):
-                yield (index, *path), found
+    for path, node in _nodes(value):
+        if isinstance(node, Mapping):
+            yield from (((*path, key), key) for key in node if isinstance(key, str) and "${" in key)
 
 
 def _strings(value: Any) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    if isinstance(value, str):
-        if "${" in value:
-            yield (), value
-    elif isinstance(value, Mapping):
+    return ((path, node) for path, node in _nodes(value) if isinstance(node, str) and "${" in node)
+
+
+def _nodes(
+    value: Any, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """Every value nested in `value` (itself included), with its path."""
+    yield path, value
+    if isinstance(value, Mapping):
         for key, item in value.items():
-            for path, text in _strings(item):
-                yield (key, *path), text
+            yield from _nodes(item, (*path, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            for path, text in _strings(item):
-                yield (index, *path), text
+            yield from _nodes(item, (*path, index))
 
 
 def substitute(value: Any, context: Mapping[str, Mapping[str, Any]]) -> Any:
