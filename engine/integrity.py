@@ -25,7 +25,14 @@ from temporalio.client import Client
 
 from engine.errors import BundleError, IncidentNotFound
 from engine.verification import IncidentHistory, ReplayReport, export_history, replay_incident
-from store.audit_store import AuditStore, Verification, projection_problem, verify_chain
+from store.audit_store import (
+    AuditStore,
+    IncidentRow,
+    Verification,
+    projection_problem,
+    summary_differs,
+    verify_chain,
+)
 from store.errors import SealError
 from store.seals import (
     Seal,
@@ -70,8 +77,8 @@ class Integrity:
     # What showed the trail whole without the replay (a seal over its closing row, the engine's
     # signature over the head at export); empty: nothing did.
     complete_by: str = ""
-    # The store's incident row (what the board and search show) against its trail: "ok", or
-    # how it differs; None: not checked (a bundle has no such row).
+    # The store's incident row (what the board and search show) against its trail, as the
+    # verdict says it: "ok", "ok, but ..." or "FAILED: ..."; None: not checked (a bundle has none).
     board: str | None = None
 
     @property
@@ -85,7 +92,7 @@ class Integrity:
             and self.chain.ok
             and self.seals.ok
             and (self.replay is None or self.replay.ok)
-            and self.board in (None, "ok")
+            and not (self.board or "").startswith("FAILED")
         )
 
     @property
@@ -116,7 +123,7 @@ class Integrity:
                 else f"FAILED: the bundle's public-key.pem is {self.bundle_key_id}, "
                 f"not the trusted key {self.key_id}"
             )
-        board = {} if self.board is None else {"board": _said(self.board)}
+        board = {} if self.board is None else {"board": self.board}
         return {
             **key,
             "chain": "ok" if self.chain.ok else f"FAILED: {self.chain.problem}",
@@ -319,10 +326,6 @@ async def check_with_replay(
     return integrity
 
 
-def _said(problem: str) -> str:
-    return "ok" if problem == "ok" else f"FAILED: {problem}"
-
-
 def check_store(
     store: AuditStore, incident_id: str, public_key: Ed25519PublicKey
 ) -> tuple[Integrity, list[AuditEvent]]:
@@ -339,11 +342,24 @@ def check_store(
         else [KnownEnd("the store's incident row", row.last_seq, row.state == "closed")]
     )
     integrity = check(incident_id, events, store.seals(incident_id), public_key, known_ends=ends)
-    if row is None:
-        integrity.board = "the incidents table has no row for it: the board and search omit it"
-    else:
-        integrity.board = projection_problem(row, events) or "ok"
+    integrity.board = _board_verdict(row, events)
     return integrity, events
+
+
+def _board_verdict(row: IncidentRow | None, events: list[AuditEvent]) -> str:
+    if row is None:  # stores from before the incidents table have none for older incidents
+        return (
+            "ok, but the incidents table has no row for it: the board and search omit it (a "
+            "store older than that table, or the row was deleted)"
+        )
+    if (problem := projection_problem(row, events)) is not None:
+        return f"FAILED: {problem}"
+    if summary_differs(row, events):
+        return (
+            "ok, but its board summary is not what today's version makes of the trail (an "
+            "older version wrote it, or it was edited): the board shows the stored one"
+        )
+    return "ok"
 
 
 # --- export bundles ---------------------------------------------------------------------------

@@ -304,9 +304,9 @@ def test_the_incident_row_is_made_again_from_the_trail_and_an_edit_named(
     row = audit_store.incident(incident)
     assert row is not None
     assert (
-        "the incidents table's row shows level 'elevated' where its trail says 'critical': it was "
-        "edited"
-    ) == projection_problem(row, audit_store.events(incident))
+        "the incidents table's row shows level 'elevated' where its trail says 'critical'"
+        == projection_problem(row, audit_store.events(incident))
+    )
     execute(audit_store, "DELETE FROM audit_events WHERE incident_id = :i AND seq = 4", i=incident)
     assert "counts 4 rows, the trail has 3" in (
         projection_problem(row, audit_store.events(incident)) or ""
