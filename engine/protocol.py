@@ -771,10 +771,12 @@ def _conclusion(playbook: Playbook, steps: list[StepDoc]) -> list[str]:
     if explicit:
         undo += f"; {', '.join(explicit)} by their explicit undo call"
     lines.append(undo + ".")
-    lines.append(
-        "An undo the platform errs on (an outage, not a refusal) is retried after the other "
-        "measures are taken back, so that it never holds them in force."
-    )
+    if len(restored) + len(explicit) > 1:
+        lines.append(
+            "An undo the platform errs on (an outage, not a refusal) is retried after the other "
+            "measures are taken back (those on the same settings under it wait for it), so its "
+            "retries do not hold them in force."
+        )
     lines.append(
         "If the platform refuses to take a measure back, the incident waits, standing down, "
         "before any closing message: the commander retries the undo (`crisis restore INCIDENT "

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.levers import is_notification
     from workflows.limits import MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TEXT_CHARS
-    from workflows.playbook import Step, describe_approval
+    from workflows.playbook import ParallelStep, Step, describe_approval
 
 from workflows.incident_run import (
     RESTORE_RETRY,
@@ -188,22 +188,22 @@ class CommanderActions(IncidentRun):
     def _check_de_escalate(self, request: LevelRequest) -> None:
         self._check_level_change(request, up=False)
 
-    def _reached_waiting(self) -> bool:
-        """Whether a step the sequence has passed waits (for a level, a condition, an approval):
-        the steps an escalation's catch-up could run."""
-        return any(self._waiting_again(step) for step in self._top[: self._cursor])
+    def _may_run_at(self, level: str) -> bool:
+        """Whether a step the sequence has passed waits and might run at `level`: what an
+        escalation's catch-up could still run once the incident has failed."""
+        rank = self._pb.level_rank(level)
+        for step in self._top[: self._cursor]:
+            if not self._waiting_again(step):
+                continue
+            branches = step.parallel if isinstance(step, ParallelStep) else [step]
+            fits = [s.level is None or self._pb.level_rank(s.level) <= rank for s in branches]
+            if any(fits) and (step.level is None or self._pb.level_rank(step.level) <= rank):
+                return True  # (one held by a condition or an approval: it might)
+        return False
 
     def _check_level_change(self, request: LevelRequest, *, up: bool) -> None:
         check_texts(request.actor, ("reason", request.reason, MAX_TEXT_CHARS))
         self._check_open()
-        if up and self._state == "failed" and not self._reached_waiting():
-            # Only steps reached before the failure run at a new level: with none waiting,
-            # "escalated" would promise measures that never come.
-            failed = next((r.id for r in self._records.values() if r.state == "failed"), "a step")
-            raise invalid_request(
-                f"incident failed at {failed}: no step after it runs, and none before it waits "
-                "for a level, so escalating would apply nothing; stand it down and trigger again"
-            )
         levels, rank = self._pb.levels, self._pb.level_rank(self._level)
         if not levels:
             raise bad_argument(f"playbook {self._pb.playbook} has no levels")
@@ -222,6 +222,15 @@ class CommanderActions(IncidentRun):
             raise invalid_request(f"already at the highest level ({self._level})")
         elif not up and rank <= 0:
             raise invalid_request(f"already at the lowest level ({self._level})")
+        to = request.to_level or levels[rank + 1 if up else rank - 1]
+        if up and self._state == "failed" and not self._may_run_at(to):
+            # Only steps passed before the failure run at a new level: with none of them able
+            # to, "escalated" would promise measures that never come.
+            raise invalid_request(
+                f"incident failed at {self._failed_step()}: no step after it runs, and none "
+                f"before it waits for {to} or below, so escalating would apply nothing; stand "
+                "it down and trigger again"
+            )
 
     @workflow.update
     def renew(self, request: RenewRequest) -> StepRecord:

@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         IncidentOutcome,
         StepRecord,
     )
-    from workflows.levers import LEVERS, is_notification
+    from workflows.levers import LEVERS, is_notification, shared_settings
     from workflows.playbook import ParallelStep, Step, WaitStep
     from workflows.substitution import substitute
 
@@ -119,12 +119,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             if self._stand_down is None:
                 await self._continue_as_new()  # returns only if a stand-down came first
 
-        # Steps it never ran were stopped by the failure, not by the stand-down.
-        never_ran = (
-            "not run: the incident failed"
-            if self._state == "failed"
-            else "not run: incident stood down"
-        )
+        # The steps from the failed one on were stopped by the failure, not by the stand-down.
+        failed_by = self._failed_step() if self._state == "failed" else None
         self._state = "standing_down"
         self._publish()
         await sequence
@@ -142,7 +138,9 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                     record.state = "kept" if record.undone_at is None else "undone"
             elif record.state in ("pending", "dormant", "awaiting_approval", "waiting"):
                 record.state = "skipped"
-                record.outcome = record.outcome or never_ran
+                stopped = failed_by is not None and self._at_or_after(record.id, failed_by)
+                never_ran = "the incident failed" if stopped else "incident stood down"
+                record.outcome = record.outcome or f"not run: {never_ran}"
         undoing = list(reversed(self._applied_order))
         if self._version() >= 6:
             # Measures first (newest first, as before), then closing notices: a notice that
@@ -168,9 +166,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             if closes and (put_off or self._holds_close()):
                 closes = False  # an earlier undo failed: the close waits for its restore
             # Only where another measure would wait behind its retries.
-            others = not self._sends_notice(step_id) and not all(
-                map(self._sends_notice, undoing[number:])
-            )
+            others = self._goes_back(step_id) and any(map(self._goes_back, undoing[number:]))
             if await self._undo(
                 record, final_state="undone", closes=closes, hand_back=hands_back, put_off=others
             ):
@@ -200,11 +196,26 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         return self._outcome()
 
     def _under(self, record: StepRecord, newer: list[StepRecord]) -> bool:
-        """Whether a measure to take back shares settings with one of `newer`, applied after it."""
+        """Whether a measure to take back changes settings one of `newer` (applied after it) also
+        changes, whatever either's undo is: it goes back after them, newest first, as always."""
         lever = record.lever
-        if lever is None or not LEVERS[lever].reversible:
+        if lever is None:
             return False
-        return bool(self._stacked_on(record, [other.id for other in newer]))
+        args = LEVERS[lever].args
+        mine = args.model_validate(record.args).targets()
+        return any(
+            other.lever == lever
+            and shared_settings(mine, args.model_validate(other.args).targets())
+            for other in newer
+        )
+
+    def _goes_back(self, step_id: str) -> bool:
+        """Whether taking the step back calls the platform for a measure (not a notice; a
+        notification without an undo is only marked kept)."""
+        step = self._steps_by_id[step_id]
+        assert isinstance(step, Step)
+        reversible = step.undo is not None or LEVERS[step.do].reversible
+        return reversible and not self._sends_notice(step_id)
 
     async def _undo_put_off(self, put_off: list[StepRecord], hand_back: bool) -> None:
         """Take back, newest first and with the full retry policy, the measures whose undo was

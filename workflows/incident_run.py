@@ -255,6 +255,7 @@ class IncidentRun:
         # Steps being applied when another failed with on_failure undo: by id, the failed step.
         self._undo_on_landing: dict[str, str] = {}
         self._failure_undos = 0  # on_failure undo under way (waiting for calls, undoing)
+        self._failed_by: str | None = None  # the step whose failure failed the incident
         self._delivering = 0  # notify.send steps delivering (regular activities)
         self._targets: dict[str, frozenset[str]] = {}
         self._version_seen: int | None = None
@@ -363,12 +364,31 @@ class IncidentRun:
         """Mark the incident failed by this step's failure; False if it was not running."""
         if self._state != "running":
             return False
-        self._state = "failed"
+        self._state, self._failed_by = "failed", step_id
         self._publish()
         self._record(
             "incident.failed", step_id=step_id, data={"error": self._records[step_id].error}
         )
         return True
+
+    def _failed_step(self) -> str:
+        """The step whose failure failed the incident (a run continued as new searches for it)."""
+        if self._failed_by is not None:
+            return self._failed_by
+        failed = (
+            record.id
+            for record in self._records.values()
+            if record.state == "failed"
+            and getattr(self._steps_by_id[record.id], "on_failure", "stop") != "continue"
+        )
+        return next(failed, "a step")
+
+    def _at_or_after(self, step_id: str, other: str) -> bool:
+        """Whether `step_id` comes at or after `other` in the playbook's steps (a branch where
+        its parallel step does)."""
+        place = self._place.get
+        mine = place(self._parent_of(self._steps_by_id[step_id]).id, -1)
+        return mine >= place(self._parent_of(self._steps_by_id[other]).id, len(self._top))
 
     def _unrestored(self) -> bool:
         """A measure's undo failed for good (or is being retried): it may still be in force. (A

@@ -307,11 +307,11 @@ def check_playbook(playbook: Playbook) -> list[Problem]:
     problems: list[Problem] = []
     problems += _check_input_defaults(playbook)
     problems += _check_levels(playbook)
-    if (size := len(playbook.canonical_snapshot)) > MAX_SNAPSHOT_BYTES:
+    if (size := _carried_size(playbook)) > MAX_SNAPSHOT_BYTES:
         problems.append(
             Problem(
                 ("playbook",),
-                f"the playbook is {size // 1024} KiB as every incident carries it, at most "
+                f"the playbook is {-(-size // 1024)} KiB as every incident carries it, at most "
                 f"{MAX_SNAPSHOT_BYTES // 1024} KiB: Temporal would refuse its trigger",
             )
         )
@@ -491,6 +491,15 @@ def _where(path: Path) -> str:
 def _unknown_level(playbook: Playbook, level: str) -> str:
     declared = ", ".join(playbook.levels) or "none declared"
     return f"unknown level {level!r} (levels: {declared})"
+
+
+def _carried_size(playbook: Playbook) -> int:
+    """About the bytes of the playbook in a workflow input: UTF-8, where the canonical snapshot
+    (what the hash is taken of) escapes every non-ASCII character six bytes long."""
+    if b"\\u" not in playbook.canonical_snapshot:  # no escapes: the same bytes
+        return len(playbook.canonical_snapshot)
+    compact = json.dumps(playbook.snapshot(), ensure_ascii=False, separators=(",", ":"))
+    return len(compact.encode())
 
 
 def _check_levels(playbook: Playbook) -> list[Problem]:

@@ -177,9 +177,17 @@ async def test_steps_withdrawn_on_de_escalation_are_not_called_unrun_at_stand_do
 
 FAILS_THEN_SEVERE = """
 steps:
+  - id: note
+    do: notify.webhook
+    with: {to: nowhere, message: opened}
+    on_failure: continue
   - id: surge
     do: moderation.surge
     with: {queue: hate, extra_reviewers: 5}
+  - id: critical-surge
+    level: critical
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
   - id: threshold
     do: detection.set_threshold
     with: {classifier: fraud, threshold: 0.3}
@@ -190,20 +198,53 @@ steps:
 """
 
 
-async def test_a_failed_incident_is_not_escalated(lab: Lab) -> None:
-    """No step after a failure runs, at any level: with no step before it waiting for a level,
-    an escalation would be recorded and answered as done while its measures never came. It is
-    refused, leaving no trace; a stand-down still undoes. (With one waiting, it runs it:
-    test_failure_undo_edges.)"""
+async def test_a_failed_incident_is_escalated_only_where_a_step_could_run(lab: Lab) -> None:
+    """No step after a failure runs, at any level: an escalation to a level no step before it
+    waits for would be recorded and answered as done while nothing came. It is refused, naming
+    the step that failed the incident (not an earlier one that failed with on_failure
+    continue); to the level a passed step waits for, it runs it. The steps the failure stopped
+    say so at stand-down."""
+    await lab.sandbox.fault(path_prefix="/notify/webhooks/nowhere", status=400)
     await lab.sandbox.fault(path_prefix="/detection", status=400)
     incident = await lab.trigger(FAILS_THEN_SEVERE)
-    await lab.settle(incident, {"surge": "applied", "threshold": "failed"}, state="failed")
-    with pytest.raises(IncidentConflict, match="incident failed at threshold: no step after it"):
+    await lab.settle(
+        incident,
+        {"note": "failed", "surge": "applied", "critical-surge": "dormant", "threshold": "failed"},
+        state="failed",
+    )
+    with pytest.raises(
+        IncidentConflict,
+        match="incident failed at threshold: no step after it runs, and none before it waits "
+        "for severe or below",
+    ):
         await lab.act(incident, CrisisWorkflow.escalate, level())
-    closed = await lab.incidents.stand_down(incident, actor="bob", reason="over")
-    assert ("elevated", "undone") == (closed.level, step(closed, "surge").state)
-    events = await lab.audit(incident, until="incident.closed")
+    events = await lab.audit(incident, until="incident.failed")
     assert "level.escalated" not in kinds(events)
+
+    await lab.act(incident, CrisisWorkflow.escalate, level(to="critical"))
+    await lab.settle(incident, {"critical-surge": "applied"}, state="failed", level="critical")
+    await lab.act(incident, CrisisWorkflow.de_escalate, level(to="elevated"))
+    await lab.settle(incident, {"critical-surge": "dormant"}, state="failed", level="elevated")
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="over")
+    assert ("undone", "undone") == (
+        step(closed, "surge").state,
+        step(closed, "critical-surge").state,
+    )
+    assert ("skipped", "not run: the incident failed") == (
+        step(closed, "severe-throttle").state,
+        step(closed, "severe-throttle").outcome,
+    )
+
+
+async def test_a_step_its_level_held_back_before_a_failure_was_stopped_by_the_stand_down(
+    lab: Lab,
+) -> None:
+    await lab.sandbox.fault(path_prefix="/detection", status=400)
+    incident = await lab.trigger(FAILS_THEN_SEVERE.replace("nowhere", "internal"))
+    await lab.settle(incident, {"critical-surge": "dormant", "threshold": "failed"}, state="failed")
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="over")
+    assert "not run: incident stood down" == step(closed, "critical-surge").outcome
+    assert "not run: the incident failed" == step(closed, "severe-throttle").outcome
 
 
 async def test_an_incident_triggered_at_a_level_applies_the_steps_of_that_level(lab: Lab) -> None:

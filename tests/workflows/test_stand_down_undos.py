@@ -121,3 +121,56 @@ async def test_a_failing_stand_down_step_is_recorded_and_the_incident_closes(lab
         step(closed, "tell-regulator").state,
     )
     assert lab.store.verify(incident).ok
+
+
+EXPLICIT_OVER_RESTORE = """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+  - id: soft
+    do: recommender.throttle
+    with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.5}
+  - id: hard
+    do: recommender.throttle
+    with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.25}
+    undo:
+      do: recommender.throttle
+      with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.9}
+"""
+
+
+async def test_a_measure_under_a_put_off_explicit_undo_waits_for_it(lab: Lab) -> None:
+    """The newer measure's undo is an explicit call, not a restore: the older one on the same
+    settings still goes back after it, as without the error, so its restore has the last word."""
+    before = settings_of(await lab.platform())
+    incident = await lab.trigger(EXPLICIT_OVER_RESTORE)
+    await lab.settle(incident, dict.fromkeys(("surge", "soft", "hard"), "applied"))
+    await lab.sandbox.fault(**RECOMMENDER_UNDO_ERRS, times=4)
+    await lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    events = await lab.audit(incident, until="incident.closed")
+    undone = [e.step_id for e in events if e.kind == "step.undone"]
+    assert ["surge", "hard", "soft"] == undone
+    assert before == settings_of(await lab.platform())
+
+
+async def test_a_notice_left_to_undo_is_no_reason_to_put_off(lab: Lab) -> None:
+    """Only measures wait behind an undo's retries: with a sent notice (no undo) alone left,
+    the erring undo retries at once."""
+    incident = await lab.trigger(
+        """
+steps:
+  - id: note
+    do: notify.webhook
+    with: {to: internal, message: opened}
+  - id: limit-one
+    do: recommender.throttle
+    with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.25}
+"""
+    )
+    await lab.settle(incident, {"note": "applied", "limit-one": "applied"})
+    await lab.sandbox.fault(**RECOMMENDER_UNDO_ERRS, times=5)
+    await lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    events = await lab.audit(incident, until="incident.closed")
+    (undone,) = [e for e in events if e.kind == "step.undone"]
+    assert ("limit-one", None) == (undone.step_id, undone.data.get("reason"))
