@@ -315,7 +315,13 @@ class Incidents:
         timeout = self._settings.action_timeout_s
         try:
             return await send_update(handle, update, request, timeout_s=timeout)
-        except UpdateTimedOut:
+        except UpdateTimedOut as timed_out:
+            if timed_out.accepted:
+                raise IncidentBusy(
+                    f"incident {incident_id} took the request but had not carried it out within "
+                    f"{timeout:g}s (a lever call or a delivery may be retrying): it goes on; "
+                    "check its status"
+                ) from None
             why = await self._no_worker() or (
                 "a lever call or a delivery may be retrying, or its worker is overloaded"
             )

@@ -27,7 +27,6 @@ from engine.errors import BundleError, IncidentNotFound
 from engine.verification import IncidentHistory, ReplayReport, export_history, replay_incident
 from store.audit_store import (
     AuditStore,
-    IncidentRow,
     Verification,
     projection_problem,
     summary_differs,
@@ -342,11 +341,19 @@ def check_store(
         else [KnownEnd("the store's incident row", row.last_seq, row.state == "closed")]
     )
     integrity = check(incident_id, events, store.seals(incident_id), public_key, known_ends=ends)
-    integrity.board = _board_verdict(row, events)
+    integrity.board = _board_verdict(store, incident_id, events)
     return integrity, events
 
 
-def _board_verdict(row: IncidentRow | None, events: list[AuditEvent]) -> str:
+def _board_verdict(store: AuditStore, incident_id: str, events: list[AuditEvent]) -> str:
+    # The row again, after the events: each write moves the row with its events in one
+    # transaction, so from here a row behind the events read was not moved with them.
+    row = store.incident(incident_id)
+    for _ in range(3):
+        if row is None or row.last_seq <= events[-1].seq:
+            break
+        events = store.events(incident_id)  # written meanwhile: the trail as the row knows it
+        row = store.incident(incident_id)
     if row is None:  # stores from before the incidents table have none for older incidents
         return (
             "ok, but the incidents table has no row for it: the board and search omit it (a "

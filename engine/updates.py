@@ -23,8 +23,17 @@ from temporalio.client import (
 _ATTEMPT = timedelta(seconds=30)
 
 
+# How long the check whether a timed-out Update was at least taken may wait.
+_PROBE = timedelta(seconds=2)
+
+
 class UpdateTimedOut(Exception):
-    """The workflow had not answered the Update by the deadline (it may still take it later)."""
+    """The workflow had not answered the Update by the deadline (it may still take it later);
+    `accepted`: it had taken it (its validator passed) and was still carrying it out."""
+
+    def __init__(self, message: str, *, accepted: bool = False) -> None:
+        super().__init__(message)
+        self.accepted = accepted
 
 
 async def send_update(
@@ -58,7 +67,28 @@ async def send_update(
     except TimeoutError:
         if not overall.expired():
             raise
-        raise UpdateTimedOut(f"not answered within {timeout_s:g}s") from None
+        accepted = await _accepted(handle, update, arg, update_id)
+        raise UpdateTimedOut(f"not answered within {timeout_s:g}s", accepted=accepted) from None
+
+
+async def _accepted(
+    handle: WorkflowHandle[Any, Any], update: Any, arg: Any, update_id: str
+) -> bool:
+    """Whether the workflow has taken the Update: the same id again, asking only for that stage
+    (the server answers at once for one taken, and deduplicates it either way)."""
+    try:
+        async with asyncio.timeout(_PROBE.total_seconds()):
+            await handle.start_update(
+                update,
+                arg,
+                id=update_id,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                rpc_timeout=_PROBE,
+            )
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        _reraise_cancellation()
+        return False
+    return True
 
 
 def _reraise_cancellation() -> None:

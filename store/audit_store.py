@@ -316,13 +316,11 @@ def _advance(row: dict[str, Any], item: AuditEvent) -> None:
     row["updated_at"], row["last_seq"] = at, item.seq
 
 
-def projected(events: list[AuditEvent], through: int | None = None) -> dict[str, Any] | None:
-    """The incident's searchable row as its events through row `through` (default: all) make
-    it; None if they hold no incident.triggered."""
+def projected(events: list[AuditEvent]) -> dict[str, Any] | None:
+    """The incident's searchable row as its events make it; None if they hold no
+    incident.triggered."""
     made: dict[str, Any] | None = None
     for item in events:
-        if through is not None and item.seq > through:
-            break
         if item.kind == "incident.triggered" and made is None:
             made = _triggered_row(item)
         elif made is not None:
@@ -339,18 +337,21 @@ def projection_problem(row: IncidentRow, events: list[AuditEvent]) -> str | None
     """How the stored row of the incidents table (the board, search) differs from what its
     audit trail makes of it, or None. The trail is hash-chained and sealed, the row is not: an
     edit there would change what the board shows and leave the chain intact."""
-    made = projected(events, through=row.last_seq)  # events written since the row was read: not
+    made = projected(events)
     if made is None:
         return "the incidents table has a row for it, but its trail has no incident.triggered"
-    if made["last_seq"] < row.last_seq:
+    if made["last_seq"] != row.last_seq:  # read after the events (engine.integrity)
+        side = (
+            "rows are missing from the trail"
+            if made["last_seq"] < row.last_seq
+            else ("the board shows the incident as it stood then")
+        )
         return (
-            f"the incidents table's row counts {row.last_seq} rows, the trail has "
-            f"{made['last_seq']}: rows are missing, or the row does not match the trail"
+            f"the incidents table's row ends at row {row.last_seq}, the trail at row "
+            f"{made['last_seq']}: {side}"
         )
     for name in _CHECKED_FIELDS:
-        stored, expected = getattr(row, name), made[name]
-        if isinstance(stored, datetime) and isinstance(expected, datetime):
-            stored, expected = _utc(stored).isoformat(), _utc(expected).isoformat()
+        stored, expected = _shown(getattr(row, name)), _shown(made[name])
         if stored != expected:
             return (
                 f"the incidents table's row shows {name} {stored!r} where its trail says "
@@ -359,11 +360,15 @@ def projection_problem(row: IncidentRow, events: list[AuditEvent]) -> str | None
     return None
 
 
+def _shown(value: Any) -> Any:
+    return _utc(value).isoformat() if isinstance(value, datetime) else value
+
+
 def summary_differs(row: IncidentRow, events: list[AuditEvent]) -> bool:
     """Whether the row's board summary is not what today's rules make of its trail (written by
-    an older version, or edited): the board shows the stored one."""
-    made = projected(events, through=row.last_seq)
-    return row.summary is not None and made is not None and row.summary != made["summary"]
+    an older version, or before the board had one, or edited): the board shows the stored one."""
+    made = projected(events)
+    return made is not None and row.summary != made["summary"]
 
 
 def _add_seal(conn: Connection, sql: _WritePath, seal: Seal) -> bool:

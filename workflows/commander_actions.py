@@ -189,16 +189,14 @@ class CommanderActions(IncidentRun):
         self._check_level_change(request, up=False)
 
     def _may_run_at(self, level: str) -> bool:
-        """Whether a step the sequence has passed waits and might run at `level`: what an
-        escalation's catch-up could still run once the incident has failed."""
-        rank = self._pb.level_rank(level)
+        """Whether a step the sequence has passed waits and is called for at `level` (its level
+        and its condition): what an escalation's catch-up could still run once it has failed."""
         for step in self._top[: self._cursor]:
-            if not self._waiting_again(step):
+            if not self._waiting_again(step) or not self._eligible(step, at=level):
                 continue
             branches = step.parallel if isinstance(step, ParallelStep) else [step]
-            fits = [s.level is None or self._pb.level_rank(s.level) <= rank for s in branches]
-            if any(fits) and (step.level is None or self._pb.level_rank(step.level) <= rank):
-                return True  # (one held by a condition or an approval: it might)
+            if any(self._eligible(branch, at=level) for branch in branches):
+                return True
         return False
 
     def _check_level_change(self, request: LevelRequest, *, up: bool) -> None:

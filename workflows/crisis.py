@@ -220,6 +220,9 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
     async def _undo_put_off(self, put_off: list[StepRecord], hand_back: bool) -> None:
         """Take back, newest first and with the full retry policy, the measures whose undo was
         put off: those whose first tries erred, and those on the same settings under them."""
+        # The other measures' undos reach the trail (the board) first: the pump writes only
+        # between lever calls, and these may retry for minutes.
+        await self._wait(lambda: not self._audit.pending and not self._pump_busy)
         for record in put_off:
             reason = ""
             if record.state == "undoing":  # its first tries erred: status shows why until it lands

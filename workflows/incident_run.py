@@ -329,10 +329,10 @@ class IncidentRun:
         ) -> None: ...
 
     # --- levels, conditions -------------------------------------------------------------------
-    def _eligible(self, step: AnyStep) -> bool:
-        if step.level is not None and self._pb.level_rank(step.level) > self._pb.level_rank(
-            self._level
-        ):
+    def _eligible(self, step: AnyStep, at: str | None = None) -> bool:
+        """Whether the step is called for at the incident's level (or at level `at`)."""
+        level = at or self._level
+        if step.level is not None and self._pb.level_rank(step.level) > self._pb.level_rank(level):
             return False
         if step.when is None:
             return True
@@ -341,7 +341,7 @@ class IncidentRun:
             if expression is None:
                 expression = self._conditions[step.id] = parse_expression(step.when)
             return evaluate(
-                expression, inputs=self._incident.inputs, level=self._level, levels=self._pb.levels
+                expression, inputs=self._incident.inputs, level=level, levels=self._pb.levels
             )
         except ExpressionError as error:
             workflow.logger.warning("condition of %s failed: %s", step.id, error)

@@ -255,10 +255,14 @@ async def test_an_altered_row_fails_the_chain_and_the_replay(
 @pytest.mark.parametrize(
     ("column", "value", "shown"),
     [
-        ("triggered_by", "mallory", "triggered_by 'mallory' where its trail says 'auditor-test'"),
-        ("state", "running", "state 'running' where its trail says 'closed'"),
-        # Rows after the 4th hidden from the board: it says the incident is still running.
-        ("last_seq", "4", "state 'closed' where its trail says 'running'"),
+        (
+            "triggered_by",
+            "mallory",
+            "shows triggered_by 'mallory' where its trail says 'auditor-test'",
+        ),
+        ("state", "running", "shows state 'running' where its trail says 'closed'"),
+        # Rewound: the board shows the incident as it stood at row 4.
+        ("last_seq", "4", "ends at row 4, the trail at row "),
     ],
 )
 async def test_an_edited_incident_row_fails_the_board_check(
@@ -276,7 +280,7 @@ async def test_an_edited_incident_row_fails_the_board_check(
         )
     finally:  # the store is shared: the board of other tests must not show the edit
         assert 1 == execute(sqlite_url, edit, original, incident)
-    said = f"the incidents table's row shows {shown}"
+    said = f"the incidents table's row {shown}"
     assert_one_line_error(text, f"{incident}: board: {said}")
     (line,) = lines_starting(text.stdout, "board")
     assert line.startswith(f"board   FAILED: {said}"), line

@@ -236,6 +236,31 @@ async def test_a_failed_incident_is_escalated_only_where_a_step_could_run(lab: L
     )
 
 
+async def test_a_failed_incident_is_not_escalated_for_a_step_its_condition_holds_back(
+    lab: Lab,
+) -> None:
+    """A step before the failure held back by a condition on the inputs alone runs at no level:
+    no reason to escalate."""
+    await lab.sandbox.fault(path_prefix="/detection", status=400)
+    incident = await lab.trigger(
+        """
+inputs:
+  region: {type: string, default: GB}
+steps:
+  - id: fr-only
+    when: "inputs.region == 'FR'"
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+  - id: threshold
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+"""
+    )
+    await lab.settle(incident, {"fr-only": "dormant", "threshold": "failed"}, state="failed")
+    with pytest.raises(IncidentConflict, match="incident failed at threshold: no step after it"):
+        await lab.act(incident, CrisisWorkflow.escalate, level(to="critical"))
+
+
 async def test_a_step_its_level_held_back_before_a_failure_was_stopped_by_the_stand_down(
     lab: Lab,
 ) -> None:

@@ -5,10 +5,14 @@ it after it, so that restoring them never wipes it. The platform is the real san
 
 from __future__ import annotations
 
-import asyncio
+import pytest
 
+from core.settings import Settings
+from engine.errors import IncidentBusy
+from engine.incidents import Incidents
 from tests.helpers import assert_eventually
 from tests.workflows.lab import Lab, at, kinds, settings_of, step, step_states
+from workflows.audit import AuditEvent
 
 FOUR_MEASURES = """
 steps:
@@ -40,10 +44,11 @@ async def test_an_undo_the_platform_errs_on_is_retried_after_the_other_measures(
     incident = await lab.trigger(FOUR_MEASURES)
     await lab.settle(incident, dict.fromkeys(MEASURES, "applied"))
     await lab.sandbox.fault(**RECOMMENDER_UNDO_ERRS)
-    # Answered once the incident closes.
-    standing_down = asyncio.create_task(
-        lab.incidents.stand_down(incident, actor="alice", reason="calm")
-    )
+    # Answered once the incident closes: a caller that waits less is told it was taken (once
+    # the workflow task that took it has reported, which lever calls retrying delay a few s).
+    impatient = Incidents(lab.env.client, Settings(action_timeout_s=15))
+    with pytest.raises(IncidentBusy, match="took the request but had not carried it out within"):
+        await impatient.stand_down(incident, actor="alice", reason="calm")
 
     # The recommender still errs, and everything else is already back as it was.
     async def others_restored() -> dict[str, str]:
@@ -65,9 +70,22 @@ async def test_an_undo_the_platform_errs_on_is_retried_after_the_other_measures(
     erring = step(await lab.status(incident), "limit-one")
     assert erring.error is not None and "503" in erring.error
 
+    # The other measures' undos reach the trail (the board) while it retries.
+    async def in_the_trail() -> None:
+        undone = [e.step_id for e in lab.store.events(incident) if e.kind == "step.undone"]
+        assert ["detection", "surge"] == undone
+
+    await assert_eventually(in_the_trail, timeout=10)
+
     await lab.sandbox.clear_faults()
-    closed = await standing_down
-    events = await lab.audit(incident, until="incident.closed")
+
+    async def closes() -> list[AuditEvent]:  # at its next try: up to 30 s apart by now
+        events = lab.store.events(incident)
+        assert "incident.closed" == events[-1].kind
+        return events
+
+    events = await assert_eventually(closes, timeout=45)
+    closed = await lab.status(incident)
     assert "closed" == closed.state
     assert before == settings_of(await lab.platform())  # every setting back as it was
     assert 0 == (await lab.platform())["stats"]["duplicates"]
