@@ -64,7 +64,8 @@ class Problem(BaseModel):
 
 
 class ValidateBody(RequestBody):
-    text: str = Field(min_length=1, max_length=1_000_000, description="The playbook file (YAML)")
+    # Beyond the 1 MiB a playbook may carry (workflows.limits), so validation says that instead.
+    text: str = Field(min_length=1, max_length=4_000_000, description="The playbook file (YAML)")
 
 
 class ValidationOut(BaseModel):

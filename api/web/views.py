@@ -128,7 +128,8 @@ def incident_view(
     return IncidentView(
         status=status,
         principal=principal,
-        measures=[s for s in status.steps if is_measure(s) and s.state == "applied"],
+        # Being taken back is still in force until the platform has answered.
+        measures=[s for s in status.steps if is_measure(s) and s.state in ("applied", "undoing")],
         lapsed=[s for s in status.steps if is_measure(s) and s.state == "expired"],
         not_restored=unrestored(status),
         pending=pending,

@@ -1,0 +1,38 @@
+"""What the console's incident page lists as in force, from a status alone."""
+
+from __future__ import annotations
+
+from api.auth import Principal
+from api.web.views import incident_view
+from workflows.incident import IncidentStatus, StepRecord
+
+
+def test_a_measure_being_taken_back_is_still_listed_in_force() -> None:
+    """Its undo is retrying (the platform erred): the setting holds until the platform answers,
+    so the page lists it, with why, beside the measures still applied, and not the one undone."""
+    steps = [
+        StepRecord(id="surge", kind="lever", lever="moderation.surge", state="undone"),
+        StepRecord(
+            id="limit-one",
+            kind="lever",
+            lever="recommender.throttle",
+            state="undoing",
+            error="recommender.throttle: platform error HTTP 503",
+        ),
+        StepRecord(id="cut", kind="lever", lever="recommender.throttle", state="applied"),
+        StepRecord(id="tell", kind="lever", lever="notify.webhook", state="applied"),
+    ]
+    status = IncidentStatus(
+        incident_id="INC-1",
+        state="standing_down",
+        playbook="p",
+        version=1,
+        playbook_hash="sha256:00",
+        inputs={},
+        triggered_by="alice",
+        triggered_at="2026-12-01T10:00:00+00:00",
+        steps=steps,
+    )
+    alice = Principal(name="alice", roles=["commander"], token_id="t1")
+    view = incident_view(status, alice, approval_roles={}, timeline=[])
+    assert ["limit-one", "cut"] == [m.id for m in view.measures]
