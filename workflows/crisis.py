@@ -49,6 +49,7 @@ from workflows.incident_run import (
     APPLY_UNDER_PATCH,
     DELIVERIES_LAND_PATCH,
     FAILURE_SETTLES_PATCH,
+    LAST_PUT_OFF_PATCH,
     LEVER_TIME,
     PUMP_OUTLIVES_CARRY_PATCH,
     RESTORE_RETRY,
@@ -165,8 +166,12 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             closes = number == len(undoing) and not self._pb.on_stand_down and not hands_back
             if closes and (put_off or self._holds_close()):
                 closes = False  # an earlier undo failed: the close waits for its restore
-            # Only where another measure would wait behind its retries.
-            others = self._goes_back(step_id) and any(map(self._goes_back, undoing[number:]))
+            # Only where another measure would wait behind its retries: one still to take back,
+            # or one put off already.
+            others = self._goes_back(step_id) and (
+                any(map(self._goes_back, undoing[number:]))
+                or (bool(put_off) and workflow.patched(LAST_PUT_OFF_PATCH))
+            )
             if await self._undo(
                 record, final_state="undone", closes=closes, hand_back=hands_back, put_off=others
             ):

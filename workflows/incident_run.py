@@ -114,6 +114,10 @@ LATE_START = timedelta(seconds=1)
 # refusing) undoes the other measures before trying it again: the retries of one setting's undo
 # held every other measure in force for minutes. Recorded only where an undo is put off.
 UNDO_PUT_OFF_PATCH = "undo-retried-after-the-other-measures"
+# Once one undo is put off, the last measure's erring undo is put off too (its full retries held
+# the put-off ones, whose platform may be back). Recorded where an undo was put off and a last
+# measure is still to take back.
+LAST_PUT_OFF_PATCH = "last-undo-put-off-behind-the-others"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}

@@ -42,6 +42,10 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # its first tries (kept as
                                                   # v7-put-off-unpatched, the others waiting
                                                   # behind its retries; v7-put-off: undone first)
+    python -m tests.histories.record v7 put-off-last   # as put-off, and the last measure's undo
+                                                  # errs for longer (v7-put-off-last-unpatched:
+                                                  # the put-off ones wait behind its retries;
+                                                  # v7-put-off-last: it is put off behind them)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -362,14 +366,12 @@ steps:
 
 
 async def record_put_off(
-    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str, *, last: bool
 ) -> None:
-    try:
-        from workflows.incident_run import UNDO_PUT_OFF_PATCH  # noqa: F401
-    except ImportError:
-        name = f"{tag}-put-off-unpatched"
-    else:
-        name = f"{tag}-put-off"
+    patch = "LAST_PUT_OFF_PATCH" if last else "UNDO_PUT_OFF_PATCH"
+    name = f"{tag}-put-off-last" if last else f"{tag}-put-off"
+    if not hasattr(__import__("workflows.incident_run", fromlist=[patch]), patch):
+        name += "-unpatched"
     incident_id = f"REC-{name}"
     path = work / "record-put-off.yaml"
     path.write_text(PUT_OFF)
@@ -379,6 +381,9 @@ async def record_put_off(
         # Four errors: the first tries of a put-off undo, or four of an undo's full retries.
         fault = {"path_prefix": "/recommender", "operation_prefix": "undo-", "status": 503}
         (await http.post(f"{sandbox_url}/faults", json={**fault, "times": 4})).raise_for_status()
+        if last:  # five errors: the quick tries and one of the full ones
+            queue = {**fault, "path_prefix": "/moderation", "times": 5}
+            (await http.post(f"{sandbox_url}/faults", json=queue)).raise_for_status()
         await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
     await _keep(client, {name: incident_id})
 
@@ -648,8 +653,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "renewed":
             await record_renewed(tag, incidents, client, work)
             return
-        if scenario == "put-off":
-            await record_put_off(tag, incidents, client, work, sandbox_url)
+        if scenario in ("put-off", "put-off-last"):
+            last = scenario == "put-off-last"
+            await record_put_off(tag, incidents, client, work, sandbox_url, last=last)
             return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
@@ -678,7 +684,7 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under, restore, unasked, late, by-hand, missed, renewed, put-off
+    # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

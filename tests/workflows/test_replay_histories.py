@@ -57,7 +57,8 @@ def test_histories_are_kept() -> None:
     restored by hand under a later incident's measure, before and since that handed the
     settings back; a measure lapsed under a later one and renewed, before and since it came back
     under it; a stand-down's undo the platform erred on at first, before and since it was put
-    off until the other measures were undone)."""
+    off until the other measures were undone, and the last measure's erring for longer, before
+    and since it was put off behind those)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
@@ -91,6 +92,8 @@ def test_histories_are_kept() -> None:
         "v7-renewed",
         "v7-put-off-unpatched",
         "v7-put-off",
+        "v7-put-off-last-unpatched",
+        "v7-put-off-last",
     } <= kept
 
 

@@ -5,6 +5,8 @@ it after it, so that restoring them never wipes it. The platform is the real san
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from core.settings import Settings
@@ -192,3 +194,35 @@ steps:
     events = await lab.audit(incident, until="incident.closed")
     (undone,) = [e for e in events if e.kind == "step.undone"]
     assert ("limit-one", None) == (undone.step_id, undone.data.get("reason"))
+
+
+async def test_the_last_measure_erring_too_waits_behind_those_put_off(lab: Lab) -> None:
+    """The recommender errs at first, the oldest measure's queue for longer: the recommender's
+    undos, put off, are retried before the oldest one's full retries, not held behind them."""
+    before = settings_of(await lab.platform())
+    incident = await lab.trigger(FOUR_MEASURES)
+    await lab.settle(incident, dict.fromkeys(MEASURES, "applied"))
+    await lab.sandbox.fault(**RECOMMENDER_UNDO_ERRS, times=4)
+    await lab.sandbox.fault(path_prefix="/moderation", operation_prefix="undo-", status=503)
+    standing_down = asyncio.create_task(
+        lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    )
+
+    async def recommender_back() -> None:
+        states = step_states(await lab.status(incident))
+        assert ("undone", "undone", "undoing") == (
+            states["limit-one"],
+            states["cut-reshares"],
+            states["surge"],
+        ), states
+
+    await assert_eventually(recommender_back, timeout=30)
+    assert before["recommender"] == settings_of(await lab.platform())["recommender"]
+    await lab.sandbox.clear_faults()
+    closed = await asyncio.wait_for(standing_down, 60)
+    assert "closed" == closed.state
+    assert before == settings_of(await lab.platform())
+    events = await lab.audit(incident, until="incident.closed")
+    undone = [e.step_id for e in events if e.kind == "step.undone"]
+    assert ["detection", "limit-one", "cut-reshares", "surge"] == undone
+    assert lab.store.verify(incident).ok
