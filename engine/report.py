@@ -878,7 +878,10 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
         if notify:
             return f"closing message for {step} sent ({lever})"
         when = " at stand-down" if ctx.stand_down_at else ""
-        return f"measure {step} undone{when}"
+        # `restored` is kept even when None: an explicit undo call, not a restore.
+        how = f" by its undo call ({lever})" if data.get("restored", {}) is None else ""
+        reason = data.get("reason")
+        return f"measure {step} undone{when}{how}" + (f" ({reason})" if reason else "")
     if kind == "step.expired":
         return f"measure {step} lapsed"
     if kind == "step.withdrawn":

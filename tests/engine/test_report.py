@@ -554,6 +554,23 @@ def test_a_message_taking_a_step_back_is_no_measure_in_the_timeline() -> None:
     assert "closing message for tell NOT delivered (notify.webhook): HTTP 400" == text[-1]
 
 
+def test_an_undo_says_how_and_why_when_the_trail_does() -> None:
+    """An explicit undo call is not a restore, and a reason (an undo retried after the others,
+    a measure lifted under another) says why it came when it did."""
+    t = Trail("INC-8")
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={}, level=None)
+    for n, step in enumerate(("hashes", "throttle")):
+        t.add(1 + n, "step.started", step=step, lever="recommender.throttle", args=THROTTLE)
+        t.add(1 + n, "step.applied", step=step, lever="recommender.throttle")
+    t.add(60, "stand_down.requested", actor="root", reason="over")
+    t.add(61, "step.undone", step="hashes", lever="hashes.remove", restored=None)
+    why = "retried after the other measures (recommender.throttle: platform error HTTP 503)"
+    t.add(90, "step.undone", step="throttle", lever="recommender.throttle", restored={}, reason=why)
+    text = [e.text for e in build_report(t.events, now=T0 + timedelta(hours=1)).timeline]
+    assert "measure hashes undone at stand-down by its undo call (hashes.remove)" == text[-2]
+    assert f"measure throttle undone at stand-down ({why})" == text[-1]
+
+
 def test_a_notification_sent_again_at_a_level_reached_again_is_listed_each_time() -> None:
     """Told at critical, told it is over on de-escalation, told again at critical and at the
     close: two rows, each with its own closing message."""
