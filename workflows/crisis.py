@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         IncidentOutcome,
         StepRecord,
     )
-    from workflows.levers import LEVERS, is_notification, shared_settings
+    from workflows.levers import LEVERS, is_notification
     from workflows.playbook import ParallelStep, Step, WaitStep
     from workflows.substitution import substitute
 
@@ -203,16 +203,9 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
     def _under(self, record: StepRecord, newer: list[StepRecord]) -> bool:
         """Whether a measure to take back changes settings one of `newer` (applied after it) also
         changes, whatever either's undo is: it goes back after them, newest first, as always."""
-        lever = record.lever
-        if lever is None:
+        if record.lever is None:
             return False
-        args = LEVERS[lever].args
-        mine = args.model_validate(record.args).targets()
-        return any(
-            other.lever == lever
-            and shared_settings(mine, args.model_validate(other.args).targets())
-            for other in newer
-        )
+        return bool(self._stacked_on(record, [other.id for other in newer], any_undo=True))
 
     def _goes_back(self, step_id: str) -> bool:
         """Whether taking the step back calls the platform for a measure (not a notice; a

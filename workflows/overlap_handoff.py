@@ -63,15 +63,20 @@ BY_HAND_HAND_BACK_PATCH = "restored-by-hand-hands-back"
 class OverlapHandoff(LeverCalls):
     """Measures stacked on the same settings, within an incident and between incidents."""
 
-    def _stacked_on(self, record: StepRecord, later: list[str]) -> list[StepRecord]:
-        """Of the measures applied after `record`, those of its lever changing its settings."""
+    def _stacked_on(
+        self, record: StepRecord, later: list[str], *, any_undo: bool = False
+    ) -> list[StepRecord]:
+        """Of the measures applied after `record`, those of its lever changing its settings
+        (restored ones only, unless `any_undo`: an explicit undo sets values of its own)."""
         assert record.lever is not None
         args = LEVERS[record.lever].args
         mine = args.model_validate(record.args).targets()
         found = []
         for step_id in later:
             other, step = self._records[step_id], self._steps_by_id[step_id]
-            if not isinstance(step, Step) or step.undo is not None or other.lever != record.lever:
+            if not isinstance(step, Step) or other.lever != record.lever:
+                continue
+            if step.undo is not None and not any_undo:
                 continue
             if shared_settings(mine, args.model_validate(other.args).targets()):
                 found.append(other)
