@@ -140,6 +140,7 @@ class LeverCalls(IncidentRun):
                 data=dict(args.get("data") or {}),
                 severity=args.get("severity", "warning"),
                 idempotency_key=f"{self._incident.incident_id}/{step.id}/{operation}/{index}",
+                operation=f"{operation}/{index}",
             )
             for index, channel in enumerate(channels)
         ]

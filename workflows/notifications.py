@@ -155,6 +155,9 @@ class DeliveryRequest(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)  # the step's `data:`
     severity: Literal["info", "warning", "critical"] = "warning"
     idempotency_key: str = Field(min_length=1)
+    # The step's operation and the channel's place among the stakeholder's (`apply-1/0`), as a
+    # webhook's X-Operation header; None in requests scheduled before the header existed.
+    operation: str | None = None
 
 
 class DeliveryReceipt(BaseModel):

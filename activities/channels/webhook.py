@@ -48,6 +48,8 @@ class WebhookSender:
             "X-Step-Id": request.step_id,
             **signature_headers(secret, content),
         }
+        if request.operation is not None:
+            headers["X-Operation"] = request.operation
         if channel.url is None:
             name = quote(request.stakeholder, safe="")
             url = f"{self._settings.connector_url('notify')}/webhooks/{name}"

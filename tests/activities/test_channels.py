@@ -79,6 +79,7 @@ def delivery_request(channel: Channel, **changes: Any) -> DeliveryRequest:
         "data": {"note": "reach cut to 25%"},
         "severity": "critical",
         "idempotency_key": "INC-7/notify-regulator/apply-1/0",
+        "operation": "apply-1/0",
     }
     return DeliveryRequest(**{**fields, **changes})
 
@@ -143,9 +144,10 @@ async def test_webhook_is_signed_and_the_receiver_verifies_it(
         "data": {"note": "reach cut to 25%"},
     } == seen.json
     assert "INC-7/notify-regulator/apply-1/0" == seen.headers["idempotency-key"]
-    assert ("INC-7", "notify-regulator") == (
+    assert ("INC-7", "notify-regulator", "apply-1/0") == (
         seen.headers["x-incident-id"],
         seen.headers["x-step-id"],
+        seen.headers["x-operation"],
     )
     assert "authorization" not in seen.headers
     assert "notification.sent" in events(logs)

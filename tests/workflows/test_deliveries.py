@@ -136,6 +136,8 @@ async def test_every_channel_gets_its_own_delivery_and_a_dead_one_is_shown(
     # What arrived is the rendered message, signed with the stakeholder's own secret.
     (arrived,) = receiver.accepted
     assert "Crisis protocol activated: Tell the regulator" == arrived.json["subject"]
+    # The logical operation, as a lever call names it, with the channel's place among the three.
+    assert "apply-1/0" == arrived.headers["x-operation"]
     (envelope,) = box.messages
     message = email.message_from_bytes(envelope.original_content)
     assert mail.message_id == message["Message-ID"]
