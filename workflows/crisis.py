@@ -13,6 +13,7 @@ Measures on the same settings as another incident's are handed back between them
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +54,7 @@ from workflows.incident_run import (
     LEVER_TIME,
     PUMP_OUTLIVES_CARRY_PATCH,
     RESTORE_RETRY,
+    UNDO_ERROR_SHOWN_PATCH,
     UNDO_ON_LANDING_PATCH,
     UNDO_PUT_OFF_PATCH,
     UNDO_RETRY,
@@ -622,25 +624,35 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             if closes and not held and not self._inflight and self._carries_audit()
             else None
         )
+        attempt = functools.partial(
+            self._call,
+            step,
+            lever,
+            args,
+            f"undo-{record.undos}",  # every try the same request: applied once at most
+            restore=restore,
+            carry=carry,
+            close_actor=self._stand_down.actor if closes and self._stand_down else None,
+        )
+        quick_first = put_off or retry is UNDO_RETRY
         try:
-            await self._call(
-                step,
-                lever,
-                args,
-                f"undo-{record.undos}",
-                restore=restore,
-                retry=RESTORE_RETRY if put_off else retry,
-                carry=carry,
-                close_actor=self._stand_down.actor if closes and self._stand_down else None,
-            )
+            try:
+                await attempt(retry=RESTORE_RETRY if quick_first else retry)
+            except FailureError as error:
+                erring = not refused(error)
+                if put_off and not held and erring and workflow.patched(UNDO_PUT_OFF_PATCH):
+                    record.error = cause_of(error)
+                    record.undos -= 1  # tried again as the same request
+                    self._applied_order.insert(place, record.id)
+                    return True
+                if not erring or not workflow.patched(UNDO_ERROR_SHOWN_PATCH):
+                    raise
+                record.error = cause_of(error)  # status says why it is still undoing
+                await attempt(retry=retry)
+                record.error = None
         except CancelledError:
             raise
         except FailureError as error:
-            if put_off and not held and not refused(error) and workflow.patched(UNDO_PUT_OFF_PATCH):
-                record.error = cause_of(error)
-                record.undos -= 1  # tried again as the same request: applied once at most
-                self._applied_order.insert(place, record.id)
-                return True
             record.state, record.error = "undo_failed", cause_of(error)
             before = record.failed_undo  # an earlier failure, when this was a retry
             earlier = self._restore_after.pop(record.id, None)

@@ -119,6 +119,11 @@ UNDO_PUT_OFF_PATCH = "undo-retried-after-the-other-measures"
 # measure is still to take back.
 LAST_PUT_OFF_PATCH = "last-undo-put-off-behind-the-others"
 
+# An undo the platform errs on (not refuses) is tried a few times quickly first; then status
+# shows the error while its full retries go on (it showed none for up to 7 minutes). Recorded
+# only where an undo's first tries err.
+UNDO_ERROR_SHOWN_PATCH = "undo-error-shown-while-retried"
+
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
 

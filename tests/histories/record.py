@@ -46,6 +46,9 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # errs for longer (v7-put-off-last-unpatched:
                                                   # the put-off ones wait behind its retries;
                                                   # v7-put-off-last: it is put off behind them)
+    python -m tests.histories.record v7 undo-erring   # the oldest measure's undo errs five times
+                                                  # (v7-undo-erring-unpatched: status shows no
+                                                  # error while it retries; v7-undo-erring: it does)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -388,6 +391,27 @@ async def record_put_off(
     await _keep(client, {name: incident_id})
 
 
+async def record_undo_erring(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """One measure whose undo the platform errs on five times: beyond an undo's quick first
+    tries (v7-undo-erring-unpatched: one call retried throughout)."""
+    name = f"{tag}-undo-erring"
+    module = __import__("workflows.incident_run", fromlist=["UNDO_ERROR_SHOWN_PATCH"])
+    if not hasattr(module, "UNDO_ERROR_SHOWN_PATCH"):
+        name += "-unpatched"
+    incident_id = f"REC-{name}"
+    path = work / "record-undo-erring.yaml"
+    path.write_text(PUT_OFF.replace("record-put-off", "record-undo-erring"))
+    await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+    await _states(incidents, incident_id, dict.fromkeys(("surge", "looser", "stricter"), "applied"))
+    async with httpx.AsyncClient() as http:
+        fault = {"path_prefix": "/moderation", "operation_prefix": "undo-", "status": 503}
+        (await http.post(f"{sandbox_url}/faults", json={**fault, "times": 5})).raise_for_status()
+        await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    await _keep(client, {name: incident_id})
+
+
 async def _states(incidents: Incidents, incident_id: str, wanted: dict[str, str]) -> None:
     for _ in range(400):
         states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
@@ -657,6 +681,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
             last = scenario == "put-off-last"
             await record_put_off(tag, incidents, client, work, sandbox_url, last=last)
             return
+        if scenario == "undo-erring":
+            await record_undo_erring(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -684,7 +711,8 @@ def _without_local_paths(text: str) -> str:
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
-    # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last
+    # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last,
+    # undo-erring
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -94,6 +94,8 @@ def test_histories_are_kept() -> None:
         "v7-put-off",
         "v7-put-off-last-unpatched",
         "v7-put-off-last",
+        "v7-undo-erring-unpatched",
+        "v7-undo-erring",
     } <= kept
 
 

@@ -124,6 +124,35 @@ async def test_an_undo_of_the_last_measure_is_not_put_off(lab: Lab) -> None:
     assert lab.store.verify(incident).ok
 
 
+async def test_an_undo_retried_at_length_shows_why_meanwhile(lab: Lab) -> None:
+    """The last measure's undo (nothing waits behind it) errs beyond its first quick tries: it
+    goes on retrying with its full policy, and status says why it is still undoing."""
+    before = settings_of(await lab.platform())
+    incident = await lab.trigger(FOUR_MEASURES)
+    await lab.settle(incident, dict.fromkeys(MEASURES, "applied"))
+    await lab.sandbox.fault(path_prefix="/moderation", operation_prefix="undo-", status=503)
+    standing_down = asyncio.create_task(
+        lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    )
+
+    async def erring() -> None:
+        surge = step(await lab.status(incident), "surge")
+        assert "undoing" == surge.state and surge.error and "503" in surge.error, surge
+
+    await assert_eventually(erring, timeout=30)
+    await lab.sandbox.clear_faults()
+    closed = await asyncio.wait_for(standing_down, 60)
+    surge = step(closed, "surge")
+    assert ("undone", None) == (surge.state, surge.error)
+    assert before == settings_of(await lab.platform())
+    assert 0 == (await lab.platform())["stats"]["duplicates"]
+    events = await lab.audit(incident, until="incident.closed")
+    undone = [e for e in events if e.kind == "step.undone"]
+    assert ["detection", "limit-one", "cut-reshares", "surge"] == [e.step_id for e in undone]
+    assert not any(e.data.get("reason") for e in undone)  # retried, not put off: nothing to say
+    assert lab.store.verify(incident).ok
+
+
 async def test_a_failing_stand_down_step_is_recorded_and_the_incident_closes(lab: Lab) -> None:
     """As the protocol document says: a stand-down step runs after every undo, so its failure
     (on_failure stop, the default) stops nothing: the next one runs and the incident closes."""
