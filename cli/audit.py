@@ -81,7 +81,8 @@ def _print_integrity(integrity: Integrity) -> None:
         replay = integrity.replay
         console.print(
             f"  replay  {verdict['replay']}  ({replay.runs} run(s), {replay.history_events} "
-            f"history events; {replay.replay_vs_store.events} audit events match the table)"
+            f"history events; {replay.replay_vs_store.events} audit events match the "
+            f"{replay.stored_in})"
         )
     else:
         console.print(f"  replay  {escape(verdict['replay'])}")
@@ -375,8 +376,15 @@ def replay(
     else:
         for r in reports:
             if r.ok:
+                later = (
+                    f"; the last {r.unreplayed_rows} row(s) came from a workflow task still under "
+                    "way, which no replay checks until it ends"
+                    if r.unreplayed_rows
+                    else ""
+                )
                 typer.echo(
-                    f"ok: {r.incident_id}: deterministic, {r.replay_vs_store.events} events match"
+                    f"ok: {r.incident_id}: deterministic, {r.replay_vs_store.events} events "
+                    f"match{later}"
                 )
             else:
                 problem = (

@@ -176,6 +176,10 @@ class ReplayReport:
     divergence: str | None
     replay_vs_store: Comparison
     replay_vs_history: Comparison
+    stored_in: str = "audit table"
+    # Rows at the end of the trail that a workflow task still under way wrote (a slow lever call
+    # writes its events early): its history is not recorded yet, so no replay can check them.
+    unreplayed_rows: int = 0
     ok: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -219,17 +223,28 @@ async def replay_incident(
     _lent.clear()
     recorded = await recorded_audit_events(history)
     heads = recorded_audit_heads(history)
+    expected = with_early_writes(produced, lent, stored)
+    unreplayed = 0
+    if len(stored) > len(expected) and _task_under_way(history):
+        unreplayed = len(stored) - len(expected)
     return ReplayReport(
         incident_id=history.incident_id,
         runs=len(history.runs),
         history_events=sum(len(run.events) for run in history.runs),
         deterministic=divergence is None,
         divergence=divergence,
-        replay_vs_store=compare_events(
-            with_early_writes(produced, lent, stored), stored, stored_in
-        ),
+        replay_vs_store=compare_events(expected, stored[: len(stored) - unreplayed], stored_in),
         replay_vs_history=compare_with_history(produced, recorded, heads),
+        stored_in=stored_in,
+        unreplayed_rows=unreplayed,
     )
+
+
+def _task_under_way(history: IncidentHistory) -> bool:
+    """Whether the last run's history ends in a workflow task a worker has started and not yet
+    completed: its commands, and the lever calls it makes, reach the history only then."""
+    events = history.runs[-1].events
+    return bool(events) and events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED
 
 
 def with_early_writes(

@@ -17,6 +17,7 @@ from temporalio.client import Client
 from activities.audit import AuditWriter
 from core.settings import Settings
 from engine.incidents import Incidents
+from engine.integrity import check, check_with_replay
 from engine.temporal import build_worker
 from engine.verification import export_history, replay_incident
 from store.audit_store import AuditStore
@@ -264,4 +265,31 @@ async def test_a_stand_down_is_on_the_board_while_its_first_undo_fails_and_retri
     assert await local_activities(client, incident) == [APPLY_LEVER] * 4
     state = await sandbox.state()
     assert state["stats"]["duplicates"] == 0
+    await assert_audited(client, sqlite_store, incident)
+
+
+async def test_auditors_verifying_during_a_slow_undo_are_told_to_come_back_not_alarmed(
+    client: Client, settings: Settings, sqlite_store: AuditStore, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The stand-down's first undo takes 4 s: it writes the stand-down early, while the workflow
+    task that took the request is still under way and its history not recorded. Verify says so,
+    and calls nothing altered or complete; once the task ends, the replay shows every row."""
+    await sandbox.fault(path_prefix="/detection/threshold/restore", status=0, latency_ms=4000)
+    public_key = Signer(settings.signing_key_path).public_key
+
+    async def verified_mid_undo(_: Incidents, incident_id: str) -> None:
+        stored = sqlite_store.events(incident_id)
+        assert kinds(stored) == [*APPLIED, "stand_down.requested"]
+        integrity = check(incident_id, stored, sqlite_store.seals(incident_id), public_key)
+        history = await export_history(client, incident_id)
+        await check_with_replay(integrity, stored, history)
+        assert integrity.replay is not None and 1 == integrity.replay.unreplayed_rows
+        assert integrity.ok and integrity.complete is None, integrity.as_dict()
+        said = integrity.verdict()["replay"]
+        assert said.startswith("ok, but row 6 came from a workflow task still under way"), said
+        assert "verify again" in integrity.summary()
+
+    incident = await stood_down_once_ready(
+        client, settings, sqlite_store, two_levers(tmp_path), standing_down=verified_mid_undo
+    )
     await assert_audited(client, sqlite_store, incident)
