@@ -64,6 +64,8 @@ class LaterIncidents:
             if overlap.ours == ours:
                 lifted[overlap.incident_id].add(overlap.theirs.step_id)
         own = by_incident.pop(asked.incident_id, None)
+        if own and request.in_force is not None:
+            own &= set(request.in_force)  # the store may not hold this incident's latest undos
         lifted.pop(asked.incident_id, None)
         if not by_incident:
             return ReassertLaterOutcome()

@@ -338,6 +338,9 @@ class ReassertLaterRequest(BaseModel):
     reassert: ReassertRequest
     applied_at: str
     restacked: bool = False
+    # This incident's measures still in force as it asks (None in requests from before it):
+    # the store may not hold its latest undos yet, and an undone one is over nobody's.
+    in_force: list[str] | None = None
 
 
 class ReassertLaterOutcome(BaseModel):

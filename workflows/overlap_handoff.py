@@ -190,7 +190,16 @@ class OverlapHandoff(LeverCalls):
         try:
             outcome = await workflow.execute_local_activity(
                 REASSERT_LATER,
-                ReassertLaterRequest(reassert=request, applied_at=applied_at, restacked=restacked),
+                ReassertLaterRequest(
+                    reassert=request,
+                    applied_at=applied_at,
+                    restacked=restacked,
+                    in_force=[
+                        r.id
+                        for r in self._records.values()
+                        if r.state in ("applied", "undoing", "undo_failed")
+                    ],
+                ),
                 result_type=ReassertLaterOutcome,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=OVERLAP_RETRY,

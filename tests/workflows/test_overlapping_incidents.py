@@ -475,3 +475,32 @@ async def test_a_lapse_while_the_later_incident_stands_down_is_restored_once_it_
     assert told.data.get("refused") or told.data.get("closed")  # as it stood down, or closed
     await incidents.stand_down(earlier, actor="alice", reason="over")
     assert sqlite_store.verify(earlier).ok
+
+
+async def test_a_forced_stand_down_over_its_own_later_measure_still_hands_back(lab: Lab) -> None:
+    """A applies x, B over it, A x-harder over B. Forced down, A takes x-harder back (B's
+    measure is in force again), then x, whose restore lifts B's: nothing of A's is left over B,
+    so B is told and puts its own back (not left to commanders for x-harder, already undone),
+    and B's stand-down leaves the platform as before both."""
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(OWN_OVER_LATER)
+    await lab.settle(earlier, {"x": "applied"})
+    later = await lab.trigger(LATER)
+    await lab.settle(later, {"limit-one": "applied", "elsewhere": "applied"})
+    await lab.advance(timedelta(minutes=31))
+    await lab.sync(earlier)
+    await lab.settle(earlier, {"x": "applied", "x-harder": "applied"})
+
+    await lab.incidents.stand_down(earlier, actor="alice", reason="calm", force=True)
+    events = await lab.audit(earlier, until="incident.closed")
+    assert "overlap.unresolved" not in kinds(events)
+    assert [{"incident": later, "steps": ["limit-one"]}] == [
+        e.data for e in events if e.kind == "overlap.reasserting"
+    ]
+    limit_one = step(await lab.sync(later), "limit-one")
+    assert (2, None) == (limit_one.applications, limit_one.lifted_by)
+    assert LIMIT_ONE == (await lab.platform())["recommender"]["GB"]["incitement_to_violence"]
+
+    await lab.incidents.stand_down(later, actor="alice", reason="calm")
+    await lab.audit(later, until="incident.closed")
+    assert before == settings_of(await lab.platform())
