@@ -99,6 +99,7 @@ EndKind = Literal[
     "still_active",
     "undo_failed",
     "restored_by_hand",
+    "lifted",
 ]
 Outcome = Literal[EndKind, "not_applied"]
 ApprovalOutcome = Literal["granted", "rejected", "timed_out", "withdrawn", "stood_down", "pending"]
@@ -111,6 +112,7 @@ END_LABELS: dict[str, str] = {
     "still_active": "still active",
     "undo_failed": "undo failed",
     "restored_by_hand": "restored by hand",
+    "lifted": "lifted by another incident",
     "not_applied": "not applied",
 }
 
@@ -400,6 +402,14 @@ class _Builder:
             self.last_failure[step] = f"failed: {data.get('error') or 'unknown error'}"
         elif kind in TAKEN_OFF and step:
             self._taken_off(event, step)
+        elif kind == "overlap.left_lifted":
+            # Another incident's restore lifted them and putting them back was left to
+            # commanders: they no longer held on the settings they shared with its measure.
+            for lifted in data.get("steps") or []:
+                for draft in self.applied.get(lifted, []):
+                    if draft["end"] is None:
+                        draft.update(end=event.at, ended="lifted", undo_failed=None)
+                        draft["by"] = data.get("by")
         elif kind == "step.undo_failed" and step:
             self.figures.undo_failures += 1
             for draft in self.applied.get(step, []):
@@ -522,11 +532,14 @@ class _Builder:
         note = self.open_notifications.pop(step, None)
         if note is not None:
             note.closing_sent_at = event.at
-        for draft in self.applied.get(step, []):
+        drafts = self.applied.get(step, [])
+        for draft in drafts:
             if draft["end"] is None:
                 draft["end"], draft["ended"], draft["undo_failed"] = event.at, ended, None
                 draft["reason"] = event.data.get("reason") or ""
                 draft["by"] = event.actor
+        if drafts and drafts[-1]["ended"] == "lifted" and "then" not in drafts[-1]:
+            drafts[-1]["then"] = ended  # taken back after it was lifted: said after the lift
 
     def _settle(self, step: str, outcome: str, event: AuditEvent) -> ApprovalRound | None:
         round_ = self.open_rounds.pop(step, None)
@@ -615,6 +628,13 @@ class _Builder:
             elif last.ended == "restored_by_hand":
                 by = drafts[-1].get("by") or "someone"
                 text = f"undo failed; restored by hand ({by}): {drafts[-1].get('reason') or ''}"
+            elif last.ended == "lifted":
+                text = (
+                    f"lifted by {drafts[-1].get('by') or 'another incident'}'s restore at "
+                    f"{_clock(last.end, self.trigger.at)} (left to commanders)"
+                )
+                if then := drafts[-1].get("then"):
+                    text += f", then {END_LABELS[then]}"
             elif last.ended == "undo_failed":
                 text = f"undo failed: {drafts[-1]['undo_failed']} — may still be in force"
             elif last.ended == "still_active" and self.closed_at:

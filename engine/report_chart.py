@@ -34,6 +34,7 @@ COLOURS = {
     "still_active": "#59a14f",
     "undo_failed": "#e15759",
     "restored_by_hand": "#9c755f",
+    "lifted": "#bab0ac",
 }
 LEGEND = {
     "undone_at_stand_down": "in force, undone at stand-down",
@@ -43,6 +44,7 @@ LEGEND = {
     "still_active": "still in force",
     "undo_failed": "undo failed (may still be in force)",
     "restored_by_hand": "in force, undo failed, then restored by hand",
+    "lifted": "in force, then lifted by another incident's restore",
 }
 INK, MUTED, RULE, BAND = "#1d2430", "#5b6473", "#d5dae1", "#f4f6f8"
 NOTICE = "#edc948"

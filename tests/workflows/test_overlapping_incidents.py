@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from core.settings import Settings
 from engine.incidents import Incidents
+from engine.report import build_report
 from engine.verification import IncidentHistory, replay_incident
 from store.audit_store import AuditStore
 from tests.conftest import Sandbox
@@ -388,12 +389,19 @@ async def test_a_lapse_under_the_incidents_own_later_measure_is_left_to_commande
     assert earlier == row.summary["measures"]["limit-one"]["lifted_by"]  # the board's
 
     await lab.incidents.stand_down(later, actor="alice", reason="over")
-    await lab.audit(later, until="incident.closed")
+    events = await lab.audit(later, until="incident.closed")
     status = await lab.status(later)
     assert ("undone", None) == (
         step(status, "limit-one").state,
         step(status, "limit-one").lifted_by,
     )
+    # Its time in force, in the report, ends when it was lifted, not at the stand-down.
+    lift = next(e for e in events if e.kind == "overlap.left_lifted")
+    (measure,) = [m for m in build_report(events).measures if m.step_id == "limit-one"]
+    (interval,) = measure.intervals
+    assert ("lifted", lift.at) == (interval.ended, interval.end)
+    assert measure.outcome_text.startswith(f"lifted by {earlier}'s restore at ")
+    assert measure.outcome_text.endswith("(left to commanders), then undone at stand-down")
 
 
 async def test_more_than_one_later_incident_is_left_to_commanders(lab: Lab) -> None:
