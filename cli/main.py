@@ -104,6 +104,11 @@ def trigger(
     given = parse_inputs(ctx, inputs)
     remote = _remote_incidents(ctx, actor)
     if remote is not None:  # the server's library and checks, the token's principal
+        if incident_id is not None:
+            from engine.incidents import check_incident_id
+
+            with user_errors():  # said of --id here, not of the API's request body
+                check_incident_id(incident_id)
         answer = run_async(
             lambda: remote.trigger(playbook, given, incident_id=incident_id, level=level)
         )

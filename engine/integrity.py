@@ -175,18 +175,20 @@ class Integrity:
         rows, sealed = self.chain.events, self.seals.sealed_through
         # Unsealed rows only agree with one another: a chain rewritten after the last seal
         # would too, so only the replay could show them unaltered.
+        unsealed = (
+            "unaltered only as far as the replay shows"
+            if self.replay is not None
+            else "but only a replay can show them unaltered"
+        )
         if sealed == rows:
             shown = f"chain and seals unaltered through row {rows}"
         elif sealed:
             shown = (
                 f"chain and seals unaltered through row {sealed}; rows {sealed + 1}..{rows} "
-                "are not sealed yet: consistent, unaltered only as far as the replay shows"
+                f"are not sealed yet: consistent, {unsealed}"
             )
         else:
-            shown = (
-                f"no row sealed yet: rows 1..{rows} are consistent, unaltered only as far as "
-                "the replay shows"
-            )
+            shown = f"no row sealed yet: rows 1..{rows} are consistent, {unsealed}"
         if later := self._unreplayed():
             return f"ok: {shown}; {later}"
         if self.replay is not None:  # a bundle's own history, with no seal over its last row
@@ -489,6 +491,8 @@ def read_bundle(path: Path) -> Bundle:
             if len(inner) != 1:
                 raise BundleError(f"{path}: expected one incident directory in the archive")
             return read_bundle(inner[0])
+    if path.exists() and not path.is_dir():
+        raise BundleError(f"{path}: not an audit bundle (a bundle is a directory or a .tar.gz)")
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle (a directory or .tar.gz)")
     try:

@@ -37,9 +37,9 @@ async def refuse_if_later_overlaps(store: AuditStore, incident_id: str) -> None:
     if overlaps:
         later, what = _held_over(overlaps)
         raise IncidentConflict(
-            f"standing {incident_id} down now would lift what later incidents put in force on "
-            f"the same settings ({what}): stand {' then '.join(later)} down first (newest "
-            "first), or force the stand-down"
+            f"standing {incident_id} down now would lift what other incidents put in force "
+            f"after it on the same settings ({what}): stand {_in_order(later)} down first, or "
+            "force the stand-down"
         )
 
 
@@ -68,10 +68,17 @@ async def refuse_restore_if_later_overlaps(
             else (f"retrying the undo of {step_id} now", "then retry")
         )
         raise IncidentConflict(
-            f"{doing} would lift what later incidents put in force on the same settings "
-            f"({what}): stand {' then '.join(later)} down first (newest first; restore its own "
-            f"measures first if it waits for that), {then}"
+            f"{doing} would lift what other incidents put in force after it on the same "
+            f"settings ({what}): stand {_in_order(later)} down first (restore its own measures "
+            f"first if it waits for that), {then}"
         )
+
+
+def _in_order(incidents: list[str]) -> str:
+    # Their measures newest first: the order that restores every setting exactly.
+    if len(incidents) == 1:
+        return incidents[0]
+    return " then ".join(incidents) + " (newest measure first)"
 
 
 def _held_over(overlaps: list[Overlap]) -> tuple[list[str], str]:

@@ -826,15 +826,20 @@ def coerce_input(name: str, spec: InputSpec, value: Any) -> Any:
     """Coerce a value (possibly a CLI string) to the input's declared type."""
     if spec.type == "list":
         items = _split_list(name, value)
-        try:
-            result: Any = [_coerce_scalar(name, spec.items or "string", item) for item in items]
-        except InputError:
-            if isinstance(value, list | str):
-                raise  # the item is named
-            kind = spec.items or "string"
-            raise InputError(
-                f"input {name!r}: expected a list of {kind}, got {shown(value)}"
-            ) from None
+        kind = spec.items or "string"
+        result: Any = []
+        for number, item in enumerate(items, start=1):
+            try:
+                result.append(_coerce_scalar(name, kind, item))
+            except InputError as error:
+                if not isinstance(value, list | str):  # a lone value: not a list at all
+                    raise InputError(
+                        f"input {name!r}: expected a list of {kind}, got {shown(value)}"
+                    ) from None
+                if len(items) == 1:
+                    raise
+                said = str(error).removeprefix(f"input {name!r}: ")
+                raise InputError(f"input {name!r}: item {number}: {said}") from None
     else:
         result = _coerce_scalar(name, spec.type, value)
     if spec.choices is not None:

@@ -90,7 +90,7 @@ async def test_the_refusal_names_each_later_incident_newest_first(
     conflict(
         refused,
         f"({newest}: {held}; {middle}: {held})",
-        f"stand {newest} then {middle} down first (newest first)",
+        f"stand {newest} then {middle} (newest measure first) down first",
     )
     for incident in (newest, middle, oldest):
         assert "closed" == answer(await act(api, incident, "stand-down", reason="calm"))["state"]

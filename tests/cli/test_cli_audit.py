@@ -970,6 +970,10 @@ async def test_errors_are_one_line(env: dict[str, str], tmp_path: Path) -> None:
             ["audit", "verify", "--bundle", str(tmp_path / "nope")],
             ["no such bundle"],
         ),
+        "a file that is no bundle": (
+            ["audit", "verify", "--bundle", str(not_a_store)],
+            [f"{not_a_store}: not an audit bundle (a bundle is a directory or a .tar.gz)"],
+        ),
         "bad public key": (
             ["audit", "verify", "--bundle", str(tmp_path), "--public-key", str(garbage)],
             [f"--public-key {garbage}", "not a PEM public key"],

@@ -94,7 +94,7 @@ async def test_stand_down_refuses_to_lift_a_later_incidents_measures(
         await assert_eventually(applied, timeout=30)
     older, newer = ids
     refused = await crisis(cli_env, "stand-down", older, "--reason", "calm")
-    assert_one_line_error(refused, older, newer, "down first (newest first), or force")
+    assert_one_line_error(refused, older, f"stand {newer} down first, or force")
     for incident in (newer, older):
         done = await crisis(cli_env, "stand-down", incident, "--reason", "calm", "--json")
         assert ("closed", 0) == (done.json()["state"], done.code), done

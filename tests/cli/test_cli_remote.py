@@ -95,7 +95,12 @@ async def test_remote_mistakes_are_one_line_each(
     # An empty id or level is refused as in direct mode, not dropped for a default.
     assert_one_line_error(
         await crisis(alice, "--api", remote, "trigger", "violent-disorder", "--id", ""),
-        "incident_id",
+        "incident id ''",
+    )
+    # Said of the id given, as in direct mode, not of the API request's body field.
+    assert_one_line_error(
+        await crisis(alice, "--api", remote, "trigger", "violent-disorder", "--id", "bad id/x"),
+        "incident id 'bad id/x': use 3 to 101 letters",
     )
     assert_one_line_error(
         await crisis(alice, "--api", remote, "trigger", "violent-disorder", "--level", ""),

@@ -676,13 +676,13 @@ def test_resolve_inputs_coerces_strings_to_the_declared_type(
         ("ratio", True, "input 'ratio': expected number, got true"),
         ("reviewers", "2.5", "input 'reviewers': expected integer, got '2.5'"),
         ("loud", "maybe", "input 'loud': expected boolean, got 'maybe'"),
-        ("counts", "1,x", "input 'counts': expected integer, got 'x'"),
+        ("counts", "1,x", "input 'counts': item 2: expected integer, got 'x'"),
         ("tags", "[a, b", "input 'tags': '[a, b' opens a list with '[' but never closes it"),
         ("region", {"a": 1}, "input 'region': expected string"),
         # Only text is read as the type: a JSON number or boolean is no region name.
         ("region", 44, "input 'region': expected string, got 44"),
         ("region", True, "input 'region': expected string, got true"),
-        ("tags", [1, "b"], "input 'tags': expected string, got 1"),
+        ("tags", [1, "b"], "input 'tags': item 1: expected string, got 1"),
         # Blank text names nothing: the API's JSON can carry it where a CLI list drops it.
         ("region", "  ", "input 'region' is blank"),
         ("tags", ["a", " "], "input 'tags': item 2 is blank"),
@@ -690,7 +690,7 @@ def test_resolve_inputs_coerces_strings_to_the_declared_type(
         ("ratio", "nan", "input 'ratio': expected number, got 'nan'"),
         ("ratio", "-inf", "input 'ratio': expected number, got '-inf'"),
         ("ratio", float("inf"), "input 'ratio': expected number, got Infinity"),
-        ("counts", "[1, NaN]", "input 'counts': expected integer, got NaN"),
+        ("counts", "[1, NaN]", "input 'counts': item 2: expected integer, got NaN"),
     ],
 )
 def test_resolve_inputs_rejects_a_value_of_the_wrong_type(
