@@ -351,12 +351,8 @@ steps:
 """
 
 
-async def test_a_lapse_under_the_incidents_own_later_measure_is_left_to_commanders(
-    lab: Lab,
-) -> None:
-    """A applies x, B applies over it, then A applies over B. A's lapse restacks A's own later
-    measure (over B's restore of nothing): putting B's back would put it over A's, so neither
-    is touched and A names B."""
+async def own_over_later(lab: Lab) -> tuple[str, str]:
+    """A applies x, B applies over it, then A x-harder over B: (A, B)."""
     earlier = await lab.trigger(OWN_OVER_LATER)
     await lab.settle(earlier, {"x": "applied"})
     later = await lab.trigger(LATER)
@@ -364,6 +360,16 @@ async def test_a_lapse_under_the_incidents_own_later_measure_is_left_to_commande
     await lab.advance(timedelta(minutes=31))
     await lab.sync(earlier)
     await lab.settle(earlier, {"x": "applied", "x-harder": "applied"})
+    return earlier, later
+
+
+async def test_a_lapse_under_the_incidents_own_later_measure_is_left_to_commanders(
+    lab: Lab,
+) -> None:
+    """A applies x, B applies over it, then A applies over B. A's lapse restacks A's own later
+    measure (over B's restore of nothing): putting B's back would put it over A's, so neither
+    is touched and A names B."""
+    earlier, later = await own_over_later(lab)
 
     await lab.advance(timedelta(hours=2))
     await lab.sync(earlier)
@@ -491,13 +497,7 @@ async def test_a_forced_stand_down_over_its_own_later_measure_still_hands_back(l
     so B is told and puts its own back (not left to commanders for x-harder, already undone),
     and B's stand-down leaves the platform as before both."""
     before = settings_of(await lab.platform())
-    earlier = await lab.trigger(OWN_OVER_LATER)
-    await lab.settle(earlier, {"x": "applied"})
-    later = await lab.trigger(LATER)
-    await lab.settle(later, {"limit-one": "applied", "elsewhere": "applied"})
-    await lab.advance(timedelta(minutes=31))
-    await lab.sync(earlier)
-    await lab.settle(earlier, {"x": "applied", "x-harder": "applied"})
+    earlier, later = await own_over_later(lab)
 
     await lab.incidents.stand_down(earlier, actor="alice", reason="calm", force=True)
     events = await lab.audit(earlier, until="incident.closed")
