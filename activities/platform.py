@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import structlog
@@ -135,7 +136,10 @@ class PlatformLevers:
             attempt=info.attempt,
         )
         route = ROUTES[request.lever]
-        url = self._settings.connector_url(route.connector) + route.path.format(**request.args)
+        path = route.path
+        if "{" in path:  # a stakeholder's name: checked at trigger, quoted all the same
+            path = path.format_map({k: quote(str(v), safe="") for k, v in request.args.items()})
+        url = self._settings.connector_url(route.connector) + path
         if request.restore is not None:
             url += "/restore"
             body: dict[str, Any] = {"args": request.args, "previous": request.restore}

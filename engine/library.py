@@ -20,6 +20,7 @@ from engine.errors import FileProblem, LibraryError
 from engine.yaml_files import YamlFileError, load_yaml, locate, plain
 from workflows.incident import MessageTemplate, StandDownRequest, message_context
 from workflows.levers import is_notification
+from workflows.limits import stakeholder_problem
 from workflows.notifications import CHANNEL_TYPES, Channel, WebhookChannel
 from workflows.playbook import (
     LeverCall,
@@ -232,12 +233,16 @@ def _load_library(directory: Path, stamp: tuple[int, int]) -> Library:
     files = [directory / TEMPLATES_FILE, directory / STAKEHOLDERS_FILE]
     problems: list[FileProblem] = []  # every one at once: an author fixes them in one go
     templates, positions = _read(files[0], MessageTemplate, problems)
+    stakeholders, written_at = _read(files[1], Stakeholder, problems)
     library = Library(
         templates=templates,
-        stakeholders=_read(files[1], Stakeholder, problems)[0],
+        stakeholders=stakeholders,
         templates_file=files[0],
         positions=positions,
     )
+    for name in library.stakeholders:
+        if (problem := stakeholder_problem(name)) is not None:
+            problems.append(FileProblem(files[1], *written_at[(name,)], problem))
     for name, template in library.templates.items():
         try:
             check_template(name, template)

@@ -10,7 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from workflows.limits import stakeholder_problem
+
+
+def _stakeholder(name: str) -> str:
+    if (problem := stakeholder_problem(name)) is not None:
+        raise ValueError(problem)
+    return name
+
+
+# Part of the URL a message is posted to: checked before anything is sent (see limits).
+StakeholderName = Annotated[str, AfterValidator(_stakeholder)]
 
 
 class LeverArgs(BaseModel):
@@ -87,7 +99,7 @@ class SurgeArgs(LeverArgs):
 class WebhookArgs(LeverArgs):
     """Send a signed JSON message to a stakeholder's webhook."""
 
-    to: str = Field(min_length=1, description="Stakeholder, e.g. regulator, law-enforcement")
+    to: StakeholderName = Field(description="Stakeholder, e.g. regulator, law-enforcement")
     message: str = Field(min_length=1)
     severity: Literal["info", "warning", "critical"] = "warning"
     data: dict[str, Any] = Field(default_factory=dict)
@@ -165,7 +177,7 @@ class HashBlockArgs(LeverArgs):
 class NotifySendArgs(LeverArgs):
     """Tell a stakeholder from the directory, with a message template from the library."""
 
-    to: str = Field(min_length=1, description="Stakeholder name in the directory")
+    to: StakeholderName = Field(description="Stakeholder name in the directory")
     template: str = Field(min_length=1, description="Message template name")
     severity: Literal["info", "warning", "critical"] = "warning"
     data: dict[str, Any] = Field(default_factory=dict, description="Extra fields for the template")

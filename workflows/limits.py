@@ -23,3 +23,18 @@ MAX_SNAPSHOT_BYTES = 1_048_576
 # "alice " can never count as two distinct approvers.
 PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,199}$")
 PRINCIPAL_RULE = "letters, digits and '_.@-', up to 200 characters"
+
+# A stakeholder: a key of the directory, and the last part of the path its messages are posted
+# to (the notify connector's /webhooks/<name>), so nothing in it may leave that path: no '/',
+# '?', '#' or '%', and no '.' or '..' of its own.
+STAKEHOLDER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+STAKEHOLDER_RULE = (
+    "a stakeholder name is a letter or digit, then letters, digits and '_.-', up to 100 characters"
+)
+
+
+def stakeholder_problem(name: str) -> str | None:
+    """What is wrong with a stakeholder name, or None."""
+    if STAKEHOLDER_PATTERN.fullmatch(name):
+        return None
+    return f"invalid stakeholder {name[:60]!r}: {STAKEHOLDER_RULE}"

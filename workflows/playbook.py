@@ -681,7 +681,8 @@ def _pydantic_message(error: Any) -> str:
     name = ".".join(str(part) for part in error["loc"])
     if error["type"].endswith("_type"):  # say what was given: `false` is no number
         return f"{name}: {error['msg']}, not {shown(error['input'])}"
-    return f"{name}: {error['msg']}" if name else str(error["msg"])
+    message = error["msg"].removeprefix("Value error, ")  # a validator's own words
+    return f"{name}: {message}" if name else message
 
 
 def _reference_problems(playbook: Playbook, args: dict[str, Any]) -> list[tuple[Path, str]]:

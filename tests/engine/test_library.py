@@ -231,6 +231,21 @@ def test_every_problem_of_the_library_files_is_reported_at_once(tmp_path: Path) 
         load_library(tmp_path)
 
 
+def test_a_stakeholder_name_that_would_leave_its_webhook_path_is_refused(tmp_path: Path) -> None:
+    """A directory's name is the last part of its default webhook's path (/webhooks/<name>)."""
+    copy_library(tmp_path)
+    with (tmp_path / "stakeholders.yaml").open("a") as stakeholders:
+        stakeholders.write("../admin:\n  name: Nobody\n  kind: internal\n")
+    path = tmp_path / "tell.yaml"
+    path.write_text(PLAYBOOK)
+    problems = [str(p).removeprefix(f"{tmp_path}/") for p in validate_file(path)]
+    lines = (tmp_path / "stakeholders.yaml").read_text().splitlines()
+    assert [
+        f"stakeholders.yaml:{len(lines) - 2}:1: invalid stakeholder '../admin': a stakeholder "
+        "name is a letter or digit, then letters, digits and '_.-', up to 100 characters"
+    ] == problems
+
+
 def test_a_playbook_uses_the_library_beside_it_as_soon_as_there_is_one(tmp_path: Path) -> None:
     """Without files of its own a playbook's directory uses the default library; a templates
     file written beside it later is used from then on, and edits to it are read again."""

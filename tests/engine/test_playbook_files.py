@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -739,6 +740,44 @@ def test_prepare_incident_rejects_an_input_that_breaks_a_lever_argument() -> Non
         InputError, match=r"with\.region \(from \$\{inputs\.region\}\): .*at least 2"
     ):
         prepare_incident(playbook, {"region": "G"}, actor="alice")
+
+
+WEBHOOK_TO = """\
+playbook: webhook-to
+version: 1
+title: Webhook to
+description: Tells a stakeholder named by an input.
+inputs:
+  who: {type: string, default: regulator}
+steps:
+  - id: tell
+    do: notify.webhook
+    with: {to: TO, message: hello}
+  - id: tell-input
+    do: notify.webhook
+    with: {to: "${inputs.who}", message: hello}
+"""
+
+
+@pytest.mark.parametrize("to", ["../throttle", "a/b", "x?y=1", "x#y", "%2e%2e", ".."])
+def test_a_stakeholder_that_would_leave_its_webhook_path_is_refused(
+    tmp_path: Path, to: str
+) -> None:
+    """The stakeholder is the last part of the webhook's path: a name with '/', '?', '#', '%' or
+    a dot segment would post the message somewhere else on the platform. Refused where it is
+    written, and as a trigger input."""
+    path = tmp_path / "webhook-to.yaml"
+    path.write_text(WEBHOOK_TO.replace("TO", json.dumps(to)))
+    (problem,) = validate_file(path)
+    assert str(problem) == (
+        f"{path}:10:12: to: invalid stakeholder {to!r}: a stakeholder name is a letter or "
+        "digit, then letters, digits and '_.-', up to 100 characters"
+    )
+    path.write_text(WEBHOOK_TO.replace("TO", "regulator"))
+    playbook = load_playbook(path)
+    with pytest.raises(InputError, match=r"step 'tell-input' with\.to \(from \$\{inputs\.who\}\)"):
+        prepare_incident(playbook, {"who": to}, actor="alice")
+    assert prepare_incident(playbook, {"who": "law-enforcement"}, actor="alice")
 
 
 UNDO_BY_INPUT = """\

@@ -53,6 +53,23 @@ async def test_each_call_carries_the_configured_token_and_a_stable_key() -> None
     assert {"classifier": "fraud", "threshold": 0.3} == call["body"]
 
 
+async def test_a_stakeholder_name_never_leaves_the_webhook_path() -> None:
+    """A message to a stakeholder whose name was never checked (an incident triggered before
+    names were) is posted to that name's own webhook, quoted, never to another route."""
+    seen: list[str] = []
+    platform = FastAPI()
+
+    @platform.post("/{path:path}")
+    async def anything(request: Request) -> dict[str, Any]:
+        seen.append(request.scope["raw_path"].decode())  # as sent, before any decoding
+        return {}
+
+    with serve_app(platform) as url:
+        settings = Settings(notify_url=f"{url}/notify")
+        await apply(settings, "tell", "notify.webhook", {"to": "../throttle", "message": "hi"})
+    assert ["/notify/webhooks/..%2Fthrottle"] == seen
+
+
 async def test_a_connection_the_platform_closed_is_replaced_at_once() -> None:
     """A kept-alive connection the platform has just closed fails the request before any answer
     (every keep-alive timeout races with the pool's): the lever is sent again at once on a new
