@@ -145,13 +145,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_request", message), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 400:
             # FastAPI's one 400 here: json.loads failed other than by JSONDecodeError (nesting
             # too deep for it, bytes that are no text), so the body is as invalid as bad JSON.
             return JSONResponse(error_body("invalid_request", NOT_JSON), status_code=422)
         code = HTTP_CODES.get(error.status_code, f"http_{error.status_code}")
-        return JSONResponse(error_body(code, str(error.detail)), status_code=error.status_code)
+        message = str(error.detail)
+        # The router's own words ("Not Found") do not say what was not found.
+        if message == "Not Found" and error.status_code == 404:
+            message = f"nothing is served at {request.url.path} (the routes are listed at /docs)"
+        elif message == "Method Not Allowed" and error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return JSONResponse(error_body(code, message), status_code=error.status_code)
 
 
 def _route_template(request: Request) -> str:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 # Commands import the store, the Temporal client and the replayer when they run (see cli/main.py).
 
+# Archive formats a bundle is not written as (FILE.tar.gz is): refused, not made a directory.
+OTHER_ARCHIVES = frozenset({".zip", ".tgz", ".tar", ".gz", ".bz2", ".xz", ".7z"})
+
 app = typer.Typer(help="Prove what happened: verify, export, report.", no_args_is_help=True)
 history_app = typer.Typer(help="Temporal histories of incidents.", no_args_is_help=True)
 
@@ -199,6 +202,9 @@ def export(
     settings = settings_or_fail()
     if output.exists() and not output.is_dir() and not output.name.endswith(".tar.gz"):
         fail(f"cannot write {output}: it is a file (give a directory or FILE.tar.gz)")
+    if output.suffix in OTHER_ARCHIVES and not output.name.endswith(".tar.gz"):
+        # It would be written as a directory of that name, which no one would expect.
+        fail(f"cannot write {output}: a bundle is a directory or FILE.tar.gz, not {output.suffix}")
 
     async def go() -> Path:
         store = AuditStore(existing_store_url(settings, through_api=False))

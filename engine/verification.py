@@ -334,24 +334,34 @@ def _shifted(produced: list[AuditEvent], other: list[AuditEvent]) -> bool:
     )
 
 
+def _after(*, renumbered: bool) -> str:
+    """What became of the rows after one removed or slipped in: said as found, never assumed."""
+    return (
+        "the rows after it are renumbered"
+        if renumbered
+        else "the rows after it are unchanged, with their own numbers"
+    )
+
+
 def compare_events(produced: list[AuditEvent], other: list[AuditEvent], name: str) -> Comparison:
     """Same order, same content, same hashes; else the first missing, extra or altered row."""
     for index, (mine, theirs) in enumerate(zip(produced, other, strict=False)):
         if mine != theirs:
             if _shifted(produced[index + 1 :], other[index:]):
-                # A row taken out and the rest renumbered and re-hashed: name what is gone.
+                # A row taken out (and perhaps the rest renumbered and re-hashed): name what is
+                # gone, not every later row as altered.
+                after = _after(renumbered=theirs.seq == mine.seq)
                 return Comparison(
                     False,
                     index,
-                    f"seq {mine.seq} ({mine.kind}) is missing from the {name}; the rows after "
-                    "it are renumbered",
+                    f"seq {mine.seq} ({mine.kind}) is missing from the {name}; {after}",
                 )
             if _shifted(produced[index:], other[index + 1 :]):
+                after = _after(renumbered=other[index + 1].seq != mine.seq)
                 return Comparison(
                     False,
                     index,
-                    f"seq {theirs.seq} ({theirs.kind}) in the {name} was never produced; the "
-                    "rows after it are renumbered",
+                    f"seq {theirs.seq} ({theirs.kind}) in the {name} was never produced; {after}",
                 )
             fields = [f for f in type(mine).model_fields if getattr(mine, f) != getattr(theirs, f)]
             return Comparison(

@@ -1015,7 +1015,8 @@ async def test_output_paths_that_cannot_be_written_are_one_error_line(
     env: dict[str, str], incident: str, tmp_path: Path
 ) -> None:
     """Reports, histories and bundles under a file, onto a directory or onto a file, and a
-    bundle that is no archive: one `error:` line naming the path, exit 1."""
+    bundle that is no archive, or named as another kind of archive: one `error:` line naming
+    the path, exit 1."""
     a_file = tmp_path / "a-file"
     a_file.write_text("keep me")
     garbage = tmp_path / "garbage.tar.gz"
@@ -1037,6 +1038,10 @@ async def test_output_paths_that_cannot_be_written_are_one_error_line(
             ["audit", "export", incident, "-o", str(a_file)],
             [f"cannot write {a_file}: it is a file"],
         ),
+        "bundle as another archive": (
+            ["audit", "export", incident, "-o", str(tmp_path / "bundle.zip")],
+            [f"cannot write {tmp_path / 'bundle.zip'}: a bundle is a directory or FILE.tar.gz"],
+        ),
         "garbage bundle": (
             ["audit", "verify", "--bundle", str(garbage)],
             [f"{garbage}: not a readable .tar.gz bundle"],
@@ -1044,6 +1049,7 @@ async def test_output_paths_that_cannot_be_written_are_one_error_line(
     }
     await refusals(env, cases)
     assert "keep me" == a_file.read_text()
+    assert not (tmp_path / "bundle.zip").exists()
 
 
 async def test_unknown_incident_history_is_one_error_line(env: dict[str, str]) -> None:
