@@ -94,17 +94,31 @@ def tried_s(scheduled: datetime, began: str | None, now: datetime) -> float:
     return max((now - start).total_seconds(), 0.0)
 
 
+# The request may have reached the platform, which may have applied it, but no answer came
+# back: a read or write that timed out, a connection dropped mid-request. (A connection never
+# made sent nothing.)
+_UNANSWERED = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError)
+
+
 def _failed(
-    message: str, kind: type[Exception], began: str | None, *, non_retryable: bool = False
+    message: str,
+    kind: type[Exception],
+    began: str | None,
+    *,
+    non_retryable: bool = False,
+    unanswered: bool = False,
 ) -> ApplicationError:
     """The call's failure, with how long it has been trying (`tried_s`) and which attempt this
     was: the incident stamps a failure when it happened, not when the call began
-    (`failure_facts` in workflows.incident_run)."""
+    (`failure_facts` in workflows.incident_run). `unanswered`: sent, maybe applied, no answer."""
     info = activity.info()
     tried = tried_s(info.scheduled_time, began, datetime.now(UTC))
+    facts: dict[str, Any] = {"tried_s": round(tried, 6), "attempt": info.attempt}
+    if unanswered:
+        facts["unanswered"] = True
     return ApplicationError(
         message,
-        {"tried_s": round(tried, 6), "attempt": info.attempt},
+        facts,
         type=kind.__name__,
         non_retryable=non_retryable,
         # The lever's own log line has said what failed; benign keeps the SDK from logging a
@@ -159,6 +173,7 @@ class PlatformLevers:
                 f"{request.lever}: platform unreachable at {url}: {error}",
                 PlatformUnavailable,
                 request.began,
+                unanswered=isinstance(error, _UNANSWERED),
             ) from error
         if response.status_code >= 500:
             bound.warning("lever.platform_error", status=response.status_code)

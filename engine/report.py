@@ -878,6 +878,11 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
     if kind == "step.applied":
         if notify:
             return f"{ctx.args.get(step, {}).get('to', '?')} notified ({step}, {lever})"
+        if data.get("after_failure"):  # its apply had no answer: asked again at stand-down
+            return (
+                f"measure {step} in force ({lever}): its apply had had no answer; sent again, "
+                "the platform said what it replaced (it may have held since the call began)"
+            )
         lapses = data.get("expires_at")
         return f"measure {step} in force ({lever})" + (
             f", lapses at {_clock(lapses, ref)}" if lapses else ""

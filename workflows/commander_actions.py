@@ -354,7 +354,11 @@ class CommanderActions(IncidentRun):
             step_id=record.id,
             data={"reason": request.reason, "error": error},
         )
-        self._reinstate(record)
+        if record.uncertain:  # its apply never had an answer: learn what it replaced first
+            if not await self._learn_outcome(record):
+                return record
+        else:
+            self._reinstate(record)
         await self._undo(
             record,
             final_state=final,

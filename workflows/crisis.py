@@ -54,6 +54,7 @@ from workflows.incident_run import (
     LEVER_TIME,
     PUMP_OUTLIVES_CARRY_PATCH,
     RESTORE_RETRY,
+    UNCERTAIN_APPLY_PATCH,
     UNDO_ERROR_SHOWN_PATCH,
     UNDO_ON_LANDING_PATCH,
     UNDO_PUT_OFF_PATCH,
@@ -64,6 +65,7 @@ from workflows.incident_run import (
     iso,
     parse_iso,
     refused,
+    unanswered,
 )
 from workflows.lever_calls import LeverCalls
 from workflows.overlap_handoff import FORCED_HAND_BACK_PATCH, REASSERT_PATCH, OverlapHandoff
@@ -144,6 +146,10 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 stopped = failed_by is not None and self._at_or_after(record.id, failed_by)
                 never_ran = "the incident failed" if stopped else "incident stood down"
                 record.outcome = record.outcome or f"not run: {never_ran}"
+        unknown = [r for r in self._records.values() if r.state == "failed" and r.uncertain]
+        if unknown and workflow.patched(UNCERTAIN_APPLY_PATCH):
+            for record in unknown:
+                await self._learn_outcome(record)
         undoing = list(reversed(self._applied_order))
         if self._version() >= 6:
             # Measures first (newest first, as before), then closing notices: a notice that
@@ -486,6 +492,12 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 iso(self._clock()),
                 cause_of(error),
             )
+            # A measure, not a message (sent again, a message could reach someone twice).
+            record.uncertain = (
+                unanswered(error)
+                and not is_notification(step.do)
+                and (step.undo is not None or LEVERS[step.do].reversible)
+            )
             # How many attempts, when the failure says (earlier histories' do not: same hash).
             attempts = failure_facts(error).get("attempt")
             counted = {} if attempts is None else {"attempts": attempts}
@@ -506,6 +518,7 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         now = iso(moment)
         record.state, record.finished_at, record.previous = "applied", now, outcome.previous
         record.lifted_by, record.undone_at = None, None  # applied again: not undone now
+        record.uncertain = False
         record.failed_undo = None
         if put_back is None:
             record.in_force_since = now
@@ -528,6 +541,43 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             await self._undo(record, final_state="undone", reason=why, hand_back=hand_back)
             if record.state == "undone":
                 record.outcome = f"taken back: {why}"
+        return True
+
+    async def _learn_outcome(self, record: StepRecord) -> bool:
+        """A measure whose apply failed with no answer may hold all the same. Sent again under
+        its own idempotency key, it is answered with what it replaced if the platform applied
+        it (and applied now if it never was): either way it is then in force with a known
+        previous state, for its undo to restore, in its place among the measures (since its
+        call began). False if the platform still does not answer: it may hold, and what it
+        replaced is unknown, so it is an undo failed for good (a restore ends it)."""
+        step = self._steps_by_id[record.id]
+        assert isinstance(step, Step)
+        operation = f"apply-{record.applications}"  # the same request, not a new application
+        try:
+            outcome = await self._call(step, step.do, record.args, operation, retry=RESTORE_RETRY)
+        except CancelledError:
+            raise
+        except FailureError as error:
+            record.state = "undo_failed"
+            record.error = f"its apply had no answer and still has none: {cause_of(error)}"
+            record.failed_undo = FailedUndo(at=iso(self._clock()), final_state="undone")
+            self._record(
+                "step.undo_failed",
+                step_id=record.id,
+                data={"lever": step.do, "error": record.error},
+            )
+            return False
+        now = iso(self._clock())
+        record.state, record.previous, record.error = "applied", outcome.previous, None
+        record.in_force_since, record.finished_at = record.started_at, now
+        record.uncertain = False
+        self._reinstate(record)
+        self._record(
+            "step.applied",
+            step_id=record.id,
+            data={**applied_data(step.do, outcome.previous, None), "after_failure": True},
+            at=now,
+        )
         return True
 
     async def _stop_at_failure(self, step: Step) -> None:

@@ -106,6 +106,10 @@ class StepRecord(BaseModel):
     lifted_by: str | None = None
     # Its undo failed for good: what that undo was for, so that a restore ends it the same way.
     failed_undo: FailedUndo | None = None
+    # Its apply failed for good with no answer from the platform (timed out, or sent and never
+    # answered): the platform may hold it all the same, so a stand-down asks before taking it
+    # back.
+    uncertain: bool = False
 
     @property
     def held_since(self) -> str | None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import TimeoutError as CallTimedOut
 
 with workflow.unsafe.imports_passed_through():
     from workflows.audit import (
@@ -123,6 +124,12 @@ LAST_PUT_OFF_PATCH = "last-undo-put-off-behind-the-others"
 # shows the error while its full retries go on (it showed none for up to 7 minutes). Recorded
 # only where an undo's first tries err.
 UNDO_ERROR_SHOWN_PATCH = "undo-error-shown-while-retried"
+
+# A measure whose apply failed with no answer from the platform (timed out, or erring until its
+# retries ran out) may hold all the same: a stand-down sends it again under its own idempotency
+# key to learn what it replaced, then takes it back (it was left in force, recorded as never
+# applied). Recorded only where such a measure is stood down.
+UNCERTAIN_APPLY_PATCH = "apply-with-no-answer-taken-back"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -324,6 +331,10 @@ class IncidentRun:
             retry: RetryPolicy = UNDO_RETRY,
             put_off: bool = False,
         ) -> bool: ...
+
+        async def _learn_outcome(self, record: StepRecord) -> bool: ...
+
+        def _reinstate(self, record: StepRecord) -> None: ...
 
         def _stacked_on(
             self, record: StepRecord, later: list[str], *, any_undo: bool = False
@@ -590,6 +601,18 @@ def failure_facts(error: BaseException) -> dict[str, Any]:
                 return facts
         error = error.__cause__  # type: ignore[assignment]
     return {}
+
+
+def unanswered(error: BaseException) -> bool:
+    """Whether a lever call failed with no answer from the platform, which may have applied it
+    all the same: its last attempt timed out, or was sent and never answered."""
+    if failure_facts(error).get("unanswered"):
+        return True
+    while error is not None:
+        if isinstance(error, CallTimedOut):  # the call's own deadline, not a wait's
+            return True
+        error = error.__cause__  # type: ignore[assignment]
+    return False
 
 
 def refused(error: BaseException) -> bool:

@@ -641,6 +641,28 @@ def test_an_approval_timeout_that_fails_the_step_is_a_step_failure() -> None:
     assert "| Step failures / undo failures / retries | 1 / 0 / 0 |" in render_markdown(report)
 
 
+def test_a_measure_whose_apply_had_no_answer_is_in_force_until_taken_back() -> None:
+    """Its apply timed out (the step failed), and the stand-down sent it again to learn what it
+    replaced: the measure was in force, and says how that was learned, then undone."""
+    t = Trail("INC-8")
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={})
+    t.add(1, "step.started", step="surge", lever="moderation.surge", args=SURGE)
+    t.add(3, "step.failed", step="surge", lever="moderation.surge", error="activity timed out")
+    t.add(60, "stand_down.requested", actor="alice", reason="calm")
+    t.add(
+        61, "step.applied", step="surge", lever="moderation.surge", previous={}, after_failure=True
+    )
+    t.add(62, "step.undone", step="surge", lever="moderation.surge", restored={}, reason="")
+    t.add(62, "incident.closed", actor="alice")
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    (measure,) = report.measures
+    assert ("undone_at_stand_down", 1.0) == (measure.outcome, measure.active_seconds)
+    assert any(
+        "its apply had had no answer; sent again, the platform said what it replaced" in line.text
+        for line in report.timeline
+    )
+
+
 def test_json_round_trips(report: IncidentReport) -> None:
     """render_json is plain JSON and reads back into the same report."""
     data = render_json(report)

@@ -412,6 +412,43 @@ async def record_undo_erring(
     await _keep(client, {name: incident_id})
 
 
+NO_ANSWER = """
+playbook: record-no-answer
+version: 1
+title: A measure applied with no answer
+description: For the recorded history of a stand-down of a measure whose apply timed out.
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 2}
+    timeout: 1s
+    retry: {max_attempts: 2, initial_interval: 100ms, max_interval: 200ms}
+"""
+
+
+async def record_no_answer(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """A measure whose every apply attempt timed out, stood down once the platform answers
+    again (v7-no-answer-unpatched: the stand-down leaves it)."""
+    name = f"{tag}-no-answer"
+    module = __import__("workflows.incident_run", fromlist=["UNCERTAIN_APPLY_PATCH"])
+    if not hasattr(module, "UNCERTAIN_APPLY_PATCH"):
+        name += "-unpatched"
+    incident_id = f"REC-{name}"
+    path = work / "record-no-answer.yaml"
+    path.write_text(NO_ANSWER)
+    async with httpx.AsyncClient() as http:
+        slow = {"path_prefix": "/moderation", "operation_prefix": "apply-", "latency_ms": 1500}
+        (await http.post(f"{sandbox_url}/faults", json={**slow, "times": 2})).raise_for_status()
+        await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+        await _states(incidents, incident_id, {"surge": "failed"})
+        (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
+    await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    await _closed(incidents, incident_id)
+    await _keep(client, {name: incident_id})
+
+
 async def _states(incidents: Incidents, incident_id: str, wanted: dict[str, str]) -> None:
     for _ in range(400):
         states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
@@ -684,6 +721,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "undo-erring":
             await record_undo_erring(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "no-answer":
+            await record_no_answer(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -712,7 +752,7 @@ def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
     # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last,
-    # undo-erring
+    # undo-erring, no-answer
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

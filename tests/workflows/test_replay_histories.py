@@ -96,6 +96,8 @@ def test_histories_are_kept() -> None:
         "v7-put-off-last",
         "v7-undo-erring-unpatched",
         "v7-undo-erring",
+        "v7-no-answer-unpatched",
+        "v7-no-answer",
     } <= kept
 
 

@@ -15,6 +15,8 @@ from engine.incidents import Incidents
 from tests.helpers import assert_eventually
 from tests.workflows.lab import Lab, at, kinds, settings_of, step, step_states
 from workflows.audit import AuditEvent
+from workflows.crisis import CrisisWorkflow
+from workflows.incident import RestoreRequest
 
 FOUR_MEASURES = """
 steps:
@@ -255,3 +257,60 @@ async def test_the_last_measure_erring_too_waits_behind_those_put_off(lab: Lab) 
     undone = [e.step_id for e in events if e.kind == "step.undone"]
     assert ["detection", "limit-one", "cut-reshares", "surge"] == undone
     assert lab.store.verify(incident).ok
+
+
+NO_ANSWER = """
+steps:
+  - id: surge
+    do: moderation.surge
+    with: {queue: hate, extra_reviewers: 5}
+    timeout: 1s
+    retry: {max_attempts: 2, initial_interval: 100ms, max_interval: 200ms}
+"""
+# The platform takes the request and applies it, but answers only after the call timed out.
+SLOW_SURGE = {"path_prefix": "/moderation", "operation_prefix": "apply-", "latency_ms": 1500}
+
+
+async def test_a_measure_applied_with_no_answer_is_taken_back_at_stand_down(lab: Lab) -> None:
+    """Every attempt timed out, so the step failed; but a platform may apply what it was sent
+    and answer too late (recorded as never applied, such a measure stayed in force after the
+    stand-down). The stand-down now sends it again under its own idempotency key: a platform
+    that applied it answers what it replaced and applies nothing twice; this one (the sandbox
+    drops a request whose caller hung up) applies it now. Either way it then restores that."""
+    before = settings_of(await lab.platform())
+    await lab.sandbox.fault(**SLOW_SURGE, times=2)
+    incident = await lab.trigger(NO_ANSWER)
+    await lab.settle(incident, {"surge": "failed"}, state="failed")
+    await lab.sandbox.clear_faults()
+    await lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    status = await lab.settle(incident, {"surge": "undone"}, state="closed")
+    assert step(status, "surge").previous is not None  # learned from the platform's answer
+    assert before == settings_of(await lab.platform())
+    events = await lab.audit(incident, until="incident.closed")
+    told = ("step.failed", "stand_down.requested", "step.applied", "step.undone")
+    assert list(told) == [kind for kind in kinds(events) if kind in told]
+    applied = next(e for e in events if e.kind == "step.applied")
+    assert applied.data["after_failure"] is True
+    assert 0 == (await lab.platform())["stats"]["duplicates"]
+
+
+async def test_a_measure_with_no_answer_at_stand_down_waits_for_a_restore(lab: Lab) -> None:
+    """The platform still does not answer at stand-down: the measure may hold and what it
+    replaced is unknown, so the incident does not close as if all were restored; a retried
+    restore, once the platform answers, learns what it replaced and takes it back."""
+    before = settings_of(await lab.platform())
+    await lab.sandbox.fault(**SLOW_SURGE)
+    incident = await lab.trigger(NO_ANSWER)
+    await lab.settle(incident, {"surge": "failed"}, state="failed")
+    answer = await lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    assert ("standing_down", "undo_failed") == (answer.state, step(answer, "surge").state)
+    status = await lab.settle(incident, {"surge": "undo_failed"}, state="standing_down")
+    assert "its apply had no answer and still has none" in (step(status, "surge").error or "")
+    await lab.sandbox.clear_faults()
+    await lab.act(
+        incident,
+        CrisisWorkflow.restore,
+        RestoreRequest(step_id="surge", actor="alice", reason="platform back"),
+    )
+    await lab.settle(incident, {"surge": "undone"}, state="closed")
+    assert before == settings_of(await lab.platform())
