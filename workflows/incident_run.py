@@ -125,10 +125,10 @@ LAST_PUT_OFF_PATCH = "last-undo-put-off-behind-the-others"
 # only where an undo's first tries err.
 UNDO_ERROR_SHOWN_PATCH = "undo-error-shown-while-retried"
 
-# A measure whose apply failed with no answer from the platform (timed out, or erring until its
-# retries ran out) may hold all the same: a stand-down sends it again under its own idempotency
-# key to learn what it replaced, then takes it back (it was left in force, recorded as never
-# applied). Recorded only where such a measure is stood down.
+# A measure whose apply failed with no answer from the platform (its last attempt timed out, or
+# was sent and never answered) may hold all the same: a stand-down sends it again under its own
+# idempotency key to learn what it replaced, then takes it back (it was left in force, recorded
+# as never applied). Recorded only where such a measure is stood down.
 UNCERTAIN_APPLY_PATCH = "apply-with-no-answer-taken-back"
 
 AnyStep = Step | WaitStep | ParallelStep
