@@ -10,15 +10,18 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.audit import AuditWriter
 from activities.platform import PlatformLevers
+from core.net import free_port
 from core.settings import Settings
 from tests.conftest import Sandbox
 from tests.helpers import assert_eventually, dropping_receiver, serve_app
 from workflows.audit import AuditBatch, AuditTrail, AuditWritten
 from workflows.incident import LeverOutcome, LeverRequest
+from workflows.incident_run import unanswered
 
 
 async def apply(settings: Settings, step_id: str, lever: str, args: dict[str, Any]) -> LeverOutcome:
@@ -68,6 +71,39 @@ async def test_a_stakeholder_name_never_leaves_the_webhook_path() -> None:
         settings = Settings(notify_url=f"{url}/notify")
         await apply(settings, "tell", "notify.webhook", {"to": "../throttle", "message": "hi"})
     assert ["/notify/webhooks/..%2Fthrottle"] == seen
+
+
+async def test_a_call_sent_and_never_answered_says_so_and_one_never_sent_does_not() -> None:
+    """A platform that takes the request and does not answer in time may have applied it: the
+    failure says `unanswered`, which a stand-down acts on (workflows.incident_run.unanswered).
+    A connection never made sent nothing."""
+    platform = FastAPI()
+
+    @platform.post("/moderation/surge")
+    async def slow() -> dict[str, Any]:
+        await asyncio.sleep(2)
+        return {"previous": {"queue": "hate", "extra_reviewers": 0}}
+
+    request = LeverRequest(
+        incident_id="INC-1",
+        step_id="surge",
+        operation="apply-1",
+        lever="moderation.surge",
+        args={"queue": "hate", "extra_reviewers": 5},
+    )
+    with serve_app(platform) as url:
+        settings = Settings(moderation_url=f"{url}/moderation")
+        async with httpx.AsyncClient(timeout=0.3) as http:
+            levers = PlatformLevers(settings=settings, client=http)
+            with pytest.raises(ApplicationError) as slow_answer:
+                await ActivityEnvironment().run(levers.apply_lever, request)
+    assert unanswered(slow_answer.value)
+    closed = Settings(moderation_url=f"http://127.0.0.1:{free_port()}/moderation")
+    async with httpx.AsyncClient(timeout=0.3) as http:
+        levers = PlatformLevers(settings=closed, client=http)
+        with pytest.raises(ApplicationError) as never_sent:
+            await ActivityEnvironment().run(levers.apply_lever, request)
+    assert not unanswered(never_sent.value)
 
 
 async def test_a_connection_the_platform_closed_is_replaced_at_once() -> None:
