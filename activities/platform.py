@@ -151,8 +151,8 @@ class PlatformLevers:
         )
         route = ROUTES[request.lever]
         path = route.path
-        if "{" in path:  # a stakeholder's name: checked at trigger, quoted all the same
-            path = path.format_map({k: quote(str(v), safe="") for k, v in request.args.items()})
+        if "{to}" in path:  # a stakeholder's name: checked at trigger, quoted all the same
+            path = path.replace("{to}", quote(str(request.args["to"]), safe=""))
         url = self._settings.connector_url(route.connector) + path
         if request.restore is not None:
             url += "/restore"

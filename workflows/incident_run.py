@@ -13,7 +13,7 @@ operations (`_apply_step`, `_undo`, `_run_top_step`), declared here for them; a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -334,8 +334,6 @@ class IncidentRun:
 
         async def _learn_outcome(self, record: StepRecord) -> bool: ...
 
-        def _reinstate(self, record: StepRecord) -> None: ...
-
         def _stacked_on(
             self, record: StepRecord, later: list[str], *, any_undo: bool = False
         ) -> list[StepRecord]: ...
@@ -591,15 +589,21 @@ class IncidentRun:
         )
 
 
+def _causes(error: BaseException | None) -> Iterator[BaseException]:
+    """The failure and what caused it, outermost first (an activity's failure wraps its own)."""
+    while error is not None:
+        yield error
+        error = error.__cause__
+
+
 def failure_facts(error: BaseException) -> dict[str, Any]:
     """What a failed lever call said of itself (activities.platform `_failed`): `tried_s`, how
     long it had been trying, and `attempt`; empty for failures recorded before it said so."""
-    while error is not None:
-        if isinstance(error, ApplicationError) and error.details:
-            facts = error.details[0]
+    for each in _causes(error):
+        if isinstance(each, ApplicationError) and each.details:
+            facts = each.details[0]
             if isinstance(facts, dict) and "tried_s" in facts:
                 return facts
-        error = error.__cause__  # type: ignore[assignment]
     return {}
 
 
@@ -608,22 +612,16 @@ def unanswered(error: BaseException) -> bool:
     all the same: its last attempt timed out, or was sent and never answered."""
     if failure_facts(error).get("unanswered"):
         return True
-    while error is not None:
-        if isinstance(error, CallTimedOut):  # the call's own deadline, not a wait's
-            return True
-        error = error.__cause__  # type: ignore[assignment]
-    return False
+    # The call's own deadline, not a wait's.
+    return any(isinstance(each, CallTimedOut) for each in _causes(error))
 
 
 def refused(error: BaseException) -> bool:
     """Whether the platform refused the call (a 4xx): trying it again cannot change the answer."""
-    while error is not None:
-        if isinstance(error, ApplicationError) and (
-            error.non_retryable or error.type in NON_RETRYABLE
-        ):
-            return True
-        error = error.__cause__  # type: ignore[assignment]
-    return False
+    return any(
+        isinstance(each, ApplicationError) and (each.non_retryable or each.type in NON_RETRYABLE)
+        for each in _causes(error)
+    )
 
 
 def cause_of(error: BaseException) -> str:

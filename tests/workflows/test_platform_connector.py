@@ -24,9 +24,11 @@ from workflows.incident import LeverOutcome, LeverRequest
 from workflows.incident_run import unanswered
 
 
-async def apply(settings: Settings, step_id: str, lever: str, args: dict[str, Any]) -> LeverOutcome:
+async def apply(
+    settings: Settings, step_id: str, lever: str, args: dict[str, Any], *, timeout: float = 5.0
+) -> LeverOutcome:
     """Run the lever activity once (incident INC-1, first application) through a fresh client."""
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=timeout) as http:
         levers = PlatformLevers(settings=settings, client=http)
         request = LeverRequest(
             incident_id="INC-1", step_id=step_id, operation="apply-1", lever=lever, args=args
@@ -84,25 +86,15 @@ async def test_a_call_sent_and_never_answered_says_so_and_one_never_sent_does_no
         await asyncio.sleep(2)
         return {"previous": {"queue": "hate", "extra_reviewers": 0}}
 
-    request = LeverRequest(
-        incident_id="INC-1",
-        step_id="surge",
-        operation="apply-1",
-        lever="moderation.surge",
-        args={"queue": "hate", "extra_reviewers": 5},
-    )
+    surge = {"queue": "hate", "extra_reviewers": 5}
     with serve_app(platform) as url:
-        settings = Settings(moderation_url=f"{url}/moderation")
-        async with httpx.AsyncClient(timeout=0.3) as http:
-            levers = PlatformLevers(settings=settings, client=http)
-            with pytest.raises(ApplicationError) as slow_answer:
-                await ActivityEnvironment().run(levers.apply_lever, request)
+        slow_platform = Settings(moderation_url=f"{url}/moderation")
+        with pytest.raises(ApplicationError) as slow_answer:
+            await apply(slow_platform, "surge", "moderation.surge", surge, timeout=0.3)
     assert unanswered(slow_answer.value)
     closed = Settings(moderation_url=f"http://127.0.0.1:{free_port()}/moderation")
-    async with httpx.AsyncClient(timeout=0.3) as http:
-        levers = PlatformLevers(settings=closed, client=http)
-        with pytest.raises(ApplicationError) as never_sent:
-            await ActivityEnvironment().run(levers.apply_lever, request)
+    with pytest.raises(ApplicationError) as never_sent:
+        await apply(closed, "surge", "moderation.surge", surge, timeout=0.3)
     assert not unanswered(never_sent.value)
 
 
