@@ -47,6 +47,9 @@ EARLY_WRITE_AFTER_S = 1.0
 LENT_KEPT = 2_000
 # See `tried_s`: a call scheduled this long after the workflow made it was scheduled anew.
 RESCHEDULED_AFTER_S = 5.0
+# Calls one of whose attempts was sent and never answered, by idempotency key: the platform may
+# have applied that one, whatever later attempts hear. At most this many are remembered.
+UNANSWERED_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,14 @@ def _failed(
     )
 
 
+def _remember(kept: dict[str, Any], key: str, value: Any, most: int) -> None:
+    """Keep `value` under `key` as the newest entry, forgetting the oldest beyond `most`."""
+    kept.pop(key, None)
+    kept[key] = value
+    if len(kept) > most:
+        del kept[next(iter(kept))]
+
+
 class PlatformLevers:
     """Activities that pull levers; holds the worker's one shared HTTP client."""
 
@@ -137,6 +148,7 @@ class PlatformLevers:
         self._client = client
         self._audit = audit
         self._lent: dict[str, AuditBatch] = {}  # by incident: see LENT_KEPT
+        self._unanswered: dict[str, None] = {}  # see UNANSWERED_KEPT
 
     @activity.defn(name=APPLY_LEVER)
     async def apply_lever(self, request: LeverRequest) -> LeverOutcome:
@@ -163,25 +175,35 @@ class PlatformLevers:
             body = dict(request.args)
         content = json.dumps(body, sort_keys=True).encode()
         headers = self._headers(request, content)
+        key = request.idempotency_key
         try:
             response = await self._send(
                 url, content, headers, self._early(request), bound, keep=request.lent is not None
             )
         except httpx.HTTPError as error:
+            if isinstance(error, _UNANSWERED):
+                _remember(self._unanswered, key, None, UNANSWERED_KEPT)
             bound.warning("lever.unreachable", url=url, error=str(error))
             raise _failed(
                 f"{request.lever}: platform unreachable at {url}: {error}",
                 PlatformUnavailable,
                 request.began,
-                unanswered=isinstance(error, _UNANSWERED),
+                unanswered=key in self._unanswered,
             ) from error
+        except asyncio.CancelledError:
+            # The attempt's deadline passed (or the worker stops) with the request out.
+            _remember(self._unanswered, key, None, UNANSWERED_KEPT)
+            raise
         if response.status_code >= 500:
             bound.warning("lever.platform_error", status=response.status_code)
             raise _failed(
                 f"{request.lever}: platform error HTTP {response.status_code}",
                 PlatformUnavailable,
                 request.began,
+                # A 5xx says nothing of an earlier attempt that had no answer.
+                unanswered=key in self._unanswered,
             )
+        self._unanswered.pop(key, None)  # the platform has answered this call for good
         if response.status_code >= 400:
             bound.error("lever.rejected", status=response.status_code, body=response.text[:500])
             raise _failed(
@@ -253,11 +275,7 @@ class PlatformLevers:
         return request.lent or self._lent.get(request.incident_id)
 
     def _keep_lent(self, batch: AuditBatch) -> None:
-        incident_id = batch.events[0].incident_id
-        self._lent.pop(incident_id, None)
-        self._lent[incident_id] = batch
-        if len(self._lent) > LENT_KEPT:
-            del self._lent[next(iter(self._lent))]
+        _remember(self._lent, batch.events[0].incident_id, batch, LENT_KEPT)
 
     async def _write_carried(
         self,

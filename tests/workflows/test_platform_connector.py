@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -96,6 +96,48 @@ async def test_a_call_sent_and_never_answered_says_so_and_one_never_sent_does_no
     with pytest.raises(ApplicationError) as never_sent:
         await apply(closed, "surge", "moderation.surge", surge, timeout=0.3)
     assert not unanswered(never_sent.value)
+
+
+async def test_a_call_whose_earlier_attempt_had_no_answer_stays_unanswered() -> None:
+    """An attempt that timed out may have been applied; a later attempt answered with a 5xx
+    says nothing of it, so the call's failure still says `unanswered`. Once the platform has
+    answered the call for good, its next failure is judged on its own."""
+    answers = iter(["slow", 500, 200, 500])
+    platform = FastAPI()
+
+    @platform.post("/moderation/surge")
+    async def surge() -> Any:
+        answer = next(answers)
+        if answer == "slow":
+            await asyncio.sleep(2)
+        if answer == 500:
+            raise HTTPException(500, "down")
+        return {"previous": {"queue": "hate", "extra_reviewers": 0}}
+
+    request = LeverRequest(
+        incident_id="INC-1",
+        step_id="surge",
+        operation="apply-1",
+        lever="moderation.surge",
+        args={"queue": "hate", "extra_reviewers": 5},
+    )
+    with serve_app(platform) as url:
+        settings = Settings(moderation_url=f"{url}/moderation")
+        async with httpx.AsyncClient(timeout=0.3) as http:
+            levers = PlatformLevers(settings=settings, client=http)
+
+            async def fails(on: PlatformLevers) -> bool:
+                """Whether the attempt's failure says unanswered."""
+                with pytest.raises(ApplicationError) as failed:
+                    await ActivityEnvironment().run(on.apply_lever, request)
+                return unanswered(failed.value)
+
+            assert await fails(levers)  # timed out
+            assert await fails(levers)  # a 5xx after it
+            await ActivityEnvironment().run(levers.apply_lever, request)  # answered
+            assert not await fails(levers)
+            answers = iter([500])
+            assert not await fails(PlatformLevers(settings=settings, client=http))  # no past
 
 
 async def test_a_connection_the_platform_closed_is_replaced_at_once() -> None:

@@ -294,6 +294,25 @@ async def test_a_measure_applied_with_no_answer_is_taken_back_at_stand_down(lab:
     assert 0 == (await lab.platform())["stats"]["duplicates"]
 
 
+async def test_a_measure_whose_first_attempt_had_no_answer_is_taken_back(lab: Lab) -> None:
+    """The first attempt timed out and the last one met a platform error: that error says
+    nothing of the first, which the platform may have applied, so the stand-down takes the
+    measure back as it does when every attempt timed out."""
+    before = settings_of(await lab.platform())
+    await lab.sandbox.fault(**SLOW_SURGE, status=0, times=1)
+    await lab.sandbox.fault(path_prefix="/moderation", operation_prefix="apply-", times=2)
+    incident = await lab.trigger(NO_ANSWER)
+    status = await lab.settle(incident, {"surge": "failed"}, state="failed")
+    assert "HTTP 500" in (step(status, "surge").error or "")
+    await lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    status = await lab.settle(incident, {"surge": "undone"}, state="closed")
+    assert step(status, "surge").previous is not None
+    assert before == settings_of(await lab.platform())
+    events = await lab.audit(incident, until="incident.closed")
+    applied = next(e for e in events if e.kind == "step.applied")
+    assert applied.data["after_failure"] is True
+
+
 async def test_a_measure_with_no_answer_at_stand_down_waits_for_a_restore(lab: Lab) -> None:
     """The platform still does not answer at stand-down: the measure may hold and what it
     replaced is unknown, so the incident does not close as if all were restored; a retried
