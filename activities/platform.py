@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -47,9 +47,12 @@ EARLY_WRITE_AFTER_S = 1.0
 LENT_KEPT = 2_000
 # See `tried_s`: a call scheduled this long after the workflow made it was scheduled anew.
 RESCHEDULED_AFTER_S = 5.0
-# Calls one of whose attempts was sent and never answered, by idempotency key: the platform may
-# have applied that one, whatever later attempts hear. At most this many are remembered.
-UNANSWERED_KEPT = 10_000
+# An attempt stops waiting for the platform this long before it would be cut off (by the step's
+# `timeout:`), so that it fails as a call that had no answer, saying how long it tried and which
+# attempt it was, instead of being cut off by Temporal with neither.
+OWN_DEADLINE_MARGIN_S = 0.2
+# Calls not answered yet whose attempts a worker remembers (`_Attempts`); at most this many.
+CALLS_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,58 @@ def _failed(
     )
 
 
+@dataclass
+class _Attempts:
+    """What a worker remembers of a lever call's attempts until the platform answers it."""
+
+    # One was sent and never answered: the platform may have applied it, whatever later
+    # attempts hear.
+    unanswered: bool = False
+    # When each attempt is cut off (monotonic): Temporal's core leaves an earlier attempt's
+    # start-to-close timer running, and it cuts off a later attempt (sdk-rust#1454).
+    cutoffs: list[float] = field(default_factory=list)
+
+    def wait(self, limit: timedelta | None) -> float | None:
+        """How long a new attempt waits for the platform: to OWN_DEADLINE_MARGIN_S before the
+        first cut-off, its own or an earlier attempt's; None (Temporal cuts it off) when that
+        leaves too little."""
+        if limit is None:
+            return None
+        now = time.monotonic()
+        self.cutoffs = [at for at in self.cutoffs if at > now] + [now + limit.total_seconds()]
+        wait = min(self.cutoffs) - now - OWN_DEADLINE_MARGIN_S
+        return wait if wait >= OWN_DEADLINE_MARGIN_S else None
+
+
+# Which of httpx's timeouts each of its timeout errors is.
+_TIMEOUT_KINDS: dict[type[httpx.TimeoutException], str] = {
+    httpx.ConnectTimeout: "connect",
+    httpx.ReadTimeout: "read",
+    httpx.WriteTimeout: "write",
+    httpx.PoolTimeout: "pool",
+}
+
+
+def _unreachable(url: str, error: httpx.HTTPError, timeout: httpx.Timeout) -> str:
+    """What went wrong with a call that had no answer: sent and unanswered (the platform may
+    have applied it) or never sent; with how long it waited when it timed out."""
+    sent = isinstance(error, _UNANSWERED)
+    what = f"no answer from the platform at {url}" if sent else f"platform unreachable at {url}"
+    if isinstance(error, httpx.TimeoutException):
+        waited = timeout.as_dict().get(_TIMEOUT_KINDS.get(type(error), "read"))
+        within = f"within {waited:g}s" if waited is not None else "in time"
+        return f"{what} {within}" if sent else f"{what}: no connection {within}"
+    return f"{what}: {error or type(error).__name__}"
+
+
+def _within(timeout: httpx.Timeout, wait: float | None) -> httpx.Timeout | None:
+    """The client's timeouts, none longer than `wait` (None: the client's own)."""
+    if wait is None:
+        return None
+    limits = {k: wait if v is None else min(v, wait) for k, v in timeout.as_dict().items()}
+    return httpx.Timeout(**limits)
+
+
 def _remember(kept: dict[str, Any], key: str, value: Any, most: int) -> None:
     """Keep `value` under `key` as the newest entry, forgetting the oldest beyond `most`."""
     kept.pop(key, None)
@@ -148,7 +203,7 @@ class PlatformLevers:
         self._client = client
         self._audit = audit
         self._lent: dict[str, AuditBatch] = {}  # by incident: see LENT_KEPT
-        self._unanswered: dict[str, None] = {}  # see UNANSWERED_KEPT
+        self._calls: dict[str, _Attempts] = {}  # by idempotency key: see CALLS_KEPT
 
     @activity.defn(name=APPLY_LEVER)
     async def apply_lever(self, request: LeverRequest) -> LeverOutcome:
@@ -176,23 +231,33 @@ class PlatformLevers:
         content = json.dumps(body, sort_keys=True).encode()
         headers = self._headers(request, content)
         key = request.idempotency_key
+        attempts = self._calls.pop(key, None) or _Attempts()
+        _remember(self._calls, key, attempts, CALLS_KEPT)
+        timeout = _within(self._client.timeout, attempts.wait(info.start_to_close_timeout))
         try:
             response = await self._send(
-                url, content, headers, self._early(request), bound, keep=request.lent is not None
+                url,
+                content,
+                headers,
+                self._early(request),
+                bound,
+                keep=request.lent is not None,
+                timeout=timeout,
             )
         except httpx.HTTPError as error:
-            if isinstance(error, _UNANSWERED):
-                _remember(self._unanswered, key, None, UNANSWERED_KEPT)
-            bound.warning("lever.unreachable", url=url, error=str(error))
+            sent = isinstance(error, _UNANSWERED)
+            attempts.unanswered = attempts.unanswered or sent
+            bound.warning("lever.unreachable", url=url, error=str(error) or type(error).__name__)
+            said = _unreachable(url, error, timeout or self._client.timeout)
             raise _failed(
-                f"{request.lever}: platform unreachable at {url}: {error}",
+                f"{request.lever}: {said}",
                 PlatformUnavailable,
                 request.began,
-                unanswered=key in self._unanswered,
-            ) from error
+                unanswered=attempts.unanswered,
+            ) from None  # its message says it all: a cause would be shown instead
         except asyncio.CancelledError:
-            # The attempt's deadline passed (or the worker stops) with the request out.
-            _remember(self._unanswered, key, None, UNANSWERED_KEPT)
+            # Cut off by Temporal (or the worker stops) with the request out.
+            attempts.unanswered = True
             raise
         if response.status_code >= 500:
             bound.warning("lever.platform_error", status=response.status_code)
@@ -201,9 +266,9 @@ class PlatformLevers:
                 PlatformUnavailable,
                 request.began,
                 # A 5xx says nothing of an earlier attempt that had no answer.
-                unanswered=key in self._unanswered,
+                unanswered=attempts.unanswered,
             )
-        self._unanswered.pop(key, None)  # the platform has answered this call for good
+        self._calls.pop(key, None)  # the platform has answered this call for good
         if response.status_code >= 400:
             bound.error("lever.rejected", status=response.status_code, body=response.text[:500])
             raise _failed(
@@ -231,12 +296,13 @@ class PlatformLevers:
         bound: structlog.typing.FilteringBoundLogger,
         *,
         keep: bool = False,
+        timeout: httpx.Timeout | None = None,
     ) -> httpx.Response:
         """POST; with `early` events, write them once the platform has taken EARLY_WRITE_AFTER_S
         without answering, or before answering a failure (the events hold whatever the outcome).
         `keep`: `early` was lent to this call; unwritten, it is kept for the next calls."""
         if early is None:
-            return await post(self._client, url, content=content, headers=headers)
+            return await post(self._client, url, content=content, headers=headers, timeout=timeout)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         writing: list[asyncio.Task[AuditWritten | None]] = []
@@ -246,7 +312,9 @@ class PlatformLevers:
         )
         failure: httpx.HTTPError | None = None
         try:
-            response = await post(self._client, url, content=content, headers=headers)
+            response = await post(
+                self._client, url, content=content, headers=headers, timeout=timeout
+            )
         except httpx.HTTPError as error:
             failure = error
         except asyncio.CancelledError:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 
 async def post(
-    client: httpx.AsyncClient, url: str, *, content: bytes, headers: dict[str, str]
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    content: bytes,
+    headers: dict[str, str],
+    timeout: httpx.Timeout | None = None,
 ) -> httpx.Response:
     """POST; if the connection drops before any answer, POST once more on a new connection.
 
@@ -14,8 +21,10 @@ async def post(
     (its keep-alive timeout races with ours). Sending again at once costs nothing a retry would
     not: lever calls carry an idempotency key, deliveries carry theirs, and the activity's retry
     policy would send the same request again anyway, only half a second or more later.
+    `timeout`: instead of the client's own.
     """
+    given: Any = timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
     try:
-        return await client.post(url, content=content, headers=headers)
+        return await client.post(url, content=content, headers=headers, timeout=given)
     except (httpx.RemoteProtocolError, httpx.ReadError):
-        return await client.post(url, content=content, headers=headers)
+        return await client.post(url, content=content, headers=headers, timeout=given)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.audit import AuditWriter
-from activities.platform import PlatformLevers
+from activities.platform import PlatformLevers, _Attempts
 from core.net import free_port
 from core.settings import Settings
 from tests.conftest import Sandbox
@@ -138,6 +139,19 @@ async def test_a_call_whose_earlier_attempt_had_no_answer_stays_unanswered() -> 
             assert not await fails(levers)
             answers = iter([500])
             assert not await fails(PlatformLevers(settings=settings, client=http))  # no past
+
+
+def test_an_attempt_waits_until_just_before_the_first_deadline_that_cuts_it_off() -> None:
+    """Its own, or an earlier attempt's: Temporal's core leaves that one's timer running, and it
+    cuts off a later attempt of the same call (sdk-rust#1454). With too little time left, the
+    attempt leaves it to Temporal."""
+    attempts = _Attempts()
+    assert attempts.wait(timedelta(seconds=10)) == pytest.approx(9.8, abs=0.01)
+    # At once again: the first attempt's deadline comes first.
+    assert attempts.wait(timedelta(seconds=30)) == pytest.approx(9.8, abs=0.01)
+    attempts.cutoffs = [time.monotonic() + 0.3]  # an earlier attempt's, nearly due
+    assert attempts.wait(timedelta(seconds=10)) is None
+    assert _Attempts().wait(None) is None
 
 
 async def test_a_connection_the_platform_closed_is_replaced_at_once() -> None:

@@ -6,6 +6,7 @@ it after it, so that restoring them never wipes it. The platform is the real san
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 
@@ -265,7 +266,7 @@ steps:
     do: moderation.surge
     with: {queue: hate, extra_reviewers: 5}
     timeout: 1s
-    retry: {max_attempts: 2, initial_interval: 100ms, max_interval: 200ms}
+    retry: {max_attempts: 2, initial_interval: 300ms, max_interval: 300ms}
 """
 # The platform takes the request and applies it, but answers only after the call timed out.
 SLOW_SURGE = {"path_prefix": "/moderation", "operation_prefix": "apply-", "latency_ms": 1500}
@@ -280,7 +281,18 @@ async def test_a_measure_applied_with_no_answer_is_taken_back_at_stand_down(lab:
     before = settings_of(await lab.platform())
     await lab.sandbox.fault(**SLOW_SURGE, times=2)
     incident = await lab.trigger(NO_ANSWER)
-    await lab.settle(incident, {"surge": "failed"}, state="failed")
+    status = await lab.settle(incident, {"surge": "failed"}, state="failed")
+    # Given up on just before the step's own deadline (1s), so the failure says what, how long
+    # it waited and how often.
+    error = step(status, "surge").error or ""
+    assert error.startswith("moderation.surge: no answer from the platform at "), error
+    assert error.endswith("/moderation/surge within 0.8s"), error
+    trail = await lab.audit(incident, until="step.failed")
+    failed = next(e for e in trail if e.kind == "step.failed")
+    assert 2 == failed.data["attempts"]
+    # Stamped when it failed (two waits of 0.8s and the backoff), not when the call began.
+    took = at(failed.at) - at(trail[0].at)
+    assert took >= timedelta(seconds=1.5), took
     await lab.sandbox.clear_faults()
     await lab.incidents.stand_down(incident, actor="alice", reason="calm")
     status = await lab.settle(incident, {"surge": "undone"}, state="closed")
