@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 
 from core.settings import Settings
 from engine.incidents import Incidents
@@ -32,3 +34,37 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 IncidentsDep = Annotated[Incidents, Depends(get_incidents)]
 StoreDep = Annotated[AuditStore, Depends(get_store)]
 TokensDep = Annotated[TokenStore, Depends(get_tokens)]
+
+
+def known_query(request: Request) -> None:
+    """Refuse a query parameter the route does not take: a misspelt filter (`?stat=failed`)
+    would otherwise be ignored, and the answer look like what was asked for."""
+    route = request.scope.get("route")
+    dependant: Dependant | None = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    taken: frozenset[str] | None = getattr(route, "query_taken", None)
+    if taken is None:
+        taken = _query_names(dependant)
+        route.query_taken = taken  # type: ignore[union-attr]  # read once per route
+    for name in request.query_params:
+        if name not in taken:
+            shown = ", ".join(sorted(taken)) or "none"
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "extra_forbidden",
+                        "loc": ("query", name),
+                        "msg": f"not a parameter of this route (it takes: {shown})",
+                        "input": request.query_params[name],
+                    }
+                ]
+            )
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)

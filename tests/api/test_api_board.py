@@ -168,6 +168,11 @@ async def test_board_pages_and_filters(api: httpx.AsyncClient) -> None:
     assert [] == (await board(api, triggered_by="nobody"))["items"]
     assert_error(await api.get("/v1/incidents", params={"limit": 0}), 422, "invalid_request")
     assert_error(await api.get("/v1/incidents", params={"state": "odd"}), 422, "invalid_request")
+    # A misspelt filter is refused, not ignored (the answer would be every open incident).
+    misspelt = await api.get("/v1/incidents", params={"stat": "failed"})
+    message = assert_error(misspelt, 422, "invalid_request")
+    assert message.startswith("query.stat: not a parameter of this route (it takes: "), message
+    assert "state" in message
 
 
 # --- timeline and live events -----------------------------------------------------------------

@@ -28,13 +28,18 @@ from workflows.incident_run import unanswered
 async def apply(
     settings: Settings, step_id: str, lever: str, args: dict[str, Any], *, timeout: float = 5.0
 ) -> LeverOutcome:
-    """Run the lever activity once (incident INC-1, first application) through a fresh client."""
+    """Run the lever activity once (`first_apply`) through a fresh client."""
     async with httpx.AsyncClient(timeout=timeout) as http:
         levers = PlatformLevers(settings=settings, client=http)
-        request = LeverRequest(
-            incident_id="INC-1", step_id=step_id, operation="apply-1", lever=lever, args=args
-        )
+        request = first_apply(step_id, lever, args)
         return await ActivityEnvironment().run(levers.apply_lever, request)
+
+
+def first_apply(step_id: str, lever: str, args: dict[str, Any], **more: Any) -> LeverRequest:
+    """The first application of a step's lever in incident INC-1."""
+    return LeverRequest(
+        incident_id="INC-1", step_id=step_id, operation="apply-1", lever=lever, args=args, **more
+    )
 
 
 async def test_each_call_carries_the_configured_token_and_a_stable_key() -> None:
@@ -115,13 +120,7 @@ async def test_a_call_whose_earlier_attempt_had_no_answer_stays_unanswered() -> 
             raise HTTPException(500, "down")
         return {"previous": {"queue": "hate", "extra_reviewers": 0}}
 
-    request = LeverRequest(
-        incident_id="INC-1",
-        step_id="surge",
-        operation="apply-1",
-        lever="moderation.surge",
-        args={"queue": "hate", "extra_reviewers": 5},
-    )
+    request = first_apply("surge", "moderation.surge", {"queue": "hate", "extra_reviewers": 5})
     with serve_app(platform) as url:
         settings = Settings(moderation_url=f"{url}/moderation")
         async with httpx.AsyncClient(timeout=0.3) as http:
@@ -191,12 +190,10 @@ async def test_an_abandoned_call_stops_waiting_for_its_early_write(
     await sandbox.fault(path_prefix="/detection/threshold", status=0, latency_ms=3000, times=1)
     lent = AuditTrail("INC-1")
     lent.record("incident.triggered", at="2026-11-29T12:00:00+00:00", actor="alice")
-    request = LeverRequest(
-        incident_id="INC-1",
-        step_id="raise",
-        operation="apply-1",
-        lever="detection.set_threshold",
-        args={"classifier": "fraud", "threshold": 0.3},
+    request = first_apply(
+        "raise",
+        "detection.set_threshold",
+        {"classifier": "fraud", "threshold": 0.3},
         lent=AuditBatch(events=lent.lend(), task=3),
     )
     writer = StalledWriter()
