@@ -361,6 +361,7 @@ class _Builder:
         self.open_rounds: dict[str, ApprovalRound] = {}
         self.rounds: list[ApprovalRound] = []
         self.last_failure: dict[str, str] = {}  # step -> why it did not run / failed
+        self.began: dict[str, str] = {}  # step -> when its latest call began (step.started)
         self.renewals: dict[str, list[Renewal]] = {}
         # Every send, in order (a notification re-sent at a level reached again is a row again),
         # and by step the one whose closing message is still to come.
@@ -389,6 +390,7 @@ class _Builder:
             self.sequence_open = False
             self.figures.full_mitigation_awaiting = sorted(self.open_rounds)
         if kind == "step.started" and step:
+            self.began[step] = event.at
             if self.last_failure.get(step, "").startswith("failed"):
                 self.figures.retries += 1
             self.levers[step] = data.get("lever") or self.levers.get(step, "")
@@ -888,7 +890,8 @@ def _describe(event: AuditEvent, ctx: _Builder) -> str:
             f", lapses at {_clock(lapses, ref)}" if lapses else ""
         )
     if kind == "step.failed":
-        return f"{step} failed ({lever}): {data.get('error') or 'unknown error'}"
+        tried = _tried(data.get("attempts"), ctx.began.get(step or ""), event.at)
+        return f"{step} failed ({lever}){tried}: {data.get('error') or 'unknown error'}"
     if kind == "notification.delivered":
         return (
             f"{data.get('stakeholder', '?')} told via {data.get('target', '?')} ({step}; "
@@ -1057,6 +1060,17 @@ def _time(text: str | None) -> str:
     if not text:
         return "—"
     return f"{parse_utc(text).astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _tried(attempts: int | None, began: str | None, failed: str) -> str:
+    """How hard a failed step tried, as far as its events say: " after 2 attempts over 1.9s"."""
+    said = []
+    if attempts:
+        said.append(f"{attempts} attempt{'s' if attempts != 1 else ''}")
+    if began is not None:
+        took = (parse_utc(failed) - parse_utc(began)).total_seconds()
+        said.append(("over " if said else "") + _figure(took))
+    return f" after {' '.join(said)}" if said else ""
 
 
 def _figure(seconds: float | None) -> str:

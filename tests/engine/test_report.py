@@ -647,7 +647,7 @@ def test_a_measure_whose_apply_had_no_answer_is_in_force_until_taken_back() -> N
     t = Trail("INC-8")
     t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={})
     t.add(1, "step.started", step="surge", lever="moderation.surge", args=SURGE)
-    t.add(3, "step.failed", step="surge", lever="moderation.surge", error="activity timed out")
+    t.add(2.9, "step.failed", step="surge", lever="moderation.surge", error="no answer", attempts=2)
     t.add(60, "stand_down.requested", actor="alice", reason="calm")
     t.add(
         61, "step.applied", step="surge", lever="moderation.surge", previous={}, after_failure=True
@@ -661,6 +661,21 @@ def test_a_measure_whose_apply_had_no_answer_is_in_force_until_taken_back() -> N
         "its apply had had no answer; sent again, the platform said what it replaced" in line.text
         for line in report.timeline
     )
+    # The failure says how hard it tried: its attempts, since the call began.
+    assert "surge failed (moderation.surge) after 2 attempts over 1.9s: no answer" in [
+        line.text for line in report.timeline
+    ]
+
+
+def test_a_failure_recorded_before_attempts_were_says_how_long_it_tried() -> None:
+    t = Trail("INC-9")
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs={})
+    t.add(1, "step.started", step="surge", lever="moderation.surge", args=SURGE)
+    t.add(31, "step.failed", step="surge", lever="moderation.surge", error="activity timed out")
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    assert "surge failed (moderation.surge) after 30s: activity timed out" in [
+        line.text for line in report.timeline
+    ]
 
 
 def test_json_round_trips(report: IncidentReport) -> None:
