@@ -25,6 +25,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
+from api.deps import known_query
 from store.errors import RevokedToken, TokenError
 from store.tokens import TokenStore
 
@@ -107,7 +108,7 @@ class Forbidden(AuthError):
     code: ClassVar[str] = "forbidden"
 
 
-# Declared for the OpenAPI document (the /docs "Authorize" button); `authenticate` reads the
+# Declared for the OpenAPI document (the /docs "Authorize" button); `identify` reads the
 # request itself, so it can also be called directly.
 _bearer = HTTPBearer(
     auto_error=False,
@@ -147,6 +148,14 @@ async def authenticate(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
     cookie: Annotated[str | None, Security(_cookie)] = None,
 ) -> Principal:
+    """The API's dependency: `identify`, then the query is checked (`known_query`) once the
+    caller is known, so a stranger learns nothing of a route's parameters."""
+    principal = await identify(request)
+    known_query(request)
+    return principal
+
+
+async def identify(request: Request) -> Principal:
     """The principal behind the request's token; Unauthenticated (401) if there is none."""
     presented = _presented_token(request)
     if presented is None:

@@ -8,9 +8,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 
-from api.deps import known_query
 from api.errors import document_error_bodies, install_error_handlers
 from api.routes import audit, board, health, incidents, playbooks, timeline, tokens
 from api.web import routes as console
@@ -57,7 +56,7 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
         lifespan=lifespan,
         description="Trigger crisis playbooks, follow incidents, stand them down, read audits.",
     )
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(known_query)])
+    v1 = APIRouter(prefix="/v1")
     v1.include_router(health.router)
     v1.include_router(playbooks.router)
     v1.include_router(board.router)

@@ -4,7 +4,7 @@ API process and calling the engine directly as the signed-in principal.
 Every POST is a form that redirects back (POST/redirect/GET) with a one-line flash, or, refused,
 shows its page again with the reason and what was typed; the actor is always the principal,
 never a form field. Cross-site POSTs are refused three times over: the
-cookie is SameSite=Strict, `authenticate` checks the Origin, and each form carries a CSRF token
+cookie is SameSite=Strict, `identify` checks the Origin, and each form carries a CSRF token
 derived from the session.
 """
 

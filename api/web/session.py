@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import Request, Response
 
-from api.auth import COOKIE_NAME, Forbidden, Principal, Unauthenticated, authenticate
+from api.auth import COOKIE_NAME, Forbidden, Principal, Unauthenticated, identify
 
 FLASH_COOKIE = "crisis_flash"
 CSRF_FIELD = "csrf"
@@ -49,9 +49,9 @@ class Flash:
 
 async def signed_in(request: Request) -> Principal:
     """The principal behind the request's token (header or cookie). SignInRequired without one;
-    Forbidden (from `authenticate`) for a cross-site POST carrying the cookie."""
+    Forbidden (from `identify`) for a cross-site POST carrying the cookie."""
     try:
-        return await authenticate(request)
+        return await identify(request)
     except Unauthenticated as error:
         stale = COOKIE_NAME in request.cookies
         message = f"signed out: {error}" if stale else "sign in to continue"
@@ -85,7 +85,7 @@ def session_csrf(request: Request) -> str:
 
 def check_csrf(request: Request, form: dict[str, str], principal: Principal) -> None:
     """A cookie-signed POST must carry the session's CSRF token (the cookie's SameSite=Strict and
-    the Origin check in `authenticate` come first; this covers browsers that send neither)."""
+    the Origin check in `identify` come first; this covers browsers that send neither)."""
     if "authorization" in request.headers:
         return  # a bearer token is never sent by a browser on another site's behalf
     expected = session_csrf(request)
