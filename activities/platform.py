@@ -172,7 +172,7 @@ def _unreachable(url: str, error: httpx.HTTPError, timeout: httpx.Timeout) -> st
     what = f"no answer from the platform at {url}" if sent else f"platform unreachable at {url}"
     if isinstance(error, httpx.TimeoutException):
         waited = timeout.as_dict().get(_TIMEOUT_KINDS.get(type(error), "read"))
-        within = f"within {waited:g}s" if waited is not None else "in time"
+        within = f"within {round(waited, 1):g}s" if waited is not None else "in time"
         return f"{what} {within}" if sent else f"{what}: no connection {within}"
     return f"{what}: {error or type(error).__name__}"
 

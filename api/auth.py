@@ -148,11 +148,9 @@ async def authenticate(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
     cookie: Annotated[str | None, Security(_cookie)] = None,
 ) -> Principal:
-    """The API's dependency: `identify`, then the query is checked (`known_query`) once the
-    caller is known, so a stranger learns nothing of a route's parameters."""
-    principal = await identify(request)
-    known_query(request)
-    return principal
+    """The API's dependency (its parameters declare the token's places for the OpenAPI
+    document): `identify`."""
+    return await identify(request)
 
 
 async def identify(request: Request) -> Principal:
@@ -189,8 +187,10 @@ CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 @cache
 def _requirement(permission: Permission) -> Callable[..., Awaitable[Principal]]:
     # One function per permission, so FastAPI resolves each once per request.
-    async def check(principal: CurrentPrincipal) -> Principal:
+    async def check(request: Request, principal: CurrentPrincipal) -> Principal:
         principal.require(permission)
+        # Once the caller may call the route: a stranger learns nothing of its parameters.
+        known_query(request)
         return principal
 
     check.__name__ = f"require_{permission}"

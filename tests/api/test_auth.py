@@ -302,6 +302,7 @@ async def test_an_auditor_cannot_trigger_and_an_engineer_cannot_stand_down(
         refused = await http.post(
             f"/v1/incidents/{incident_id}/stand-down",
             json={"reason": "not mine to call"},
+            params={"nosuch": "1"},  # a route she may not call: she learns nothing of it
             headers=tokens.headers("erin"),
         )
     assert "erin" in assert_denied(refused, 403, "forbidden")
