@@ -183,8 +183,13 @@ def _print_status(status: IncidentStatus) -> None:
     if status.stand_down:
         down = status.stand_down
         console.print(f"stand-down by {escape(down.actor)}: {escape(down.reason)}")
-    from engine.incidents import unrestored
+    from engine.incidents import maybe_in_force, unrestored
 
+    if unknown := [s.id for s in maybe_in_force(status)]:
+        console.print(
+            "[bold yellow]MAY BE IN FORCE[/bold yellow] (the apply had no answer; the platform "
+            f"may have applied it, and a stand-down takes it back): {escape(', '.join(unknown))}"
+        )
     left = [s.id for s in unrestored(status)]
     if left and status.state != "closed":
         waiting = status.state == "standing_down"

@@ -397,6 +397,12 @@ def unrestored(status: IncidentStatus) -> list[StepRecord]:
     return [s for s in status.steps if s.state == "undo_failed" and not undelivered_notice(s)]
 
 
+def maybe_in_force(status: IncidentStatus) -> list[StepRecord]:
+    """The measures whose apply failed with no answer: the platform may have applied them all
+    the same (a stand-down sends each again to learn that, then takes it back)."""
+    return [s for s in status.steps if s.state == "failed" and s.uncertain]
+
+
 def undelivered_notice(step: StepRecord) -> bool:
     """Its undo was a message that was not delivered: nothing of it is left on the platform. A
     notification step's undo can only be a message (validation refuses any other), which also

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from api.auth import Permission, Principal
-from engine.incidents import unrestored
+from engine.incidents import maybe_in_force, unrestored
 from engine.report import TimelineEntry
 from workflows.incident import Approver, DeliveryRecord, IncidentStatus, StepRecord
 from workflows.levers import is_notification
@@ -59,6 +59,7 @@ class IncidentView:
     measures: list[StepRecord]  # applied and in force
     lapsed: list[StepRecord]  # undone because their expiry passed
     not_restored: list[StepRecord]  # their undo failed for good: may still be in force
+    maybe_in_force: list[StepRecord]  # their apply had no answer: may be in force
     pending: list[PendingApprovalView]
     deliveries: list[StepDeliveries]
     timeline: list[TimelineEntry]
@@ -132,6 +133,7 @@ def incident_view(
         measures=[s for s in status.steps if is_measure(s) and s.state in ("applied", "undoing")],
         lapsed=[s for s in status.steps if is_measure(s) and s.state == "expired"],
         not_restored=unrestored(status),
+        maybe_in_force=maybe_in_force(status),
         pending=pending,
         deliveries=[StepDeliveries(s, s.deliveries) for s in status.steps if s.deliveries],
         timeline=timeline,

@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 
+from cli.main import _print_status
 from core.settings import Settings
 from engine.devserver import free_port
 from store.audit_store import AuditStore
 from tests.conftest import ENGINE_PLAYBOOKS, Sandbox
 from tests.helpers import assert_eventually
+from tests.web.test_incident_view import failed_incident
+from workflows.incident import StepRecord
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ENGINE_PLAYBOOKS / "violent-disorder.yaml"
@@ -518,6 +521,34 @@ async def test_a_stand_down_that_leaves_a_measure_in_force_exits_non_zero_until_
     assert "closed" == closed.json()["state"]
     refused = await crisis(cli_env, "restore", incident_id, "raise-detection", "--reason", "x")
     assert_one_line_error(refused, f"incident {incident_id} is closed")
+
+
+def test_status_names_a_measure_whose_apply_had_no_answer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A failed step whose platform never answered may be in force: status says so above the
+    table, and how it is taken back; a step that failed otherwise is not named."""
+    no_answer = "moderation.surge: no answer from the platform at http://p/moderation/surge"
+    _print_status(
+        failed_incident(
+            StepRecord(
+                id="surge",
+                kind="lever",
+                lever="moderation.surge",
+                state="failed",
+                uncertain=True,
+                error=no_answer,
+            ),
+            StepRecord(id="cut", kind="lever", lever="recommender.throttle", state="failed"),
+        )
+    )
+    shown = " ".join(capsys.readouterr().out.split())
+    said = (
+        "MAY BE IN FORCE (the apply had no answer; the platform may have applied it, and a "
+        "stand-down takes it back): surge"
+    )
+    assert said in shown, shown
+    assert "): surge, cut" not in shown
 
 
 @pytest.mark.usefixtures("worker")

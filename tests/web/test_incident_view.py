@@ -36,3 +36,36 @@ def test_a_measure_being_taken_back_is_still_listed_in_force() -> None:
     alice = Principal(name="alice", roles=["commander"], token_id="t1")
     view = incident_view(status, alice, approval_roles={}, timeline=[])
     assert ["limit-one", "cut"] == [m.id for m in view.measures]
+
+
+def test_a_measure_whose_apply_had_no_answer_is_listed_as_maybe_in_force() -> None:
+    """Its step failed with no answer from the platform, which may have applied it: the page
+    lists it apart from the measures known to be in force; a step that failed otherwise not."""
+    status = failed_incident(
+        StepRecord(
+            id="surge",
+            kind="lever",
+            lever="moderation.surge",
+            state="failed",
+            uncertain=True,
+            error="moderation.surge: no answer from the platform at http://p/moderation/surge",
+        ),
+        StepRecord(id="cut", kind="lever", lever="recommender.throttle", state="failed"),
+    )
+    alice = Principal(name="alice", roles=["commander"], token_id="t1")
+    view = incident_view(status, alice, approval_roles={}, timeline=[])
+    assert ([], ["surge"]) == ([m.id for m in view.measures], [m.id for m in view.maybe_in_force])
+
+
+def failed_incident(*steps: StepRecord) -> IncidentStatus:
+    return IncidentStatus(
+        incident_id="INC-2",
+        state="failed",
+        playbook="p",
+        version=1,
+        playbook_hash="sha256:00",
+        inputs={},
+        triggered_by="alice",
+        triggered_at="2026-12-01T10:00:00+00:00",
+        steps=list(steps),
+    )
