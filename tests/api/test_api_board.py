@@ -173,6 +173,9 @@ async def test_board_pages_and_filters(api: httpx.AsyncClient) -> None:
     message = assert_error(misspelt, 422, "invalid_request")
     assert message.startswith("query.stat: not a parameter of this route (it takes: "), message
     assert "state" in message
+    twice = await api.get("/v1/incidents", params=[("state", "all"), ("state", "failed")])
+    message = assert_error(twice, 422, "invalid_request")
+    assert "query.state: given 2 times; it takes one value" == message
 
 
 # --- timeline and live events -----------------------------------------------------------------
