@@ -578,6 +578,11 @@ def _levels_for_required_text(playbook: Playbook, inputs: dict[str, Any]) -> dic
     return swapped
 
 
+# A lever call's attempt gives up 0.2 s before its step's timeout to say it had no answer
+# (activities.platform); shorter timeouts leave that to Temporal, which says neither.
+SHORTEST_CALL_WARNED = timedelta(seconds=1)
+
+
 def playbook_warnings(playbook: Playbook) -> list[Problem]:
     """Things that are allowed but usually wrong in a crisis protocol."""
     warnings: list[Problem] = []
@@ -598,6 +603,15 @@ def playbook_warnings(playbook: Playbook) -> list[Problem]:
         if not lever.reversible and step.undo is None and step.expires_after is None:
             warnings.append(
                 Problem((*at, "do"), f"step {step.id!r} ({step.do}) has no undo and no expiry")
+            )
+        if parse_duration(step.timeout) < SHORTEST_CALL_WARNED:
+            warnings.append(
+                Problem(
+                    (*at, "timeout"),
+                    f"step {step.id!r} gives each platform call {step.timeout}: so short that "
+                    "one with no answer may be cut off without saying how long it waited or "
+                    "how often (give it 1s or more)",
+                )
             )
         if step.approval and step.approval.quorum > 1 and len(step.approval.roles) == 1:
             warnings.append(

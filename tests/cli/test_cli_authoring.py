@@ -258,6 +258,20 @@ def test_validate_warns_about_a_measure_without_expiry(
     clean = ok(run_cli(cli_env, "playbook", "validate", str(lapsing)))
     assert ("ok: 1 playbook(s) valid", "") == (clean.stdout.strip(), clean.stderr)
 
+    hasty = write(
+        tmp_path / "hasty.yaml",
+        NO_EXPIRY.replace(
+            "extra_reviewers: 3}\n",
+            "extra_reviewers: 3}\n    expires_after: 6h\n    timeout: 300ms\n",
+        ),
+    )
+    warned = ok(run_cli(cli_env, "playbook", "validate", str(hasty)))
+    assert [
+        f"{hasty}:10:5: warning: step 'surge' gives each platform call 300ms: so short that one "
+        "with no answer may be cut off without saying how long it waited or how often (give it "
+        "1s or more)"
+    ] == warned.error_lines
+
 
 # --- simulate ---------------------------------------------------------------------------------
 async def test_simulate_a_scripted_scenario(
