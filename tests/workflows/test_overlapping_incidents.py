@@ -9,10 +9,13 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from temporalio.client import Client
 
 from core.settings import Settings
+from engine.errors import IncidentConflict
 from engine.incidents import Incidents
+from engine.overlap import refuse_if_later_overlaps
 from engine.report import build_report
 from engine.verification import IncidentHistory, replay_incident
 from store.audit_store import AuditStore
@@ -512,3 +515,36 @@ async def test_a_forced_stand_down_over_its_own_later_measure_still_hands_back(l
     await lab.incidents.stand_down(later, actor="alice", reason="calm")
     await lab.audit(later, until="incident.closed")
     assert before == settings_of(await lab.platform())
+
+
+LATER_NO_ANSWER = """
+steps:
+  - id: limit-one
+    do: recommender.throttle
+    with: {region: GB, categories: [incitement_to_violence], reach_multiplier: 0.25}
+    timeout: 1s
+    retry: {max_attempts: 2, initial_interval: 300ms, max_interval: 300ms}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: the trail does not record that a failed apply had no answer, so the "
+    "overlap check (store.overlaps) does not see the later measure that may be in force",
+)
+async def test_a_later_measure_with_no_answer_holds_the_earlier_stand_down(lab: Lab) -> None:
+    """The later incident's apply had no answer, so the platform may have applied it over the
+    earlier incident's measure. Standing the earlier one down first would put back what was
+    there before both, and the later one's restore then what the earlier one had set: the
+    earlier stand-down is refused, as it is when the later measure is known to be applied."""
+    earlier = await lab.trigger(EARLIER)
+    await lab.settle(earlier, {"cut-reach": "applied"})
+    slow = {"path_prefix": "/recommender", "operation_prefix": "apply-", "latency_ms": 1500}
+    await lab.sandbox.fault(**slow, status=0, times=2)
+    later = await lab.trigger(LATER_NO_ANSWER)
+    await lab.settle(later, {"limit-one": "failed"}, state="failed")
+    await lab.sandbox.clear_faults()
+    assert step(await lab.status(later), "limit-one").uncertain
+    await lab.audit(later, until="step.failed")
+    with pytest.raises(IncidentConflict):
+        await refuse_if_later_overlaps(lab.store, earlier)
