@@ -104,10 +104,12 @@ def _in_force(entry: BoardEntry) -> str:
     soonest = f", next lapse {_when(entry.next_expiry)}" if entry.next_expiry else ""
     lifted = sum(1 for m in entry.measures if m.lifted_by)
     stuck = sum(1 for m in entry.measures if m.not_restored)
+    maybe = sum(1 for m in entry.measures if m.uncertain)
     return (
-        f"{len(entry.measures)}{soonest}"
+        f"{len(entry.measures) - maybe}{soonest}"
         + (f", {lifted} LIFTED" if lifted else "")
         + (f", {stuck} NOT RESTORED" if stuck else "")
+        + (f", {maybe} MAY BE" if maybe else "")
     )
 
 

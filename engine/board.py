@@ -41,6 +41,11 @@ class MeasureInForce(BaseModel):
         description="Its undo failed for good (why): it may still be in force on the platform, "
         "even after the incident closed; restore it there by hand",
     )
+    uncertain: bool = Field(
+        False,
+        description="Its apply had no answer: the platform may have applied it; a stand-down "
+        "learns what it replaced and takes it back",
+    )
 
 
 class FailedDelivery(BaseModel):

@@ -47,6 +47,9 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
             pending.pop(step, None)  # escalate keeps waiting for the same approval
         case "step.applied" if step and not is_notification(data.get("lever")):
             measures[step] = {"lever": data.get("lever"), "expires_at": data.get("expires_at")}
+        case "step.failed" if step and data.get("unanswered"):
+            # Its apply had no answer: the platform may have applied it (a stand-down learns).
+            measures[step] = {"lever": data.get("lever"), "expires_at": None, "uncertain": True}
         case "overlap.left_lifted":
             for lifted in data.get("steps", []):
                 if lifted in measures:

@@ -56,17 +56,22 @@ def settings_changed(lever: str, args: dict[str, Any]) -> frozenset[str]:
 def measures_in(events: Iterable[AuditEvent], steps: set[str]) -> list[Measure]:
     """Of `steps` (the board's measures in force), those an undo would restore, with the
     settings each changed (its last `step.started` arguments) and when it came into force (its
-    last application, not counting one that put it back after another incident lifted it)."""
+    last application, not counting one that put it back after another incident lifted it; for
+    one whose apply had no answer, when its call began)."""
     args: dict[str, dict[str, Any]] = {}
+    began: dict[str, str] = {}
     applied: dict[str, tuple[str, str]] = {}
     for event in events:
         step = event.step_id or ""
         if step not in steps:
             continue
         if event.kind == "step.started":
-            args[step] = event.data.get("args") or {}
+            args[step], began[step] = event.data.get("args") or {}, event.at
         elif event.kind == "step.applied" and "put_back" not in event.data:
             applied[step] = (str(event.data.get("lever") or ""), event.at)
+        elif event.kind == "step.failed" and event.data.get("unanswered"):
+            # Maybe in force (its apply had no answer): since its call began, at the earliest.
+            applied[step] = (str(event.data.get("lever") or ""), began.get(step, event.at))
     found = []
     for step, (name, at) in applied.items():
         lever = LEVERS.get(name)

@@ -54,6 +54,7 @@ from workflows.incident_run import (
     LEVER_TIME,
     PUMP_OUTLIVES_CARRY_PATCH,
     RESTORE_RETRY,
+    UNANSWERED_RECORDED_PATCH,
     UNCERTAIN_APPLY_PATCH,
     UNDO_ERROR_SHOWN_PATCH,
     UNDO_ON_LANDING_PATCH,
@@ -501,6 +502,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             # How many attempts, when the failure says (earlier histories' do not: same hash).
             attempts = failure_facts(error).get("attempt")
             counted = {} if attempts is None else {"attempts": attempts}
+            if record.uncertain and workflow.patched(UNANSWERED_RECORDED_PATCH):
+                counted["unanswered"] = True
             self._record(
                 "step.failed",
                 step_id=step.id,

@@ -130,6 +130,10 @@ UNDO_ERROR_SHOWN_PATCH = "undo-error-shown-while-retried"
 # idempotency key to learn what it replaced, then takes it back (it was left in force, recorded
 # as never applied). Recorded only where such a measure is stood down.
 UNCERTAIN_APPLY_PATCH = "apply-with-no-answer-taken-back"
+# Such a measure's step.failed says `unanswered`, so the board and the overlap check (both read
+# the trail alone) count it as maybe in force: an earlier incident's stand-down on its settings
+# waits for it as for an applied one. Recorded only where such an apply fails.
+UNANSWERED_RECORDED_PATCH = "no-answer-recorded"
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}

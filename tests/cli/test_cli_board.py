@@ -152,6 +152,11 @@ def test_the_in_force_and_attention_columns() -> None:
     assert "1, next lapse 2026-08-03 14:00:00" == _in_force(
         entry.model_copy(update={"measures": measures[:1]})
     )
+    # A measure whose apply had no answer is counted apart: it may be in force.
+    maybe = MeasureInForce(step_id="limit", lever="recommender.throttle", uncertain=True)
+    assert "1, next lapse 2026-08-03 14:00:00, 1 MAY BE" == _in_force(
+        entry.model_copy(update={"measures": [measures[0], maybe]})
+    )
     assert "" == _attention(entry)
     failed = FailedDelivery(
         step_id="tell", stakeholder="regulator", target="webhook", error="HTTP 500", at=lapse

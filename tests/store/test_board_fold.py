@@ -58,3 +58,21 @@ def test_a_measure_whose_undo_failed_stays_after_the_close_until_it_is_settled()
         summary(APPLIED, undo_failed, by_hand)["not_restored"],
         summary(APPLIED, undo_failed, by_hand)["measures"],
     )
+
+
+def test_a_measure_whose_apply_had_no_answer_may_be_in_force_until_the_stand_down_learns() -> None:
+    """Its step.failed says `unanswered`: the board keeps it as maybe in force (the overlap
+    check reads the same summary) until it is applied again and taken back; a failure with an
+    answer is no measure."""
+    no_answer = ("step.failed", "surge", {"lever": "moderation.surge", "unanswered": True})
+    maybe = summary(no_answer)["measures"]
+    assert {"surge": {"lever": "moderation.surge", "expires_at": None, "uncertain": True}} == maybe
+    refused = ("step.failed", "surge", {"lever": "moderation.surge", "error": "HTTP 400"})
+    assert {} == summary(refused)["measures"]
+    learned = ("step.applied", "surge", {"lever": "moderation.surge", "after_failure": True})
+    assert {"surge": {"lever": "moderation.surge", "expires_at": None}} == summary(
+        no_answer, learned
+    )["measures"]
+    undone = ("step.undone", "surge", {"lever": "moderation.surge", "restored": {}})
+    closed = ("incident.closed", None, {})
+    assert {} == summary(no_answer, learned, undone, closed)["measures"]

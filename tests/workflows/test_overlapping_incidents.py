@@ -527,16 +527,12 @@ steps:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: the trail does not record that a failed apply had no answer, so the "
-    "overlap check (store.overlaps) does not see the later measure that may be in force",
-)
 async def test_a_later_measure_with_no_answer_holds_the_earlier_stand_down(lab: Lab) -> None:
     """The later incident's apply had no answer, so the platform may have applied it over the
     earlier incident's measure. Standing the earlier one down first would put back what was
     there before both, and the later one's restore then what the earlier one had set: the
     earlier stand-down is refused, as it is when the later measure is known to be applied."""
+    before = settings_of(await lab.platform())
     earlier = await lab.trigger(EARLIER)
     await lab.settle(earlier, {"cut-reach": "applied"})
     slow = {"path_prefix": "/recommender", "operation_prefix": "apply-", "latency_ms": 1500}
@@ -545,6 +541,15 @@ async def test_a_later_measure_with_no_answer_holds_the_earlier_stand_down(lab: 
     await lab.settle(later, {"limit-one": "failed"}, state="failed")
     await lab.sandbox.clear_faults()
     assert step(await lab.status(later), "limit-one").uncertain
-    await lab.audit(later, until="step.failed")
-    with pytest.raises(IncidentConflict):
+    failed = next(e for e in await lab.audit(later, until="step.failed") if e.kind == "step.failed")
+    assert failed.data["unanswered"] is True
+    with pytest.raises(IncidentConflict) as refused:
         await refuse_if_later_overlaps(lab.store, earlier)
+    assert later in str(refused.value)
+    # Newest first, as the refusal says: each restores exactly what it replaced.
+    await lab.incidents.stand_down(later, actor="alice", reason="calm")
+    await lab.audit(later, until="incident.closed")
+    await refuse_if_later_overlaps(lab.store, earlier)  # nothing holds it now
+    await lab.incidents.stand_down(earlier, actor="alice", reason="calm")
+    await lab.audit(earlier, until="incident.closed")
+    assert before == settings_of(await lab.platform())

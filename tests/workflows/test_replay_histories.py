@@ -58,7 +58,8 @@ def test_histories_are_kept() -> None:
     settings back; a measure lapsed under a later one and renewed, before and since it came back
     under it; a stand-down's undo the platform erred on at first, before and since it was put
     off until the other measures were undone, and the last measure's erring for longer, before
-    and since it was put off behind those)."""
+    and since it was put off behind those; a measure whose apply had no answer, left in force
+    by the stand-down, taken back, and since its step.failed says so)."""
     kept = {p.stem for p in HISTORIES}
     versions = ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
     assert {f"{v}-{kind}" for v in versions for kind in ("stand-down", "failed")} <= kept
@@ -98,6 +99,7 @@ def test_histories_are_kept() -> None:
         "v7-undo-erring",
         "v7-no-answer-unpatched",
         "v7-no-answer",
+        "v7-recorded-no-answer",
     } <= kept
 
 
