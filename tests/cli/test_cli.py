@@ -22,8 +22,7 @@ from engine.devserver import free_port
 from store.audit_store import AuditStore
 from tests.conftest import ENGINE_PLAYBOOKS, Sandbox
 from tests.helpers import assert_eventually
-from tests.web.test_incident_view import failed_incident
-from workflows.incident import StepRecord
+from tests.web.test_incident_view import FAILED_TWO_WAYS, incident
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ENGINE_PLAYBOOKS / "violent-disorder.yaml"
@@ -528,20 +527,7 @@ def test_status_names_a_measure_whose_apply_had_no_answer(
 ) -> None:
     """A failed step whose platform never answered may be in force: status says so above the
     table, and how it is taken back; a step that failed otherwise is not named."""
-    no_answer = "moderation.surge: no answer from the platform at http://p/moderation/surge"
-    _print_status(
-        failed_incident(
-            StepRecord(
-                id="surge",
-                kind="lever",
-                lever="moderation.surge",
-                state="failed",
-                uncertain=True,
-                error=no_answer,
-            ),
-            StepRecord(id="cut", kind="lever", lever="recommender.throttle", state="failed"),
-        )
-    )
+    _print_status(incident("failed", *FAILED_TWO_WAYS))
     shown = " ".join(capsys.readouterr().out.split())
     said = (
         "MAY BE IN FORCE (the apply had no answer; the platform may have applied it, and a "
