@@ -165,10 +165,9 @@ _TIMEOUT_KINDS: dict[type[httpx.TimeoutException], str] = {
 }
 
 
-def _unreachable(url: str, error: httpx.HTTPError, timeout: httpx.Timeout) -> str:
-    """What went wrong with a call that had no answer: sent and unanswered (the platform may
+def _unreachable(url: str, error: httpx.HTTPError, timeout: httpx.Timeout, *, sent: bool) -> str:
+    """What went wrong with a call that had no answer: `sent` and unanswered (the platform may
     have applied it) or never sent; with how long it waited when it timed out."""
-    sent = isinstance(error, _UNANSWERED)
     what = f"no answer from the platform at {url}" if sent else f"platform unreachable at {url}"
     if isinstance(error, httpx.TimeoutException):
         waited = timeout.as_dict().get(_TIMEOUT_KINDS.get(type(error), "read"))
@@ -178,11 +177,14 @@ def _unreachable(url: str, error: httpx.HTTPError, timeout: httpx.Timeout) -> st
 
 
 def _within(timeout: httpx.Timeout, wait: float | None) -> httpx.Timeout | None:
-    """The client's timeouts, none longer than `wait` (None: the client's own)."""
+    """The client's timeouts, none longer than `wait` (None: the client's own, as when all of
+    them are shorter: the usual case, so most calls build nothing)."""
     if wait is None:
         return None
-    limits = {k: wait if v is None else min(v, wait) for k, v in timeout.as_dict().items()}
-    return httpx.Timeout(**limits)
+    given = timeout.as_dict()
+    if all(v is not None and v <= wait for v in given.values()):
+        return None
+    return httpx.Timeout(**{k: wait if v is None else min(v, wait) for k, v in given.items()})
 
 
 def _remember(kept: dict[str, Any], key: str, value: Any, most: int) -> None:
@@ -231,8 +233,8 @@ class PlatformLevers:
         content = json.dumps(body, sort_keys=True).encode()
         headers = self._headers(request, content)
         key = request.idempotency_key
-        attempts = self._calls.pop(key, None) or _Attempts()
-        _remember(self._calls, key, attempts, CALLS_KEPT)
+        attempts = self._calls.get(key) or _Attempts()
+        _remember(self._calls, key, attempts, CALLS_KEPT)  # the newest, so kept longest
         timeout = _within(self._client.timeout, attempts.wait(info.start_to_close_timeout))
         try:
             response = await self._send(
@@ -248,7 +250,7 @@ class PlatformLevers:
             sent = isinstance(error, _UNANSWERED)
             attempts.unanswered = attempts.unanswered or sent
             bound.warning("lever.unreachable", url=url, error=str(error) or type(error).__name__)
-            said = _unreachable(url, error, timeout or self._client.timeout)
+            said = _unreachable(url, error, timeout or self._client.timeout, sent=sent)
             raise _failed(
                 f"{request.lever}: {said}",
                 PlatformUnavailable,
