@@ -867,11 +867,6 @@ def coerce_input(name: str, spec: InputSpec, value: Any) -> Any:
 
 def _split_list(name: str, value: Any) -> list[Any]:
     """A list from a JSON list, `a,b` or `[a, b]` (a CLI string); a lone value is a list of one."""
-    if isinstance(value, list):
-        for number, item in enumerate(value, start=1):
-            if isinstance(item, str) and not item.strip():  # no measure names a blank category
-                raise InputError(f"input {name!r}: item {number} is blank")
-        return value
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
@@ -880,14 +875,28 @@ def _split_list(name: str, value: Any) -> list[Any]:
             except json.JSONDecodeError:
                 parsed = None
             if isinstance(parsed, list):
-                return parsed
+                return _no_blank_items(name, parsed)
             if not text.endswith("]"):
                 raise InputError(
                     f"input {name!r}: {value!r} opens a list with '[' but never closes it"
                 )
             text = text[1:-1]
-        return [part.strip() for part in text.split(",") if part.strip()]
+        parts = [part.strip() for part in text.split(",")]
+        if not any(parts):
+            return []  # nothing but commas: an empty list, refused where one is required
+        if not parts[-1]:
+            parts.pop()  # a trailing comma ends the list; `a,,b` is a slip, refused below
+        return _no_blank_items(name, parts)
+    if isinstance(value, list):
+        return _no_blank_items(name, value)
     return [value]
+
+
+def _no_blank_items(name: str, items: list[Any]) -> list[Any]:
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, str) and not item.strip():  # no measure names a blank category
+            raise InputError(f"input {name!r}: item {number} is blank")
+    return items
 
 
 def _coerce_scalar(name: str, kind: str, value: Any) -> Any:

@@ -684,9 +684,14 @@ def test_resolve_inputs_coerces_strings_to_the_declared_type(
         ("region", 44, "input 'region': expected string, got 44"),
         ("region", True, "input 'region': expected string, got true"),
         ("tags", [1, "b"], "input 'tags': item 1: expected string, got 1"),
-        # Blank text names nothing: the API's JSON can carry it where a CLI list drops it.
+        # Blank text names nothing, in a JSON list or a CLI one (`a,,b` is a slip, not two items;
+        # a trailing comma only ends the list).
         ("region", "  ", "input 'region' is blank"),
         ("tags", ["a", " "], "input 'tags': item 2 is blank"),
+        ("tags", "a,,b", "input 'tags': item 2 is blank"),
+        ("tags", ",a", "input 'tags': item 1 is blank"),
+        ("tags", "[a, , b]", "input 'tags': item 2 is blank"),
+        ("tags", '["a", ""]', "input 'tags': item 2 is blank"),
         # Not finite: no threshold or multiplier is.
         ("ratio", "nan", "input 'ratio': expected number, got 'nan'"),
         ("ratio", "-inf", "input 'ratio': expected number, got '-inf'"),
