@@ -54,6 +54,9 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
             for lifted in data.get("steps", []):
                 if lifted in measures:
                     measures[lifted]["lifted_by"] = data.get("by")
+            _settle_no_answer(measures, data)
+        case "overlap.lifted":
+            _settle_no_answer(measures, data)
         case "measure.renewed" if step in measures:
             measures[step]["expires_at"] = data.get("until")
         case "step.expired" | "step.undone" | "step.withdrawn" | "step.restored_by_hand":
@@ -102,6 +105,13 @@ def fold(facts: dict[str, Any], event: AuditEvent) -> None:
     )
     if event.kind in settled and facts.get("not_restored"):  # applied again, or taken back
         facts["not_restored"] = _not_restored(measures)
+
+
+def _settle_no_answer(measures: dict[str, Any], data: dict[str, Any]) -> None:
+    """An earlier incident's restore went over these measures whose apply had no answer:
+    whatever the calls did is gone from the platform."""
+    for step in data.get("no_answer", []):
+        measures.pop(step, None)
 
 
 def _not_restored(measures: dict[str, Any]) -> int:

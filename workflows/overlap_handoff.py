@@ -58,6 +58,12 @@ UNASKED_HAND_BACK_PATCH = "hand-back-when-taken-back-unasked"
 # hands the settings back as its retry does; recorded only there. Before it, the later
 # incident's measure was left lifted, and its own stand-down put this one's value back.
 BY_HAND_HAND_BACK_PATCH = "restored-by-hand-hands-back"
+# An earlier restore that goes over a measure whose apply had no answer settles it: whatever the
+# call did is gone from the platform, so the measure is no longer maybe in force, and this
+# incident's stand-down restores nothing for it. Recorded only where such a measure is named.
+# Before it, the stand-down learnt the call's cached answer and put back what the earlier
+# measure had set.
+NO_ANSWER_LIFTED_PATCH = "restore-over-no-answer-settles-it"
 
 
 class OverlapHandoff(LeverCalls):
@@ -244,26 +250,39 @@ class OverlapHandoff(LeverCalls):
         commanders: they are marked, so this incident's status and console say they no longer
         hold on the settings they share with its measure."""
         marked = []
-        for step_id in sorted(set(notice.steps)):
-            record = self._records.get(step_id)
+        named = [self._records[s] for s in sorted(set(notice.steps)) if s in self._records]
+        for record in named:
             if (
-                record is not None
-                and record.lever is not None
+                record.lever is not None
                 and not is_notification(record.lever)
                 and record.state == "applied"
             ):
                 record.lifted_by = notice.incident_id
-                marked.append(step_id)
-        self._record(
-            "overlap.left_lifted",
-            data={
-                "by": notice.incident_id,
-                "step": notice.step_id,
-                "reason": notice.reason,
-                "steps": marked,
-                "why": notice.why,
-            },
-        )
+                marked.append(record.id)
+        data = {
+            "by": notice.incident_id,
+            "step": notice.step_id,
+            "reason": notice.reason,
+            "steps": marked,
+            "why": notice.why,
+        }
+        self._record("overlap.left_lifted", data=data | self._settle_no_answer(named, notice))
+
+    def _settle_no_answer(
+        self, named: list[StepRecord], told: ReassertRequest | LiftedNotice
+    ) -> dict[str, list[str]]:
+        """Of the measures an earlier restore went over, those whose apply had no answer are
+        settled (NO_ANSWER_LIFTED_PATCH): named under `no_answer` in the event that says so."""
+        maybe = [r for r in named if r.state == "failed" and r.uncertain]
+        if not maybe or not workflow.patched(NO_ANSWER_LIFTED_PATCH):
+            return {}
+        for record in maybe:
+            record.uncertain = False
+            record.outcome = (
+                f"restored over by {told.incident_id} ({told.step_id}): whatever its apply did "
+                "is no longer in force"
+            )
+        return {"no_answer": [record.id for record in maybe]}
 
     @lifted.validator
     def _check_lifted(self, notice: LiftedNotice) -> None:
@@ -305,16 +324,14 @@ class OverlapHandoff(LeverCalls):
         ]
         # Taken back after the earlier restore, each put back what the earlier measure had.
         gone = [r for r in named if r.state in ("undone", "expired", "dormant", "undo_failed")]
-        self._record(
-            "overlap.lifted",
-            data={
-                "by": request.incident_id,
-                "step": request.step_id,
-                "reason": request.reason,
-                "steps": [record.id for record in lifted],
-                "taken_back": [record.id for record in undoing + gone],
-            },
-        )
+        data = {
+            "by": request.incident_id,
+            "step": request.step_id,
+            "reason": request.reason,
+            "steps": [record.id for record in lifted],
+            "taken_back": [record.id for record in undoing + gone],
+        }
+        self._record("overlap.lifted", data=data | self._settle_no_answer(named, request))
         for record in undoing:
             self._restore_after[record.id] = request
         for record in gone:

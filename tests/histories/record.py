@@ -449,6 +449,43 @@ async def record_no_answer(
     await _keep(client, {name: incident_id})
 
 
+async def record_forced_no_answer(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """An earlier incident stood down by force over a later measure whose apply had no answer,
+    then the later incident stood down (-unpatched: the later one is told nothing of it, and its
+    stand-down learns the call's cached answer and restores it)."""
+    name = f"{tag}-forced-no-answer"
+    module = __import__("workflows.overlap_handoff", fromlist=["NO_ANSWER_LIFTED_PATCH"])
+    if not hasattr(module, "NO_ANSWER_LIFTED_PATCH"):
+        name += "-unpatched"
+    ids = {part: f"REC-{name}-{part}" for part in ("earlier", "later")}
+    earlier = work / "record-forced-no-answer-earlier.yaml"
+    earlier.write_text(
+        LATER.replace("0.25", "0.5").replace("record-later", "record-forced-no-answer-earlier")
+    )
+    later = work / "record-forced-no-answer-later.yaml"
+    later.write_text(
+        LATER.replace("record-later", "record-forced-no-answer-later")
+        + "    timeout: 1s\n"
+        + "    retry: {max_attempts: 2, initial_interval: 100ms, max_interval: 200ms}\n"
+    )
+    await incidents.trigger(str(earlier), {}, actor="recorder", incident_id=ids["earlier"])
+    await _settled(incidents, ids["earlier"])
+    async with httpx.AsyncClient() as http:
+        slow = {"path_prefix": "/recommender", "operation_prefix": "apply-", "latency_ms": 1500}
+        (await http.post(f"{sandbox_url}/faults", json={**slow, "times": 2})).raise_for_status()
+        await incidents.trigger(str(later), {}, actor="recorder", incident_id=ids["later"])
+        await _states(incidents, ids["later"], {"throttle": "failed"})
+        (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
+    await incidents.stand_down(ids["earlier"], actor="recorder", reason="recorded", force=True)
+    await _closed(incidents, ids["earlier"])
+    await asyncio.sleep(1)  # the later incident is told
+    await incidents.stand_down(ids["later"], actor="recorder", reason="recorded")
+    await _closed(incidents, ids["later"])
+    await _keep(client, {f"{name}-{part}": incident_id for part, incident_id in ids.items()})
+
+
 async def _states(incidents: Incidents, incident_id: str, wanted: dict[str, str]) -> None:
     for _ in range(400):
         states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
@@ -724,6 +761,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "no-answer":
             await record_no_answer(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "forced-no-answer":
+            await record_forced_no_answer(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -752,7 +792,7 @@ def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
     # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last,
-    # undo-erring, no-answer
+    # undo-erring, no-answer, forced-no-answer
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from store.board import empty_summary, fold
 from workflows.audit import AuditTrail
 
@@ -76,3 +78,13 @@ def test_a_measure_whose_apply_had_no_answer_may_be_in_force_until_the_stand_dow
     undone = ("step.undone", "surge", {"lever": "moderation.surge", "restored": {}})
     closed = ("incident.closed", None, {})
     assert {} == summary(no_answer, learned, undone, closed)["measures"]
+
+
+@pytest.mark.parametrize("kind", ["overlap.lifted", "overlap.left_lifted"])
+def test_an_earlier_restore_over_a_measure_with_no_answer_settles_it(kind: str) -> None:
+    """Told that an earlier incident's restore went over it, the incident names the measure under
+    `no_answer`: whatever the call did is gone, so the board no longer counts it."""
+    no_answer = ("step.failed", "surge", {"lever": "moderation.surge", "unanswered": True})
+    other = ("step.applied", "cut", {"lever": "recommender.throttle"})
+    told = (kind, None, {"by": "INC-1", "step": "x", "steps": [], "no_answer": ["surge"]})
+    assert ["cut"] == list(summary(no_answer, other, told)["measures"])

@@ -553,3 +553,43 @@ async def test_a_later_measure_with_no_answer_holds_the_earlier_stand_down(lab: 
     await lab.incidents.stand_down(earlier, actor="alice", reason="calm")
     await lab.audit(earlier, until="incident.closed")
     assert before == settings_of(await lab.platform())
+
+
+async def test_an_earlier_restore_over_a_later_measure_with_no_answer_settles_it(
+    lab: Lab,
+) -> None:
+    """Forced down, the earlier incident restores what was there before both, over the later
+    measure whose apply had no answer: whatever that call did is gone from the platform. The
+    later incident is told, so it no longer counts the measure as maybe in force, and its own
+    stand-down restores nothing for it (learning the call's cached answer, it would have put
+    back what the earlier measure had set)."""
+    before = settings_of(await lab.platform())
+    earlier = await lab.trigger(EARLIER)
+    await lab.settle(earlier, {"cut-reach": "applied"})
+    slow = {"path_prefix": "/recommender", "operation_prefix": "apply-", "latency_ms": 1500}
+    await lab.sandbox.fault(**slow, status=0, times=2)
+    later = await lab.trigger(LATER_NO_ANSWER)
+    await lab.settle(later, {"limit-one": "failed"}, state="failed")
+    await lab.sandbox.clear_faults()
+    assert step(await lab.status(later), "limit-one").uncertain
+
+    await lab.incidents.stand_down(earlier, actor="alice", reason="calm", force=True)
+    await lab.audit(earlier, until="incident.closed")
+    events = await lab.audit(later, until="overlap.lifted")
+    lifted = next(e for e in events if e.kind == "overlap.lifted")
+    assert (earlier, [], ["limit-one"]) == (
+        lifted.data["by"],
+        lifted.data["steps"],
+        lifted.data["no_answer"],
+    )
+    limit_one = step(await lab.sync(later), "limit-one")
+    assert ("failed", False) == (limit_one.state, limit_one.uncertain)
+    assert f"restored over by {earlier}" in (limit_one.outcome or "")
+    assert "limit-one" not in (lab.store.incident(later).summary or {})["measures"]
+    assert before == settings_of(await lab.platform())
+
+    await lab.incidents.stand_down(later, actor="alice", reason="calm")
+    events = await lab.audit(later, until="incident.closed")
+    assert "step.undone" not in kinds(events)
+    assert before == settings_of(await lab.platform())
+    assert lab.store.verify(earlier).ok and lab.store.verify(later).ok

@@ -100,6 +100,10 @@ def test_histories_are_kept() -> None:
         "v7-no-answer-unpatched",
         "v7-no-answer",
         "v7-recorded-no-answer",
+        "v7-forced-no-answer-unpatched-earlier",
+        "v7-forced-no-answer-unpatched-later",
+        "v7-forced-no-answer-earlier",
+        "v7-forced-no-answer-later",
     } <= kept
 
 
