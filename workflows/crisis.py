@@ -571,6 +571,8 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             )
             return False
         now = iso(self._clock())
+        # Its failure, kept in its story: the times say when it was learnt, not when it failed.
+        record.outcome = f"applied, as the stand-down learnt; its apply had failed: {record.error}"
         record.state, record.previous, record.error = "applied", outcome.previous, None
         record.in_force_since, record.finished_at = record.started_at, now
         record.uncertain = False

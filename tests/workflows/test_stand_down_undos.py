@@ -297,6 +297,10 @@ async def test_a_measure_applied_with_no_answer_is_taken_back_at_stand_down(lab:
     await lab.incidents.stand_down(incident, actor="alice", reason="calm")
     status = await lab.settle(incident, {"surge": "undone"}, state="closed")
     assert step(status, "surge").previous is not None  # learned from the platform's answer
+    # Its times now say when the stand-down learnt it; its story keeps the failure.
+    assert f"applied, as the stand-down learnt; its apply had failed: {error}" == (
+        step(status, "surge").outcome
+    )
     assert before == settings_of(await lab.platform())
     events = await lab.audit(incident, until="incident.closed")
     told = ("step.failed", "stand_down.requested", "step.applied", "step.undone")
