@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -527,11 +528,9 @@ steps:
 """
 
 
-async def test_a_later_measure_with_no_answer_holds_the_earlier_stand_down(lab: Lab) -> None:
-    """The later incident's apply had no answer, so the platform may have applied it over the
-    earlier incident's measure. Standing the earlier one down first would put back what was
-    there before both, and the later one's restore then what the earlier one had set: the
-    earlier stand-down is refused, as it is when the later measure is known to be applied."""
+async def later_measure_with_no_answer(lab: Lab) -> tuple[dict[str, Any], str, str]:
+    """The platform's settings before both, an earlier incident's measure, and a later one's on
+    the same setting whose apply had no answer (the platform applied it): their ids."""
     before = settings_of(await lab.platform())
     earlier = await lab.trigger(EARLIER)
     await lab.settle(earlier, {"cut-reach": "applied"})
@@ -541,6 +540,15 @@ async def test_a_later_measure_with_no_answer_holds_the_earlier_stand_down(lab: 
     await lab.settle(later, {"limit-one": "failed"}, state="failed")
     await lab.sandbox.clear_faults()
     assert step(await lab.status(later), "limit-one").uncertain
+    return before, earlier, later
+
+
+async def test_a_later_measure_with_no_answer_holds_the_earlier_stand_down(lab: Lab) -> None:
+    """The later incident's apply had no answer, so the platform may have applied it over the
+    earlier incident's measure. Standing the earlier one down first would put back what was
+    there before both, and the later one's restore then what the earlier one had set: the
+    earlier stand-down is refused, as it is when the later measure is known to be applied."""
+    before, earlier, later = await later_measure_with_no_answer(lab)
     failed = next(e for e in await lab.audit(later, until="step.failed") if e.kind == "step.failed")
     assert failed.data["unanswered"] is True
     with pytest.raises(IncidentConflict) as refused:
@@ -563,15 +571,7 @@ async def test_an_earlier_restore_over_a_later_measure_with_no_answer_settles_it
     later incident is told, so it no longer counts the measure as maybe in force, and its own
     stand-down restores nothing for it (learning the call's cached answer, it would have put
     back what the earlier measure had set)."""
-    before = settings_of(await lab.platform())
-    earlier = await lab.trigger(EARLIER)
-    await lab.settle(earlier, {"cut-reach": "applied"})
-    slow = {"path_prefix": "/recommender", "operation_prefix": "apply-", "latency_ms": 1500}
-    await lab.sandbox.fault(**slow, status=0, times=2)
-    later = await lab.trigger(LATER_NO_ANSWER)
-    await lab.settle(later, {"limit-one": "failed"}, state="failed")
-    await lab.sandbox.clear_faults()
-    assert step(await lab.status(later), "limit-one").uncertain
+    before, earlier, later = await later_measure_with_no_answer(lab)
 
     await lab.incidents.stand_down(earlier, actor="alice", reason="calm", force=True)
     await lab.audit(earlier, until="incident.closed")
