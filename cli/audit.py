@@ -333,9 +333,9 @@ def replay(
     from rich.console import Console
     from rich.progress import Progress
 
-    from engine.integrity import BUNDLE_EVENTS, is_bundle, read_bundle
+    from engine.integrity import BUNDLE_EVENTS, is_bundle, read_bundle, rows_after_history
     from engine.temporal import connect
-    from engine.verification import IncidentHistory, export_history, replay_incident
+    from engine.verification import UNREPLAYED, IncidentHistory, export_history, replay_incident
     from store.audit_store import AuditStore
 
     settings = settings_or_fail()
@@ -355,8 +355,10 @@ def replay(
             return [await replay_incident(bundle.history, bundle.events, stored_in=BUNDLE_EVENTS)]
         store = AuditStore(existing_store_url(settings, through_api=False))
         if incident_id is not None:
+            before = store.events(incident_id)
             exported = await export_history(await connect(settings), incident_id)
-            return [await replay_incident(exported, store.events(incident_id))]
+            rows, meanwhile = rows_after_history(store, incident_id, before)
+            return [await replay_incident(exported, rows, written_meanwhile=meanwhile)]
         assert history is not None
         files = sorted(history.glob("*.json")) if history.is_dir() else [history]
         if not files:
@@ -383,8 +385,7 @@ def replay(
         for r in reports:
             if r.ok:
                 later = (
-                    f"; the last {r.unreplayed_rows} row(s) came from a workflow task still under "
-                    "way, which no replay checks until it ends"
+                    f"; the last {r.unreplayed_rows} row(s) {UNREPLAYED}"
                     if r.unreplayed_rows
                     else ""
                 )

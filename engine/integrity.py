@@ -24,7 +24,13 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from engine.errors import BundleError, IncidentNotFound
-from engine.verification import IncidentHistory, ReplayReport, export_history, replay_incident
+from engine.verification import (
+    UNREPLAYED,
+    IncidentHistory,
+    ReplayReport,
+    export_history,
+    replay_incident,
+)
 from store.audit_store import (
     AuditStore,
     Verification,
@@ -116,13 +122,10 @@ class Integrity:
         """The rows a workflow task still under way wrote, which no replay checks yet."""
         if self.replay is None or not self.replay.unreplayed_rows:
             return ""
-        last = self.chain.events
+        last = self.replay.rows or self.chain.events
         first = last - self.replay.unreplayed_rows + 1
         rows = f"row {last}" if first == last else f"rows {first}..{last}"
-        return (
-            f"{rows} came from a workflow task still under way (a slow lever call writes its "
-            "events early), which no replay checks until it ends: verify again then"
-        )
+        return f"{rows} {UNREPLAYED}: verify again then"
 
     def verdict(self) -> dict[str, str]:
         """One word per check, for reports: ok / FAILED: reason / not checked (why)."""
@@ -342,9 +345,31 @@ async def check_with_replay(
     history: IncidentHistory,
     *,
     stored_in: str = "audit table",
+    store: AuditStore | None = None,
 ) -> Integrity:
-    integrity.replay = await replay_incident(history, events, stored_in=stored_in)
+    """The replay against `events`, or, given the `store` they were read from before the
+    history was fetched, against the rows it holds now (`rows_after_history`)."""
+    rows, meanwhile = events, 0
+    if store is not None:
+        rows, meanwhile = rows_after_history(store, integrity.incident_id, events)
+    integrity.replay = await replay_incident(
+        history, rows, stored_in=stored_in, written_meanwhile=meanwhile
+    )
     return integrity
+
+
+def rows_after_history(
+    store: AuditStore, incident_id: str, before: list[AuditEvent]
+) -> tuple[list[AuditEvent], int]:
+    """The incident's rows read again once its history was fetched (after the `before` read),
+    and how many were written in between. A live incident's workflow tasks write their rows as
+    they complete: one that completed meanwhile is in the history and its rows only in this
+    read; one that began after the fetch wrote rows no replay of it can hold yet. A trail that
+    changed rather than grew meanwhile (a row superseded) is compared as first read."""
+    after = store.events(incident_id)
+    if after[: len(before)] != before:
+        return before, 0
+    return after, len(after) - len(before)
 
 
 def check_store(
@@ -352,8 +377,10 @@ def check_store(
 ) -> tuple[Integrity, list[AuditEvent]]:
     """Chain, seals and the incident's row in the store, and the events checked; raises
     IncidentNotFound if the store has no trail for it."""
-    # The row before the events: a live incident's row can then only be behind them, never ahead.
+    # The row and the seals before the events: a live incident's row can then only be behind
+    # them, never ahead, and every seal read covers rows written by then (in its transaction).
     row = store.incident(incident_id)
+    seals = store.seals(incident_id)
     events = store.events(incident_id)
     if not events:
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
@@ -362,7 +389,7 @@ def check_store(
         if row is None
         else [KnownEnd("the store's incident row", row.last_seq, row.state == "closed")]
     )
-    integrity = check(incident_id, events, store.seals(incident_id), public_key, known_ends=ends)
+    integrity = check(incident_id, events, seals, public_key, known_ends=ends)
     integrity.board = _board_verdict(store, incident_id, events)
     return integrity, events
 
@@ -571,5 +598,5 @@ async def verify_incident(
     integrity.replay_skipped = skipped_because if not replay else "no Temporal client"
     if replay and client is not None:
         history = await export_history(client, incident_id)
-        integrity = await check_with_replay(integrity, events, history)
+        integrity = await check_with_replay(integrity, events, history, store=store)
     return integrity

@@ -73,7 +73,7 @@ async def incident_report(
     playbook = None
     if client is not None:
         history = await export_history(client, incident_id)
-        integrity = await check_with_replay(integrity, events, history)
+        integrity = await check_with_replay(integrity, events, history, store=store)
         playbook = await playbook_from_history(history)
     report = build_report(
         events, playbook=playbook, integrity=integrity.verdict(), now=now or datetime.now(UTC)

@@ -687,7 +687,7 @@ async def _integrity(
         history = IncidentHistory(
             incident_id, [await env.client.get_workflow_handle(incident_id).fetch_history()]
         )
-    integrity = await check_with_replay(integrity, events, history)
+    integrity = await check_with_replay(integrity, events, history, store=store)
     found = [
         f"{part}: {verdict}" for part, verdict in integrity.verdict().items() if verdict != "ok"
     ]

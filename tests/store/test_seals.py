@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import BundleError
-from engine.integrity import check, read_bundle, write_bundle
+from engine.integrity import check, check_store, read_bundle, write_bundle
 from store.audit_store import AuditStore, verify_chain
 from store.errors import AuditStoreError
 from store.seals import Signer, verify_seals
@@ -192,3 +192,27 @@ def test_a_row_numbered_zero_is_named_as_such() -> None:
     zero = events[0].model_copy(update={"seq": 0})
     result = verify_chain("INC-X", [zero, *events[1:]])
     assert "a row numbered 0 where row 1 belongs: rows are numbered from 1" == result.problem
+
+
+def test_a_seal_written_while_the_trail_is_read_covers_no_missing_row(
+    audit_store: AuditStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live incident's writer may append rows, sealed in the same transaction, just after
+    verify read the rows: the seals are read first, so none read covers a row not read."""
+    signer = Signer(tmp_path / "key.pem")
+    incident = new_id()
+    events = chain(incident, 8)
+    audit_store.append(events[:4])
+    read = audit_store.events
+
+    def a_write_lands_after_the_read(incident_id: str) -> list[AuditEvent]:
+        rows = read(incident_id)
+        seal = signer.seal(events[-1], reason="checkpoint")
+        audit_store.append(events[4:], seal=seal)  # once: a second time adds nothing
+        return rows
+
+    monkeypatch.setattr(audit_store, "events", a_write_lands_after_the_read)
+    integrity, rows = check_store(audit_store, incident, signer.public_key)
+    assert 4 == len(rows)
+    assert integrity.seals.ok, integrity.as_dict()
+    assert [8] == [s.seq for s in audit_store.seals(incident)]  # the seal is there all the same
