@@ -86,9 +86,10 @@ def _held_over(overlaps: list[Overlap]) -> tuple[list[str], str]:
     what each holds over ours."""
     held: dict[str, list[str]] = {}  # a dict keeps the order incidents are first met in
     for overlap in sorted(overlaps, key=lambda o: o.theirs.applied_at, reverse=True):
+        maybe = " (may be in force: its apply had no answer)" if overlap.theirs.uncertain else ""
         held.setdefault(overlap.incident_id, []).append(
             f"{overlap.theirs.lever} {', '.join(sorted(overlap.settings))} over "
-            f"{overlap.ours.step_id}"
+            f"{overlap.ours.step_id}{maybe}"
         )
     later = list(held)
     return later, "; ".join(f"{other}: {' and '.join(held[other])}" for other in later)

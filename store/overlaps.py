@@ -33,6 +33,7 @@ class Measure:
     lever: str
     settings: frozenset[str]
     applied_at: str
+    uncertain: bool = False  # its apply had no answer: it may be in force
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def measures_in(events: Iterable[AuditEvent], steps: set[str]) -> list[Measure]:
     one whose apply had no answer, when its call began)."""
     args: dict[str, dict[str, Any]] = {}
     began: dict[str, str] = {}
-    applied: dict[str, tuple[str, str]] = {}
+    applied: dict[str, tuple[str, str, bool]] = {}
     for event in events:
         step = event.step_id or ""
         if step not in steps:
@@ -68,16 +69,17 @@ def measures_in(events: Iterable[AuditEvent], steps: set[str]) -> list[Measure]:
         if event.kind == "step.started":
             args[step], began[step] = event.data.get("args") or {}, event.at
         elif event.kind == "step.applied" and "put_back" not in event.data:
-            applied[step] = (str(event.data.get("lever") or ""), event.at)
+            applied[step] = (str(event.data.get("lever") or ""), event.at, False)
         elif event.kind == "step.failed" and event.data.get("unanswered"):
             # Maybe in force (its apply had no answer): since its call began, at the earliest.
-            applied[step] = (str(event.data.get("lever") or ""), began.get(step, event.at))
+            applied[step] = (str(event.data.get("lever") or ""), began.get(step, event.at), True)
     found = []
-    for step, (name, at) in applied.items():
+    for step, (name, at, uncertain) in applied.items():
         lever = LEVERS.get(name)
         if lever is None or not lever.reversible:
             continue
-        found.append(Measure(step, name, settings_changed(name, args.get(step, {})), at))
+        changed = settings_changed(name, args.get(step, {}))
+        found.append(Measure(step, name, changed, at, uncertain))
     return found
 
 

@@ -553,7 +553,8 @@ async def test_a_later_measure_with_no_answer_holds_the_earlier_stand_down(lab: 
     assert failed.data["unanswered"] is True
     with pytest.raises(IncidentConflict) as refused:
         await refuse_if_later_overlaps(lab.store, earlier)
-    assert later in str(refused.value)
+    assert f"{later}: recommender.throttle " in str(refused.value)
+    assert "over cut-reach (may be in force: its apply had no answer)" in str(refused.value)
     # Newest first, as the refusal says: each restores exactly what it replaced.
     await lab.incidents.stand_down(later, actor="alice", reason="calm")
     await lab.audit(later, until="incident.closed")
