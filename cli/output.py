@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -108,5 +109,22 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
             raise  # their own line (an audit store's refused connection is not Temporal's)
         except RuntimeError as error:
             if "connect" in str(error).lower():
-                fail(f"cannot reach Temporal: {error} (is `crisis up` running?)")
+                fail(
+                    f"cannot reach Temporal{_connect_problem(str(error))} (is `crisis up` running?)"
+                )
             raise
+
+
+# The transport's own words inside the client's connect error, e.g. `ConnectError("tcp connect
+# error", 127.0.0.1:7233, Os { code: 111, kind: ConnectionRefused, message: "Connection
+# refused" })`.
+_CONNECT_ERROR = re.compile(r'ConnectError\("([^"]+)", ([^,()]+), Os \{[^}]*message: "([^"]+)"')
+
+
+def _connect_problem(error: str) -> str:
+    """` at ADDRESS: what failed (why)` from the client's connect error, else `: ERROR` whole."""
+    found = _CONNECT_ERROR.search(error)
+    if found is None:
+        return f": {error}"
+    what, address, why = found.groups()
+    return f" at {address}: {what} ({why.lower()})"

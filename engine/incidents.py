@@ -316,6 +316,14 @@ class Incidents:
         try:
             return await send_update(handle, update, request, timeout_s=timeout)
         except UpdateTimedOut as timed_out:
+            if timed_out.unreachable is not None:
+                raise IncidentError(
+                    f"incident {incident_id}: Temporal could not be reached within {timeout:g}s "
+                    f"({timed_out.unreachable}); if it went away while carrying the request out, "
+                    "a lever may have been pulled and not recorded: once it is back, check the "
+                    "incident's status and send the request again (the platform applies nothing "
+                    "twice)"
+                ) from None
             if timed_out.accepted:
                 raise IncidentBusy(
                     f"incident {incident_id} took the request but had not carried it out within "

@@ -4,6 +4,12 @@ The server answers an Update's RPC with DEADLINE_EXCEEDED when the workflow does
 time: its worker is down, or so loaded that the workflow task carrying the Update waits in a
 queue. The request may still be delivered later, so the caller must not simply send a new one:
 each attempt re-sends the same update id, which the server deduplicates, until the deadline.
+
+A server that goes away (UNAVAILABLE) may have taken the Update and lost it with the workflow
+task carrying it, after the handler's lever calls reached the platform: an Update is kept only
+once that task completes. The same id is sent again until the server is back (or the deadline):
+the workflow then carries it out afresh, its lever calls under the same idempotency keys, so
+the platform applies nothing twice and the incident's record matches the platform again.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
 # One RPC never waits longer than this: a connection that silently dropped is noticed.
 _ATTEMPT = timedelta(seconds=30)
@@ -25,15 +32,21 @@ _ATTEMPT = timedelta(seconds=30)
 
 # How long the check whether a timed-out Update was at least taken may wait.
 _PROBE = timedelta(seconds=2)
+# Between sends to a server that could not be reached (the client has retried for seconds).
+_UNREACHABLE_PAUSE_S = 1.0
 
 
 class UpdateTimedOut(Exception):
     """The workflow had not answered the Update by the deadline (it may still take it later);
-    `accepted`: it had taken it (its validator passed) and was still carrying it out."""
+    `accepted`: it had taken it (its validator passed) and was still carrying it out;
+    `unreachable`: why the server could not be reached when the deadline passed."""
 
-    def __init__(self, message: str, *, accepted: bool = False) -> None:
+    def __init__(
+        self, message: str, *, accepted: bool = False, unreachable: str | None = None
+    ) -> None:
         super().__init__(message)
         self.accepted = accepted
+        self.unreachable = unreachable
 
 
 async def send_update(
@@ -49,6 +62,7 @@ async def send_update(
     # The SDK itself re-sends an attempt the server answered before the Update was accepted,
     # outside any attempt's timeout: the overall deadline is kept here.
     overall = asyncio.timeout(timeout_s)
+    unreachable: str | None = None  # the last attempt's, if the server could not be reached
     try:
         async with overall:
             while True:
@@ -64,11 +78,20 @@ async def send_update(
                     return await taken.result(rpc_timeout=_ATTEMPT)
                 except WorkflowUpdateRPCTimeoutOrCancelledError:
                     _reraise_cancellation()
+                    unreachable = None
+                except RPCError as error:
+                    if error.status != RPCStatusCode.UNAVAILABLE:
+                        raise
+                    unreachable = error.message or "unavailable"
+                    await asyncio.sleep(_UNREACHABLE_PAUSE_S)
     except TimeoutError:
         if not overall.expired():
             raise
+        said = f"not answered within {timeout_s:g}s"
+        if unreachable is not None:  # nothing to ask whether it was taken
+            raise UpdateTimedOut(said, unreachable=unreachable) from None
         accepted = await _accepted(handle, update, arg, update_id)
-        raise UpdateTimedOut(f"not answered within {timeout_s:g}s", accepted=accepted) from None
+        raise UpdateTimedOut(said, accepted=accepted) from None
 
 
 async def _accepted(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +13,10 @@ from temporalio.client import Client
 
 from core.settings import Settings
 from engine import updates
-from engine.errors import IncidentBusy
+from engine.devserver import free_port, start_dev_server
+from engine.errors import IncidentBusy, IncidentError
 from engine.incidents import Incidents
-from engine.temporal import running_worker
+from engine.temporal import connect, running_worker
 from store.audit_store import AuditStore
 from tests.helpers import assert_eventually
 from tests.workflows.lab import kinds
@@ -95,6 +97,30 @@ async def test_an_action_no_worker_takes_is_reported_busy_in_time(
     assert message.endswith(
         "the request may still take effect, or be refused once the incident runs: check its status"
     ), message
+
+
+async def test_an_action_while_temporal_is_unreachable_says_it_may_have_been_carried_out(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Sent again while the server cannot be reached, until the action's deadline; then one line
+    saying a lever may have been pulled before it went away, and what to do."""
+    port = free_port()
+    server = start_dev_server(db_file=tmp_path / "temporal.db", port=port)
+    try:
+        client = await connect(
+            settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
+        )
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    # Longer than the client's own retries of one RPC (about 6 s), after which the loop's own.
+    unreachable = Incidents(client, settings.model_copy(update={"action_timeout_s": 9}))
+    with pytest.raises(IncidentError) as failed:
+        await asyncio.wait_for(unreachable.stand_down("INC-X", actor="bob", reason="over"), 60)
+    message = str(failed.value)
+    assert message.startswith("incident INC-X: Temporal could not be reached within 9s ("), message
+    assert "a lever may have been pulled and not recorded" in message, message
+    assert message.endswith("send the request again (the platform applies nothing twice)"), message
 
 
 async def test_an_update_sent_again_after_the_incident_closed_answers_its_outcome(

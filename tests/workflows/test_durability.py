@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -167,6 +168,51 @@ async def test_restarting_the_temporal_server_mid_incident_loses_and_repeats_not
             await assert_eventually(
                 lambda: _closed_and_verified(sqlite_store, triggered.incident_id)
             )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+async def test_a_stand_down_lost_with_the_temporal_server_is_sent_again_and_carried_out(
+    settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore, tmp_path: Path
+) -> None:
+    """The server goes away while the stand-down's first undo is at the platform: the Update
+    is kept only once its workflow task completes, so the server comes back without it, though
+    the platform has the undo. The commander's request is sent again (same update id) until the
+    server is back; the workflow carries it out afresh, the undo under the same idempotency key:
+    the platform as before the incident, nothing applied twice, the trail whole."""
+    port = free_port()
+    db_file = tmp_path / "temporal.db"
+    server = start_dev_server(db_file=db_file, port=port)
+    settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
+    try:
+        client = await connect(settings)
+        before = await sandbox.state()
+        async with running_worker(client, settings=settings, store=sqlite_store):
+            incidents = Incidents(client, settings)
+            triggered = await incidents.trigger("violent-disorder", {}, actor="alice")
+            incident = triggered.incident_id
+            await step_state(incidents, incident, "notify-crisis-team", "applied")
+            slow_undo = {"path_prefix": "/moderation", "operation_prefix": "undo-"}
+            await sandbox.fault(**slow_undo, status=0, latency_ms=2000, times=1)
+            stand_down = asyncio.create_task(
+                incidents.stand_down(incident, actor="bob", reason="over")
+            )
+            await lever_in_flight(sandbox)
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=30)
+            # Down for longer than the client's own retries of one RPC last (about 6 s).
+            await asyncio.sleep(8)
+            server = start_dev_server(db_file=db_file, port=port)
+
+            status = await stand_down
+            assert "closed" == status.state
+            after = await sandbox.state()
+            for setting in ("recommender", "detection", "moderation"):
+                assert before[setting] == after[setting], setting
+            assert 0 == after["stats"]["duplicates"]
+            applied_once_each(after)
+            await assert_eventually(lambda: _closed_and_verified(sqlite_store, incident))
     finally:
         server.terminate()
         server.wait(timeout=30)
