@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -24,6 +26,12 @@ from store.tokens import TokenStore
 
 log = structlog.get_logger(__name__)
 STOP_GRACE_S = 10.0
+# A child that exits on its own is started again, unless it keeps exiting: more than this many
+# exits within RESTART_WINDOW_S stop the stack (exit 1) rather than loop.
+RESTARTS_ALLOWED = 5
+RESTART_WINDOW_S = 60.0
+RESTART_PAUSE_S = 1.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 ADMIN_TOKEN_FILE = "admin-token"
 ADMIN_ROLES = ["admin", "commander"]
 
@@ -34,6 +42,7 @@ class Child:
     command: list[str]
     port: int | None
     process: subprocess.Popen[bytes] | None = None
+    exits: list[float] = field(default_factory=list)  # when it exited on its own, lately
 
 
 def _port_of(address: str) -> int:
@@ -162,31 +171,31 @@ def run_stack(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         for child in children:
-            # Own session: Ctrl-C reaches only this supervisor, which stops children in order.
-            output = (
-                open(settings.data_dir / f"{child.name}.log", "ab")  # noqa: SIM115 - lives as long as the child
-                if child.name == "temporal"
-                else None
-            )
-            child.process = subprocess.Popen(
-                child.command, env=env, start_new_session=True, stdout=output, stderr=output
-            )
-            if child.port is not None:
-                wait_for_port("127.0.0.1", child.port, timeout_s=60, process=child.process)
-            log.info(
-                "stack.child_started", child=child.name, pid=child.process.pid, port=child.port
-            )
+            _start(child, env, settings.data_dir)
             if stopping:
                 return 0
         _print_urls(settings, admin_token)
         while not stopping:
             for child in children:
                 assert child.process is not None
-                if child.process.poll() is not None:
+                if child.process.poll() is None:
+                    continue
+                now = time.monotonic()
+                child.exits = [t for t in child.exits if now - t < RESTART_WINDOW_S] + [now]
+                status = child.process.returncode
+                if len(child.exits) > RESTARTS_ALLOWED:
                     log.error(
-                        "stack.child_exited", child=child.name, status=child.process.returncode
+                        "stack.child_keeps_exiting",
+                        child=child.name,
+                        status=status,
+                        exits=len(child.exits),
+                        within_s=RESTART_WINDOW_S,
                     )
                     return 1
+                log.warning("stack.child_exited", child=child.name, status=status, restart=True)
+                time.sleep(RESTART_PAUSE_S)
+                if not stopping:
+                    _start(child, env, settings.data_dir)
             time.sleep(0.2)
         return 0
     except ServerStartError as error:
@@ -194,6 +203,44 @@ def run_stack(settings: Settings) -> int:
         return 1
     finally:
         _stop(children)
+
+
+def _start(child: Child, env: dict[str, str], data_dir: Path) -> None:
+    """Start the child and wait until it serves its port."""
+    output = (
+        open(data_dir / f"{child.name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        if child.name == "temporal"
+        else None
+    )
+    # Own session: Ctrl-C reaches only this supervisor, which stops children in order.
+    child.process = subprocess.Popen(
+        child.command,
+        env=env,
+        start_new_session=True,
+        stdout=output,
+        stderr=output,
+        preexec_fn=_dies_with(os.getpid()),  # safe: the supervisor runs no other thread
+    )
+    if output is not None:
+        output.close()  # the child holds its own copy
+    if child.port is not None:
+        wait_for_port("127.0.0.1", child.port, timeout_s=60, process=child.process)
+    log.info("stack.child_started", child=child.name, pid=child.process.pid, port=child.port)
+
+
+def _dies_with(supervisor: int) -> Callable[[], None]:
+    """Run in the child before it execs: it is sent SIGTERM when the supervisor dies, however
+    (a SIGKILL gives the supervisor no chance to stop it, and its own session keeps it from the
+    terminal's signals), and exits at once if the supervisor is already gone. Linux only."""
+
+    def arrange() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:
+            os._exit(1)
+
+    return arrange
 
 
 def _print_urls(settings: Settings, admin_token: AdminToken | None) -> None:

@@ -73,28 +73,37 @@ def wait_closed(port: int, timeout: float = 20) -> bool:
     return False
 
 
+def started_stack(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    for attempt in range(3):  # a free port can be taken by another process before the stack binds
+        ports = {name: free_port() for name in ("temporal", "ui", "api", "sandbox")}
+        try:
+            return start_stack(data_dir, ports), ports
+        except ServerStartError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def healthy(api: str) -> dict[str, object]:
+    """The API's health once every check passes (the worker's first poll reached the server a
+    moment after the API came up)."""
+    deadline = time.monotonic() + 60
+    while (health := httpx.get(f"{api}/health", timeout=10)).status_code != 200:
+        assert time.monotonic() < deadline, health.text
+        time.sleep(0.2)
+    return health.json()
+
+
 def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_path: Path) -> None:
     """An incident triggered through the API is still there, with its state, after a restart.
     The first start issues the operator's API token into a file only they can read; the token
     is printed nowhere, and a restart keeps it."""
     data_dir = tmp_path / "data"
     token_file = data_dir / "admin-token"
-    for attempt in range(3):  # a free port can be taken by another process before the stack binds
-        ports = {name: free_port() for name in ("temporal", "ui", "api", "sandbox")}
-        try:
-            stack = start_stack(data_dir, ports)
-            break
-        except ServerStartError:
-            if attempt == 2:
-                raise
+    stack, ports = started_stack(data_dir)
     try:
         api = f"http://127.0.0.1:{ports['api']}/v1"
-        # Healthy once the worker's first poll reached the server, a moment after the API is up.
-        deadline = time.monotonic() + 60
-        while (health := httpx.get(f"{api}/health", timeout=10)).status_code != 200:
-            assert time.monotonic() < deadline, health.text
-            time.sleep(0.2)
-        assert {"temporal", "workers", "audit_store"} == set(health.json()["checks"])
+        assert {"temporal", "workers", "audit_store"} == set(healthy(api)["checks"])  # type: ignore[arg-type]
         assert 200 == httpx.get(f"http://127.0.0.1:{ports['ui']}/", timeout=10).status_code
         assert 0o600 == token_file.stat().st_mode & 0o777
         token = token_file.read_text().strip()
@@ -192,3 +201,68 @@ def test_the_first_start_issues_the_operators_token_once(
         assert 0o600 == token_file.stat().st_mode & 0o777
     finally:
         tokens.dispose()
+
+
+def test_a_child_that_exits_is_started_again_and_none_outlives_a_killed_supervisor(
+    tmp_path: Path,
+) -> None:
+    """The worker killed: the supervisor starts a new one, which runs the incidents. The
+    supervisor killed (no chance to stop its children): each child is told to stop and does,
+    freeing every port."""
+    data_dir = tmp_path / "data"
+    stack, ports = started_stack(data_dir)
+    survivors: list[int] = []
+    try:
+        api = f"http://127.0.0.1:{ports['api']}/v1"
+        healthy(api)
+        children = children_of(stack.pid)
+        assert 4 == len(children), children
+        worker = next(
+            pid
+            for pid in children
+            if b" worker" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        )
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(now := children_of(stack.pid)) != 4 or worker in now:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.2)
+        auth = {"Authorization": f"Bearer {(data_dir / ADMIN_TOKEN_FILE).read_text().strip()}"}
+        opened = httpx.post(
+            f"{api}/incidents", json={"playbook": "violent-disorder"}, headers=auth, timeout=60
+        )
+        assert 201 == opened.status_code, opened.text
+        closed = httpx.post(
+            f"{api}/incidents/{opened.json()['incident_id']}/stand-down",
+            json={"reason": "test over"},
+            headers=auth,
+            timeout=60,
+        ).json()
+        assert "closed" == closed["state"], closed  # the new worker ran it
+
+        survivors = children_of(stack.pid)
+        stack.kill()
+        stack.wait(timeout=30)
+        for port in ports.values():
+            assert wait_closed(port), f"port {port} still served after the supervisor died"
+        deadline = time.monotonic() + 30
+        while alive := [
+            pid for pid in survivors if Path(f"/proc/{pid}").exists() and b"Z" not in _state(pid)
+        ]:
+            assert time.monotonic() < deadline, alive
+            time.sleep(0.2)
+    finally:
+        if stack.poll() is None:
+            stop_stack(stack)
+        for pid in survivors:  # a child left behind holds the output pipe open
+            if _state(pid) != b"Z":
+                os.kill(pid, signal.SIGKILL)
+        print(stack.stdout.read() if stack.stdout else "")  # shown when the test fails
+
+
+def _state(pid: int) -> bytes:
+    """The process's state letter (Z: exited, not yet reaped by its new parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return b"Z"
