@@ -10,4 +10,5 @@ def first_problem(errors: Sequence[Mapping[str, Any]]) -> str:
     """The first error as `where.it.is: what is wrong` (pydantic's `errors()`, FastAPI's too)."""
     first = errors[0]
     where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}"
+    # A validator's own ValueError: its message says it all, without pydantic's label.
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
