@@ -94,6 +94,16 @@ def healthy(api: str) -> dict[str, object]:
     return health.json()
 
 
+def stood_down(api: str, incident_id: str, auth: dict[str, str]) -> dict[str, object]:
+    answer = httpx.post(
+        f"{api}/incidents/{incident_id}/stand-down",
+        json={"reason": "test over"},
+        headers=auth,
+        timeout=60,
+    )
+    return answer.json()  # type: ignore[no-any-return]
+
+
 def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_path: Path) -> None:
     """An incident triggered through the API is still there, with its state, after a restart.
     The first start issues the operator's API token into a file only they can read; the token
@@ -152,13 +162,7 @@ def test_up_serves_every_part_stops_cleanly_and_incidents_survive_a_restart(tmp_
             status["state"],
             [s["state"] for s in status["steps"]],
         )
-        closed = httpx.post(
-            f"{api}/incidents/{incident_id}/stand-down",
-            json={"reason": "test over"},
-            headers=auth,
-            timeout=60,
-        ).json()
-        assert "closed" == closed["state"]
+        assert "closed" == stood_down(api, incident_id, auth)["state"]
         audit = httpx.get(f"{api}/incidents/{incident_id}/audit", headers=auth, timeout=10).json()
         assert audit["verified"] and "incident.closed" == audit["events"][-1]["kind"]
     finally:
@@ -232,12 +236,7 @@ def test_a_child_that_exits_is_started_again_and_none_outlives_a_killed_supervis
             f"{api}/incidents", json={"playbook": "violent-disorder"}, headers=auth, timeout=60
         )
         assert 201 == opened.status_code, opened.text
-        closed = httpx.post(
-            f"{api}/incidents/{opened.json()['incident_id']}/stand-down",
-            json={"reason": "test over"},
-            headers=auth,
-            timeout=60,
-        ).json()
+        closed = stood_down(api, opened.json()["incident_id"], auth)
         assert "closed" == closed["state"], closed  # the new worker ran it
 
         survivors = children_of(stack.pid)

@@ -129,6 +129,30 @@ async def test_killing_the_worker_mid_playbook_applies_every_lever_exactly_once(
     await assert_eventually(lambda: _closed_and_verified(sqlite_store, triggered.incident_id))
 
 
+class RestartableServer:
+    """A dev server on a database file of its own, which a test stops and starts again."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.db_file = tmp_path / "temporal.db"
+        self.process = start_dev_server(db_file=self.db_file, port=self.port)
+
+    def stop(self, how: signal.Signals) -> None:
+        self.process.send_signal(how)
+        self.process.wait(timeout=30)
+
+    def start(self) -> None:
+        self.process = start_dev_server(db_file=self.db_file, port=self.port)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RestartableServer]:
+    started = RestartableServer(tmp_path)
+    yield started
+    started.process.terminate()
+    started.process.wait(timeout=30)
+
+
 async def _closed_and_verified(store: AuditStore, incident_id: str) -> None:
     events = store.events(incident_id)
     assert events and "incident.closed" == events[-1].kind
@@ -138,84 +162,64 @@ async def _closed_and_verified(store: AuditStore, incident_id: str) -> None:
 
 
 async def test_restarting_the_temporal_server_mid_incident_loses_and_repeats_nothing(
-    settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore, tmp_path: Path
+    settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore, server: RestartableServer
 ) -> None:
     """The dev server stops during a lever call and restarts on its file; the incident completes."""
-    port = free_port()
-    db_file = tmp_path / "temporal.db"
-    server = start_dev_server(db_file=db_file, port=port)
-    settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
-    try:
-        client = await connect(settings)
-        before = await sandbox.state()
-        await sandbox.fault(path_prefix="/moderation", status=0, latency_ms=2000, times=1)
-        async with running_worker(client, settings=settings, store=sqlite_store):
-            incidents = Incidents(client, settings)
-            triggered = await incidents.trigger("violent-disorder", {}, actor="alice")
-            await lever_in_flight(sandbox)
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
-            server = start_dev_server(db_file=db_file, port=port)
+    settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{server.port}"})
+    client = await connect(settings)
+    before = await sandbox.state()
+    await sandbox.fault(path_prefix="/moderation", status=0, latency_ms=2000, times=1)
+    async with running_worker(client, settings=settings, store=sqlite_store):
+        incidents = Incidents(client, settings)
+        triggered = await incidents.trigger("violent-disorder", {}, actor="alice")
+        await lever_in_flight(sandbox)
+        server.stop(signal.SIGTERM)
+        server.start()
 
-            await step_state(incidents, triggered.incident_id, "notify-crisis-team", "applied")
-            state = await sandbox.state()
-            assert 5 == len(applied_once_each(state))
-            assert 0 == state["stats"]["duplicates"]
-            await incidents.stand_down(triggered.incident_id, actor="bob", reason="over")
-            after = await sandbox.state()
-            assert before["moderation"] == after["moderation"]
-            assert before["detection"] == after["detection"]
-            await assert_eventually(
-                lambda: _closed_and_verified(sqlite_store, triggered.incident_id)
-            )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        await step_state(incidents, triggered.incident_id, "notify-crisis-team", "applied")
+        state = await sandbox.state()
+        assert 5 == len(applied_once_each(state))
+        assert 0 == state["stats"]["duplicates"]
+        await incidents.stand_down(triggered.incident_id, actor="bob", reason="over")
+        after = await sandbox.state()
+        assert before["moderation"] == after["moderation"]
+        assert before["detection"] == after["detection"]
+        await assert_eventually(lambda: _closed_and_verified(sqlite_store, triggered.incident_id))
 
 
 async def test_a_stand_down_lost_with_the_temporal_server_is_sent_again_and_carried_out(
-    settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore, tmp_path: Path
+    settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore, server: RestartableServer
 ) -> None:
     """The server goes away while the stand-down's first undo is at the platform: the Update
     is kept only once its workflow task completes, so the server comes back without it, though
     the platform has the undo. The commander's request is sent again (same update id) until the
     server is back; the workflow carries it out afresh, the undo under the same idempotency key:
     the platform as before the incident, nothing applied twice, the trail whole."""
-    port = free_port()
-    db_file = tmp_path / "temporal.db"
-    server = start_dev_server(db_file=db_file, port=port)
-    settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}"})
-    try:
-        client = await connect(settings)
-        before = await sandbox.state()
-        async with running_worker(client, settings=settings, store=sqlite_store):
-            incidents = Incidents(client, settings)
-            triggered = await incidents.trigger("violent-disorder", {}, actor="alice")
-            incident = triggered.incident_id
-            await step_state(incidents, incident, "notify-crisis-team", "applied")
-            slow_undo = {"path_prefix": "/moderation", "operation_prefix": "undo-"}
-            await sandbox.fault(**slow_undo, status=0, latency_ms=2000, times=1)
-            stand_down = asyncio.create_task(
-                incidents.stand_down(incident, actor="bob", reason="over")
-            )
-            await lever_in_flight(sandbox)
-            server.send_signal(signal.SIGKILL)
-            server.wait(timeout=30)
-            # Down for longer than the client's own retries of one RPC last (about 6 s).
-            await asyncio.sleep(8)
-            server = start_dev_server(db_file=db_file, port=port)
+    settings = settings.model_copy(update={"temporal_address": f"127.0.0.1:{server.port}"})
+    client = await connect(settings)
+    before = await sandbox.state()
+    async with running_worker(client, settings=settings, store=sqlite_store):
+        incidents = Incidents(client, settings)
+        triggered = await incidents.trigger("violent-disorder", {}, actor="alice")
+        incident = triggered.incident_id
+        await step_state(incidents, incident, "notify-crisis-team", "applied")
+        slow_undo = {"path_prefix": "/moderation", "operation_prefix": "undo-"}
+        await sandbox.fault(**slow_undo, status=0, latency_ms=2000, times=1)
+        stand_down = asyncio.create_task(incidents.stand_down(incident, actor="bob", reason="over"))
+        await lever_in_flight(sandbox)
+        server.stop(signal.SIGKILL)
+        # Down for longer than the client's own retries of one RPC last (about 6 s).
+        await asyncio.sleep(8)
+        server.start()
 
-            status = await stand_down
-            assert "closed" == status.state
-            after = await sandbox.state()
-            for setting in ("recommender", "detection", "moderation"):
-                assert before[setting] == after[setting], setting
-            assert 0 == after["stats"]["duplicates"]
-            applied_once_each(after)
-            await assert_eventually(lambda: _closed_and_verified(sqlite_store, incident))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        status = await stand_down
+        assert "closed" == status.state
+        after = await sandbox.state()
+        for setting in ("recommender", "detection", "moderation"):
+            assert before[setting] == after[setting], setting
+        assert 0 == after["stats"]["duplicates"]
+        applied_once_each(after)
+        await assert_eventually(lambda: _closed_and_verified(sqlite_store, incident))
 
 
 class HeldActivations(ThreadPoolExecutor):
