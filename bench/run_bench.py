@@ -473,7 +473,8 @@ class Baseline(Variant):
     async def stand_down(self, incident_id: str) -> None:
         # As the product sends it (engine.updates): re-sent while the server is too busy.
         await send_update(
-            self.client.get_workflow_handle(incident_id),
+            self.client,
+            incident_id,
             BaselineWorkflow.stand_down,
             StandDown(ACTOR, REASON),
             timeout_s=self.action_timeout_s,

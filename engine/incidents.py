@@ -311,10 +311,9 @@ class Incidents:
     async def act(self, incident_id: str, update: Any, request: BaseModel) -> Any:
         """Run a commander action (a workflow Update) and answer its result; a refused request
         is an IncidentConflict carrying the workflow's reason."""
-        handle = self._client.get_workflow_handle(incident_id)
         timeout = self._settings.action_timeout_s
         try:
-            return await send_update(handle, update, request, timeout_s=timeout)
+            return await send_update(self._client, incident_id, update, request, timeout_s=timeout)
         except UpdateTimedOut as timed_out:
             if timed_out.unreachable is not None:
                 raise IncidentError(

@@ -19,7 +19,9 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import (
+    Client,
     WorkflowHandle,
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
@@ -50,13 +52,14 @@ class UpdateTimedOut(Exception):
 
 
 async def send_update(
-    handle: WorkflowHandle[Any, Any], update: Any, arg: Any, *, timeout_s: float
+    client: Client, workflow_id: str, update: Any, arg: Any, *, timeout_s: float
 ) -> Any:
     """Run `update(arg)` on the workflow and answer its result, waiting at most `timeout_s`.
 
     Refusals and failures raise as they do for `execute_update` (WorkflowUpdateFailedError,
     RPCError); a deadline passed raises UpdateTimedOut.
     """
+    handle = client.get_workflow_handle(workflow_id)
     name = getattr(update, "__name__", str(update))
     update_id = f"{name}-{secrets.token_hex(8)}"
     # The SDK itself re-sends an attempt the server answered before the Update was accepted,
@@ -88,6 +91,9 @@ async def send_update(
         if not overall.expired():
             raise
         said = f"not answered within {timeout_s:g}s"
+        # The client retries one RPC to a server that is away for seconds before it says so:
+        # ask the server itself, once, whether it can be reached at all.
+        unreachable = unreachable or await _unreachable(client)
         if unreachable is not None:  # nothing to ask whether it was taken
             raise UpdateTimedOut(said, unreachable=unreachable) from None
         accepted = await _accepted(handle, update, arg, update_id)
@@ -112,6 +118,18 @@ async def _accepted(
         _reraise_cancellation()
         return False
     return True
+
+
+async def _unreachable(client: Client) -> str | None:
+    """Why the server cannot be reached now (one RPC, not retried), or None if it answers."""
+    try:
+        await client.workflow_service.get_system_info(
+            GetSystemInfoRequest(), retry=False, timeout=_PROBE
+        )
+    except RPCError as error:
+        if error.status == RPCStatusCode.UNAVAILABLE:
+            return error.message or "unavailable"
+    return None
 
 
 def _reraise_cancellation() -> None:
