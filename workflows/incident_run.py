@@ -538,8 +538,16 @@ class IncidentRun:
             notes=self._notes,
             level_history=self._level_history,
             runs=self._runs,
-            steps=list(self._records.values()),
+            steps=[self._shown(record) for record in self._records.values()],
         )
+
+    def _shown(self, record: StepRecord) -> StepRecord:
+        """The record as status shows it: a branch not yet run of a parallel step held back by
+        the level or a condition is held back with it (its own record stays `pending`)."""
+        parent = self._records.get(record.parent) if record.parent is not None else None
+        if record.state == "pending" and parent is not None and parent.state == "dormant":
+            return record.model_copy(update={"state": "dormant"})
+        return record
 
     def _outcome(self) -> IncidentOutcome:
         return IncidentOutcome(

@@ -920,6 +920,21 @@ async def test_a_conditional_branch_runs_only_where_its_condition_holds(
     assert settings_of(before) == settings_of(await lab.platform())
 
 
+async def test_the_branches_of_a_parallel_step_held_back_by_the_level_show_it(lab: Lab) -> None:
+    """Below its level the parallel step is dormant, and so, as status shows them, are its
+    branches (their own records are not run yet); escalated, they run."""
+    held = PARALLEL.replace("  - id: tell\n", "  - id: tell\n    level: severe\n")
+    incident = await lab.trigger(held, {"region": "FR"})
+    branches = {"regulator": "dormant", "police": "dormant", "surge": "dormant"}
+    await lab.settle(incident, {"tell": "dormant", **branches, "after": "applied"})
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+    await lab.settle(
+        incident,
+        {"tell": "done", "regulator": "applied", "police": "dormant", "surge": "applied"},
+        level="severe",
+    )
+
+
 async def test_a_failing_branch_fails_the_incident_while_its_sibling_is_applied(
     lab: Lab,
 ) -> None:
