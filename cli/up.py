@@ -41,8 +41,10 @@ class Child:
     name: str
     command: list[str]
     port: int | None
+    needs: str | None = None  # the child that must serve its port before this one starts again
     process: subprocess.Popen[bytes] | None = None
     exits: list[float] = field(default_factory=list)  # when it exited on its own, lately
+    restart_at: float | None = None  # exited: when it is due to start again
 
 
 def _port_of(address: str) -> int:
@@ -137,8 +139,9 @@ def plan(settings: Settings) -> list[Child]:
             _port_of(settings.temporal_address),
         ),
         Child("sandbox", [*me, "sandbox"], settings.sandbox_port),
-        Child("worker", [*me, "worker"], None),
-        Child("api", [*me, "api"], settings.api_port),
+        # Both exit at once if Temporal cannot be reached when they start.
+        Child("worker", [*me, "worker"], None, needs="temporal"),
+        Child("api", [*me, "api"], settings.api_port, needs="temporal"),
     ]
 
 
@@ -176,26 +179,8 @@ def run_stack(settings: Settings) -> int:
                 return 0
         _print_urls(settings, admin_token)
         while not stopping:
-            for child in children:
-                assert child.process is not None
-                if child.process.poll() is None:
-                    continue
-                now = time.monotonic()
-                child.exits = [t for t in child.exits if now - t < RESTART_WINDOW_S] + [now]
-                status = child.process.returncode
-                if len(child.exits) > RESTARTS_ALLOWED:
-                    log.error(
-                        "stack.child_keeps_exiting",
-                        child=child.name,
-                        status=status,
-                        exits=len(child.exits),
-                        within_s=RESTART_WINDOW_S,
-                    )
-                    return 1
-                log.warning("stack.child_exited", child=child.name, status=status, restart=True)
-                time.sleep(RESTART_PAUSE_S)
-                if not stopping:
-                    _start(child, env, settings.data_dir)
+            if not _supervise(children, env, settings.data_dir):
+                return 1
             time.sleep(0.2)
         return 0
     except ServerStartError as error:
@@ -205,8 +190,57 @@ def run_stack(settings: Settings) -> int:
         _stop(children)
 
 
+def _supervise(children: list[Child], env: dict[str, str], data_dir: Path) -> bool:
+    """One look at every child: note one that exited, start again one that is due (without
+    waiting for its port, so that the others stay watched meanwhile: one that exits again before
+    serving it counts as another exit). False if one keeps exiting."""
+    now = time.monotonic()
+    by_name = {child.name: child for child in children}
+    for child in children:
+        assert child.process is not None
+        if child.restart_at is None:
+            if child.process.poll() is None:
+                continue
+            child.exits = [t for t in child.exits if now - t < RESTART_WINDOW_S] + [now]
+            status = child.process.returncode
+            if len(child.exits) > RESTARTS_ALLOWED:
+                log.error(
+                    "stack.child_keeps_exiting",
+                    child=child.name,
+                    status=status,
+                    exits=len(child.exits),
+                    within_s=RESTART_WINDOW_S,
+                )
+                return False
+            log.warning("stack.child_exited", child=child.name, status=status, restart=True)
+            child.restart_at = now + RESTART_PAUSE_S
+        elif now >= child.restart_at and _serving(by_name.get(child.needs or "")):
+            child.restart_at = None
+            _spawn(child, env, data_dir)
+            log.info("stack.child_restarted", child=child.name, pid=child.process.pid)
+    return True
+
+
+def _serving(child: Child | None) -> bool:
+    """Whether the child (None: nothing needed) runs and, if it has a port, serves it."""
+    if child is None:
+        return True
+    assert child.process is not None
+    if child.restart_at is not None or child.process.poll() is not None:
+        return False
+    return child.port is None or _in_use(child.port)
+
+
 def _start(child: Child, env: dict[str, str], data_dir: Path) -> None:
     """Start the child and wait until it serves its port."""
+    _spawn(child, env, data_dir)
+    assert child.process is not None
+    if child.port is not None:
+        wait_for_port("127.0.0.1", child.port, timeout_s=60, process=child.process)
+    log.info("stack.child_started", child=child.name, pid=child.process.pid, port=child.port)
+
+
+def _spawn(child: Child, env: dict[str, str], data_dir: Path) -> None:
     output = (
         open(data_dir / f"{child.name}.log", "ab")  # noqa: SIM115 - lives as long as the child
         if child.name == "temporal"
@@ -223,9 +257,6 @@ def _start(child: Child, env: dict[str, str], data_dir: Path) -> None:
     )
     if output is not None:
         output.close()  # the child holds its own copy
-    if child.port is not None:
-        wait_for_port("127.0.0.1", child.port, timeout_s=60, process=child.process)
-    log.info("stack.child_started", child=child.name, pid=child.process.pid, port=child.port)
 
 
 def _dies_with(supervisor: int) -> Callable[[], None]:

@@ -207,12 +207,13 @@ def test_the_first_start_issues_the_operators_token_once(
         tokens.dispose()
 
 
-def test_a_child_that_exits_is_started_again_and_none_outlives_a_killed_supervisor(
+def test_children_that_exit_are_started_again_and_none_outlives_a_killed_supervisor(
     tmp_path: Path,
 ) -> None:
-    """The worker killed: the supervisor starts a new one, which runs the incidents. The
-    supervisor killed (no chance to stop its children): each child is told to stop and does,
-    freeing every port."""
+    """The worker killed, then the API and, while the API waits to start again, Temporal: the
+    supervisor starts Temporal again first, then the others (the API cannot start without it),
+    and the new worker runs the incidents. The supervisor killed (no chance to stop its
+    children): each child is told to stop and does, freeing every port."""
     data_dir = tmp_path / "data"
     stack, ports = started_stack(data_dir)
     survivors: list[int] = []
@@ -221,16 +222,21 @@ def test_a_child_that_exits_is_started_again_and_none_outlives_a_killed_supervis
         healthy(api)
         children = children_of(stack.pid)
         assert 4 == len(children), children
-        worker = next(
-            pid
-            for pid in children
-            if b" worker" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        )
-        os.kill(worker, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while len(now := children_of(stack.pid)) != 4 or worker in now:
+        killed = [
+            _child(children, " worker"),
+            _child(children, " api"),
+            _child(children, "temporal"),
+        ]
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)  # the API's exit seen before Temporal's: its restart must wait
+        deadline = time.monotonic() + 60
+        while len(now := children_of(stack.pid)) != 4 or set(killed) & set(now):
+            assert stack.poll() is None, stack.stdout.read() if stack.stdout else ""
             assert time.monotonic() < deadline, now
             time.sleep(0.2)
+        wait_for_port("127.0.0.1", ports["api"], timeout_s=60, process=stack)
+        healthy(api)
         auth = {"Authorization": f"Bearer {(data_dir / ADMIN_TOKEN_FILE).read_text().strip()}"}
         opened = httpx.post(
             f"{api}/incidents", json={"playbook": "violent-disorder"}, headers=auth, timeout=60
@@ -257,6 +263,15 @@ def test_a_child_that_exits_is_started_again_and_none_outlives_a_killed_supervis
             if _state(pid) != b"Z":
                 os.kill(pid, signal.SIGKILL)
         print(stack.stdout.read() if stack.stdout else "")  # shown when the test fails
+
+
+def _child(children: list[int], named: str) -> int:
+    """The child whose command line holds `named`."""
+    return next(
+        pid
+        for pid in children
+        if named.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    )
 
 
 def _state(pid: int) -> bytes:
