@@ -5,11 +5,12 @@ time: its worker is down, or so loaded that the workflow task carrying the Updat
 queue. The request may still be delivered later, so the caller must not simply send a new one:
 each attempt re-sends the same update id, which the server deduplicates, until the deadline.
 
-A server that goes away (UNAVAILABLE) may have taken the Update and lost it with the workflow
-task carrying it, after the handler's lever calls reached the platform: an Update is kept only
-once that task completes. The same id is sent again until the server is back (or the deadline):
-the workflow then carries it out afresh, its lever calls under the same idempotency keys, so
-the platform applies nothing twice and the incident's record matches the platform again.
+A server that goes away (UNAVAILABLE, or UNKNOWN for a request it cut off) may have taken the
+Update and lost it with the workflow task carrying it, after the handler's lever calls reached
+the platform: an Update is kept only once that task completes. The same id is sent again until
+the server is back (or the deadline): the workflow then carries it out afresh, its lever calls
+under the same idempotency keys, so the platform applies nothing twice and the incident's record
+matches the platform again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from temporalio.service import RPCError, RPCStatusCode
 _ATTEMPT = timedelta(seconds=30)
 
 
+# What an RPC fails with when the connection, not the server, gave no answer: a server that
+# cannot be reached, or one that went away with the request in flight ("transport error").
+_CONNECTION_LOST = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.UNKNOWN})
 # How long the check whether a timed-out Update was at least taken may wait.
 _PROBE = timedelta(seconds=2)
 # Between sends to a server that could not be reached (the client has retried for seconds).
@@ -69,6 +73,7 @@ async def send_update(
     try:
         async with overall:
             while True:
+                unreachable = None  # as this attempt finds it, if the deadline cuts it short
                 try:
                     # One RPC when the workflow answers promptly, as `execute_update` does.
                     taken = await handle.start_update(
@@ -81,9 +86,8 @@ async def send_update(
                     return await taken.result(rpc_timeout=_ATTEMPT)
                 except WorkflowUpdateRPCTimeoutOrCancelledError:
                     _reraise_cancellation()
-                    unreachable = None
                 except RPCError as error:
-                    if error.status != RPCStatusCode.UNAVAILABLE:
+                    if error.status not in _CONNECTION_LOST:
                         raise
                     unreachable = error.message or "unavailable"
                     await asyncio.sleep(_UNREACHABLE_PAUSE_S)

@@ -21,6 +21,7 @@ from temporalio.client import Client, Interceptor, OutboundInterceptor, StartWor
 from activities.audit import AuditWriter
 from core.settings import Settings
 from engine.devserver import free_port, start_dev_server
+from engine.errors import IncidentBusy
 from engine.incidents import Incidents
 from engine.temporal import build_worker, connect, running_worker
 from store.audit_store import AuditStore, SupersededRow
@@ -220,6 +221,37 @@ async def test_a_stand_down_lost_with_the_temporal_server_is_sent_again_and_carr
         assert 0 == after["stats"]["duplicates"]
         applied_once_each(after)
         await assert_eventually(lambda: _closed_and_verified(sqlite_store, incident))
+
+
+async def test_an_action_that_reached_the_server_once_it_was_back_is_not_called_unreachable(
+    settings: Settings, sandbox: Sandbox, sqlite_store: AuditStore, server: RestartableServer
+) -> None:
+    """The server is away when the stand-down is sent and back before its deadline; the workflow
+    takes the request but an undo is still at the platform when the deadline passes: the answer
+    says it was taken and goes on, not that Temporal could not be reached."""
+    settings = settings.model_copy(
+        update={"temporal_address": f"127.0.0.1:{server.port}", "action_timeout_s": 25}
+    )
+    client = await connect(settings)
+    async with running_worker(client, settings=settings, store=sqlite_store):
+        incidents = Incidents(client, settings)
+        incident = (await incidents.trigger("violent-disorder", {}, actor="alice")).incident_id
+        await step_state(incidents, incident, "notify-crisis-team", "applied")
+        await sandbox.fault(
+            path_prefix="/moderation", operation_prefix="undo-", status=0, latency_ms=30_000
+        )
+        server.stop(signal.SIGKILL)
+        stand_down = asyncio.create_task(incidents.stand_down(incident, actor="bob", reason="over"))
+        try:
+            # Away for longer than the client's own retries of one RPC (about 6 s) and one more.
+            await asyncio.sleep(12)
+            server.start()
+            with pytest.raises(IncidentBusy) as busy:
+                await stand_down
+        finally:
+            await sandbox.clear_faults()  # else the worker waits for the undo to stop
+        assert "took the request but had not carried it out within 25s" in str(busy.value)
+        await step_state(incidents, incident, "surge-hate-queue", "undone")
 
 
 class HeldActivations(ThreadPoolExecutor):
