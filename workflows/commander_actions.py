@@ -290,9 +290,7 @@ class CommanderActions(IncidentRun):
                 f"measure {request.step_id} is {record.state}: only an applied or lapsed "
                 "measure can be renewed"
             )
-        if record.state == "expired" and not (
-            self._eligible(step) and self._eligible(self._parent_of(step))
-        ):
+        if record.state == "expired" and not self._called_for(step):
             raise invalid_request(
                 f"measure {request.step_id} lapsed and the incident's level or conditions no "
                 "longer call for it"
@@ -449,8 +447,7 @@ class CommanderActions(IncidentRun):
             failed is not None
             and failed.final_state == "dormant"
             and self._state != "standing_down"
-            and self._eligible(step)
-            and self._eligible(self._parent_of(step))
+            and self._called_for(step)
         ):
             raise invalid_request(
                 f"the incident's level calls for {request.step_id} again, and its withdrawal "

@@ -60,6 +60,7 @@ from workflows.incident_run import (
     UNDO_ON_LANDING_PATCH,
     UNDO_PUT_OFF_PATCH,
     UNDO_RETRY,
+    WITHDRAW_ON_LANDING_PATCH,
     AnyStep,
     cause_of,
     failure_facts,
@@ -544,6 +545,12 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
             await self._undo(record, final_state="undone", reason=why, hand_back=hand_back)
             if record.state == "undone":
                 record.outcome = f"taken back: {why}"
+        elif (
+            self._stand_down is None
+            and not self._called_for(step)
+            and workflow.patched(WITHDRAW_ON_LANDING_PATCH)
+        ):
+            await self._undo(record, final_state="dormant", reason=f"level is now {self._level}")
         return True
 
     async def _learn_outcome(self, record: StepRecord) -> bool:

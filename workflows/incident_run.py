@@ -86,6 +86,10 @@ DORMANT_CONDITION_PATCH = "dormant-names-condition"
 # A lever call under way when another step failed with on_failure undo is taken back once it
 # lands (it stayed in force on the failed incident). Recorded only where that happens.
 UNDO_ON_LANDING_PATCH = "undo-on-landing-after-failure"
+# A step whose call was under way when a de-escalation left it no longer called for (a delivery
+# runs as an activity, so the level can change before it lands) is withdrawn once it lands: it
+# had stayed applied, its withdrawal notice never sent. Recorded only where that happens.
+WITHDRAW_ON_LANDING_PATCH = "withdraw-on-landing-below-level"
 # A step run after later steps on its settings (an escalation's catch-up) is applied under
 # them: they are lifted, it is applied, they are put back (it overrode them, loosening what the
 # playbook's order put in force). Recorded only where that happens.
@@ -370,6 +374,10 @@ class IncidentRun:
         except ExpressionError as error:
             workflow.logger.warning("condition of %s failed: %s", step.id, error)
             return False
+
+    def _called_for(self, step: AnyStep) -> bool:
+        """Whether the step, and the parallel step it is a branch of, are called for now."""
+        return self._eligible(step) and self._eligible(self._parent_of(step))
 
     def _make_dormant(self, record: StepRecord) -> None:
         if record.state != "dormant":

@@ -365,7 +365,7 @@ class OverlapHandoff(LeverCalls):
             assert isinstance(step, Step)
             if record.state != "undone":  # its lift failed: left as it is
                 continue
-            if not (self._eligible(step) and self._eligible(self._parent_of(step))):
+            if not self._called_for(step):
                 self._make_dormant(record)  # de-escalated meanwhile: stays taken back
                 continue
             self._putting_back.add(record.id)

@@ -186,7 +186,7 @@ class Supervision(IncidentRun):
         """After de-escalation: undo, newest first, the measures the level no longer calls for."""
         for step_id in reversed(list(self._applied_order)):
             step = self._steps_by_id[step_id]
-            if not self._eligible(step) or not self._eligible(self._parent_of(step)):
+            if not self._called_for(step):
                 await self._undo(
                     self._records[step_id],
                     final_state="dormant",

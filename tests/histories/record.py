@@ -49,6 +49,10 @@ Run against a fresh dev server with today's interpreter before changing it:
     python -m tests.histories.record v7 undo-erring   # the oldest measure's undo errs five times
                                                   # (v7-undo-erring-unpatched: status shows no
                                                   # error while it retries; v7-undo-erring: it does)
+    python -m tests.histories.record v7 withdrawn-on-landing   # a de-escalation while an
+                                                  # escalation's notice is on its way (kept as
+                                                  # v7-withdrawn-on-landing-unpatched, left
+                                                  # applied; v7-withdrawn-on-landing: withdrawn)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -486,6 +490,57 @@ async def record_forced_no_answer(
     await _keep(client, {f"{name}-{part}": incident_id for part, incident_id in ids.items()})
 
 
+LEVELLED_NOTICE = """\
+playbook: record-withdrawn-on-landing
+version: 1
+title: Recorded
+description: A notice of the higher level, on its way when the level drops.
+levels: [elevated, severe]
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: tell
+    level: severe
+    do: notify.send
+    with: {to: regulator, template: crisis-escalated}
+    undo:
+      do: notify.send
+      with: {to: regulator, template: crisis-de-escalated}
+"""
+
+
+async def record_withdrawn_on_landing(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """Escalated, then de-escalated while the higher level's notice is on its way (a slow
+    delivery), then stood down (-unpatched: the notice stays applied once it lands)."""
+    name = f"{tag}-withdrawn-on-landing"
+    module = __import__("workflows.incident_run", fromlist=["WITHDRAW_ON_LANDING_PATCH"])
+    if not hasattr(module, "WITHDRAW_ON_LANDING_PATCH"):
+        name += "-unpatched"
+    incident_id = f"REC-{name}"
+    path = work / "record-withdrawn-on-landing.yaml"
+    path.write_text(LEVELLED_NOTICE)
+    await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+    await _settled(incidents, incident_id)
+    change = LevelRequest(actor="recorder", reason="recorded")
+    async with httpx.AsyncClient() as http:
+        slow = {"path_prefix": "/notify", "status": 0, "latency_ms": 2000, "times": 1}
+        (await http.post(f"{sandbox_url}/faults", json=slow)).raise_for_status()
+        await incidents.act(incident_id, CrisisWorkflow.escalate, change)
+        for _ in range(200):
+            if (await http.get(f"{sandbox_url}/state")).json()["stats"]["faults_injected"]:
+                break
+            await asyncio.sleep(0.05)
+        await incidents.act(incident_id, CrisisWorkflow.de_escalate, change)
+    await asyncio.sleep(3)  # the notice lands (and, patched, is withdrawn)
+    await _settled(incidents, incident_id)
+    await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    await _closed(incidents, incident_id)
+    await _keep(client, {name: incident_id})
+
+
 async def _states(incidents: Incidents, incident_id: str, wanted: dict[str, str]) -> None:
     for _ in range(400):
         states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
@@ -764,6 +819,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "forced-no-answer":
             await record_forced_no_answer(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "withdrawn-on-landing":
+            await record_withdrawn_on_landing(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -792,7 +850,7 @@ def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
     # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last,
-    # undo-erring, no-answer, forced-no-answer
+    # undo-erring, no-answer, forced-no-answer, withdrawn-on-landing
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

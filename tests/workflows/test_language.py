@@ -17,6 +17,7 @@ from engine.errors import ActionInvalid, IncidentConflict, IncidentError
 from engine.playbook_files import load_playbook
 from engine.report import build_report
 from engine.verification import IncidentHistory, replay_incident
+from tests.helpers import assert_eventually
 from tests.workflows.lab import (
     HEADER,
     Lab,
@@ -1172,6 +1173,51 @@ async def test_an_approval_timing_out_as_a_stand_down_arrives_leaves_nothing_app
     events = await lab.audit(incident, until="incident.closed")
     assert "approval.granted" not in kinds(events)
     assert lab.store.verify(incident).ok
+
+
+async def test_a_notice_under_way_when_the_level_drops_is_withdrawn_once_it_lands(
+    lab: Lab,
+) -> None:
+    """A delivery runs as an activity, so a de-escalation can come while an escalation's notice
+    is on its way: once it lands, the notice is withdrawn as the de-escalation would have done
+    (its undo tells the regulator), and the next escalation tells them again."""
+    incident = await lab.trigger(
+        """
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: tell
+    level: severe
+    do: notify.send
+    with: {to: regulator, template: crisis-escalated}
+    undo:
+      do: notify.send
+      with: {to: regulator, template: crisis-de-escalated}
+"""
+    )
+    await lab.settle(incident, {"base": "applied", "tell": "dormant"})
+    await lab.sandbox.fault(path_prefix="/notify", status=0, latency_ms=2000, times=1)
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+
+    async def on_its_way() -> None:
+        assert 1 == (await lab.platform())["stats"]["faults_injected"]
+
+    await assert_eventually(on_its_way, timeout=15, interval=0.05)
+    await lab.act(incident, CrisisWorkflow.de_escalate, level())
+    status = await lab.settle(incident, {"tell": "dormant"}, level="elevated")
+    assert "withdrawn: level is now elevated" == step(status, "tell").outcome
+    told = [n["body"]["message"] for n in (await lab.platform())["notifications"]]
+    assert 2 == len(told), told
+    assert "now at level severe." in told[0] and "now at level elevated:" in told[1], told
+    events = await lab.audit(incident, until="step.withdrawn")
+    assert ["level.escalated", "level.de_escalated", "step.applied", "step.withdrawn"] == [
+        e.kind for e in events if e.kind.startswith(("level.", "step.applied", "step.withdrawn"))
+    ][-4:]
+
+    await lab.act(incident, CrisisWorkflow.escalate, level())
+    await lab.settle(incident, {"tell": "applied"}, level="severe")
+    assert 3 == len((await lab.platform())["notifications"])
 
 
 async def test_a_de_escalation_while_a_step_awaits_approval_makes_it_dormant(lab: Lab) -> None:

@@ -104,6 +104,8 @@ def test_histories_are_kept() -> None:
         "v7-forced-no-answer-unpatched-later",
         "v7-forced-no-answer-earlier",
         "v7-forced-no-answer-later",
+        "v7-withdrawn-on-landing-unpatched",
+        "v7-withdrawn-on-landing",
     } <= kept
 
 
