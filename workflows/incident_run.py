@@ -90,6 +90,9 @@ UNDO_ON_LANDING_PATCH = "undo-on-landing-after-failure"
 # runs as an activity, so the level can change before it lands) is withdrawn once it lands: it
 # had stayed applied, its withdrawal notice never sent. Recorded only where that happens.
 WITHDRAW_ON_LANDING_PATCH = "withdraw-on-landing-below-level"
+# A notice every channel refused (a 4xx) is refused for good, as a lever's refusal is: an undo's
+# notice was sent again at once, refused again and counted twice. Recorded only where it is.
+NOTICE_REFUSED_PATCH = "notice-refused-by-every-channel"
 # A step run after later steps on its settings (an escalation's catch-up) is applied under
 # them: they are lifted, it is applied, they are put back (it overrode them, loosening what the
 # playbook's order put in force). Recorded only where that happens.

@@ -30,10 +30,12 @@ with workflow.unsafe.imports_passed_through():
 from workflows.incident_run import (
     LEVER_TIME,
     NON_RETRYABLE,
+    NOTICE_REFUSED_PATCH,
     IncidentRun,
     cause_of,
     failure_facts,
     iso,
+    refused,
 )
 
 
@@ -194,7 +196,11 @@ class LeverCalls(IncidentRun):
                 at=at,
             )
         if len(failures) == len(requests):
-            raise ApplicationError(f"no channel reached {to}: " + "; ".join(failures))
+            message = f"no channel reached {to}: " + "; ".join(failures)
+            every_refused = all(isinstance(o, BaseException) and refused(o) for o, _ in done)
+            if every_refused and workflow.patched(NOTICE_REFUSED_PATCH):
+                raise ApplicationError(message, non_retryable=True)
+            raise ApplicationError(message)
         return LeverOutcome()
 
     def _message_context(self, step: Step) -> dict[str, Any]:

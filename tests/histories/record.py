@@ -53,6 +53,10 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # escalation's notice is on its way (kept as
                                                   # v7-withdrawn-on-landing-unpatched, left
                                                   # applied; v7-withdrawn-on-landing: withdrawn)
+    python -m tests.histories.record v7 notice-refused   # the platform refuses a stand-down's
+                                                  # notice (kept as v7-notice-refused-unpatched,
+                                                  # sent again and failed twice;
+                                                  # v7-notice-refused: refused for good at once)
 Each recorded history is replayed by tests/workflows/test_replay_histories.py, so a change to the
 interpreter that would break incidents already running fails the suite.
 """
@@ -541,6 +545,44 @@ async def record_withdrawn_on_landing(
     await _keep(client, {name: incident_id})
 
 
+NOTICE = """\
+playbook: record-notice-refused
+version: 1
+title: Recorded
+description: A notice whose closing notice the platform refuses.
+steps:
+  - id: tell
+    do: notify.send
+    with: {to: regulator, template: crisis-opened}
+    undo:
+      do: notify.send
+      with: {to: regulator, template: crisis-closed}
+"""
+
+
+async def record_notice_refused(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """Stood down while the platform refuses every notice's undo with a 422 (-unpatched: the
+    closing notice is sent again at once, and fails twice)."""
+    name = f"{tag}-notice-refused"
+    module = __import__("workflows.incident_run", fromlist=["NOTICE_REFUSED_PATCH"])
+    if not hasattr(module, "NOTICE_REFUSED_PATCH"):
+        name += "-unpatched"
+    incident_id = f"REC-{name}"
+    path = work / "record-notice-refused.yaml"
+    path.write_text(NOTICE)
+    await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+    await _settled(incidents, incident_id)
+    async with httpx.AsyncClient() as http:
+        refuse = {"path_prefix": "/notify", "operation_prefix": "undo-", "status": 422}
+        (await http.post(f"{sandbox_url}/faults", json=refuse)).raise_for_status()
+        await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+        (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
+    await _closed(incidents, incident_id)
+    await _keep(client, {name: incident_id})
+
+
 async def _states(incidents: Incidents, incident_id: str, wanted: dict[str, str]) -> None:
     for _ in range(400):
         states = {s.id: s.state for s in (await incidents.status(incident_id)).steps}
@@ -822,6 +864,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "withdrawn-on-landing":
             await record_withdrawn_on_landing(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "notice-refused":
+            await record_notice_refused(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -850,7 +895,7 @@ def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
     # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last,
-    # undo-erring, no-answer, forced-no-answer, withdrawn-on-landing
+    # undo-erring, no-answer, forced-no-answer, withdrawn-on-landing, notice-refused
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -844,3 +844,31 @@ async def test_the_failures_undo_waits_for_a_notice_under_way(lab: Lab) -> None:
         ("step.undone", "base"),
     ] == trail(events, *LANDING, "notification.delivered")
     assert lab.store.verify(incident).ok
+
+
+async def test_a_closing_notice_every_channel_refuses_is_sent_once_and_failed_once(
+    lab: Lab,
+) -> None:
+    """The platform refuses the stand-down's notice (a 4xx): refused for good at once, as a
+    lever's undo would be, not sent again and counted as a second failure."""
+    incident = await lab.trigger(
+        """
+steps:
+  - id: tell
+    do: notify.send
+    with: {to: regulator, template: crisis-opened}
+    undo:
+      do: notify.send
+      with: {to: regulator, template: crisis-closed}
+"""
+    )
+    await lab.settle(incident, {"tell": "applied"})
+    await lab.sandbox.fault(path_prefix="/notify", operation_prefix="undo-", status=422)
+    closed = await lab.incidents.stand_down(incident, actor="bob", reason="over")
+    tell = step(closed, "tell")
+    assert [("apply-1", "delivered"), ("undo-1", "failed")] == [
+        (d.operation, d.state) for d in tell.deliveries
+    ]
+    assert 1 == (await lab.platform())["stats"]["faults_injected"]
+    events = await lab.audit(incident, until="incident.closed")
+    assert 1 == kinds(events).count("notification.failed")

@@ -106,6 +106,8 @@ def test_histories_are_kept() -> None:
         "v7-forced-no-answer-later",
         "v7-withdrawn-on-landing-unpatched",
         "v7-withdrawn-on-landing",
+        "v7-notice-refused-unpatched",
+        "v7-notice-refused",
     } <= kept
 
 
