@@ -20,9 +20,10 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from temporalio.client import Client
 
+from core.validation import first_problem
 from engine.errors import BundleError, IncidentNotFound
 from engine.verification import (
     UNREPLAYED,
@@ -506,6 +507,39 @@ def is_bundle(path: Path) -> bool:
     return path.name.endswith((".tar.gz", ".tgz"))
 
 
+class _Manifest(BaseModel):
+    """What verify reads of manifest.json (it is not signed: the rows and seals are)."""
+
+    format: Any = None
+    incident_id: str
+    sha256: dict[str, str]
+    events: int | None = None
+    export_seal: Seal | None = None
+
+
+_MANIFEST = TypeAdapter(_Manifest)
+_EVENTS = TypeAdapter(list[AuditEvent])
+_SEALS = TypeAdapter(list[Seal])
+
+
+def _bundle_json(path: Path, name: str) -> Any:
+    try:
+        return json.loads((path / name).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise BundleError(f"{path}: cannot read {name}: {error.strerror}") from None
+    except ValueError as error:  # invalid JSON or UTF-8
+        raise BundleError(f"{path}: {name} is not valid JSON: {error}") from None
+
+
+def _bundle_model(path: Path, name: str, adapter: TypeAdapter[Any], data: Any) -> Any:
+    """`data`, read from the bundle's file `name`, as `adapter`'s type."""
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as error:
+        problem = first_problem(error.errors())
+        raise BundleError(f"{path}: {name} is not as an export writes it: {problem}") from None
+
+
 def read_bundle(path: Path) -> Bundle:
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory() as tmp:
@@ -522,36 +556,30 @@ def read_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path}: not an audit bundle (a bundle is a directory or a .tar.gz)")
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle (a directory or .tar.gz)")
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise BundleError(f"{path}: unreadable manifest.json: {error}") from None
-    if manifest.get("format") != BUNDLE_FORMAT:
+    raw = _bundle_json(path, "manifest.json")
+    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not an audit bundle ({BUNDLE_FORMAT} expected)")
-    for name, digest in manifest.get("sha256", {}).items():
+    manifest: _Manifest = _bundle_model(path, "manifest.json", _MANIFEST, raw)
+    listed = manifest.sha256
+    for name, digest in listed.items():
         try:
             actual = hashlib.sha256((path / name).read_bytes()).hexdigest()
         except OSError:
             raise BundleError(f"{path}: {name} listed in the manifest is missing") from None
         if actual != digest:
             raise BundleError(f"{path}: {name} does not match the manifest (altered after export)")
-    listed = manifest.get("sha256", {})
     for name in ("events.json", "seals.json", "public-key.pem"):
         if name not in listed:
             raise BundleError(f"{path}: {name} is not listed in the manifest")
+    events: list[AuditEvent] = _bundle_model(
+        path, "events.json", _EVENTS, _bundle_json(path, "events.json")
+    )
+    seals: list[Seal] = _bundle_model(path, "seals.json", _SEALS, _bundle_json(path, "seals.json"))
     try:
-        events = [
-            AuditEvent.model_validate(e) for e in json.loads((path / "events.json").read_text())
-        ]
-        seals = [Seal.model_validate(s) for s in json.loads((path / "seals.json").read_text())]
         public_key = load_public_key((path / "public-key.pem").read_text())
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"{path}: {error.title} {where or 'row'}: {first['msg']}") from None
     except (OSError, ValueError, SealError) as error:
-        raise BundleError(f"{path}: {error}") from None
-    incident_id = str(manifest.get("incident_id"))
+        raise BundleError(f"{path}: public-key.pem: {error}") from None
+    incident_id = manifest.incident_id
     # The manifest is not signed; the rows and seals are (the seals sign the incident's id).
     for what, items in (("row", events), ("seal", seals)):
         for item in items:
@@ -560,12 +588,7 @@ def read_bundle(path: Path) -> Bundle:
                     f"{path}: {what} {item.seq} is incident {item.incident_id}'s, not "
                     f"{incident_id}'s as the manifest says"
                 )
-    try:
-        signed = manifest.get("export_seal")
-        export_seal = Seal.model_validate(signed) if signed is not None else None
-    except ValueError as error:
-        raise BundleError(f"{path}: manifest.json has an unreadable export_seal: {error}") from None
-    counted = manifest.get("events")
+    export_seal = manifest.export_seal
     history_file = path / "history.json"
     if history_file.is_file() and "history.json" not in listed:
         raise BundleError(f"{path}: history.json is not listed in the manifest (not this export's)")
@@ -576,7 +599,7 @@ def read_bundle(path: Path) -> Bundle:
         seals,
         public_key,
         history,
-        manifest_events=counted if isinstance(counted, int) else None,
+        manifest_events=manifest.events,
         export_seal=export_seal,
     )
 

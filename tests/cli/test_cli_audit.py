@@ -11,6 +11,7 @@ import json
 import shutil
 import sqlite3
 import tarfile
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -591,6 +592,46 @@ async def test_an_edited_bundle_fails(
     assert "made with another key" in wrong_key["seals"]["problem"], wrong_key["seals"]
     assert f"--public-key {tmp_path / 'other.pub.pem'}" == wrong_key["trusted_key"]
     assert wrong_key["verdict"]["key"].startswith("FAILED: the bundle's public-key.pem is ")
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda m: [], "not an audit bundle"),
+        (lambda m: m | {"sha256": None}, "manifest.json is not as an export writes it: sha256:"),
+        (
+            lambda m: m | {"export_seal": {"seq": 38}},
+            "manifest.json is not as an export writes it: export_seal.incident_id:",
+        ),
+    ],
+)
+async def test_a_bundle_whose_manifest_is_damaged_is_one_error_line(
+    env: dict[str, str],
+    offline: dict[str, str],
+    incident: str,
+    tmp_path: Path,
+    damage: Callable[[dict[str, Any]], Any],
+    said: str,
+) -> None:
+    bundle = tmp_path / "bundle"
+    ok(await crisis(env, "audit", "export", incident, "-o", str(bundle)))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps(damage(manifest)))
+    run = await crisis(offline, "audit", "verify", "--bundle", str(bundle))
+    assert_one_line_error(run, said)
+
+
+async def test_a_bundle_file_that_is_not_json_is_named(
+    env: dict[str, str], offline: dict[str, str], incident: str, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    ok(await crisis(env, "audit", "export", incident, "-o", str(bundle)))
+    (bundle / "events.json").write_text("{'not': json}")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["sha256"]["events.json"] = hashlib.sha256(b"{'not': json}").hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    run = await crisis(offline, "audit", "verify", "--bundle", str(bundle))
+    assert_one_line_error(run, "events.json is not valid JSON: ")
 
 
 async def test_a_bundle_relabelled_or_mixed_with_another_export_fails(
