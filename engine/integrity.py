@@ -383,8 +383,9 @@ def check_store(
     row = store.incident(incident_id)
     seals = store.seals(incident_id)
     events = store.events(incident_id)
-    if not events:
+    if not events and row is None and not seals:
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
+    # With no rows but its seals or its board row, the trail was there: deleted, not unknown.
     ends = (
         []
         if row is None
@@ -400,7 +401,7 @@ def _board_verdict(store: AuditStore, incident_id: str, events: list[AuditEvent]
     # transaction, so from here a row behind the events read was not moved with them.
     row = store.incident(incident_id)
     for _ in range(3):
-        if row is None or row.last_seq <= events[-1].seq:
+        if row is None or not events or row.last_seq <= events[-1].seq:
             break
         events = store.events(incident_id)  # written meanwhile: the trail as the row knows it
         row = store.incident(incident_id)
@@ -616,10 +617,20 @@ async def verify_incident(
 ) -> Integrity:
     """Chain, seals and the board's row from the store; with a Temporal client, the replay
     comparison too."""
-    integrity, events = check_store(store, incident_id, public_key)
+    history = None
+    try:
+        integrity, events = check_store(store, incident_id, public_key)
+    except IncidentNotFound:
+        if not replay or client is None:
+            raise
+        # Temporal may still hold it (else this raises too): then its trail was deleted, or this
+        # is not the store its workers write, and the replay names the rows missing.
+        history = await export_history(client, incident_id)
+        integrity, events = check(incident_id, [], [], public_key), []
+        integrity.board = _board_verdict(store, incident_id, events)
     integrity.trusted_key = trusted_key
     integrity.replay_skipped = skipped_because if not replay else "no Temporal client"
     if replay and client is not None:
-        history = await export_history(client, incident_id)
+        history = history or await export_history(client, incident_id)
         integrity = await check_with_replay(integrity, events, history, store=store)
     return integrity

@@ -438,6 +438,36 @@ async def test_a_deleted_closing_row_and_its_seal_are_caught_by_the_replay(
     )
 
 
+async def test_a_deleted_trail_is_named_missing_not_an_unknown_incident(
+    env: dict[str, str], incident: str, sqlite_url: str
+) -> None:
+    """Every row of the trail deleted: its seals and board row still name it, so without the
+    replay verify fails the seals; with it, the replay names the first row missing. Seals and
+    board row deleted too: Temporal still holds the incident, and the replay says the same."""
+    assert execute(sqlite_url, "DELETE FROM audit_events WHERE incident_id = ?", incident) > 0
+    offline = failed(await crisis(env, "audit", "verify", incident, "--no-replay", "--json")).json()
+    assert (True, False) == (offline["chain"]["ok"], offline["seals"]["ok"])
+    assert offline["verdict"]["board"].startswith("FAILED: "), offline["verdict"]
+    missing = "FAILED: seq 1 (incident.triggered) is missing from the audit table"
+    assert (
+        missing
+        == failed(await crisis(env, "audit", "verify", incident, "--json")).json()["verdict"][
+            "replay"
+        ]
+    )
+
+    for table in ("audit_seals", "incidents"):
+        assert 0 < execute(sqlite_url, f"DELETE FROM {table} WHERE incident_id = ?", incident)
+    assert (
+        missing
+        == failed(await crisis(env, "audit", "verify", incident, "--json")).json()["verdict"][
+            "replay"
+        ]
+    )
+    unknown = await crisis(env, "audit", "verify", incident, "--no-replay")
+    assert_one_line_error(unknown, f"no audit trail for incident {incident}")
+
+
 async def test_a_trail_cut_at_a_checkpoint_seal_is_never_called_complete(
     env: dict[str, str], checkpointed: str, sqlite_url: str, sqlite_store: AuditStore
 ) -> None:
