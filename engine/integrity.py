@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from temporalio.client import Client
 
+from activities.audit import SEAL_EVERY
 from core.validation import first_problem
 from engine.errors import BundleError, IncidentNotFound
 from engine.verification import (
@@ -190,6 +191,11 @@ class Integrity:
             shown = (
                 f"chain and seals unaltered through row {sealed}; rows {sealed + 1}..{rows} "
                 f"are not sealed yet: consistent, {unsealed}"
+            )
+        elif rows >= SEAL_EVERY:  # a checkpoint was due: its seal is gone, or was superseded
+            shown = (
+                f"no seal in the store, though the engine seals a checkpoint every {SEAL_EVERY} "
+                f"rows: rows 1..{rows} are consistent, {unsealed}"
             )
         else:
             shown = f"no row sealed yet: rows 1..{rows} are consistent, {unsealed}"

@@ -216,3 +216,17 @@ def test_a_seal_written_while_the_trail_is_read_covers_no_missing_row(
     assert 4 == len(rows)
     assert integrity.seals.ok, integrity.as_dict()
     assert [8] == [s.seq for s in audit_store.seals(incident)]  # the seal is there all the same
+
+
+def test_an_unsealed_trail_past_a_checkpoint_says_its_seal_is_missing(tmp_path: Path) -> None:
+    """Without seals a short running trail is just not sealed yet; one long enough that the
+    engine sealed a checkpoint says that seal is not there."""
+    signer = Signer(tmp_path / "key.pem")
+    incident = new_id()
+    short = check(incident, chain(incident, 5), [], signer.public_key)
+    assert short.summary().startswith("ok: no row sealed yet: rows 1..5 are consistent")
+    long = check(incident, chain(incident, 20), [], signer.public_key)
+    assert long.summary().startswith(
+        "ok: no seal in the store, though the engine seals a checkpoint every 16 rows: "
+        "rows 1..20 are consistent"
+    ), long.summary()
