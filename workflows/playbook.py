@@ -910,7 +910,7 @@ def _coerce_scalar(name: str, kind: str, value: Any) -> Any:
     if kind == "string":
         if not isinstance(value, str):
             raise bad()
-        return value
+        return value.strip()  # " GB " names no region (a list's items are trimmed alike)
     if kind == "boolean":
         if isinstance(value, bool):
             return value

@@ -650,6 +650,9 @@ def test_resolve_inputs_applies_defaults(inputs_playbook: Playbook) -> None:
         ("tags", '["a", "b,c"]', ["a", "b,c"]),
         ("tags", "[a, b]", ["a", "b"]),
         ("tags", ["x"], ["x"]),
+        # Text is trimmed, alone or in a JSON list: " GB " is a slip, no other region.
+        ("region", " GB ", "GB"),
+        ("tags", [" a", "b "], ["a", "b"]),
         ("counts", "1,2", [1, 2]),
         ("counts", "[3, 4.0]", [3, 4]),
         ("ratio", "0.25", 0.25),
