@@ -267,7 +267,7 @@ def plan(
         f"[bold]{made.playbook}[/bold] v{made.version} at level {made.level or 'n/a'}  "
         f"({made.playbook_hash[:19]}…)"
     )
-    console.print(f"inputs: {escape(json.dumps(made.inputs))}", highlight=False)
+    console.print(f"inputs: {escape(json.dumps(made.inputs, ensure_ascii=False))}", highlight=False)
     table = Table("#", "step", "runs", "lever / kind", "approval", "lapses after", "undo")
     for item in made.steps:
         runs = "yes" if item.runs else f"no: {item.why_not}"

@@ -1127,7 +1127,8 @@ def _integrity_rows(report: IncidentReport) -> list[tuple[str, str]]:
     if not isinstance(report.integrity, dict):
         return [("verdict", NOT_CHECKED)]
     return [
-        (str(k), v if isinstance(v, str) else json.dumps(v)) for k, v in report.integrity.items()
+        (str(k), v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))
+        for k, v in report.integrity.items()
     ]
 
 
@@ -1210,7 +1211,7 @@ def render_markdown(report: IncidentReport, chart_path: str | None = None) -> st
             ["Incident", facts.incident_id],
             ["Playbook", f"{facts.playbook} v{facts.version}"],
             ["Playbook content hash", f"`{facts.playbook_hash}`"],
-            ["Inputs", f"`{json.dumps(facts.inputs, sort_keys=True)}`"],
+            ["Inputs", f"`{json.dumps(facts.inputs, sort_keys=True, ensure_ascii=False)}`"],
             ["Triggered", f"{_time(facts.triggered_at)} by {facts.triggered_by}"],
             ["Level at start", facts.level_at_start or "—"],
             ["Levels over time", _level_history_text(report)],
@@ -1550,7 +1551,7 @@ def render_html(report: IncidentReport) -> str:
     return _TEMPLATE.render(
         r=report,
         f=report.facts,
-        inputs=json.dumps(report.facts.inputs, sort_keys=True),
+        inputs=json.dumps(report.facts.inputs, sort_keys=True, ensure_ascii=False),
         levels=_level_history_text(report),
         figures=_key_figure_rows(report),
         integrity=_integrity_rows(report),

@@ -875,3 +875,13 @@ def test_an_offset_reads_as_a_clock_does_cut_to_the_second(seconds: float, label
     """14:59.6 after the trigger reads +00:14:59, as a clock shows it: rounded, it read
     +00:15:00, the minute a 15-minute deadline passes."""
     assert label == offset_label(seconds)
+
+
+def test_inputs_in_other_scripts_are_shown_as_written() -> None:
+    """An input in any script reads as it was given, not as JSON escapes."""
+    t = Trail("INC-9")
+    given = {"challenge_terms": "étoile 🌟"}
+    t.add(0, "incident.triggered", actor="root", playbook="p", version=1, inputs=given, level=None)
+    report = build_report(t.events, now=T0 + timedelta(hours=1))
+    assert '`{"challenge_terms": "étoile 🌟"}`' in render_markdown(report)
+    assert "étoile 🌟" in render_html(report)
