@@ -54,6 +54,7 @@ from workflows.incident_run import (
     LEVER_TIME,
     PUMP_OUTLIVES_CARRY_PATCH,
     RESTORE_RETRY,
+    TRAIL_BEFORE_RETRIES_PATCH,
     UNANSWERED_RECORDED_PATCH,
     UNCERTAIN_APPLY_PATCH,
     UNDO_ERROR_SHOWN_PATCH,
@@ -225,12 +226,15 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         reversible = step.undo is not None or LEVERS[step.do].reversible
         return reversible and not self._sends_notice(step_id)
 
+    async def _trail_written(self) -> None:
+        """Let the trail so far be written (the board shows it) before lever calls that may retry
+        for minutes: the pump writes only between lever calls."""
+        await self._wait(lambda: not self._audit.pending and not self._pump_busy)
+
     async def _undo_put_off(self, put_off: list[StepRecord], hand_back: bool) -> None:
         """Take back, newest first and with the full retry policy, the measures whose undo was
         put off: those whose first tries erred, and those on the same settings under them."""
-        # The other measures' undos reach the trail (the board) first: the pump writes only
-        # between lever calls, and these may retry for minutes.
-        await self._wait(lambda: not self._audit.pending and not self._pump_busy)
+        await self._trail_written()
         for record in put_off:
             reason = ""
             if record.state == "undoing":  # its first tries erred: status shows why until it lands
@@ -710,6 +714,12 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
                 if not erring or not workflow.patched(UNDO_ERROR_SHOWN_PATCH):
                     raise
                 record.error = cause_of(error)  # status says why it is still undoing
+                if (
+                    self._state == "standing_down"
+                    and self._audit.pending
+                    and workflow.patched(TRAIL_BEFORE_RETRIES_PATCH)
+                ):
+                    await self._trail_written()
                 await attempt(retry=retry)
                 record.error = None
         except CancelledError:

@@ -93,6 +93,10 @@ WITHDRAW_ON_LANDING_PATCH = "withdraw-on-landing-below-level"
 # A notice every channel refused (a 4xx) is refused for good, as a lever's refusal is: an undo's
 # notice was sent again at once, refused again and counted twice. Recorded only where it is.
 NOTICE_REFUSED_PATCH = "notice-refused-by-every-channel"
+# A stand-down's undo that erred at first and goes on retrying (for minutes) lets the trail so far
+# be written first: the board showed the measures taken back before it as still in force. Its
+# own patch, recorded only where that happens.
+TRAIL_BEFORE_RETRIES_PATCH = "trail-written-before-undo-retries"
 # A step run after later steps on its settings (an escalation's catch-up) is applied under
 # them: they are lifted, it is applied, they are put back (it overrode them, loosening what the
 # playbook's order put in force). Recorded only where that happens.

@@ -48,7 +48,9 @@ Run against a fresh dev server with today's interpreter before changing it:
                                                   # v7-put-off-last: it is put off behind them)
     python -m tests.histories.record v7 undo-erring   # the oldest measure's undo errs five times
                                                   # (v7-undo-erring-unpatched: status shows no
-                                                  # error while it retries; v7-undo-erring: it does)
+                                                  # error while it retries; v7-undo-erring: it does;
+                                                  # v7-undo-erring-trail-first: and the trail so
+                                                  # far is written before it retries)
     python -m tests.histories.record v7 withdrawn-on-landing   # a de-escalation while an
                                                   # escalation's notice is on its way (kept as
                                                   # v7-withdrawn-on-landing-unpatched, left
@@ -403,11 +405,14 @@ async def record_undo_erring(
     tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
 ) -> None:
     """One measure whose undo the platform errs on five times: beyond an undo's quick first
-    tries (v7-undo-erring-unpatched: one call retried throughout)."""
+    tries (v7-undo-erring-unpatched: one call retried throughout; v7-undo-erring: the trail
+    so far written only once it lands; v7-undo-erring-trail-first: before it retries)."""
     name = f"{tag}-undo-erring"
     module = __import__("workflows.incident_run", fromlist=["UNDO_ERROR_SHOWN_PATCH"])
     if not hasattr(module, "UNDO_ERROR_SHOWN_PATCH"):
         name += "-unpatched"
+    elif hasattr(module, "TRAIL_BEFORE_RETRIES_PATCH"):
+        name += "-trail-first"
     incident_id = f"REC-{name}"
     path = work / "record-undo-erring.yaml"
     path.write_text(PUT_OFF.replace("record-put-off", "record-undo-erring"))

@@ -97,6 +97,7 @@ def test_histories_are_kept() -> None:
         "v7-put-off-last",
         "v7-undo-erring-unpatched",
         "v7-undo-erring",
+        "v7-undo-erring-trail-first",
         "v7-no-answer-unpatched",
         "v7-no-answer",
         "v7-recorded-no-answer",

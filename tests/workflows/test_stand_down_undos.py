@@ -129,7 +129,8 @@ async def test_an_undo_of_the_last_measure_is_not_put_off(lab: Lab) -> None:
 
 async def test_an_undo_retried_at_length_shows_why_meanwhile(lab: Lab) -> None:
     """The last measure's undo (nothing waits behind it) errs beyond its first quick tries: it
-    goes on retrying with its full policy, and status says why it is still undoing."""
+    goes on retrying with its full policy, status says why it is still undoing, and the trail
+    (the board) already has the other measures taken back."""
     before = settings_of(await lab.platform())
     incident = await lab.trigger(FOUR_MEASURES)
     await lab.settle(incident, dict.fromkeys(MEASURES, "applied"))
@@ -143,6 +144,13 @@ async def test_an_undo_retried_at_length_shows_why_meanwhile(lab: Lab) -> None:
         assert "undoing" == surge.state and surge.error and "503" in surge.error, surge
 
     await assert_eventually(erring, timeout=30)
+
+    async def in_the_trail() -> None:
+        undone = [e.step_id for e in lab.store.events(incident) if e.kind == "step.undone"]
+        assert ["detection", "limit-one", "cut-reshares"] == undone
+
+    await assert_eventually(in_the_trail, timeout=10)
+    assert "undoing" == step(await lab.status(incident), "surge").state
     await lab.sandbox.clear_faults()
     closed = await asyncio.wait_for(standing_down, 60)
     surge = step(closed, "surge")
