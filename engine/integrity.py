@@ -306,6 +306,8 @@ def _cut_short(last: int, ends_closed: bool, known_ends: list[KnownEnd]) -> str 
         if known.last_seq is None or known.last_seq == last:
             continue
         if known.last_seq > last:
+            if ends_closed:
+                continue  # nothing follows a sealed close: that record is wrong, not the trail
             return (
                 f"the trail ends at row {last} but {known.source} records rows through "
                 f"{known.last_seq}: the rows after {last} are missing"
@@ -626,12 +628,15 @@ async def verify_incident(
     history = None
     try:
         integrity, events = check_store(store, incident_id, public_key)
-    except IncidentNotFound:
+    except IncidentNotFound as unknown:
         if not replay or client is None:
             raise
-        # Temporal may still hold it (else this raises too): then its trail was deleted, or this
-        # is not the store its workers write, and the replay names the rows missing.
-        history = await export_history(client, incident_id)
+        # Temporal may still hold it: then its trail was deleted, or this is not the store its
+        # workers write, and the replay names the rows missing.
+        try:
+            history = await export_history(client, incident_id)
+        except IncidentNotFound:
+            raise unknown from None
         integrity, events = check(incident_id, [], [], public_key), []
         integrity.board = _board_verdict(store, incident_id, events)
     integrity.trusted_key = trusted_key

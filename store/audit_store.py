@@ -341,11 +341,12 @@ def projection_problem(row: IncidentRow, events: list[AuditEvent]) -> str | None
     if made is None:
         return "the incidents table has a row for it, but its trail has no incident.triggered"
     if made["last_seq"] != row.last_seq:  # read after the events (engine.integrity)
-        side = (
-            "rows are missing from the trail"
-            if made["last_seq"] < row.last_seq
-            else ("the board shows the incident as it stood then")
-        )
+        if made["last_seq"] > row.last_seq:
+            side = "the board shows the incident as it stood then"
+        elif events[-1].kind == "incident.closed":
+            side = "no row follows the trail's close: the row was edited"
+        else:
+            side = "rows are missing from the trail"
         return (
             f"the incidents table's row ends at row {row.last_seq}, the trail at row "
             f"{made['last_seq']}: {side}"

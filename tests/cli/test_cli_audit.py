@@ -438,6 +438,23 @@ async def test_a_deleted_closing_row_and_its_seal_are_caught_by_the_replay(
     )
 
 
+async def test_a_board_row_claiming_rows_after_the_sealed_close_is_the_board_failing(
+    env: dict[str, str], incident: str, sqlite_url: str, sqlite_store: AuditStore
+) -> None:
+    """Nothing follows a sealed close: a board row that records more rows was edited, and says
+    so, while chain and seals hold."""
+    last = sqlite_store.events(incident)[-1].seq
+    assert 1 == execute(
+        sqlite_url, "UPDATE incidents SET last_seq = ? WHERE incident_id = ?", last + 2, incident
+    )
+    report = failed(await crisis(env, "audit", "verify", incident, "--no-replay", "--json")).json()
+    assert (True, True) == (report["chain"]["ok"], report["seals"]["ok"]), report["seals"]
+    assert report["verdict"]["board"] == (
+        f"FAILED: the incidents table's row ends at row {last + 2}, the trail at row {last}: "
+        "no row follows the trail's close: the row was edited"
+    )
+
+
 async def test_a_deleted_trail_is_named_missing_not_an_unknown_incident(
     env: dict[str, str], incident: str, sqlite_url: str
 ) -> None:
