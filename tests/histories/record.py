@@ -383,7 +383,7 @@ async def record_put_off(
 ) -> None:
     patch = "LAST_PUT_OFF_PATCH" if last else "UNDO_PUT_OFF_PATCH"
     name = f"{tag}-put-off-last" if last else f"{tag}-put-off"
-    if not hasattr(__import__("workflows.incident_run", fromlist=[patch]), patch):
+    if not _has(patch):
         name += "-unpatched"
     incident_id = f"REC-{name}"
     path = work / "record-put-off.yaml"
@@ -408,10 +408,9 @@ async def record_undo_erring(
     tries (v7-undo-erring-unpatched: one call retried throughout; v7-undo-erring: the trail
     so far written only once it lands; v7-undo-erring-trail-first: before it retries)."""
     name = f"{tag}-undo-erring"
-    module = __import__("workflows.incident_run", fromlist=["UNDO_ERROR_SHOWN_PATCH"])
-    if not hasattr(module, "UNDO_ERROR_SHOWN_PATCH"):
+    if not _has("UNDO_ERROR_SHOWN_PATCH"):
         name += "-unpatched"
-    elif hasattr(module, "TRAIL_BEFORE_RETRIES_PATCH"):
+    elif _has("TRAIL_BEFORE_RETRIES_PATCH"):
         name += "-trail-first"
     incident_id = f"REC-{name}"
     path = work / "record-undo-erring.yaml"
@@ -445,8 +444,7 @@ async def record_no_answer(
     """A measure whose every apply attempt timed out, stood down once the platform answers
     again (v7-no-answer-unpatched: the stand-down leaves it)."""
     name = f"{tag}-no-answer"
-    module = __import__("workflows.incident_run", fromlist=["UNCERTAIN_APPLY_PATCH"])
-    if not hasattr(module, "UNCERTAIN_APPLY_PATCH"):
+    if not _has("UNCERTAIN_APPLY_PATCH"):
         name += "-unpatched"
     incident_id = f"REC-{name}"
     path = work / "record-no-answer.yaml"
@@ -469,8 +467,7 @@ async def record_forced_no_answer(
     then the later incident stood down (-unpatched: the later one is told nothing of it, and its
     stand-down learns the call's cached answer and restores it)."""
     name = f"{tag}-forced-no-answer"
-    module = __import__("workflows.overlap_handoff", fromlist=["NO_ANSWER_LIFTED_PATCH"])
-    if not hasattr(module, "NO_ANSWER_LIFTED_PATCH"):
+    if not _has("NO_ANSWER_LIFTED_PATCH", "workflows.overlap_handoff"):
         name += "-unpatched"
     ids = {part: f"REC-{name}-{part}" for part in ("earlier", "later")}
     earlier = work / "record-forced-no-answer-earlier.yaml"
@@ -525,8 +522,7 @@ async def record_withdrawn_on_landing(
     """Escalated, then de-escalated while the higher level's notice is on its way (a slow
     delivery), then stood down (-unpatched: the notice stays applied once it lands)."""
     name = f"{tag}-withdrawn-on-landing"
-    module = __import__("workflows.incident_run", fromlist=["WITHDRAW_ON_LANDING_PATCH"])
-    if not hasattr(module, "WITHDRAW_ON_LANDING_PATCH"):
+    if not _has("WITHDRAW_ON_LANDING_PATCH"):
         name += "-unpatched"
     incident_id = f"REC-{name}"
     path = work / "record-withdrawn-on-landing.yaml"
@@ -571,8 +567,7 @@ async def record_notice_refused(
     """Stood down while the platform refuses every notice's undo with a 422 (-unpatched: the
     closing notice is sent again at once, and fails twice)."""
     name = f"{tag}-notice-refused"
-    module = __import__("workflows.incident_run", fromlist=["NOTICE_REFUSED_PATCH"])
-    if not hasattr(module, "NOTICE_REFUSED_PATCH"):
+    if not _has("NOTICE_REFUSED_PATCH"):
         name += "-unpatched"
     incident_id = f"REC-{name}"
     path = work / "record-notice-refused.yaml"
@@ -586,6 +581,12 @@ async def record_notice_refused(
         (await http.delete(f"{sandbox_url}/faults")).raise_for_status()
     await _closed(incidents, incident_id)
     await _keep(client, {name: incident_id})
+
+
+def _has(patch: str, module: str = "workflows.incident_run") -> bool:
+    """Whether the interpreter being recorded has the patch (else its history is kept as the
+    "-unpatched" twin: how incidents ran before it)."""
+    return hasattr(__import__(module, fromlist=[patch]), patch)
 
 
 async def _states(incidents: Incidents, incident_id: str, wanted: dict[str, str]) -> None:
