@@ -25,7 +25,7 @@ from temporalio.client import Client
 
 from activities.audit import SEAL_EVERY
 from core.validation import first_problem
-from engine.errors import BundleError, IncidentNotFound
+from engine.errors import BundleError, IncidentError, IncidentNotFound
 from engine.verification import (
     UNREPLAYED,
     IncidentHistory,
@@ -635,7 +635,7 @@ async def verify_incident(
         # workers write, and the replay names the rows missing.
         try:
             history = await export_history(client, incident_id)
-        except IncidentNotFound:
+        except IncidentError:  # not there either, or an id Temporal's query cannot even name
             raise unknown from None
         integrity, events = check(incident_id, [], [], public_key), []
         integrity.board = _board_verdict(store, incident_id, events)
