@@ -438,10 +438,15 @@ def _failure(step: StepRecord) -> str:
 
 
 def verify_audit(store: AuditStore, incident_id: str) -> Verification:
+    """The chain's verdict; IncidentNotFound only if the store never knew the incident: with no
+    rows left but its board row or a seal, the trail was there and was deleted."""
     result = store.verify(incident_id)
-    if result.events == 0:
+    if result.events > 0:
+        return result
+    if not store.knows(incident_id):
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
-    return result
+    problem = "every row of the trail is missing (the store still holds its board row or seals)"
+    return Verification(incident_id, False, 0, first_bad_seq=1, problem=problem)
 
 
 # The commander actions the workflow offers, by the names the CLI and API use.

@@ -391,7 +391,7 @@ def check_store(
     row = store.incident(incident_id)
     seals = store.seals(incident_id)
     events = store.events(incident_id)
-    if not events and row is None and not seals:
+    if not events and row is None and not seals:  # as store.knows, from what was read here
         raise IncidentNotFound(f"no audit trail for incident {incident_id}")
     # With no rows but its seals or its board row, the trail was there: deleted, not unknown.
     ends = (

@@ -705,6 +705,15 @@ class AuditStore:
         with Session(self.engine) as session:
             return session.exec(query).one() or 0
 
+    def knows(self, incident_id: str) -> bool:
+        """Whether anything of the incident was ever recorded: a row, its board row or a seal (a
+        trail whose rows were all deleted is still known, and named missing, not unknown)."""
+        return bool(
+            self.head_seq(incident_id)
+            or self.incident(incident_id) is not None
+            or self.seals(incident_id)
+        )
+
     def incident_ids(self) -> list[str]:
         with Session(self.engine) as session:
             return list(session.exec(select(AuditRow.incident_id).distinct()).all())

@@ -43,7 +43,8 @@ def public_key(request: Request) -> Any:
 
 @router.get("/{incident_id}/history", summary="The incident's Temporal history, every run")
 async def history(incident_id: str, request: Request, store: StoreDep) -> Response:
-    if not await asyncio.to_thread(store.head_seq, incident_id):
+    # Temporal is asked only about incidents the store knows (its rows may have been deleted).
+    if not await asyncio.to_thread(store.knows, incident_id):
         raise IncidentNotFound(f"no incident {incident_id}")
     exported = await export_history(request.app.state.client, incident_id)
     return Response(exported.to_json(), media_type="application/json")

@@ -166,6 +166,28 @@ async def test_verify_names_an_altered_row(api: httpx.AsyncClient, sqlite_url: s
     assert integrity["replay"].startswith("FAILED: seq 3: the audit table row differs"), integrity
 
 
+async def test_a_deleted_trail_is_named_missing_not_an_unknown_incident(
+    api: httpx.AsyncClient, sqlite_url: str
+) -> None:
+    """Every row deleted, its board row and seals left: the trail is missing (200, not
+    verified), and its history is still exported from Temporal."""
+    incident_id = (await close_an_incident(api))[0]["incident_id"]
+    with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as db, db:
+        deleted = db.execute(
+            "DELETE FROM audit_events WHERE incident_id = ?", (incident_id,)
+        ).rowcount
+    assert deleted > 0
+
+    audit = await api.get(f"/v1/incidents/{incident_id}/audit")
+    assert 200 == audit.status_code, audit.text
+    body = audit.json()
+    assert (False, []) == (body["verified"], body["events"]), body
+    assert "every row of the trail is missing" in body["problem"], body
+    history = await api.get(f"/v1/incidents/{incident_id}/history")
+    assert 200 == history.status_code, history.text
+    assert incident_id == history.json()["incident_id"]
+
+
 async def test_unknown_incident_is_not_found(api: httpx.AsyncClient) -> None:
     """History, verify and report of an incident that never existed are 404 incident_not_found."""
     paths = [
