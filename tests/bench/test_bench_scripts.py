@@ -61,9 +61,22 @@ def json_of(done: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(done.stdout)
 
 
+# Counts below `--quick`'s: the suite checks that every figure is produced, not what it is.
+SMOKE_COUNTS = (
+    "--latency-incidents=4",
+    "--warmup=1",
+    "--throughput-incidents=12",
+    "--audit-incidents=10",
+    "--replay-steps=10",
+    "--replays=2",
+)
+
+
 def test_run_bench_quick_reports_every_figure_beside_the_baseline(tmp_path: Path) -> None:
     result = json_of(
-        run_script(tmp_path, "bench/run_bench.py", "--quick", "--diagnose", "--in-place")
+        run_script(
+            tmp_path, "bench/run_bench.py", "--quick", *SMOKE_COUNTS, "--diagnose", "--in-place"
+        )
     )
 
     assert result["parity"]["same_requests"] is True, result["parity"]
@@ -87,6 +100,7 @@ def test_run_bench_runs_one_variant_alone_for_a_profiler(tmp_path: Path) -> None
             tmp_path,
             "bench/run_bench.py",
             "--quick",
+            *SMOKE_COUNTS,
             "--only=throughput",
             "--variant=interpreter",
             "--in-place",
