@@ -7,13 +7,15 @@ level, age, approvals waiting, measures about to lapse, reviews due, deliveries 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from core.timestamps import as_utc, parse_utc
-from store.audit_store import AuditStore, IncidentRow
 from store.board import OPEN_STATES, empty_summary
+
+if TYPE_CHECKING:  # the CLI's remote commands read a page without SQLAlchemy's import time
+    from store.audit_store import AuditStore, IncidentRow
 
 StateFilter = Literal["open", "all", "running", "standing_down", "closed", "failed"]
 
