@@ -471,8 +471,14 @@ def reject(
     )
 
 
-def _level_command(action: str, done: str, default: str) -> None:
-    """`escalate` and `de-escalate` take the same arguments; only the direction differs."""
+def _level_command(
+    action: str,
+    done: str,
+    default: str,
+    failed: Callable[[IncidentStatus], str | None] | None = None,
+) -> None:
+    """`escalate` and `de-escalate` take the same arguments; only the direction differs (and a
+    de-escalation also answers for the measures it withdraws: `failed`)."""
 
     @app.command(action, help=f"Change the incident's level ({default} by default).")
     def change_level(
@@ -493,13 +499,21 @@ def _level_command(action: str, done: str, default: str) -> None:
             as_json=as_json,
             say=say,
             actor=actor,
+            failed=failed,
             reason=reason,
             to_level=to,
         )
 
 
+def _not_withdrawn(status: IncidentStatus) -> str | None:
+    from engine.incidents import not_withdrawn
+
+    left = not_withdrawn(status)
+    return None if left is None else f"incident {status.incident_id}: {left}"
+
+
 _level_command("escalate", "escalated", "one level up")
-_level_command("de-escalate", "de-escalated", "one level down")
+_level_command("de-escalate", "de-escalated", "one level down", failed=_not_withdrawn)
 
 
 @app.command()

@@ -386,10 +386,9 @@ def not_restored(status: IncidentStatus) -> str | None:
     if not left:
         return None
     named = "; ".join(f"{s.id} ({_failure(s)})" for s in left)
-    measures = "1 measure was" if len(left) == 1 else f"{len(left)} measures were"
     facts = (
-        f"{measures} NOT RESTORED (the undo failed for good, so it may still be in force on the "
-        f"platform): {named}"
+        f"{_measures(left)} NOT RESTORED (the undo failed for good, so it may still be in force "
+        f"on the platform): {named}"
     )
     if status.state == "closed":  # closed before a stand-down waited for restores
         return f"{facts}; restore the setting there by hand"
@@ -397,6 +396,37 @@ def not_restored(status: IncidentStatus) -> str | None:
         f"{facts}; retry its undo, or restore the setting there by hand and record that: the "
         "incident closes once none is left"
     )
+
+
+def not_withdrawn(status: IncidentStatus) -> str | None:
+    """What a commander must hear after a de-escalation (None: each measure the new level no
+    longer calls for was withdrawn): those whose withdrawal failed for good, and those still
+    retried because the platform erred on their first tries."""
+    failed = [
+        s
+        for s in unrestored(status)
+        if s.failed_undo is not None and s.failed_undo.final_state == "dormant"
+    ]
+    erring = [s for s in status.steps if s.state == "undoing" and s.error is not None]
+    said = []
+    if failed:
+        named = "; ".join(f"{s.id} ({_failure(s)})" for s in failed)
+        said.append(
+            f"{_measures(failed)} NOT WITHDRAWN (the undo failed for good, so it may still be in "
+            f"force on the platform): {named}; retry its undo, or restore the setting there by "
+            "hand and record that"
+        )
+    if erring:
+        named = "; ".join(f"{s.id} ({_failure(s)})" for s in erring)
+        said.append(
+            f"{_measures(erring)} not withdrawn yet (the platform erred; its undo is retried, "
+            f"and status shows when it is done): {named}"
+        )
+    return "; and ".join(said) or None
+
+
+def _measures(steps: list[StepRecord]) -> str:
+    return "1 measure was" if len(steps) == 1 else f"{len(steps)} measures were"
 
 
 def unrestored(status: IncidentStatus) -> list[StepRecord]:

@@ -39,6 +39,10 @@ from workflows.incident_run import (
 # A lapsed measure renewed is applied again holding until the renewal's end, and its step.applied
 # says so (it said the playbook's expiry from then). Recorded only where that happens.
 RENEWED_REAPPLY_PATCH = "renewed-measure-applied-until-renewal"
+# A de-escalation answers once the measures the new level no longer calls for are withdrawn, or
+# one of them errs or is refused (it answered at once, before any was tried, so a withdrawal
+# that failed for good went unreported). Recorded only where a de-escalation withdraws one.
+DE_ESCALATION_WITHDRAWS_PATCH = "de-escalation-answers-after-withdrawal"
 # A lapsed measure renewed under later steps' measures on its settings still in force is applied
 # under them, as an escalation's catch-up is (applied over them, its looser values were in force
 # while they said applied). Recorded only where that happens.
@@ -179,9 +183,22 @@ class CommanderActions(IncidentRun):
         self._check_level_change(request, up=True)
 
     @workflow.update
-    def de_escalate(self, request: LevelRequest) -> IncidentStatus:
+    async def de_escalate(self, request: LevelRequest) -> IncidentStatus:
         target = request.to_level or self._pb.levels[self._pb.level_rank(self._level) - 1]
-        self._set_level(target, actor=request.actor, reason=request.reason)
+        withdrawal = self._set_level(target, actor=request.actor, reason=request.reason)
+        withdrawn = [
+            self._records[step_id]
+            for step_id in self._applied_order
+            if not self._called_for(self._steps_by_id[step_id])
+        ]
+        if withdrawal is not None and withdrawn and workflow.patched(DE_ESCALATION_WITHDRAWS_PATCH):
+            # Not for the full retries of an undo the platform errs on (minutes): its error shows.
+            await self._wait(
+                lambda: (
+                    withdrawal.done()
+                    or any(r.state == "undoing" and r.error is not None for r in withdrawn)
+                )
+            )
         return self._status()
 
     @de_escalate.validator

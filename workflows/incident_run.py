@@ -452,7 +452,7 @@ class IncidentRun:
         return self._steps_by_id[parent] if parent else step
 
     # --- background work, waiting ------------------------------------------------------------
-    def _background(self, work: Any) -> None:
+    def _background(self, work: Any) -> asyncio.Task[None]:
         # Counted from creation, so a stand-down waits for it. Continue-as-new does not: an
         # approval can take hours; the next run resumes what was waiting (see `run`).
         self._busy += 1
@@ -463,7 +463,9 @@ class IncidentRun:
             finally:
                 self._busy -= 1
 
-        self._tasks.append(asyncio.create_task(tracked()))
+        task = asyncio.create_task(tracked())
+        self._tasks.append(task)
+        return task
 
     async def _sleep_until(self, deadline: datetime | None, done: Callable[[], bool]) -> bool:
         """Wait until `done()` or the deadline; True = `done()` came first (or already held)."""

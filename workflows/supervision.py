@@ -126,7 +126,10 @@ class Supervision(IncidentRun):
             self._record("stand_down.requested", actor=SYSTEM, data={"reason": "review missed"})
 
     # --- levels -------------------------------------------------------------------------------
-    def _set_level(self, level: str | None, *, actor: str, reason: str) -> None:
+    def _set_level(
+        self, level: str | None, *, actor: str, reason: str
+    ) -> asyncio.Task[None] | None:
+        """Change the level; the withdrawal a de-escalation starts (None for an escalation)."""
         before = self._pb.level_rank(self._level)
         self._level = level
         self._publish()
@@ -137,8 +140,8 @@ class Supervision(IncidentRun):
         self._record(change, actor=actor, data={"level": level, "reason": reason})
         if change == "level.escalated":
             self._background(self._catch_up())
-        else:
-            self._background(self._withdraw_above_level())
+            return None
+        return self._background(self._withdraw_above_level())
 
     def _level_above(self) -> str | None:
         """The next level up; None at the highest (or without levels)."""

@@ -99,6 +99,27 @@ def step(status: dict[str, Any], step_id: str) -> dict[str, Any]:
     return next(s for s in status["steps"] if s["id"] == step_id)
 
 
+async def test_a_de_escalation_whose_withdrawal_is_refused_exits_non_zero_naming_it(
+    cli_env: dict[str, str], playbooks: dict[str, Path], sandbox: Sandbox
+) -> None:
+    """The platform refuses the undo of the measure the lower level no longer calls for: the
+    level changes, and the answer says the measure was not withdrawn (it may be in force)."""
+    i = await trigger(cli_env, playbooks["actions"], "--level", "severe")
+    await status_when(cli_env, i, lambda s: s["surge"] == s["tighten"] == "applied")
+    await sandbox.fault(path_prefix="/detection", operation_prefix="undo-", status=422)
+    run = await crisis(cli_env, "de-escalate", i, "--reason", "calm")
+    assert 1 == run.code, run
+    assert f"de-escalated {i} to elevated" == run.stdout.strip()
+    assert_one_line_error(
+        run,
+        f"incident {i}: 1 measure was NOT WITHDRAWN (the undo failed for good, so it may still",
+        "tighten (detection.set_threshold: platform rejected the request (HTTP 422)",
+    )
+    await sandbox.clear_faults()
+    status = ok(await crisis(cli_env, "status", i, "--json")).json()
+    assert ("elevated", "undo_failed") == (status["level"], step(status, "tighten")["state"])
+
+
 async def test_approve_and_reject(
     cli_env: dict[str, str], playbooks: dict[str, Path], sandbox: Sandbox
 ) -> None:
@@ -204,6 +225,7 @@ async def test_levels_renew_review_and_notes(
         status["level"],
         [change["level"] for change in status["level_history"]],
     )
+    assert "dormant" == step(status, "tighten")["state"]  # answered once it was withdrawn
 
     renewed = ok(
         await crisis(cli_env, "renew", i, "surge", "--for", "3h", "--reason", "still hot", "--json")

@@ -546,6 +546,56 @@ async def record_withdrawn_on_landing(
     await _keep(client, {name: incident_id})
 
 
+LEVELLED_MEASURES = """\
+playbook: record-de-escalated
+version: 1
+title: Recorded
+description: Measures of the higher level, withdrawn by a de-escalation.
+levels: [elevated, severe]
+steps:
+  - id: base
+    do: detection.set_threshold
+    with: {classifier: fraud, threshold: 0.3}
+  - id: surge
+    level: severe
+    do: moderation.surge
+    with: {queue: fraud, extra_reviewers: 5}
+  - id: terror
+    level: severe
+    do: detection.set_threshold
+    with: {classifier: terrorism, threshold: 0.5}
+"""
+
+
+async def record_de_escalated(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """Escalated, then de-escalated while the platform errs on the surge's undo five times: the
+    terror measure is withdrawn, the surge once its undo's retries get through; then stood down
+    (-unpatched: the de-escalation answered before any withdrawal was tried)."""
+    name = f"{tag}-de-escalated"
+    if not _has("DE_ESCALATION_WITHDRAWS_PATCH", "workflows.commander_actions"):
+        name += "-unpatched"
+    incident_id = f"REC-{name}"
+    path = work / "record-de-escalated.yaml"
+    path.write_text(LEVELLED_MEASURES)
+    await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+    await _settled(incidents, incident_id)
+    change = LevelRequest(actor="recorder", reason="recorded")
+    await incidents.act(incident_id, CrisisWorkflow.escalate, change)
+    await _states(incidents, incident_id, dict.fromkeys(("base", "surge", "terror"), "applied"))
+    async with httpx.AsyncClient() as http:
+        fault = {"path_prefix": "/moderation", "operation_prefix": "undo-", "status": 503}
+        (await http.post(f"{sandbox_url}/faults", json={**fault, "times": 5})).raise_for_status()
+        await incidents.act(incident_id, CrisisWorkflow.de_escalate, change)
+    await _states(
+        incidents, incident_id, {"base": "applied", "surge": "dormant", "terror": "dormant"}
+    )
+    await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    await _closed(incidents, incident_id)
+    await _keep(client, {name: incident_id})
+
+
 NOTICE = """\
 playbook: record-notice-refused
 version: 1
@@ -873,6 +923,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "notice-refused":
             await record_notice_refused(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "de-escalated":
+            await record_de_escalated(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -901,7 +954,8 @@ def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else "v1"
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
     # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last,
-    # undo-erring, no-answer, forced-no-answer, withdrawn-on-landing, notice-refused
+    # undo-erring, no-answer, forced-no-answer, withdrawn-on-landing, notice-refused,
+    # de-escalated
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -14,6 +14,7 @@ from datetime import timedelta
 import pytest
 
 from engine.errors import ActionInvalid, IncidentConflict, IncidentError
+from engine.incidents import not_withdrawn
 from engine.playbook_files import load_playbook
 from engine.report import build_report
 from engine.verification import IncidentHistory, replay_incident
@@ -154,6 +155,33 @@ steps:
     do: moderation.surge
     with: {queue: fraud, extra_reviewers: 5}
 """
+
+
+async def test_a_de_escalation_answers_once_its_measures_are_withdrawn_or_one_errs(
+    lab: Lab,
+) -> None:
+    """The answer shows what the withdrawal did: terror withdrawn, and surge, whose undo the
+    platform errs on, still undoing with the error (its retries go on, for minutes at worst);
+    it is withdrawn once they get through."""
+    incident = await lab.trigger(LEVELLED, level="severe")
+    await lab.settle(incident, {"base": "applied", "surge": "applied", "terror": "applied"})
+    await lab.sandbox.fault(
+        path_prefix="/moderation", operation_prefix="undo-", status=503, times=5
+    )
+    answer = await lab.act(incident, CrisisWorkflow.de_escalate, level())
+    assert ("elevated", "dormant", "undoing") == (
+        answer.level,
+        step(answer, "terror").state,
+        step(answer, "surge").state,
+    )
+    assert "HTTP 503" in (step(answer, "surge").error or "")
+    left = not_withdrawn(answer) or ""
+    assert left.startswith("1 measure was not withdrawn yet (the platform erred"), left
+    status = await lab.settle(
+        incident, {"base": "applied", "surge": "dormant", "terror": "dormant"}, level="elevated"
+    )
+    assert not_withdrawn(status) is None
+    assert 0 == (await lab.platform())["stats"]["duplicates"]
 
 
 async def test_steps_withdrawn_on_de_escalation_are_not_called_unrun_at_stand_down(

@@ -109,6 +109,8 @@ def test_histories_are_kept() -> None:
         "v7-withdrawn-on-landing",
         "v7-notice-refused-unpatched",
         "v7-notice-refused",
+        "v7-de-escalated-unpatched",
+        "v7-de-escalated",
     } <= kept
 
 
