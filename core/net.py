@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 import subprocess
 import time
@@ -28,7 +29,23 @@ def wait_for_port(
     raise ServerStartError(f"nothing listening on {host}:{port} after {timeout_s:.0f}s")
 
 
+# Below Linux's default ephemeral range (32768-60999), from which the kernel hands out the ports
+# of outgoing connections and of servers bound to port 0 (the Temporal dev server's HTTP and
+# metrics ports among them): a port free now but taken from there before our server binds it left
+# that server dead while someone else answered on its port.
+PORT_RANGE = range(20_000, 32_768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port free to listen on now, picked at random outside the ephemeral range."""
+    for _ in range(200):
+        port = PORT_RANGE[secrets.randbelow(len(PORT_RANGE))]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
