@@ -37,6 +37,11 @@ _ENGINE_ERRORS: dict[str, type[Exception]] = {
 }
 
 
+# The request went out and no answer came back (the connection dropped, or the answer took too
+# long): the API may have acted on it.
+_SENT = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError)
+
+
 class RemoteError(CliError):
     """The API refused the request or could not be reached."""
 
@@ -79,6 +84,19 @@ class RemoteApi:
                 timeout=timeout or self._timeout, headers=self._headers
             ) as http:
                 response = await http.request(method, url, json=body, params=params)
+        except _SENT as error:
+            said = str(error) or type(error).__name__
+            if method == "GET":
+                raise RemoteError(f"no answer from the API at {self._base}: {said}") from None
+            check = (
+                "the board (crisis incidents) before triggering again"
+                if path == "/incidents"
+                else "the incident's status before sending it again"
+            )
+            raise RemoteError(
+                f"no answer from the API at {self._base} ({said}): it may have carried the request "
+                f"out all the same: check {check}"
+            ) from None
         except httpx.HTTPError as error:
             raise RemoteError(f"cannot reach the API at {self._base}: {error}") from None
         if response.is_success:

@@ -5,7 +5,10 @@ the token's principal (the API checks roles), with the same one-line errors as d
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -113,3 +116,50 @@ async def test_remote_mistakes_are_one_line_each(
     # The environment variable works like the flag.
     via_env = await crisis({**alice, "CRISIS_API": remote}, "status", "INC-NO-SUCH-ONE")
     assert_one_line_error(via_env, "INC-NO-SUCH-ONE")
+
+
+@contextmanager
+def hanging_up() -> Iterator[str]:
+    """An HTTP server over loopback that reads each request and closes the connection without
+    answering, as an API process killed mid-request does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+async def test_an_api_that_hangs_up_on_an_action_may_have_carried_it_out(
+    cli_env: dict[str, str],
+) -> None:
+    """The request went out and the connection dropped unanswered: a stand-down may have been
+    taken, so the error says to check the status before sending it again; a read just failed."""
+    env = {**cli_env, "CRISIS_TOKEN": "crt_x_y"}
+    with hanging_up() as api:
+        action = await crisis(env, "--api", api, "stand-down", "INC-X", "--reason", "calm")
+        read = await crisis(env, "--api", api, "status", "INC-X")
+        trigger = await crisis(env, "--api", api, "trigger", "violent-disorder")
+    assert_one_line_error(
+        action,
+        f"no answer from the API at {api}/v1 (",
+        "it may have carried the request out all the same: check the incident's status before",
+    )
+    assert_one_line_error(read, f"no answer from the API at {api}/v1: ")
+    assert "may have carried" not in read.stderr
+    assert_one_line_error(trigger, "check the board (crisis incidents) before triggering again")
