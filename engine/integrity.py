@@ -25,7 +25,7 @@ from temporalio.client import Client
 
 from activities.audit import SEAL_EVERY
 from core.validation import first_problem
-from engine.errors import BundleError, IncidentError, IncidentNotFound
+from engine.errors import BundleError, HistoryError, IncidentError, IncidentNotFound
 from engine.verification import (
     UNREPLAYED,
     IncidentHistory,
@@ -560,7 +560,12 @@ def read_bundle(path: Path) -> Bundle:
             inner = [p for p in Path(tmp).iterdir() if p.is_dir()]
             if len(inner) != 1:
                 raise BundleError(f"{path}: expected one incident directory in the archive")
-            return read_bundle(inner[0])
+            try:
+                return read_bundle(inner[0])
+            except (BundleError, HistoryError) as error:
+                # Named as the archive given, not the temporary directory it was unpacked in.
+                shown = str(error).replace(str(inner[0]), f"{path} ({inner[0].name}/)")
+                raise type(error)(shown) from None
     if path.exists() and not path.is_dir():
         raise BundleError(f"{path}: not an audit bundle (a bundle is a directory or a .tar.gz)")
     if not path.is_dir():

@@ -679,6 +679,12 @@ async def test_a_bundle_file_that_is_not_json_is_named(
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     run = await crisis(offline, "audit", "verify", "--bundle", str(bundle))
     assert_one_line_error(run, "events.json is not valid JSON: ")
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname=incident)
+    run = await crisis(offline, "audit", "verify", "--bundle", str(archive))
+    # Named as the archive given, not the directory it was unpacked in (gone by then).
+    assert_one_line_error(run, f"error: {archive} ({incident}/): events.json is not valid JSON")
 
 
 async def test_a_bundle_relabelled_or_mixed_with_another_export_fails(
