@@ -87,6 +87,9 @@ class Integrity:
     # The store's incident row (what the board and search show) against its trail, as the
     # verdict says it: "ok", "ok, but ..." or "FAILED: ..."; None: not checked (a bundle has none).
     board: str | None = None
+    # The seals' verdict before a record beside the trail (the store's row) said rows are
+    # missing: a replay that shows the trail whole puts it back, and blames that record.
+    seals_uncut: SealVerification | None = None
 
     @property
     def key_ok(self) -> bool:
@@ -239,14 +242,19 @@ def check(
     ends_closed = bool(events) and events[-1].kind == "incident.closed"
     sealed = verify_seals(events, seals, public_key, closed=ends_closed)
     complete_by = ""
+    uncut = None
     if sealed.ok:
-        problem = _after_close(events) or _cut_short(last, ends_closed, known_ends or [])
+        problem = _after_close(events)
+        # What signed proof says the trail ends where it does: the seal over its close, or the
+        # engine's signature over the head at export.
+        proven = f"the trail is sealed closed at row {last}" if ends_closed else None
         if problem is None and export_seal is not None:
             problem = _export_seal_problem(incident_id, events, export_seal, public_key)
-            complete_by = (
-                f"the engine signed row {export_seal.seq} as the last at export, "
-                f"{export_seal.sealed_at}"
-            )
+            proven = f"the engine signed row {export_seal.seq} as the last at export"
+            complete_by = f"{proven}, {export_seal.sealed_at}"
+        if problem is None:
+            problem = _cut_short(last, ends_closed, known_ends or [], proven=proven)
+            uncut = sealed if problem is not None else None
         if problem is not None:
             sealed = SealVerification(False, sealed.seals, sealed.sealed_through, problem)
         elif ends_closed:  # the closing row is sealed (verify_seals): nothing can follow it
@@ -259,6 +267,7 @@ def check(
         seals=sealed,
         key_id=key_id(public_key),
         complete_by=complete_by if sealed.ok else "",
+        seals_uncut=uncut,
     )
 
 
@@ -296,8 +305,18 @@ def _after_close(events: list[AuditEvent]) -> str | None:
     return f"{added} the incident's close (row {closing}): nothing is recorded after it"
 
 
-def _cut_short(last: int, ends_closed: bool, known_ends: list[KnownEnd]) -> str | None:
+def _cut_short(
+    last: int, ends_closed: bool, known_ends: list[KnownEnd], *, proven: str | None = None
+) -> str | None:
+    """A record beside the trail that says it goes on: rows are missing. Where signed proof says
+    it ends where it does (`proven`), an exact record that disagrees was edited (the store's row
+    is the board's verdict to name)."""
     for known in known_ends:
+        if proven is not None and known.exact and known.last_seq not in (None, last):
+            return (
+                f"{known.source} records {known.last_seq} rows, but {proven}: {known.source} "
+                "was edited"
+            )
         if known.closed and not ends_closed:
             return (
                 f"the trail ends at row {last} but {known.source} says the incident is closed: "
@@ -364,6 +383,7 @@ async def check_with_replay(
     integrity.replay = await replay_incident(
         history, rows, stored_in=stored_in, written_meanwhile=meanwhile
     )
+    _attribute(integrity)
     return integrity
 
 
@@ -401,6 +421,7 @@ def check_store(
     )
     integrity = check(incident_id, events, seals, public_key, known_ends=ends)
     integrity.board = _board_verdict(store, incident_id, events)
+    _attribute(integrity)
     return integrity, events
 
 
@@ -650,3 +671,33 @@ async def verify_incident(
         history = history or await export_history(client, incident_id)
         integrity = await check_with_replay(integrity, events, history, store=store)
     return integrity
+
+
+def _attribute(integrity: Integrity) -> None:
+    """Which record a disagreement between the trail and the store's row is the fault of, once
+    the checks so far have run."""
+    uncut, replay = integrity.seals_uncut, integrity.replay
+    if uncut is not None and replay is not None and replay.ok and integrity.replay_shows_complete:
+        _blame_the_row(integrity, uncut)
+    trail_failed = (
+        not integrity.chain.ok
+        or (not integrity.seals.ok and integrity.seals_uncut is None)
+        or (replay is not None and not replay.ok)
+    )
+    if trail_failed and (integrity.board or "").startswith("FAILED"):
+        # Held against an altered trail, the row disagrees whether or not it was edited.
+        integrity.board = (
+            "not checked: the trail failed its own checks, so the row cannot be held against it"
+        )
+
+
+def _blame_the_row(integrity: Integrity, uncut: SealVerification) -> None:
+    """The store's row said rows are missing, yet Temporal's own history replays to exactly the
+    trail: no row is missing, and the row is what was edited."""
+    claim = integrity.seals.problem or ""
+    integrity.seals, integrity.seals_uncut = uncut, None
+    said = claim.split(": the rows after", 1)[0]
+    integrity.board = (
+        f"FAILED: {said}; Temporal's history replays to exactly those {integrity.chain.events} "
+        "rows: the row was edited"
+    )

@@ -455,6 +455,71 @@ async def test_a_board_row_claiming_rows_after_the_sealed_close_is_the_board_fai
     )
 
 
+async def test_a_running_incidents_board_row_claiming_its_close_is_blamed_once_replayed(
+    client: Client,
+    settings: Settings,
+    env: dict[str, str],
+    sqlite_url: str,
+    sqlite_store: AuditStore,
+) -> None:
+    """The row of a running incident edited to say it closed: without the replay the rows after
+    the trail's end may be missing, and the seals say so; with it, Temporal's history shows the
+    trail whole, so the board row is what failed and the seals hold."""
+    incidents = Incidents(client, settings)
+    incident_id = (
+        await incidents.trigger("violent-disorder", {"region": "GB"}, actor="auditor-test")
+    ).incident_id
+
+    async def applied() -> None:  # then it runs until stood down
+        kinds = [e.kind for e in sqlite_store.events(incident_id)]
+        assert 5 == kinds.count("step.applied"), kinds
+
+    await assert_eventually(applied, timeout=30)
+    status = await incidents.status(incident_id)
+    assert "running" == status.state
+    try:
+        last = sqlite_store.events(incident_id)[-1].seq
+        closed = (
+            "UPDATE incidents SET state = 'closed', closed_at = updated_at WHERE incident_id = ?"
+        )
+        assert 1 == execute(sqlite_url, closed, incident_id)
+        offline, replayed = await asyncio.gather(
+            crisis(env, "audit", "verify", incident_id, "--no-replay", "--json"),
+            crisis(env, "audit", "verify", incident_id, "--json"),
+        )
+        cut = failed(offline).json()
+        assert cut["verdict"]["seals"].startswith(
+            f"FAILED: the trail ends at row {last} but the store's incident row says the "
+            "incident is closed"
+        ), cut["verdict"]
+        blamed = failed(replayed).json()
+        assert ("ok", "ok", "ok") == tuple(
+            blamed["verdict"][k] for k in ("chain", "seals", "replay")
+        )
+        assert blamed["verdict"]["board"] == (
+            f"FAILED: the trail ends at row {last} but the store's incident row says the incident "
+            f"is closed; Temporal's history replays to exactly those {last} rows: the row was "
+            "edited"
+        )
+        assert blamed["summary"].startswith("FAILED: board: "), blamed["summary"]
+    finally:
+        await incidents.stand_down(incident_id, actor="auditor-test", reason="test over")
+
+
+async def test_an_altered_trail_leaves_the_board_row_unjudged(
+    env: dict[str, str], incident: str, sqlite_url: str
+) -> None:
+    """The trail's first row edited (its actor): the row that still says who triggered it is
+    not called edited; the chain names the row that was."""
+    edit = "UPDATE audit_events SET actor = 'mallory' WHERE incident_id = ? AND seq = 1"
+    assert 1 == execute(sqlite_url, edit, incident)
+    report = failed(await crisis(env, "audit", "verify", incident, "--json")).json()
+    assert report["verdict"]["chain"].startswith("FAILED: row 1 ("), report["verdict"]
+    assert report["verdict"]["board"] == (
+        "not checked: the trail failed its own checks, so the row cannot be held against it"
+    )
+
+
 async def test_a_deleted_trail_is_named_missing_not_an_unknown_incident(
     env: dict[str, str], incident: str, sqlite_url: str
 ) -> None:
@@ -464,7 +529,8 @@ async def test_a_deleted_trail_is_named_missing_not_an_unknown_incident(
     assert execute(sqlite_url, "DELETE FROM audit_events WHERE incident_id = ?", incident) > 0
     offline = failed(await crisis(env, "audit", "verify", incident, "--no-replay", "--json")).json()
     assert (True, False) == (offline["chain"]["ok"], offline["seals"]["ok"])
-    assert offline["verdict"]["board"].startswith("FAILED: "), offline["verdict"]
+    # Held against no trail at all, the row proves nothing either way: the seals name it.
+    assert offline["verdict"]["board"].startswith("not checked: the trail failed"), offline
     missing = "FAILED: seq 1 (incident.triggered) is missing from the audit table"
     assert (
         missing
@@ -621,6 +687,18 @@ async def test_an_edited_bundle_fails(
         await crisis(offline, "audit", "verify", "--bundle", str(refreshed), "--json")
     ).json()
     assert (False, 2) == (report["chain"]["ok"], report["chain"]["first_bad_seq"])
+
+    # The manifest's row count is not signed; the export seal and the closing seal are.
+    recounted = tmp_path / "recounted"
+    shutil.copytree(clean, recounted)
+    manifest = json.loads((recounted / "manifest.json").read_text())
+    rows = manifest["events"]
+    (recounted / "manifest.json").write_text(json.dumps(manifest | {"events": rows + 8}))
+    assert_one_line_error(
+        await crisis(offline, "audit", "verify", "--bundle", str(recounted)),
+        f"seals: the bundle's manifest records {rows + 8} rows, but the engine signed row {rows} "
+        "as the last at export: the bundle's manifest was edited",
+    )
 
     other = Signer(tmp_path / "other-key.pem")
     (tmp_path / "other.pub.pem").write_text(public_key_pem(other.public_key))
