@@ -1169,10 +1169,11 @@ def _cell(value: Any) -> str:
 
 
 def _md_text(text: str) -> str:
-    """People's words in Markdown: HTML in them stays text (a code span already is)."""
+    """People's words in Markdown: HTML in them stays text (a code span already is). No tag
+    or entity starts without `<` or `&`, so `>` stays as typed (conditions read `level >= x`)."""
     if len(text) > 1 and text[0] == text[-1] == "`" and "`" not in text[1:-1]:
         return text
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("&", "&amp;").replace("<", "&lt;")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -726,12 +726,14 @@ def test_html_and_markdown_escape_what_people_typed() -> None:
     t = Trail()
     t.add(0, "incident.triggered", actor="a", playbook="p", version=1, inputs={"x": "<b>"})
     t.add(1, "note.added", actor="a", text="<script>alert(1)</script> & more")
+    t.add(2, "note.added", actor="a", text="held until level >= 'severe'")
     report = build_report(t.events, now=T0)
     html = render_html(report)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script>" not in html
     markdown = render_markdown(report)
-    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in markdown
+    assert "&lt;script>alert(1)&lt;/script> &amp; more" in markdown
+    assert "held until level >= 'severe'" in markdown  # no tag starts with `>`: as typed
     assert "<script>" not in markdown
     assert '`{"x": "<b>"}`' in markdown
 
