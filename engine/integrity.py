@@ -90,6 +90,9 @@ class Integrity:
     # The seals' verdict before a record beside the trail (the store's row) said rows are
     # missing: a replay that shows the trail whole puts it back, and blames that record.
     seals_uncut: SealVerification | None = None
+    # Seals the engine wrote that the store no longer holds, where those left still hold (the
+    # seal over the close covers every row): said, not failed ("ok, but ...").
+    seals_missing: str = ""
 
     @property
     def key_ok(self) -> bool:
@@ -152,7 +155,11 @@ class Integrity:
         return {
             **key,
             "chain": "ok" if self.chain.ok else f"FAILED: {self.chain.problem}",
-            "seals": "ok" if self.seals.ok else f"FAILED: {self.seals.problem}",
+            "seals": (
+                (f"ok, but {self.seals_missing}" if self.seals_missing else "ok")
+                if self.seals.ok
+                else f"FAILED: {self.seals.problem}"
+            ),
             "replay": replay,
             **board,
         }
@@ -171,6 +178,12 @@ class Integrity:
     def summary(self) -> str:
         """One line: what was shown. "Complete" only when the replay, the closing seal or the
         export seal showed it."""
+        shown = self._shown()
+        if self.ok and self.seals_missing:
+            return f"{shown}; but {self.seals_missing}"
+        return shown
+
+    def _shown(self) -> str:
         if not self.ok:
             return f"FAILED: {self.failure()}"
         if self.replay is not None and self.complete:
@@ -421,6 +434,13 @@ def check_store(
     )
     integrity = check(incident_id, events, seals, public_key, known_ends=ends)
     integrity.board = _board_verdict(store, incident_id, events)
+    if unsealed := store.unsealed_writes(incident_id, every=SEAL_EVERY):
+        named = ", ".join(f"rows {first}..{head}" for first, head in unsealed)
+        integrity.seals_missing = (
+            f"the store has lost the checkpoint seal{'s' if len(unsealed) > 1 else ''} of the "
+            f"write{'s' if len(unsealed) > 1 else ''} of {named} (the engine seals each write "
+            f"that reaches a multiple of {SEAL_EVERY} rows): deleted"
+        )
     _attribute(integrity)
     return integrity, events
 

@@ -705,6 +705,38 @@ class AuditStore:
         with Session(self.engine) as session:
             return session.exec(query).one() or 0
 
+    def unsealed_writes(self, incident_id: str, *, every: int) -> list[tuple[int, int]]:
+        """The stored writes (rows first..head) that reached a multiple of `every` yet have no
+        seal over their head: the writer seals each such write in its own transaction, so that
+        seal was deleted. None for an incident with superseded rows (a write rewritten by a
+        later attempt can leave a checkpoint whose seal went with the rows it replaced)."""
+        write_of = (_EVENTS.c.recorded_at, _EVENTS.c.task, _EVENTS.c.task_time)
+        mine = _EVENTS.c.incident_id == incident_id
+        with self.engine.connect() as conn:
+            superseded = select(func.count()).where(_SUPERSEDED.c.incident_id == incident_id)
+            if conn.execute(superseded).scalar():
+                return []
+            # Rows before seals: a write committed in between adds its seal and rows not read.
+            rows = conn.execute(
+                select(_EVENTS.c.seq, *write_of).where(mine).order_by(_EVENTS.c.seq)
+            )
+            writes: list[list[Any]] = []
+            for seq, *write in rows:
+                if writes and writes[-1][2] == write and writes[-1][1] == seq - 1:
+                    writes[-1][1] = seq
+                else:
+                    writes.append([seq, seq, write])
+            sealed = set(
+                conn.execute(select(_SEALS.c.seq).where(_SEALS.c.incident_id == incident_id))
+                .scalars()
+                .all()
+            )
+        return [
+            (first, head)
+            for first, head, _ in writes
+            if head // every > (first - 1) // every and head not in sealed
+        ]
+
     def knows(self, incident_id: str) -> bool:
         """Whether anything of the incident was ever recorded: a row, its board row or a seal (a
         trail whose rows were all deleted is still known, and named missing, not unknown)."""

@@ -230,3 +230,54 @@ def test_an_unsealed_trail_past_a_checkpoint_says_its_seal_is_missing(tmp_path: 
         "ok: no seal in the store, though the engine seals a checkpoint every 16 rows: "
         "rows 1..20 are consistent"
     ), long.summary()
+
+
+def test_a_checkpoint_seal_deleted_from_the_store_is_said(
+    audit_store: AuditStore, tmp_path: Path
+) -> None:
+    """Written as the engine writes (a seal over each write that reaches a multiple of 16, and
+    over the close): nothing to say. The checkpoint's seal deleted: the closing seal still
+    covers every row, so it passes, saying which write lost its seal; not where a later attempt
+    superseded rows (its seal may have gone with them)."""
+    signer = Signer(tmp_path / "key.pem")
+    incident = new_id()
+    events = closed_chain(incident, 34)
+    audit_store.append(events[:10], task=5)
+    audit_store.append(events[10:20], task=6, seal=signer.seal(events[19], reason="checkpoint"))
+    audit_store.append(events[20:], task=7, seal=signer.seal(events[-1], reason="closed"))
+    whole, _ = check_store(audit_store, incident, signer.public_key)
+    assert ("ok", "") == (whole.verdict()["seals"], whole.seals_missing)
+
+    with audit_store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "DELETE FROM audit_seals WHERE incident_id = %s AND seq = 20"
+            if audit_store.engine.dialect.name == "postgresql"
+            else "DELETE FROM audit_seals WHERE incident_id = ? AND seq = 20",
+            (incident,),
+        )
+    lost, _ = check_store(audit_store, incident, signer.public_key)
+    said = (
+        "the store has lost the checkpoint seal of the write of rows 11..20 (the engine seals "
+        "each write that reaches a multiple of 16 rows): deleted"
+    )
+    assert (True, f"ok, but {said}") == (lost.ok, lost.verdict()["seals"])
+    assert lost.summary().endswith(f"; but {said}"), lost.summary()
+
+    # A later attempt rewrote rows from 18 on (kept in audit_superseded): no longer said.
+    rewritten = [e.model_copy(update={"at": "2026-11-28T11:00:00+00:00"}) for e in events[17:]]
+    rechained = chain_from(events[16], rewritten)
+    audit_store.append(rechained, task=99, seal=signer.seal(rechained[-1], reason="closed"))
+    after, _ = check_store(audit_store, incident, signer.public_key)
+    assert ("", True) == (after.seals_missing, after.ok), after.as_dict()
+
+
+def chain_from(previous: AuditEvent, events: list[AuditEvent]) -> list[AuditEvent]:
+    """`events` chained anew after `previous`."""
+    out, last = [], previous
+    for event in events:
+        body = event.body() | {"prev_hash": last.hash}
+        last = make_event(
+            **{k: v for k, v in body.items() if k != "prev_hash"}, prev_hash=last.hash
+        )
+        out.append(last)
+    return out
