@@ -15,6 +15,7 @@ from cli.output import CliError
 from engine.board import BoardPage
 from engine.errors import ActionInvalid, IncidentBusy, IncidentConflict, IncidentNotFound
 from workflows.incident import IncidentStatus, StepRecord
+from workflows.limits import names_no_incident
 
 # Each commander action (a key of engine.incidents.ACTIONS): its route and what it answers.
 ROUTES: dict[str, tuple[str, type[BaseModel]]] = {
@@ -128,7 +129,8 @@ class RemoteIncidents(RemoteApi):
         return await self._call("POST", "/incidents", given)
 
     async def status(self, incident_id: str) -> IncidentStatus:
-        return IncidentStatus.model_validate(await self._call("GET", f"/incidents/{incident_id}"))
+        path = _incident_path(incident_id)
+        return IncidentStatus.model_validate(await self._call("GET", path))
 
     async def board(self, filters: dict[str, Any]) -> BoardPage:
         query = {k: v for k, v in filters.items() if v is not None}
@@ -139,6 +141,14 @@ class RemoteIncidents(RemoteApi):
         body = {k: v for k, v in fields.items() if k != "actor" and v is not None}
         # The API waits for a busy incident to answer (CRISIS_ACTION_TIMEOUT, 60 s by default).
         answered = await self._call(
-            "POST", f"/incidents/{incident_id}/{route}", body, timeout=max(self._timeout, 90.0)
+            "POST", f"{_incident_path(incident_id)}/{route}", body, timeout=max(self._timeout, 90.0)
         )
         return answer.model_validate(answered)
+
+
+def _incident_path(incident_id: str) -> str:
+    """The incident's path under /v1; an id no incident can have is refused here, as in direct
+    mode (in a URL it named another route, or none)."""
+    if (problem := names_no_incident(incident_id)) is not None:
+        raise IncidentNotFound(problem)
+    return f"/incidents/{incident_id}"

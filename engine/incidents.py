@@ -58,6 +58,7 @@ from workflows.incident import (
     StepRecord,
 )
 from workflows.levers import is_notification
+from workflows.limits import INCIDENT_ID_PATTERN, INCIDENT_ID_RULE, names_no_incident
 from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
 from workflows.substitution import references, substitute
 
@@ -79,7 +80,6 @@ class Triggered:
 
 # The one rule for a chosen incident id, in every trigger path: it is a Temporal workflow id and
 # a path segment of the API's URLs, so nothing a URL would split or escape.
-INCIDENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,100}$"
 
 
 def new_incident_id() -> str:
@@ -87,12 +87,16 @@ def new_incident_id() -> str:
 
 
 def check_incident_id(incident_id: str) -> None:
-    """Raise InputError unless `incident_id` follows INCIDENT_ID_PATTERN."""
+    """Raise InputError unless `incident_id` follows INCIDENT_ID_PATTERN (a new incident's)."""
     if re.fullmatch(INCIDENT_ID_PATTERN, incident_id) is None:
-        raise InputError(
-            f"incident id {incident_id!r}: use 3 to 101 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
+        raise InputError(f"incident id {incident_id!r}: use {INCIDENT_ID_RULE}")
+
+
+def require_incident_id(incident_id: str) -> None:
+    """Raise IncidentNotFound for an id no incident can have, before Temporal is asked (it
+    answered an empty one with a traceback, and the id goes into its visibility queries)."""
+    if (problem := names_no_incident(incident_id)) is not None:
+        raise IncidentNotFound(problem)
 
 
 def prepare_incident(
@@ -251,6 +255,7 @@ class Incidents:
     async def status(self, incident_id: str) -> IncidentStatus:
         """The incident's status (a query, answered by a worker). A slow answer is waited for
         only while a worker is polling; without one, the reason comes at once."""
+        require_incident_id(incident_id)
         handle = self._client.get_workflow_handle(incident_id)
         query = asyncio.ensure_future(handle.query(CrisisWorkflow.status))
         try:
@@ -311,6 +316,7 @@ class Incidents:
     async def act(self, incident_id: str, update: Any, request: BaseModel) -> Any:
         """Run a commander action (a workflow Update) and answer its result; a refused request
         is an IncidentConflict carrying the workflow's reason."""
+        require_incident_id(incident_id)
         timeout = self._settings.action_timeout_s
         try:
             return await send_update(self._client, incident_id, update, request, timeout_s=timeout)

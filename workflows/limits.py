@@ -38,3 +38,16 @@ def stakeholder_problem(name: str) -> str | None:
     if STAKEHOLDER_PATTERN.fullmatch(name):
         return None
     return f"invalid stakeholder {name[:60]!r}: {STAKEHOLDER_RULE}"
+
+
+# An incident id (the workflow id): what a trigger accepts, so nothing else names an incident.
+# It goes into Temporal's visibility queries and the API's paths: no quote, space, '/' or '%'.
+INCIDENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,100}$"
+INCIDENT_ID_RULE = "3 to 101 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def names_no_incident(incident_id: str) -> str | None:
+    """Why `incident_id` cannot name an incident (no trigger accepts it), or None."""
+    if re.fullmatch(INCIDENT_ID_PATTERN, incident_id):
+        return None
+    return f"no incident {incident_id[:120]!r} (an incident id is {INCIDENT_ID_RULE})"

@@ -646,6 +646,15 @@ async def test_errors_are_one_line_on_stderr(cli_env: dict[str, str], sandbox: S
             ["input 'categories'", "never closes it"],
         ),
         "unknown incident status": (["status", none], [f"no incident {none}"]),
+        # Ids no trigger accepts: said before Temporal is asked (it answered '' with a traceback,
+        # and an id goes into its visibility queries).
+        "no id at all": (["status", ""], ["no incident '' (an incident id is 3 to 101"]),
+        "a note to no id": (["note", "", "hi"], ["no incident ''"]),
+        "an id with a space": (["stand-down", "a b", "--reason", "x"], ["no incident 'a b'"]),
+        "an id that is a query": (
+            ["history", "export", 'x" OR WorkflowId != "y'],
+            ["no incident 'x\" OR WorkflowId != \"y'"],
+        ),
         "unknown incident stand-down": (
             ["stand-down", none, "--reason", "x"],
             [f"no incident {none}"],

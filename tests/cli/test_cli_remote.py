@@ -109,6 +109,14 @@ async def test_remote_mistakes_are_one_line_each(
         await crisis(alice, "--api", remote, "trigger", "violent-disorder", "--level", ""),
         "unknown level ''",
     )
+    # Ids no incident can have never reach a URL, where they named another route or none.
+    for odd in ("", "INC#x", "INC?x=1", "a/b"):
+        assert_one_line_error(
+            await crisis(alice, "--api", remote, "status", odd), f"no incident {odd!r} ("
+        )
+    assert_one_line_error(
+        await crisis(alice, "--api", remote, "note", "INC#x", "hi"), "no incident 'INC#x' ("
+    )
     nowhere = f"http://127.0.0.1:{free_port()}"
     assert_one_line_error(
         await crisis(alice, "--api", nowhere, "status", "INC-X"), "cannot reach the API"
