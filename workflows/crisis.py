@@ -50,6 +50,7 @@ from workflows.incident_run import (
     APPLY_UNDER_PATCH,
     DELIVERIES_LAND_PATCH,
     FAILURE_SETTLES_PATCH,
+    HEAR_BEFORE_NOTICE_PATCH,
     LAST_PUT_OFF_PATCH,
     LEVER_TIME,
     PUMP_OUTLIVES_CARRY_PATCH,
@@ -61,6 +62,7 @@ from workflows.incident_run import (
     UNDO_ON_LANDING_PATCH,
     UNDO_PUT_OFF_PATCH,
     UNDO_RETRY,
+    UNHEARD_S,
     WITHDRAW_ON_LANDING_PATCH,
     AnyStep,
     cause_of,
@@ -250,15 +252,30 @@ class CrisisWorkflow(CommanderActions, HeldSteps, OverlapHandoff, Supervision, L
         while self._cursor < len(self._top):
             if self._draining:  # only then: a wait_condition yields, and order matters
                 await self._wait(lambda: not self._draining or self._stand_down is not None)
+            step = self._top[self._cursor]
+            if self._stand_down is None and self._unheard_s >= UNHEARD_S and self._notifies(step):
+                await self._hear_the_server()
             if self._stand_down is not None:
                 return
-            step = self._top[self._cursor]
             if not await self._run_or_hold(step):
                 self._fail(step.id)
                 return
             self._cursor += 1
             if self._state == "failed" and self._version() >= 7:
                 return  # a step run off the sequence failed: the playbook stops there too
+
+    def _notifies(self, step: AnyStep) -> bool:
+        """Whether running the step may send a notice (which cannot be taken back)."""
+        steps = step.parallel if isinstance(step, ParallelStep) else [step]
+        return any(isinstance(one, Step) and is_notification(one.do) for one in steps)
+
+    async def _hear_the_server(self) -> None:
+        """Let the workflow task complete and a new one bring what waited for it (a stand-down
+        sent while lever calls ran) before a notice goes out."""
+        if workflow.patched(HEAR_BEFORE_NOTICE_PATCH):
+            self._unheard_s = 0.0
+            await workflow.sleep(0.001)
+            LEVER_TIME.set(None)  # woken by the history: workflow time is right
 
     async def _run_top_step(self, step: AnyStep) -> bool:
         """Run one step of the sequence; False = the playbook must stop (a failure)."""

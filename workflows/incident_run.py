@@ -145,6 +145,13 @@ UNCERTAIN_APPLY_PATCH = "apply-with-no-answer-taken-back"
 # the trail alone) count it as maybe in force: an earlier incident's stand-down on its settings
 # waits for it as for an applied one. Recorded only where such an apply fails.
 UNANSWERED_RECORDED_PATCH = "no-answer-recorded"
+# A stand-down sent while lever calls run waits at the server until the workflow task running
+# them completes, and the sequence went on in that task: a notice was sent after the commander
+# had asked to stand down. After lever calls that took this long since the run last heard from
+# the server, it does (a timer's round trip) before a step that sends a notice. Recorded only
+# where that happens.
+HEAR_BEFORE_NOTICE_PATCH = "stand-down-heard-before-a-notice"
+UNHEARD_S = 0.5
 
 AnyStep = Step | WaitStep | ParallelStep
 _KINDS: dict[type, str] = {Step: "lever", WaitStep: "wait", ParallelStep: "parallel"}
@@ -258,6 +265,9 @@ class IncidentRun:
             )
         self._closed_at: str | None = None
         self._inflight = 0  # lever calls under way
+        # Seconds of lever calls since the sequence last let the server deliver what waits for
+        # this workflow task to complete (HEAR_BEFORE_NOTICE_PATCH).
+        self._unheard_s = 0.0
         self._busy = 0  # background work (catch-up after escalation, withdrawal, re-apply)
         self._wake = False  # something changed that the supervisor must look at
         self._draining = False  # preparing to continue-as-new: start nothing new

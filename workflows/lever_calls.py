@@ -104,6 +104,7 @@ class LeverCalls(IncidentRun):
             # Stamped when it failed (its retries took time), from what the failure recorded.
             if (tried := failure_facts(error).get("tried_s")) is not None:
                 LEVER_TIME.set(began + timedelta(seconds=float(tried)))
+                self._unheard_s += float(tried)
             raise
         finally:
             self._inflight -= 1
@@ -115,6 +116,7 @@ class LeverCalls(IncidentRun):
                 )
         if outcome.elapsed_s is not None:
             LEVER_TIME.set(began + timedelta(seconds=outcome.elapsed_s))
+            self._unheard_s += outcome.elapsed_s
         return outcome
 
     async def _deliver(

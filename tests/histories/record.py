@@ -596,6 +596,42 @@ async def record_de_escalated(
     await _keep(client, {name: incident_id})
 
 
+SLOW_THEN_NOTICE = """\
+playbook: record-heard
+version: 1
+title: Recorded
+description: A slow measure, then a notice.
+steps:
+  - id: cut
+    do: recommender.throttle
+    with: {region: GB, categories: [spam], reach_multiplier: 0.5}
+  - id: tell
+    do: notify.webhook
+    with: {to: regulator, message: measures in force}
+"""
+
+
+async def record_heard(
+    tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
+) -> None:
+    """Stood down while the measure's call takes 2 s: the stand-down is heard before the notice
+    (-unpatched: the notice was sent, then the measure undone)."""
+    name = f"{tag}-heard-before-notice"
+    if not _has("HEAR_BEFORE_NOTICE_PATCH"):
+        name += "-unpatched"
+    incident_id = f"REC-{name}"
+    path = work / "record-heard.yaml"
+    path.write_text(SLOW_THEN_NOTICE)
+    async with httpx.AsyncClient() as http:
+        slow = {"path_prefix": "/recommender", "status": 0, "latency_ms": 2000, "times": 1}
+        (await http.post(f"{sandbox_url}/faults", json=slow)).raise_for_status()
+        await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
+        await asyncio.sleep(0.7)
+        await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
+    await _closed(incidents, incident_id)
+    await _keep(client, {name: incident_id})
+
+
 NOTICE = """\
 playbook: record-notice-refused
 version: 1
@@ -926,6 +962,9 @@ async def record(tag: str, sandbox_url: str, address: str, work: Path, scenario:
         if scenario == "de-escalated":
             await record_de_escalated(tag, incidents, client, work, sandbox_url)
             return
+        if scenario == "heard":
+            await record_heard(tag, incidents, client, work, sandbox_url)
+            return
         for name, playbook in (
             ("stand-down", "violent-disorder"),
             ("failed", str(failing)),
@@ -955,7 +994,7 @@ def main() -> None:
     scenario = sys.argv[2] if len(sys.argv) > 2 else "each"  # or overlap, forced, held, landed,
     # under, restore, unasked, late, by-hand, missed, renewed, put-off, put-off-last,
     # undo-erring, no-answer, forced-no-answer, withdrawn-on-landing, notice-refused,
-    # de-escalated
+    # de-escalated, heard
     with tempfile.TemporaryDirectory() as tmp, serve_app(create_app()) as sandbox_url:
         port = free_port()
         server = start_dev_server(db_file=Path(tmp) / "temporal.db", port=port)

@@ -111,6 +111,8 @@ def test_histories_are_kept() -> None:
         "v7-notice-refused",
         "v7-de-escalated-unpatched",
         "v7-de-escalated",
+        "v7-heard-before-notice-unpatched",
+        "v7-heard-before-notice",
     } <= kept
 
 

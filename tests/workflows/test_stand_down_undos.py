@@ -357,3 +357,36 @@ async def test_a_measure_with_no_answer_at_stand_down_waits_for_a_restore(lab: L
     )
     await lab.settle(incident, {"surge": "undone"}, state="closed")
     assert before == settings_of(await lab.platform())
+
+
+SLOW_THEN_NOTICE = """
+steps:
+  - id: cut
+    do: recommender.throttle
+    with: {region: GB, categories: [spam], reach_multiplier: 0.5}
+  - id: tell
+    do: notify.webhook
+    with: {to: regulator, message: measures in force}
+"""
+
+
+async def test_a_stand_down_sent_during_a_slow_call_is_heard_before_the_next_notice(
+    lab: Lab,
+) -> None:
+    """The measure's call takes 2 s; a stand-down sent meanwhile waits at the server until the
+    workflow task running the call completes. The notice after it is not sent: the stand-down
+    is heard first, and the measure is taken back."""
+    before = settings_of(await lab.platform())
+    await lab.sandbox.fault(
+        path_prefix="/recommender", operation_prefix="apply-", status=0, latency_ms=2000, times=1
+    )
+    incident = await lab.trigger(SLOW_THEN_NOTICE)
+    await asyncio.sleep(0.7)  # the call is under way
+    closed = await lab.incidents.stand_down(incident, actor="alice", reason="calm")
+    assert "closed" == closed.state
+    assert ("undone", "skipped") == (step(closed, "cut").state, step(closed, "tell").state)
+    platform = await lab.platform()
+    assert [] == platform["notifications"], platform["notifications"]
+    assert before == settings_of(platform)
+    events = await lab.audit(incident, until="incident.closed")
+    assert "tell" not in {e.step_id for e in events}
