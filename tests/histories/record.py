@@ -614,7 +614,7 @@ steps:
 async def record_heard(
     tag: str, incidents: Incidents, client: Client, work: Path, sandbox_url: str
 ) -> None:
-    """Stood down while the measure's call takes 2 s: the stand-down is heard before the notice
+    """Stood down while the measure's call takes 3 s: the stand-down is heard before the notice
     (-unpatched: the notice was sent, then the measure undone)."""
     name = f"{tag}-heard-before-notice"
     if not _has("HEAR_BEFORE_NOTICE_PATCH"):
@@ -623,10 +623,10 @@ async def record_heard(
     path = work / "record-heard.yaml"
     path.write_text(SLOW_THEN_NOTICE)
     async with httpx.AsyncClient() as http:
-        slow = {"path_prefix": "/recommender", "status": 0, "latency_ms": 2000, "times": 1}
+        slow = {"path_prefix": "/recommender", "status": 0, "latency_ms": 3000, "times": 1}
         (await http.post(f"{sandbox_url}/faults", json=slow)).raise_for_status()
         await incidents.trigger(str(path), {}, actor="recorder", incident_id=incident_id)
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(1)
         await incidents.stand_down(incident_id, actor="recorder", reason="recorded")
     await _closed(incidents, incident_id)
     await _keep(client, {name: incident_id})

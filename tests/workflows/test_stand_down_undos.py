@@ -373,15 +373,15 @@ steps:
 async def test_a_stand_down_sent_during_a_slow_call_is_heard_before_the_next_notice(
     lab: Lab,
 ) -> None:
-    """The measure's call takes 2 s; a stand-down sent meanwhile waits at the server until the
+    """The measure's call takes 3 s; a stand-down sent meanwhile waits at the server until the
     workflow task running the call completes. The notice after it is not sent: the stand-down
     is heard first, and the measure is taken back."""
     before = settings_of(await lab.platform())
     await lab.sandbox.fault(
-        path_prefix="/recommender", operation_prefix="apply-", status=0, latency_ms=2000, times=1
+        path_prefix="/recommender", operation_prefix="apply-", status=0, latency_ms=3000, times=1
     )
     incident = await lab.trigger(SLOW_THEN_NOTICE)
-    await asyncio.sleep(0.7)  # the call is under way
+    await asyncio.sleep(1)  # the call is under way
     closed = await lab.incidents.stand_down(incident, actor="alice", reason="calm")
     assert "closed" == closed.state
     assert ("undone", "skipped") == (step(closed, "cut").state, step(closed, "tell").state)
