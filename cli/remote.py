@@ -13,9 +13,14 @@ from pydantic import BaseModel
 
 from cli.output import CliError
 from engine.board import BoardPage
-from engine.errors import ActionInvalid, IncidentBusy, IncidentConflict, IncidentNotFound
+from engine.errors import (
+    ActionInvalid,
+    IncidentBusy,
+    IncidentConflict,
+    IncidentNotFound,
+    require_incident_id,
+)
 from workflows.incident import IncidentStatus, StepRecord
-from workflows.limits import names_no_incident
 
 # Each commander action (a key of engine.incidents.ACTIONS): its route and what it answers.
 ROUTES: dict[str, tuple[str, type[BaseModel]]] = {
@@ -149,6 +154,5 @@ class RemoteIncidents(RemoteApi):
 def _incident_path(incident_id: str) -> str:
     """The incident's path under /v1; an id no incident can have is refused here, as in direct
     mode (in a URL it named another route, or none)."""
-    if (problem := names_no_incident(incident_id)) is not None:
-        raise IncidentNotFound(problem)
+    require_incident_id(incident_id)
     return f"/incidents/{incident_id}"

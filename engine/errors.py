@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from workflows.limits import names_no_incident
+
 
 class PlaybookError(Exception):
     """Base of playbook file errors."""
@@ -55,6 +57,14 @@ class IncidentError(Exception):
 
 class IncidentNotFound(IncidentError):
     pass
+
+
+def require_incident_id(incident_id: str) -> None:
+    """Raise IncidentNotFound for an id no incident can have, before anyone is asked: Temporal
+    answered an empty one with a traceback, an id goes into its visibility queries, and into the
+    API's URLs, where an odd one names another route."""
+    if (problem := names_no_incident(incident_id)) is not None:
+        raise IncidentNotFound(problem)
 
 
 class IncidentConflict(IncidentError):

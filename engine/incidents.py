@@ -33,6 +33,7 @@ from engine.errors import (
     IncidentConflict,
     IncidentError,
     IncidentNotFound,
+    require_incident_id,
 )
 from engine.library import library_for
 from engine.playbook_files import find_playbook, load_playbook
@@ -58,7 +59,7 @@ from workflows.incident import (
     StepRecord,
 )
 from workflows.levers import is_notification
-from workflows.limits import INCIDENT_ID_PATTERN, INCIDENT_ID_RULE, names_no_incident
+from workflows.limits import INCIDENT_ID_PATTERN, INCIDENT_ID_RULE
 from workflows.playbook import InputError, Playbook, lever_arg_problems, resolve_inputs
 from workflows.substitution import references, substitute
 
@@ -90,13 +91,6 @@ def check_incident_id(incident_id: str) -> None:
     """Raise InputError unless `incident_id` follows INCIDENT_ID_PATTERN (a new incident's)."""
     if re.fullmatch(INCIDENT_ID_PATTERN, incident_id) is None:
         raise InputError(f"incident id {incident_id!r}: use {INCIDENT_ID_RULE}")
-
-
-def require_incident_id(incident_id: str) -> None:
-    """Raise IncidentNotFound for an id no incident can have, before Temporal is asked (it
-    answered an empty one with a traceback, and the id goes into its visibility queries)."""
-    if (problem := names_no_incident(incident_id)) is not None:
-        raise IncidentNotFound(problem)
 
 
 def prepare_incident(

@@ -25,11 +25,10 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from engine.errors import HistoryError, IncidentError, IncidentNotFound
+from engine.errors import HistoryError, IncidentError, IncidentNotFound, require_incident_id
 from engine.temporal import SANDBOX, WORKFLOWS
 from workflows.audit import AuditBatch, AuditCarry, AuditEvent, carried_events
 from workflows.incident import APPLY_LEVER, WRITE_AUDIT, LeverOutcome
-from workflows.limits import names_no_incident
 
 EXPORT_FORMAT = "crisis-history/1"
 
@@ -84,8 +83,7 @@ def _run(path: Path, workflow_id: str, data: Any) -> WorkflowHistory:
 
 async def export_history(client: Client, incident_id: str) -> IncidentHistory:
     """Fetch the history of every run (across continue-as-new), oldest first."""
-    if (problem := names_no_incident(incident_id)) is not None:  # it goes into a query
-        raise IncidentNotFound(problem)
+    require_incident_id(incident_id)  # it goes into a query
     try:
         runs: list[tuple[Any, str]] = []
         async for execution in client.list_workflows(f'WorkflowId = "{incident_id}"'):

@@ -186,11 +186,7 @@ class CommanderActions(IncidentRun):
     async def de_escalate(self, request: LevelRequest) -> IncidentStatus:
         target = request.to_level or self._pb.levels[self._pb.level_rank(self._level) - 1]
         withdrawal = self._set_level(target, actor=request.actor, reason=request.reason)
-        withdrawn = [
-            self._records[step_id]
-            for step_id in self._applied_order
-            if not self._called_for(self._steps_by_id[step_id])
-        ]
+        withdrawn = list(self._no_longer_called_for())
         if withdrawal is not None and withdrawn and workflow.patched(DE_ESCALATION_WITHDRAWS_PATCH):
             # Not for the full retries of an undo the platform errs on (minutes): its error shows.
             await self._wait(

@@ -5,6 +5,7 @@ measures it no longer does."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import datetime
 
 from temporalio import workflow
@@ -12,7 +13,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from workflows.audit import present
     from workflows.durations import parse_duration
-    from workflows.incident import LevelChangeRecord, StandDownRequest
+    from workflows.incident import LevelChangeRecord, StandDownRequest, StepRecord
     from workflows.playbook import ParallelStep
 
 from workflows.incident_run import AnyStep, IncidentRun, iso, parse_iso
@@ -185,13 +186,15 @@ class Supervision(IncidentRun):
         if isinstance(step, ParallelStep) and record.state not in self._waiting():
             record.state = "running"
 
+    def _no_longer_called_for(self) -> Iterator[StepRecord]:
+        """The measures in force that the level (or a condition) no longer calls for, newest
+        first: what a de-escalation withdraws. Each is checked as it is reached, so a level
+        changed meanwhile (while an earlier one is withdrawn) counts."""
+        for step_id in reversed(list(self._applied_order)):
+            if not self._called_for(self._steps_by_id[step_id]):
+                yield self._records[step_id]
+
     async def _withdraw_above_level(self) -> None:
         """After de-escalation: undo, newest first, the measures the level no longer calls for."""
-        for step_id in reversed(list(self._applied_order)):
-            step = self._steps_by_id[step_id]
-            if not self._called_for(step):
-                await self._undo(
-                    self._records[step_id],
-                    final_state="dormant",
-                    reason=f"level is now {self._level}",
-                )
+        for record in self._no_longer_called_for():
+            await self._undo(record, final_state="dormant", reason=f"level is now {self._level}")
